@@ -1,0 +1,81 @@
+//! Names shared by the scheduler and the agents: NATS subjects, the JetStream
+//! stream, and object-store keys. One place, so the two sides cannot drift.
+//!
+//! Every NATS name starts with a configurable prefix (default `drover`), which
+//! lets tests and several installations share one NATS server.
+
+/// Default NATS subject prefix.
+pub const DEFAULT_NATS_PREFIX: &str = "drover";
+
+/// Scheduler → agent request/reply: `Assignment` → `AssignReply`.
+pub fn assign_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.agent.{agent_id}.assign")
+}
+
+/// Scheduler → agent request/reply: `CancelAttempt` → `CancelReply`.
+pub fn cancel_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.agent.{agent_id}.cancel")
+}
+
+/// Agent → scheduler, core NATS: `Heartbeat`.
+pub fn heartbeat_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.heartbeat.{agent_id}")
+}
+
+/// Every agent's heartbeats.
+pub fn heartbeat_wildcard(prefix: &str) -> String {
+    format!("{prefix}.heartbeat.*")
+}
+
+/// Agent → scheduler, JetStream: `AttemptEvent`.
+pub fn events_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.events.{agent_id}")
+}
+
+/// The subjects the events stream captures.
+pub fn events_wildcard(prefix: &str) -> String {
+    format!("{prefix}.events.>")
+}
+
+/// JetStream stream holding attempt events (stream names allow no dots).
+pub fn events_stream(prefix: &str) -> String {
+    format!("{}_EVENTS", prefix.replace(['.', '*', '>'], "_").to_uppercase())
+}
+
+/// `Nats-Msg-Id` of an attempt event, so a re-published event is stored once.
+pub fn event_msg_id(run_id: &str, task: &str, attempt: u32, kind: &str) -> String {
+    format!("{run_id}/{task}/{attempt}/{kind}")
+}
+
+/// Object-store prefix of one attempt's outputs and log.
+pub fn attempt_prefix(run_id: &str, task: &str, attempt: u32) -> String {
+    format!("runs/{run_id}/{task}/{attempt}")
+}
+
+/// Object-store key of a declared output of an attempt.
+pub fn output_key(attempt_prefix: &str, output: &str) -> String {
+    format!("{attempt_prefix}/outputs/{output}")
+}
+
+/// Object-store key of an attempt's captured stdout/stderr.
+pub fn log_key(attempt_prefix: &str) -> String {
+    format!("{attempt_prefix}/log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_name_has_no_dots() {
+        assert_eq!(events_stream("drover"), "DROVER_EVENTS");
+        assert_eq!(events_stream("t.1"), "T_1_EVENTS");
+    }
+
+    #[test]
+    fn keys_nest_under_the_attempt() {
+        let p = attempt_prefix("r1", "train", 2);
+        assert_eq!(output_key(&p, "model"), "runs/r1/train/2/outputs/model");
+        assert_eq!(log_key(&p), "runs/r1/train/2/log");
+    }
+}
