@@ -1,1 +1,15 @@
-//! placeholder
+//! The scheduler's pure core. Nothing here does I/O, spawns, awaits or reads
+//! the clock: every function takes the current time and the facts it needs,
+//! and returns decisions for the shell (`drover-scheduler`) to commit to etcd
+//! and then carry out. That keeps it fast to unit-test and to benchmark.
+//!
+//! - [`dag`]: one run's task state machine (ready, attempts, retries, fail-fast, cancel).
+//! - [`retry`]: exponential backoff.
+//! - [`placement`]: which live agent takes a ready task.
+
+pub mod dag;
+pub mod placement;
+pub mod retry;
+
+/// Milliseconds since the Unix epoch; the shell passes the clock in.
+pub type Millis = u64;

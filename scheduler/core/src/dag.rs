@@ -1,0 +1,730 @@
+//! One run's task state machine.
+//!
+//! The shell feeds [`Event`]s (placement decisions, agent events, cancel) and
+//! timer ticks; [`RunDag`] updates task and attempt states and returns
+//! [`Effect`]s to carry out *after* the new state is committed.
+//!
+//! Only tasks that have had an attempt need storing: a task with no attempts
+//! is Pending, Ready, Skipped or Cancelled purely as a function of its
+//! upstream tasks and the run's state. [`RunDag::restore`] derives those, so
+//! submitting a run writes one key rather than one per task, and restart and
+//! read paths share one derivation.
+
+use std::collections::HashMap;
+
+use crate::{retry, Millis};
+
+/// A task's static definition, taken from the validated spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskDef {
+    pub name: String,
+    /// Indices of upstream tasks.
+    pub deps: Vec<usize>,
+    pub retry_limit: u32,
+    pub backoff_ms: Millis,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    Pending,
+    Ready,
+    Assigned,
+    Running,
+    RetryWait,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped
+        )
+    }
+
+    /// Holds an attempt on an agent.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AttemptStatus {
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Artifact {
+    pub name: String,
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub number: u32,
+    pub agent: String,
+    pub status: AttemptStatus,
+    pub assigned_at: Millis,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub outputs: Vec<Artifact>,
+    pub log_key: String,
+}
+
+/// A task's changing state: what the shell stores once it has an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRun {
+    pub status: TaskStatus,
+    pub attempts: Vec<Attempt>,
+    /// Why the task is where it is (failure reason, what it waits for).
+    pub message: String,
+    /// RetryWait: when the next attempt may be placed.
+    pub retry_at: Millis,
+    /// Retries consumed; attempts refused by or lost with an agent do not count.
+    pub retries_used: u32,
+}
+
+impl TaskRun {
+    fn derived(status: TaskStatus, message: String) -> Self {
+        Self {
+            status,
+            attempts: Vec::new(),
+            message,
+            retry_at: 0,
+            retries_used: 0,
+        }
+    }
+
+    /// The latest attempt, if any.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+
+    /// Whether this state must be stored; otherwise it is derivable.
+    pub fn needs_record(&self) -> bool {
+        !self.attempts.is_empty()
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelling,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Inputs to the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Placement chose `agent` for a Ready task.
+    Assign {
+        task: usize,
+        agent: String,
+    },
+    /// The agent refused the assignment or never answered. Not a retry.
+    AssignFailed {
+        task: usize,
+        attempt: u32,
+        reason: String,
+    },
+    Started {
+        task: usize,
+        attempt: u32,
+    },
+    Succeeded {
+        task: usize,
+        attempt: u32,
+        outputs: Vec<Artifact>,
+        log_key: String,
+    },
+    Failed {
+        task: usize,
+        attempt: u32,
+        exit_code: Option<i32>,
+        reason: String,
+        log_key: String,
+        /// Stopped by a cancel request rather than failing on its own.
+        cancelled: bool,
+    },
+    /// The user cancelled the run.
+    Cancel,
+}
+
+/// What the shell must do once the state change is committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send attempt `attempt` of `task` to `agent`.
+    Assign {
+        task: usize,
+        attempt: u32,
+        agent: String,
+    },
+    /// Ask `agent` to stop the attempt.
+    Cancel {
+        task: usize,
+        attempt: u32,
+        agent: String,
+    },
+    /// `task` became Ready: hand it to placement.
+    Ready { task: usize },
+    /// An attempt on `agent` ended: its resources are free again.
+    Released { task: usize, agent: String },
+    /// The run reached a terminal state.
+    Finished(RunStatus),
+}
+
+/// Why an event changed nothing (a duplicate or an event for an attempt that
+/// is no longer current). The shell logs it and acknowledges the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stale(pub String);
+
+/// Stored run-level state, for [`RunDag::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunState {
+    pub status: RunStatus,
+    pub message: String,
+    pub finished_at: Millis,
+}
+
+impl RunState {
+    pub fn new() -> Self {
+        Self {
+            status: RunStatus::Running,
+            message: String::new(),
+            finished_at: 0,
+        }
+    }
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct RunDag {
+    defs: Vec<TaskDef>,
+    by_name: HashMap<String, usize>,
+    dependents: Vec<Vec<usize>>,
+    tasks: Vec<TaskRun>,
+    run: RunState,
+    fail_fast: bool,
+    /// Some task failed for good.
+    failed: bool,
+    unfinished: usize,
+    dirty: Vec<bool>,
+    dirty_list: Vec<usize>,
+    run_dirty: bool,
+}
+
+impl RunDag {
+    /// A fresh run: roots are Ready, everything else Pending.
+    pub fn new(defs: Vec<TaskDef>, fail_fast: bool) -> (Self, Vec<Effect>) {
+        let n = defs.len();
+        let mut dag = Self::restore(defs, fail_fast, RunState::new(), vec![None; n]);
+        dag.0.run_dirty = true;
+        dag
+    }
+
+    /// Rebuild from stored state. `records[i]` is task `i`'s stored state, if
+    /// it has one. Returns the effects to resume with: Ready tasks for
+    /// placement, and the assignments and cancels that may not have reached
+    /// their agent before a restart (agents treat repeats as no-ops).
+    pub fn restore(
+        defs: Vec<TaskDef>,
+        fail_fast: bool,
+        run: RunState,
+        records: Vec<Option<TaskRun>>,
+    ) -> (Self, Vec<Effect>) {
+        let n = defs.len();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, def) in defs.iter().enumerate() {
+            for &d in &def.deps {
+                dependents[d].push(i);
+            }
+        }
+        let by_name = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
+        let failed = records
+            .iter()
+            .flatten()
+            .any(|r| r.status == TaskStatus::Failed);
+        let mut dag = Self {
+            defs,
+            by_name,
+            dependents,
+            tasks: Vec::with_capacity(n),
+            run,
+            fail_fast,
+            failed,
+            unfinished: 0,
+            dirty: vec![false; n],
+            dirty_list: Vec::new(),
+            run_dirty: false,
+        };
+        let order = dag.topo_order();
+        let mut slots: Vec<Option<TaskRun>> = records;
+        slots.resize(n, None);
+        let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
+        for &i in &order {
+            let task = match slots[i].take() {
+                Some(stored) => stored,
+                None => {
+                    let (status, message) = dag.derive(i, |d| {
+                        resolved[d]
+                            .as_ref()
+                            .map_or(TaskStatus::Pending, |t| t.status)
+                    });
+                    TaskRun::derived(status, message)
+                }
+            };
+            resolved[i] = Some(task);
+        }
+        dag.tasks = resolved
+            .into_iter()
+            .map(|t| t.unwrap_or_else(|| TaskRun::derived(TaskStatus::Pending, String::new())))
+            .collect();
+        dag.unfinished = dag.tasks.iter().filter(|t| !t.status.is_terminal()).count();
+
+        let mut effects = Vec::new();
+        for (i, t) in dag.tasks.iter().enumerate() {
+            let Some(a) = t.current() else {
+                if t.status == TaskStatus::Ready {
+                    effects.push(Effect::Ready { task: i });
+                }
+                continue;
+            };
+            match (t.status, dag.run.status) {
+                (TaskStatus::Ready, _) => effects.push(Effect::Ready { task: i }),
+                (s, RunStatus::Cancelling) if s.is_active() => effects.push(Effect::Cancel {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
+                (TaskStatus::Assigned, _) => effects.push(Effect::Assign {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if dag.unfinished == 0 && !dag.run.status.is_terminal() {
+            // Crashed after the last task's commit but before the run's.
+            effects.push(dag.finish(dag.run.finished_at));
+        }
+        (dag, effects)
+    }
+
+    /// State of a task that never had an attempt, from its upstream tasks.
+    fn derive(&self, i: usize, status_of: impl Fn(usize) -> TaskStatus) -> (TaskStatus, String) {
+        let mut all_done = true;
+        for &d in &self.defs[i].deps {
+            match status_of(d) {
+                TaskStatus::Failed | TaskStatus::Skipped => {
+                    return (
+                        TaskStatus::Skipped,
+                        format!("upstream task `{}` did not succeed", self.defs[d].name),
+                    )
+                }
+                TaskStatus::Cancelled => {
+                    return (
+                        TaskStatus::Cancelled,
+                        format!("upstream task `{}` was cancelled", self.defs[d].name),
+                    )
+                }
+                TaskStatus::Succeeded => {}
+                _ => all_done = false,
+            }
+        }
+        match self.run.status {
+            RunStatus::Cancelling | RunStatus::Cancelled => {
+                (TaskStatus::Cancelled, "run cancelled".into())
+            }
+            _ if self.failed && self.fail_fast => (TaskStatus::Skipped, "run failed fast".into()),
+            RunStatus::Running if all_done => (TaskStatus::Ready, String::new()),
+            _ => (TaskStatus::Pending, String::new()),
+        }
+    }
+
+    /// Kahn's order; tasks on a cycle (validation rejects those) come last.
+    fn topo_order(&self) -> Vec<usize> {
+        let n = self.defs.len();
+        let mut indegree: Vec<usize> = self.defs.iter().map(|d| d.deps.len()).collect();
+        let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut head = 0;
+        while head < order.len() {
+            let i = order[head];
+            head += 1;
+            for &j in &self.dependents[i] {
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    order.push(j);
+                }
+            }
+        }
+        if order.len() < n {
+            let mut seen = vec![false; n];
+            order.iter().for_each(|&i| seen[i] = true);
+            order.extend((0..n).filter(|&i| !seen[i]));
+        }
+        order
+    }
+
+    pub fn status(&self) -> RunStatus {
+        self.run.status
+    }
+
+    pub fn run_state(&self) -> &RunState {
+        &self.run
+    }
+
+    pub fn fail_fast(&self) -> bool {
+        self.fail_fast
+    }
+
+    pub fn defs(&self) -> &[TaskDef] {
+        &self.defs
+    }
+
+    pub fn task(&self, i: usize) -> &TaskRun {
+        &self.tasks[i]
+    }
+
+    pub fn tasks(&self) -> &[TaskRun] {
+        &self.tasks
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Earliest retry time among tasks waiting to retry.
+    pub fn next_wakeup(&self) -> Option<Millis> {
+        self.tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::RetryWait)
+            .map(|t| t.retry_at)
+            .min()
+    }
+
+    /// Whether the run-level state changed, and which tasks did, since the
+    /// last call; clears the marks.
+    pub fn take_dirty(&mut self) -> (bool, Vec<usize>) {
+        let list = std::mem::take(&mut self.dirty_list);
+        for &i in &list {
+            self.dirty[i] = false;
+        }
+        (std::mem::take(&mut self.run_dirty), list)
+    }
+
+    /// Stop placing new work: cancel requested, or a failure with fail_fast.
+    fn stopping(&self) -> bool {
+        self.run.status != RunStatus::Running || (self.failed && self.fail_fast)
+    }
+
+    fn touch(&mut self, i: usize) {
+        if !self.dirty[i] {
+            self.dirty[i] = true;
+            self.dirty_list.push(i);
+        }
+    }
+
+    fn set_status(&mut self, i: usize, status: TaskStatus, message: impl Into<String>) {
+        let t = &mut self.tasks[i];
+        match (t.status.is_terminal(), status.is_terminal()) {
+            (false, true) => self.unfinished -= 1,
+            (true, false) => self.unfinished += 1,
+            _ => {}
+        }
+        t.status = status;
+        t.message = message.into();
+        self.touch(i);
+    }
+
+    /// Current attempt of `task` if it is `attempt` and still live.
+    fn live_attempt(&self, task: usize, attempt: u32) -> Result<(), Stale> {
+        let t = self
+            .tasks
+            .get(task)
+            .ok_or_else(|| Stale(format!("no task #{task}")))?;
+        match t.current() {
+            Some(a) if a.number == attempt && t.status.is_active() => Ok(()),
+            Some(a) => Err(Stale(format!(
+                "task `{}` attempt {attempt} is not live (current attempt {}, task {:?})",
+                self.defs[task].name, a.number, t.status
+            ))),
+            None => Err(Stale(format!(
+                "task `{}` has no attempt {attempt}",
+                self.defs[task].name
+            ))),
+        }
+    }
+
+    fn end_attempt(&mut self, task: usize, f: impl FnOnce(&mut Attempt)) -> Effect {
+        self.touch(task);
+        let a = self.tasks[task]
+            .attempts
+            .last_mut()
+            .expect("caller checked live_attempt, so an attempt exists");
+        f(a);
+        Effect::Released {
+            task,
+            agent: a.agent.clone(),
+        }
+    }
+
+    pub fn apply(&mut self, event: Event, now: Millis) -> Result<Vec<Effect>, Stale> {
+        let mut fx = Vec::new();
+        match event {
+            Event::Assign { task, agent } => {
+                if self.tasks.get(task).map(|t| t.status) != Some(TaskStatus::Ready)
+                    || self.stopping()
+                {
+                    return Err(Stale(format!("task #{task} is not ready to assign")));
+                }
+                let t = &mut self.tasks[task];
+                let number = t.attempts.len() as u32 + 1;
+                t.attempts.push(Attempt {
+                    number,
+                    agent: agent.clone(),
+                    status: AttemptStatus::Assigned,
+                    assigned_at: now,
+                    started_at: 0,
+                    finished_at: 0,
+                    exit_code: None,
+                    error: String::new(),
+                    outputs: Vec::new(),
+                    log_key: String::new(),
+                });
+                self.set_status(task, TaskStatus::Assigned, "");
+                fx.push(Effect::Assign {
+                    task,
+                    attempt: number,
+                    agent,
+                });
+            }
+            Event::AssignFailed {
+                task,
+                attempt,
+                reason,
+            } => {
+                self.live_attempt(task, attempt)?;
+                if self.tasks[task].status != TaskStatus::Assigned {
+                    return Err(Stale(format!("attempt {attempt} already started")));
+                }
+                fx.push(self.end_attempt(task, |a| {
+                    a.status = AttemptStatus::Failed;
+                    a.error = reason.clone();
+                    a.finished_at = now;
+                }));
+                if self.stopping() {
+                    self.set_status(task, TaskStatus::Cancelled, "run stopped");
+                } else {
+                    self.set_status(task, TaskStatus::Ready, reason);
+                    fx.push(Effect::Ready { task });
+                }
+            }
+            Event::Started { task, attempt } => {
+                self.live_attempt(task, attempt)?;
+                if self.tasks[task].status != TaskStatus::Assigned {
+                    return Err(Stale(format!("attempt {attempt} already started")));
+                }
+                if let Some(a) = self.tasks[task].attempts.last_mut() {
+                    a.status = AttemptStatus::Running;
+                    a.started_at = now;
+                }
+                self.set_status(task, TaskStatus::Running, "");
+            }
+            Event::Succeeded {
+                task,
+                attempt,
+                outputs,
+                log_key,
+            } => {
+                self.live_attempt(task, attempt)?;
+                fx.push(self.end_attempt(task, |a| {
+                    a.status = AttemptStatus::Succeeded;
+                    a.finished_at = now;
+                    if a.started_at == 0 {
+                        a.started_at = now;
+                    }
+                    a.outputs = outputs;
+                    a.log_key = log_key;
+                }));
+                self.set_status(task, TaskStatus::Succeeded, "");
+                if !self.stopping() {
+                    for k in 0..self.dependents[task].len() {
+                        let d = self.dependents[task][k];
+                        let ready = self.tasks[d].status == TaskStatus::Pending
+                            && self.defs[d]
+                                .deps
+                                .iter()
+                                .all(|&u| self.tasks[u].status == TaskStatus::Succeeded);
+                        if ready {
+                            self.set_status(d, TaskStatus::Ready, "");
+                            fx.push(Effect::Ready { task: d });
+                        }
+                    }
+                }
+            }
+            Event::Failed {
+                task,
+                attempt,
+                exit_code,
+                reason,
+                log_key,
+                cancelled,
+            } => {
+                self.live_attempt(task, attempt)?;
+                fx.push(self.end_attempt(task, |a| {
+                    a.status = if cancelled {
+                        AttemptStatus::Cancelled
+                    } else {
+                        AttemptStatus::Failed
+                    };
+                    a.finished_at = now;
+                    a.exit_code = exit_code;
+                    a.error = reason.clone();
+                    a.log_key = log_key;
+                }));
+                let t = &self.tasks[task];
+                let limit = self.defs[task].retry_limit;
+                if cancelled || (self.stopping() && self.run.status != RunStatus::Running) {
+                    self.set_status(task, TaskStatus::Cancelled, reason);
+                } else if !self.stopping() && t.retries_used < limit {
+                    let wait = retry::backoff(self.defs[task].backoff_ms, t.retries_used);
+                    let t = &mut self.tasks[task];
+                    t.retries_used += 1;
+                    t.retry_at = now.saturating_add(wait);
+                    let msg = format!(
+                        "attempt {attempt} failed: {reason}; retry {} of {limit} in {wait}ms",
+                        t.retries_used
+                    );
+                    self.set_status(task, TaskStatus::RetryWait, msg);
+                } else {
+                    self.set_status(task, TaskStatus::Failed, reason.clone());
+                    self.fail(task, &reason, &mut fx);
+                }
+            }
+            Event::Cancel => {
+                if self.run.status != RunStatus::Running {
+                    return Ok(fx);
+                }
+                self.run.status = RunStatus::Cancelling;
+                self.run.message = "cancelled by user".into();
+                self.run_dirty = true;
+                self.stop_all(TaskStatus::Cancelled, "run cancelled", &mut fx);
+            }
+        }
+        if self.unfinished == 0 && !self.run.status.is_terminal() {
+            fx.push(self.finish(now));
+        }
+        Ok(fx)
+    }
+
+    /// Retry timers: RetryWait tasks whose time has come become Ready.
+    pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
+        if self.stopping() {
+            return Vec::new();
+        }
+        let due: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| {
+                self.tasks[i].status == TaskStatus::RetryWait && self.tasks[i].retry_at <= now
+            })
+            .collect();
+        due.into_iter()
+            .map(|task| {
+                self.set_status(task, TaskStatus::Ready, "");
+                Effect::Ready { task }
+            })
+            .collect()
+    }
+
+    /// `task` failed for good: downstream never starts; with fail_fast the
+    /// rest of the run stops too.
+    fn fail(&mut self, task: usize, reason: &str, fx: &mut Vec<Effect>) {
+        self.failed = true;
+        if self.run.message.is_empty() {
+            self.run.message = format!("task `{}` failed: {reason}", self.defs[task].name);
+            self.run_dirty = true;
+        }
+        let mut stack = self.dependents[task].clone();
+        while let Some(d) = stack.pop() {
+            if matches!(
+                self.tasks[d].status,
+                TaskStatus::Pending | TaskStatus::Ready
+            ) {
+                let msg = format!("upstream task `{}` did not succeed", self.defs[task].name);
+                self.set_status(d, TaskStatus::Skipped, msg);
+                stack.extend(self.dependents[d].iter().copied());
+            }
+        }
+        if self.fail_fast {
+            let msg = format!(
+                "run failed fast after task `{}` failed",
+                self.defs[task].name
+            );
+            self.stop_all(TaskStatus::Skipped, &msg, fx);
+        }
+    }
+
+    /// Waiting tasks take `waiting_to`; running attempts are asked to stop.
+    fn stop_all(&mut self, waiting_to: TaskStatus, message: &str, fx: &mut Vec<Effect>) {
+        for i in 0..self.tasks.len() {
+            match self.tasks[i].status {
+                TaskStatus::Pending | TaskStatus::Ready => self.set_status(i, waiting_to, message),
+                TaskStatus::RetryWait => self.set_status(i, TaskStatus::Cancelled, message),
+                TaskStatus::Assigned | TaskStatus::Running => {
+                    if let Some(a) = self.tasks[i].current() {
+                        fx.push(Effect::Cancel {
+                            task: i,
+                            attempt: a.number,
+                            agent: a.agent.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Millis) -> Effect {
+        let all_ok = self.tasks.iter().all(|t| t.status == TaskStatus::Succeeded);
+        self.run.status = match self.run.status {
+            RunStatus::Cancelling => RunStatus::Cancelled,
+            _ if all_ok => RunStatus::Succeeded,
+            _ => RunStatus::Failed,
+        };
+        if self.run.finished_at == 0 {
+            self.run.finished_at = now;
+        }
+        self.run_dirty = true;
+        Effect::Finished(self.run.status)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,571 @@
+use super::*;
+
+/// `spec` lists tasks as (name, deps by name, retry limit).
+fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
+    let idx = |n: &str| spec.iter().position(|(m, _, _)| *m == n).unwrap();
+    spec.iter()
+        .map(|(name, deps, limit)| TaskDef {
+            name: name.to_string(),
+            deps: deps.iter().map(|d| idx(d)).collect(),
+            retry_limit: *limit,
+            backoff_ms: 1_000,
+        })
+        .collect()
+}
+
+fn diamond(fail_fast: bool) -> (RunDag, Vec<Effect>) {
+    RunDag::new(
+        defs(&[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["a"], 0),
+            ("d", &["b", "c"], 0),
+        ]),
+        fail_fast,
+    )
+}
+
+fn status(dag: &RunDag, name: &str) -> TaskStatus {
+    dag.task(dag.index_of(name).unwrap()).status
+}
+
+/// Assign, start and finish `task` successfully; returns the effects of success.
+fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
+    let fx = dag
+        .apply(
+            Event::Assign {
+                task,
+                agent: "a1".into(),
+            },
+            now,
+        )
+        .unwrap();
+    let attempt = match &fx[0] {
+        Effect::Assign { attempt, .. } => *attempt,
+        other => panic!("expected assign, got {other:?}"),
+    };
+    dag.apply(Event::Started { task, attempt }, now).unwrap();
+    dag.apply(
+        Event::Succeeded {
+            task,
+            attempt,
+            outputs: vec![],
+            log_key: "log".into(),
+        },
+        now + 1,
+    )
+    .unwrap()
+}
+
+fn start(dag: &mut RunDag, task: usize) -> u32 {
+    dag.apply(
+        Event::Assign {
+            task,
+            agent: "a1".into(),
+        },
+        10,
+    )
+    .unwrap();
+    let attempt = dag.task(task).current().unwrap().number;
+    dag.apply(Event::Started { task, attempt }, 11).unwrap();
+    attempt
+}
+
+fn fail(task: usize, attempt: u32) -> Event {
+    Event::Failed {
+        task,
+        attempt,
+        exit_code: Some(1),
+        reason: "exited with code 1".into(),
+        log_key: String::new(),
+        cancelled: false,
+    }
+}
+
+#[test]
+fn new_run_has_only_roots_ready() {
+    let (dag, fx) = diamond(true);
+    assert_eq!(fx, vec![Effect::Ready { task: 0 }]);
+    assert_eq!(status(&dag, "a"), TaskStatus::Ready);
+    assert_eq!(status(&dag, "d"), TaskStatus::Pending);
+    assert_eq!(dag.status(), RunStatus::Running);
+}
+
+#[test]
+fn new_run_writes_only_the_run_record() {
+    let (mut dag, _) = diamond(true);
+    assert_eq!(dag.take_dirty(), (true, vec![]));
+    assert_eq!(dag.take_dirty(), (false, vec![]));
+}
+
+#[test]
+fn diamond_join_waits_for_both_branches() {
+    let (mut dag, _) = diamond(true);
+    let fx = run_ok(&mut dag, 0, 100);
+    assert!(fx.contains(&Effect::Ready { task: 1 }));
+    assert!(fx.contains(&Effect::Ready { task: 2 }));
+    let fx = run_ok(&mut dag, 1, 200);
+    assert!(
+        !fx.contains(&Effect::Ready { task: 3 }),
+        "d must wait for c"
+    );
+    let fx = run_ok(&mut dag, 2, 300);
+    assert!(fx.contains(&Effect::Ready { task: 3 }));
+    let fx = run_ok(&mut dag, 3, 400);
+    assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
+    assert_eq!(dag.status(), RunStatus::Succeeded);
+    assert_eq!(dag.run_state().finished_at, 401);
+}
+
+#[test]
+fn attempt_records_agent_times_and_outputs() {
+    let (mut dag, _) = diamond(true);
+    dag.apply(
+        Event::Assign {
+            task: 0,
+            agent: "gpu-1".into(),
+        },
+        5,
+    )
+    .unwrap();
+    dag.apply(
+        Event::Started {
+            task: 0,
+            attempt: 1,
+        },
+        7,
+    )
+    .unwrap();
+    let out = Artifact {
+        name: "dataset".into(),
+        key: "runs/r/a/1/outputs/dataset".into(),
+        sha256: "ab".into(),
+        size: 3,
+    };
+    let fx = dag
+        .apply(
+            Event::Succeeded {
+                task: 0,
+                attempt: 1,
+                outputs: vec![out.clone()],
+                log_key: "runs/r/a/1/log".into(),
+            },
+            9,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Released {
+        task: 0,
+        agent: "gpu-1".into()
+    }));
+    let a = dag.task(0).current().unwrap();
+    assert_eq!(
+        (a.agent.as_str(), a.assigned_at, a.started_at, a.finished_at),
+        ("gpu-1", 5, 7, 9)
+    );
+    assert_eq!(a.outputs, vec![out]);
+    assert_eq!(a.status, AttemptStatus::Succeeded);
+}
+
+#[test]
+fn events_for_old_or_unknown_attempts_are_stale() {
+    let (mut dag, _) = diamond(true);
+    let attempt = start(&mut dag, 0);
+    assert!(dag.apply(fail(0, attempt + 1), 20).is_err());
+    assert!(dag.apply(Event::Started { task: 0, attempt }, 20).is_err());
+    assert!(dag.apply(fail(3, 1), 20).is_err(), "d has no attempt");
+    assert!(dag.apply(fail(99, 1), 20).is_err(), "no such task");
+    // A duplicate success after the first is ignored.
+    let ok = Event::Succeeded {
+        task: 0,
+        attempt,
+        outputs: vec![],
+        log_key: String::new(),
+    };
+    dag.apply(ok.clone(), 30).unwrap();
+    assert!(dag.apply(ok, 31).is_err());
+    assert_eq!(status(&dag, "a"), TaskStatus::Succeeded);
+}
+
+#[test]
+fn cannot_assign_a_task_that_is_not_ready() {
+    let (mut dag, _) = diamond(true);
+    let e = Event::Assign {
+        task: 3,
+        agent: "a1".into(),
+    };
+    assert!(dag.apply(e, 1).is_err());
+}
+
+#[test]
+fn failure_with_retries_waits_with_exponential_backoff() {
+    let (mut dag, _) = RunDag::new(defs(&[("flaky", &[], 2)]), true);
+    let a1 = start(&mut dag, 0);
+    dag.apply(fail(0, a1), 1_000).unwrap();
+    assert_eq!(status(&dag, "flaky"), TaskStatus::RetryWait);
+    assert_eq!(dag.task(0).retry_at, 2_000);
+    assert_eq!(dag.next_wakeup(), Some(2_000));
+    assert!(dag.tick(1_999).is_empty(), "not before the backoff");
+    assert_eq!(dag.tick(2_000), vec![Effect::Ready { task: 0 }]);
+
+    let a2 = start(&mut dag, 0);
+    assert_eq!(a2, 2);
+    dag.apply(fail(0, a2), 5_000).unwrap();
+    assert_eq!(
+        dag.task(0).retry_at,
+        7_000,
+        "second retry waits twice as long"
+    );
+    dag.tick(7_000);
+    let a3 = start(&mut dag, 0);
+    let fx = dag
+        .apply(
+            Event::Succeeded {
+                task: 0,
+                attempt: a3,
+                outputs: vec![],
+                log_key: String::new(),
+            },
+            8_000,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
+    assert_eq!(dag.task(0).attempts.len(), 3);
+    assert_eq!(dag.task(0).retries_used, 2);
+}
+
+#[test]
+fn exhausting_retries_fails_the_task_and_run() {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 1)]), true);
+    let a = start(&mut dag, 0);
+    dag.apply(fail(0, a), 0).unwrap();
+    dag.tick(u64::MAX);
+    let a = start(&mut dag, 0);
+    let fx = dag.apply(fail(0, a), 0).unwrap();
+    assert_eq!(status(&dag, "t"), TaskStatus::Failed);
+    assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+    assert_eq!(
+        dag.run_state().message,
+        "task `t` failed: exited with code 1"
+    );
+}
+
+#[test]
+fn failure_skips_downstream_and_fail_fast_cancels_siblings() {
+    let (mut dag, _) = diamond(true);
+    run_ok(&mut dag, 0, 1);
+    let b = start(&mut dag, 1);
+    let c = start(&mut dag, 2);
+    let fx = dag.apply(fail(1, b), 50).unwrap();
+    assert_eq!(status(&dag, "b"), TaskStatus::Failed);
+    assert_eq!(status(&dag, "d"), TaskStatus::Skipped);
+    assert!(fx.contains(&Effect::Cancel {
+        task: 2,
+        attempt: c,
+        agent: "a1".into()
+    }));
+    assert_eq!(dag.status(), RunStatus::Running, "c is still stopping");
+    let fx = dag
+        .apply(
+            Event::Failed {
+                task: 2,
+                attempt: c,
+                exit_code: None,
+                reason: "cancelled".into(),
+                log_key: String::new(),
+                cancelled: true,
+            },
+            60,
+        )
+        .unwrap();
+    assert_eq!(status(&dag, "c"), TaskStatus::Cancelled);
+    assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+}
+
+#[test]
+fn without_fail_fast_independent_branches_finish() {
+    let (mut dag, _) = RunDag::new(
+        defs(&[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("x", &[], 0),
+            ("y", &["x"], 0),
+        ]),
+        false,
+    );
+    let a = start(&mut dag, 0);
+    let x = start(&mut dag, 2);
+    let fx = dag.apply(fail(0, a), 5).unwrap();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Cancel { .. })),
+        "no cancel without fail_fast"
+    );
+    assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
+    let fx = dag
+        .apply(
+            Event::Succeeded {
+                task: 2,
+                attempt: x,
+                outputs: vec![],
+                log_key: String::new(),
+            },
+            6,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Ready { task: 3 }), "y still starts");
+    let fx = run_ok(&mut dag, 3, 7);
+    assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+}
+
+#[test]
+fn fail_fast_stops_retry_waits_and_pending_work() {
+    let (mut dag, _) = RunDag::new(
+        defs(&[("a", &[], 0), ("r", &[], 3), ("z", &["r"], 0)]),
+        true,
+    );
+    let r = start(&mut dag, 1);
+    dag.apply(fail(1, r), 1).unwrap();
+    assert_eq!(status(&dag, "r"), TaskStatus::RetryWait);
+    let a = start(&mut dag, 0);
+    let fx = dag.apply(fail(0, a), 2).unwrap();
+    assert_eq!(status(&dag, "r"), TaskStatus::Cancelled);
+    assert_eq!(status(&dag, "z"), TaskStatus::Skipped);
+    assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+    assert!(dag.tick(u64::MAX).is_empty());
+}
+
+#[test]
+fn cancel_stops_running_and_cancels_waiting() {
+    let (mut dag, _) = diamond(true);
+    let a = start(&mut dag, 0);
+    let fx = dag.apply(Event::Cancel, 5).unwrap();
+    assert_eq!(
+        fx,
+        vec![Effect::Cancel {
+            task: 0,
+            attempt: a,
+            agent: "a1".into()
+        }]
+    );
+    assert_eq!(dag.status(), RunStatus::Cancelling);
+    assert_eq!(status(&dag, "d"), TaskStatus::Cancelled);
+    // A second cancel is a no-op.
+    assert_eq!(dag.apply(Event::Cancel, 6).unwrap(), vec![]);
+    let fx = dag
+        .apply(
+            Event::Failed {
+                task: 0,
+                attempt: a,
+                exit_code: None,
+                reason: "cancelled".into(),
+                log_key: String::new(),
+                cancelled: true,
+            },
+            7,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
+    assert_eq!(
+        dag.task(0).current().unwrap().status,
+        AttemptStatus::Cancelled
+    );
+}
+
+#[test]
+fn cancel_of_a_finished_run_changes_nothing() {
+    let (mut dag, _) = RunDag::new(defs(&[("a", &[], 0)]), true);
+    run_ok(&mut dag, 0, 1);
+    assert_eq!(dag.apply(Event::Cancel, 9).unwrap(), vec![]);
+    assert_eq!(dag.status(), RunStatus::Succeeded);
+}
+
+#[test]
+fn refused_assignment_returns_task_to_ready_without_using_a_retry() {
+    let (mut dag, _) = diamond(true);
+    dag.apply(
+        Event::Assign {
+            task: 0,
+            agent: "a1".into(),
+        },
+        1,
+    )
+    .unwrap();
+    let fx = dag
+        .apply(
+            Event::AssignFailed {
+                task: 0,
+                attempt: 1,
+                reason: "executor `docker` is not enabled".into(),
+            },
+            2,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Ready { task: 0 }));
+    assert_eq!(dag.task(0).retries_used, 0);
+    let fx = dag
+        .apply(
+            Event::Assign {
+                task: 0,
+                agent: "a2".into(),
+            },
+            3,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Assign {
+        task: 0,
+        attempt: 2,
+        agent: "a2".into()
+    }));
+}
+
+#[test]
+fn only_tasks_with_attempts_are_dirty() {
+    let (mut dag, _) = diamond(true);
+    dag.take_dirty();
+    run_ok(&mut dag, 0, 1);
+    let (run_dirty, tasks) = dag.take_dirty();
+    assert!(!run_dirty);
+    // b and c became Ready: derivable, but the shell is told so it can skip them.
+    assert!(tasks.contains(&0));
+    assert!(dag.task(0).needs_record());
+    assert!(!dag.task(1).needs_record());
+}
+
+#[test]
+fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() {
+    // Before a restart: a succeeded, b assigned (maybe never sent), c running.
+    let (mut dag, _) = diamond(true);
+    run_ok(&mut dag, 0, 1);
+    dag.apply(
+        Event::Assign {
+            task: 1,
+            agent: "a1".into(),
+        },
+        2,
+    )
+    .unwrap();
+    start(&mut dag, 2);
+    let records: Vec<Option<TaskRun>> = dag
+        .tasks()
+        .iter()
+        .map(|t| t.needs_record().then(|| t.clone()))
+        .collect();
+    assert!(records[3].is_none());
+
+    let (restored, fx) =
+        RunDag::restore(dag.defs().to_vec(), true, dag.run_state().clone(), records);
+    assert_eq!(restored.tasks(), dag.tasks());
+    assert_eq!(
+        fx,
+        vec![Effect::Assign {
+            task: 1,
+            attempt: 1,
+            agent: "a1".into()
+        }]
+    );
+}
+
+#[test]
+fn restore_of_fresh_run_matches_new() {
+    let (dag, fx_new) = diamond(true);
+    let (restored, fx) = RunDag::restore(dag.defs().to_vec(), true, RunState::new(), vec![None; 4]);
+    assert_eq!(restored.tasks(), dag.tasks());
+    assert_eq!(fx, fx_new);
+}
+
+#[test]
+fn restore_derives_skipped_and_cancelled() {
+    let d = defs(&[("a", &[], 0), ("b", &["a"], 0), ("c", &[], 0)]);
+    let failed = TaskRun {
+        status: TaskStatus::Failed,
+        attempts: vec![Attempt {
+            number: 1,
+            agent: "x".into(),
+            status: AttemptStatus::Failed,
+            assigned_at: 1,
+            started_at: 1,
+            finished_at: 2,
+            exit_code: Some(2),
+            error: "boom".into(),
+            outputs: vec![],
+            log_key: String::new(),
+        }],
+        message: "boom".into(),
+        retry_at: 0,
+        retries_used: 0,
+    };
+    // Fail-fast run: b is downstream of the failure, c is stopped.
+    let run = RunState {
+        status: RunStatus::Failed,
+        message: "task `a` failed: boom".into(),
+        finished_at: 3,
+    };
+    let (dag, fx) = RunDag::restore(d.clone(), true, run, vec![Some(failed), None, None]);
+    assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
+    assert_eq!(status(&dag, "c"), TaskStatus::Skipped);
+    assert!(fx.is_empty());
+
+    let cancelled = RunState {
+        status: RunStatus::Cancelled,
+        message: String::new(),
+        finished_at: 3,
+    };
+    let (dag, _) = RunDag::restore(d, true, cancelled, vec![None, None, None]);
+    assert_eq!(status(&dag, "a"), TaskStatus::Cancelled);
+    assert_eq!(status(&dag, "b"), TaskStatus::Cancelled);
+}
+
+#[test]
+fn restore_finishes_a_run_whose_last_commit_was_lost() {
+    let d = defs(&[("a", &[], 0)]);
+    let (mut dag, _) = RunDag::new(d.clone(), true);
+    run_ok(&mut dag, 0, 1);
+    let record = Some(dag.task(0).clone());
+    let (restored, fx) = RunDag::restore(d, true, RunState::new(), vec![record]);
+    assert_eq!(fx, vec![Effect::Finished(RunStatus::Succeeded)]);
+    assert_eq!(restored.status(), RunStatus::Succeeded);
+}
+
+#[test]
+fn restore_of_cancelling_run_resends_cancels() {
+    let (mut dag, _) = diamond(true);
+    let a = start(&mut dag, 0);
+    dag.apply(Event::Cancel, 3).unwrap();
+    let records = dag
+        .tasks()
+        .iter()
+        .map(|t| t.needs_record().then(|| t.clone()))
+        .collect();
+    let (_, fx) = RunDag::restore(dag.defs().to_vec(), true, dag.run_state().clone(), records);
+    assert_eq!(
+        fx,
+        vec![Effect::Cancel {
+            task: 0,
+            attempt: a,
+            agent: "a1".into()
+        }]
+    );
+}
+
+#[test]
+fn wide_fan_out_becomes_ready_together() {
+    let mut spec: Vec<(String, Vec<String>)> = vec![("root".into(), vec![])];
+    for i in 0..500 {
+        spec.push((format!("t{i}"), vec!["root".into()]));
+    }
+    let d: Vec<TaskDef> = spec
+        .iter()
+        .map(|(n, deps)| TaskDef {
+            name: n.clone(),
+            deps: if deps.is_empty() { vec![] } else { vec![0] },
+            retry_limit: 0,
+            backoff_ms: 0,
+        })
+        .collect();
+    let (mut dag, _) = RunDag::new(d, true);
+    let fx = run_ok(&mut dag, 0, 1);
+    let ready = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Ready { .. }))
+        .count();
+    assert_eq!(ready, 500);
+}
