@@ -1,1 +1,242 @@
-//! placeholder
+//! Real etcd and nats-server as child processes on free loopback ports, each
+//! with its own data directory, killed when dropped. `drover dev` runs its
+//! local cluster on these, and the integration tests use the same code.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A port nobody listens on right now. The OS hands out ports round-robin,
+/// so the small window before the server binds it is not a problem in practice.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where a server keeps its data: a caller's directory, or a temp one removed on drop.
+enum DataDir {
+    Kept(PathBuf),
+    Temp(TempDir),
+}
+
+impl DataDir {
+    fn new(dir: Option<&Path>) -> Result<Self> {
+        Ok(match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                DataDir::Kept(d.to_path_buf())
+            }
+            None => DataDir::Temp(tempfile::tempdir()?),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Kept(p) => p,
+            DataDir::Temp(t) => t.path(),
+        }
+    }
+}
+
+fn spawn(program: &str, args: &[String], log: &Path, package: &str) -> Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the
+    // server if we die without running destructors (a killed test, Ctrl-\).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| {
+        format!("starting `{program}` (is it installed? Debian package `{package}`)")
+    })
+}
+
+/// Waits until `probe` answers, or the child exits, or the timeout passes.
+async fn wait_ready<F, Fut>(child: &mut Child, what: &str, log: &Path, mut probe: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if probe().await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{what} exited with {status} while starting:\n{tail}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} not ready after {START_TIMEOUT:?} (log: {})",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A single-member etcd cluster.
+pub struct Etcd {
+    /// Client URL, e.g. `http://127.0.0.1:41234`.
+    pub endpoint: String,
+    child: Child,
+    _dir: DataDir,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `data_dir` (a temp dir when `None`).
+    pub async fn start(data_dir: Option<&Path>) -> Result<Self> {
+        let dir = DataDir::new(data_dir)?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args: Vec<String> = [
+            "--name",
+            "drover",
+            "--data-dir",
+            &dir.path().join("data").to_string_lossy(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("drover={peer_url}"),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = dir.path().join("etcd.log");
+        let mut child = spawn("etcd", &args, &log, "etcd-server")?;
+        wait_ready(&mut child, "etcd", &log, || etcd_healthy(client)).await?;
+        Ok(Self {
+            endpoint,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Kills etcd now (SIGKILL) and waits for it.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+async fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.contains("\"health\":\"true\"")
+}
+
+/// A nats-server with JetStream.
+pub struct Nats {
+    /// Client URL, e.g. `nats://127.0.0.1:42222`.
+    pub url: String,
+    child: Child,
+    _dir: DataDir,
+}
+
+impl Nats {
+    /// Starts nats-server with JetStream storage under `data_dir` (a temp dir when `None`).
+    pub async fn start(data_dir: Option<&Path>) -> Result<Self> {
+        let dir = DataDir::new(data_dir)?;
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            &dir.path().join("jetstream").to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = dir.path().join("nats.log");
+        let mut child = spawn("nats-server", &args, &log, "nats-server")?;
+        wait_ready(&mut child, "nats-server", &log, || nats_ready(port)).await?;
+        Ok(Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Kills nats-server now (SIGKILL) and waits for it.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// nats-server greets every client with an INFO line once it accepts connections.
+async fn nats_ready(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"INFO")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn etcd_and_nats_start_answer_and_die_on_drop() {
+        let etcd = Etcd::start(None).await.unwrap();
+        let nats = Nats::start(None).await.unwrap();
+        let etcd_port: u16 = etcd.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let nats_port: u16 = nats.url.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(etcd_healthy(etcd_port).await);
+        assert!(nats_ready(nats_port).await);
+        drop(etcd);
+        drop(nats);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(TcpStream::connect(("127.0.0.1", etcd_port)).await.is_err());
+        assert!(TcpStream::connect(("127.0.0.1", nats_port)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn kept_data_dir_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd::start(Some(dir.path())).await.unwrap();
+        etcd.kill().await.unwrap();
+        drop(etcd);
+        assert!(dir.path().join("data").exists());
+        Etcd::start(Some(dir.path())).await.unwrap();
+    }
+}
