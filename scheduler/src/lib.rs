@@ -1,1 +1,95 @@
-//! placeholder
+//! `drover-scheduler`: keeps every run's DAG and state in etcd, decides which
+//! ready task runs where, and assigns it over NATS.
+//!
+//! Shell around the pure core (`drover-scheduler-core`):
+//! - [`engine`]: the single loop that owns in-memory state, group-commits to etcd, then acts;
+//! - [`store`]: etcd keys and compare-and-swap transactions;
+//! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
+//! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types.
+
+pub mod bus;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod options;
+pub mod store;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use drover_api::pb;
+
+pub use error::SchedulerError;
+pub use options::SchedulerOptions;
+
+/// Connects to etcd, NATS and the artifact store, then serves gRPC on
+/// `listener` until `shutdown` resolves or the engine stops on an error.
+pub async fn serve(
+    opts: SchedulerOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    opts.validate().map_err(SchedulerError::Config)?;
+    let store = store::Store::connect(&opts.etcd, &opts.prefix).await?;
+    let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix).await?;
+    let artifacts = drover_artifacts::open(&opts.artifacts)
+        .await
+        .map_err(|e| SchedulerError::Config(e.to_string()))?;
+    let (engine, handle) = engine::Engine::new(
+        store.clone(),
+        bus,
+        engine::EngineOptions {
+            nats_prefix: opts.nats_prefix.clone(),
+            agent_timeout: opts.agent_timeout,
+            cancel_grace: opts.cancel_grace,
+        },
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut engine_task = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::scheduler_server::SchedulerServer<grpc::Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| SchedulerError::Transport(e.to_string()))?;
+    let api = grpc::Api {
+        engine: handle,
+        store,
+        artifacts,
+    };
+    let addr = listener.local_addr().ok();
+    info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::scheduler_server::SchedulerServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
+    tokio::select! {
+        r = server => r.map_err(|e| SchedulerError::Transport(e.to_string()))?,
+        r = &mut engine_task => {
+            return match r {
+                Ok(res) => res,
+                Err(e) => Err(SchedulerError::Transport(format!("engine task: {e}"))),
+            };
+        }
+    }
+    match engine_task.await {
+        Ok(res) => res,
+        Err(e) => Err(SchedulerError::Transport(format!("engine task: {e}"))),
+    }
+}

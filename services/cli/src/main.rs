@@ -1,1 +1,289 @@
-fn main() {}
+//! `drover`: submit, watch, inspect and cancel pipeline runs over gRPC, and
+//! `drover dev`, a whole local cluster in one command.
+
+mod dev;
+mod output;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use drover_api::pb;
+use drover_api::pb::scheduler_client::SchedulerClient;
+
+#[derive(Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "Drover: ML pipelines on your GPU machines"
+)]
+struct Cli {
+    /// Scheduler gRPC address.
+    #[arg(
+        long,
+        env = "DROVER_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Default, ValueEnum)]
+enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a pipeline spec (YAML); prints the run id.
+    Submit {
+        file: PathBuf,
+        /// Override a declared param (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Follow the run; exit 0 only if it succeeds.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+    /// Show a run and its tasks.
+    Get {
+        run: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// List runs, newest first.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Follow a run until it ends; exit 0 only if it succeeds.
+    Watch {
+        run: String,
+        /// JSON: one snapshot of the run per line.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Cancel a run: waiting tasks never start, running ones are stopped.
+    Cancel { run: String },
+    /// Print a task's captured stdout/stderr.
+    Logs {
+        run: String,
+        task: String,
+        /// Attempt number (default: the latest with a log).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
+    },
+    /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
+    Dev(dev::DevArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = drover_telemetry::init(if matches!(cli.command, Command::Dev(_)) {
+        "info,etcd_client=warn"
+    } else {
+        "warn"
+    });
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A gRPC status reads as its message with the code in words.
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) => format!("{} ({})", s.message(), s.code().description()),
+        None => format!("{e:#}"),
+    }
+}
+
+async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
+    let channel = Channel::from_shared(server.to_string())
+        .map_err(|e| anyhow!("--server `{server}`: {e}"))?
+        .connect()
+        .await
+        .with_context(|| {
+            format!("cannot reach the scheduler at {server} (set --server or DROVER_SERVER)")
+        })?;
+    Ok(SchedulerClient::new(channel))
+}
+
+fn parse_params(raw: &[String]) -> Result<HashMap<String, String>> {
+    raw.iter()
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--param `{p}`: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn succeeded(run: &pb::Run) -> ExitCode {
+    if run.state() == pb::RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let server = cli.server;
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Submit {
+            file,
+            params,
+            watch,
+        } => {
+            let spec_yaml = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let params = parse_params(&params)?;
+            let mut client = connect(&server).await?;
+            let id = client
+                .submit_run(pb::SubmitRunRequest { spec_yaml, params })
+                .await?
+                .into_inner()
+                .run_id;
+            println!("{id}");
+            if watch {
+                return follow(&mut client, id, Format::Table).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { run, output } => {
+            let mut client = connect(&server).await?;
+            let r = client
+                .get_run(pb::GetRunRequest { run_id: run })
+                .await?
+                .into_inner();
+            match output {
+                Format::Table => print!("{}", output::run_table(&r, now_ms())),
+                Format::Json => println!("{:#}", output::run_json(&r)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { output } => {
+            let mut client = connect(&server).await?;
+            let runs = client
+                .list_runs(pb::ListRunsRequest {})
+                .await?
+                .into_inner()
+                .runs;
+            match output {
+                Format::Table => print!("{}", output::list_table(&runs, now_ms())),
+                Format::Json => {
+                    let v: Vec<_> = runs.iter().map(output::summary_json).collect();
+                    println!("{:#}", serde_json::Value::Array(v));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { run, output } => {
+            let mut client = connect(&server).await?;
+            follow(&mut client, run, output).await
+        }
+        Command::Cancel { run } => {
+            let mut client = connect(&server).await?;
+            let r = client
+                .cancel_run(pb::CancelRunRequest { run_id: run })
+                .await?
+                .into_inner();
+            println!("{} {}", r.id, output::run_state(r.state()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { run, task, attempt } => {
+            let mut client = connect(&server).await?;
+            let mut stream = client
+                .get_logs(pb::GetLogsRequest {
+                    run_id: run,
+                    task,
+                    attempt,
+                })
+                .await?
+                .into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                stdout.write_all(&chunk?.data)?;
+            }
+            stdout.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints task changes until the run ends; the exit code says whether it succeeded.
+async fn follow(
+    client: &mut SchedulerClient<Channel>,
+    run_id: String,
+    format: Format,
+) -> Result<ExitCode> {
+    let mut stream = client
+        .watch_run(pb::WatchRunRequest { run_id })
+        .await?
+        .into_inner();
+    let mut last: Option<pb::Run> = None;
+    while let Some(run) = stream.next().await {
+        let run = run?;
+        match format {
+            Format::Json => println!("{}", output::run_json(&run)),
+            Format::Table => {
+                for line in output::changes(last.as_ref(), &run) {
+                    println!("{}  {line}", output::clock(now_ms()));
+                }
+            }
+        }
+        last = Some(run);
+    }
+    let run = last.ok_or_else(|| anyhow!("the scheduler closed the watch without a run"))?;
+    if let Format::Table = format {
+        let took = run.finished_at_ms.saturating_sub(run.created_at_ms);
+        let mut line = format!(
+            "run {} {} in {}",
+            run.id,
+            output::run_state(run.state()),
+            output::duration(took)
+        );
+        if !run.message.is_empty() {
+            line.push_str(&format!(": {}", run.message));
+        }
+        println!("{line}");
+    }
+    Ok(succeeded(&run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_need_key_and_equals() {
+        let ok = parse_params(&["lr=0.1".into(), "x=a=b".into()]).unwrap();
+        assert_eq!(ok["lr"], "0.1");
+        assert_eq!(ok["x"], "a=b");
+        let e = parse_params(&["lr".into()]).unwrap_err().to_string();
+        assert_eq!(e, "--param `lr`: expected KEY=VALUE");
+        assert!(parse_params(&["=v".into()]).is_err());
+    }
+}

@@ -1,5 +1,7 @@
 //! Logging/tracing set-up shared by every Drover binary.
 //!
+//! Also the shutdown trigger every binary shares ([`shutdown_signal`]).
+//!
 //! `RUST_LOG` filters (default `info`); `DROVER_LOG_FORMAT=json` switches to
 //! one JSON object per line for log shippers. OTLP export comes with the
 //! tracing issue and will hang off the returned guard.
@@ -23,4 +25,25 @@ pub fn init(default_filter: &str) -> Guard {
         builder.try_init()
     };
     Guard(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM: every binary's shutdown trigger.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and running Drover needs on Debian, only if missing:
+# etcd, nats-server (JetStream), protoc, and Python 3 for the example pipeline.
+# Shared by ops/quickstart.sh and ops/test.sh.
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v python3 >/dev/null || need+=(python3)
+command -v cc >/dev/null || need+=(build-essential)
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo not found; install Rust (https://rustup.rs) and re-run" >&2
+  exit 1
+fi

@@ -1,0 +1,110 @@
+//! NATS side of the scheduler: the events stream and its durable consumer,
+//! heartbeats, and assign/cancel requests to agents.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use drover_api::{naming, pb};
+use prost::Message;
+
+use crate::error::{Result, SchedulerError};
+
+/// How long an agent has to answer an assign or cancel request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unacked events are redelivered after this; the scheduler acks after each commit.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+const CONSUMER: &str = "scheduler";
+
+fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
+    SchedulerError::Nats(e.to_string())
+}
+
+/// The events stream's configuration; agents create the same one, whoever
+/// comes first wins and the other finds it.
+pub fn events_stream_config(prefix: &str) -> stream::Config {
+    stream::Config {
+        name: naming::events_stream(prefix),
+        subjects: vec![naming::events_wildcard(prefix)],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    prefix: String,
+}
+
+pub type EventStream = pull::Stream;
+
+impl Bus {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let client = async_nats::connect(url).await.map_err(nats_err)?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// Agents' attempt events, from a durable consumer: what was not acked
+    /// before a restart is delivered again.
+    pub async fn events(&self) -> Result<EventStream> {
+        let js = jetstream::new(self.client.clone());
+        let stream = js
+            .get_or_create_stream(events_stream_config(&self.prefix))
+            .await
+            .map_err(nats_err)?;
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats_err)?;
+        consumer.messages().await.map_err(nats_err)
+    }
+
+    pub async fn heartbeats(&self) -> Result<async_nats::Subscriber> {
+        self.client
+            .subscribe(naming::heartbeat_wildcard(&self.prefix))
+            .await
+            .map_err(nats_err)
+    }
+
+    async fn request<R: Message + Default>(&self, subject: String, body: Bytes) -> Result<R> {
+        let msg = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, body))
+            .await
+            .map_err(|_| nats_err(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+            .map_err(nats_err)?;
+        R::decode(msg.payload).map_err(nats_err)
+    }
+
+    /// Sends an assignment; Err(reason) when the agent refused or did not answer.
+    pub async fn assign(&self, agent: &str, a: &pb::Assignment) -> std::result::Result<(), String> {
+        let subject = naming::assign_subject(&self.prefix, agent);
+        match self
+            .request::<pb::AssignReply>(subject, a.encode_to_vec().into())
+            .await
+        {
+            Ok(r) if r.accepted => Ok(()),
+            Ok(r) => Err(format!("agent `{agent}` refused: {}", r.reason)),
+            Err(e) => Err(format!("agent `{agent}` did not take the task: {e}")),
+        }
+    }
+
+    /// Asks an agent to stop an attempt; Ok(false) when it does not run it.
+    pub async fn cancel(&self, agent: &str, c: &pb::CancelAttempt) -> Result<bool> {
+        let subject = naming::cancel_subject(&self.prefix, agent);
+        let r: pb::CancelReply = self.request(subject, c.encode_to_vec().into()).await?;
+        Ok(r.found)
+    }
+}

@@ -1,0 +1,285 @@
+//! Between stored/wire protobuf types and the pure core's types.
+
+use drover_api::pb;
+use drover_scheduler_core::dag::{
+    Artifact, Attempt, AttemptStatus, RunDag, RunState, RunStatus, TaskDef, TaskRun, TaskStatus,
+};
+
+use crate::store::StoredRun;
+
+pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
+    let index: std::collections::HashMap<&str, usize> = spec
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    spec.tasks
+        .iter()
+        .map(|t| {
+            let retries = t.retries.unwrap_or_default();
+            TaskDef {
+                name: t.name.clone(),
+                // Validation guarantees every dependency exists.
+                deps: t
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect(),
+                retry_limit: retries.limit,
+                backoff_ms: retries.backoff_ms,
+            }
+        })
+        .collect()
+}
+
+/// Rebuilds a run's state machine from what etcd holds.
+pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::Effect>) {
+    let spec = stored.record.spec.clone().unwrap_or_default();
+    let defs = task_defs(&spec);
+    let mut records: Vec<Option<TaskRun>> = vec![None; defs.len()];
+    for (name, rec, _) in &stored.tasks {
+        if let Some(i) = defs.iter().position(|d| &d.name == name) {
+            records[i] = Some(task_run(rec));
+        }
+    }
+    let run = RunState {
+        status: run_status(stored.record.state()),
+        message: stored.record.message.clone(),
+        finished_at: stored.record.finished_at_ms,
+    };
+    RunDag::restore(defs, spec.fail_fast, run, records)
+}
+
+pub fn run_status(s: pb::RunState) -> RunStatus {
+    match s {
+        pb::RunState::Succeeded => RunStatus::Succeeded,
+        pb::RunState::Failed => RunStatus::Failed,
+        pb::RunState::Cancelling => RunStatus::Cancelling,
+        pb::RunState::Cancelled => RunStatus::Cancelled,
+        pb::RunState::Running | pb::RunState::Unspecified => RunStatus::Running,
+    }
+}
+
+pub fn run_state(s: RunStatus) -> pb::RunState {
+    match s {
+        RunStatus::Running => pb::RunState::Running,
+        RunStatus::Succeeded => pb::RunState::Succeeded,
+        RunStatus::Failed => pb::RunState::Failed,
+        RunStatus::Cancelling => pb::RunState::Cancelling,
+        RunStatus::Cancelled => pb::RunState::Cancelled,
+    }
+}
+
+fn task_state(s: TaskStatus) -> pb::TaskState {
+    match s {
+        TaskStatus::Pending => pb::TaskState::Pending,
+        TaskStatus::Ready => pb::TaskState::Ready,
+        TaskStatus::Assigned => pb::TaskState::Assigned,
+        TaskStatus::Running => pb::TaskState::Running,
+        TaskStatus::RetryWait => pb::TaskState::RetryWait,
+        TaskStatus::Succeeded => pb::TaskState::Succeeded,
+        TaskStatus::Failed => pb::TaskState::Failed,
+        TaskStatus::Cancelled => pb::TaskState::Cancelled,
+        TaskStatus::Skipped => pb::TaskState::Skipped,
+    }
+}
+
+fn task_status(s: pb::TaskState) -> TaskStatus {
+    match s {
+        pb::TaskState::Pending | pb::TaskState::Unspecified => TaskStatus::Pending,
+        pb::TaskState::Ready => TaskStatus::Ready,
+        pb::TaskState::Assigned => TaskStatus::Assigned,
+        pb::TaskState::Running => TaskStatus::Running,
+        pb::TaskState::RetryWait => TaskStatus::RetryWait,
+        pb::TaskState::Succeeded => TaskStatus::Succeeded,
+        pb::TaskState::Failed => TaskStatus::Failed,
+        pb::TaskState::Cancelled => TaskStatus::Cancelled,
+        pb::TaskState::Skipped => TaskStatus::Skipped,
+    }
+}
+
+fn attempt_state(s: AttemptStatus) -> pb::AttemptState {
+    match s {
+        AttemptStatus::Assigned => pb::AttemptState::Assigned,
+        AttemptStatus::Running => pb::AttemptState::Running,
+        AttemptStatus::Succeeded => pb::AttemptState::Succeeded,
+        AttemptStatus::Failed => pb::AttemptState::Failed,
+        AttemptStatus::Cancelled => pb::AttemptState::Cancelled,
+    }
+}
+
+fn attempt_status(s: pb::AttemptState) -> AttemptStatus {
+    match s {
+        pb::AttemptState::Assigned | pb::AttemptState::Unspecified => AttemptStatus::Assigned,
+        pb::AttemptState::Running => AttemptStatus::Running,
+        pb::AttemptState::Succeeded => AttemptStatus::Succeeded,
+        pb::AttemptState::Failed => AttemptStatus::Failed,
+        pb::AttemptState::Cancelled => AttemptStatus::Cancelled,
+    }
+}
+
+pub fn artifact(a: &pb::Artifact) -> Artifact {
+    Artifact {
+        name: a.name.clone(),
+        key: a.key.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+    }
+}
+
+fn pb_artifact(a: &Artifact) -> pb::Artifact {
+    pb::Artifact {
+        name: a.name.clone(),
+        key: a.key.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+    }
+}
+
+fn pb_attempt(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        number: a.number,
+        agent_id: a.agent.clone(),
+        state: attempt_state(a.status) as i32,
+        assigned_at_ms: a.assigned_at,
+        started_at_ms: a.started_at,
+        finished_at_ms: a.finished_at,
+        exit_code: a.exit_code,
+        error: a.error.clone(),
+        outputs: a.outputs.iter().map(pb_artifact).collect(),
+        log_key: a.log_key.clone(),
+    }
+}
+
+fn core_attempt(a: &pb::Attempt) -> Attempt {
+    Attempt {
+        number: a.number,
+        agent: a.agent_id.clone(),
+        status: attempt_status(a.state()),
+        assigned_at: a.assigned_at_ms,
+        started_at: a.started_at_ms,
+        finished_at: a.finished_at_ms,
+        exit_code: a.exit_code,
+        error: a.error.clone(),
+        outputs: a.outputs.iter().map(artifact).collect(),
+        log_key: a.log_key.clone(),
+    }
+}
+
+pub fn task_record(t: &TaskRun) -> pb::TaskRecord {
+    pb::TaskRecord {
+        state: task_state(t.status) as i32,
+        attempts: t.attempts.iter().map(pb_attempt).collect(),
+        message: t.message.clone(),
+        retry_at_ms: t.retry_at,
+        retries_used: t.retries_used,
+    }
+}
+
+pub fn task_run(r: &pb::TaskRecord) -> TaskRun {
+    TaskRun {
+        status: task_status(r.state()),
+        attempts: r.attempts.iter().map(core_attempt).collect(),
+        message: r.message.clone(),
+        retry_at: r.retry_at_ms,
+        retries_used: r.retries_used,
+    }
+}
+
+/// The run record with the state machine's run-level state written in.
+pub fn run_record(base: &pb::RunRecord, dag: &RunDag) -> pb::RunRecord {
+    let mut r = base.clone();
+    let s = dag.run_state();
+    r.state = run_state(s.status) as i32;
+    r.message = s.message.clone();
+    r.finished_at_ms = s.finished_at;
+    r
+}
+
+/// The public view of a run.
+pub fn run_view(record: &pb::RunRecord, dag: &RunDag) -> pb::Run {
+    let spec = record.spec.clone().unwrap_or_default();
+    let s = dag.run_state();
+    pb::Run {
+        id: record.id.clone(),
+        name: spec.name.clone(),
+        state: run_state(s.status) as i32,
+        params: record.params.clone(),
+        created_at_ms: record.created_at_ms,
+        finished_at_ms: s.finished_at,
+        message: s.message.clone(),
+        fail_fast: spec.fail_fast,
+        tasks: spec
+            .tasks
+            .iter()
+            .zip(dag.tasks())
+            .map(|(def, t)| pb::Task {
+                name: def.name.clone(),
+                state: task_state(t.status) as i32,
+                depends_on: def.depends_on.clone(),
+                attempts: t.attempts.iter().map(pb_attempt).collect(),
+                message: t.message.clone(),
+                retry_at_ms: t.retry_at,
+            })
+            .collect(),
+    }
+}
+
+pub fn summary(record: &pb::RunRecord) -> pb::RunSummary {
+    let spec = record.spec.as_ref();
+    pb::RunSummary {
+        id: record.id.clone(),
+        name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+        state: record.state,
+        created_at_ms: record.created_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        tasks_total: spec.map_or(0, |s| s.tasks.len() as u32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_records_round_trip() {
+        let t = TaskRun {
+            status: TaskStatus::RetryWait,
+            attempts: vec![Attempt {
+                number: 1,
+                agent: "a".into(),
+                status: AttemptStatus::Failed,
+                assigned_at: 1,
+                started_at: 2,
+                finished_at: 3,
+                exit_code: Some(4),
+                error: "exited with code 4".into(),
+                outputs: vec![Artifact {
+                    name: "m".into(),
+                    key: "k".into(),
+                    sha256: "s".into(),
+                    size: 9,
+                }],
+                log_key: "l".into(),
+            }],
+            message: "retry".into(),
+            retry_at: 77,
+            retries_used: 1,
+        };
+        assert_eq!(task_run(&task_record(&t)), t);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Cancelling,
+            RunStatus::Cancelled,
+        ] {
+            assert_eq!(run_status(run_state(s)), s);
+        }
+    }
+}

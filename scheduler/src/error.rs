@@ -1,0 +1,63 @@
+//! The scheduler's error type and its one mapping to gRPC status codes.
+
+use drover_api::spec::SpecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("{0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("run `{0}` not found")]
+    RunNotFound(String),
+    #[error("run `{run}` has no task `{task}`")]
+    TaskNotFound { run: String, task: String },
+    #[error("{0}")]
+    LogNotFound(String),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("artifact store: {0}")]
+    Artifacts(String),
+    /// A compare-and-swap lost: another writer changed the same keys.
+    #[error("state changed concurrently; retry")]
+    Conflict,
+    #[error("stored value at `{key}` is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("scheduler is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("grpc server: {0}")]
+    Transport(String),
+}
+
+impl From<SchedulerError> for tonic::Status {
+    fn from(e: SchedulerError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            SchedulerError::InvalidSpec(_)
+            | SchedulerError::InvalidArgument { .. }
+            | SchedulerError::Config(_) => Code::InvalidArgument,
+            SchedulerError::RunNotFound(_)
+            | SchedulerError::TaskNotFound { .. }
+            | SchedulerError::LogNotFound(_) => Code::NotFound,
+            SchedulerError::Conflict => Code::Aborted,
+            SchedulerError::Etcd(_)
+            | SchedulerError::Nats(_)
+            | SchedulerError::Artifacts(_)
+            | SchedulerError::ShuttingDown
+            | SchedulerError::Unavailable(_) => Code::Unavailable,
+            SchedulerError::Corrupt { .. } | SchedulerError::Transport(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;

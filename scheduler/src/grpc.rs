@@ -1,0 +1,227 @@
+//! The `drover.v1.Scheduler` gRPC service.
+//!
+//! Writes go through the engine loop (so they are ordered with agent events
+//! and committed before anything is sent); reads come straight from etcd,
+//! the source of truth, through the same derivation the engine restarts with.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use drover_api::pb;
+use drover_api::pb::scheduler_server::Scheduler;
+
+use crate::convert;
+use crate::engine::{now_ms, EngineHandle};
+use crate::error::{Result, SchedulerError};
+use crate::store::Store;
+
+pub struct Api {
+    pub engine: EngineHandle,
+    pub store: Store,
+    pub artifacts: drover_artifacts::Store,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
+    if value.is_empty() {
+        return Err(SchedulerError::InvalidArgument {
+            field,
+            message: "is required".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// `<pipeline>-<8 hex>`: readable in listings, unique enough for a fleet.
+fn new_run_id(pipeline: &str) -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("{pipeline}-{}", &u[..8])
+}
+
+impl Api {
+    async fn read_run(&self, run_id: &str) -> Result<pb::Run> {
+        let stored = self
+            .store
+            .load_run(run_id)
+            .await?
+            .ok_or_else(|| SchedulerError::RunNotFound(run_id.to_string()))?;
+        let (dag, _) = convert::restore(&stored);
+        Ok(convert::run_view(&stored.record, &dag))
+    }
+
+    /// The log key of `attempt` of `task` (0 = the latest with a log).
+    async fn log_key(&self, run_id: &str, task: &str, attempt: u32) -> Result<String> {
+        let run = self.read_run(run_id).await?;
+        let t = run.tasks.iter().find(|t| t.name == task).ok_or_else(|| {
+            SchedulerError::TaskNotFound {
+                run: run_id.to_string(),
+                task: task.to_string(),
+            }
+        })?;
+        let found = if attempt == 0 {
+            t.attempts.iter().rev().find(|a| !a.log_key.is_empty())
+        } else {
+            t.attempts.iter().find(|a| a.number == attempt)
+        };
+        match found {
+            Some(a) if !a.log_key.is_empty() => Ok(a.log_key.clone()),
+            Some(a) => Err(SchedulerError::LogNotFound(format!(
+                "task `{task}` attempt {} has no log yet (state {:?})",
+                a.number,
+                a.state()
+            ))),
+            None if attempt == 0 => Err(SchedulerError::LogNotFound(format!(
+                "task `{task}` has no log yet (state {:?})",
+                t.state()
+            ))),
+            None => Err(SchedulerError::LogNotFound(format!(
+                "task `{task}` has no attempt {attempt} (it has {})",
+                t.attempts.len()
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for Api {
+    async fn submit_run(
+        &self,
+        req: Request<pb::SubmitRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let req = req.into_inner();
+        let overrides: BTreeMap<String, String> = req.params.into_iter().collect();
+        let spec = drover_api::spec::parse_spec(&req.spec_yaml, &overrides)
+            .map_err(SchedulerError::from)?;
+        let run_id = new_run_id(&spec.name);
+        let record = pb::RunRecord {
+            id: run_id.clone(),
+            params: spec.params.clone(),
+            spec: Some(spec),
+            state: pb::RunState::Running as i32,
+            created_at_ms: now_ms(),
+            finished_at_ms: 0,
+            message: String::new(),
+        };
+        self.engine.submit(record).await?;
+        Ok(Response::new(pb::SubmitRunResponse { run_id }))
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let id = req.into_inner().run_id;
+        Ok(Response::new(
+            self.read_run(required("run_id", &id)?).await?,
+        ))
+    }
+
+    async fn list_runs(
+        &self,
+        _req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let mut runs: Vec<pb::RunSummary> = self
+            .store
+            .list_runs()
+            .await?
+            .iter()
+            .map(|(r, _)| convert::summary(r))
+            .collect();
+        runs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.id.cmp(&b.id)));
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    type WatchRunStream = BoxStream<pb::Run>;
+
+    async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let id = req.into_inner().run_id;
+        required("run_id", &id)?;
+        // Subscribe before the first read so no change slips between them.
+        let mut changes = self.engine.subscribe();
+        let first = self.read_run(&id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let api = Api {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+            artifacts: self.artifacts.clone(),
+        };
+        tokio::spawn(async move {
+            let mut last = first;
+            let done = |r: &pb::Run| !crate::store::is_active(r.state());
+            if tx.send(Ok(last.clone())).await.is_err() || done(&last) {
+                return;
+            }
+            loop {
+                match changes.recv().await {
+                    Ok(changed) if changed != id => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => {
+                        let _ = tx.send(Err(SchedulerError::ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+                let run = match api.read_run(&id).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if run == last {
+                    continue;
+                }
+                last = run;
+                if tx.send(Ok(last.clone())).await.is_err() || done(&last) {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let id = req.into_inner().run_id;
+        required("run_id", &id)?;
+        // Not active here: unknown (NotFound from the read) or already finished (no-op).
+        self.engine.cancel(id.clone()).await?;
+        Ok(Response::new(self.read_run(&id).await?))
+    }
+
+    type GetLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn get_logs(
+        &self,
+        req: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        let req = req.into_inner();
+        required("run_id", &req.run_id)?;
+        required("task", &req.task)?;
+        let key = self.log_key(&req.run_id, &req.task, req.attempt).await?;
+        let stream = self
+            .artifacts
+            .get_bytes_stream(&key)
+            .await
+            .map_err(|e| match e {
+                drover_artifacts::ArtifactError::NotFound { key } => SchedulerError::LogNotFound(
+                    format!("log `{key}` is missing from the artifact store"),
+                ),
+                other => SchedulerError::Artifacts(other.to_string()),
+            })?;
+        let chunks = stream.map(|r| {
+            r.map(|data| pb::LogChunk {
+                data: data.to_vec(),
+            })
+            .map_err(|e| Status::from(SchedulerError::Artifacts(e.to_string())))
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}

@@ -1,0 +1,69 @@
+//! `drover-scheduler` options: defaults, then `DROVER_*` environment, then flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Parses "10s", "500ms", "1h30m" into a Duration (clap value parser).
+pub fn duration_arg(s: &str) -> Result<Duration, String> {
+    drover_api::spec::parse_duration(s).map(Duration::from_millis)
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SchedulerOptions {
+    /// gRPC listen address.
+    #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "DROVER_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
+    /// NATS server URL.
+    #[arg(long, env = "DROVER_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// etcd key prefix for all of this scheduler's state.
+    #[arg(long, env = "DROVER_PREFIX", default_value = "/drover")]
+    pub prefix: String,
+    /// Artifact store URL (file:///dir, s3://bucket/path, ...); logs are read from it.
+    #[arg(long, env = "DROVER_ARTIFACTS")]
+    pub artifacts: String,
+    /// Prefix of every NATS subject and of the events stream name.
+    #[arg(long, env = "DROVER_NATS_PREFIX", default_value = drover_api::naming::DEFAULT_NATS_PREFIX)]
+    pub nats_prefix: String,
+    /// An agent silent for this long gets no new work.
+    #[arg(long, env = "DROVER_AGENT_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub agent_timeout: Duration,
+    /// How long a cancelled task gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
+    pub cancel_grace: Duration,
+}
+
+impl SchedulerOptions {
+    /// Checks what clap cannot: a prefix etcd keys can hang off.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            return Err(format!(
+                "--prefix: `{}` must start with `/` and not end with one (e.g. /drover)",
+                self.prefix
+            ));
+        }
+        if self.nats_prefix.is_empty()
+            || !self
+                .nats_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(format!(
+                "--nats-prefix: `{}` must be letters, digits, `-`, `_` or `.`",
+                self.nats_prefix
+            ));
+        }
+        if self.etcd.is_empty() {
+            return Err("--etcd: at least one endpoint is needed".into());
+        }
+        Ok(())
+    }
+}

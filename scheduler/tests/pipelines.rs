@@ -1,0 +1,388 @@
+//! End to end through real etcd, NATS JetStream, the scheduler binary, an
+//! agent running real processes, and a file:// object store.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, read_pid, task, Cluster};
+use drover_api::pb::{self, AttemptState, RunState, TaskState};
+use sha2::{Digest, Sha256};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diamond_dag_passes_artifacts_along() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: diamond
+params: {greeting: hello}
+tasks:
+  - name: a
+    command: ["sh", "-c", "echo '{{params.greeting}}' > $DROVER_OUTPUTS/a.txt; echo a-ran"]
+    outputs: [{name: text, path: a.txt}]
+  - name: b
+    depends_on: [a]
+    command: ["sh", "-c", "tr a-z A-Z < $DROVER_INPUTS/in > $DROVER_OUTPUTS/b.txt"]
+    inputs: [{name: in, from: a/text}]
+    outputs: [{name: text, path: b.txt}]
+  - name: c
+    depends_on: [a]
+    command: ["sh", "-c", "rev < $DROVER_INPUTS/in > $DROVER_OUTPUTS/c.txt"]
+    inputs: [{name: in, from: a/text}]
+    outputs: [{name: text, path: c.txt}]
+  - name: d
+    depends_on: [b, c]
+    command: ["sh", "-c", "cat $DROVER_INPUTS/upper $DROVER_INPUTS/reversed > $DROVER_OUTPUTS/d.txt; echo run=$DROVER_RUN_ID task=$DROVER_TASK attempt=$DROVER_ATTEMPT"]
+    inputs: [{name: upper, from: b/text}, {name: reversed, from: c/text}]
+    outputs: [{name: joined, path: d.txt}]
+"#;
+    let id = c
+        .submit_with(spec, &[("greeting", "drover")])
+        .await
+        .unwrap();
+    assert!(id.starts_with("diamond-"), "{id}");
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    for t in &run.tasks {
+        assert_eq!(t.state(), TaskState::Succeeded);
+        assert_eq!(t.attempts.len(), 1);
+        assert_eq!(t.attempts[0].agent_id, "agent-1");
+    }
+    let out = &task(&run, "d").attempts[0].outputs[0];
+    let bytes = std::fs::read(c.artifact(&out.key)).unwrap();
+    assert_eq!(String::from_utf8_lossy(&bytes), "DROVER\nrevord\n");
+    assert_eq!(out.sha256, format!("{:x}", Sha256::digest(&bytes)));
+    assert_eq!(out.size, bytes.len() as u64);
+    let log = c.logs(&id, "d", 0).await.unwrap();
+    assert_eq!(log.trim(), format!("run={id} task=d attempt=1"));
+    assert_eq!(c.logs(&id, "a", 1).await.unwrap().trim(), "a-ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_task_fails_the_run_and_downstream_never_starts() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: breaks
+tasks:
+  - name: prep
+    command: ["sh", "-c", "echo about to fail >&2; exit 3"]
+  - name: train
+    depends_on: [prep]
+    command: ["true"]
+  - name: report
+    depends_on: [train]
+    command: ["true"]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed);
+    assert_eq!(run.message, "task `prep` failed: exited with code 3");
+    let prep = task(&run, "prep");
+    assert_eq!(prep.state(), TaskState::Failed);
+    assert_eq!(prep.attempts[0].exit_code, Some(3));
+    for name in ["train", "report"] {
+        let t = task(&run, name);
+        assert_eq!(t.state(), TaskState::Skipped, "{name}");
+        assert!(t.attempts.is_empty(), "{name} must never start");
+    }
+    let log = c.logs(&id, "prep", 0).await.unwrap();
+    assert!(log.starts_with("about to fail\n"), "{log}");
+    assert!(
+        log.contains("exited with code 3"),
+        "the agent notes why: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_task_succeeds_on_retry_after_backoff() {
+    let c = Cluster::start().await;
+    let marker = c.scratch.join("tried");
+    let spec = format!(
+        r#"
+name: flaky
+tasks:
+  - name: sometimes
+    command: ["sh", "-c", "if [ -e {m} ]; then echo second; else touch {m}; echo first; exit 1; fi"]
+    retries: {{limit: 2, backoff: 300ms}}
+"#,
+        m = marker.display()
+    );
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let t = task(&run, "sometimes");
+    assert_eq!(t.attempts.len(), 2);
+    assert_eq!(t.attempts[0].state(), AttemptState::Failed);
+    assert_eq!(t.attempts[0].exit_code, Some(1));
+    assert_eq!(t.attempts[1].state(), AttemptState::Succeeded);
+    let gap = t.attempts[1].assigned_at_ms - t.attempts[0].finished_at_ms;
+    assert!(
+        gap >= 300,
+        "retry must wait for the backoff, waited {gap}ms"
+    );
+    assert!(c
+        .logs(&id, "sometimes", 1)
+        .await
+        .unwrap()
+        .starts_with("first\n"));
+    assert_eq!(c.logs(&id, "sometimes", 2).await.unwrap().trim(), "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_past_its_timeout_is_killed_and_fails() {
+    let c = Cluster::start().await;
+    let pid_file = c.scratch.join("pid");
+    let spec = format!(
+        r#"
+name: slow
+tasks:
+  - name: sleeper
+    command: ["sh", "-c", "echo $$ > {p}; exec sleep 60"]
+    timeout: 700ms
+"#,
+        p = pid_file.display()
+    );
+    let started = Instant::now();
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(run.state(), RunState::Failed);
+    let t = task(&run, "sleeper");
+    assert_eq!(t.state(), TaskState::Failed);
+    assert!(t.message.contains("timed out"), "{}", t.message);
+    assert_eq!(t.attempts[0].exit_code, None);
+    assert!(
+        !alive(read_pid(&pid_file)),
+        "the timed-out process must be gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_run() {
+    let c = Cluster::start().await;
+    let pid_file = c.scratch.join("pid");
+    let spec = format!(
+        r#"
+name: cancelme
+tasks:
+  - name: long
+    command: ["sh", "-c", "echo $$ > {p}; exec sleep 60"]
+  - name: after
+    depends_on: [long]
+    command: ["true"]
+"#,
+        p = pid_file.display()
+    );
+    let id = c.submit(&spec).await.unwrap();
+    c.wait_for(&id, "task running", |r| {
+        task(r, "long").state() == TaskState::Running
+    })
+    .await;
+    let run = c
+        .client()
+        .await
+        .cancel_run(pb::CancelRunRequest { run_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(run.state(), RunState::Cancelling | RunState::Cancelled),
+        "{:?}",
+        run.state()
+    );
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Cancelled);
+    assert_eq!(task(&run, "long").state(), TaskState::Cancelled);
+    assert_eq!(
+        task(&run, "long").attempts[0].state(),
+        AttemptState::Cancelled
+    );
+    assert_eq!(task(&run, "after").state(), TaskState::Cancelled);
+    assert!(task(&run, "after").attempts.is_empty());
+    assert!(!alive(read_pid(&pid_file)));
+    // Cancelling a finished run changes nothing.
+    let again = c
+        .client()
+        .await
+        .cancel_run(pb::CancelRunRequest { run_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state(), RunState::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_killed_mid_run_resumes_from_etcd() {
+    let mut c = Cluster::start().await;
+    let count = c.scratch.join("count");
+    let step = |name: &str| {
+        format!(
+            r#"["sh", "-c", "echo {name} >> {f}; sleep 1"]"#,
+            f = count.display()
+        )
+    };
+    let spec = format!(
+        r#"
+name: survivor
+tasks:
+  - name: one
+    command: {}
+  - name: two
+    depends_on: [one]
+    command: {}
+  - name: three
+    depends_on: [two]
+    command: {}
+"#,
+        step("one"),
+        step("two"),
+        step("three")
+    );
+    let id = c.submit(&spec).await.unwrap();
+    c.wait_for(&id, "second task running", |r| {
+        task(r, "two").state() == TaskState::Running
+    })
+    .await;
+    c.kill_scheduler().await;
+    // The agent finishes `two` while no scheduler runs: its events wait in JetStream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.start_scheduler().await;
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    for t in &run.tasks {
+        assert_eq!(t.attempts.len(), 1, "task {} ran more than once", t.name);
+    }
+    let ran = std::fs::read_to_string(&count).unwrap();
+    assert_eq!(ran, "one\ntwo\nthree\n", "each task ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fail_fast_other_branches_finish() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: branches
+fail_fast: false
+tasks:
+  - name: bad
+    command: ["false"]
+  - name: after-bad
+    depends_on: [bad]
+    command: ["true"]
+  - name: good
+    command: ["sh", "-c", "sleep 0.5"]
+  - name: after-good
+    depends_on: [good]
+    command: ["true"]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed);
+    assert_eq!(task(&run, "after-bad").state(), TaskState::Skipped);
+    assert_eq!(task(&run, "good").state(), TaskState::Succeeded);
+    assert_eq!(task(&run, "after-good").state(), TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_rejected_and_nothing_is_written() {
+    let c = Cluster::start().await;
+    let cases: &[(&str, &str)] = &[
+        (
+            "name: x\ntasks:\n  - name: a\n    command: [\"true\"]\n    depends_on: [prep]\n",
+            "task `a`: depends_on: unknown task `prep`",
+        ),
+        (
+            "name: x\ntasks:\n  - name: a\n    command: []\n",
+            "task `a`: command is empty",
+        ),
+        (
+            "name: x\ntasks:\n  - name: a\n    command: [\"true\"]\n    depends_on: [b]\n  - name: b\n    command: [\"true\"]\n    depends_on: [a]\n",
+            "dependency cycle: a -> b -> a",
+        ),
+        (
+            "name: x\ntasks:\n  - name: a\n    command: [\"echo\", \"{{params.lr}}\"]\n",
+            "task `a`: command: `{{params.lr}}` refers to unknown param `lr`",
+        ),
+        (
+            "name: x\ntasks:\n  - name: a\n    command: [\"true\"]\n    resources: {memory: 4GB}\n",
+            "task `a`: resources.memory: invalid quantity `4GB` (use e.g. 512Mi, 4Gi, 1G)",
+        ),
+    ];
+    let mut client = c.client().await;
+    for (yaml, want) in cases {
+        let err = client
+            .submit_run(pb::SubmitRunRequest {
+                spec_yaml: yaml.to_string(),
+                params: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{yaml}");
+        assert_eq!(err.message(), *want, "{yaml}");
+    }
+    let err = c
+        .submit_with(
+            "name: x\ntasks:\n  - name: a\n    command: [\"true\"]\n",
+            &[("nope", "1")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "param `nope` is not declared in the spec's params"
+    );
+    assert!(c.etcd_keys().await.is_empty(), "{:?}", c.etcd_keys().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_runs_and_tasks_are_not_found() {
+    let c = Cluster::without_agents().await;
+    let mut client = c.client().await;
+    let get = client
+        .get_run(pb::GetRunRequest {
+            run_id: "nope-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), tonic::Code::NotFound);
+    assert_eq!(get.message(), "run `nope-1` not found");
+    let cancel = client
+        .cancel_run(pb::CancelRunRequest {
+            run_id: "nope-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code(), tonic::Code::NotFound);
+    let watch = client
+        .watch_run(pb::WatchRunRequest {
+            run_id: "nope-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(watch.code(), tonic::Code::NotFound);
+    let empty = client
+        .get_run(pb::GetRunRequest {
+            run_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    assert_eq!(empty.message(), "run_id: is required");
+
+    // A run with no agent waits Ready; its logs and unknown tasks answer clearly.
+    let id = c
+        .submit("name: waits\ntasks:\n  - name: a\n    command: [\"true\"]\n")
+        .await
+        .unwrap();
+    let run = c.get(&id).await;
+    assert_eq!(run.state(), RunState::Running);
+    assert_eq!(task(&run, "a").state(), TaskState::Ready);
+    let e = c.logs(&id, "zzz", 0).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(e.message(), format!("run `{id}` has no task `zzz`"));
+    let e = c.logs(&id, "a", 0).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    // Only the run record is written at submit, not one key per task.
+    assert_eq!(c.etcd_keys().await, vec![format!("{}/runs/{id}", c.prefix)]);
+}

@@ -1,0 +1,108 @@
+//! `drover dev`: etcd, nats-server, the scheduler and one process agent on
+//! this machine, all on loopback, with state under one directory so a restart
+//! picks up where it stopped. Ctrl-C stops everything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use drover_devcluster::{Etcd, Nats};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where etcd, NATS, artifacts and task work directories live.
+    #[arg(long, env = "DROVER_DEV_DIR", default_value = ".drover")]
+    data_dir: PathBuf,
+    /// Scheduler gRPC address; port 0 picks a free one.
+    #[arg(long, env = "DROVER_DEV_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Agent id (default: this machine's hostname).
+    #[arg(long, env = "DROVER_AGENT_ID")]
+    agent_id: Option<String>,
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let dir = std::fs::canonicalize(&args.data_dir)?;
+    let etcd = Etcd::start(Some(&dir.join("etcd"))).await?;
+    let nats = Nats::start(Some(&dir.join("nats"))).await?;
+    let artifacts = format!("file://{}", dir.join("artifacts").display());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let server = format!("http://{addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let scheduler_opts = drover_scheduler::SchedulerOptions {
+        listen: addr,
+        etcd: vec![etcd.endpoint.clone()],
+        nats: nats.url.clone(),
+        prefix: "/drover".into(),
+        artifacts: artifacts.clone(),
+        nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
+        agent_timeout: Duration::from_secs(10),
+        cancel_grace: Duration::from_secs(10),
+    };
+    let mut scheduler = tokio::spawn(drover_scheduler::serve(
+        scheduler_opts,
+        listener,
+        stopped(stop_rx.clone()),
+    ));
+
+    let mut agent_opts = drover_agent::AgentOptions::new(nats.url.clone(), artifacts.clone());
+    agent_opts.work_dir = dir.join("work");
+    agent_opts.id = args.agent_id;
+    let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
+
+    let env_file = dir.join("dev.env");
+    std::fs::write(&env_file, format!("DROVER_SERVER={server}\n"))?;
+    println!("Drover dev cluster is up (state in {}).", dir.display());
+    println!("  etcd       {}", etcd.endpoint);
+    println!("  nats       {}", nats.url);
+    println!("  artifacts  {artifacts}");
+    println!("  scheduler  {server}");
+    println!("Use it from another shell:\n  export DROVER_SERVER={server}");
+    println!(
+        "(also written to {}). Ctrl-C stops everything.",
+        env_file.display()
+    );
+
+    let outcome: Result<()> = tokio::select! {
+        _ = drover_telemetry::shutdown_signal() => Ok(()),
+        r = &mut scheduler => Err(anyhow::anyhow!("scheduler stopped: {}", joined(r))),
+        r = &mut agent => Err(anyhow::anyhow!("agent stopped: {}", joined(r))),
+    };
+    eprintln!("stopping the dev cluster...");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(15);
+    let _ = tokio::time::timeout(grace, async {
+        if !scheduler.is_finished() {
+            let _ = (&mut scheduler).await;
+        }
+        if !agent.is_finished() {
+            let _ = (&mut agent).await;
+        }
+    })
+    .await;
+    let _ = std::fs::remove_file(&env_file);
+    drop((etcd, nats));
+    outcome
+}
+
+fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "exited".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
