@@ -1,1 +1,50 @@
-//! placeholder
+//! `drover-agent`: runs the tasks the scheduler assigns to this machine.
+//!
+//! * [`core`] — pure decisions: validate an assignment into a plan, track the
+//!   attempts this agent knows, turn how a process ended into the reported
+//!   failure. No I/O; unit-tested.
+//! * `shell` — the I/O around it: NATS (assign/cancel request-reply,
+//!   heartbeats, JetStream events), the object store, process groups.
+//!
+//! [`Agent::run`] is the whole service; `main.rs` only parses flags and
+//! waits for a signal.
+
+pub mod core;
+mod options;
+mod shell;
+
+use std::path::PathBuf;
+
+pub use options::{AgentConfig, AgentOptions};
+pub use shell::agent::Agent;
+
+/// Why the agent could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An option is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] drover_artifacts::ArtifactError),
+
+    #[error("creating work dir `{}`: {source}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("connecting to NATS at `{url}`: {reason}")]
+    Connect { url: String, reason: String },
+
+    #[error("events stream `{name}`: {reason}")]
+    Stream { name: String, reason: String },
+
+    #[error("subscribing to `{subject}`: {reason}")]
+    Subscribe { subject: String, reason: String },
+
+    /// The NATS connection closed for good.
+    #[error("subscription to `{subject}` ended (NATS connection closed)")]
+    SubscriptionClosed { subject: String },
+}

@@ -124,7 +124,7 @@ struct AgentEntry {
 }
 
 enum Send {
-    Assign(pb::Assignment, String, usize),
+    Assign(Box<pb::Assignment>, String, usize),
     Cancel(pb::CancelAttempt, String, usize),
 }
 
@@ -145,7 +145,7 @@ struct Turn {
 
 enum Item {
     Cmd(Command),
-    Event(jetstream::Message),
+    Event(Box<jetstream::Message>),
     Heartbeat(async_nats::Message),
     Internal(Internal),
     Tick,
@@ -207,7 +207,7 @@ impl Engine {
                 Some(cmd) = self.commands.recv() => Item::Cmd(cmd),
                 Some(i) = self.internal_rx.recv() => Item::Internal(i),
                 ev = events.next() => match ev {
-                    Some(Ok(msg)) => Item::Event(msg),
+                    Some(Ok(msg)) => Item::Event(Box::new(msg)),
                     Some(Err(e)) => { warn!(error = %e, "events consumer"); continue }
                     None => {
                         warn!("events consumer ended; reopening");
@@ -225,7 +225,7 @@ impl Engine {
                 } else if let Ok(i) = self.internal_rx.try_recv() {
                     items.push(Item::Internal(i));
                 } else if let Some(Some(Ok(m))) = events.next().now_or_never() {
-                    items.push(Item::Event(m));
+                    items.push(Item::Event(Box::new(m)));
                 } else if let Some(Some(h)) = heartbeats.next().now_or_never() {
                     items.push(Item::Heartbeat(h));
                 } else {
@@ -266,7 +266,7 @@ impl Engine {
             }
             Item::Event(msg) => {
                 self.on_agent_event(&msg, now, turn);
-                turn.acks.push(msg);
+                turn.acks.push(*msg);
             }
             Item::Heartbeat(msg) => self.on_heartbeat(&msg),
             Item::Internal(Internal::AssignFailed {
@@ -350,8 +350,10 @@ impl Engine {
                     agent,
                 } => {
                     let send = self.assignment(run_id, task, attempt);
-                    turn.sends
-                        .push((run_id.to_string(), Send::Assign(send, agent, task)));
+                    turn.sends.push((
+                        run_id.to_string(),
+                        Send::Assign(Box::new(send), agent, task),
+                    ));
                 }
                 Effect::Cancel {
                     task,

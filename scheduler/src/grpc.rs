@@ -4,7 +4,6 @@
 //! and committed before anything is sent); reads come straight from etcd,
 //! the source of truth, through the same derivation the engine restarts with.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -95,8 +94,7 @@ impl Scheduler for Api {
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let req = req.into_inner();
-        let overrides: BTreeMap<String, String> = req.params.into_iter().collect();
-        let spec = drover_api::spec::parse_spec(&req.spec_yaml, &overrides)
+        let spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
         let run_id = new_run_id(&spec.name);
         let record = pb::RunRecord {

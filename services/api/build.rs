@@ -1,6 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Ordered maps: the same record always encodes to the same bytes.
+        .btree_map(".")
         // Server reflection serves this descriptor set.
         .file_descriptor_set_path(out.join("drover_descriptor.bin"))
         .compile_protos(

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -153,7 +153,7 @@ impl Cluster {
         yaml: &str,
         params: &[(&str, &str)],
     ) -> Result<String, tonic::Status> {
-        let params: HashMap<String, String> = params
+        let params: BTreeMap<String, String> = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -287,7 +287,7 @@ pub fn task<'a>(run: &'a pb::Run, name: &str) -> &'a pb::Task {
 /// Whether a process still exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
     }
 }

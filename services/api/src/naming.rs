@@ -39,7 +39,10 @@ pub fn events_wildcard(prefix: &str) -> String {
 
 /// JetStream stream holding attempt events (stream names allow no dots).
 pub fn events_stream(prefix: &str) -> String {
-    format!("{}_EVENTS", prefix.replace(['.', '*', '>'], "_").to_uppercase())
+    format!(
+        "{}_EVENTS",
+        prefix.replace(['.', '*', '>'], "_").to_uppercase()
+    )
 }
 
 /// `Nats-Msg-Id` of an attempt event, so a re-published event is stored once.

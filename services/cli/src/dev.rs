@@ -95,7 +95,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     })
     .await;
     let _ = std::fs::remove_file(&env_file);
-    drop((etcd, nats));
+    let _ = nats.stop().await;
+    let _ = etcd.stop().await;
     outcome
 }
 

@@ -4,7 +4,7 @@
 mod dev;
 mod output;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,7 +123,7 @@ async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
     Ok(SchedulerClient::new(channel))
 }
 
-fn parse_params(raw: &[String]) -> Result<HashMap<String, String>> {
+fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|p| {
             p.split_once('=')

@@ -5,14 +5,11 @@ use std::fmt::Write as _;
 use drover_api::pb;
 use serde_json::{json, Value};
 
-/// `RUN_STATE_SUCCEEDED` → `Succeeded`.
+/// `TASK_STATE_RETRY_WAIT` → `RetryWait`.
 fn pretty(name: &str, prefix: &str) -> String {
     let s = name.strip_prefix(prefix).unwrap_or(name);
     let mut out = String::with_capacity(s.len());
-    for (i, word) in s.split('_').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
+    for word in s.split('_') {
         let mut chars = word.chars();
         if let Some(c) = chars.next() {
             out.push(c);
@@ -34,8 +31,16 @@ fn attempt_state(s: pb::AttemptState) -> String {
     pretty(s.as_str_name(), "ATTEMPT_STATE_")
 }
 
+/// `RetryWait` → `retry_wait`.
 fn json_name(pretty: &str) -> String {
-    pretty.to_lowercase().replace(' ', "_")
+    let mut out = String::with_capacity(pretty.len() + 2);
+    for (i, c) in pretty.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// Milliseconds as `1.2s`, `3m04s`, `1h02m`.
@@ -261,7 +266,7 @@ mod tests {
     #[test]
     fn state_names_read_well() {
         assert_eq!(run_state(pb::RunState::Succeeded), "Succeeded");
-        assert_eq!(task_state(pb::TaskState::RetryWait), "Retry wait");
+        assert_eq!(task_state(pb::TaskState::RetryWait), "RetryWait");
         assert_eq!(
             json_name(&task_state(pb::TaskState::RetryWait)),
             "retry_wait"
@@ -274,7 +279,7 @@ mod tests {
         assert_eq!(duration(184_000), "3m04s");
         assert_eq!(duration(3_720_000), "1h02m");
         assert_eq!(timestamp(0), "-");
-        assert_eq!(timestamp(1_795_334_401_000), "2026-11-22 05:20:01 UTC");
+        assert_eq!(timestamp(1_795_334_401_000), "2026-11-22 08:00:01 UTC");
         assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00 UTC");
     }
 

@@ -92,6 +92,21 @@ where
     }
 }
 
+async fn terminate(child: &mut Child) -> Result<()> {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain syscall on a pid we own and have not reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    child.kill().await?;
+    Ok(())
+}
+
 /// A single-member etcd cluster.
 pub struct Etcd {
     /// Client URL, e.g. `http://127.0.0.1:41234`.
@@ -140,10 +155,16 @@ impl Etcd {
         })
     }
 
-    /// Kills etcd now (SIGKILL) and waits for it.
+    /// Kills etcd now (SIGKILL) and reaps it. Dropping also kills, but only
+    /// this waits, so no zombie is left where nobody else reaps.
     pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
+    pub async fn stop(mut self) -> Result<()> {
+        terminate(&mut self.child).await
     }
 }
 
@@ -195,10 +216,15 @@ impl Nats {
         })
     }
 
-    /// Kills nats-server now (SIGKILL) and waits for it.
+    /// Kills nats-server now (SIGKILL) and reaps it.
     pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Stops nats-server gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
+    pub async fn stop(mut self) -> Result<()> {
+        terminate(&mut self.child).await
     }
 }
 
@@ -208,7 +234,7 @@ async fn nats_ready(port: u16) -> bool {
         return false;
     };
     let mut buf = [0u8; 4];
-    matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"INFO")
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"INFO"
 }
 
 #[cfg(test)]

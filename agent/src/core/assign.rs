@@ -1,0 +1,330 @@
+//! What to do with an `Assignment`: refuse it, recognise it as a duplicate,
+//! or turn it into a checked [`AttemptPlan`] the shell can execute without
+//! validating anything again.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use drover_api::naming;
+use drover_api::pb::Assignment;
+
+use super::executor::{names, required_executor, ExecutorKind};
+use super::table::AttemptKey;
+
+/// An input to download into `inputs/<name>` before the task starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFetch {
+    pub name: String,
+    pub key: String,
+}
+
+/// A declared output: `outputs/<path>` goes to `key` after the task exits 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputUpload {
+    pub name: String,
+    pub path: String,
+    pub key: String,
+}
+
+/// A validated assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptPlan {
+    pub key: AttemptKey,
+    pub executor: ExecutorKind,
+    /// argv; never empty, `command[0]` never empty.
+    pub command: Vec<String>,
+    /// The task's own environment, sorted by name.
+    pub env: Vec<(String, String)>,
+    pub inputs: Vec<InputFetch>,
+    pub outputs: Vec<OutputUpload>,
+    pub timeout: Option<Duration>,
+    pub log_key: String,
+}
+
+/// The agent's answer to an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignDecision {
+    /// Accept and run it.
+    Start(Box<AttemptPlan>),
+    /// Accept, but it is already running or finished here: do nothing.
+    Duplicate(AttemptKey),
+    /// Refuse, with the reason for the scheduler.
+    Refuse(String),
+}
+
+/// Decides what to do with `assignment` on agent `agent_id`, which runs the
+/// `enabled` executors and already knows the attempts for which `is_known` is true.
+pub fn decide_assign(
+    agent_id: &str,
+    enabled: &[ExecutorKind],
+    assignment: &Assignment,
+    is_known: impl FnOnce(&AttemptKey) -> bool,
+) -> AssignDecision {
+    let key = match attempt_key(assignment) {
+        Ok(k) => k,
+        Err(e) => return AssignDecision::Refuse(format!("malformed assignment: {e}")),
+    };
+    if is_known(&key) {
+        return AssignDecision::Duplicate(key);
+    }
+    let Some(task) = assignment.task.as_ref() else {
+        return AssignDecision::Refuse(format!("malformed assignment for {key}: missing task"));
+    };
+    let needed = required_executor(task);
+    let Some(executor) = enabled.iter().copied().find(|k| k.name() == needed) else {
+        return AssignDecision::Refuse(format!(
+            "executor `{needed}` is not enabled on agent `{agent_id}` (enabled: {})",
+            names(enabled)
+        ));
+    };
+    match plan(key.clone(), executor, assignment) {
+        Ok(plan) => AssignDecision::Start(Box::new(plan)),
+        Err(e) => AssignDecision::Refuse(format!("malformed assignment for {key}: {e}")),
+    }
+}
+
+fn attempt_key(assignment: &Assignment) -> Result<AttemptKey, String> {
+    let r = assignment.attempt.as_ref().ok_or("missing attempt")?;
+    path_component("run id", &r.run_id)?;
+    path_component("task name", &r.task)?;
+    Ok(AttemptKey::from(r))
+}
+
+fn plan(
+    key: AttemptKey,
+    executor: ExecutorKind,
+    assignment: &Assignment,
+) -> Result<AttemptPlan, String> {
+    // decide_assign checked that the task is there.
+    let task = assignment.task.as_ref().ok_or("missing task")?;
+    match task.command.first() {
+        None => return Err("empty command".to_owned()),
+        Some(p) if p.is_empty() => return Err("empty program name in command".to_owned()),
+        Some(_) => {}
+    }
+    for (name, value) in &task.env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(format!("invalid environment variable `{name}`"));
+        }
+    }
+    let mut env: Vec<_> = task
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+
+    let prefix = assignment.artifact_prefix.as_str();
+    if prefix.is_empty() {
+        return Err("empty artifact prefix".to_owned());
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut inputs = Vec::with_capacity(assignment.inputs.len());
+    for input in &assignment.inputs {
+        path_component("input name", &input.name)?;
+        if !seen.insert(input.name.as_str()) {
+            return Err(format!("input `{}` declared twice", input.name));
+        }
+        if input.key.is_empty() {
+            return Err(format!("input `{}` has an empty key", input.name));
+        }
+        inputs.push(InputFetch {
+            name: input.name.clone(),
+            key: input.key.clone(),
+        });
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut outputs = Vec::with_capacity(task.outputs.len());
+    for output in &task.outputs {
+        path_component("output name", &output.name)?;
+        if !seen.insert(output.name.as_str()) {
+            return Err(format!("output `{}` declared twice", output.name));
+        }
+        relative_path(&output.name, &output.path)?;
+        outputs.push(OutputUpload {
+            name: output.name.clone(),
+            path: output.path.clone(),
+            key: naming::output_key(prefix, &output.name),
+        });
+    }
+
+    Ok(AttemptPlan {
+        key,
+        executor,
+        command: task.command.clone(),
+        env,
+        inputs,
+        outputs,
+        timeout: (task.timeout_ms > 0).then(|| Duration::from_millis(task.timeout_ms)),
+        log_key: naming::log_key(prefix),
+    })
+}
+
+/// Names that become one directory or file name on the agent's disk.
+fn path_component(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("empty {what}"));
+    }
+    if value == "." || value == ".." || value.contains(['/', '\\', '\0']) {
+        return Err(format!("{what} `{value}` is not a valid file name"));
+    }
+    Ok(())
+}
+
+/// An output path must stay inside `outputs/`.
+fn relative_path(output: &str, path: &str) -> Result<(), String> {
+    let ok = !path.is_empty()
+        && !path.contains('\0')
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && Path::new(path)
+            .components()
+            .any(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "output `{output}` path `{path}` must be a relative path inside outputs/"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_api::pb::{AttemptRef, InputArtifact, OutputSpec, TaskSpec};
+
+    fn assignment() -> Assignment {
+        Assignment {
+            attempt: Some(AttemptRef {
+                run_id: "r1".into(),
+                task: "train".into(),
+                attempt: 2,
+            }),
+            task: Some(TaskSpec {
+                name: "train".into(),
+                command: vec!["python".into(), "train.py".into()],
+                outputs: vec![OutputSpec {
+                    name: "model".into(),
+                    path: "model/weights.bin".into(),
+                }],
+                env: [("B".to_owned(), "2".to_owned()), ("A".into(), "1".into())].into(),
+                timeout_ms: 1500,
+                ..Default::default()
+            }),
+            inputs: vec![InputArtifact {
+                name: "dataset".into(),
+                key: "runs/r1/prep/1/outputs/dataset".into(),
+            }],
+            artifact_prefix: "runs/r1/train/2".into(),
+        }
+    }
+
+    fn decide(a: &Assignment) -> AssignDecision {
+        decide_assign("a1", &[ExecutorKind::Process], a, |_| false)
+    }
+
+    fn refusal(a: &Assignment) -> String {
+        match decide(a) {
+            AssignDecision::Refuse(r) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_assignment_becomes_a_plan() {
+        let AssignDecision::Start(plan) = decide(&assignment()) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.key.to_string(), "r1/train/2");
+        assert_eq!(plan.executor, ExecutorKind::Process);
+        assert_eq!(
+            plan.env,
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
+        assert_eq!(plan.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(plan.log_key, "runs/r1/train/2/log");
+        assert_eq!(plan.outputs[0].key, "runs/r1/train/2/outputs/model");
+        assert_eq!(plan.outputs[0].path, "model/weights.bin");
+        assert_eq!(plan.inputs[0].name, "dataset");
+    }
+
+    #[test]
+    fn no_timeout_when_zero() {
+        let mut a = assignment();
+        a.task.as_mut().unwrap().timeout_ms = 0;
+        let AssignDecision::Start(plan) = decide(&a) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.timeout, None);
+    }
+
+    #[test]
+    fn a_known_attempt_is_a_duplicate_even_before_other_checks() {
+        let mut a = assignment();
+        a.task.as_mut().unwrap().image = "python:3".into();
+        let d = decide_assign("a1", &[ExecutorKind::Process], &a, |k| k.attempt == 2);
+        assert!(matches!(d, AssignDecision::Duplicate(k) if k.attempt == 2));
+    }
+
+    #[test]
+    fn an_image_needs_docker() {
+        let mut a = assignment();
+        a.task.as_mut().unwrap().image = "python:3".into();
+        assert_eq!(
+            refusal(&a),
+            "executor `docker` is not enabled on agent `a1` (enabled: process)"
+        );
+    }
+
+    #[test]
+    fn malformed_assignments_are_refused_with_a_reason() {
+        let mut a = assignment();
+        a.attempt = None;
+        assert_eq!(refusal(&a), "malformed assignment: missing attempt");
+
+        let mut a = assignment();
+        a.attempt.as_mut().unwrap().run_id = "../etc".into();
+        assert!(refusal(&a).contains("run id `../etc` is not a valid file name"));
+
+        let mut a = assignment();
+        a.task = None;
+        assert!(refusal(&a).contains("missing task"));
+
+        let mut a = assignment();
+        a.task.as_mut().unwrap().command.clear();
+        assert!(refusal(&a).contains("empty command"));
+
+        let mut a = assignment();
+        a.task.as_mut().unwrap().outputs[0].path = "../../escape".into();
+        assert!(refusal(&a).contains("must be a relative path inside outputs/"));
+
+        let mut a = assignment();
+        a.task.as_mut().unwrap().outputs[0].path = "/etc/passwd".into();
+        assert!(refusal(&a).contains("must be a relative path inside outputs/"));
+
+        let mut a = assignment();
+        a.inputs.push(a.inputs[0].clone());
+        assert!(refusal(&a).contains("input `dataset` declared twice"));
+
+        let mut a = assignment();
+        a.inputs[0].name = "a/b".into();
+        assert!(refusal(&a).contains("input name `a/b`"));
+
+        let mut a = assignment();
+        a.artifact_prefix.clear();
+        assert!(refusal(&a).contains("empty artifact prefix"));
+
+        let mut a = assignment();
+        a.task
+            .as_mut()
+            .unwrap()
+            .env
+            .insert("A=B".into(), "x".into());
+        assert!(refusal(&a).contains("invalid environment variable `A=B`"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The agent's pure core: deciding what to do with an assignment, tracking
+//! which attempts this agent knows, and turning how a process ended into the
+//! event the scheduler receives. No I/O, no async, no clock — the shell
+//! (`crate::shell`) performs what these functions decide.
+
+pub mod assign;
+pub mod duration;
+pub mod executor;
+pub mod outcome;
+pub mod table;
+
+pub use assign::{decide_assign, AssignDecision, AttemptPlan, InputFetch, OutputUpload};
+pub use executor::ExecutorKind;
+pub use outcome::{Failure, StopCause, Termination};
+pub use table::{AttemptKey, AttemptTable};

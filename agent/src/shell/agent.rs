@@ -1,0 +1,298 @@
+//! The agent service: connects to NATS and the object store, answers
+//! assignments and cancels, heartbeats, and runs attempts until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subscriber};
+use bytes::Bytes;
+use drover_api::naming;
+use drover_api::pb::{AssignReply, Assignment, CancelAttempt, CancelReply};
+use futures::StreamExt;
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::core::{decide_assign, AssignDecision, AttemptKey, StopCause};
+use crate::options::{AgentConfig, AgentOptions};
+use crate::shell::attempt::{self, AttemptContext};
+use crate::shell::events::{self, EventPublisher};
+use crate::shell::heartbeat::{self, HeartbeatConfig};
+use crate::shell::registry::{Registry, StopRequest};
+use crate::AgentError;
+
+/// After the kill grace, how long stopped attempts get to upload their logs
+/// and publish their final events before those are given up.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(15);
+
+/// The Drover agent.
+pub struct Agent;
+
+impl Agent {
+    /// Runs the agent until `shutdown` resolves, then stops every running
+    /// attempt (SIGTERM, `--kill-grace`, SIGKILL), reports them failed, and returns.
+    pub async fn run(
+        opts: AgentOptions,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AgentError> {
+        let cfg = opts.validate()?;
+        let service = Service::connect(cfg).await?;
+        service.serve(shutdown).await
+    }
+}
+
+struct Service {
+    cfg: AgentConfig,
+    client: Client,
+    assigns: Subscriber,
+    cancels: Subscriber,
+    registry: Registry,
+    ctx: Arc<AttemptContext>,
+    abandon: watch::Sender<bool>,
+}
+
+impl Service {
+    async fn connect(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let store = drover_artifacts::open(&cfg.artifacts).await?;
+        tokio::fs::create_dir_all(&cfg.work_dir)
+            .await
+            .map_err(|source| AgentError::WorkDir {
+                path: cfg.work_dir.clone(),
+                source,
+            })?;
+
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("drover-agent {}", cfg.id))
+            .connect(cfg.nats.as_str())
+            .await
+            .map_err(|e| AgentError::Connect {
+                url: cfg.nats.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = async_nats::jetstream::new(client.clone());
+        events::ensure_stream(&js, &cfg.nats_prefix).await?;
+
+        let subscribe = |subject: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| AgentError::Subscribe {
+                        subject,
+                        reason: e.to_string(),
+                    })
+            }
+        };
+        let assigns = subscribe(naming::assign_subject(&cfg.nats_prefix, &cfg.id)).await?;
+        let cancels = subscribe(naming::cancel_subject(&cfg.nats_prefix, &cfg.id)).await?;
+
+        let registry = Registry::default();
+        let (abandon, abandon_rx) = watch::channel(false);
+        let ctx = Arc::new(AttemptContext {
+            agent_id: cfg.id.clone(),
+            work_dir: cfg.work_dir.clone(),
+            store,
+            events: EventPublisher::new(js, &cfg.nats_prefix, &cfg.id, abandon_rx),
+            registry: registry.clone(),
+            kill_grace: cfg.kill_grace,
+        });
+        Ok(Service {
+            cfg,
+            client,
+            assigns,
+            cancels,
+            registry,
+            ctx,
+            abandon,
+        })
+    }
+
+    async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+        let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeat::run(
+            self.client.clone(),
+            HeartbeatConfig::new(
+                &self.cfg.nats_prefix,
+                &self.cfg.id,
+                &self.cfg.executors,
+                self.cfg.heartbeat_interval,
+            ),
+            self.registry.clone(),
+            heartbeat_stop_rx,
+        ));
+        info!(
+            agent = %self.cfg.id,
+            nats = %self.cfg.nats,
+            artifacts = %self.cfg.artifacts,
+            work_dir = %self.cfg.work_dir.display(),
+            executors = %crate::core::executor::names(&self.cfg.executors),
+            "agent ready"
+        );
+
+        let mut attempts = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                msg = self.assigns.next() => match msg {
+                    Some(msg) => self.on_assign(msg, &mut attempts).await,
+                    None => break Err(AgentError::SubscriptionClosed {
+                        subject: naming::assign_subject(&self.cfg.nats_prefix, &self.cfg.id),
+                    }),
+                },
+                msg = self.cancels.next() => match msg {
+                    Some(msg) => self.on_cancel(msg).await,
+                    None => break Err(AgentError::SubscriptionClosed {
+                        subject: naming::cancel_subject(&self.cfg.nats_prefix, &self.cfg.id),
+                    }),
+                },
+                Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
+                    if let Err(e) = joined {
+                        error!(error = %e, "attempt task ended abnormally");
+                    }
+                }
+            }
+        };
+
+        info!(agent = %self.cfg.id, "shutting down");
+        // No new work from here on.
+        let _ = self.assigns.unsubscribe().await;
+        let _ = self.cancels.unsubscribe().await;
+        self.stop_attempts(&mut attempts).await;
+        let _ = heartbeat_stop.send(true);
+        if let Err(e) = heartbeat.await {
+            error!(error = %e, "heartbeat task ended abnormally");
+        }
+        if let Err(e) = self.client.flush().await {
+            warn!(error = %e, "flushing the NATS connection failed");
+        }
+        info!(agent = %self.cfg.id, "stopped");
+        result
+    }
+
+    async fn on_assign(&self, msg: Message, attempts: &mut JoinSet<()>) {
+        let decision = match Assignment::decode(msg.payload.clone()) {
+            Ok(assignment) => decide_assign(&self.cfg.id, &self.cfg.executors, &assignment, |k| {
+                self.registry.is_known(k)
+            }),
+            Err(e) => AssignDecision::Refuse(format!("malformed assignment: {e}")),
+        };
+        let reply = match decision {
+            AssignDecision::Start(plan) => match self.registry.start(plan.key.clone()) {
+                Some(stop) => {
+                    let key = &plan.key;
+                    info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
+                    attempts.spawn(attempt::run(Arc::clone(&self.ctx), *plan, stop));
+                    accepted()
+                }
+                None => accepted(),
+            },
+            AssignDecision::Duplicate(key) => {
+                info!(
+                    run = %key.run_id, task = %key.task, attempt = key.attempt,
+                    "duplicate assignment, already known"
+                );
+                accepted()
+            }
+            AssignDecision::Refuse(reason) => {
+                warn!(agent = %self.cfg.id, reason = %reason, "assignment refused");
+                AssignReply {
+                    accepted: false,
+                    reason,
+                }
+            }
+        };
+        self.reply(&msg, reply.encode_to_vec()).await;
+    }
+
+    async fn on_cancel(&self, msg: Message) {
+        let found = match CancelAttempt::decode(msg.payload.clone()) {
+            Ok(CancelAttempt {
+                attempt: Some(attempt),
+                grace_ms,
+            }) => {
+                let key = AttemptKey::from(&attempt);
+                let grace = if grace_ms == 0 {
+                    self.cfg.kill_grace
+                } else {
+                    Duration::from_millis(grace_ms)
+                };
+                let request = StopRequest {
+                    cause: StopCause::Cancelled,
+                    grace,
+                };
+                let found = self.registry.request_stop(&key, request);
+                info!(
+                    run = %key.run_id, task = %key.task, attempt = key.attempt, found,
+                    "cancel requested"
+                );
+                found
+            }
+            Ok(CancelAttempt { attempt: None, .. }) => {
+                warn!("cancel without an attempt");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "malformed cancel");
+                false
+            }
+        };
+        self.reply(&msg, CancelReply { found }.encode_to_vec())
+            .await;
+    }
+
+    async fn reply(&self, msg: &Message, body: Vec<u8>) {
+        let Some(reply) = msg.reply.clone() else {
+            debug!(subject = %msg.subject, "request without a reply subject");
+            return;
+        };
+        if let Err(e) = self.client.publish(reply, Bytes::from(body)).await {
+            warn!(subject = %msg.subject, error = %e, "sending reply failed");
+        }
+    }
+
+    /// SIGTERM → grace → SIGKILL every running attempt, give them time to
+    /// report, then give up on what is left.
+    async fn stop_attempts(&self, attempts: &mut JoinSet<()>) {
+        let request = StopRequest {
+            cause: StopCause::Shutdown {
+                agent_id: self.cfg.id.clone(),
+            },
+            grace: self.cfg.kill_grace,
+        };
+        let running = self.registry.request_stop_all(&request);
+        if running > 0 {
+            info!(running, grace = ?self.cfg.kill_grace, "stopping running attempts");
+        }
+        let drain = async { while attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.cfg.kill_grace + SHUTDOWN_SLACK, drain)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        warn!(
+            left = attempts.len(),
+            "attempts still reporting at the shutdown deadline, giving up on their events"
+        );
+        let _ = self.abandon.send(true);
+        let drain = async { while attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), drain)
+            .await
+            .is_err()
+        {
+            // Dropping an attempt kills its process group (RunningProcess's Drop).
+            attempts.shutdown().await;
+        }
+    }
+}
+
+fn accepted() -> AssignReply {
+    AssignReply {
+        accepted: true,
+        reason: String::new(),
+    }
+}

@@ -1,0 +1,155 @@
+//! The `process` executor: the task's argv as a child process (no shell) in
+//! its own process group, so stopping it reaches everything it started.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tracing::debug;
+
+use crate::core::Termination;
+
+/// What to run and where.
+#[derive(Debug)]
+pub struct ProcessSpec<'a> {
+    /// argv; `command[0]` is looked up on `PATH` when it has no slash.
+    pub command: &'a [String],
+    pub cwd: &'a Path,
+    /// Added to (and overriding) the agent's own environment.
+    pub env: Vec<(String, String)>,
+    /// Receives both stdout and stderr; opened for appending.
+    pub log: std::fs::File,
+}
+
+/// The task's command could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("starting `{program}`: {source}")]
+pub struct SpawnError {
+    pub program: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// A started task: its child and the process group it leads.
+#[derive(Debug)]
+pub struct RunningProcess {
+    child: Child,
+    pgid: libc::pid_t,
+}
+
+impl RunningProcess {
+    /// Starts the command in a new process group whose id is its pid.
+    pub fn spawn(spec: ProcessSpec<'_>) -> Result<Self, SpawnError> {
+        let program = spec.command.first().cloned().unwrap_or_default();
+        let err = |source| SpawnError {
+            program: program.clone(),
+            source,
+        };
+        if program.is_empty() {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty command",
+            )));
+        }
+        let stderr = spec.log.try_clone().map_err(err)?;
+        let mut cmd = Command::new(&program);
+        cmd.args(&spec.command[1..])
+            .current_dir(spec.cwd)
+            .envs(spec.env)
+            .stdin(Stdio::null())
+            .stdout(spec.log)
+            .stderr(stderr)
+            .process_group(0)
+            // Only the leader; the group is killed explicitly on every exit path.
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // It makes the kernel SIGKILL the task if the agent's thread that
+        // spawned it dies (an agent crash), instead of leaving it orphaned
+        // holding a GPU. Tokio spawns from its worker threads, which live as
+        // long as the runtime.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(err)?;
+        // `id()` is `Some` until the child has been reaped, and nothing has
+        // waited on it yet.
+        let pid = child
+            .id()
+            .ok_or_else(|| err(io::Error::other("process exited before it was seen")))?;
+        let pgid =
+            libc::pid_t::try_from(pid).map_err(|_| err(io::Error::other("pid out of range")))?;
+        debug!(pid, program = %program, "process started");
+        Ok(RunningProcess { child, pgid })
+    }
+
+    /// The process group id (= the leader's pid).
+    pub fn pgid(&self) -> libc::pid_t {
+        self.pgid
+    }
+
+    /// Waits for the leader to exit.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL.
+    pub async fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        self.signal_group(libc::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                debug!(pgid = self.pgid, ?grace, "grace period over, killing");
+                self.signal_group(libc::SIGKILL);
+                self.child.wait().await
+            }
+        }
+    }
+
+    /// SIGKILLs whatever is left in the group (children the task left behind).
+    ///
+    /// Called right after the leader exits: the group id stays reserved while
+    /// any member lives, and the kernel does not hand a live group's id to a
+    /// new process, so this cannot hit an unrelated process group.
+    pub fn kill_group(&self) {
+        self.signal_group(libc::SIGKILL);
+    }
+
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: killpg takes plain integers and touches no memory of ours.
+        let rc = unsafe { libc::killpg(self.pgid, signal) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // ESRCH: the group is already empty.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                debug!(pgid = self.pgid, signal, error = %e, "signalling process group failed");
+            }
+        }
+    }
+}
+
+impl Drop for RunningProcess {
+    fn drop(&mut self) {
+        // An attempt task dropped mid-run (aborted at the shutdown deadline)
+        // must not leave its process group behind. Once the leader has been
+        // reaped (`id()` is `None`) the exit path has already cleaned up.
+        if self.child.id().is_some() {
+            self.kill_group();
+        }
+    }
+}
+
+/// How an exit status reads as a termination the agent did not cause.
+pub fn termination_of(status: ExitStatus) -> Termination {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(sig)) => Termination::Signalled(sig),
+        // Unix statuses are either an exit code or a signal.
+        (None, None) => Termination::Exited(-1),
+    }
+}

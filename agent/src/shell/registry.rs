@@ -1,0 +1,132 @@
+//! The attempt table shared by the assign/cancel handlers, the heartbeat and
+//! the attempt tasks, with a way to ask a running attempt to stop.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::core::{AttemptKey, AttemptTable, StopCause};
+
+/// Asks an attempt to stop: SIGTERM, `grace`, SIGKILL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopRequest {
+    pub cause: StopCause,
+    pub grace: Duration,
+}
+
+/// The receiving end an attempt watches; `None` until someone asks it to stop.
+pub type StopSignal = watch::Receiver<Option<StopRequest>>;
+
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<Option<StopRequest>>,
+}
+
+/// Cheap-to-clone handle on this agent's attempts.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    table: Arc<Mutex<AttemptTable<Running>>>,
+}
+
+impl Registry {
+    fn table(&self) -> MutexGuard<'_, AttemptTable<Running>> {
+        // No code holding the lock can panic halfway through an update (the
+        // table's methods are plain collection operations), so a poisoned
+        // lock still guards a consistent table.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_known(&self, key: &AttemptKey) -> bool {
+        self.table().is_known(key)
+    }
+
+    /// Registers a new attempt and returns its stop signal; `None` when the
+    /// attempt is already known.
+    pub fn start(&self, key: AttemptKey) -> Option<StopSignal> {
+        let (tx, rx) = watch::channel(None);
+        self.table().start(key, Running { stop: tx }).then_some(rx)
+    }
+
+    /// Asks a running attempt to stop; false when it is not running here.
+    /// A second request does not replace the first.
+    pub fn request_stop(&self, key: &AttemptKey, request: StopRequest) -> bool {
+        let table = self.table();
+        let Some(running) = table.running(key) else {
+            return false;
+        };
+        running.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(request);
+                true
+            } else {
+                false
+            }
+        });
+        true
+    }
+
+    /// Asks every running attempt to stop; returns how many there were.
+    pub fn request_stop_all(&self, request: &StopRequest) -> usize {
+        let table = self.table();
+        for (_, running) in table.running_handles() {
+            running.stop.send_if_modified(|current| {
+                if current.is_none() {
+                    *current = Some(request.clone());
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        table.running_count()
+    }
+
+    /// The attempt has reported its final event.
+    pub fn finish(&self, key: &AttemptKey) {
+        self.table().finish(key);
+    }
+
+    /// Running attempts, sorted.
+    pub fn running(&self) -> Vec<AttemptKey> {
+        self.table().running_keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AttemptKey {
+        AttemptKey {
+            run_id: "r".into(),
+            task: "t".into(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn the_first_stop_request_wins() {
+        let reg = Registry::default();
+        let rx = reg.start(key()).unwrap();
+        assert!(reg.start(key()).is_none());
+        let cancel = StopRequest {
+            cause: StopCause::Cancelled,
+            grace: Duration::from_secs(1),
+        };
+        assert!(reg.request_stop(&key(), cancel.clone()));
+        let shutdown = StopRequest {
+            cause: StopCause::Shutdown {
+                agent_id: "a".into(),
+            },
+            grace: Duration::ZERO,
+        };
+        assert_eq!(reg.request_stop_all(&shutdown), 1);
+        assert_eq!(rx.borrow().as_ref(), Some(&cancel));
+
+        reg.finish(&key());
+        assert!(!reg.request_stop(&key(), cancel), "finished: not found");
+        assert!(reg.is_known(&key()));
+        assert!(reg.running().is_empty());
+    }
+}

@@ -1,0 +1,155 @@
+//! The YAML pipeline spec: parsing, validation, and resolution into the
+//! `pb::PipelineSpec` that everything downstream consumes.
+//!
+//! ```yaml
+//! name: train-digits
+//! params: {lr: "0.1"}
+//! fail_fast: true            # default true
+//! tasks:
+//!   - name: prepare
+//!     command: ["python3", "prepare.py"]
+//!     outputs: [{name: dataset, path: dataset.csv}]
+//!   - name: train
+//!     depends_on: [prepare]
+//!     command: ["python3", "train.py", "--lr", "{{params.lr}}"]
+//!     inputs: [{name: dataset, from: prepare/dataset}]
+//!     env: {SEED: "1"}
+//!     resources: {cpu: 2, memory: 4Gi, gpu: 1}
+//!     retries: {limit: 2, backoff: 5s}
+//!     timeout: 1h
+//!     image: python:3.12-slim
+//! ```
+//!
+//! Layout: `raw` is the serde side, `validate` turns it into the proto,
+//! `quantity` and `template` are the small languages inside values.
+
+mod quantity;
+mod raw;
+mod template;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+pub use quantity::{parse_cpu, parse_duration, parse_memory};
+pub use template::TemplateError;
+
+/// What pipeline, task, input and output names may look like: they end up in
+/// etcd keys, NATS subjects and object-store keys.
+const NAME_RULE: &str =
+    "use up to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit";
+
+/// Parses YAML, validates everything, merges `overrides` over the declared
+/// params and substitutes `{{params.x}}` in every command element, env value
+/// and image. Returns the resolved spec; its `params` are the merged values.
+///
+/// Stops at the first problem, checking in spec order.
+pub fn parse_spec(
+    yaml: &str,
+    overrides: &BTreeMap<String, String>,
+) -> Result<crate::pb::PipelineSpec, SpecError> {
+    let raw = raw::decode(yaml)?;
+    validate::resolve(raw, overrides)
+}
+
+/// Why a spec was rejected. `Display` is the message shown to the user.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// Not YAML, or YAML with a duplicate key.
+    #[error("invalid yaml: {0}")]
+    Yaml(String),
+    /// Valid YAML of the wrong shape: unknown field, wrong type. `at` is
+    /// where ("task `train`: resources"), empty at the top level.
+    #[error("{}{message}", if at.is_empty() { String::new() } else { format!("{at}: ") })]
+    Schema { at: String, message: String },
+    #[error("spec: missing `name`")]
+    MissingName,
+    #[error("spec has no tasks")]
+    NoTasks,
+    /// `kind` is "pipeline" or "task".
+    #[error("invalid {kind} name `{name}` ({NAME_RULE})")]
+    InvalidName { kind: &'static str, name: String },
+    #[error(
+        "invalid param name `{0}` (use letters, digits, `_` or `-`, starting with a letter or `_`)"
+    )]
+    InvalidParamName(String),
+    #[error("param `{name}`: {message}")]
+    InvalidParam { name: String, message: String },
+    #[error("param `{0}` is not declared in the spec's params")]
+    UndeclaredParam(String),
+    /// `index` counts from 1.
+    #[error("task #{0}: missing `name`")]
+    MissingTaskName(usize),
+    #[error("duplicate task name `{0}`")]
+    DuplicateTask(String),
+    /// Each task depends on the next; the last repeats the first.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    #[error("task `{task}`: {error}")]
+    Task { task: String, error: TaskError },
+}
+
+/// A problem inside one task; wrapped in [`SpecError::Task`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TaskError {
+    /// `at` is e.g. "input #1", "output `model`", "retries".
+    #[error("{at}: missing `{field}`")]
+    Missing { at: String, field: &'static str },
+    /// `kind` is "input" or "output".
+    #[error("invalid {kind} name `{name}` ({NAME_RULE})")]
+    InvalidName { kind: &'static str, name: String },
+    #[error("depends_on: unknown task `{0}`")]
+    UnknownDependency(String),
+    #[error("depends_on: a task cannot depend on itself")]
+    SelfDependency,
+    #[error("depends_on: `{0}` is listed twice")]
+    DuplicateDependency(String),
+    #[error("command is empty")]
+    EmptyCommand,
+    #[error("input `{0}` declared twice")]
+    DuplicateInput(String),
+    #[error("input `{input}`: `from` must be `task/output`, got `{from}`")]
+    InvalidFrom { input: String, from: String },
+    #[error("input `{input}` comes from the task itself")]
+    InputFromSelf { input: String },
+    #[error("input `{input}` comes from unknown task `{from_task}`")]
+    InputFromUnknownTask { input: String, from_task: String },
+    #[error("input `{input}` comes from `{from_task}`, which has no output `{from_output}`")]
+    InputFromUnknownOutput {
+        input: String,
+        from_task: String,
+        from_output: String,
+    },
+    #[error("input `{input}` comes from `{from_task}`, which is not upstream of `{task}` (add it to depends_on)")]
+    InputNotUpstream {
+        input: String,
+        from_task: String,
+        task: String,
+    },
+    #[error("output `{0}` declared twice")]
+    DuplicateOutput(String),
+    #[error("output `{output}`: path `{path}` is already used by output `{other}`")]
+    DuplicateOutputPath {
+        output: String,
+        path: String,
+        other: String,
+    },
+    #[error(
+        "output `{output}`: invalid path `{path}` (use a non-empty relative path without `..`)"
+    )]
+    InvalidOutputPath { output: String, path: String },
+    #[error(
+        "env: invalid variable name `{0}` (use letters, digits and `_`, not starting with a digit)"
+    )]
+    InvalidEnvName(String),
+    #[error("env: `{0}` is reserved (drover sets it for every task)")]
+    ReservedEnvName(String),
+    /// A value that does not parse or is out of range; `field` is e.g.
+    /// "resources.memory", `message` comes from the value's parser.
+    #[error("{field}: {message}")]
+    InvalidValue { field: String, message: String },
+    #[error("{field}: {error}")]
+    Template { field: String, error: TemplateError },
+}

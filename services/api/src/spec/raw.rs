@@ -1,0 +1,174 @@
+//! The YAML side: serde structs mirroring the file as written, every field
+//! optional so the validator (not serde) reports what is missing, and every
+//! struct closed with `deny_unknown_fields` so a typo is an error.
+//!
+//! Leaf values are `String`s: serde_yaml hands a plain scalar's text to a
+//! string field unchanged, so `cpu: 0.5`, `lr: 1.50`, `debug: true` and
+//! `--epochs, 10` arrive exactly as written, while a sequence or mapping
+//! where a scalar belongs is a type error.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::SpecError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pipeline spec (a mapping with `name` and `tasks`)"
+)]
+pub(crate) struct RawSpec {
+    pub name: Option<String>,
+    pub params: Option<BTreeMap<String, Option<String>>>,
+    pub fail_fast: Option<bool>,
+    pub tasks: Option<Vec<RawTask>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a task (a mapping with `name` and `command`)"
+)]
+pub(crate) struct RawTask {
+    pub name: Option<String>,
+    pub depends_on: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub inputs: Option<Vec<RawInput>>,
+    pub outputs: Option<Vec<RawOutput>>,
+    pub env: Option<BTreeMap<String, Option<String>>>,
+    pub resources: Option<RawResources>,
+    pub retries: Option<RawRetries>,
+    pub timeout: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an input (a mapping with `name` and `from`)"
+)]
+pub(crate) struct RawInput {
+    pub name: Option<String>,
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an output (a mapping with `name` and `path`)"
+)]
+pub(crate) struct RawOutput {
+    pub name: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "resources (a mapping with `cpu`, `memory`, `gpu`)"
+)]
+pub(crate) struct RawResources {
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub gpu: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "retries (a mapping with `limit` and `backoff`)"
+)]
+pub(crate) struct RawRetries {
+    pub limit: Option<String>,
+    pub backoff: Option<String>,
+}
+
+/// Decodes `yaml` into the raw structs, turning serde's errors into
+/// messages that name the task rather than its index.
+pub(crate) fn decode(yaml: &str) -> Result<RawSpec, SpecError> {
+    // Untyped first: it reports syntax errors and duplicate keys (a typed
+    // decode would meet a type error first, or let a later key win), and it
+    // lets a typed error at `tasks[1]` be labelled with that task's name.
+    let tree: Value = serde_yaml::from_str(yaml).map_err(|e| SpecError::Yaml(e.to_string()))?;
+    if tree.is_null() {
+        // An empty file: let the validator say what is missing.
+        return Ok(RawSpec::default());
+    }
+    serde_yaml::from_str(yaml).map_err(|e| schema_error(&e, &tree))
+}
+
+/// serde_yaml renders an error as `[<path>: ]<message>[ at line L column C]`,
+/// with no structured access to the path. The split below only needs to be
+/// right for paths made of our field names and `[index]`: a `params`/`env`
+/// key that looks nothing like a path stays inside the message, and one
+/// containing `: ` is split but rendered back the same.
+fn schema_error(error: &serde_yaml::Error, tree: &Value) -> SpecError {
+    let full = error.to_string();
+    let mut text = full.as_str();
+    let mut location = "";
+    if let Some(loc) = error.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(stripped) = text.strip_suffix(suffix.as_str()) {
+            text = stripped;
+            location = &full[stripped.len()..];
+        }
+    }
+    let (path, message) = match text.split_once(": ") {
+        Some((path, message)) if !path.is_empty() && path.chars().all(is_path_char) => {
+            (path, message)
+        }
+        _ => ("", text),
+    };
+    let message = match unknown_field(message) {
+        // The field is all the user needs; the expected list is long and
+        // grows with the format.
+        Some(field) => format!("unknown field `{field}`"),
+        None => format!("{message}{location}"),
+    };
+    SpecError::Schema {
+        at: describe_path(path, tree),
+        message,
+    }
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')
+}
+
+/// The field name in serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest
+        .rfind("`, expected")
+        .or_else(|| rest.rfind("`, there are no fields"))?;
+    Some(&rest[..end])
+}
+
+/// `tasks[1].resources` → "task `train`: resources" (or "task #2: resources"
+/// when the task has no usable name); other paths are shown as they are.
+fn describe_path(path: &str, tree: &Value) -> String {
+    let Some((index, rest)) = path
+        .strip_prefix("tasks[")
+        .and_then(|p| p.split_once(']'))
+        .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest)))
+    else {
+        return path.to_owned();
+    };
+    let task = match tree
+        .get("tasks")
+        .and_then(|t| t.get(index))
+        .and_then(|t| t.get("name"))
+    {
+        Some(Value::String(name)) if !name.is_empty() => format!("task `{name}`"),
+        Some(Value::Number(name)) => format!("task `{name}`"),
+        _ => format!("task #{}", index + 1),
+    };
+    match rest.strip_prefix('.') {
+        Some(field) => format!("{task}: {field}"),
+        None if rest.is_empty() => task,
+        // `tasks[1][0]` cannot come from these structs; keep it verbatim.
+        None => format!("{task}: {rest}"),
+    }
+}

@@ -1,0 +1,650 @@
+//! End-to-end tests of `parse_spec`: the documented example, then one test
+//! per rejection asserting the exact message a user sees.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::pb;
+
+const EXAMPLE: &str = r#"
+name: train-digits
+params: {lr: "0.1"}
+fail_fast: true
+tasks:
+  - name: prepare
+    command: ["python3", "prepare.py"]
+    outputs: [{name: dataset, path: dataset.csv}]
+  - name: train
+    depends_on: [prepare]
+    command: ["python3", "train.py", "--lr", "{{params.lr}}"]
+    inputs: [{name: dataset, from: prepare/dataset}]
+    env: {SEED: "1"}
+    resources: {cpu: 2, memory: 4Gi, gpu: 1}
+    retries: {limit: 2, backoff: 5s}
+    timeout: 1h
+    image: python:3.12-slim
+"#;
+
+fn parse(yaml: &str) -> Result<pb::PipelineSpec, SpecError> {
+    parse_spec(yaml, &BTreeMap::new())
+}
+
+/// The message `yaml` is rejected with.
+fn rejection(yaml: &str) -> String {
+    match parse(yaml) {
+        Ok(spec) => panic!("accepted: {spec:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A spec named `p` with a producer task `prepare` (output `dataset`) first,
+/// then `tasks` (YAML list items, indented by two spaces).
+fn with_tasks(tasks: &str) -> String {
+    format!(
+        "name: p\ntasks:\n  - {{name: prepare, command: [x], outputs: [{{name: dataset, path: d.csv}}]}}\n{tasks}"
+    )
+}
+
+/// The message for a spec whose second task is `task` (a flow mapping).
+fn task_rejection(task: &str) -> String {
+    rejection(&with_tasks(&format!("  - {task}\n")))
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn example_resolves_to_the_expected_proto() {
+    let expected = pb::PipelineSpec {
+        name: "train-digits".into(),
+        params: map(&[("lr", "0.1")]),
+        fail_fast: true,
+        tasks: vec![
+            pb::TaskSpec {
+                name: "prepare".into(),
+                depends_on: vec![],
+                command: strings(&["python3", "prepare.py"]),
+                inputs: vec![],
+                outputs: vec![pb::OutputSpec {
+                    name: "dataset".into(),
+                    path: "dataset.csv".into(),
+                }],
+                env: BTreeMap::new(),
+                resources: Some(pb::Resources {
+                    cpu_millis: 0,
+                    memory_bytes: 0,
+                    gpu: 0,
+                }),
+                retries: Some(pb::RetryPolicy {
+                    limit: 0,
+                    backoff_ms: 0,
+                }),
+                timeout_ms: 0,
+                image: String::new(),
+            },
+            pb::TaskSpec {
+                name: "train".into(),
+                depends_on: strings(&["prepare"]),
+                command: strings(&["python3", "train.py", "--lr", "0.1"]),
+                inputs: vec![pb::InputSpec {
+                    name: "dataset".into(),
+                    from_task: "prepare".into(),
+                    from_output: "dataset".into(),
+                }],
+                outputs: vec![],
+                env: map(&[("SEED", "1")]),
+                resources: Some(pb::Resources {
+                    cpu_millis: 2_000,
+                    memory_bytes: 4 << 30,
+                    gpu: 1,
+                }),
+                retries: Some(pb::RetryPolicy {
+                    limit: 2,
+                    backoff_ms: 5_000,
+                }),
+                timeout_ms: 3_600_000,
+                image: "python:3.12-slim".into(),
+            },
+        ],
+    };
+    assert_eq!(parse(EXAMPLE), Ok(expected));
+}
+
+#[test]
+fn overrides_replace_declared_params_everywhere() {
+    let yaml = r#"
+name: p
+params: {lr: "0.1", tag: "3.12", other: x}
+tasks:
+  - name: t
+    command: ["train", "--lr={{ params.lr }}", "{{params.other}}"]
+    env: {LR: "{{params.lr}}", BOTH: "{{params.lr}}/{{params.other}}"}
+    image: "python:{{params.tag}}-slim"
+"#;
+    let overrides = BTreeMap::from([("lr".to_owned(), "0.5".to_owned())]);
+    let spec = parse_spec(yaml, &overrides).unwrap();
+    assert_eq!(
+        spec.params,
+        map(&[("lr", "0.5"), ("tag", "3.12"), ("other", "x")])
+    );
+    let task = &spec.tasks[0];
+    assert_eq!(task.command, strings(&["train", "--lr=0.5", "x"]));
+    assert_eq!(task.env, map(&[("LR", "0.5"), ("BOTH", "0.5/x")]));
+    assert_eq!(task.image, "python:3.12-slim");
+}
+
+#[test]
+fn defaults_when_fields_are_left_out() {
+    let spec = parse("name: p\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
+    assert!(spec.fail_fast);
+    assert!(spec.params.is_empty());
+    let task = &spec.tasks[0];
+    assert_eq!(task.resources, Some(pb::Resources::default()));
+    assert_eq!(task.retries, Some(pb::RetryPolicy::default()));
+    assert_eq!(task.timeout_ms, 0);
+    assert_eq!(task.image, "");
+
+    let spec = parse("name: p\nfail_fast: false\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
+    assert!(!spec.fail_fast);
+}
+
+#[test]
+fn retries_without_backoff_wait_ten_seconds() {
+    let spec =
+        parse("name: p\ntasks:\n  - {name: t, command: [x], retries: {limit: 3}}\n").unwrap();
+    assert_eq!(
+        spec.tasks[0].retries,
+        Some(pb::RetryPolicy {
+            limit: 3,
+            backoff_ms: 10_000
+        })
+    );
+}
+
+#[test]
+fn scalars_keep_their_yaml_text() {
+    let yaml = r#"
+name: p
+params: {lr: 1.50, epochs: 3, debug: true, empty: ""}
+tasks:
+  - name: t
+    command: [python3, train.py, --epochs, 10, --lr, 1e-3]
+    env: {N: 1, FLAG: false, LR: "{{params.lr}}"}
+    resources: {cpu: 0.5, memory: 1536Mi, gpu: 0}
+    retries: {limit: 0, backoff: 0s}
+"#;
+    let spec = parse(yaml).unwrap();
+    assert_eq!(
+        spec.params,
+        map(&[
+            ("lr", "1.50"),
+            ("epochs", "3"),
+            ("debug", "true"),
+            ("empty", "")
+        ])
+    );
+    let task = &spec.tasks[0];
+    assert_eq!(
+        task.command,
+        strings(&["python3", "train.py", "--epochs", "10", "--lr", "1e-3"])
+    );
+    assert_eq!(
+        task.env,
+        map(&[("N", "1"), ("FLAG", "false"), ("LR", "1.50")])
+    );
+    assert_eq!(
+        task.resources,
+        Some(pb::Resources {
+            cpu_millis: 500,
+            memory_bytes: 1536 << 20,
+            gpu: 0
+        })
+    );
+    assert_eq!(
+        task.retries,
+        Some(pb::RetryPolicy {
+            limit: 0,
+            backoff_ms: 0
+        })
+    );
+}
+
+#[test]
+fn transitive_upstream_is_enough() {
+    let yaml = with_tasks(
+        "  - {name: mid, depends_on: [prepare], command: [x]}\n  - {name: last, depends_on: [mid], command: [x], inputs: [{name: d, from: prepare/dataset}]}\n",
+    );
+    let spec = parse(&yaml).unwrap();
+    assert_eq!(spec.tasks[2].inputs[0].from_task, "prepare");
+}
+
+// --- YAML shape -------------------------------------------------------------
+
+#[test]
+fn rejects_invalid_yaml() {
+    assert_eq!(
+        rejection("name: [p\n"),
+        "invalid yaml: did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 7"
+    );
+    assert_eq!(
+        rejection("name: p\nname: q\n"),
+        "invalid yaml: duplicate entry with key \"name\""
+    );
+    assert_eq!(
+        rejection("name: p\nparams: {a: 1, a: 2}\n"),
+        "invalid yaml: params: duplicate entry with key \"a\" at line 2 column 9"
+    );
+}
+
+#[test]
+fn rejects_unknown_fields_naming_the_task() {
+    assert_eq!(
+        task_rejection("{name: train, comand: [x]}"),
+        "task `train`: unknown field `comand`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], resources: {mem: 1Gi}}"),
+        "task `train`: resources: unknown field `mem`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], retries: {limit: 1, delay: 5s}}"),
+        "task `train`: retries: unknown field `delay`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], inputs: [{name: d, form: prepare/dataset}]}"),
+        "task `train`: inputs[0]: unknown field `form`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], outputs: [{name: m, path: m, kind: file}]}"),
+        "task `train`: outputs[0]: unknown field `kind`"
+    );
+    // No name to show: the position instead.
+    assert_eq!(
+        task_rejection("{comand: [x]}"),
+        "task #2: unknown field `comand`"
+    );
+}
+
+#[test]
+fn rejects_unknown_top_level_fields() {
+    assert_eq!(rejection("name: p\ntask: []\n"), "unknown field `task`");
+}
+
+#[test]
+fn rejects_wrong_types_with_their_location() {
+    assert_eq!(
+        task_rejection("{name: train, command: [x], depends_on: prepare}"),
+        "task `train`: depends_on: invalid type: string \"prepare\", expected a sequence at line 4 column 45"
+    );
+    assert_eq!(
+        rejection("name: p\nfail_fast: \"yes\"\ntasks: []\n"),
+        "fail_fast: invalid type: string \"yes\", expected a boolean at line 2 column 12"
+    );
+    assert_eq!(
+        rejection("- a\n"),
+        "invalid type: sequence, expected a pipeline spec (a mapping with `name` and `tasks`)"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x, [y]]}"),
+        "task `train`: command[1]: invalid type: sequence, expected a string at line 4 column 32"
+    );
+}
+
+// --- pipeline ----------------------------------------------------------------
+
+#[test]
+fn rejects_a_spec_without_name_or_tasks() {
+    assert_eq!(rejection(""), "spec: missing `name`");
+    assert_eq!(
+        rejection("tasks: [{name: t, command: [x]}]\n"),
+        "spec: missing `name`"
+    );
+    assert_eq!(rejection("name: p\n"), "spec has no tasks");
+    assert_eq!(rejection("name: p\ntasks: []\n"), "spec has no tasks");
+}
+
+#[test]
+fn rejects_bad_pipeline_and_task_names() {
+    let rule = "use up to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit";
+    assert_eq!(
+        rejection("name: my pipeline\ntasks: [{name: t, command: [x]}]\n"),
+        format!("invalid pipeline name `my pipeline` ({rule})")
+    );
+    assert_eq!(
+        task_rejection("{name: a/b, command: [x]}"),
+        format!("invalid task name `a/b` ({rule})")
+    );
+    let long = "t".repeat(64);
+    assert_eq!(
+        task_rejection(&format!("{{name: {long}, command: [x]}}")),
+        format!("invalid task name `{long}` ({rule})")
+    );
+}
+
+#[test]
+fn rejects_missing_and_duplicate_task_names() {
+    assert_eq!(task_rejection("{command: [x]}"), "task #2: missing `name`");
+    assert_eq!(
+        task_rejection("{name: '', command: [x]}"),
+        "task #2: missing `name`"
+    );
+    assert_eq!(
+        task_rejection("{name: prepare, command: [y]}"),
+        "duplicate task name `prepare`"
+    );
+}
+
+// --- params ------------------------------------------------------------------
+
+#[test]
+fn rejects_undeclared_overrides() {
+    let overrides = BTreeMap::from([("foo".to_owned(), "1".to_owned())]);
+    assert_eq!(
+        parse_spec(EXAMPLE, &overrides).unwrap_err().to_string(),
+        "param `foo` is not declared in the spec's params"
+    );
+}
+
+#[test]
+fn rejects_bad_params() {
+    assert_eq!(
+        rejection("name: p\nparams: {learning rate: 1}\ntasks: [{name: t, command: [x]}]\n"),
+        "invalid param name `learning rate` (use letters, digits, `_` or `-`, starting with a letter or `_`)"
+    );
+    assert_eq!(
+        rejection("name: p\nparams: {lr: }\ntasks: [{name: t, command: [x]}]\n"),
+        "param `lr`: missing value"
+    );
+    assert_eq!(
+        rejection("name: p\nparams: {lr: [1]}\ntasks: [{name: t, command: [x]}]\n"),
+        "params.lr: invalid type: sequence, expected a string at line 2 column 14"
+    );
+}
+
+#[test]
+fn rejects_unknown_and_malformed_templates() {
+    assert_eq!(
+        task_rejection("{name: train, command: [x, '{{params.lr}}']}"),
+        "task `train`: command: `{{params.lr}}` refers to unknown param `lr`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x, '--lr={{ params.lr }}']}"),
+        "task `train`: command: `{{ params.lr }}` refers to unknown param `lr`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], env: {LR: '{{params.lr}}'}}"),
+        "task `train`: env.LR: `{{params.lr}}` refers to unknown param `lr`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], image: 'py:{{params.tag}}'}"),
+        "task `train`: image: `{{params.tag}}` refers to unknown param `tag`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x, '--lr={{params.lr']}"),
+        "task `train`: command: unterminated `{{` in `--lr={{params.lr`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x, '{{lr}}']}"),
+        "task `train`: command: unsupported template `{{lr}}` (only `{{params.NAME}}` is supported)"
+    );
+}
+
+// --- task fields -------------------------------------------------------------
+
+#[test]
+fn rejects_empty_commands() {
+    for task in [
+        "{name: train}",
+        "{name: train, command: []}",
+        "{name: train, command: ['', x]}",
+        "{name: train, command: ['  ']}",
+    ] {
+        assert_eq!(
+            task_rejection(task),
+            "task `train`: command is empty",
+            "{task}"
+        );
+    }
+    // Empty after substitution counts too.
+    let yaml = "name: p\nparams: {py: ''}\ntasks: [{name: train, command: ['{{params.py}}']}]\n";
+    assert_eq!(rejection(yaml), "task `train`: command is empty");
+}
+
+#[test]
+fn rejects_bad_dependencies() {
+    assert_eq!(
+        task_rejection("{name: train, depends_on: [prep], command: [x]}"),
+        "task `train`: depends_on: unknown task `prep`"
+    );
+    assert_eq!(
+        task_rejection("{name: train, depends_on: [train], command: [x]}"),
+        "task `train`: depends_on: a task cannot depend on itself"
+    );
+    assert_eq!(
+        task_rejection("{name: train, depends_on: [prepare, prepare], command: [x]}"),
+        "task `train`: depends_on: `prepare` is listed twice"
+    );
+}
+
+#[test]
+fn rejects_cycles_naming_every_task_in_order() {
+    let yaml = r#"
+name: p
+tasks:
+  - {name: x, depends_on: [c], command: [x]}
+  - {name: a, depends_on: [b], command: [x]}
+  - {name: b, depends_on: [c], command: [x]}
+  - {name: c, depends_on: [a], command: [x]}
+"#;
+    // Found from `x`, reported from `a`, the cycle's first task in the spec.
+    assert_eq!(rejection(yaml), "dependency cycle: a -> b -> c -> a");
+    let two = "name: p\ntasks:\n  - {name: a, depends_on: [b], command: [x]}\n  - {name: b, depends_on: [a], command: [x]}\n";
+    assert_eq!(rejection(two), "dependency cycle: a -> b -> a");
+}
+
+#[test]
+fn rejects_inputs_whose_producer_is_not_upstream() {
+    assert_eq!(
+        task_rejection("{name: train, command: [x], inputs: [{name: dataset, from: prepare/dataset}]}"),
+        "task `train`: input `dataset` comes from `prepare`, which is not upstream of `train` (add it to depends_on)"
+    );
+    // A sibling is not upstream either.
+    let yaml = with_tasks(
+        "  - {name: a, depends_on: [prepare], command: [x], outputs: [{name: o, path: o}]}\n  - {name: b, depends_on: [prepare], command: [x], inputs: [{name: i, from: a/o}]}\n",
+    );
+    assert_eq!(
+        rejection(&yaml),
+        "task `b`: input `i` comes from `a`, which is not upstream of `b` (add it to depends_on)"
+    );
+}
+
+#[test]
+fn rejects_bad_input_references() {
+    let deps = "name: train, depends_on: [prepare], command: [x]";
+    assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, from: prep/dataset}}]}}"
+        )),
+        "task `train`: input `d` comes from unknown task `prep`"
+    );
+    assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, from: prepare/data}}]}}"
+        )),
+        "task `train`: input `d` comes from `prepare`, which has no output `data`"
+    );
+    assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, from: train/dataset}}]}}"
+        )),
+        "task `train`: input `d` comes from the task itself"
+    );
+    for from in ["prepare", "prepare/", "/dataset", "prepare/dataset/x"] {
+        assert_eq!(
+            task_rejection(&format!(
+                "{{{deps}, inputs: [{{name: d, from: '{from}'}}]}}"
+            )),
+            format!("task `train`: input `d`: `from` must be `task/output`, got `{from}`")
+        );
+    }
+    assert_eq!(
+        task_rejection(&format!("{{{deps}, inputs: [{{name: d}}]}}")),
+        "task `train`: input `d`: missing `from`"
+    );
+    assert_eq!(
+        task_rejection(&format!("{{{deps}, inputs: [{{from: prepare/dataset}}]}}")),
+        "task `train`: input #1: missing `name`"
+    );
+    assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, from: prepare/dataset}}, {{name: d, from: prepare/dataset}}]}}"
+        )),
+        "task `train`: input `d` declared twice"
+    );
+    assert_eq!(
+        task_rejection(&format!("{{{deps}, inputs: [{{name: 'my data', from: prepare/dataset}}]}}")),
+        "task `train`: invalid input name `my data` (use up to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit)"
+    );
+}
+
+#[test]
+fn rejects_bad_outputs() {
+    assert_eq!(
+        task_rejection("{name: prep2, command: [x], outputs: [{name: dataset, path: a}, {name: dataset, path: b}]}"),
+        "task `prep2`: output `dataset` declared twice"
+    );
+    assert_eq!(
+        task_rejection("{name: prep2, command: [x], outputs: [{name: a, path: out/d.csv}, {name: b, path: ./out//d.csv}]}"),
+        "task `prep2`: output `b`: path `./out//d.csv` is already used by output `a`"
+    );
+    for path in ["''", "/etc/passwd", "../up", "a/../../b", "."] {
+        let shown = path.trim_matches('\'');
+        assert_eq!(
+            task_rejection(&format!("{{name: prep2, command: [x], outputs: [{{name: m, path: {path}}}]}}")),
+            format!("task `prep2`: output `m`: invalid path `{shown}` (use a non-empty relative path without `..`)")
+        );
+    }
+    assert_eq!(
+        task_rejection("{name: prep2, command: [x], outputs: [{name: m}]}"),
+        "task `prep2`: output `m`: missing `path`"
+    );
+    assert_eq!(
+        task_rejection("{name: prep2, command: [x], outputs: [{path: m}]}"),
+        "task `prep2`: output #1: missing `name`"
+    );
+    assert_eq!(
+        task_rejection("{name: prep2, command: [x], outputs: [{name: m/x, path: m}]}"),
+        "task `prep2`: invalid output name `m/x` (use up to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit)"
+    );
+}
+
+#[test]
+fn rejects_bad_env() {
+    assert_eq!(
+        task_rejection("{name: train, command: [x], env: {1SEED: '1'}}"),
+        "task `train`: env: invalid variable name `1SEED` (use letters, digits and `_`, not starting with a digit)"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], env: {DROVER_RUN_ID: x}}"),
+        "task `train`: env: `DROVER_RUN_ID` is reserved (drover sets it for every task)"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], env: {CUDA_VISIBLE_DEVICES: '0'}}"),
+        "task `train`: env: `CUDA_VISIBLE_DEVICES` is reserved (drover sets it for every task)"
+    );
+    assert_eq!(
+        task_rejection("{name: train, command: [x], env: {SEED: }}"),
+        "task `train`: env.SEED: missing value"
+    );
+}
+
+#[test]
+fn rejects_bad_resources() {
+    let task = |resources: &str| {
+        task_rejection(&format!(
+            "{{name: train, command: [x], resources: {resources}}}"
+        ))
+    };
+    assert_eq!(
+        task("{memory: 4GB}"),
+        "task `train`: resources.memory: invalid quantity `4GB` (use e.g. 512Mi, 4Gi, 1G)"
+    );
+    assert_eq!(
+        task("{memory: 0}"),
+        "task `train`: resources.memory: must be greater than 0, got `0`"
+    );
+    assert_eq!(
+        task("{memory: 16Ei}"),
+        "task `train`: resources.memory: quantity `16Ei` is too large"
+    );
+    for cpu in ["-1", "abc", "2cores"] {
+        assert_eq!(
+            task(&format!("{{cpu: {cpu}}}")),
+            format!(
+                "task `train`: resources.cpu: invalid quantity `{cpu}` (use e.g. 500m, 0.5, 2)"
+            )
+        );
+    }
+    assert_eq!(
+        task("{cpu: 0}"),
+        "task `train`: resources.cpu: must be greater than 0, got `0`"
+    );
+    assert_eq!(
+        task("{cpu: 0m}"),
+        "task `train`: resources.cpu: must be greater than 0, got `0m`"
+    );
+    for gpu in ["-1", "1.5", "one"] {
+        assert_eq!(
+            task(&format!("{{gpu: {gpu}}}")),
+            format!("task `train`: resources.gpu: invalid count `{gpu}` (use a whole number, e.g. 0, 1, 2)")
+        );
+    }
+}
+
+#[test]
+fn rejects_bad_retries_and_timeouts() {
+    let task = |fields: &str| task_rejection(&format!("{{name: train, command: [x], {fields}}}"));
+    assert_eq!(
+        task("retries: {limit: 2, backoff: 5x}"),
+        "task `train`: retries.backoff: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m)"
+    );
+    assert_eq!(
+        task("retries: {limit: 101}"),
+        "task `train`: retries.limit: `101` is more than the maximum of 100"
+    );
+    assert_eq!(
+        task("retries: {limit: -1}"),
+        "task `train`: retries.limit: invalid count `-1` (use a whole number, e.g. 0, 1, 2)"
+    );
+    assert_eq!(
+        task("retries: {backoff: 5s}"),
+        "task `train`: retries: missing `limit`"
+    );
+    assert_eq!(
+        task("timeout: 5x"),
+        "task `train`: timeout: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m)"
+    );
+    assert_eq!(
+        task("timeout: 0s"),
+        "task `train`: timeout: must be greater than 0, got `0s`"
+    );
+    assert_eq!(
+        task("timeout: 99999999999999999999h"),
+        "task `train`: timeout: duration `99999999999999999999h` is too large"
+    );
+}
+
+#[test]
+fn reports_the_first_problem_in_spec_order() {
+    // Both tasks are broken; the earlier one is reported.
+    let yaml = "name: p\ntasks:\n  - {name: a, command: []}\n  - {name: b, depends_on: [zzz], command: [x]}\n";
+    assert_eq!(rejection(yaml), "task `a`: command is empty");
+}

@@ -1,0 +1,626 @@
+//! From the raw YAML structs to a validated, resolved `pb::PipelineSpec`.
+//!
+//! Checks run in spec order and stop at the first problem: the pipeline's
+//! name and params, every task's name, then each task's fields in turn, then
+//! the graph (cycles, then whether every input's producer is upstream).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
+use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
+use super::template::{is_param_name, substitute};
+use super::{SpecError, TaskError};
+use crate::pb;
+
+/// Backoff when `retries` is given without one.
+const DEFAULT_BACKOFF_MS: u64 = 10_000;
+/// Most retries a task may ask for.
+const MAX_RETRY_LIMIT: u32 = 100;
+/// Env var prefix the agent reserves for itself (`DROVER_RUN_ID`, ...).
+const RESERVED_ENV_PREFIX: &str = "DROVER_";
+/// Variables the agent sets for trace propagation and GPU assignment; a spec
+/// overriding them would break tracing or hand a task GPUs it was not given.
+const RESERVED_ENV_NAMES: &[&str] = &[
+    "TRACEPARENT",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+];
+
+pub(crate) fn resolve(
+    raw: RawSpec,
+    overrides: &BTreeMap<String, String>,
+) -> Result<pb::PipelineSpec, SpecError> {
+    let name = raw
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or(SpecError::MissingName)?;
+    if !is_name(&name) {
+        return Err(SpecError::InvalidName {
+            kind: "pipeline",
+            name,
+        });
+    }
+    let params = resolve_params(raw.params.unwrap_or_default(), overrides)?;
+    let tasks = raw.tasks.unwrap_or_default();
+    if tasks.is_empty() {
+        return Err(SpecError::NoTasks);
+    }
+    let names = task_names(&tasks)?;
+    let graph = Graph {
+        index: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect(),
+        outputs: tasks
+            .iter()
+            .zip(&names)
+            .map(|(task, name)| {
+                let outputs = task
+                    .outputs
+                    .iter()
+                    .flatten()
+                    .filter_map(|o| o.name.as_deref())
+                    .collect();
+                (name.as_str(), outputs)
+            })
+            .collect(),
+    };
+    let specs = tasks
+        .iter()
+        .zip(&names)
+        .map(|(task, name)| {
+            resolve_task(task, name, &graph, &params).map_err(|error| SpecError::Task {
+                task: name.clone(),
+                error,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Every dependency was checked to exist, so the lookups all succeed.
+    let deps: Vec<Vec<usize>> = specs
+        .iter()
+        .map(|t| {
+            t.depends_on
+                .iter()
+                .filter_map(|d| graph.index.get(d.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    if let Some(cycle) = find_cycle(&deps) {
+        return Err(SpecError::Cycle(
+            cycle.into_iter().map(|i| names[i].clone()).collect(),
+        ));
+    }
+    check_upstream(&specs, &graph, &deps)?;
+
+    Ok(pb::PipelineSpec {
+        name,
+        params: params.into_iter().collect(),
+        fail_fast: raw.fail_fast.unwrap_or(true),
+        tasks: specs,
+    })
+}
+
+/// What a task may refer to in other tasks.
+struct Graph<'a> {
+    index: HashMap<&'a str, usize>,
+    /// Declared output names per task, as written.
+    outputs: HashMap<&'a str, HashSet<&'a str>>,
+}
+
+/// Declared defaults as strings, then `overrides` on top.
+fn resolve_params(
+    declared: BTreeMap<String, Option<String>>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, SpecError> {
+    let mut params = BTreeMap::new();
+    for (name, value) in declared {
+        if !is_param_name(&name) {
+            return Err(SpecError::InvalidParamName(name));
+        }
+        let Some(value) = value else {
+            return Err(SpecError::InvalidParam {
+                name,
+                message: "missing value".to_owned(),
+            });
+        };
+        params.insert(name, value);
+    }
+    for (name, value) in overrides {
+        let Some(slot) = params.get_mut(name) else {
+            return Err(SpecError::UndeclaredParam(name.clone()));
+        };
+        slot.clone_from(value);
+    }
+    Ok(params)
+}
+
+/// Every task's name, checked for presence, shape and uniqueness.
+fn task_names(tasks: &[RawTask]) -> Result<Vec<String>, SpecError> {
+    let mut seen = HashSet::new();
+    let mut names = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let name = task
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(SpecError::MissingTaskName(i + 1))?;
+        if !is_name(&name) {
+            return Err(SpecError::InvalidName { kind: "task", name });
+        }
+        if !seen.insert(name.clone()) {
+            return Err(SpecError::DuplicateTask(name));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn resolve_task(
+    raw: &RawTask,
+    name: &str,
+    graph: &Graph<'_>,
+    params: &BTreeMap<String, String>,
+) -> Result<pb::TaskSpec, TaskError> {
+    let template = |field: &str, text: &str| {
+        substitute(text, params).map_err(|error| TaskError::Template {
+            field: field.to_owned(),
+            error,
+        })
+    };
+
+    let depends_on = raw.depends_on.clone().unwrap_or_default();
+    let mut seen = HashSet::new();
+    for dep in &depends_on {
+        if dep == name {
+            return Err(TaskError::SelfDependency);
+        }
+        if !graph.index.contains_key(dep.as_str()) {
+            return Err(TaskError::UnknownDependency(dep.clone()));
+        }
+        if !seen.insert(dep) {
+            return Err(TaskError::DuplicateDependency(dep.clone()));
+        }
+    }
+
+    let command = raw
+        .command
+        .iter()
+        .flatten()
+        .map(|arg| template("command", arg))
+        .collect::<Result<Vec<_>, _>>()?;
+    if command
+        .first()
+        .is_none_or(|program| program.trim().is_empty())
+    {
+        return Err(TaskError::EmptyCommand);
+    }
+
+    let inputs = resolve_inputs(raw.inputs.as_deref().unwrap_or_default(), name, graph)?;
+    let outputs = resolve_outputs(raw.outputs.as_deref().unwrap_or_default())?;
+
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.env.iter().flatten() {
+        if !is_env_name(key) {
+            return Err(TaskError::InvalidEnvName(key.clone()));
+        }
+        if key.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV_NAMES.contains(&key.as_str()) {
+            return Err(TaskError::ReservedEnvName(key.clone()));
+        }
+        let field = format!("env.{key}");
+        let Some(value) = value else {
+            return Err(invalid(&field, "missing value".to_owned()));
+        };
+        env.insert(key.clone(), template(&field, value)?);
+    }
+
+    let resources = raw
+        .resources
+        .as_ref()
+        .map(resolve_resources)
+        .transpose()?
+        .unwrap_or_default();
+    let retries = raw
+        .retries
+        .as_ref()
+        .map(resolve_retries)
+        .transpose()?
+        .unwrap_or_default();
+    let timeout_ms = match &raw.timeout {
+        None => 0,
+        Some(text) => positive("timeout", text, parse_duration(text))?,
+    };
+    let image = raw
+        .image
+        .as_deref()
+        .map(|image| template("image", image))
+        .transpose()?
+        .unwrap_or_default();
+
+    Ok(pb::TaskSpec {
+        name: name.to_owned(),
+        depends_on,
+        command,
+        inputs,
+        outputs,
+        env: env.into_iter().collect(),
+        resources: Some(resources),
+        retries: Some(retries),
+        timeout_ms,
+        image,
+    })
+}
+
+fn resolve_inputs(
+    raw: &[RawInput],
+    task: &str,
+    graph: &Graph<'_>,
+) -> Result<Vec<pb::InputSpec>, TaskError> {
+    let mut seen = HashSet::new();
+    let mut inputs = Vec::with_capacity(raw.len());
+    for (i, input) in raw.iter().enumerate() {
+        let name = required(&input.name, || format!("input #{}", i + 1), "name")?;
+        if !is_name(name) {
+            return Err(TaskError::InvalidName {
+                kind: "input",
+                name: name.to_owned(),
+            });
+        }
+        if !seen.insert(name) {
+            return Err(TaskError::DuplicateInput(name.to_owned()));
+        }
+        let from = required(&input.from, || format!("input `{name}`"), "from")?;
+        let (from_task, from_output) = from
+            .split_once('/')
+            .filter(|(t, o)| !t.is_empty() && !o.is_empty() && !o.contains('/'))
+            .ok_or_else(|| TaskError::InvalidFrom {
+                input: name.to_owned(),
+                from: from.to_owned(),
+            })?;
+        if from_task == task {
+            return Err(TaskError::InputFromSelf {
+                input: name.to_owned(),
+            });
+        }
+        let Some(outputs) = graph.outputs.get(from_task) else {
+            return Err(TaskError::InputFromUnknownTask {
+                input: name.to_owned(),
+                from_task: from_task.to_owned(),
+            });
+        };
+        if !outputs.contains(from_output) {
+            return Err(TaskError::InputFromUnknownOutput {
+                input: name.to_owned(),
+                from_task: from_task.to_owned(),
+                from_output: from_output.to_owned(),
+            });
+        }
+        inputs.push(pb::InputSpec {
+            name: name.to_owned(),
+            from_task: from_task.to_owned(),
+            from_output: from_output.to_owned(),
+        });
+    }
+    Ok(inputs)
+}
+
+fn resolve_outputs(raw: &[RawOutput]) -> Result<Vec<pb::OutputSpec>, TaskError> {
+    let mut names = HashSet::new();
+    // Normalised path → the output that claimed it.
+    let mut paths: HashMap<String, &str> = HashMap::new();
+    let mut outputs = Vec::with_capacity(raw.len());
+    for (i, output) in raw.iter().enumerate() {
+        let name = required(&output.name, || format!("output #{}", i + 1), "name")?;
+        if !is_name(name) {
+            return Err(TaskError::InvalidName {
+                kind: "output",
+                name: name.to_owned(),
+            });
+        }
+        if !names.insert(name) {
+            return Err(TaskError::DuplicateOutput(name.to_owned()));
+        }
+        let path = output.path.as_deref().ok_or_else(|| TaskError::Missing {
+            at: format!("output `{name}`"),
+            field: "path",
+        })?;
+        let normalised =
+            normalise_output_path(path).ok_or_else(|| TaskError::InvalidOutputPath {
+                output: name.to_owned(),
+                path: path.to_owned(),
+            })?;
+        if let Some(other) = paths.insert(normalised, name) {
+            return Err(TaskError::DuplicateOutputPath {
+                output: name.to_owned(),
+                path: path.to_owned(),
+                other: other.to_owned(),
+            });
+        }
+        outputs.push(pb::OutputSpec {
+            name: name.to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    Ok(outputs)
+}
+
+fn resolve_resources(raw: &RawResources) -> Result<pb::Resources, TaskError> {
+    let cpu_millis = match &raw.cpu {
+        None => 0,
+        Some(text) => positive("resources.cpu", text, parse_cpu(text))?,
+    };
+    let memory_bytes = match &raw.memory {
+        None => 0,
+        // Zero would read as "unset" downstream, so it is refused like cpu.
+        Some(text) => positive("resources.memory", text, parse_memory(text))?,
+    };
+    let gpu = match &raw.gpu {
+        None => 0,
+        Some(text) => parse_count(text).map_err(|message| invalid("resources.gpu", message))?,
+    };
+    Ok(pb::Resources {
+        cpu_millis,
+        memory_bytes,
+        gpu,
+    })
+}
+
+fn resolve_retries(raw: &RawRetries) -> Result<pb::RetryPolicy, TaskError> {
+    let text = required(&raw.limit, || "retries".to_owned(), "limit")?;
+    let limit = parse_count(text).map_err(|message| invalid("retries.limit", message))?;
+    if limit > MAX_RETRY_LIMIT {
+        return Err(invalid(
+            "retries.limit",
+            format!("`{text}` is more than the maximum of {MAX_RETRY_LIMIT}"),
+        ));
+    }
+    let backoff_ms = match &raw.backoff {
+        None => DEFAULT_BACKOFF_MS,
+        Some(text) => {
+            parse_duration(text).map_err(|message| invalid("retries.backoff", message))?
+        }
+    };
+    Ok(pb::RetryPolicy { limit, backoff_ms })
+}
+
+/// A parsed value that must also be greater than zero.
+fn positive<T: Default + PartialEq>(
+    field: &str,
+    text: &str,
+    parsed: Result<T, String>,
+) -> Result<T, TaskError> {
+    match parsed {
+        Err(message) => Err(invalid(field, message)),
+        Ok(value) if value == T::default() => Err(invalid(
+            field,
+            format!("must be greater than 0, got `{text}`"),
+        )),
+        Ok(value) => Ok(value),
+    }
+}
+
+fn invalid(field: &str, message: String) -> TaskError {
+    TaskError::InvalidValue {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// A required, non-empty string field.
+fn required<'a>(
+    value: &'a Option<String>,
+    at: impl FnOnce() -> String,
+    field: &'static str,
+) -> Result<&'a str, TaskError> {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| TaskError::Missing { at: at(), field })
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`: pipeline, task, input and output names.
+fn is_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes
+        .first()
+        .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The path with `.` and empty components dropped, or `None` if it is empty,
+/// absolute, or climbs out with `..`.
+fn normalise_output_path(path: &str) -> Option<String> {
+    if path.starts_with('/') || path.contains('\0') {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// A cycle in the "depends on" graph, as task indices where each depends on
+/// the next and the last repeats the first, starting from the task earliest
+/// in the spec so the message does not depend on where the search began.
+fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        OnStack,
+        Done,
+    }
+    let mut state = vec![State::New; deps.len()];
+    for start in 0..deps.len() {
+        if state[start] != State::New {
+            continue;
+        }
+        // Iterative DFS (a long chain must not overflow the call stack):
+        // each frame is a task and the index of its next dependency to visit.
+        let mut stack = vec![(start, 0)];
+        state[start] = State::OnStack;
+        while let Some(frame) = stack.last_mut() {
+            let (node, next) = *frame;
+            let Some(&dep) = deps[node].get(next) else {
+                state[node] = State::Done;
+                stack.pop();
+                continue;
+            };
+            frame.1 += 1;
+            match state[dep] {
+                State::New => {
+                    state[dep] = State::OnStack;
+                    stack.push((dep, 0));
+                }
+                State::OnStack => {
+                    let from = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                    let mut cycle: Vec<usize> = stack[from..].iter().map(|&(n, _)| n).collect();
+                    let first = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+                    cycle.rotate_left(first);
+                    cycle.push(cycle[0]);
+                    return Some(cycle);
+                }
+                State::Done => {}
+            }
+        }
+    }
+    None
+}
+
+/// Every input's producer must be reachable through `depends_on`, or the
+/// task could start before the artifact exists.
+fn check_upstream(
+    specs: &[pb::TaskSpec],
+    graph: &Graph<'_>,
+    deps: &[Vec<usize>],
+) -> Result<(), SpecError> {
+    for (i, task) in specs.iter().enumerate() {
+        if task.inputs.is_empty() {
+            continue;
+        }
+        let upstream = reachable(i, deps);
+        for input in &task.inputs {
+            let producer = graph.index.get(input.from_task.as_str());
+            if !producer.is_some_and(|&p| upstream[p]) {
+                return Err(SpecError::Task {
+                    task: task.name.clone(),
+                    error: TaskError::InputNotUpstream {
+                        input: input.name.clone(),
+                        from_task: input.from_task.clone(),
+                        task: task.name.clone(),
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which tasks `start` depends on, directly or transitively.
+fn reachable(start: usize, deps: &[Vec<usize>]) -> Vec<bool> {
+    let mut seen = vec![false; deps.len()];
+    let mut todo = deps[start].clone();
+    while let Some(node) = todo.pop() {
+        if !seen[node] {
+            seen[node] = true;
+            todo.extend(&deps[node]);
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "train-digits", "v1.2_x", "0", &"a".repeat(63)] {
+            assert!(is_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "a b",
+            "a/b",
+            "a:b",
+            "ü",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        for good in ["SEED", "_x", "a1"] {
+            assert!(is_env_name(good), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "A.B", "A B"] {
+            assert!(!is_env_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn output_paths() {
+        assert_eq!(
+            normalise_output_path("model.pt"),
+            Some("model.pt".to_owned())
+        );
+        assert_eq!(
+            normalise_output_path("./out//model.pt"),
+            Some("out/model.pt".to_owned())
+        );
+        assert_eq!(
+            normalise_output_path("a..b/c.."),
+            Some("a..b/c..".to_owned())
+        );
+        for bad in ["", ".", "./", "/abs", "../x", "a/../b", "a/..", "a\0b"] {
+            assert_eq!(normalise_output_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cycles_start_at_the_earliest_task() {
+        assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
+        // 0 → 1 → 2 → 1: the cycle is 1 → 2 → 1, reached through 0.
+        assert_eq!(
+            find_cycle(&[vec![1], vec![2], vec![1]]),
+            Some(vec![1, 2, 1])
+        );
+        // Entered at 3, reported from 0.
+        assert_eq!(
+            find_cycle(&[vec![1], vec![2], vec![0], vec![2]]),
+            Some(vec![0, 1, 2, 0])
+        );
+        // A diamond is not a cycle.
+        assert_eq!(find_cycle(&[vec![1, 2], vec![3], vec![3], vec![]]), None);
+    }
+
+    #[test]
+    fn long_chains_do_not_overflow_the_stack() {
+        let n = 100_000;
+        let mut deps: Vec<Vec<usize>> = (0..n)
+            .map(|i| if i + 1 < n { vec![i + 1] } else { vec![] })
+            .collect();
+        assert_eq!(find_cycle(&deps), None);
+        assert!(reachable(0, &deps)[n - 1]);
+        deps[n - 1].push(0);
+        assert_eq!(find_cycle(&deps).map(|c| c.len()), Some(n + 1));
+    }
+}

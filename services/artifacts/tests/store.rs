@@ -1,0 +1,143 @@
+//! Round trips through a real `file://` store in a temp directory.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use drover_artifacts::{open, ArtifactError};
+use futures::TryStreamExt;
+
+fn file_url(dir: &std::path::Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+#[tokio::test]
+async fn upload_then_download_roundtrips_with_sha256() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // The store directory does not exist yet: open creates it.
+    let store = open(&file_url(&tmp.path().join("store/nested"))).await?;
+
+    let src = tmp.path().join("hello.txt");
+    std::fs::write(&src, b"hello world\n")?;
+    let info = store
+        .upload_file("runs/r1/prep/1/outputs/data", &src)
+        .await?;
+    assert_eq!(info.key, "runs/r1/prep/1/outputs/data");
+    assert_eq!(info.size, 12);
+    // sha256("hello world\n")
+    assert_eq!(
+        info.sha256,
+        "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447"
+    );
+    // Nested keys are nested directories on disk.
+    assert!(tmp
+        .path()
+        .join("store/nested/runs/r1/prep/1/outputs/data")
+        .is_file());
+
+    let dest = tmp.path().join("out/deeper/hello.txt");
+    let n = store.download_file(&info.key, &dest).await?;
+    assert_eq!(n, 12);
+    assert_eq!(std::fs::read(&dest)?, b"hello world\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_file_streams_through_multipart() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(tmp.path())).await?;
+    // Larger than the 10 MiB buffer, so the upload goes multipart.
+    let src = tmp.path().join("big.bin");
+    let mut f = std::fs::File::create(&src)?;
+    let block: Vec<u8> = (0..=255u8).cycle().take(1024 * 1024).collect();
+    for _ in 0..12 {
+        f.write_all(&block)?;
+    }
+    drop(f);
+    let expected = {
+        use sha2::Digest;
+        let data = std::fs::read(&src)?;
+        sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+
+    let info = store.upload_file("big/blob", &src).await?;
+    assert_eq!(info.size, 12 * 1024 * 1024);
+    assert_eq!(info.sha256, expected);
+
+    let chunks: Vec<Bytes> = store
+        .get_bytes_stream("big/blob")
+        .await?
+        .try_collect()
+        .await?;
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    assert_eq!(total, 12 * 1024 * 1024);
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_key_is_not_found() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(tmp.path())).await?;
+
+    match store.get_bytes_stream("no/such/key").await {
+        Err(ArtifactError::NotFound { key }) => assert_eq!(key, "no/such/key"),
+        Err(other) => panic!("expected NotFound, got {other}"),
+        Ok(_) => panic!("expected NotFound, got a stream"),
+    }
+    let dest = tmp.path().join("dest");
+    let err = store.download_file("no/such/key", &dest).await.unwrap_err();
+    assert!(matches!(err, ArtifactError::NotFound { .. }), "{err}");
+    assert!(!dest.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn put_and_get_bytes() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(tmp.path())).await?;
+    let info = store.put_bytes("a/b/c", Bytes::from_static(b"abc")).await?;
+    assert_eq!(
+        info.sha256,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(store.get_bytes("a/b/c").await?, Bytes::from_static(b"abc"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_keys_and_urls_are_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(tmp.path())).await?;
+    for key in ["", "a//b", "../escape", "/abs", "a/./b"] {
+        let err = store.get_bytes(key).await.unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::InvalidKey { .. }),
+            "{key:?}: {err}"
+        );
+    }
+
+    let err = open("ftp://host/dir").await.unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::UnsupportedScheme { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ftp://host/dir"), "{err}");
+
+    // s3 needs the `aws` feature, which this build does not enable.
+    let err = open("s3://bucket/prefix").await.unwrap_err();
+    assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+
+    let err = open("not a url").await.unwrap_err();
+    assert!(matches!(err, ArtifactError::InvalidUrl { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_url_works_through_parse_url() -> anyhow::Result<()> {
+    let store = open("memory:///some/prefix").await?;
+    store.put_bytes("k", Bytes::from_static(b"v")).await?;
+    assert_eq!(store.get_bytes("k").await?, Bytes::from_static(b"v"));
+    Ok(())
+}
