@@ -567,6 +567,8 @@ impl RunDag {
                 self.live_attempt(task, attempt)?;
                 fx.push(self.end_attempt(task, |a| {
                     a.status = AttemptStatus::Succeeded;
+                    // Agents report success only for a process that exited 0.
+                    a.exit_code = Some(0);
                     a.finished_at = now;
                     if a.started_at == 0 {
                         a.started_at = now;

@@ -104,12 +104,24 @@ async fn main() -> ExitCode {
     }
 }
 
-/// A gRPC status reads as its message with the code in words.
+/// A gRPC status reads as its message with the code in a word or two.
 fn describe(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<tonic::Status>() {
-        Some(s) => format!("{} ({})", s.message(), s.code().description()),
-        None => format!("{e:#}"),
-    }
+    use tonic::Code;
+    let Some(s) = e.downcast_ref::<tonic::Status>() else {
+        return format!("{e:#}");
+    };
+    let code = match s.code() {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted, retry",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::PermissionDenied | Code::Unauthenticated => "permission denied",
+        _ => "internal error",
+    };
+    format!("{} ({code})", s.message())
 }
 
 async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {

@@ -164,6 +164,7 @@ fn attempt_records_agent_times_and_outputs() {
     );
     assert_eq!(a.outputs, vec![out]);
     assert_eq!(a.status, AttemptStatus::Succeeded);
+    assert_eq!(a.exit_code, Some(0));
 }
 
 #[test]

@@ -1,0 +1,244 @@
+//! The `drover` binary against a real `drover dev` cluster: what a user types
+//! and sees, exit codes included.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DROVER: &str = env!("CARGO_BIN_EXE_drover");
+
+struct Dev {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    server: String,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+        let child = Command::new(DROVER)
+            .args(["dev", "--data-dir"])
+            .arg(dir.path().join("state"))
+            .env("DROVER_AGENT_ID", "cli-agent")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let env_file = dir.path().join("state/dev.env");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !env_file.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "drover dev did not come up:\n{}",
+                log_of(dir.path())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let env = std::fs::read_to_string(&env_file).unwrap();
+        let server = env
+            .trim()
+            .strip_prefix("DROVER_SERVER=")
+            .unwrap()
+            .to_string();
+        Dev { child, dir, server }
+    }
+
+    fn drover(&self, args: &[&str]) -> Output {
+        Command::new(DROVER)
+            .args(args)
+            .env("DROVER_SERVER", &self.server)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// Ctrl-C, as a user would; returns whether it exited cleanly.
+    fn interrupt(&mut self) -> bool {
+        // SAFETY: signalling our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "drover dev ignored Ctrl-C");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn submit_watch_get_logs_list_and_ctrl_c() {
+    let mut dev = Dev::start();
+    let ok = dev.write(
+        "ok.yaml",
+        "name: hello\nparams: {who: world}\ntasks:\n  - name: greet\n    command: [\"sh\", \"-c\", \"echo hello {{params.who}}\"]\n",
+    );
+    let o = dev.drover(&["submit", &ok, "--param", "who=drover", "--watch"]);
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    let stdout = out(&o);
+    let run = stdout.lines().next().unwrap().to_string();
+    assert!(run.starts_with("hello-"), "{stdout}");
+    assert!(
+        stdout.contains("greet") && stdout.contains("Succeeded"),
+        "{stdout}"
+    );
+
+    let o = dev.drover(&["get", &run, "-o", "json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "succeeded");
+    assert_eq!(v["params"]["who"], "drover");
+    assert_eq!(v["tasks"][0]["attempts"][0]["agent_id"], "cli-agent");
+    assert_eq!(v["tasks"][0]["attempts"][0]["exit_code"], 0);
+
+    let o = dev.drover(&["get", &run]);
+    assert!(out(&o).contains("State:     Succeeded"), "{}", out(&o));
+
+    let o = dev.drover(&["logs", &run, "greet"]);
+    assert_eq!(out(&o), "hello drover\n");
+
+    let o = dev.drover(&["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["id"], run.as_str());
+    assert!(out(&dev.drover(&["list"])).contains(&run));
+
+    // A second `watch` of a finished run reports its outcome at once.
+    assert!(dev.drover(&["watch", &run]).status.success());
+
+    assert!(
+        dev.interrupt(),
+        "drover dev should exit 0 on Ctrl-C:\n{}",
+        log_of(dev.dir.path())
+    );
+    assert!(!dev.dir.path().join("state/dev.env").exists());
+}
+
+#[test]
+fn failures_and_bad_input_exit_non_zero_with_clear_messages() {
+    let dev = Dev::start();
+    let bad = dev.write(
+        "bad.yaml",
+        "name: broken\ntasks:\n  - name: a\n    command: [\"sh\", \"-c\", \"exit 4\"]\n",
+    );
+    let o = dev.drover(&["submit", &bad, "--watch"]);
+    assert_eq!(o.status.code(), Some(1), "a failed run exits 1");
+    let run = out(&o).lines().next().unwrap().to_string();
+    assert!(
+        out(&o).contains("task `a` failed: exited with code 4"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(dev.drover(&["watch", &run]).status.code(), Some(1));
+
+    let invalid = dev.write(
+        "invalid.yaml",
+        "name: x\ntasks:\n  - name: a\n    command: []\n",
+    );
+    let o = dev.drover(&["submit", &invalid]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        err(&o).trim(),
+        "error: task `a`: command is empty (invalid argument)"
+    );
+
+    let o = dev.drover(&["submit", &invalid, "--param", "oops"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(err(&o).trim(), "error: --param `oops`: expected KEY=VALUE");
+
+    let o = dev.drover(&["get", "nope-123"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        err(&o).trim(),
+        "error: run `nope-123` not found (not found)"
+    );
+
+    let o = dev.drover(&["submit", "/no/such/file.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("reading /no/such/file.yaml"),
+        "{}",
+        err(&o)
+    );
+
+    let o = Command::new(DROVER)
+        .args(["list"])
+        .env("DROVER_SERVER", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("cannot reach the scheduler at http://127.0.0.1:1"),
+        "{}",
+        err(&o)
+    );
+}
+
+#[test]
+fn cancel_from_the_cli() {
+    let dev = Dev::start();
+    let slow = dev.write(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - name: wait\n    command: [\"sleep\", \"60\"]\n",
+    );
+    let o = dev.drover(&["submit", &slow]);
+    let run = out(&o).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = dev.drover(&["get", &run, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["tasks"][0]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = dev.drover(&["cancel", &run]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = dev.drover(&["watch", &run]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out(&o).contains("Cancelled"), "{}", out(&o));
+}
+
+#[test]
+fn help_names_every_flag_with_its_env_var() {
+    let o = Command::new(DROVER).args(["--help"]).output().unwrap();
+    assert!(out(&o).contains("[env: DROVER_SERVER="), "{}", out(&o));
+    let o = Command::new(DROVER)
+        .args(["dev", "--help"])
+        .output()
+        .unwrap();
+    assert!(out(&o).contains("[env: DROVER_DEV_DIR="), "{}", out(&o));
+}
