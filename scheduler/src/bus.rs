@@ -80,6 +80,14 @@ impl Bus {
             .map_err(nats_err)
     }
 
+    /// Asks every agent for a heartbeat now (a fresh scheduler knows none).
+    pub async fn ask_heartbeats(&self) -> Result<()> {
+        self.client
+            .publish(naming::heartbeat_now_subject(&self.prefix), Bytes::new())
+            .await
+            .map_err(nats_err)
+    }
+
     async fn request<R: Message + Default>(&self, subject: String, body: Bytes) -> Result<R> {
         let msg = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, body))
             .await

@@ -195,6 +195,7 @@ impl Engine {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let mut events = self.bus.events().await?;
         let mut heartbeats = self.bus.heartbeats().await?;
+        self.bus.ask_heartbeats().await?;
         let mut turn = Turn::default();
         self.resync(&mut turn).await?;
         self.finish_turn(turn).await;

@@ -66,15 +66,23 @@ impl Store {
 
     /// Every run record (for start-up recovery and listing).
     pub async fn list_runs(&self) -> Result<Vec<(pb::RunRecord, i64)>> {
+        Ok(self.list_runs_at().await?.0)
+    }
+
+    /// Every run record, and the etcd revision they were read at.
+    async fn list_runs_at(&self) -> Result<(Vec<(pb::RunRecord, i64)>, i64)> {
         let prefix = format!("{}/runs/", self.prefix);
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Ascend);
         let resp = self.client.kv_client().get(prefix, Some(opts)).await?;
-        resp.kvs()
+        let at = resp.header().map_or(0, |h| h.revision());
+        let runs = resp
+            .kvs()
             .iter()
             .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((runs, at))
     }
 
     /// One run with its task records, or None if no such run.
@@ -86,16 +94,23 @@ impl Store {
         };
         let record: pb::RunRecord = Self::decode(head.key(), head.value())?;
         let rev = head.mod_revision();
-        let tasks = self.load_tasks(run).await?;
+        let at = resp.header().map_or(0, |h| h.revision());
+        let tasks = self.load_tasks(run, at).await?;
         Ok(Some(StoredRun { record, rev, tasks }))
     }
 
-    async fn load_tasks(&self, run: &str) -> Result<Vec<(String, pb::TaskRecord, i64)>> {
+    /// Task records of `run` as of etcd revision `at`: reading them at the
+    /// run record's revision gives one consistent snapshot, never a task
+    /// that finished with a run record from before.
+    async fn load_tasks(&self, run: &str, at: i64) -> Result<Vec<(String, pb::TaskRecord, i64)>> {
         let prefix = format!("{}/tasks/{run}/", self.prefix);
         let resp = self
             .client
             .kv_client()
-            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+            .get(
+                prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_revision(at)),
+            )
             .await?;
         resp.kvs()
             .iter()
@@ -109,9 +124,10 @@ impl Store {
     /// Loads every run that is not finished yet.
     pub async fn load_active_runs(&self) -> Result<Vec<StoredRun>> {
         let mut out = Vec::new();
-        for (record, rev) in self.list_runs().await? {
+        let (runs, at) = self.list_runs_at().await?;
+        for (record, rev) in runs {
             if is_active(record.state()) {
-                let tasks = self.load_tasks(&record.id).await?;
+                let tasks = self.load_tasks(&record.id, at).await?;
                 out.push(StoredRun { record, rev, tasks });
             }
         }
@@ -172,4 +188,92 @@ impl Store {
 
 pub fn is_active(state: pb::RunState) -> bool {
     matches!(state, pb::RunState::Running | pb::RunState::Cancelling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: String, value: Vec<u8>, expect_rev: i64) -> Vec<Write> {
+        vec![Write {
+            key,
+            value,
+            expect_rev,
+        }]
+    }
+
+    #[tokio::test]
+    async fn cas_rejects_stale_writes_and_reads_are_snapshots() {
+        let etcd = drover_devcluster::Etcd::start(None).await.unwrap();
+        let store = Store::connect(std::slice::from_ref(&etcd.endpoint), "/t")
+            .await
+            .unwrap();
+        let run = pb::RunRecord {
+            id: "r1".into(),
+            state: pb::RunState::Running as i32,
+            ..Default::default()
+        };
+        let revs = store
+            .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
+            .await
+            .unwrap();
+        // Creating it again (expecting no key) loses the compare.
+        let again = store
+            .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
+            .await;
+        assert!(matches!(again, Err(SchedulerError::Conflict)));
+        let stale = store
+            .commit(vec![put(
+                store.run_key("r1"),
+                run.encode_to_vec(),
+                revs[0] - 1,
+            )])
+            .await;
+        assert!(matches!(stale, Err(SchedulerError::Conflict)));
+
+        let before = store.load_run("r1").await.unwrap().unwrap();
+        assert!(before.tasks.is_empty());
+        let task = pb::TaskRecord {
+            state: pb::TaskState::Failed as i32,
+            ..Default::default()
+        };
+        store
+            .commit(vec![put(
+                store.task_key("r1", "a"),
+                task.encode_to_vec(),
+                0,
+            )])
+            .await
+            .unwrap();
+        // Read at the earlier revision, the later task write is invisible.
+        assert!(store.load_tasks("r1", before.rev).await.unwrap().is_empty());
+        let now = store.load_run("r1").await.unwrap().unwrap();
+        assert_eq!(now.tasks.len(), 1);
+        assert_eq!(now.tasks[0].0, "a");
+        assert!(store.load_run("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn big_changes_are_split_into_transactions_under_the_op_limit() {
+        let etcd = drover_devcluster::Etcd::start(None).await.unwrap();
+        let store = Store::connect(std::slice::from_ref(&etcd.endpoint), "/t")
+            .await
+            .unwrap();
+        let writes: Vec<Write> = (0..300)
+            .map(|i| Write {
+                key: store.task_key("big", &format!("t{i}")),
+                value: vec![],
+                expect_rev: 0,
+            })
+            .collect();
+        let small = put(store.run_key("small"), vec![], 0);
+        let revs = store.commit(vec![writes, small]).await.unwrap();
+        assert_eq!(revs.len(), 301);
+        let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "300 + 1 writes need 3 transactions of <= 128"
+        );
+    }
 }

@@ -120,6 +120,7 @@ impl Service {
                 &self.cfg.executors,
                 self.cfg.heartbeat_interval,
             ),
+            naming::heartbeat_now_subject(&self.cfg.nats_prefix),
             self.registry.clone(),
             heartbeat_stop_rx,
         ));

@@ -6,6 +6,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use drover_api::naming;
 use drover_api::pb::Heartbeat;
+use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;
 use tracing::warn;
@@ -55,18 +56,34 @@ pub fn heartbeat(config: &HeartbeatConfig, registry: &Registry) -> Heartbeat {
     }
 }
 
-/// Sends a heartbeat now and then every `interval` until `stop` turns true.
+/// Sends a heartbeat now, then every `interval` and whenever a scheduler
+/// asks on `now_subject`, until `stop` turns true.
 pub async fn run(
     client: Client,
     config: HeartbeatConfig,
+    now_subject: String,
     registry: Registry,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asks = match client.subscribe(now_subject).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(agent = %config.agent_id, error = %e, "cannot subscribe to heartbeat requests");
+            None
+        }
+    };
     loop {
+        let ask = async {
+            match asks.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            Some(_) = ask => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let body = Bytes::from(heartbeat(&config, &registry).encode_to_vec());

@@ -27,6 +27,13 @@ pub fn heartbeat_wildcard(prefix: &str) -> String {
     format!("{prefix}.heartbeat.*")
 }
 
+/// Scheduler → every agent, core NATS, empty body: "heartbeat now". A
+/// starting scheduler sends it so it learns the fleet at once rather than
+/// after a heartbeat interval.
+pub fn heartbeat_now_subject(prefix: &str) -> String {
+    format!("{prefix}.agents.heartbeat-now")
+}
+
 /// Agent → scheduler, JetStream: `AttemptEvent`.
 pub fn events_subject(prefix: &str, agent_id: &str) -> String {
     format!("{prefix}.events.{agent_id}")
