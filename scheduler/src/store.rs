@@ -204,8 +204,8 @@ mod tests {
 
     #[tokio::test]
     async fn cas_rejects_stale_writes_and_reads_are_snapshots() {
-        let etcd = drover_devcluster::Etcd::start(None).await.unwrap();
-        let store = Store::connect(std::slice::from_ref(&etcd.endpoint), "/t")
+        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
             .await
             .unwrap();
         let run = pb::RunRecord {
@@ -255,8 +255,8 @@ mod tests {
 
     #[tokio::test]
     async fn big_changes_are_split_into_transactions_under_the_op_limit() {
-        let etcd = drover_devcluster::Etcd::start(None).await.unwrap();
-        let store = Store::connect(std::slice::from_ref(&etcd.endpoint), "/t")
+        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
             .await
             .unwrap();
         let writes: Vec<Write> = (0..300)

@@ -17,7 +17,7 @@ use drover_api::pb::{
     CancelReply, Heartbeat, InputArtifact, OutputSpec, TaskSpec,
 };
 use drover_artifacts::Store;
-use drover_devcluster::Nats;
+use drover_devcluster::Server;
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::oneshot;
@@ -40,7 +40,7 @@ pub struct Harness {
     agent: Option<JoinHandle<Result<(), AgentError>>>,
     _tmp: tempfile::TempDir,
     // Dropped last: kills nats-server.
-    _nats: Nats,
+    _nats: Server,
 }
 
 impl Harness {
@@ -51,7 +51,7 @@ impl Harness {
     /// Starts nats-server and the agent (options adjusted by `tweak`), and
     /// returns once the agent's first heartbeat arrived.
     pub async fn start_with(tweak: impl FnOnce(&mut AgentOptions)) -> Result<Self> {
-        let nats = Nats::start(None).await?;
+        let nats = Server::nats(None).await?;
         let tmp = tempfile::tempdir()?;
         let store_url = format!("file://{}", tmp.path().join("store").display());
         let work_dir = tmp.path().join("work");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use drover_api::pb;
 use drover_api::pb::scheduler_client::SchedulerClient;
-use drover_devcluster::{free_port, Etcd, Nats};
+use drover_devcluster::{free_port, Server};
 use futures::StreamExt;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -23,8 +23,8 @@ use tonic::transport::Channel;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub struct Cluster {
-    pub etcd: Etcd,
-    pub nats: Nats,
+    pub etcd: Server,
+    pub nats: Server,
     pub prefix: String,
     pub nats_prefix: String,
     pub artifacts_dir: PathBuf,
@@ -53,8 +53,8 @@ impl Cluster {
         let artifacts_dir = tmp.path().join("artifacts");
         let scratch = tmp.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap();
-        let etcd = Etcd::start(None).await.unwrap();
-        let nats = Nats::start(None).await.unwrap();
+        let etcd = Server::etcd(None).await.unwrap();
+        let nats = Server::nats(None).await.unwrap();
         let listen = free_port().unwrap();
         let mut c = Self {
             etcd,
@@ -79,7 +79,7 @@ impl Cluster {
         let log = std::fs::File::create(self._tmp.path().join("scheduler.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
             .args(["--listen", &format!("127.0.0.1:{}", self.listen)])
-            .args(["--etcd", &self.etcd.endpoint])
+            .args(["--etcd", &self.etcd.url])
             .args(["--nats", &self.nats.url])
             .args(["--prefix", &self.prefix])
             .args(["--nats-prefix", &self.nats_prefix])
@@ -244,7 +244,7 @@ impl Cluster {
 
     /// Every etcd key under this cluster's prefix.
     pub async fn etcd_keys(&self) -> Vec<String> {
-        let mut client = etcd_client::Client::connect([&self.etcd.endpoint], None)
+        let mut client = etcd_client::Client::connect([&self.etcd.url], None)
             .await
             .unwrap();
         let resp = client

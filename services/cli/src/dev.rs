@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
-use drover_devcluster::{Etcd, Nats};
+use drover_devcluster::Server;
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -28,8 +28,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)?;
-    let etcd = Etcd::start(Some(&dir.join("etcd"))).await?;
-    let nats = Nats::start(Some(&dir.join("nats"))).await?;
+    let etcd = Server::etcd(Some(&dir.join("etcd"))).await?;
+    let nats = Server::nats(Some(&dir.join("nats"))).await?;
     let artifacts = format!("file://{}", dir.join("artifacts").display());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -45,7 +45,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let scheduler_opts = drover_scheduler::SchedulerOptions {
         listen: addr,
-        etcd: vec![etcd.endpoint.clone()],
+        etcd: vec![etcd.url.clone()],
         nats: nats.url.clone(),
         prefix: "/drover".into(),
         artifacts: artifacts.clone(),
@@ -67,7 +67,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let env_file = dir.join("dev.env");
     std::fs::write(&env_file, format!("DROVER_SERVER={server}\n"))?;
     println!("Drover dev cluster is up (state in {}).", dir.display());
-    println!("  etcd       {}", etcd.endpoint);
+    println!("  etcd       {}", etcd.url);
     println!("  nats       {}", nats.url);
     println!("  artifacts  {artifacts}");
     println!("  scheduler  {server}");

@@ -92,35 +92,21 @@ where
     }
 }
 
-async fn terminate(child: &mut Child) -> Result<()> {
-    if let Some(pid) = child.id() {
-        // SAFETY: plain syscall on a pid we own and have not reaped yet.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-    }
-    child.kill().await?;
-    Ok(())
-}
-
-/// A single-member etcd cluster.
-pub struct Etcd {
-    /// Client URL, e.g. `http://127.0.0.1:41234`.
-    pub endpoint: String,
+/// A server child process: killed when dropped, its data directory with it
+/// unless the caller chose the directory.
+pub struct Server {
+    /// Client URL: `http://127.0.0.1:PORT` for etcd, `nats://127.0.0.1:PORT` for NATS.
+    pub url: String,
     child: Child,
     _dir: DataDir,
 }
 
-impl Etcd {
-    /// Starts etcd with its data under `data_dir` (a temp dir when `None`).
-    pub async fn start(data_dir: Option<&Path>) -> Result<Self> {
+impl Server {
+    /// A single-member etcd cluster with its data under `data_dir` (a temp dir when `None`).
+    pub async fn etcd(data_dir: Option<&Path>) -> Result<Self> {
         let dir = DataDir::new(data_dir)?;
         let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let args: Vec<String> = [
             "--name",
@@ -128,9 +114,9 @@ impl Etcd {
             "--data-dir",
             &dir.path().join("data").to_string_lossy(),
             "--listen-client-urls",
-            &endpoint,
+            &url,
             "--advertise-client-urls",
-            &endpoint,
+            &url,
             "--listen-peer-urls",
             &peer_url,
             "--initial-advertise-peer-urls",
@@ -149,49 +135,14 @@ impl Etcd {
         let mut child = spawn("etcd", &args, &log, "etcd-server")?;
         wait_ready(&mut child, "etcd", &log, || etcd_healthy(client)).await?;
         Ok(Self {
-            endpoint,
+            url,
             child,
             _dir: dir,
         })
     }
 
-    /// Kills etcd now (SIGKILL) and reaps it. Dropping also kills, but only
-    /// this waits, so no zombie is left where nobody else reaps.
-    pub async fn kill(&mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-
-    /// Stops etcd gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
-    pub async fn stop(mut self) -> Result<()> {
-        terminate(&mut self.child).await
-    }
-}
-
-async fn etcd_healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let req = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body.contains("\"health\":\"true\"")
-}
-
-/// A nats-server with JetStream.
-pub struct Nats {
-    /// Client URL, e.g. `nats://127.0.0.1:42222`.
-    pub url: String,
-    child: Child,
-    _dir: DataDir,
-}
-
-impl Nats {
-    /// Starts nats-server with JetStream storage under `data_dir` (a temp dir when `None`).
-    pub async fn start(data_dir: Option<&Path>) -> Result<Self> {
+    /// A nats-server with JetStream storage under `data_dir` (a temp dir when `None`).
+    pub async fn nats(data_dir: Option<&Path>) -> Result<Self> {
         let dir = DataDir::new(data_dir)?;
         let port = free_port()?;
         let args: Vec<String> = [
@@ -216,16 +167,40 @@ impl Nats {
         })
     }
 
-    /// Kills nats-server now (SIGKILL) and reaps it.
+    /// Kills the server now (SIGKILL) and reaps it. Dropping also kills, but
+    /// only this waits, so no zombie is left where nobody else reaps.
     pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
     }
 
-    /// Stops nats-server gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
+    /// Stops the server gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
     pub async fn stop(mut self) -> Result<()> {
-        terminate(&mut self.child).await
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain syscall on a pid we own and have not reaped yet.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        self.kill().await
     }
+}
+
+async fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.contains("\"health\":\"true\"")
 }
 
 /// nats-server greets every client with an INFO line once it accepts connections.
@@ -243,9 +218,9 @@ mod tests {
 
     #[tokio::test]
     async fn etcd_and_nats_start_answer_and_die_on_drop() {
-        let etcd = Etcd::start(None).await.unwrap();
-        let nats = Nats::start(None).await.unwrap();
-        let etcd_port: u16 = etcd.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let etcd = Server::etcd(None).await.unwrap();
+        let nats = Server::nats(None).await.unwrap();
+        let etcd_port: u16 = etcd.url.rsplit(':').next().unwrap().parse().unwrap();
         let nats_port: u16 = nats.url.rsplit(':').next().unwrap().parse().unwrap();
         assert!(etcd_healthy(etcd_port).await);
         assert!(nats_ready(nats_port).await);
@@ -259,10 +234,10 @@ mod tests {
     #[tokio::test]
     async fn kept_data_dir_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut etcd = Etcd::start(Some(dir.path())).await.unwrap();
+        let mut etcd = Server::etcd(Some(dir.path())).await.unwrap();
         etcd.kill().await.unwrap();
         drop(etcd);
         assert!(dir.path().join("data").exists());
-        Etcd::start(Some(dir.path())).await.unwrap();
+        Server::etcd(Some(dir.path())).await.unwrap();
     }
 }
