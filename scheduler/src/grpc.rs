@@ -37,6 +37,11 @@ fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
     Ok(value)
 }
 
+/// Largest encoded run record accepted. etcd refuses requests over 1.5 MiB by
+/// default; the resolved spec lives in the run record, so a bigger spec is
+/// refused up front rather than failing its commit.
+const MAX_RUN_RECORD_BYTES: usize = 1024 * 1024;
+
 /// `<pipeline>-<8 hex>`: readable in listings, unique enough for a fleet.
 fn new_run_id(pipeline: &str) -> String {
     let u = uuid::Uuid::new_v4().simple().to_string();
@@ -106,6 +111,16 @@ impl Scheduler for Api {
             finished_at_ms: 0,
             message: String::new(),
         };
+        let size = prost::Message::encoded_len(&record);
+        if size > MAX_RUN_RECORD_BYTES {
+            return Err(SchedulerError::InvalidArgument {
+                field: "spec_yaml",
+                message: format!(
+                    "the resolved spec is {size} bytes; at most {MAX_RUN_RECORD_BYTES} are accepted"
+                ),
+            }
+            .into());
+        }
         self.engine.submit(record).await?;
         Ok(Response::new(pb::SubmitRunResponse { run_id }))
     }

@@ -332,6 +332,22 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         err.message(),
         "param `nope` is not declared in the spec's params"
     );
+    // Too big for one etcd value: refused before anything is written.
+    let mut huge = String::from("name: huge\ntasks:\n");
+    for i in 0..4000 {
+        huge.push_str(&format!(
+            "  - name: t{i}\n    command: [\"echo\", \"{}\"]\n",
+            "x".repeat(300)
+        ));
+    }
+    let err = c.submit(&huge).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("spec_yaml: the resolved spec is "),
+        "{}",
+        err.message()
+    );
     assert!(c.etcd_keys().await.is_empty(), "{:?}", c.etcd_keys().await);
 }
 
