@@ -106,6 +106,7 @@ fn attempt_state(s: AttemptStatus) -> pb::AttemptState {
         AttemptStatus::Succeeded => pb::AttemptState::Succeeded,
         AttemptStatus::Failed => pb::AttemptState::Failed,
         AttemptStatus::Cancelled => pb::AttemptState::Cancelled,
+        AttemptStatus::Lost => pb::AttemptState::Lost,
     }
 }
 
@@ -116,6 +117,7 @@ fn attempt_status(s: pb::AttemptState) -> AttemptStatus {
         pb::AttemptState::Succeeded => AttemptStatus::Succeeded,
         pb::AttemptState::Failed => AttemptStatus::Failed,
         pb::AttemptState::Cancelled => AttemptStatus::Cancelled,
+        pb::AttemptState::Lost => AttemptStatus::Lost,
     }
 }
 
@@ -149,6 +151,14 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
         error: a.error.clone(),
         outputs: a.outputs.iter().map(pb_artifact).collect(),
         log_key: a.log_key.clone(),
+        gpus: a
+            .gpus
+            .iter()
+            .map(|(index, uuid)| pb::GpuRef {
+                index: *index,
+                uuid: uuid.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -164,6 +174,7 @@ fn core_attempt(a: &pb::Attempt) -> Attempt {
         error: a.error.clone(),
         outputs: a.outputs.iter().map(artifact).collect(),
         log_key: a.log_key.clone(),
+        gpus: a.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect(),
     }
 }
 
@@ -221,6 +232,7 @@ pub fn run_view(record: &pb::RunRecord, dag: &RunDag) -> pb::Run {
                 attempts: t.attempts.iter().map(pb_attempt).collect(),
                 message: t.message.clone(),
                 retry_at_ms: t.retry_at,
+                unschedulable: false,
             })
             .collect(),
     }
@@ -262,6 +274,7 @@ mod tests {
                     size: 9,
                 }],
                 log_key: "l".into(),
+                gpus: vec![(1, "GPU-1".into())],
             }],
             message: "retry".into(),
             retry_at: 77,

@@ -421,6 +421,7 @@ impl Engine {
             attempt: Some(aref),
             task: task_spec,
             inputs,
+            gpus: vec![],
         }
     }
 
@@ -555,6 +556,7 @@ impl Engine {
                     let ev = Event::Assign {
                         task,
                         agent: agent.clone(),
+                        gpus: vec![],
                     };
                     match run.dag.apply(ev, now) {
                         Ok(fx) => {
@@ -781,7 +783,7 @@ fn requests(spec: &pb::PipelineSpec) -> Vec<Request> {
     spec.tasks
         .iter()
         .map(|t| {
-            let r = t.resources.unwrap_or_default();
+            let r = t.resources.clone().unwrap_or_default();
             Request::new(&t.image, r.cpu_millis as u64, r.memory_bytes)
         })
         .collect()

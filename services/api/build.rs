@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("drover_descriptor.bin"))
         .compile_protos(
             &[
+                "../../proto/drover/v1/common.proto",
                 "../../proto/drover/v1/spec.proto",
                 "../../proto/drover/v1/scheduler.proto",
                 "../../proto/drover/v1/agent.proto",

@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use drover_api::naming;
-use drover_api::pb::Assignment;
+use drover_api::pb::{Assignment, PullPolicy};
 
 use super::executor::{names, required_executor, ExecutorKind};
 use super::table::AttemptKey;
@@ -40,6 +40,33 @@ pub struct AttemptPlan {
     pub outputs: Vec<OutputUpload>,
     pub timeout: Option<Duration>,
     pub log_key: String,
+    /// GPUs given to this attempt: (NVML index, UUID). Their env is in `env`.
+    pub gpus: Vec<(u32, String)>,
+    /// Container image (docker executor); empty for the process executor.
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    /// Limits from the spec's resources; 0 = none.
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+}
+
+/// The environment that confines a task to its GPUs. CUDA numbers devices in
+/// PCI bus order only when asked to, and NVML indices are in that order, so
+/// the indices the scheduler picked mean the same devices inside the task. A
+/// task given no GPU sees none, even on a GPU machine.
+pub fn gpu_env(gpus: &[(u32, String)]) -> Vec<(String, String)> {
+    let indices: Vec<String> = gpus.iter().map(|(i, _)| i.to_string()).collect();
+    let uuids: Vec<&str> = gpus.iter().map(|(_, u)| u.as_str()).collect();
+    let nvidia = if gpus.is_empty() {
+        "none".to_owned()
+    } else {
+        uuids.join(",")
+    };
+    vec![
+        ("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()),
+        ("CUDA_VISIBLE_DEVICES".to_owned(), indices.join(",")),
+        ("NVIDIA_VISIBLE_DEVICES".to_owned(), nvidia),
+    ]
 }
 
 /// The agent's answer to an assignment.
@@ -108,10 +135,16 @@ fn plan(
             return Err(format!("invalid environment variable `{name}`"));
         }
     }
+    let gpus: Vec<(u32, String)> = assignment
+        .gpus
+        .iter()
+        .map(|g| (g.index, g.uuid.clone()))
+        .collect();
     let mut env: Vec<_> = task
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(gpu_env(&gpus))
         .collect();
     env.sort();
 
@@ -160,6 +193,11 @@ fn plan(
         outputs,
         timeout: (task.timeout_ms > 0).then(|| Duration::from_millis(task.timeout_ms)),
         log_key: naming::log_key(prefix),
+        gpus,
+        image: task.image.clone(),
+        pull_policy: task.pull_policy(),
+        cpu_millis: task.resources.as_ref().map_or(0, |r| r.cpu_millis),
+        memory_bytes: task.resources.as_ref().map_or(0, |r| r.memory_bytes),
     })
 }
 
@@ -198,6 +236,17 @@ mod tests {
     use super::*;
     use drover_api::pb::{AttemptRef, InputArtifact, OutputSpec, TaskSpec};
 
+    #[test]
+    fn gpu_tasks_see_exactly_their_gpus_and_others_none() {
+        let env = gpu_env(&[(2, "GPU-b".into()), (5, "GPU-e".into())]);
+        assert!(env.contains(&("CUDA_VISIBLE_DEVICES".into(), "2,5".into())));
+        assert!(env.contains(&("NVIDIA_VISIBLE_DEVICES".into(), "GPU-b,GPU-e".into())));
+        assert!(env.contains(&("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into())));
+        let none = gpu_env(&[]);
+        assert!(none.contains(&("CUDA_VISIBLE_DEVICES".into(), String::new())));
+        assert!(none.contains(&("NVIDIA_VISIBLE_DEVICES".into(), "none".into())));
+    }
+
     fn assignment() -> Assignment {
         Assignment {
             attempt: Some(AttemptRef {
@@ -221,6 +270,7 @@ mod tests {
                 key: "runs/r1/prep/1/outputs/dataset".into(),
             }],
             artifact_prefix: "runs/r1/train/2".into(),
+            gpus: vec![],
         }
     }
 
@@ -244,7 +294,13 @@ mod tests {
         assert_eq!(plan.executor, ExecutorKind::Process);
         assert_eq!(
             plan.env,
-            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
+                ("CUDA_VISIBLE_DEVICES".into(), String::new()),
+                ("NVIDIA_VISIBLE_DEVICES".into(), "none".into()),
+            ]
         );
         assert_eq!(plan.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(plan.log_key, "runs/r1/train/2/log");

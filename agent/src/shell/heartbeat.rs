@@ -53,6 +53,7 @@ pub fn heartbeat(config: &HeartbeatConfig, registry: &Registry) -> Heartbeat {
         memory_bytes: host::memory_bytes(),
         running: registry.running().iter().map(|k| k.to_ref()).collect(),
         sent_at_ms: host::now_ms(),
+        ..Default::default()
     }
 }
 

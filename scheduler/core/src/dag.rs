@@ -58,6 +58,8 @@ pub enum AttemptStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Its agent was lost or restarted without it; not counted as a retry.
+    Lost,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub struct Attempt {
     pub error: String,
     pub outputs: Vec<Artifact>,
     pub log_key: String,
+    /// GPUs given to the attempt: (agent's NVML index, UUID).
+    pub gpus: Vec<(u32, String)>,
 }
 
 /// A task's changing state: what the shell stores once it has an attempt.
@@ -135,10 +139,11 @@ impl RunStatus {
 /// Inputs to the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Placement chose `agent` for a Ready task.
+    /// Placement chose `agent` (and these of its GPUs) for a Ready task.
     Assign {
         task: usize,
         agent: String,
+        gpus: Vec<(u32, String)>,
     },
     /// The agent refused the assignment or never answered. Not a retry.
     AssignFailed {
@@ -499,7 +504,7 @@ impl RunDag {
     pub fn apply(&mut self, event: Event, now: Millis) -> Result<Vec<Effect>, Stale> {
         let mut fx = Vec::new();
         match event {
-            Event::Assign { task, agent } => {
+            Event::Assign { task, agent, gpus } => {
                 if self.tasks.get(task).map(|t| t.status) != Some(TaskStatus::Ready)
                     || self.stopping()
                 {
@@ -518,6 +523,7 @@ impl RunDag {
                     error: String::new(),
                     outputs: Vec::new(),
                     log_key: String::new(),
+                    gpus,
                 });
                 self.set_status(task, TaskStatus::Assigned, "");
                 fx.push(Effect::Assign {

@@ -36,6 +36,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
             Event::Assign {
                 task,
                 agent: "a1".into(),
+                gpus: vec![],
             },
             now,
         )
@@ -62,6 +63,7 @@ fn start(dag: &mut RunDag, task: usize) -> u32 {
         Event::Assign {
             task,
             agent: "a1".into(),
+            gpus: vec![],
         },
         10,
     )
@@ -124,6 +126,7 @@ fn attempt_records_agent_times_and_outputs() {
         Event::Assign {
             task: 0,
             agent: "gpu-1".into(),
+            gpus: vec![],
         },
         5,
     )
@@ -193,6 +196,7 @@ fn cannot_assign_a_task_that_is_not_ready() {
     let e = Event::Assign {
         task: 3,
         agent: "a1".into(),
+        gpus: vec![],
     };
     assert!(dag.apply(e, 1).is_err());
 }
@@ -386,6 +390,7 @@ fn refused_assignment_returns_task_to_ready_without_using_a_retry() {
         Event::Assign {
             task: 0,
             agent: "a1".into(),
+            gpus: vec![],
         },
         1,
     )
@@ -407,6 +412,7 @@ fn refused_assignment_returns_task_to_ready_without_using_a_retry() {
             Event::Assign {
                 task: 0,
                 agent: "a2".into(),
+                gpus: vec![],
             },
             3,
         )
@@ -440,6 +446,7 @@ fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() {
         Event::Assign {
             task: 1,
             agent: "a1".into(),
+            gpus: vec![],
         },
         2,
     )
@@ -489,6 +496,7 @@ fn restore_derives_skipped_and_cancelled() {
             error: "boom".into(),
             outputs: vec![],
             log_key: String::new(),
+            gpus: vec![],
         }],
         message: "boom".into(),
         retry_at: 0,

@@ -82,6 +82,7 @@ fn example_resolves_to_the_expected_proto() {
                     cpu_millis: 0,
                     memory_bytes: 0,
                     gpu: 0,
+                    ..Default::default()
                 }),
                 retries: Some(pb::RetryPolicy {
                     limit: 0,
@@ -89,6 +90,7 @@ fn example_resolves_to_the_expected_proto() {
                 }),
                 timeout_ms: 0,
                 image: String::new(),
+                ..Default::default()
             },
             pb::TaskSpec {
                 name: "train".into(),
@@ -105,6 +107,7 @@ fn example_resolves_to_the_expected_proto() {
                     cpu_millis: 2_000,
                     memory_bytes: 4 << 30,
                     gpu: 1,
+                    ..Default::default()
                 }),
                 retries: Some(pb::RetryPolicy {
                     limit: 2,
@@ -112,6 +115,7 @@ fn example_resolves_to_the_expected_proto() {
                 }),
                 timeout_ms: 3_600_000,
                 image: "python:3.12-slim".into(),
+                ..Default::default()
             },
         ],
     };
@@ -205,7 +209,8 @@ tasks:
         Some(pb::Resources {
             cpu_millis: 500,
             memory_bytes: 1536 << 20,
-            gpu: 0
+            gpu: 0,
+            ..Default::default()
         })
     );
     assert_eq!(

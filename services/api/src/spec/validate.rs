@@ -250,6 +250,7 @@ fn resolve_task(
         retries: Some(retries),
         timeout_ms,
         image,
+        ..Default::default()
     })
 }
 
@@ -364,6 +365,7 @@ fn resolve_resources(raw: &RawResources) -> Result<pb::Resources, TaskError> {
         cpu_millis,
         memory_bytes,
         gpu,
+        ..Default::default()
     })
 }
 
