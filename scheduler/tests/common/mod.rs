@@ -124,6 +124,7 @@ impl Cluster {
         let mut opts =
             drover_agent::AgentOptions::new(self.nats.url.clone(), self.artifacts.clone());
         opts.id = Some(id.to_string());
+        opts.executors = vec!["process".into()];
         opts.work_dir = self._tmp.path().join("work").join(id);
         opts.nats_prefix = self.nats_prefix.clone();
         opts.heartbeat_interval = Duration::from_millis(200);

@@ -4,6 +4,16 @@
 //! Every NATS name starts with a configurable prefix (default `drover`), which
 //! lets tests and several installations share one NATS server.
 
+/// UUIDs of GPUs advertised by `--simulate-gpus` start with this, so every
+/// component can tell them from real devices (no device request to Docker,
+/// marked as simulated wherever GPUs are shown).
+pub const SIMULATED_GPU_UUID_PREFIX: &str = "GPU-SIMULATED-";
+
+/// Whether a GPU UUID belongs to a simulated GPU.
+pub fn is_simulated_gpu(uuid: &str) -> bool {
+    uuid.starts_with(SIMULATED_GPU_UUID_PREFIX)
+}
+
 /// Default NATS subject prefix.
 pub const DEFAULT_NATS_PREFIX: &str = "drover";
 

@@ -61,6 +61,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let mut agent_opts = drover_agent::AgentOptions::new(nats.url.clone(), artifacts.clone());
     agent_opts.work_dir = dir.join("work");
+    // A laptop has no Docker engine set up for us: run tasks as processes.
+    agent_opts.executors = vec!["process".into()];
     agent_opts.id = args.agent_id;
     let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
 
