@@ -151,6 +151,12 @@ pub enum Event {
         attempt: u32,
         reason: String,
     },
+    /// The attempt's agent was lost, or restarted without it. Not a retry.
+    Lost {
+        task: usize,
+        attempt: u32,
+        reason: String,
+    },
     Started {
         task: usize,
         attempt: u32,
@@ -541,17 +547,15 @@ impl RunDag {
                 if self.tasks[task].status != TaskStatus::Assigned {
                     return Err(Stale(format!("attempt {attempt} already started")));
                 }
-                fx.push(self.end_attempt(task, |a| {
-                    a.status = AttemptStatus::Failed;
-                    a.error = reason.clone();
-                    a.finished_at = now;
-                }));
-                if self.stopping() {
-                    self.set_status(task, TaskStatus::Cancelled, "run stopped");
-                } else {
-                    self.set_status(task, TaskStatus::Ready, reason);
-                    fx.push(Effect::Ready { task });
-                }
+                self.requeue(task, AttemptStatus::Failed, reason, now, &mut fx);
+            }
+            Event::Lost {
+                task,
+                attempt,
+                reason,
+            } => {
+                self.live_attempt(task, attempt)?;
+                self.requeue(task, AttemptStatus::Lost, reason, now, &mut fx);
             }
             Event::Started { task, attempt } => {
                 self.live_attempt(task, attempt)?;
@@ -651,6 +655,29 @@ impl RunDag {
             fx.push(self.finish(now));
         }
         Ok(fx)
+    }
+
+    /// Ends the live attempt as `status` through no fault of the task and
+    /// makes the task Ready again, without using a retry.
+    fn requeue(
+        &mut self,
+        task: usize,
+        status: AttemptStatus,
+        reason: String,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        fx.push(self.end_attempt(task, |a| {
+            a.status = status;
+            a.error = reason.clone();
+            a.finished_at = now;
+        }));
+        if self.stopping() {
+            self.set_status(task, TaskStatus::Cancelled, "run stopped");
+        } else {
+            self.set_status(task, TaskStatus::Ready, reason);
+            fx.push(Effect::Ready { task });
+        }
     }
 
     /// Retry timers: RetryWait tasks whose time has come become Ready.

@@ -578,3 +578,51 @@ fn wide_fan_out_becomes_ready_together() {
         .count();
     assert_eq!(ready, 500);
 }
+
+#[test]
+fn lost_attempts_are_retried_without_using_a_retry() {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
+    let a = start(&mut dag, 0);
+    let fx = dag
+        .apply(
+            Event::Lost {
+                task: 0,
+                attempt: a,
+                reason: "agent `a1` lost".into(),
+            },
+            50,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Ready { task: 0 }));
+    assert!(fx.contains(&Effect::Released {
+        task: 0,
+        agent: "a1".into()
+    }));
+    let t = dag.task(0);
+    assert_eq!(t.status, TaskStatus::Ready);
+    assert_eq!(t.retries_used, 0, "retry limit 0, yet it runs again");
+    assert_eq!(t.attempts[0].status, AttemptStatus::Lost);
+    assert_eq!(t.attempts[0].error, "agent `a1` lost");
+    // A late event from the lost attempt changes nothing.
+    assert!(dag.apply(fail(0, a), 60).is_err());
+    let b = start(&mut dag, 0);
+    assert_eq!(b, 2);
+}
+
+#[test]
+fn lost_attempt_of_a_cancelling_run_is_cancelled() {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
+    let a = start(&mut dag, 0);
+    dag.apply(Event::Cancel, 1).unwrap();
+    let fx = dag
+        .apply(
+            Event::Lost {
+                task: 0,
+                attempt: a,
+                reason: "agent gone".into(),
+            },
+            2,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
+}
