@@ -1,15 +1,16 @@
-//! The scheduler loop: the one owner of in-memory run state.
+//! The scheduler loop: the one owner of in-memory run and fleet state.
 //!
 //! Each turn drains what is waiting (API commands, agent events, heartbeats,
-//! answers to assign/cancel requests, retry timers), lets the pure core
-//! decide, places ready tasks, commits every changed key to etcd in as few
+//! answers to assign/cancel requests, timers), lets the pure core decide,
+//! places ready tasks, commits every changed key to etcd in as few
 //! transactions as possible (group commit), and only then sends assignments
 //! and cancels, acks the agent events and answers the API callers. If a
 //! commit fails, nothing is sent or acked: the loop reloads its state from
 //! etcd and unacked events are delivered again.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
@@ -19,15 +20,18 @@ use tracing::{debug, info, warn};
 
 use drover_api::{naming, pb};
 use drover_scheduler_core::dag::{Effect, Event, RunDag, TaskStatus};
-use drover_scheduler_core::placement::{self, AgentSlot, NoFit, Request};
+use drover_scheduler_core::placement::{self, NoFit, Request, Strategy};
 
 use crate::bus::Bus;
 use crate::convert;
 use crate::error::{Result, SchedulerError};
+use crate::fleet::{Allocation, Fleet};
 use crate::store::{Store, StoredRun, Write};
 
 /// Most items one turn takes before committing.
 const MAX_BATCH: usize = 1024;
+/// How often silent agents are looked for.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -45,6 +49,15 @@ pub enum Command {
     Cancel {
         run_id: String,
         reply: oneshot::Sender<Result<bool>>,
+    },
+    ListAgents {
+        reply: oneshot::Sender<Result<Vec<pb::Agent>>>,
+    },
+    /// Drain (true) or undrain (false) an agent.
+    Drain {
+        agent: String,
+        drained: bool,
+        reply: oneshot::Sender<Result<pb::Agent>>,
     },
 }
 
@@ -65,11 +78,15 @@ enum Internal {
     },
 }
 
+/// Why each Ready task of a run waits, by task index: (reason, unschedulable).
+pub type Waiting = HashMap<usize, (String, bool)>;
+
 /// Cheap handle for the gRPC layer.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     changed: broadcast::Sender<String>,
+    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
 }
 
 impl EngineHandle {
@@ -94,9 +111,31 @@ impl EngineHandle {
         self.call(|reply| Command::Cancel { run_id, reply }).await
     }
 
+    pub async fn list_agents(&self) -> Result<Vec<pb::Agent>> {
+        self.call(|reply| Command::ListAgents { reply }).await
+    }
+
+    pub async fn drain(&self, agent: String, drained: bool) -> Result<pb::Agent> {
+        self.call(|reply| Command::Drain {
+            agent,
+            drained,
+            reply,
+        })
+        .await
+    }
+
     /// Ids of runs as their changes are committed.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changed.subscribe()
+    }
+
+    /// Why the run's Ready tasks are not placed yet (kept in memory only:
+    /// it changes with every heartbeat).
+    pub fn waiting(&self, run_id: &str) -> Waiting {
+        self.waiting
+            .lock()
+            .map(|w| w.get(run_id).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -105,6 +144,7 @@ pub struct EngineOptions {
     pub nats_prefix: String,
     pub agent_timeout: Duration,
     pub cancel_grace: Duration,
+    pub placement: Strategy,
 }
 
 struct ActiveRun {
@@ -116,21 +156,15 @@ struct ActiveRun {
     requests: Vec<Request>,
 }
 
-struct AgentEntry {
-    slot: AgentSlot,
-    last_seen: Instant,
-    /// Refused or missed an assignment: no new work until it heartbeats again.
-    suspended: bool,
-}
-
 enum Send {
     Assign(Box<pb::Assignment>, String, usize),
-    Cancel(pb::CancelAttempt, String, usize),
+    Cancel(pb::CancelAttempt, String, Option<usize>),
 }
 
 enum Reply {
     Submit(oneshot::Sender<Result<()>>),
     Cancel(oneshot::Sender<Result<bool>>),
+    Agent(oneshot::Sender<Result<pb::Agent>>, String),
 }
 
 /// What one turn owes the world once its commit succeeds.
@@ -156,11 +190,10 @@ pub struct Engine {
     bus: Bus,
     opts: EngineOptions,
     runs: HashMap<String, ActiveRun>,
-    agents: BTreeMap<String, AgentEntry>,
-    /// Resources held by attempts, by (run, task): agent and request.
-    allocations: HashMap<(String, usize), (String, Request)>,
+    fleet: Fleet,
     queue: VecDeque<(String, usize)>,
     changed: broadcast::Sender<String>,
+    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     commands: mpsc::Receiver<Command>,
@@ -171,19 +204,21 @@ impl Engine {
         let (tx, commands) = mpsc::channel(1024);
         let (changed, _) = broadcast::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(HashMap::new()));
         let handle = EngineHandle {
             tx,
             changed: changed.clone(),
+            waiting: waiting.clone(),
         };
         let engine = Self {
             store,
             bus,
             opts,
             runs: HashMap::new(),
-            agents: BTreeMap::new(),
-            allocations: HashMap::new(),
+            fleet: Fleet::default(),
             queue: VecDeque::new(),
             changed,
+            waiting,
             internal_tx,
             internal_rx,
             commands,
@@ -195,10 +230,12 @@ impl Engine {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let mut events = self.bus.events().await?;
         let mut heartbeats = self.bus.heartbeats().await?;
-        self.bus.ask_heartbeats().await?;
         let mut turn = Turn::default();
+        self.fleet.load(self.store.list_agents().await?);
         self.resync(&mut turn).await?;
         self.finish_turn(turn).await;
+        self.bus.ask_heartbeats().await?;
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         tokio::pin!(shutdown);
         loop {
             let wake = self.next_wakeup();
@@ -218,6 +255,7 @@ impl Engine {
                 },
                 Some(hb) = heartbeats.next() => Item::Heartbeat(hb),
                 _ = sleep_until_ms(wake) => Item::Tick,
+                _ = liveness.tick() => Item::Tick,
             };
             let mut items = vec![first];
             while items.len() < MAX_BATCH {
@@ -239,6 +277,7 @@ impl Engine {
                 self.apply(item, now, &mut turn);
             }
             self.tick(now, &mut turn);
+            self.expire_agents(now, &mut turn);
             if turn.placement_needed || !turn.touched.is_empty() {
                 self.place(now, &mut turn);
             }
@@ -253,23 +292,12 @@ impl Engine {
 
     fn apply(&mut self, item: Item, now: u64, turn: &mut Turn) {
         match item {
-            Item::Cmd(Command::Submit { record, reply }) => {
-                self.add_run(*record, turn);
-                turn.replies.push(Reply::Submit(reply));
-            }
-            Item::Cmd(Command::Cancel { run_id, reply }) => {
-                if self.runs.contains_key(&run_id) {
-                    self.apply_to(&run_id, Event::Cancel, now, turn);
-                    turn.replies.push(Reply::Cancel(reply));
-                } else {
-                    let _ = reply.send(Ok(false));
-                }
-            }
+            Item::Cmd(cmd) => self.command(cmd, now, turn),
             Item::Event(msg) => {
                 self.on_agent_event(&msg, now, turn);
                 turn.acks.push(*msg);
             }
-            Item::Heartbeat(msg) => self.on_heartbeat(&msg),
+            Item::Heartbeat(msg) => self.on_heartbeat(&msg, now, turn),
             Item::Internal(Internal::AssignFailed {
                 run,
                 task,
@@ -278,7 +306,7 @@ impl Engine {
                 reason,
             }) => {
                 warn!(run = %run, task, attempt, agent = %agent, reason = %reason, "assignment failed");
-                if let Some(a) = self.agents.get_mut(&agent) {
+                if let Some(a) = self.fleet.agents.get_mut(&agent) {
                     a.suspended = true;
                 }
                 let ev = Event::AssignFailed {
@@ -307,6 +335,57 @@ impl Engine {
             Item::Tick => {}
         }
         turn.placement_needed = true;
+    }
+
+    fn command(&mut self, cmd: Command, now: u64, turn: &mut Turn) {
+        match cmd {
+            Command::Submit { record, reply } => {
+                self.add_run(*record, turn);
+                turn.replies.push(Reply::Submit(reply));
+            }
+            Command::Cancel { run_id, reply } => {
+                if self.runs.contains_key(&run_id) {
+                    self.apply_to(&run_id, Event::Cancel, now, turn);
+                    turn.replies.push(Reply::Cancel(reply));
+                } else {
+                    let _ = reply.send(Ok(false));
+                }
+            }
+            Command::ListAgents { reply } => {
+                let ids: Vec<String> = self.fleet.agents.keys().cloned().collect();
+                let views = ids.iter().filter_map(|id| self.agent_view(id)).collect();
+                let _ = reply.send(Ok(views));
+            }
+            Command::Drain {
+                agent,
+                drained,
+                reply,
+            } => match self.fleet.agents.get_mut(&agent) {
+                Some(a) => {
+                    if a.drained != drained {
+                        info!(agent = %agent, drained, "agent drain changed");
+                        a.drained = drained;
+                        a.record.drained = drained;
+                        a.record_dirty = true;
+                    }
+                    turn.replies.push(Reply::Agent(reply, agent));
+                }
+                None => {
+                    let _ = reply.send(Err(SchedulerError::AgentNotFound(agent)));
+                }
+            },
+        }
+    }
+
+    fn agent_view(&self, id: &str) -> Option<pb::Agent> {
+        self.fleet.view(id, |run, task, attempt| {
+            let name = self
+                .runs
+                .get(run)
+                .map(|r| r.dag.defs()[task].name.as_str())
+                .unwrap_or("?");
+            format!("{run}/{name}/{attempt}")
+        })
     }
 
     fn add_run(&mut self, record: pb::RunRecord, turn: &mut Turn) {
@@ -361,18 +440,22 @@ impl Engine {
                     attempt,
                     agent,
                 } => {
-                    let c = pb::CancelAttempt {
-                        attempt: Some(self.attempt_ref(run_id, task, attempt)),
-                        grace_ms: self.opts.cancel_grace.as_millis() as u64,
-                    };
+                    let c = self.cancel_request(self.attempt_ref(run_id, task, attempt));
                     turn.sends
-                        .push((run_id.to_string(), Send::Cancel(c, agent, task)));
+                        .push((run_id.to_string(), Send::Cancel(c, agent, Some(task))));
                 }
-                Effect::Released { task, .. } => self.release(run_id, task),
+                Effect::Released { task, .. } => self.fleet.release(run_id, task),
                 Effect::Finished(status) => {
                     info!(run = %run_id, state = ?status, "run finished");
                 }
             }
+        }
+    }
+
+    fn cancel_request(&self, attempt: pb::AttemptRef) -> pb::CancelAttempt {
+        pb::CancelAttempt {
+            attempt: Some(attempt),
+            grace_ms: self.opts.cancel_grace.as_millis() as u64,
         }
     }
 
@@ -389,8 +472,8 @@ impl Engine {
         }
     }
 
-    /// The message an agent needs to run an attempt: the resolved task and
-    /// where each input sits in the object store.
+    /// The message an agent needs to run an attempt: the resolved task, where
+    /// each input sits in the object store, and the GPUs it was given.
     fn assignment(&self, run_id: &str, task: usize, attempt: u32) -> pb::Assignment {
         let aref = self.attempt_ref(run_id, task, attempt);
         let Some(run) = self.runs.get(run_id) else {
@@ -416,12 +499,26 @@ impl Engine {
                 })
             })
             .collect();
+        let gpus = run
+            .dag
+            .task(task)
+            .current()
+            .map(|a| {
+                a.gpus
+                    .iter()
+                    .map(|(index, uuid)| pb::GpuRef {
+                        index: *index,
+                        uuid: uuid.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         pb::Assignment {
             artifact_prefix: naming::attempt_prefix(run_id, &aref.task, attempt),
             attempt: Some(aref),
             task: task_spec,
             inputs,
-            gpus: vec![],
+            gpus,
         }
     }
 
@@ -466,7 +563,7 @@ impl Engine {
         self.apply_to(&aref.run_id, core, at, turn);
     }
 
-    fn on_heartbeat(&mut self, msg: &async_nats::Message) {
+    fn on_heartbeat(&mut self, msg: &async_nats::Message, now: u64, turn: &mut Turn) {
         let hb = match pb::Heartbeat::decode(msg.payload.clone()) {
             Ok(hb) => hb,
             Err(e) => {
@@ -474,41 +571,27 @@ impl Engine {
                 return;
             }
         };
-        let id = hb.agent_id.clone();
-        let (used_cpu, used_mem) = self
-            .allocations
-            .values()
-            .filter(|(agent, _)| *agent == id)
-            .fold((0, 0), |(c, m), (_, r)| {
-                (c + r.cpu_millis, m + r.memory_bytes)
-            });
-        let entry = self.agents.entry(id.clone()).or_insert_with(|| {
-            info!(agent = %id, executors = ?hb.executors, cpu_millis = hb.cpu_millis, "agent joined");
-            AgentEntry {
-                slot: AgentSlot {
-                    id: id.clone(),
-                    executors: Vec::new(),
-                    cpu_millis: 0,
-                    memory_bytes: 0,
-                    used_cpu_millis: used_cpu,
-                    used_memory_bytes: used_mem,
-                },
-                last_seen: Instant::now(),
-                suspended: false,
-            }
+        let agent = hb.agent_id.clone();
+        let runs = &self.runs;
+        let reconcile = self.fleet.heartbeat(hb, now, |r| {
+            runs.get(&r.run_id).and_then(|run| run.dag.index_of(&r.task))
         });
-        entry.slot.executors = hb.executors;
-        entry.slot.cpu_millis = hb.cpu_millis as u64;
-        entry.slot.memory_bytes = hb.memory_bytes;
-        entry.last_seen = Instant::now();
-        entry.suspended = false;
+        for (run, task, attempt) in reconcile.lost {
+            let reason = format!("agent `{agent}` restarted without it");
+            self.apply_to(&run, Event::Lost { task, attempt, reason }, now, turn);
+        }
+        for stray in reconcile.cancel {
+            info!(agent = %agent, run = %stray.run_id, task = %stray.task, attempt = stray.attempt, "cancelling an attempt the scheduler does not expect");
+            let run = stray.run_id.clone();
+            let c = self.cancel_request(stray);
+            turn.sends.push((run, Send::Cancel(c, agent.clone(), None)));
+        }
     }
 
-    fn release(&mut self, run_id: &str, task: usize) {
-        if let Some((agent, req)) = self.allocations.remove(&(run_id.to_string(), task)) {
-            if let Some(a) = self.agents.get_mut(&agent) {
-                a.slot.release(&req);
-            }
+    /// Agents silent past the timeout are lost; their attempts run again elsewhere.
+    fn expire_agents(&mut self, now: u64, turn: &mut Turn) {
+        for ((run, task, attempt), reason) in self.fleet.expire(self.opts.agent_timeout, now) {
+            self.apply_to(&run, Event::Lost { task, attempt, reason }, now, turn);
         }
     }
 
@@ -527,21 +610,15 @@ impl Engine {
         }
     }
 
-    /// Hands queued Ready tasks to agents with room, oldest first.
+    /// Hands queued Ready tasks to agents with room, oldest first, and notes
+    /// why the others wait.
     fn place(&mut self, now: u64, turn: &mut Turn) {
         if self.queue.is_empty() {
             return;
         }
-        let timeout = self.opts.agent_timeout;
-        let live: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| !a.suspended && a.last_seen.elapsed() < timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut slots: Vec<AgentSlot> =
-            live.iter().map(|id| self.agents[id].slot.clone()).collect();
-        let mut waiting = VecDeque::new();
+        let mut slots = self.fleet.schedulable_slots();
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let mut still_queued = VecDeque::new();
         while let Some((run_id, task)) = self.queue.pop_front() {
             let Some(run) = self.runs.get_mut(&run_id) else {
                 continue;
@@ -550,41 +627,51 @@ impl Engine {
                 continue;
             }
             let req = run.requests[task].clone();
-            match placement::choose(&slots, &req) {
-                Ok(i) => {
-                    let agent = slots[i].id.clone();
+            match placement::choose(&slots, &req, self.opts.placement) {
+                Ok(p) => {
+                    let agent = slots[p.agent].id.clone();
                     let ev = Event::Assign {
                         task,
                         agent: agent.clone(),
-                        gpus: vec![],
+                        gpus: p.gpus.clone(),
                     };
                     match run.dag.apply(ev, now) {
                         Ok(fx) => {
-                            slots[i].allocate(&req);
-                            self.allocations
-                                .insert((run_id.clone(), task), (agent, req));
+                            let attempt = run.dag.task(task).current().map_or(0, |a| a.number);
+                            slots[p.agent].allocate(&req, &p.gpus);
+                            self.fleet.allocations.insert(
+                                (run_id.clone(), task),
+                                Allocation {
+                                    agent,
+                                    attempt,
+                                    req,
+                                    gpus: p.gpus,
+                                },
+                            );
                             self.effects(&run_id, fx, turn);
                         }
                         Err(stale) => debug!(run = %run_id, reason = %stale.0, "not placed"),
                     }
                 }
-                Err(NoFit::NoAgents) => {
-                    waiting.push_back((run_id, task));
-                    waiting.extend(self.queue.drain(..));
-                    break;
-                }
                 Err(why) => {
-                    debug!(run = %run_id, task, reason = %why, "task waits");
-                    waiting.push_back((run_id, task));
+                    let unschedulable = matches!(why, NoFit::Never(_));
+                    let reason = match why {
+                        NoFit::NoAgents => self.fleet.idle_reason(),
+                        other => other.to_string(),
+                    };
+                    debug!(run = %run_id, task, reason = %reason, "task waits");
+                    waiting
+                        .entry(run_id.clone())
+                        .or_default()
+                        .insert(task, (reason, unschedulable));
+                    still_queued.push_back((run_id, task));
                 }
             }
         }
-        self.queue = waiting;
-        for slot in slots {
-            if let Some(a) = self.agents.get_mut(&slot.id) {
-                a.slot.used_cpu_millis = slot.used_cpu_millis;
-                a.slot.used_memory_bytes = slot.used_memory_bytes;
-            }
+        self.queue = still_queued;
+        self.fleet.store_slots(slots);
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = waiting;
         }
     }
 
@@ -599,6 +686,7 @@ impl Engine {
                     match r {
                         Reply::Submit(tx) => drop(tx.send(Err(err()))),
                         Reply::Cancel(tx) => drop(tx.send(Err(err()))),
+                        Reply::Agent(tx, _) => drop(tx.send(Err(err()))),
                     }
                 }
                 for m in turn.acks {
@@ -606,7 +694,7 @@ impl Engine {
                     tokio::spawn(async move { m.ack_with(AckKind::Nak(None)).await });
                 }
                 let mut retry = Turn::default();
-                if let Err(e) = self.resync(&mut retry).await {
+                if let Err(e) = self.reload(&mut retry).await {
                     warn!(error = %e, "reload from etcd failed; retrying next turn");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     return;
@@ -617,8 +705,13 @@ impl Engine {
     }
 
     async fn commit(&mut self, turn: &Turn) -> Result<()> {
+        enum Target {
+            Run(String),
+            Task(String, usize),
+            Agent(String),
+        }
         let mut groups = Vec::new();
-        let mut index: Vec<(String, Option<usize>)> = Vec::new();
+        let mut index: Vec<Target> = Vec::new();
         for run_id in &turn.touched {
             let Some(run) = self.runs.get_mut(run_id) else {
                 continue;
@@ -635,7 +728,7 @@ impl Engine {
                     value: convert::task_record(state).encode_to_vec(),
                     expect_rev: run.task_revs[t],
                 });
-                index.push((run_id.clone(), Some(t)));
+                index.push(Target::Task(run_id.clone(), t));
             }
             if run_dirty {
                 group.push(Write {
@@ -643,21 +736,43 @@ impl Engine {
                     value: convert::run_record(&run.record, &run.dag).encode_to_vec(),
                     expect_rev: run.rev,
                 });
-                index.push((run_id.clone(), None));
+                index.push(Target::Run(run_id.clone()));
             }
             if !group.is_empty() {
                 groups.push(group);
+            }
+        }
+        for (id, a) in &self.fleet.agents {
+            if a.record_dirty {
+                groups.push(vec![Write {
+                    key: self.store.agent_key(id),
+                    value: a.record.encode_to_vec(),
+                    expect_rev: a.record_rev,
+                }]);
+                index.push(Target::Agent(id.clone()));
             }
         }
         if groups.is_empty() {
             return Ok(());
         }
         let revs = self.store.commit(groups).await?;
-        for ((run_id, task), rev) in index.into_iter().zip(revs) {
-            if let Some(run) = self.runs.get_mut(&run_id) {
-                match task {
-                    Some(t) => run.task_revs[t] = rev,
-                    None => run.rev = rev,
+        for (target, rev) in index.into_iter().zip(revs) {
+            match target {
+                Target::Run(id) => {
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.rev = rev;
+                    }
+                }
+                Target::Task(id, t) => {
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.task_revs[t] = rev;
+                    }
+                }
+                Target::Agent(id) => {
+                    if let Some(a) = self.fleet.agents.get_mut(&id) {
+                        a.record_rev = rev;
+                        a.record_dirty = false;
+                    }
                 }
             }
         }
@@ -691,12 +806,15 @@ impl Engine {
                             Ok(false) => "cancelled (the agent no longer ran it)".to_string(),
                             Err(e) => format!("cancelled (agent `{agent}` unreachable: {e})"),
                         };
-                        let _ = tx.send(Internal::CancelGone {
-                            run: run_id,
-                            task,
-                            attempt,
-                            reason,
-                        });
+                        // A stray attempt (no task) needs no follow-up.
+                        if let Some(task) = task {
+                            let _ = tx.send(Internal::CancelGone {
+                                run: run_id,
+                                task,
+                                attempt,
+                                reason,
+                            });
+                        }
                     });
                 }
             }
@@ -712,6 +830,12 @@ impl Engine {
             match r {
                 Reply::Submit(tx) => drop(tx.send(Ok(()))),
                 Reply::Cancel(tx) => drop(tx.send(Ok(true))),
+                Reply::Agent(tx, id) => {
+                    let view = self
+                        .agent_view(&id)
+                        .ok_or(SchedulerError::AgentNotFound(id));
+                    drop(tx.send(view));
+                }
             }
         }
         for run_id in turn.touched {
@@ -726,16 +850,28 @@ impl Engine {
         }
     }
 
-    /// Replaces in-memory state with what etcd holds; queues what must be resent.
+    /// After a failed commit: agent records and runs from etcd again.
+    async fn reload(&mut self, turn: &mut Turn) -> Result<()> {
+        let records = self.store.list_agents().await?;
+        for (record, rev) in records {
+            if let Some(a) = self.fleet.agents.get_mut(&record.id) {
+                a.record = record;
+                a.record_rev = rev;
+                a.record_dirty = false;
+                a.drained = a.record.drained;
+            } else {
+                self.fleet.load(vec![(record, rev)]);
+            }
+        }
+        self.resync(turn).await
+    }
+
+    /// Replaces in-memory run state with what etcd holds; queues what must be resent.
     async fn resync(&mut self, turn: &mut Turn) -> Result<()> {
         let stored = self.store.load_active_runs().await?;
         self.runs.clear();
         self.queue.clear();
-        self.allocations.clear();
-        for a in self.agents.values_mut() {
-            a.slot.used_cpu_millis = 0;
-            a.slot.used_memory_bytes = 0;
-        }
+        self.fleet.clear_allocations();
         info!(runs = stored.len(), "loaded active runs from etcd");
         for s in stored {
             self.restore_run(s, turn);
@@ -757,12 +893,26 @@ impl Engine {
         let reqs = requests(&spec);
         for (i, t) in dag.tasks().iter().enumerate() {
             if let (true, Some(a)) = (t.status.is_active(), t.current()) {
-                let req = reqs[i].clone();
-                if let Some(entry) = self.agents.get_mut(&a.agent) {
-                    entry.slot.allocate(&req);
+                self.fleet.allocate(
+                    &id,
+                    i,
+                    Allocation {
+                        agent: a.agent.clone(),
+                        attempt: a.number,
+                        req: reqs[i].clone(),
+                        gpus: a.gpus.clone(),
+                    },
+                );
+                // An agent that never comes back must still be noticed.
+                if !self.fleet.agents.contains_key(&a.agent) {
+                    self.fleet.load(vec![(
+                        pb::AgentRecord {
+                            id: a.agent.clone(),
+                            ..Default::default()
+                        },
+                        0,
+                    )]);
                 }
-                self.allocations
-                    .insert((id.clone(), i), (a.agent.clone(), req));
             }
         }
         self.runs.insert(
@@ -784,7 +934,9 @@ fn requests(spec: &pb::PipelineSpec) -> Vec<Request> {
         .iter()
         .map(|t| {
             let r = t.resources.clone().unwrap_or_default();
-            Request::new(&t.image, r.cpu_millis as u64, r.memory_bytes)
+            Request::new(&t.image, u64::from(r.cpu_millis), r.memory_bytes)
+                .with_gpus(r.gpu, &r.gpu_model, r.gpu_memory_bytes)
+                .with_selector(t.node_selector.clone())
         })
         .collect()
 }

@@ -13,6 +13,8 @@ pub enum SchedulerError {
     },
     #[error("run `{0}` not found")]
     RunNotFound(String),
+    #[error("agent `{0}` not found")]
+    AgentNotFound(String),
     #[error("run `{run}` has no task `{task}`")]
     TaskNotFound { run: String, task: String },
     #[error("{0}")]
@@ -46,6 +48,7 @@ impl From<SchedulerError> for tonic::Status {
             | SchedulerError::InvalidArgument { .. }
             | SchedulerError::Config(_) => Code::InvalidArgument,
             SchedulerError::RunNotFound(_)
+            | SchedulerError::AgentNotFound(_)
             | SchedulerError::TaskNotFound { .. }
             | SchedulerError::LogNotFound(_) => Code::NotFound,
             SchedulerError::Conflict => Code::Aborted,

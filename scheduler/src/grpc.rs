@@ -19,6 +19,7 @@ use crate::engine::{now_ms, EngineHandle};
 use crate::error::{Result, SchedulerError};
 use crate::store::Store;
 
+#[derive(Clone)]
 pub struct Api {
     pub engine: EngineHandle,
     pub store: Store,
@@ -56,7 +57,17 @@ impl Api {
             .await?
             .ok_or_else(|| SchedulerError::RunNotFound(run_id.to_string()))?;
         let (dag, _) = convert::restore(&stored);
-        Ok(convert::run_view(&stored.record, &dag))
+        let mut run = convert::run_view(&stored.record, &dag);
+        // Why Ready tasks wait lives in the engine's memory, not in etcd.
+        for (task, (why, unschedulable)) in self.engine.waiting(run_id) {
+            if let Some(t) = run.tasks.get_mut(task) {
+                if t.state() == pb::TaskState::Ready {
+                    t.message = why;
+                    t.unschedulable = unschedulable;
+                }
+            }
+        }
+        Ok(run)
     }
 
     /// The log key of `attempt` of `task` (0 = the latest with a log).
@@ -159,11 +170,7 @@ impl Scheduler for Api {
         let mut changes = self.engine.subscribe();
         let first = self.read_run(&id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let api = Api {
-            engine: self.engine.clone(),
-            store: self.store.clone(),
-            artifacts: self.artifacts.clone(),
-        };
+        let api = self.clone();
         tokio::spawn(async move {
             let mut last = first;
             let done = |r: &pb::Run| !crate::store::is_active(r.state());
@@ -236,5 +243,34 @@ impl Scheduler for Api {
             .map_err(|e| Status::from(SchedulerError::Artifacts(e.to_string())))
         });
         Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agents_server::Agents for Api {
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.engine.list_agents().await?;
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn drain_agent(
+        &self,
+        req: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = req.into_inner().agent_id;
+        required("agent_id", &id)?;
+        Ok(Response::new(self.engine.drain(id, true).await?))
+    }
+
+    async fn undrain_agent(
+        &self,
+        req: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = req.into_inner().agent_id;
+        required("agent_id", &id)?;
+        Ok(Response::new(self.engine.drain(id, false).await?))
     }
 }

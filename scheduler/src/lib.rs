@@ -11,6 +11,7 @@ pub mod bus;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod options;
 pub mod store;
@@ -46,6 +47,7 @@ pub async fn serve(
             nats_prefix: opts.nats_prefix.clone(),
             agent_timeout: opts.agent_timeout,
             cancel_grace: opts.cancel_grace,
+            placement: opts.placement,
         },
     );
 
@@ -63,6 +65,9 @@ pub async fn serve(
     health
         .set_serving::<pb::scheduler_server::SchedulerServer<grpc::Api>>()
         .await;
+    health
+        .set_serving::<pb::agents_server::AgentsServer<grpc::Api>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -72,12 +77,14 @@ pub async fn serve(
         store,
         artifacts,
     };
+    let agents_api = pb::agents_server::AgentsServer::new(api.clone());
     let addr = listener.local_addr().ok();
     info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::scheduler_server::SchedulerServer::new(api))
+        .add_service(agents_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {
         r = server => r.map_err(|e| SchedulerError::Transport(e.to_string()))?,

@@ -3,9 +3,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use drover_scheduler_core::placement::Strategy;
+
 /// Parses "10s", "500ms", "1h30m" into a Duration (clap value parser).
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
     drover_api::spec::parse_duration(s).map(Duration::from_millis)
+}
+
+fn placement_arg(s: &str) -> Result<Strategy, String> {
+    match s {
+        "binpack" => Ok(Strategy::BinPack),
+        "spread" => Ok(Strategy::Spread),
+        other => Err(format!("`{other}`: expected binpack or spread")),
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -36,6 +46,10 @@ pub struct SchedulerOptions {
     /// An agent silent for this long gets no new work.
     #[arg(long, env = "DROVER_AGENT_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub agent_timeout: Duration,
+    /// How tasks are spread over agents: `binpack` fills busy machines first
+    /// (keeps whole GPU machines free for big jobs), `spread` evens the load.
+    #[arg(long, env = "DROVER_PLACEMENT", default_value = "binpack", value_parser = placement_arg)]
+    pub placement: Strategy,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,

@@ -3,6 +3,7 @@
 //! Keys under the configured prefix:
 //! - `<prefix>/runs/<run-id>` → `RunRecord`
 //! - `<prefix>/tasks/<run-id>/<task>` → `TaskRecord`, only once the task has an attempt
+//! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
 //!
 //! Every write compares the key's `mod_revision` with the one this scheduler
 //! last saw (or `create_revision == 0` for a new key), so a second writer
@@ -55,6 +56,24 @@ impl Store {
 
     pub fn task_key(&self, run: &str, task: &str) -> String {
         format!("{}/tasks/{run}/{task}", self.prefix)
+    }
+
+    pub fn agent_key(&self, agent: &str) -> String {
+        format!("{}/agents/{agent}", self.prefix)
+    }
+
+    /// Every agent record, with its revision.
+    pub async fn list_agents(&self) -> Result<Vec<(pb::AgentRecord, i64)>> {
+        let prefix = format!("{}/agents/", self.prefix);
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
+            .collect()
     }
 
     fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,8 +34,72 @@ pub struct Cluster {
     pub server: String,
     listen: u16,
     scheduler: Option<Child>,
-    agents: Vec<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    agents: HashMap<String, AgentProc>,
+    /// Extra scheduler flags (e.g. a short --agent-timeout).
+    scheduler_args: Vec<String>,
     _tmp: tempfile::TempDir,
+}
+
+/// An agent on its own thread and runtime, so that killing it is like a
+/// machine dying: no shutdown code runs, and the thread's exit fires the
+/// parent-death signal of every process it started.
+pub struct AgentProc {
+    stop: Option<std::sync::mpsc::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AgentProc {
+    fn spawn(opts: drover_agent::AgentOptions) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<bool>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<bool>();
+            // Bridge the std channel into the runtime without blocking it.
+            std::thread::spawn(move || {
+                let graceful = rx.recv().unwrap_or(true);
+                let _ = kill_tx.send(graceful);
+            });
+            rt.block_on(async move {
+                let (stop_tx, mut stop_rx) = watch::channel(false);
+                let agent = drover_agent::Agent::run(opts, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                });
+                tokio::pin!(agent);
+                tokio::select! {
+                    r = &mut agent => if let Err(e) = r { eprintln!("agent failed: {e:#}") },
+                    graceful = kill_rx => {
+                        if graceful.unwrap_or(true) {
+                            let _ = stop_tx.send(true);
+                            let _ = agent.await;
+                        }
+                        // else: the agent future is dropped mid-flight.
+                    }
+                }
+            });
+        });
+        Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn end(&mut self, graceful: bool) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(graceful);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.end(true);
+    }
 }
 
 impl Cluster {
@@ -47,6 +111,11 @@ impl Cluster {
     }
 
     pub async fn without_agents() -> Self {
+        Self::with_scheduler_args(&[]).await
+    }
+
+    /// No agents yet; the scheduler gets these extra flags.
+    pub async fn with_scheduler_args(args: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}x{n}", std::process::id());
         let tmp = tempfile::tempdir().unwrap();
@@ -67,7 +136,8 @@ impl Cluster {
             server: format!("http://127.0.0.1:{listen}"),
             listen,
             scheduler: None,
-            agents: Vec::new(),
+            agents: HashMap::new(),
+            scheduler_args: args.iter().map(|a| a.to_string()).collect(),
             _tmp: tmp,
         };
         c.start_scheduler().await;
@@ -85,6 +155,7 @@ impl Cluster {
             .args(["--nats-prefix", &self.nats_prefix])
             .args(["--artifacts", &self.artifacts])
             .args(["--cancel-grace", "2s"])
+            .args(&self.scheduler_args)
             .env("RUST_LOG", "info,drover_scheduler=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -121,24 +192,42 @@ impl Cluster {
     }
 
     pub async fn add_agent(&mut self, id: &str) {
-        let mut opts =
-            drover_agent::AgentOptions::new(self.nats.url.clone(), self.artifacts.clone());
+        self.add_agent_with(id, |_| {}).await;
+    }
+
+    /// Starts an agent with the process executor, then lets `configure` change its options.
+    pub async fn add_agent_with(&mut self, id: &str, configure: impl FnOnce(&mut drover_agent::AgentOptions)) {
+        let mut opts = drover_agent::AgentOptions::new(self.nats.url.clone(), self.artifacts.clone());
         opts.id = Some(id.to_string());
         opts.executors = vec!["process".into()];
         opts.work_dir = self._tmp.path().join("work").join(id);
         opts.nats_prefix = self.nats_prefix.clone();
         opts.heartbeat_interval = Duration::from_millis(200);
         opts.kill_grace = Duration::from_secs(2);
-        let (tx, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = drover_agent::Agent::run(opts, stop).await {
-                panic!("agent failed: {e:#}");
-            }
-        });
-        self.agents.push((tx, task));
+        configure(&mut opts);
+        let old = self.agents.insert(id.to_string(), AgentProc::spawn(opts));
+        assert!(old.is_none(), "agent {id} already runs");
+    }
+
+    /// Ends an agent as if its machine died.
+    pub fn kill_agent(&mut self, id: &str) {
+        let mut a = self.agents.remove(id).expect("no such agent");
+        a.end(false);
+    }
+
+    pub async fn agents(&self) -> Vec<pb::Agent> {
+        let channel = Channel::from_shared(self.server.clone()).unwrap().connect().await.unwrap();
+        pb::agents_client::AgentsClient::new(channel)
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents
+    }
+
+    pub async fn agents_client(&self) -> pb::agents_client::AgentsClient<Channel> {
+        let channel = Channel::from_shared(self.server.clone()).unwrap().connect().await.unwrap();
+        pb::agents_client::AgentsClient::new(channel)
     }
 
     pub async fn client(&self) -> SchedulerClient<Channel> {
@@ -272,8 +361,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (tx, _) in &self.agents {
-            let _ = tx.send(true);
+        for (_, mut a) in self.agents.drain() {
+            a.end(true);
         }
     }
 }

@@ -52,6 +52,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
         agent_timeout: Duration::from_secs(10),
         cancel_grace: Duration::from_secs(10),
+        placement: Default::default(),
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(
         scheduler_opts,

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 
 use drover_api::pb;
+use drover_api::pb::agents_client::AgentsClient;
 use drover_api::pb::scheduler_client::SchedulerClient;
 
 #[derive(Parser)]
@@ -83,8 +84,24 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         attempt: u32,
     },
+    /// Inspect and operate the fleet of agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
     Dev(dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Agents with state, capacity, allocation and their GPUs.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Give an agent no new work; what runs there finishes.
+    Drain { id: String },
+    /// Let a drained agent take new work again.
+    Undrain { id: String },
 }
 
 #[tokio::main]
@@ -164,6 +181,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let server = cli.server;
     match cli.command {
         Command::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Agent(cmd) => {
+            let mut client = AgentsClient::new(channel(&server).await?);
+            match cmd {
+                AgentCommand::List { output } => {
+                    let agents = client
+                        .list_agents(pb::ListAgentsRequest {})
+                        .await?
+                        .into_inner()
+                        .agents;
+                    match output {
+                        Format::Table => print!("{}", output::agents_table(&agents, now_ms())),
+                        Format::Json => {
+                            let v: Vec<_> = agents.iter().map(output::agent_json).collect();
+                            println!("{:#}", serde_json::Value::Array(v));
+                        }
+                    }
+                }
+                AgentCommand::Drain { id } => {
+                    let a = client
+                        .drain_agent(pb::DrainAgentRequest { agent_id: id })
+                        .await?
+                        .into_inner();
+                    println!("{} {}", a.id, output::agent_state(a.state()));
+                }
+                AgentCommand::Undrain { id } => {
+                    let a = client
+                        .undrain_agent(pb::DrainAgentRequest { agent_id: id })
+                        .await?
+                        .into_inner();
+                    println!("{} {}", a.id, output::agent_state(a.state()));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Submit {
             file,
             params,

@@ -27,6 +27,10 @@ pub fn task_state(s: pb::TaskState) -> String {
     pretty(s.as_str_name(), "TASK_STATE_")
 }
 
+pub fn agent_state(s: pb::AgentState) -> String {
+    pretty(s.as_str_name(), "AGENT_STATE_")
+}
+
 fn attempt_state(s: pb::AttemptState) -> String {
     pretty(s.as_str_name(), "ATTEMPT_STATE_")
 }
@@ -134,7 +138,17 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     );
     for t in &run.tasks {
         let last = t.attempts.last();
-        let agent = last.map_or("-", |a| a.agent_id.as_str());
+        let agent = last.map_or_else(
+            || "-".to_string(),
+            |a| {
+                if a.gpus.is_empty() {
+                    a.agent_id.clone()
+                } else {
+                    let idx: Vec<String> = a.gpus.iter().map(|g| g.index.to_string()).collect();
+                    format!("{} gpu:{}", a.agent_id, idx.join(","))
+                }
+            },
+        );
         let took = last
             .and_then(attempt_elapsed)
             .map_or_else(|| "-".to_string(), duration);
@@ -174,6 +188,7 @@ pub fn run_json(run: &pb::Run) -> Value {
             "depends_on": t.depends_on,
             "message": t.message,
             "retry_at_ms": t.retry_at_ms,
+            "unschedulable": t.unschedulable,
             "attempts": t.attempts.iter().map(|a| json!({
                 "number": a.number,
                 "agent_id": a.agent_id,
@@ -184,6 +199,7 @@ pub fn run_json(run: &pb::Run) -> Value {
                 "exit_code": a.exit_code,
                 "error": a.error,
                 "log_key": a.log_key,
+                "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
                 "outputs": a.outputs.iter().map(|o| json!({
                     "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,
                 })).collect::<Vec<_>>(),
@@ -226,6 +242,115 @@ pub fn list_table(runs: &[pb::RunSummary], now_ms: u64) -> String {
         );
     }
     out
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1}Gi", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn cores(millis: u64) -> String {
+    if millis % 1000 == 0 {
+        (millis / 1000).to_string()
+    } else {
+        format!("{:.2}", millis as f64 / 1000.0)
+    }
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "never".into();
+    }
+    format!("{} ago", duration(now_ms.saturating_sub(then_ms)))
+}
+
+/// `drover agent list`: one line per agent, then its GPUs.
+pub fn agents_table(agents: &[pb::Agent], now_ms: u64) -> String {
+    let width = agents.iter().map(|a| a.id.len()).max().unwrap_or(5).max(5);
+    let mut out = format!(
+        "{:<width$}  {:<9}  {:<15}  {:>11}  {:>15}  {:>5}  {:>7}  LAST SEEN\n",
+        "AGENT", "STATE", "EXECUTORS", "CPU", "MEMORY", "GPUS", "RUNNING"
+    );
+    for a in agents {
+        let used_gpus = a.gpus.iter().filter(|g| !g.allocated_to.is_empty()).count();
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<9}  {:<15}  {:>11}  {:>15}  {:>5}  {:>7}  {}",
+            a.id,
+            agent_state(a.state()),
+            a.executors.join(","),
+            format!("{}/{}", cores(a.allocated_cpu_millis), cores(u64::from(a.cpu_millis))),
+            format!("{}/{}", gib(a.allocated_memory_bytes), gib(a.memory_bytes)),
+            format!("{used_gpus}/{}", a.gpus.len()),
+            a.running_attempts,
+            ago(now_ms, a.last_seen_ms),
+        );
+        if !a.labels.is_empty() {
+            let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "    labels: {}", labels.join(" "));
+        }
+        if !a.gpus.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {:>3}  {:<30}  {:>15}  {:>4}  {:>5}  {:>6}  ALLOCATED TO",
+                "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER"
+            );
+            for g in &a.gpus {
+                let Some(info) = &g.info else { continue };
+                let mut name = info.name.clone();
+                if info.simulated {
+                    name.push_str(" (simulated)");
+                }
+                let _ = writeln!(
+                    out,
+                    "    {:>3}  {:<30}  {:>15}  {:>3}%  {:>4}C  {:>5}W  {}",
+                    info.index,
+                    name,
+                    format!("{}/{}", gib(info.memory_used_bytes), gib(info.memory_total_bytes)),
+                    info.utilization_percent,
+                    info.temperature_c,
+                    info.power_mw / 1000,
+                    if g.allocated_to.is_empty() { "-" } else { &g.allocated_to },
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn agent_json(a: &pb::Agent) -> Value {
+    json!({
+        "id": a.id,
+        "state": json_name(&agent_state(a.state())),
+        "hostname": a.hostname,
+        "executors": a.executors,
+        "labels": a.labels,
+        "cpu_millis": a.cpu_millis,
+        "memory_bytes": a.memory_bytes,
+        "allocated_cpu_millis": a.allocated_cpu_millis,
+        "allocated_memory_bytes": a.allocated_memory_bytes,
+        "cpu_usage_percent": a.cpu_usage_percent,
+        "memory_used_bytes": a.memory_used_bytes,
+        "running_attempts": a.running_attempts,
+        "last_seen_ms": a.last_seen_ms,
+        "driver_version": a.driver_version,
+        "cuda_version": a.cuda_version,
+        "drained": a.drained,
+        "gpus": a.gpus.iter().filter_map(|g| {
+            let i = g.info.as_ref()?;
+            Some(json!({
+                "index": i.index,
+                "uuid": i.uuid,
+                "name": i.name,
+                "memory_total_bytes": i.memory_total_bytes,
+                "memory_used_bytes": i.memory_used_bytes,
+                "utilization_percent": i.utilization_percent,
+                "temperature_c": i.temperature_c,
+                "power_mw": i.power_mw,
+                "simulated": i.simulated,
+                "allocated_to": g.allocated_to,
+            }))
+        }).collect::<Vec<_>>(),
+    })
 }
 
 /// Lines describing what changed between two snapshots of a run (for `watch`).

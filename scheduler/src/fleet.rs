@@ -1,0 +1,487 @@
+//! The scheduler's view of its agents: capacity and usage from heartbeats,
+//! what it has placed on each (allocations), drain and loss state, and the
+//! per-agent record kept in etcd.
+//!
+//! No I/O here: the engine feeds heartbeats and the clock in, and carries out
+//! what comes back (lost attempts to requeue, stray attempts to cancel,
+//! records to write).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use drover_api::pb;
+use drover_scheduler_core::placement::{AgentSlot, GpuSlot, Request};
+use tracing::{info, warn};
+
+/// An attempt, by run id, task index and attempt number.
+pub type AttemptId = (String, usize, u32);
+
+/// Resources an attempt holds on an agent.
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    pub agent: String,
+    pub attempt: u32,
+    pub req: Request,
+    pub gpus: Vec<(u32, String)>,
+}
+
+pub struct AgentEntry {
+    pub slot: AgentSlot,
+    /// The latest heartbeat; None until one arrives after a scheduler start.
+    pub last: Option<pb::Heartbeat>,
+    pub last_seen: Instant,
+    pub lost: bool,
+    pub drained: bool,
+    /// Refused or missed an assignment: no new work until it heartbeats again.
+    pub suspended: bool,
+    pub record: pb::AgentRecord,
+    pub record_rev: i64,
+    pub record_dirty: bool,
+    /// Attempts it reported that the scheduler does not expect, as of the
+    /// previous heartbeat: cancelled when seen twice in a row, so an attempt
+    /// whose final event is still in flight is not cancelled for nothing.
+    unexpected: HashSet<pb::AttemptRef>,
+}
+
+impl AgentEntry {
+    fn new(record: pb::AgentRecord, rev: i64) -> Self {
+        Self {
+            slot: AgentSlot {
+                id: record.id.clone(),
+                ..AgentSlot::default()
+            },
+            last: None,
+            last_seen: Instant::now(),
+            lost: record.lost_at_ms > 0,
+            drained: record.drained,
+            suspended: false,
+            record,
+            record_rev: rev,
+            record_dirty: false,
+            unexpected: HashSet::new(),
+        }
+    }
+
+    /// Can take new work.
+    pub fn schedulable(&self) -> bool {
+        self.last.is_some() && !self.lost && !self.drained && !self.suspended
+    }
+
+    pub fn state(&self) -> pb::AgentState {
+        match (self.lost, self.drained) {
+            (true, _) => pb::AgentState::Lost,
+            (false, true) => pb::AgentState::Draining,
+            (false, false) => pb::AgentState::Ready,
+        }
+    }
+}
+
+/// What a heartbeat means for the attempts on that agent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconcile {
+    /// Expected here but gone: the agent restarted without them.
+    pub lost: Vec<AttemptId>,
+    /// Running there but not expected (stale attempt, finished run): stop them.
+    pub cancel: Vec<pb::AttemptRef>,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    pub agents: BTreeMap<String, AgentEntry>,
+    /// By (run, task): one live attempt per task at most.
+    pub allocations: HashMap<(String, usize), Allocation>,
+}
+
+impl Fleet {
+    /// Agents known from etcd, before any heartbeat: their loss clock starts now.
+    pub fn load(&mut self, records: Vec<(pb::AgentRecord, i64)>) {
+        for (record, rev) in records {
+            self.agents
+                .entry(record.id.clone())
+                .or_insert_with(|| AgentEntry::new(record, rev));
+        }
+    }
+
+    pub fn allocate(&mut self, run: &str, task: usize, alloc: Allocation) {
+        if let Some(a) = self.agents.get_mut(&alloc.agent) {
+            a.slot.allocate(&alloc.req, &alloc.gpus);
+        }
+        self.allocations.insert((run.to_string(), task), alloc);
+    }
+
+    pub fn release(&mut self, run: &str, task: usize) {
+        if let Some(alloc) = self.allocations.remove(&(run.to_string(), task)) {
+            if let Some(a) = self.agents.get_mut(&alloc.agent) {
+                a.slot.release(&alloc.req, &alloc.gpus);
+            }
+        }
+    }
+
+    /// Forgets every allocation (before rebuilding them from etcd).
+    pub fn clear_allocations(&mut self) {
+        self.allocations.clear();
+        for a in self.agents.values_mut() {
+            a.slot.used_cpu_millis = 0;
+            a.slot.used_memory_bytes = 0;
+            a.slot.gpus.iter_mut().for_each(|g| g.held = false);
+        }
+    }
+
+    /// Takes a heartbeat in. `task_of` maps a reported attempt to its task
+    /// index when its run is active, so it can be compared with allocations.
+    pub fn heartbeat(
+        &mut self,
+        hb: pb::Heartbeat,
+        now_ms: u64,
+        task_of: impl Fn(&pb::AttemptRef) -> Option<usize>,
+    ) -> Reconcile {
+        let id = hb.agent_id.clone();
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| {
+            let mut e = AgentEntry::new(
+                pb::AgentRecord {
+                    id: id.clone(),
+                    first_seen_ms: now_ms,
+                    ..Default::default()
+                },
+                0,
+            );
+            e.record_dirty = true;
+            e
+        });
+        if entry.last.is_none() {
+            info!(agent = %id, executors = ?hb.executors, cpu_millis = hb.cpu_millis, gpus = hb.gpus.len(), "agent connected");
+        }
+        if entry.lost {
+            info!(agent = %id, "lost agent is back");
+            entry.lost = false;
+            entry.record.lost_at_ms = 0;
+            entry.record_dirty = true;
+        }
+        let restarted = !entry.record.instance.is_empty() && entry.record.instance != hb.instance;
+        if entry.record.instance != hb.instance {
+            entry.record.instance = hb.instance.clone();
+            entry.record_dirty = true;
+        }
+        entry.last_seen = Instant::now();
+        entry.suspended = false;
+        entry.slot.executors = hb.executors.clone();
+        entry.slot.labels = hb.labels.clone();
+        entry.slot.cpu_millis = u64::from(hb.cpu_millis);
+        entry.slot.memory_bytes = hb.memory_bytes;
+        let held: HashSet<String> = self
+            .allocations
+            .values()
+            .filter(|a| a.agent == id)
+            .flat_map(|a| a.gpus.iter().map(|(_, u)| u.clone()))
+            .collect();
+        entry.slot.gpus = hb
+            .gpus
+            .iter()
+            .map(|g| GpuSlot {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                memory_bytes: g.memory_total_bytes,
+                held: held.contains(&g.uuid),
+            })
+            .collect();
+
+        let reported: HashSet<&pb::AttemptRef> = hb.running.iter().collect();
+        let mut out = Reconcile::default();
+        // What the scheduler placed here that the agent no longer has.
+        if restarted {
+            warn!(agent = %id, "agent restarted");
+            for ((run, task), a) in &self.allocations {
+                if a.agent != id {
+                    continue;
+                }
+                let still_there = hb
+                    .running
+                    .iter()
+                    .any(|r| &r.run_id == run && task_of(r) == Some(*task) && r.attempt == a.attempt);
+                if !still_there {
+                    out.lost.push((run.clone(), *task, a.attempt));
+                }
+            }
+        }
+        // What the agent runs that the scheduler does not expect.
+        let mut unexpected = HashSet::new();
+        for r in reported {
+            let expected = task_of(r).is_some_and(|t| {
+                self.allocations
+                    .get(&(r.run_id.clone(), t))
+                    .is_some_and(|a| a.agent == id && a.attempt == r.attempt)
+            });
+            if !expected {
+                if entry.unexpected.contains(r) {
+                    out.cancel.push(r.clone());
+                }
+                unexpected.insert(r.clone());
+            }
+        }
+        entry.unexpected = unexpected;
+        entry.last = Some(hb);
+        out
+    }
+
+    /// Agents silent for longer than `timeout` become lost; returns the
+    /// attempts they held.
+    pub fn expire(&mut self, timeout: Duration, now_ms: u64) -> Vec<(AttemptId, String)> {
+        let mut lost = Vec::new();
+        for (id, a) in &mut self.agents {
+            if a.lost || a.last_seen.elapsed() < timeout {
+                continue;
+            }
+            warn!(agent = %id, timeout = ?timeout, "agent lost: no heartbeat");
+            a.lost = true;
+            a.record.lost_at_ms = now_ms;
+            a.record_dirty = true;
+            for ((run, task), alloc) in &self.allocations {
+                if &alloc.agent == id {
+                    let why = format!("agent `{id}` lost: no heartbeat for {}s", timeout.as_secs());
+                    lost.push(((run.clone(), *task, alloc.attempt), why));
+                }
+            }
+        }
+        lost
+    }
+
+    /// Slots placement may use now, with their agent ids in the same order.
+    pub fn schedulable_slots(&self) -> Vec<AgentSlot> {
+        self.agents
+            .values()
+            .filter(|a| a.schedulable())
+            .map(|a| a.slot.clone())
+            .collect()
+    }
+
+    /// Why no agent can take work, when none is schedulable.
+    pub fn idle_reason(&self) -> String {
+        if self.agents.is_empty() {
+            return "waiting for an agent to connect".into();
+        }
+        let list = |f: &dyn Fn(&AgentEntry) -> bool| -> Vec<&str> {
+            self.agents
+                .iter()
+                .filter(|(_, a)| f(a))
+                .map(|(id, _)| id.as_str())
+                .collect()
+        };
+        let mut parts = Vec::new();
+        for (what, ids) in [
+            ("drained", list(&|a| a.drained && !a.lost)),
+            ("lost", list(&|a| a.lost)),
+            ("not heard from yet", list(&|a| a.last.is_none() && !a.lost)),
+            ("refused work", list(&|a| a.suspended)),
+        ] {
+            if !ids.is_empty() {
+                parts.push(format!("{what}: {}", ids.join(", ")));
+            }
+        }
+        format!("waiting for an agent to take work ({})", parts.join("; "))
+    }
+
+    /// Writes placement's allocations back (placement works on copies).
+    pub fn store_slots(&mut self, slots: Vec<AgentSlot>) {
+        for slot in slots {
+            if let Some(a) = self.agents.get_mut(&slot.id) {
+                a.slot = slot;
+            }
+        }
+    }
+
+    /// The public view of one agent.
+    pub fn view(&self, id: &str, describe: impl Fn(&str, usize, u32) -> String) -> Option<pb::Agent> {
+        let a = self.agents.get(id)?;
+        let hb = a.last.clone().unwrap_or_default();
+        let holders: BTreeMap<&str, String> = self
+            .allocations
+            .iter()
+            .filter(|(_, al)| al.agent == id)
+            .flat_map(|((run, task), al)| {
+                let who = describe(run, *task, al.attempt);
+                al.gpus.iter().map(move |(_, u)| (u.as_str(), who.clone()))
+            })
+            .collect();
+        Some(pb::Agent {
+            id: id.to_string(),
+            state: a.state() as i32,
+            hostname: hb.hostname.clone(),
+            executors: hb.executors.clone(),
+            labels: hb.labels.clone(),
+            cpu_millis: hb.cpu_millis,
+            memory_bytes: hb.memory_bytes,
+            allocated_cpu_millis: a.slot.used_cpu_millis,
+            allocated_memory_bytes: a.slot.used_memory_bytes,
+            cpu_usage_percent: hb.cpu_usage_percent,
+            memory_used_bytes: hb.memory_used_bytes,
+            gpus: hb
+                .gpus
+                .iter()
+                .map(|g| pb::AgentGpu {
+                    info: Some(g.clone()),
+                    allocated_to: holders.get(g.uuid.as_str()).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            running_attempts: self
+                .allocations
+                .values()
+                .filter(|al| al.agent == id)
+                .count() as u32,
+            last_seen_ms: hb.sent_at_ms,
+            driver_version: hb.driver_version.clone(),
+            cuda_version: hb.cuda_version.clone(),
+            drained: a.drained,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, instance: &str, running: &[(&str, &str, u32)]) -> pb::Heartbeat {
+        pb::Heartbeat {
+            agent_id: id.into(),
+            executors: vec!["process".into()],
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            instance: instance.into(),
+            gpus: vec![pb::GpuInfo {
+                index: 0,
+                uuid: "GPU-0".into(),
+                name: "A100".into(),
+                memory_total_bytes: 40 << 30,
+                ..Default::default()
+            }],
+            running: running
+                .iter()
+                .map(|(r, t, a)| pb::AttemptRef {
+                    run_id: r.to_string(),
+                    task: t.to_string(),
+                    attempt: *a,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn task_of(r: &pb::AttemptRef) -> Option<usize> {
+        (r.run_id == "r1").then(|| r.task.trim_start_matches('t').parse().ok())?
+    }
+
+    fn alloc(f: &mut Fleet, task: usize, attempt: u32, gpus: bool) {
+        f.allocate(
+            "r1",
+            task,
+            Allocation {
+                agent: "a".into(),
+                attempt,
+                req: Request::new("", 500, 0),
+                gpus: if gpus { vec![(0, "GPU-0".into())] } else { vec![] },
+            },
+        );
+    }
+
+    #[test]
+    fn first_heartbeat_registers_and_marks_the_record_for_writing() {
+        let mut f = Fleet::default();
+        let r = f.heartbeat(hb("a", "i1", &[]), 5, task_of);
+        assert_eq!(r, Reconcile::default());
+        let a = &f.agents["a"];
+        assert!(a.schedulable());
+        assert!(a.record_dirty);
+        assert_eq!(a.record.first_seen_ms, 5);
+        assert_eq!(a.record.instance, "i1");
+        assert_eq!(a.slot.gpus.len(), 1);
+    }
+
+    #[test]
+    fn held_gpus_stay_held_across_heartbeats() {
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        alloc(&mut f, 0, 1, true);
+        f.heartbeat(hb("a", "i1", &[("r1", "t0", 1)]), 1, task_of);
+        assert!(f.agents["a"].slot.gpus[0].held);
+        f.release("r1", 0);
+        assert!(!f.agents["a"].slot.gpus[0].held);
+        assert_eq!(f.agents["a"].slot.used_cpu_millis, 0);
+    }
+
+    #[test]
+    fn a_restarted_agent_loses_what_it_no_longer_reports() {
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        alloc(&mut f, 0, 1, false);
+        alloc(&mut f, 1, 3, false);
+        let r = f.heartbeat(hb("a", "i2", &[("r1", "t1", 3)]), 1, task_of);
+        assert_eq!(r.lost, vec![("r1".to_string(), 0, 1)]);
+        assert!(r.cancel.is_empty());
+    }
+
+    #[test]
+    fn same_instance_missing_attempt_is_not_lost() {
+        // Its final event may still be in JetStream: the events decide.
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        alloc(&mut f, 0, 1, false);
+        let r = f.heartbeat(hb("a", "i1", &[]), 1, task_of);
+        assert!(r.lost.is_empty());
+    }
+
+    #[test]
+    fn unexpected_attempts_are_cancelled_when_seen_twice() {
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        alloc(&mut f, 0, 2, false);
+        // Attempt 1 of t0 is stale (attempt 2 is current); "old" is not an active run.
+        let stale = [("r1", "t0", 1), ("old", "x", 1), ("r1", "t0", 2)];
+        let r = f.heartbeat(hb("a", "i1", &stale), 1, task_of);
+        assert!(r.cancel.is_empty(), "first sighting: maybe in flight");
+        let r = f.heartbeat(hb("a", "i1", &stale), 2, task_of);
+        let mut names: Vec<_> = r.cancel.iter().map(|c| (c.run_id.as_str(), c.attempt)).collect();
+        names.sort();
+        assert_eq!(names, vec![("old", 1), ("r1", 1)]);
+    }
+
+    #[test]
+    fn silent_agents_expire_with_their_attempts_and_come_back() {
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        alloc(&mut f, 0, 1, false);
+        assert!(f.expire(Duration::from_secs(60), 10).is_empty());
+        let lost = f.expire(Duration::ZERO, 10);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0, ("r1".to_string(), 0, 1));
+        assert!(lost[0].1.starts_with("agent `a` lost"));
+        assert_eq!(f.agents["a"].state(), pb::AgentState::Lost);
+        assert!(!f.agents["a"].schedulable());
+        assert!(f.expire(Duration::ZERO, 11).is_empty(), "lost once");
+        f.heartbeat(hb("a", "i1", &[]), 12, task_of);
+        assert_eq!(f.agents["a"].state(), pb::AgentState::Ready);
+        assert_eq!(f.agents["a"].record.lost_at_ms, 0);
+    }
+
+    #[test]
+    fn drained_and_loaded_agents_take_no_work_until_they_heartbeat() {
+        let mut f = Fleet::default();
+        f.load(vec![(
+            pb::AgentRecord {
+                id: "a".into(),
+                drained: true,
+                ..Default::default()
+            },
+            7,
+        )]);
+        assert!(f.schedulable_slots().is_empty());
+        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        assert!(f.schedulable_slots().is_empty(), "still drained");
+        assert_eq!(
+            f.idle_reason(),
+            "waiting for an agent to take work (drained: a)"
+        );
+        assert_eq!(f.agents["a"].state(), pb::AgentState::Draining);
+        f.agents.get_mut("a").unwrap().drained = false;
+        assert_eq!(f.schedulable_slots().len(), 1);
+    }
+}
