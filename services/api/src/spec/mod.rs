@@ -14,11 +14,18 @@
 //!     command: ["python3", "train.py", "--lr", "{{params.lr}}"]
 //!     inputs: [{name: dataset, from: prepare/dataset}]
 //!     env: {SEED: "1"}
-//!     resources: {cpu: 2, memory: 4Gi, gpu: 1}
+//!     resources: {cpu: 2, memory: 4Gi, gpu: 1, gpu_model: A100, gpu_memory: 40Gi}
 //!     retries: {limit: 2, backoff: 5s}
 //!     timeout: 1h
 //!     image: python:3.12-slim
+//!     pull_policy: IfNotPresent  # or Always, Never; needs an image
+//!     node_selector: {zone: eu}  # only agents with all these labels
 //! ```
+//!
+//! `gpu_model` (a case-insensitive substring of the GPU's name) and
+//! `gpu_memory` (the least memory each GPU must have) need at least one
+//! `gpu`. `gpu_model` and node selector values, like env values, may use
+//! `{{params.x}}`.
 //!
 //! Layout: `raw` is the serde side, `validate` turns it into the proto,
 //! `quantity` and `template` are the small languages inside values.
@@ -41,9 +48,16 @@ pub use template::TemplateError;
 const NAME_RULE: &str =
     "use up to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit";
 
+/// What `node_selector` keys may look like (agent label keys).
+const LABEL_KEY_RULE: &str =
+    "use up to 63 letters, digits, `_`, `.`, `/` or `-`, starting with a letter or digit";
+
+/// What `node_selector` values may look like (agent label values).
+const LABEL_VALUE_RULE: &str = "use up to 63 letters, digits, `_`, `.` or `-`";
+
 /// Parses YAML, validates everything, merges `overrides` over the declared
-/// params and substitutes `{{params.x}}` in every command element, env value
-/// and image. Returns the resolved spec; its `params` are the merged values.
+/// params and substitutes `{{params.x}}` in every command element, env value,
+/// image, `resources.gpu_model` and node selector value. Returns the resolved spec; its `params` are the merged values.
 ///
 /// Stops at the first problem, checking in spec order.
 pub fn parse_spec(
@@ -152,4 +166,24 @@ pub enum TaskError {
     InvalidValue { field: String, message: String },
     #[error("{field}: {error}")]
     Template { field: String, error: TemplateError },
+    /// A field that only makes sense with another: `field` is e.g.
+    /// "pull_policy", `needs` e.g. "an image".
+    #[error("{field}: needs {needs}")]
+    Needs {
+        field: &'static str,
+        needs: &'static str,
+    },
+    #[error("node_selector: invalid label key `{0}` ({LABEL_KEY_RULE})")]
+    InvalidLabelKey(String),
+    /// `value` is after `{{params.x}}` substitution; `template` is the value
+    /// as written when it differs.
+    #[error(
+        "node_selector.{key}: invalid label value `{value}`{} ({LABEL_VALUE_RULE})",
+        template.as_ref().map(|t| format!(" from `{t}`")).unwrap_or_default()
+    )]
+    InvalidLabelValue {
+        key: String,
+        value: String,
+        template: Option<String>,
+    },
 }

@@ -42,6 +42,8 @@ pub(crate) struct RawTask {
     pub retries: Option<RawRetries>,
     pub timeout: Option<String>,
     pub image: Option<String>,
+    pub node_selector: Option<BTreeMap<String, Option<String>>>,
+    pub pull_policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,12 +69,14 @@ pub(crate) struct RawOutput {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "resources (a mapping with `cpu`, `memory`, `gpu`)"
+    expecting = "resources (a mapping with `cpu`, `memory`, `gpu`, `gpu_model`, `gpu_memory`)"
 )]
 pub(crate) struct RawResources {
     pub cpu: Option<String>,
     pub memory: Option<String>,
     pub gpu: Option<String>,
+    pub gpu_model: Option<String>,
+    pub gpu_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

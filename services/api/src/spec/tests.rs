@@ -19,10 +19,12 @@ tasks:
     command: ["python3", "train.py", "--lr", "{{params.lr}}"]
     inputs: [{name: dataset, from: prepare/dataset}]
     env: {SEED: "1"}
-    resources: {cpu: 2, memory: 4Gi, gpu: 1}
+    resources: {cpu: 2, memory: 4Gi, gpu: 1, gpu_model: A100, gpu_memory: 40Gi}
     retries: {limit: 2, backoff: 5s}
     timeout: 1h
     image: python:3.12-slim
+    pull_policy: IfNotPresent
+    node_selector: {zone: eu}
 "#;
 
 fn parse(yaml: &str) -> Result<pb::PipelineSpec, SpecError> {
@@ -107,7 +109,8 @@ fn example_resolves_to_the_expected_proto() {
                     cpu_millis: 2_000,
                     memory_bytes: 4 << 30,
                     gpu: 1,
-                    ..Default::default()
+                    gpu_model: "A100".into(),
+                    gpu_memory_bytes: 40 << 30,
                 }),
                 retries: Some(pb::RetryPolicy {
                     limit: 2,
@@ -115,7 +118,8 @@ fn example_resolves_to_the_expected_proto() {
                 }),
                 timeout_ms: 3_600_000,
                 image: "python:3.12-slim".into(),
-                ..Default::default()
+                node_selector: map(&[("zone", "eu")]),
+                pull_policy: pb::PullPolicy::IfNotPresent.into(),
             },
         ],
     };
@@ -146,6 +150,72 @@ tasks:
 }
 
 #[test]
+fn a_full_gpu_task_round_trips() {
+    use prost::Message;
+
+    let yaml = r#"
+name: finetune
+params: {zone: eu-west-1, model: H100}
+tasks:
+  - name: train
+    command: [torchrun, --nproc-per-node, "4", train.py]
+    resources:
+      cpu: 16
+      memory: 128Gi
+      gpu: 4
+      gpu_model: "{{params.model}}"
+      gpu_memory: 80Gi
+    image: ghcr.io/acme/trainer:1.4
+    pull_policy: Always
+    node_selector:
+      zone: "{{params.zone}}"
+      drover.io/tier: gold
+      spot: ""
+"#;
+    let overrides = map(&[("zone", "us-east-2")]);
+    let spec = parse_spec(yaml, &overrides).unwrap();
+    let task = &spec.tasks[0];
+    assert_eq!(
+        task.resources,
+        Some(pb::Resources {
+            cpu_millis: 16_000,
+            memory_bytes: 128 << 30,
+            gpu: 4,
+            gpu_model: "H100".into(),
+            gpu_memory_bytes: 80 << 30,
+        })
+    );
+    assert_eq!(task.image, "ghcr.io/acme/trainer:1.4");
+    assert_eq!(task.pull_policy(), pb::PullPolicy::Always);
+    assert_eq!(
+        task.node_selector,
+        map(&[
+            ("drover.io/tier", "gold"),
+            ("spot", ""),
+            ("zone", "us-east-2")
+        ])
+    );
+
+    // What the scheduler stores and sends is what was parsed.
+    let bytes = spec.encode_to_vec();
+    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice()).unwrap(), spec);
+}
+
+#[test]
+fn pull_policies() {
+    for (text, policy) in [
+        ("IfNotPresent", pb::PullPolicy::IfNotPresent),
+        ("Always", pb::PullPolicy::Always),
+        ("Never", pb::PullPolicy::Never),
+    ] {
+        let yaml = format!(
+            "name: p\ntasks:\n  - {{name: t, command: [x], image: i, pull_policy: {text}}}\n"
+        );
+        assert_eq!(parse(&yaml).unwrap().tasks[0].pull_policy(), policy);
+    }
+}
+
+#[test]
 fn defaults_when_fields_are_left_out() {
     let spec = parse("name: p\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
     assert!(spec.fail_fast);
@@ -155,6 +225,8 @@ fn defaults_when_fields_are_left_out() {
     assert_eq!(task.retries, Some(pb::RetryPolicy::default()));
     assert_eq!(task.timeout_ms, 0);
     assert_eq!(task.image, "");
+    assert!(task.node_selector.is_empty());
+    assert_eq!(task.pull_policy(), pb::PullPolicy::Unspecified);
 
     let spec = parse("name: p\nfail_fast: false\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
     assert!(!spec.fail_fast);
@@ -612,6 +684,132 @@ fn rejects_bad_resources() {
             format!("task `train`: resources.gpu: invalid count `{gpu}` (use a whole number, e.g. 0, 1, 2)")
         );
     }
+}
+
+#[test]
+fn rejects_bad_gpu_constraints() {
+    let task = |resources: &str| {
+        task_rejection(&format!(
+            "{{name: train, command: [x], resources: {resources}}}"
+        ))
+    };
+    // Without GPUs there is no GPU to constrain.
+    for resources in [
+        "{gpu_model: A100}",
+        "{gpu: 0, gpu_model: A100}",
+        "{cpu: 1, gpu_model: A100}",
+    ] {
+        assert_eq!(
+            task(resources),
+            "task `train`: resources.gpu_model: needs resources.gpu of at least 1",
+            "{resources}"
+        );
+    }
+    for resources in ["{gpu_memory: 40Gi}", "{gpu: 0, gpu_memory: 40Gi}"] {
+        assert_eq!(
+            task(resources),
+            "task `train`: resources.gpu_memory: needs resources.gpu of at least 1",
+            "{resources}"
+        );
+    }
+    assert_eq!(
+        task("{gpu: 1, gpu_model: '{{params.model}}'}"),
+        "task `train`: resources.gpu_model: `{{params.model}}` refers to unknown param `model`"
+    );
+    for model in ["''", "'  '"] {
+        assert_eq!(
+            task(&format!("{{gpu: 1, gpu_model: {model}}}")),
+            "task `train`: resources.gpu_model: must not be empty (leave it out to accept any GPU)"
+        );
+    }
+    assert_eq!(
+        task("{gpu: 1, gpu_memory: 40GB}"),
+        "task `train`: resources.gpu_memory: invalid quantity `40GB` (use e.g. 512Mi, 4Gi, 1G)"
+    );
+    assert_eq!(
+        task("{gpu: 1, gpu_memory: 0Gi}"),
+        "task `train`: resources.gpu_memory: must be greater than 0, got `0Gi`"
+    );
+    assert_eq!(
+        task("{gpu: 1, gpu_model: [A100]}"),
+        "task `train`: resources.gpu_model: invalid type: sequence, expected a string at line 4 column 64"
+    );
+    assert_eq!(
+        task("{gpu: 1, gpu_mem: 40Gi}"),
+        "task `train`: resources: unknown field `gpu_mem`"
+    );
+}
+
+#[test]
+fn rejects_bad_node_selectors() {
+    let task = |selector: &str| {
+        task_rejection(&format!(
+            "{{name: train, command: [x], node_selector: {selector}}}"
+        ))
+    };
+    let key_rule =
+        "use up to 63 letters, digits, `_`, `.`, `/` or `-`, starting with a letter or digit";
+    let value_rule = "use up to 63 letters, digits, `_`, `.` or `-`";
+    let long_key = "k".repeat(64);
+    for key in [
+        "-zone",
+        "'gpu model'",
+        "'zone='",
+        "/zone",
+        long_key.as_str(),
+    ] {
+        let shown = key.trim_matches('\'');
+        assert_eq!(
+            task(&format!("{{{key}: eu}}")),
+            format!("task `train`: node_selector: invalid label key `{shown}` ({key_rule})")
+        );
+    }
+    let long_value = "v".repeat(64);
+    for value in ["'eu west'", "eu/west", "'a,b'", long_value.as_str()] {
+        let shown = value.trim_matches('\'');
+        assert_eq!(
+            task(&format!("{{zone: {value}}}")),
+            format!(
+                "task `train`: node_selector.zone: invalid label value `{shown}` ({value_rule})"
+            )
+        );
+    }
+    assert_eq!(
+        task("{zone: }"),
+        "task `train`: node_selector.zone: missing value (write '' for an empty one)"
+    );
+    assert_eq!(
+        task("{zone: [eu]}"),
+        "task `train`: node_selector.zone: invalid type: sequence, expected a string at line 4 column 55"
+    );
+    assert_eq!(
+        task("{zone: '{{params.zone}}'}"),
+        "task `train`: node_selector.zone: `{{params.zone}}` refers to unknown param `zone`"
+    );
+    // A value that is only wrong once substituted names its template.
+    let yaml = "name: p\nparams: {zone: eu west}\ntasks: [{name: train, command: [x], node_selector: {zone: 'z-{{params.zone}}'}}]\n";
+    assert_eq!(
+        rejection(yaml),
+        format!("task `train`: node_selector.zone: invalid label value `z-eu west` from `z-{{{{params.zone}}}}` ({value_rule})")
+    );
+}
+
+#[test]
+fn rejects_bad_pull_policies() {
+    for policy in ["always", "IfNotPresent ", "''", "Sometimes"] {
+        let shown = policy.trim_matches('\'');
+        assert_eq!(
+            task_rejection(&format!("{{name: x, command: [x], image: i, pull_policy: '{shown}'}}")),
+            format!("task `x`: pull_policy: unknown policy `{shown}` (use IfNotPresent, Always or Never)")
+        );
+    }
+    assert_eq!(
+        task_rejection("{name: x, command: [x], pull_policy: Always}"),
+        "task `x`: pull_policy: needs an image"
+    );
+    // An image that is empty once substituted is no image either.
+    let yaml = "name: p\nparams: {img: ''}\ntasks: [{name: x, command: [x], image: '{{params.img}}', pull_policy: Never}]\n";
+    assert_eq!(rejection(yaml), "task `x`: pull_policy: needs an image");
 }
 
 #[test]

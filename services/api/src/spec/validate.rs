@@ -219,7 +219,7 @@ fn resolve_task(
     let resources = raw
         .resources
         .as_ref()
-        .map(resolve_resources)
+        .map(|resources| resolve_resources(resources, &template))
         .transpose()?
         .unwrap_or_default();
     let retries = raw
@@ -239,6 +239,43 @@ fn resolve_task(
         .transpose()?
         .unwrap_or_default();
 
+    let mut node_selector = BTreeMap::new();
+    for (key, value) in raw.node_selector.iter().flatten() {
+        if !is_label_key(key) {
+            return Err(TaskError::InvalidLabelKey(key.clone()));
+        }
+        let field = format!("node_selector.{key}");
+        let Some(written) = value else {
+            return Err(invalid(
+                &field,
+                "missing value (write '' for an empty one)".to_owned(),
+            ));
+        };
+        let value = template(&field, written)?;
+        if !is_label_value(&value) {
+            return Err(TaskError::InvalidLabelValue {
+                key: key.clone(),
+                template: (value != *written).then(|| written.clone()),
+                value,
+            });
+        }
+        node_selector.insert(key.clone(), value);
+    }
+
+    let pull_policy = match raw.pull_policy.as_deref() {
+        None => pb::PullPolicy::Unspecified,
+        Some(text) => {
+            let policy = parse_pull_policy(text)?;
+            if image.is_empty() {
+                return Err(TaskError::Needs {
+                    field: "pull_policy",
+                    needs: "an image",
+                });
+            }
+            policy
+        }
+    };
+
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -250,7 +287,8 @@ fn resolve_task(
         retries: Some(retries),
         timeout_ms,
         image,
-        ..Default::default()
+        node_selector,
+        pull_policy: pull_policy.into(),
     })
 }
 
@@ -347,7 +385,11 @@ fn resolve_outputs(raw: &[RawOutput]) -> Result<Vec<pb::OutputSpec>, TaskError> 
     Ok(outputs)
 }
 
-fn resolve_resources(raw: &RawResources) -> Result<pb::Resources, TaskError> {
+/// `template` substitutes `{{params.x}}` in a field's text (`gpu_model`).
+fn resolve_resources(
+    raw: &RawResources,
+    template: &dyn Fn(&str, &str) -> Result<String, TaskError>,
+) -> Result<pb::Resources, TaskError> {
     let cpu_millis = match &raw.cpu {
         None => 0,
         Some(text) => positive("resources.cpu", text, parse_cpu(text))?,
@@ -361,12 +403,57 @@ fn resolve_resources(raw: &RawResources) -> Result<pb::Resources, TaskError> {
         None => 0,
         Some(text) => parse_count(text).map_err(|message| invalid("resources.gpu", message))?,
     };
+    let gpu_model = match &raw.gpu_model {
+        None => String::new(),
+        Some(text) => {
+            let model = template("resources.gpu_model", text)?;
+            if model.trim().is_empty() {
+                return Err(invalid(
+                    "resources.gpu_model",
+                    "must not be empty (leave it out to accept any GPU)".to_owned(),
+                ));
+            }
+            needs_a_gpu("resources.gpu_model", gpu, model)?
+        }
+    };
+    let gpu_memory_bytes = match &raw.gpu_memory {
+        None => 0,
+        Some(text) => {
+            let bytes = positive("resources.gpu_memory", text, parse_memory(text))?;
+            needs_a_gpu("resources.gpu_memory", gpu, bytes)?
+        }
+    };
     Ok(pb::Resources {
         cpu_millis,
         memory_bytes,
         gpu,
-        ..Default::default()
+        gpu_model,
+        gpu_memory_bytes,
     })
+}
+
+/// `value`, for a field that only means something for a task given GPUs.
+fn needs_a_gpu<T>(field: &'static str, gpu: u32, value: T) -> Result<T, TaskError> {
+    if gpu == 0 {
+        return Err(TaskError::Needs {
+            field,
+            needs: "resources.gpu of at least 1",
+        });
+    }
+    Ok(value)
+}
+
+/// The spellings Kubernetes users already know, and only those.
+fn parse_pull_policy(text: &str) -> Result<pb::PullPolicy, TaskError> {
+    match text {
+        "IfNotPresent" => Ok(pb::PullPolicy::IfNotPresent),
+        "Always" => Ok(pb::PullPolicy::Always),
+        "Never" => Ok(pb::PullPolicy::Never),
+        _ => Err(invalid(
+            "pull_policy",
+            format!("unknown policy `{text}` (use IfNotPresent, Always or Never)"),
+        )),
+    }
 }
 
 fn resolve_retries(raw: &RawRetries) -> Result<pb::RetryPolicy, TaskError> {
@@ -430,6 +517,24 @@ fn is_name(name: &str) -> bool {
         && bytes
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_./-]{0,62}`: node selector (agent label) keys.
+fn is_label_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'))
+}
+
+/// `[A-Za-z0-9_.-]{0,63}`: node selector (agent label) values; may be empty.
+fn is_label_value(value: &str) -> bool {
+    value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
@@ -575,6 +680,48 @@ mod tests {
         }
         for bad in ["", "1A", "A-B", "A.B", "A B"] {
             assert!(!is_env_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        for good in [
+            "zone",
+            "gpu",
+            "0",
+            "drover.io/gpu-model",
+            "a_b",
+            &"k".repeat(63),
+        ] {
+            assert!(is_label_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/zone",
+            "-a",
+            ".a",
+            "_a",
+            "a b",
+            "a:b",
+            "a=b",
+            "ü",
+            &"k".repeat(64),
+        ] {
+            assert!(!is_label_key(bad), "{bad}");
+        }
+        for good in ["", "eu", "a100", "-x_", "v1.2", &"v".repeat(63)] {
+            assert!(is_label_value(good), "{good}");
+        }
+        for bad in [
+            "eu west",
+            "a/b",
+            "a,b",
+            "a=b",
+            "{{params.x}}",
+            "é",
+            &"v".repeat(64),
+        ] {
+            assert!(!is_label_value(bad), "{bad}");
         }
     }
 
