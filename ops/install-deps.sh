@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Drover needs on Debian, only if missing:
-# etcd, nats-server (JetStream), protoc, and Python 3 for the example pipeline.
+# etcd, nats-server (JetStream), protoc, Python 3 for the example pipeline,
+# Docker (the agent's default executor) and a static busybox (the docker
+# tests build their image from it, no registry needed).
 # Shared by ops/quickstart.sh and ops/test.sh.
 set -euo pipefail
 
@@ -10,6 +12,8 @@ command -v nats-server >/dev/null || need+=(nats-server)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v python3 >/dev/null || need+=(python3)
 command -v cc >/dev/null || need+=(build-essential)
+command -v dockerd >/dev/null || need+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -4,7 +4,8 @@
 //!   attempts this agent knows, turn how a process ended into the reported
 //!   failure. No I/O; unit-tested.
 //! * `shell` — the I/O around it: NATS (assign/cancel request-reply,
-//!   heartbeats, JetStream events), the object store, process groups.
+//!   heartbeats, JetStream events), the object store, process groups and
+//!   Docker containers.
 //!
 //! [`Agent::run`] is the whole service; `main.rs` only parses flags and
 //! waits for a signal.
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 pub use options::{AgentConfig, AgentOptions};
 pub use shell::agent::Agent;
+pub use shell::executor::docker::DockerConfig;
 
 /// Why the agent could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,11 @@ pub enum AgentError {
 
     #[error("connecting to NATS at `{url}`: {reason}")]
     Connect { url: String, reason: String },
+
+    /// The docker executor is enabled and Docker does not answer (or listing
+    /// this agent's containers failed).
+    #[error("docker executor: {0}")]
+    Docker(String),
 
     #[error("events stream `{name}`: {reason}")]
     Stream { name: String, reason: String },

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_api::naming::DEFAULT_NATS_PREFIX;
-use drover_api::spec::parse_duration;
+use drover_api::spec::{parse_cpu, parse_duration, parse_memory};
 
+use crate::core::capacity::{self, CapacityConfig, CapacityRequest};
 use crate::core::executor::{self, ExecutorKind};
+use crate::core::gpu::{DEFAULT_SIMULATED_GPU_MEMORY, DEFAULT_SIMULATED_GPU_MODEL};
+use crate::shell::executor::docker::{self, DockerConfig};
 use crate::shell::host;
 use crate::AgentError;
 
@@ -25,12 +28,13 @@ pub struct AgentOptions {
     #[arg(long, env = "DROVER_AGENT_ID")]
     pub id: Option<String>,
 
-    /// Executors to offer, comma-separated (implemented: process).
+    /// Executors to offer, comma-separated: docker, process (tasks run as
+    /// plain processes with the agent's rights: off unless named).
     #[arg(
         long,
         env = "DROVER_EXECUTORS",
         value_delimiter = ',',
-        default_value = "process"
+        default_value = "docker"
     )]
     pub executors: Vec<String>,
 
@@ -49,6 +53,66 @@ pub struct AgentOptions {
     /// Between SIGTERM and SIGKILL when stopping a task (timeout, cancel, shutdown).
     #[arg(long, env = "DROVER_KILL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub kill_grace: Duration,
+
+    /// Docker Engine socket (docker executor).
+    #[arg(long, env = "DROVER_DOCKER_HOST", default_value = docker::DEFAULT_HOST)]
+    pub docker_host: String,
+
+    /// Network of task containers: bridge, none, host, or a network's name.
+    #[arg(long, env = "DROVER_DOCKER_NETWORK", default_value = "bridge")]
+    pub docker_network: String,
+
+    /// Longest an image pull may take before the attempt fails (e.g. 15m).
+    #[arg(long, env = "DROVER_DOCKER_PULL_TIMEOUT", default_value = "15m", value_parser = duration_arg)]
+    pub docker_pull_timeout: Duration,
+
+    /// On shutdown, stop task containers and report their attempts failed,
+    /// instead of leaving them running for the next agent start to adopt.
+    #[arg(long, env = "DROVER_DOCKER_STOP_ON_SHUTDOWN")]
+    pub docker_stop_on_shutdown: bool,
+
+    /// CPUs to offer, fractions allowed (e.g. 4, 1.5, 500m); at most the
+    /// machine's [default: every logical CPU].
+    #[arg(long = "cpus", value_name = "CPUS", env = "DROVER_CPUS", value_parser = parse_cpu)]
+    pub cpu_millis: Option<u32>,
+
+    /// Memory to offer (e.g. 8Gi, 512Mi); at most the machine's [default: all of it].
+    #[arg(long = "memory", value_name = "MEMORY", env = "DROVER_MEMORY", value_parser = parse_memory)]
+    pub memory_bytes: Option<u64>,
+
+    /// A label for tasks' node_selector, key=value; repeat the flag for
+    /// several (comma-separated in DROVER_LABELS).
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "DROVER_LABELS",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
+
+    /// Advertise this many simulated GPUs instead of the machine's (tests,
+    /// demos): no device behind them, UUIDs start with GPU-SIMULATED-.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DROVER_SIMULATE_GPUS",
+        default_value_t = 0
+    )]
+    pub simulate_gpus: u32,
+
+    /// Model name of the simulated GPUs.
+    #[arg(long, env = "DROVER_SIMULATE_GPU_MODEL", default_value = DEFAULT_SIMULATED_GPU_MODEL)]
+    pub simulate_gpu_model: String,
+
+    /// Memory of each simulated GPU (e.g. 80Gi).
+    #[arg(
+        long = "simulate-gpu-memory",
+        value_name = "MEMORY",
+        env = "DROVER_SIMULATE_GPU_MEMORY",
+        default_value = "80Gi",
+        value_parser = parse_memory
+    )]
+    pub simulate_gpu_memory_bytes: u64,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -67,6 +131,8 @@ pub struct AgentConfig {
     pub nats_prefix: String,
     pub heartbeat_interval: Duration,
     pub kill_grace: Duration,
+    pub docker: DockerConfig,
+    pub capacity: CapacityConfig,
 }
 
 impl AgentOptions {
@@ -77,11 +143,21 @@ impl AgentOptions {
             nats: nats.into(),
             artifacts: artifacts.into(),
             id: None,
-            executors: vec![ExecutorKind::Process.name().to_owned()],
+            executors: vec![ExecutorKind::Docker.name().to_owned()],
             work_dir: PathBuf::from("/var/lib/drover/work"),
             nats_prefix: DEFAULT_NATS_PREFIX.to_owned(),
             heartbeat_interval: Duration::from_secs(2),
             kill_grace: Duration::from_secs(10),
+            docker_host: docker::DEFAULT_HOST.to_owned(),
+            docker_network: "bridge".to_owned(),
+            docker_pull_timeout: Duration::from_secs(15 * 60),
+            docker_stop_on_shutdown: false,
+            cpu_millis: None,
+            memory_bytes: None,
+            labels: Vec::new(),
+            simulate_gpus: 0,
+            simulate_gpu_model: DEFAULT_SIMULATED_GPU_MODEL.to_owned(),
+            simulate_gpu_memory_bytes: DEFAULT_SIMULATED_GPU_MEMORY,
         }
     }
 
@@ -98,7 +174,26 @@ impl AgentOptions {
         };
         subject_token("agent id", &id).map_err(invalid)?;
         let executors = executor::parse_list(&self.executors).map_err(invalid)?;
+        let docker = DockerConfig::new(
+            &self.docker_host,
+            &self.docker_network,
+            self.docker_pull_timeout,
+            self.docker_stop_on_shutdown,
+        )
+        .map_err(invalid)?;
         subject_prefix(&self.nats_prefix).map_err(invalid)?;
+        let capacity = capacity::resolve(
+            &CapacityRequest {
+                cpu_millis: self.cpu_millis,
+                memory_bytes: self.memory_bytes,
+                labels: &self.labels,
+                simulate_gpus: self.simulate_gpus,
+                simulate_gpu_model: &self.simulate_gpu_model,
+                simulate_gpu_memory_bytes: self.simulate_gpu_memory_bytes,
+            },
+            host::machine_capacity(),
+        )
+        .map_err(invalid)?;
         if self.artifacts.trim().is_empty() {
             return Err(invalid(
                 "--artifacts (DROVER_ARTIFACTS) is empty".to_owned(),
@@ -124,6 +219,8 @@ impl AgentOptions {
             nats_prefix: self.nats_prefix.clone(),
             heartbeat_interval: self.heartbeat_interval,
             kill_grace: self.kill_grace,
+            docker,
+            capacity,
         })
     }
 }
@@ -184,7 +281,8 @@ mod tests {
                 .unwrap();
         let cfg = cli.opts.validate().unwrap();
         assert_eq!(cfg.id, "a1");
-        assert_eq!(cfg.executors, vec![ExecutorKind::Process]);
+        assert_eq!(cfg.executors, vec![ExecutorKind::Docker]);
+        assert_eq!(cfg.docker.network, "bridge");
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(cfg.kill_grace, Duration::from_secs(10));
         assert_eq!(cfg.nats_prefix, "drover");
@@ -216,15 +314,46 @@ mod tests {
     }
 
     #[test]
-    fn docker_is_refused_at_startup() {
+    fn new_matches_the_flag_defaults() {
+        let cli =
+            Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])
+                .unwrap();
+        let mut opts = AgentOptions::new(cli.opts.nats.clone(), "file:///tmp/a");
+        opts.id = Some("a1".into());
+        assert_eq!(format!("{:?}", opts), format!("{:?}", cli.opts));
+    }
+
+    #[test]
+    fn docker_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "--artifacts=file:///tmp/a",
+            "--id=a1",
+            "--docker-host=/run/user/1000/docker.sock",
+            "--docker-network=none",
+            "--docker-pull-timeout=90s",
+            "--docker-stop-on-shutdown",
+        ])
+        .unwrap();
+        let cfg = cli.opts.validate().unwrap();
+        assert_eq!(cfg.docker.socket, "/run/user/1000/docker.sock");
+        assert_eq!(cfg.docker.network, "none");
+        assert_eq!(cfg.docker.pull_timeout, Duration::from_secs(90));
+        assert!(cfg.docker.stop_on_shutdown);
+    }
+
+    #[test]
+    fn unknown_executors_and_docker_options_are_refused() {
         let mut opts = AgentOptions::new("nats://x", "file:///tmp/a");
         opts.id = Some("a1".into());
-        opts.executors = vec!["process".into(), "docker".into()];
+        opts.executors = vec!["process".into(), "podman".into()];
         let err = opts.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("executor `docker` is not implemented"),
-            "{err}"
-        );
+        assert!(err.contains("unknown executor `podman`"), "{err}");
+
+        opts.executors = vec!["docker".into()];
+        opts.docker_host = "tcp://10.0.0.1:2375".into();
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(err.contains("--docker-host"), "{err}");
     }
 
     #[test]
@@ -251,5 +380,90 @@ mod tests {
             .validate()
             .unwrap();
         assert!(!cfg.id.is_empty() && !cfg.id.contains('.'));
+    }
+
+    #[test]
+    fn capacity_flags_parse() {
+        use crate::core::gpu::GpuSource;
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "--artifacts=file:///tmp/a",
+            "--id=a1",
+            "--cpus=0.5",
+            "--memory=256Mi",
+            "--label=zone=a",
+            "--label",
+            "tier=gold",
+            "--simulate-gpus=2",
+            "--simulate-gpu-model=Simulated H100",
+            "--simulate-gpu-memory=40Gi",
+        ])
+        .unwrap();
+        assert_eq!(cli.opts.cpu_millis, Some(500));
+        assert_eq!(cli.opts.memory_bytes, Some(256 << 20));
+        let cfg = cli.opts.validate().unwrap();
+        assert_eq!(
+            (cfg.capacity.cpu_millis, cfg.capacity.memory_bytes),
+            (500, 256 << 20)
+        );
+        assert_eq!(
+            cfg.capacity.labels.iter().collect::<Vec<_>>(),
+            [
+                (&"tier".to_owned(), &"gold".to_owned()),
+                (&"zone".to_owned(), &"a".to_owned())
+            ]
+        );
+        assert_eq!(
+            cfg.capacity.gpus,
+            GpuSource::Simulated {
+                count: 2,
+                model: "Simulated H100".into(),
+                memory_bytes: 40 << 30
+            }
+        );
+
+        // Defaults: the whole machine, NVML.
+        let cfg = AgentOptions::new("nats://x", "file:///tmp/a")
+            .validate()
+            .unwrap();
+        assert_eq!(cfg.capacity.cpu_millis, host::machine_capacity().cpu_millis);
+        assert_eq!(cfg.capacity.gpus, GpuSource::Nvml);
+        assert!(cfg.capacity.labels.is_empty());
+    }
+
+    #[test]
+    fn capacity_flags_are_checked() {
+        let err = Cli::try_parse_from(["drover-agent", "--artifacts=x", "--cpus=1.0005"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--cpus") && err.contains("1m"), "{err}");
+        let err = Cli::try_parse_from(["drover-agent", "--artifacts=x", "--memory=lots"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--memory") && err.contains("invalid quantity"),
+            "{err}"
+        );
+
+        let mut opts = AgentOptions::new("nats://x", "file:///tmp/a");
+        opts.cpu_millis = Some(u32::MAX);
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--cpus (DROVER_CPUS)") && err.contains("more than this machine"),
+            "{err}"
+        );
+        opts.cpu_millis = None;
+        opts.memory_bytes = Some(u64::MAX);
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(err.contains("--memory (DROVER_MEMORY)"), "{err}");
+        opts.memory_bytes = None;
+        opts.labels = vec!["zone a".into()];
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("label `zone a`") && err.contains("key=value"),
+            "{err}"
+        );
     }
 }

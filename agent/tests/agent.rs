@@ -422,14 +422,13 @@ async fn shutdown_stops_running_attempts_and_reports_them() -> Result<()> {
 async fn startup_refuses_executors_that_do_not_exist() -> Result<()> {
     let mut opts = drover_agent::AgentOptions::new("nats://127.0.0.1:1", "file:///tmp/unused");
     opts.id = Some("a1".into());
-    opts.executors = vec!["process".into(), "docker".into()];
+    opts.executors = vec!["process".into(), "podman".into()];
     let err = drover_agent::Agent::run(opts, std::future::pending())
         .await
         .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("executor `docker` is not implemented"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: unknown executor `podman` (available: process, docker)"
     );
     Ok(())
 }

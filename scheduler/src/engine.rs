@@ -574,11 +574,21 @@ impl Engine {
         let agent = hb.agent_id.clone();
         let runs = &self.runs;
         let reconcile = self.fleet.heartbeat(hb, now, |r| {
-            runs.get(&r.run_id).and_then(|run| run.dag.index_of(&r.task))
+            runs.get(&r.run_id)
+                .and_then(|run| run.dag.index_of(&r.task))
         });
         for (run, task, attempt) in reconcile.lost {
             let reason = format!("agent `{agent}` restarted without it");
-            self.apply_to(&run, Event::Lost { task, attempt, reason }, now, turn);
+            self.apply_to(
+                &run,
+                Event::Lost {
+                    task,
+                    attempt,
+                    reason,
+                },
+                now,
+                turn,
+            );
         }
         for stray in reconcile.cancel {
             info!(agent = %agent, run = %stray.run_id, task = %stray.task, attempt = stray.attempt, "cancelling an attempt the scheduler does not expect");
@@ -591,7 +601,16 @@ impl Engine {
     /// Agents silent past the timeout are lost; their attempts run again elsewhere.
     fn expire_agents(&mut self, now: u64, turn: &mut Turn) {
         for ((run, task, attempt), reason) in self.fleet.expire(self.opts.agent_timeout, now) {
-            self.apply_to(&run, Event::Lost { task, attempt, reason }, now, turn);
+            self.apply_to(
+                &run,
+                Event::Lost {
+                    task,
+                    attempt,
+                    reason,
+                },
+                now,
+                turn,
+            );
         }
     }
 

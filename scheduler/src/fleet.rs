@@ -195,10 +195,9 @@ impl Fleet {
                 if a.agent != id {
                     continue;
                 }
-                let still_there = hb
-                    .running
-                    .iter()
-                    .any(|r| &r.run_id == run && task_of(r) == Some(*task) && r.attempt == a.attempt);
+                let still_there = hb.running.iter().any(|r| {
+                    &r.run_id == run && task_of(r) == Some(*task) && r.attempt == a.attempt
+                });
                 if !still_there {
                     out.lost.push((run.clone(), *task, a.attempt));
                 }
@@ -291,7 +290,11 @@ impl Fleet {
     }
 
     /// The public view of one agent.
-    pub fn view(&self, id: &str, describe: impl Fn(&str, usize, u32) -> String) -> Option<pb::Agent> {
+    pub fn view(
+        &self,
+        id: &str,
+        describe: impl Fn(&str, usize, u32) -> String,
+    ) -> Option<pb::Agent> {
         let a = self.agents.get(id)?;
         let hb = a.last.clone().unwrap_or_default();
         let holders: BTreeMap<&str, String> = self
@@ -378,7 +381,11 @@ mod tests {
                 agent: "a".into(),
                 attempt,
                 req: Request::new("", 500, 0),
-                gpus: if gpus { vec![(0, "GPU-0".into())] } else { vec![] },
+                gpus: if gpus {
+                    vec![(0, "GPU-0".into())]
+                } else {
+                    vec![]
+                },
             },
         );
     }
@@ -439,7 +446,11 @@ mod tests {
         let r = f.heartbeat(hb("a", "i1", &stale), 1, task_of);
         assert!(r.cancel.is_empty(), "first sighting: maybe in flight");
         let r = f.heartbeat(hb("a", "i1", &stale), 2, task_of);
-        let mut names: Vec<_> = r.cancel.iter().map(|c| (c.run_id.as_str(), c.attempt)).collect();
+        let mut names: Vec<_> = r
+            .cancel
+            .iter()
+            .map(|c| (c.run_id.as_str(), c.attempt))
+            .collect();
         names.sort();
         assert_eq!(names, vec![("old", 1), ("r1", 1)]);
     }

@@ -348,7 +348,13 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         "{}",
         err.message()
     );
-    assert!(c.etcd_keys().await.is_empty(), "{:?}", c.etcd_keys().await);
+    // Nothing of any run: only the agent's own registry record exists.
+    let keys = c.etcd_keys().await;
+    assert_eq!(
+        keys,
+        vec![format!("{}/agents/agent-1", c.prefix)],
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,27 +1,33 @@
-//! Which executors exist, and which one a task needs.
+//! Which executors exist, which one a task needs, and the `DROVER_*`
+//! environment every executor gives a task.
 
 use std::fmt;
 
 use drover_api::pb::TaskSpec;
 
+use super::assign::AttemptPlan;
+
 /// An executor this build of the agent implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExecutorKind {
     /// The task's command as a plain child process (its own process group).
+    /// Off unless named in `--executors`, like Nomad's `raw_exec`: the task
+    /// runs with the agent's own rights.
     Process,
+    /// The task's command in a container of its image, through the Docker
+    /// engine. Containers outlive an agent restart and are re-adopted.
+    Docker,
 }
-
-/// Executors that exist in Drover's design but not in this build yet.
-const PLANNED: &[&str] = &["docker"];
 
 impl ExecutorKind {
     /// Every implemented executor.
-    pub const ALL: &'static [ExecutorKind] = &[ExecutorKind::Process];
+    pub const ALL: &'static [ExecutorKind] = &[ExecutorKind::Process, ExecutorKind::Docker];
 
     /// The name used in `--executors`, heartbeats and refusal reasons.
     pub fn name(self) -> &'static str {
         match self {
             ExecutorKind::Process => "process",
+            ExecutorKind::Docker => "docker",
         }
     }
 
@@ -31,16 +37,10 @@ impl ExecutorKind {
         if let Some(kind) = Self::ALL.iter().find(|k| k.name() == name) {
             return Ok(*kind);
         }
-        let available = names(Self::ALL);
-        if PLANNED.contains(&name) {
-            Err(format!(
-                "executor `{name}` is not implemented in this build of drover-agent (available: {available})"
-            ))
-        } else {
-            Err(format!(
-                "unknown executor `{name}` (available: {available})"
-            ))
-        }
+        Err(format!(
+            "unknown executor `{name}` (available: {})",
+            names(Self::ALL)
+        ))
     }
 }
 
@@ -77,8 +77,31 @@ pub fn required_executor(task: &TaskSpec) -> &'static str {
     if task.image.is_empty() {
         ExecutorKind::Process.name()
     } else {
-        "docker"
+        ExecutorKind::Docker.name()
     }
+}
+
+/// What a task sees, whatever runs it: the plan's own environment (task env
+/// and GPU variables), then the `DROVER_*` variables, with `inputs` and
+/// `outputs` as the task itself sees those directories (host paths for a
+/// process, mount points inside a container).
+pub fn task_env(
+    plan: &AttemptPlan,
+    agent_id: &str,
+    inputs: &str,
+    outputs: &str,
+) -> Vec<(String, String)> {
+    let key = &plan.key;
+    let mut env = plan.env.clone();
+    env.extend([
+        ("DROVER_RUN_ID".to_owned(), key.run_id.clone()),
+        ("DROVER_TASK".to_owned(), key.task.clone()),
+        ("DROVER_ATTEMPT".to_owned(), key.attempt.to_string()),
+        ("DROVER_AGENT_ID".to_owned(), agent_id.to_owned()),
+        ("DROVER_INPUTS".to_owned(), inputs.to_owned()),
+        ("DROVER_OUTPUTS".to_owned(), outputs.to_owned()),
+    ]);
+    env
 }
 
 /// `process, docker`: for messages.
@@ -100,10 +123,15 @@ mod tests {
             parse_list(&["process", " process "]),
             Ok(vec![ExecutorKind::Process])
         );
-        let err = parse_list(&["process", "docker"]).unwrap_err();
-        assert!(err.contains("`docker` is not implemented"), "{err}");
+        assert_eq!(
+            parse_list(&["docker", "process", "docker"]),
+            Ok(vec![ExecutorKind::Docker, ExecutorKind::Process])
+        );
         let err = parse_list(&["podman"]).unwrap_err();
-        assert!(err.contains("unknown executor `podman`"), "{err}");
+        assert_eq!(
+            err,
+            "unknown executor `podman` (available: process, docker)"
+        );
         let err = parse_list::<&str>(&[""]).unwrap_err();
         assert!(err.contains("no executor enabled"), "{err}");
     }
@@ -114,5 +142,6 @@ mod tests {
         assert_eq!(required_executor(&task), "process");
         task.image = "python:3.12".into();
         assert_eq!(required_executor(&task), "docker");
+        assert_eq!(ExecutorKind::parse("docker"), Ok(ExecutorKind::Docker));
     }
 }

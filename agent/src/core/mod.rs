@@ -4,8 +4,11 @@
 //! (`crate::shell`) performs what these functions decide.
 
 pub mod assign;
+pub mod capacity;
+pub mod container;
 pub mod duration;
 pub mod executor;
+pub mod gpu;
 pub mod outcome;
 pub mod table;
 

@@ -15,10 +15,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::core::{decide_assign, AssignDecision, AttemptKey, StopCause};
+use crate::core::container::{started_with_work_dir, LABEL_WORK_DIR};
+use crate::core::{decide_assign, AssignDecision, AttemptKey, ExecutorKind, StopCause};
 use crate::options::{AgentConfig, AgentOptions};
 use crate::shell::attempt::{self, AttemptContext};
 use crate::shell::events::{self, EventPublisher};
+use crate::shell::executor::DockerExecutor;
 use crate::shell::heartbeat::{self, HeartbeatConfig};
 use crate::shell::registry::{Registry, StopRequest};
 use crate::AgentError;
@@ -32,7 +34,10 @@ pub struct Agent;
 
 impl Agent {
     /// Runs the agent until `shutdown` resolves, then stops every running
-    /// attempt (SIGTERM, `--kill-grace`, SIGKILL), reports them failed, and returns.
+    /// attempt (SIGTERM, `--kill-grace`, SIGKILL), reports them failed, and
+    /// returns. Containers are left running instead (unless
+    /// `--docker-stop-on-shutdown`): the next start adopts them, as it adopts
+    /// every container labelled with this agent's id.
     pub async fn run(
         opts: AgentOptions,
         shutdown: impl Future<Output = ()> + Send,
@@ -55,6 +60,15 @@ struct Service {
 
 impl Service {
     async fn connect(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let docker = if cfg.executors.contains(&ExecutorKind::Docker) {
+            Some(
+                DockerExecutor::connect(&cfg.docker, &cfg.id)
+                    .await
+                    .map_err(|e| AgentError::Docker(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let store = drover_artifacts::open(&cfg.artifacts).await?;
         tokio::fs::create_dir_all(&cfg.work_dir)
             .await
@@ -98,6 +112,8 @@ impl Service {
             events: EventPublisher::new(js, &cfg.nats_prefix, &cfg.id, abandon_rx),
             registry: registry.clone(),
             kill_grace: cfg.kill_grace,
+            executors: cfg.executors.clone(),
+            docker,
         });
         Ok(Service {
             cfg,
@@ -111,6 +127,12 @@ impl Service {
     }
 
     async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+        let mut attempts = JoinSet::new();
+        // Before the first heartbeat and the first assignment: adopted
+        // attempts are reported running, and a re-sent assignment for one
+        // of them is recognised as a duplicate.
+        self.adopt_containers(&mut attempts).await?;
+
         let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat::run(
             self.client.clone(),
@@ -119,6 +141,7 @@ impl Service {
                 &self.cfg.id,
                 &self.cfg.executors,
                 self.cfg.heartbeat_interval,
+                &self.cfg.capacity,
             ),
             naming::heartbeat_now_subject(&self.cfg.nats_prefix),
             self.registry.clone(),
@@ -133,7 +156,6 @@ impl Service {
             "agent ready"
         );
 
-        let mut attempts = JoinSet::new();
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
@@ -186,7 +208,8 @@ impl Service {
                 Some(stop) => {
                     let key = &plan.key;
                     info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
-                    attempts.spawn(attempt::run(Arc::clone(&self.ctx), *plan, stop));
+                    let ctx = Arc::clone(&self.ctx);
+                    attempts.spawn(attempt::run(ctx, *plan, msg.payload.clone(), stop));
                     accepted()
                 }
                 None => accepted(),
@@ -253,6 +276,53 @@ impl Service {
         if let Err(e) = self.client.publish(reply, Bytes::from(body)).await {
             warn!(subject = %msg.subject, error = %e, "sending reply failed");
         }
+    }
+
+    /// Adopts the containers an earlier life of this agent started (found by
+    /// their `drover.agent` label): running or exited, each is finished as if
+    /// this agent had started it. One whose plan is lost is stopped and removed.
+    async fn adopt_containers(&self, attempts: &mut JoinSet<()>) -> Result<(), AgentError> {
+        let Some(docker) = self.ctx.docker.as_ref() else {
+            return Ok(());
+        };
+        let found = docker
+            .list_owned()
+            .await
+            .map_err(|e| AgentError::Docker(e.to_string()))?;
+        if !found.is_empty() {
+            info!(
+                containers = found.len(),
+                "found containers from an earlier start"
+            );
+        }
+        for container in found {
+            if !started_with_work_dir(&container.labels, &self.ctx.work_dir) {
+                warn!(
+                    container = %container.name,
+                    work_dir = ?container.labels.get(LABEL_WORK_DIR),
+                    "a container with this agent's id was started with another work dir; leaving it alone"
+                );
+                continue;
+            }
+            let ctx = Arc::clone(&self.ctx);
+            match attempt::recover_plan(&ctx, &container).await {
+                Ok(plan) => match self.registry.start(plan.key.clone()) {
+                    Some(stop) => {
+                        attempts.spawn(attempt::adopt(ctx, plan, container, stop));
+                    }
+                    None => {
+                        let reason = format!("attempt {} already has a container", plan.key);
+                        attempts.spawn(attempt::abandon(ctx, container, None, reason));
+                    }
+                },
+                Err((key, reason)) => {
+                    // Known (so not started again) until its failure is reported.
+                    let key = key.filter(|k| self.registry.start(k.clone()).is_some());
+                    attempts.spawn(attempt::abandon(ctx, container, key, reason));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// SIGTERM → grace → SIGKILL every running attempt, give them time to

@@ -1,24 +1,41 @@
 //! One attempt, start to finish: started event, work directory, inputs,
-//! the process under timeout and cancel, outputs, log, final event.
+//! the task (a process or a container) under timeout and cancel, outputs,
+//! log, final event. Also the containers a restarted agent finds: adopted
+//! and finished the same way, or stopped when their plan is lost.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_api::pb::{attempt_event::Kind, Artifact, AttemptStarted, AttemptSucceeded};
+use bytes::Bytes;
+use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptStarted, AttemptSucceeded};
 use drover_artifacts::Store;
+use prost::Message as _;
 use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::core::{AttemptKey, AttemptPlan, Failure, StopCause, Termination};
+use crate::core::container::{self, container_spec, HostDirs, ImageAction};
+use crate::core::executor::task_env;
+use crate::core::{
+    decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, StopCause,
+    Termination,
+};
 use crate::shell::events::EventPublisher;
-use crate::shell::executor::{self, process::termination_of, ProcessSpec, RunningProcess};
+use crate::shell::executor::docker::FoundContainer;
+use crate::shell::executor::{DockerExecutor, ExecError, ProcessSpec, Running, RunningProcess};
+use crate::shell::host::now_ms;
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
 
 /// The task's stdout and stderr, inside the attempt directory.
 pub const LOG_FILE: &str = "drover-attempt.log";
 pub const INPUTS_DIR: &str = "inputs";
 pub const OUTPUTS_DIR: &str = "outputs";
+/// A container's working directory (`/drover/work`).
+pub const WORK_DIR: &str = "work";
+/// The `Assignment` of a docker attempt, as received: what a restarted agent
+/// needs to finish the attempt its container runs.
+pub const ASSIGNMENT_FILE: &str = "assignment.pb";
 
 /// What every attempt on this agent shares.
 pub struct AttemptContext {
@@ -30,6 +47,10 @@ pub struct AttemptContext {
     pub registry: Registry,
     /// SIGTERM → SIGKILL grace for timeouts.
     pub kill_grace: Duration,
+    /// The executors enabled here (an adopted container's plan is checked again).
+    pub executors: Vec<ExecutorKind>,
+    /// Set when the docker executor is enabled (and the engine answered at startup).
+    pub docker: Option<DockerExecutor>,
 }
 
 impl AttemptContext {
@@ -42,9 +63,24 @@ impl AttemptContext {
     }
 }
 
+/// How executing an attempt ended.
+enum Outcome {
+    /// Report this (`Ok`: the uploaded outputs of a successful attempt).
+    Finished(Result<Vec<Artifact>, Failure>),
+    /// Its container was left running as the agent shuts down: no final
+    /// event; the next agent start adopts it.
+    Detached,
+}
+
 /// Runs one attempt to its final event. The attempt must already be
-/// registered (it is removed from the registry here, once its final event is acked).
-pub async fn run(ctx: Arc<AttemptContext>, plan: AttemptPlan, mut stop: StopSignal) {
+/// registered (it is removed from the registry here, once its final event
+/// is acked). `assignment` is the message the plan came from.
+pub async fn run(
+    ctx: Arc<AttemptContext>,
+    plan: AttemptPlan,
+    assignment: Bytes,
+    mut stop: StopSignal,
+) {
     let key = plan.key.clone();
     let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
     let dir = ctx.attempt_dir(&key);
@@ -61,12 +97,153 @@ pub async fn run(ctx: Arc<AttemptContext>, plan: AttemptPlan, mut stop: StopSign
     info!(run = %run, task = %task, attempt, dir = %dir.display(), "started");
 
     let log_path = dir.join(LOG_FILE);
-    let result = execute(&ctx, &plan, &dir, &log_path, &mut stop).await;
+    let outcome = match start(&ctx, &plan, &assignment, &dir, &log_path, &mut stop).await {
+        Ok(running) => {
+            run_to_end(
+                &ctx,
+                &plan,
+                running,
+                plan.timeout,
+                &dir,
+                &log_path,
+                &mut stop,
+            )
+            .await
+        }
+        Err(failure) => Outcome::Finished(Err(failure)),
+    };
+    conclude(&ctx, &plan, &dir, &log_path, outcome).await;
+}
+
+/// Finishes an attempt whose container an earlier life of this agent
+/// started, as if this one had: follows it (or collects it, if it already
+/// exited), uploads outputs and log, publishes the final event. Its started
+/// event was published back then. The attempt must already be registered.
+pub async fn adopt(
+    ctx: Arc<AttemptContext>,
+    plan: AttemptPlan,
+    found: FoundContainer,
+    mut stop: StopSignal,
+) {
+    let key = plan.key.clone();
+    let dir = ctx.attempt_dir(&key);
+    let log_path = dir.join(LOG_FILE);
+    let outcome = match ctx.docker.as_ref() {
+        // Only called when a docker executor listed the container.
+        None => Outcome::Finished(Err(Failure::agent("the docker executor is not enabled"))),
+        Some(docker) => match docker.adopt(&found, &log_path).await {
+            Ok(container) => {
+                info!(
+                    run = %key.run_id, task = %key.task, attempt = key.attempt,
+                    container = %found.name, state = %found.state, "adopted"
+                );
+                // The timeout counts from the container's creation.
+                let created_ms = u64::try_from(found.created_s)
+                    .unwrap_or(0)
+                    .saturating_mul(1000);
+                let elapsed = Duration::from_millis(now_ms().saturating_sub(created_ms));
+                let timeout = plan.timeout.map(|t| t.saturating_sub(elapsed));
+                let running = Running::Container(container);
+                run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop).await
+            }
+            Err(e) => {
+                docker.discard(&found).await;
+                Outcome::Finished(Err(Failure::agent(e.to_string())))
+            }
+        },
+    };
+    conclude(&ctx, &plan, &dir, &log_path, outcome).await;
+}
+
+/// The plan of a container found at startup, from its labels and the
+/// assignment saved in its attempt directory, checked again as a new
+/// assignment would be. `Err` carries the attempt (when the labels name
+/// one) and why the plan is lost.
+pub async fn recover_plan(
+    ctx: &AttemptContext,
+    found: &FoundContainer,
+) -> Result<AttemptPlan, (Option<AttemptKey>, String)> {
+    let key = container::key_from_labels(&found.labels).map_err(|e| (None, e))?;
+    let lost = |reason: String| (Some(key.clone()), reason);
+    let path = ctx.attempt_dir(&key).join(ASSIGNMENT_FILE);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| lost(format!("reading `{}`: {e}", path.display())))?;
+    let assignment = Assignment::decode(bytes.as_slice())
+        .map_err(|e| lost(format!("decoding `{}`: {e}", path.display())))?;
+    match decide_assign(&ctx.agent_id, &ctx.executors, &assignment, |_| false) {
+        AssignDecision::Start(plan) if plan.key == key && plan.executor == ExecutorKind::Docker => {
+            Ok(*plan)
+        }
+        AssignDecision::Start(plan) => Err(lost(format!(
+            "`{}` is for attempt {} ({} executor)",
+            path.display(),
+            plan.key,
+            plan.executor
+        ))),
+        AssignDecision::Refuse(reason) => Err(lost(format!(
+            "the saved assignment is no longer accepted: {reason}"
+        ))),
+        AssignDecision::Duplicate(_) => Err(lost("the saved assignment is a duplicate".to_owned())),
+    }
+}
+
+/// A container found at startup whose attempt cannot be finished: it is
+/// killed and removed, and its attempt reported failed. `key`, when given,
+/// is registered (it is removed from the registry here).
+pub async fn abandon(
+    ctx: Arc<AttemptContext>,
+    found: FoundContainer,
+    key: Option<AttemptKey>,
+    reason: String,
+) {
+    error!(
+        container = %found.name, attempt = ?key.as_ref().map(ToString::to_string), reason = %reason,
+        "cannot recover the plan of a container this agent started; stopping and removing it"
+    );
+    if let Some(docker) = ctx.docker.as_ref() {
+        docker.discard(&found).await;
+    }
+    let Some(key) = key else { return };
+    let failure = Failure::agent(format!(
+        "agent `{}` restarted and could not recover the attempt: {reason}",
+        ctx.agent_id
+    ));
+    if let Err(e) = ctx
+        .events
+        .publish(&key, Kind::Failed(failure.into_event(String::new())))
+        .await
+    {
+        warn!(attempt = %key, error = %e, "final event not published");
+    }
+    ctx.registry.finish(&key);
+    let dir = ctx.attempt_dir(&key);
+    remove_attempt_dir(&ctx.work_dir, &dir).await;
+}
+
+/// Uploads the log, publishes the final event, forgets the attempt and
+/// removes its directory.
+async fn conclude(
+    ctx: &AttemptContext,
+    plan: &AttemptPlan,
+    dir: &Path,
+    log_path: &Path,
+    outcome: Outcome,
+) {
+    let key = &plan.key;
+    let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
+    let result = match outcome {
+        Outcome::Finished(result) => result,
+        Outcome::Detached => {
+            info!(run = %run, task = %task, attempt, "container left running at shutdown");
+            return;
+        }
+    };
     if let Err(failure) = &result {
-        note_in_log(&log_path, &format!("attempt failed: {}", failure.reason)).await;
+        note_in_log(log_path, &format!("attempt failed: {}", failure.reason)).await;
     }
 
-    let log_key = match ctx.store.upload_file(&plan.log_key, &log_path).await {
+    let log_key = match ctx.store.upload_file(&plan.log_key, log_path).await {
         Ok(_) => Ok(plan.log_key.clone()),
         Err(e) => {
             warn!(run = %run, task = %task, attempt, key = %plan.log_key, error = %e, "uploading log failed");
@@ -92,27 +269,36 @@ pub async fn run(ctx: Arc<AttemptContext>, plan: AttemptPlan, mut stop: StopSign
             Kind::Failed(failure.into_event(log_key.unwrap_or_default()))
         }
     };
-    if let Err(e) = ctx.events.publish(&key, final_event).await {
+    if let Err(e) = ctx.events.publish(key, final_event).await {
         warn!(run = %run, task = %task, attempt, error = %e, "final event not published");
     }
-    ctx.registry.finish(&key);
-    remove_attempt_dir(&ctx.work_dir, &dir).await;
+    ctx.registry.finish(key);
+    remove_attempt_dir(&ctx.work_dir, dir).await;
 }
 
-/// Everything between the started and the final event. `Ok` carries the
-/// uploaded outputs of a successful attempt.
-async fn execute(
+/// Everything between the started event and the task running: work dir,
+/// inputs, then the process or container.
+async fn start(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
+    assignment: &[u8],
     dir: &Path,
     log_path: &Path,
     stop: &mut StopSignal,
-) -> Result<Vec<Artifact>, Failure> {
+) -> Result<Running, Failure> {
     let inputs = dir.join(INPUTS_DIR);
     let outputs = dir.join(OUTPUTS_DIR);
-    let log = prepare_dir(dir, &inputs, &outputs, log_path)
-        .await
-        .map_err(|e| Failure::agent(format!("preparing work dir `{}`: {e}", dir.display())))?;
+    let work = dir.join(WORK_DIR);
+    let docker = plan.executor == ExecutorKind::Docker;
+    let log = prepare_dir(
+        dir,
+        &inputs,
+        &outputs,
+        docker.then_some(work.as_path()),
+        log_path,
+    )
+    .await
+    .map_err(|e| Failure::agent(format!("preparing work dir `{}`: {e}", dir.display())))?;
 
     for input in &plan.inputs {
         let dest = inputs.join(&input.name);
@@ -130,45 +316,107 @@ async fn execute(
     }
 
     let key = &plan.key;
-    let mut env = plan.env.clone();
-    env.extend([
-        ("DROVER_RUN_ID".to_owned(), key.run_id.clone()),
-        ("DROVER_TASK".to_owned(), key.task.clone()),
-        ("DROVER_ATTEMPT".to_owned(), key.attempt.to_string()),
-        ("DROVER_AGENT_ID".to_owned(), ctx.agent_id.clone()),
-        (
-            "DROVER_INPUTS".to_owned(),
-            inputs.to_string_lossy().into_owned(),
-        ),
-        (
-            "DROVER_OUTPUTS".to_owned(),
-            outputs.to_string_lossy().into_owned(),
-        ),
-    ]);
-    let spec = ProcessSpec {
-        command: &plan.command,
-        cwd: dir,
-        env,
-        log,
-    };
-    let mut process =
-        executor::spawn(plan.executor, spec).map_err(|e| Failure::agent(e.to_string()))?;
-    info!(
-        run = %key.run_id, task = %key.task, attempt = key.attempt, pgid = process.pgid(),
-        "process running"
-    );
-    let termination = supervise(&mut process, plan.timeout, stop, ctx.kill_grace).await;
-    // Whatever the leader left behind in its group goes too.
-    process.kill_group();
-    drop(process);
-    let termination = termination.map_err(|e| {
-        let program = plan.command.first().map_or("", String::as_str);
-        Failure::agent(format!("waiting for `{program}`: {e}"))
-    })?;
-    if let Some(failure) = termination.failure() {
-        return Err(failure);
+    match plan.executor {
+        ExecutorKind::Process => {
+            let env = task_env(
+                plan,
+                &ctx.agent_id,
+                &inputs.to_string_lossy(),
+                &outputs.to_string_lossy(),
+            );
+            let spec = ProcessSpec {
+                command: &plan.command,
+                cwd: dir,
+                env,
+                log,
+            };
+            let process = RunningProcess::spawn(spec).map_err(|e| Failure::agent(e.to_string()))?;
+            info!(
+                run = %key.run_id, task = %key.task, attempt = key.attempt, pgid = process.pgid(),
+                "process running"
+            );
+            Ok(Running::Process(process))
+        }
+        ExecutorKind::Docker => {
+            // decide_assign plans docker attempts only when the executor is
+            // enabled, and then the agent connected to Docker at startup.
+            let Some(docker) = ctx.docker.as_ref() else {
+                return Err(Failure::agent("the docker executor is not enabled"));
+            };
+            let saved = dir.join(ASSIGNMENT_FILE);
+            tokio::fs::write(&saved, assignment).await.map_err(|e| {
+                Failure::agent(format!(
+                    "saving the assignment to `{}`: {e}",
+                    saved.display()
+                ))
+            })?;
+            let dirs = HostDirs {
+                root: &ctx.work_dir,
+                inputs: &inputs,
+                outputs: &outputs,
+                work: &work,
+            };
+            let spec = container_spec(plan, &ctx.agent_id, dirs, docker.network());
+            let action = ImageAction::for_policy(plan.pull_policy);
+            tokio::select! {
+                ready = docker.ensure_image(&spec.image, action) => {
+                    ready.map_err(|e| Failure::agent(e.to_string()))?;
+                }
+                request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
+            }
+            if let Some(request) = stop.borrow().as_ref() {
+                return Err(Failure::stopped(&request.cause));
+            }
+            let container = docker
+                .start(&spec, log)
+                .await
+                .map_err(|e| Failure::agent(e.to_string()))?;
+            info!(
+                run = %key.run_id, task = %key.task, attempt = key.attempt,
+                container = %container.name(), image = %spec.image, "container running"
+            );
+            Ok(Running::Container(container))
+        }
     }
+}
 
+/// Supervises the running task to its end, cleans up after it, and uploads
+/// the outputs of a successful one.
+async fn run_to_end(
+    ctx: &AttemptContext,
+    plan: &AttemptPlan,
+    mut running: Running,
+    timeout: Option<Duration>,
+    dir: &Path,
+    log_path: &Path,
+    stop: &mut StopSignal,
+) -> Outcome {
+    let ended = match supervise(&mut running, timeout, stop, ctx.kill_grace).await {
+        Supervised::Ended(ended) => ended,
+        Supervised::LeftRunning => {
+            running.detach();
+            return Outcome::Detached;
+        }
+    };
+    for note in running.finish().await {
+        note_in_log(log_path, &note).await;
+    }
+    let termination = match ended {
+        Ok(termination) => termination,
+        Err(e) => return Outcome::Finished(Err(Failure::agent(e.to_string()))),
+    };
+    if let Some(failure) = termination.failure() {
+        return Outcome::Finished(Err(failure));
+    }
+    Outcome::Finished(upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR)).await)
+}
+
+/// The declared outputs of a successful attempt, uploaded.
+async fn upload_outputs(
+    ctx: &AttemptContext,
+    plan: &AttemptPlan,
+    outputs: &Path,
+) -> Result<Vec<Artifact>, Failure> {
     let mut uploaded = Vec::with_capacity(plan.outputs.len());
     for output in &plan.outputs {
         let shown = format!("{OUTPUTS_DIR}/{}", output.path);
@@ -214,13 +462,21 @@ async fn execute(
     Ok(uploaded)
 }
 
-/// Waits for the process, stopping it on timeout or on request.
+/// How supervising ended.
+enum Supervised {
+    /// The task is gone: how it ended, or why that is unknown.
+    Ended(Result<Termination, ExecError>),
+    /// The agent is shutting down and the task outlives it.
+    LeftRunning,
+}
+
+/// Waits for the task, stopping it on timeout or on request.
 async fn supervise(
-    process: &mut RunningProcess,
+    running: &mut Running,
     timeout: Option<Duration>,
     stop: &mut StopSignal,
     kill_grace: Duration,
-) -> std::io::Result<Termination> {
+) -> Supervised {
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -228,12 +484,17 @@ async fn supervise(
         }
     };
     let (cause, grace) = tokio::select! {
-        status = process.wait() => return status.map(termination_of),
+        ended = running.wait() => return Supervised::Ended(ended),
         () = deadline => (StopCause::Timeout(timeout.unwrap_or_default()), kill_grace),
         request = stop_requested(stop) => (request.cause, request.grace),
     };
-    process.stop(grace).await?;
-    Ok(Termination::Stopped(cause))
+    if matches!(cause, StopCause::Shutdown { .. }) && running.survives_shutdown() {
+        return Supervised::LeftRunning;
+    }
+    if let Err(e) = running.stop(grace).await {
+        return Supervised::Ended(Err(e));
+    }
+    Supervised::Ended(Ok(Termination::Stopped(cause)))
 }
 
 /// Resolves once someone asks the attempt to stop (never, if nobody can).
@@ -247,13 +508,14 @@ async fn stop_requested(stop: &mut StopSignal) -> StopRequest {
     std::future::pending().await
 }
 
-/// A clean attempt directory with `inputs/`, `outputs/` and an empty log,
-/// opened for appending. A directory left by an earlier life of this agent
-/// is replaced.
+/// A clean attempt directory with `inputs/`, `outputs/` (and `work/` for a
+/// container) and an empty log, opened for appending. A directory left by
+/// an earlier life of this agent is replaced.
 async fn prepare_dir(
     dir: &Path,
     inputs: &Path,
     outputs: &Path,
+    work: Option<&Path>,
     log_path: &Path,
 ) -> std::io::Result<std::fs::File> {
     match tokio::fs::remove_dir_all(dir).await {
@@ -268,12 +530,23 @@ async fn prepare_dir(
         tries += 1;
         let created = async {
             tokio::fs::create_dir_all(inputs).await?;
-            tokio::fs::create_dir_all(outputs).await
+            tokio::fs::create_dir_all(outputs).await?;
+            if let Some(work) = work {
+                tokio::fs::create_dir_all(work).await?;
+            }
+            Ok::<_, std::io::Error>(())
         };
         match created.await {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => continue,
             Err(e) => return Err(e),
+        }
+    }
+    if let Some(work) = work {
+        // A container may run as any user: let it write its outputs and
+        // scratch files (the attempt directory is the agent's alone otherwise).
+        for writable in [outputs, work] {
+            tokio::fs::set_permissions(writable, std::fs::Permissions::from_mode(0o777)).await?;
         }
     }
     let log = tokio::fs::OpenOptions::new()

@@ -1,10 +1,11 @@
-//! The agent's I/O shell: NATS, the object store, processes and the file
-//! system. It performs what `crate::core` decides.
+//! The agent's I/O shell: NATS, the object store, processes, Docker and the
+//! file system. It performs what `crate::core` decides.
 
 pub mod agent;
 pub mod attempt;
 pub mod events;
 pub mod executor;
+pub mod gpu;
 pub mod heartbeat;
 pub mod host;
 pub mod registry;

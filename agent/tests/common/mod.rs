@@ -1,6 +1,7 @@
 //! Test harness: a real nats-server (JetStream, temp dir, killed on drop), a
-//! temp `file://` artifact store, an in-process agent, and the scheduler's
-//! side of the wire (assign/cancel requests, reading the events stream).
+//! temp `file://` artifact store, an in-process agent (restartable), the
+//! scheduler's side of the wire (assign/cancel requests, reading the events
+//! stream), and for the docker tests the local Docker engine.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -14,7 +15,7 @@ use drover_agent::{Agent, AgentError, AgentOptions};
 use drover_api::naming;
 use drover_api::pb::{
     attempt_event::Kind, AssignReply, Assignment, AttemptEvent, AttemptRef, CancelAttempt,
-    CancelReply, Heartbeat, InputArtifact, OutputSpec, TaskSpec,
+    CancelReply, GpuRef, Heartbeat, InputArtifact, OutputSpec, PullPolicy, Resources, TaskSpec,
 };
 use drover_artifacts::Store;
 use drover_devcluster::Server;
@@ -32,15 +33,28 @@ pub struct Harness {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub store: Store,
+    /// The agent's id (`AGENT_ID` unless the test chose another).
+    pub agent_id: String,
     /// The agent's `--work-dir`.
     pub work_dir: PathBuf,
     /// Scratch space outside the agent's reach (pid files, counters).
     pub scratch: PathBuf,
+    opts: AgentOptions,
     shutdown: Option<oneshot::Sender<()>>,
     agent: Option<JoinHandle<Result<(), AgentError>>>,
+    /// Docker tests: containers labelled with this agent id are force-removed on drop.
+    remove_containers: bool,
     _tmp: tempfile::TempDir,
     // Dropped last: kills nats-server.
     _nats: Server,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.remove_containers {
+            remove_containers_of(&self.agent_id);
+        }
+    }
 }
 
 impl Harness {
@@ -48,8 +62,9 @@ impl Harness {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts nats-server and the agent (options adjusted by `tweak`), and
-    /// returns once the agent's first heartbeat arrived.
+    /// Starts nats-server and the agent (options adjusted by `tweak`; the
+    /// process executor unless it says otherwise), and returns once the
+    /// agent's first heartbeat arrived.
     pub async fn start_with(tweak: impl FnOnce(&mut AgentOptions)) -> Result<Self> {
         let nats = Server::nats(None).await?;
         let tmp = tempfile::tempdir()?;
@@ -64,34 +79,52 @@ impl Harness {
         opts.nats_prefix = PREFIX.to_owned();
         opts.heartbeat_interval = Duration::from_millis(100);
         opts.kill_grace = KILL_GRACE;
+        opts.executors = vec!["process".to_owned()];
         tweak(&mut opts);
+        let agent_id = opts.id.clone().unwrap_or_else(|| AGENT_ID.to_owned());
+        let remove_containers = opts.executors.iter().any(|e| e == "docker");
 
         let client = async_nats::connect(nats.url.as_str()).await?;
-        let mut heartbeats = client
-            .subscribe(naming::heartbeat_subject(PREFIX, AGENT_ID))
-            .await?;
-        client.flush().await?;
-
-        let (tx, rx) = oneshot::channel();
-        let agent = tokio::spawn(Agent::run(opts, async {
-            let _ = rx.await;
-        }));
-        tokio::time::timeout(WAIT, heartbeats.next())
-            .await
-            .context("no heartbeat from the agent")?
-            .context("heartbeat subscription closed")?;
+        let (tx, agent) = spawn_agent(&client, &opts, &agent_id).await?;
 
         Ok(Harness {
             js: jetstream::new(client.clone()),
             client,
             store: drover_artifacts::open(&store_url).await?,
+            agent_id,
             work_dir,
             scratch,
+            opts,
             shutdown: Some(tx),
             agent: Some(agent),
+            remove_containers,
             _tmp: tmp,
             _nats: nats,
         })
+    }
+
+    /// Ends the agent as if it crashed: its task is aborted mid-flight, no
+    /// shutdown runs.
+    pub async fn crash_agent(&mut self) -> Result<()> {
+        self.shutdown.take();
+        let agent = self
+            .agent
+            .take()
+            .ok_or_else(|| anyhow!("agent already stopped"))?;
+        agent.abort();
+        let _ = agent.await;
+        Ok(())
+    }
+
+    /// Starts the agent again, with the same options, after `stop_agent`.
+    pub async fn restart_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent is still running");
+        }
+        let (tx, agent) = spawn_agent(&self.client, &self.opts, &self.agent_id).await?;
+        self.shutdown = Some(tx);
+        self.agent = Some(agent);
+        Ok(())
     }
 
     /// Shuts the agent down and returns what `Agent::run` returned.
@@ -116,7 +149,7 @@ impl Harness {
     pub async fn assign_raw(&self, body: Bytes) -> Result<AssignReply> {
         let msg = self
             .client
-            .request(naming::assign_subject(PREFIX, AGENT_ID), body)
+            .request(naming::assign_subject(PREFIX, &self.agent_id), body)
             .await?;
         Ok(AssignReply::decode(msg.payload)?)
     }
@@ -129,7 +162,7 @@ impl Harness {
         .encode_to_vec();
         let msg = self
             .client
-            .request(naming::cancel_subject(PREFIX, AGENT_ID), body.into())
+            .request(naming::cancel_subject(PREFIX, &self.agent_id), body.into())
             .await?;
         Ok(CancelReply::decode(msg.payload)?)
     }
@@ -139,20 +172,21 @@ impl Harness {
         let stream = self.js.get_stream(naming::events_stream(PREFIX)).await?;
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: naming::events_subject(PREFIX, AGENT_ID),
+                filter_subject: naming::events_subject(PREFIX, &self.agent_id),
                 ack_policy: consumer::AckPolicy::None,
                 ..Default::default()
             })
             .await?;
         Ok(EventReader {
             messages: consumer.messages().await?,
+            agent_id: self.agent_id.clone(),
         })
     }
 
     pub async fn heartbeats(&self) -> Result<async_nats::Subscriber> {
         Ok(self
             .client
-            .subscribe(naming::heartbeat_subject(PREFIX, AGENT_ID))
+            .subscribe(naming::heartbeat_subject(PREFIX, &self.agent_id))
             .await?)
     }
 
@@ -162,6 +196,37 @@ impl Harness {
             .join(&a.task)
             .join(a.attempt.to_string())
     }
+}
+
+/// Starts `Agent::run` and waits for its first heartbeat; an agent that
+/// fails to start fails this with its error.
+async fn spawn_agent(
+    client: &async_nats::Client,
+    opts: &AgentOptions,
+    agent_id: &str,
+) -> Result<(oneshot::Sender<()>, JoinHandle<Result<(), AgentError>>)> {
+    let mut heartbeats = client
+        .subscribe(naming::heartbeat_subject(PREFIX, agent_id))
+        .await?;
+    client.flush().await?;
+    let (tx, rx) = oneshot::channel();
+    let mut agent = tokio::spawn(Agent::run(opts.clone(), async {
+        let _ = rx.await;
+    }));
+    let first = async {
+        tokio::select! {
+            hb = heartbeats.next() => hb.context("heartbeat subscription closed").map(|_| ()),
+            ended = &mut agent => match ended {
+                Ok(Ok(())) => bail!("the agent stopped before its first heartbeat"),
+                Ok(Err(e)) => Err(anyhow!(e).context("the agent failed to start")),
+                Err(e) => Err(anyhow!(e).context("the agent task failed")),
+            },
+        }
+    };
+    tokio::time::timeout(WAIT, first)
+        .await
+        .context("no heartbeat from the agent")??;
+    Ok((tx, agent))
 }
 
 pub fn attempt_ref(run: &str, task: &str, attempt: u32) -> AttemptRef {
@@ -219,6 +284,7 @@ pub fn sh(script: &str) -> Vec<&str> {
 
 pub struct EventReader {
     messages: consumer::pull::Stream,
+    agent_id: String,
 }
 
 /// One event read back from the stream, with its `Nats-Msg-Id`.
@@ -267,23 +333,37 @@ impl EventReader {
         if !matches!(started.kind(), Kind::Started(_)) {
             bail!("expected started, got {started:?}");
         }
-        check_event(&started, attempt, "started")?;
+        check_event(&started, attempt, "started", &self.agent_id)?;
         let fin = self.next().await?;
         let kind = match fin.kind() {
             Kind::Succeeded(_) => "succeeded",
             Kind::Failed(_) => "failed",
             Kind::Started(_) => bail!("second started event: {fin:?}"),
         };
-        check_event(&fin, attempt, kind)?;
+        check_event(&fin, attempt, kind, &self.agent_id)?;
+        Ok(fin)
+    }
+
+    /// Reads the final (succeeded or failed) event of `attempt`, with no
+    /// started event before it (an adopted attempt's was published by the
+    /// agent's earlier life).
+    pub async fn final_only(&mut self, attempt: &AttemptRef) -> Result<Event> {
+        let fin = self.next().await?;
+        let kind = match fin.kind() {
+            Kind::Succeeded(_) => "succeeded",
+            Kind::Failed(_) => "failed",
+            Kind::Started(_) => bail!("unexpected started event: {fin:?}"),
+        };
+        check_event(&fin, attempt, kind, &self.agent_id)?;
         Ok(fin)
     }
 }
 
-fn check_event(ev: &Event, attempt: &AttemptRef, kind: &str) -> Result<()> {
+fn check_event(ev: &Event, attempt: &AttemptRef, kind: &str, agent_id: &str) -> Result<()> {
     if ev.event.attempt.as_ref() != Some(attempt) {
         bail!("event for another attempt: {ev:?}");
     }
-    if ev.event.agent_id != AGENT_ID {
+    if ev.event.agent_id != agent_id {
         bail!("event from agent `{}`", ev.event.agent_id);
     }
     let want = naming::event_msg_id(&attempt.run_id, &attempt.task, attempt.attempt, kind);
@@ -342,4 +422,189 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+// ---- Docker --------------------------------------------------------------
+
+/// An agent id no other test (nor an earlier run of this one) uses:
+/// containers and their labels are global to the Docker engine, and an agent
+/// adopts every container labelled with its id.
+pub fn docker_agent_id(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("dk-{test}-{}-{nanos:x}", std::process::id())
+}
+
+/// The test image, then the harness with only the docker executor and
+/// containers on network `none`. Fails (never skips) without an engine.
+pub async fn docker_harness(
+    test: &str,
+    tweak: impl FnOnce(&mut AgentOptions),
+) -> Result<(Harness, String)> {
+    let image = drover_devcluster::docker::ensure_test_image().await?;
+    let id = docker_agent_id(test);
+    let h = Harness::start_with(|o| {
+        o.id = Some(id);
+        o.executors = vec!["docker".to_owned()];
+        o.docker_network = "none".to_owned();
+        tweak(o);
+    })
+    .await?;
+    Ok((h, image))
+}
+
+pub fn with_image(mut a: Assignment, image: &str, policy: PullPolicy) -> Assignment {
+    if let Some(task) = a.task.as_mut() {
+        task.image = image.to_owned();
+        task.set_pull_policy(policy);
+    }
+    a
+}
+
+pub fn with_gpus(mut a: Assignment, gpus: &[(u32, &str)]) -> Assignment {
+    a.gpus = gpus
+        .iter()
+        .map(|(index, uuid)| GpuRef {
+            index: *index,
+            uuid: (*uuid).to_owned(),
+        })
+        .collect();
+    a
+}
+
+pub fn with_resources(mut a: Assignment, cpu_millis: u32, memory_bytes: u64) -> Assignment {
+    if let Some(task) = a.task.as_mut() {
+        task.resources = Some(Resources {
+            cpu_millis,
+            memory_bytes,
+            ..Default::default()
+        });
+    }
+    a
+}
+
+pub fn with_timeout(mut a: Assignment, timeout_ms: u64) -> Assignment {
+    if let Some(task) = a.task.as_mut() {
+        task.timeout_ms = timeout_ms;
+    }
+    a
+}
+
+/// A client of the local engine, for looking at the agent's containers.
+pub async fn docker() -> Result<bollard::Docker> {
+    let socket = drover_devcluster::docker::socket_path();
+    let docker = bollard::Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        60,
+        bollard::API_DEFAULT_VERSION,
+    )?;
+    Ok(docker.negotiate_version().await?)
+}
+
+/// Containers carrying the labels of `attempt` on agent `agent_id`.
+pub async fn containers_of(
+    docker: &bollard::Docker,
+    agent_id: &str,
+    attempt: &AttemptRef,
+) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let filters = std::collections::HashMap::from([(
+        "label",
+        vec![
+            format!("drover.agent={agent_id}"),
+            format!("drover.run={}", attempt.run_id),
+            format!("drover.task={}", attempt.task),
+            format!("drover.attempt={}", attempt.attempt),
+        ],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
+/// Every container labelled with agent `agent_id`.
+pub async fn containers_of_agent(
+    docker: &bollard::Docker,
+    agent_id: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let filters =
+        std::collections::HashMap::from([("label", vec![format!("drover.agent={agent_id}")])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
+/// The container's details; `None` once it is removed.
+pub async fn inspect(
+    docker: &bollard::Docker,
+    id: &str,
+) -> Result<Option<bollard::models::ContainerInspectResponse>> {
+    match docker.inspect_container(id, None).await {
+        Ok(info) => Ok(Some(info)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `running`, `exited`, ... of a container that exists.
+pub fn state_of(info: &bollard::models::ContainerInspectResponse) -> String {
+    info.state
+        .as_ref()
+        .and_then(|s| s.status)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// Waits until `attempt` has exactly one container and it is in `state`;
+/// returns its details.
+pub async fn wait_container_state(
+    docker: &bollard::Docker,
+    agent_id: &str,
+    attempt: &AttemptRef,
+    state: &str,
+) -> Result<bollard::models::ContainerInspectResponse> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = containers_of(docker, agent_id, attempt).await?;
+        if let [one] = found.as_slice() {
+            if let Some(info) = inspect(docker, one.id.as_deref().unwrap_or_default()).await? {
+                if state_of(&info) == state {
+                    return Ok(info);
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no {state} container for {attempt:?} within {WAIT:?} (found {found:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Force-removes whatever containers agent `agent_id` left (a failed test).
+fn remove_containers_of(agent_id: &str) {
+    let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=drover.agent={agent_id}"))
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

@@ -68,7 +68,11 @@ impl Request {
     /// non-empty means the docker executor.
     pub fn new(image: &str, cpu_millis: u64, memory_bytes: u64) -> Self {
         Self {
-            executor: if image.is_empty() { "process" } else { "docker" },
+            executor: if image.is_empty() {
+                "process"
+            } else {
+                "docker"
+            },
             cpu_millis: if cpu_millis == 0 {
                 DEFAULT_CPU_MILLIS
             } else {
@@ -259,12 +263,15 @@ fn examples<'a>(reasons: impl Iterator<Item = (&'a str, String)>) -> String {
     s.join("; ")
 }
 
+/// Lower is better: (wastes a GPU machine, free GPUs after, free CPU after, id).
+type Score<'a> = (bool, i64, i64, &'a str);
+
 /// Chooses the agent (and GPUs) for `req`.
 pub fn choose(agents: &[AgentSlot], req: &Request, strategy: Strategy) -> Result<Placement, NoFit> {
     if agents.is_empty() {
         return Err(NoFit::NoAgents);
     }
-    let mut best: Option<(Placement, (bool, i64, i64, &str))> = None;
+    let mut best: Option<(Placement, Score)> = None;
     let mut busy = Vec::new();
     let mut never = Vec::new();
     for (i, a) in agents.iter().enumerate() {
@@ -348,14 +355,22 @@ mod tests {
 
     #[test]
     fn bin_packs_onto_the_fullest_agent_that_fits() {
-        let agents = [agent("a", 4000, 0), agent("b", 4000, 3000), agent("c", 4000, 3900)];
+        let agents = [
+            agent("a", 4000, 0),
+            agent("b", 4000, 3000),
+            agent("c", 4000, 3900),
+        ];
         let req = Request::new("", 500, 0);
         assert_eq!(choose(&agents, &req, Strategy::BinPack).unwrap().agent, 1);
     }
 
     #[test]
     fn spread_picks_the_emptiest_agent() {
-        let agents = [agent("a", 4000, 1000), agent("b", 4000, 0), agent("c", 4000, 3000)];
+        let agents = [
+            agent("a", 4000, 1000),
+            agent("b", 4000, 0),
+            agent("c", 4000, 3000),
+        ];
         let req = Request::new("", 500, 0);
         assert_eq!(choose(&agents, &req, Strategy::Spread).unwrap().agent, 1);
     }
@@ -383,7 +398,11 @@ mod tests {
                 "waiting for room: executor `process`, 500m cpu (a: 100m cpu free)".into()
             ))
         );
-        let never = choose(&agents, &Request::new("python:3.12", 500, 0), Strategy::BinPack);
+        let never = choose(
+            &agents,
+            &Request::new("python:3.12", 500, 0),
+            Strategy::BinPack,
+        );
         assert_eq!(
             never,
             Err(NoFit::Never(
@@ -405,7 +424,10 @@ mod tests {
         let mut a = agent("a", 4000, 0);
         a.memory_bytes = 1 << 30;
         let r = Request::new("", 100, 2 << 30);
-        assert!(matches!(choose(&[a], &r, Strategy::BinPack), Err(NoFit::Never(_))));
+        assert!(matches!(
+            choose(&[a], &r, Strategy::BinPack),
+            Err(NoFit::Never(_))
+        ));
     }
 
     #[test]
@@ -413,10 +435,16 @@ mod tests {
         let mut a = gpu_agent("g", 4, "NVIDIA A100-SXM4-40GB", 40);
         let req = gpus(2);
         let first = choose(std::slice::from_ref(&a), &req, Strategy::BinPack).unwrap();
-        assert_eq!(first.gpus, vec![(0, "GPU-g-0".into()), (1, "GPU-g-1".into())]);
+        assert_eq!(
+            first.gpus,
+            vec![(0, "GPU-g-0".into()), (1, "GPU-g-1".into())]
+        );
         a.allocate(&req, &first.gpus);
         let second = choose(std::slice::from_ref(&a), &req, Strategy::BinPack).unwrap();
-        assert_eq!(second.gpus, vec![(2, "GPU-g-2".into()), (3, "GPU-g-3".into())]);
+        assert_eq!(
+            second.gpus,
+            vec![(2, "GPU-g-2".into()), (3, "GPU-g-3".into())]
+        );
         a.allocate(&req, &second.gpus);
         let third = choose(std::slice::from_ref(&a), &req, Strategy::BinPack);
         assert!(matches!(third, Err(NoFit::Busy(ref m)) if m.contains("0 matching GPU(s) free")));
@@ -431,9 +459,17 @@ mod tests {
         let t4 = gpu_agent("t", 4, "Tesla T4", 16);
         let agents = [a100, t4];
         let want_a100 = Request::new("", 1000, 0).with_gpus(1, "A100", 0);
-        assert_eq!(choose(&agents, &want_a100, Strategy::BinPack).unwrap().agent, 0);
+        assert_eq!(
+            choose(&agents, &want_a100, Strategy::BinPack)
+                .unwrap()
+                .agent,
+            0
+        );
         let want_big = Request::new("", 1000, 0).with_gpus(1, "", 32 << 30);
-        assert_eq!(choose(&agents, &want_big, Strategy::BinPack).unwrap().agent, 0);
+        assert_eq!(
+            choose(&agents, &want_big, Strategy::BinPack).unwrap().agent,
+            0
+        );
         let want_three_a100 = Request::new("", 1000, 0).with_gpus(3, "a100", 0);
         let err = choose(&agents, &want_three_a100, Strategy::BinPack).unwrap_err();
         assert_eq!(
@@ -458,7 +494,12 @@ mod tests {
         let g = gpu_agent("a-gpu", 2, "A100", 40);
         let c = agent("z-cpu", 4000, 0);
         let req = Request::new("", 500, 0);
-        assert_eq!(choose(&[g.clone(), c], &req, Strategy::BinPack).unwrap().agent, 1);
+        assert_eq!(
+            choose(&[g.clone(), c], &req, Strategy::BinPack)
+                .unwrap()
+                .agent,
+            1
+        );
         // ...but use them when nothing else fits.
         assert_eq!(choose(&[g], &req, Strategy::BinPack).unwrap().agent, 0);
     }
@@ -471,9 +512,17 @@ mod tests {
         let us = agent("us", 4000, 0);
         let sel: BTreeMap<_, _> = [("zone".to_string(), "eu".to_string())].into();
         let req = Request::new("", 100, 0).with_selector(sel);
-        assert_eq!(choose(&[us.clone(), eu], &req, Strategy::BinPack).unwrap().agent, 1);
+        assert_eq!(
+            choose(&[us.clone(), eu], &req, Strategy::BinPack)
+                .unwrap()
+                .agent,
+            1
+        );
         let err = choose(&[us], &req, Strategy::BinPack).unwrap_err();
-        assert!(matches!(err, NoFit::Never(ref m) if m.ends_with("(us: no label zone=eu)")), "{err:?}");
+        assert!(
+            matches!(err, NoFit::Never(ref m) if m.ends_with("(us: no label zone=eu)")),
+            "{err:?}"
+        );
     }
 
     #[test]

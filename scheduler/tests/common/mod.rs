@@ -196,8 +196,13 @@ impl Cluster {
     }
 
     /// Starts an agent with the process executor, then lets `configure` change its options.
-    pub async fn add_agent_with(&mut self, id: &str, configure: impl FnOnce(&mut drover_agent::AgentOptions)) {
-        let mut opts = drover_agent::AgentOptions::new(self.nats.url.clone(), self.artifacts.clone());
+    pub async fn add_agent_with(
+        &mut self,
+        id: &str,
+        configure: impl FnOnce(&mut drover_agent::AgentOptions),
+    ) {
+        let mut opts =
+            drover_agent::AgentOptions::new(self.nats.url.clone(), self.artifacts.clone());
         opts.id = Some(id.to_string());
         opts.executors = vec!["process".into()];
         opts.work_dir = self._tmp.path().join("work").join(id);
@@ -216,7 +221,11 @@ impl Cluster {
     }
 
     pub async fn agents(&self) -> Vec<pb::Agent> {
-        let channel = Channel::from_shared(self.server.clone()).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(self.server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         pb::agents_client::AgentsClient::new(channel)
             .list_agents(pb::ListAgentsRequest {})
             .await
@@ -226,7 +235,11 @@ impl Cluster {
     }
 
     pub async fn agents_client(&self) -> pb::agents_client::AgentsClient<Channel> {
-        let channel = Channel::from_shared(self.server.clone()).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(self.server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         pb::agents_client::AgentsClient::new(channel)
     }
 

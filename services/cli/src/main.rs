@@ -141,15 +141,18 @@ fn describe(e: &anyhow::Error) -> String {
     format!("{} ({code})", s.message())
 }
 
-async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
-    let channel = Channel::from_shared(server.to_string())
+async fn channel(server: &str) -> Result<Channel> {
+    Channel::from_shared(server.to_string())
         .map_err(|e| anyhow!("--server `{server}`: {e}"))?
         .connect()
         .await
         .with_context(|| {
             format!("cannot reach the scheduler at {server} (set --server or DROVER_SERVER)")
-        })?;
-    Ok(SchedulerClient::new(channel))
+        })
+}
+
+async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
+    Ok(SchedulerClient::new(channel(server).await?))
 }
 
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {

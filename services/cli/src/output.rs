@@ -249,7 +249,7 @@ fn gib(bytes: u64) -> String {
 }
 
 fn cores(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{:.2}", millis as f64 / 1000.0)
@@ -278,7 +278,11 @@ pub fn agents_table(agents: &[pb::Agent], now_ms: u64) -> String {
             a.id,
             agent_state(a.state()),
             a.executors.join(","),
-            format!("{}/{}", cores(a.allocated_cpu_millis), cores(u64::from(a.cpu_millis))),
+            format!(
+                "{}/{}",
+                cores(a.allocated_cpu_millis),
+                cores(u64::from(a.cpu_millis))
+            ),
             format!("{}/{}", gib(a.allocated_memory_bytes), gib(a.memory_bytes)),
             format!("{used_gpus}/{}", a.gpus.len()),
             a.running_attempts,
@@ -305,11 +309,19 @@ pub fn agents_table(agents: &[pb::Agent], now_ms: u64) -> String {
                     "    {:>3}  {:<30}  {:>15}  {:>3}%  {:>4}C  {:>5}W  {}",
                     info.index,
                     name,
-                    format!("{}/{}", gib(info.memory_used_bytes), gib(info.memory_total_bytes)),
+                    format!(
+                        "{}/{}",
+                        gib(info.memory_used_bytes),
+                        gib(info.memory_total_bytes)
+                    ),
                     info.utilization_percent,
                     info.temperature_c,
                     info.power_mw / 1000,
-                    if g.allocated_to.is_empty() { "-" } else { &g.allocated_to },
+                    if g.allocated_to.is_empty() {
+                        "-"
+                    } else {
+                        &g.allocated_to
+                    },
                 );
             }
         }

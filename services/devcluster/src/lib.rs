@@ -2,6 +2,8 @@
 //! with its own data directory, killed when dropped. `drover dev` runs its
 //! local cluster on these, and the integration tests use the same code.
 
+pub mod docker;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

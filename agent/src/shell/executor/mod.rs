@@ -1,15 +1,102 @@
 //! Executors: how a task's command becomes something running on this
-//! machine. Only `process` exists today; `docker` comes with its own issue.
+//! machine — a process group ([`process`]) or a container ([`docker`]) —
+//! behind one small interface, [`Running`], that the attempt supervises.
 
+pub mod docker;
 pub mod process;
 
+use std::time::Duration;
+
+pub use docker::{DockerError, DockerExecutor, RunningContainer};
 pub use process::{ProcessSpec, RunningProcess, SpawnError};
 
-use crate::core::ExecutorKind;
+use crate::core::Termination;
+use process::termination_of;
 
-/// Starts a task with the executor its plan chose.
-pub fn spawn(kind: ExecutorKind, spec: ProcessSpec<'_>) -> Result<RunningProcess, SpawnError> {
-    match kind {
-        ExecutorKind::Process => RunningProcess::spawn(spec),
+/// Why a task could not be started, waited for or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+
+    #[error("waiting for `{program}`: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// A started task, whichever executor runs it.
+#[derive(Debug)]
+pub enum Running {
+    Process(RunningProcess),
+    Container(RunningContainer),
+}
+
+impl Running {
+    /// Waits until the task ends on its own.
+    pub async fn wait(&mut self) -> Result<Termination, ExecError> {
+        match self {
+            Running::Process(p) => {
+                p.wait()
+                    .await
+                    .map(termination_of)
+                    .map_err(|source| ExecError::Wait {
+                        program: p.program().to_owned(),
+                        source,
+                    })
+            }
+            Running::Container(c) => Ok(c.wait().await?),
+        }
+    }
+
+    /// SIGTERM, `grace`, SIGKILL; returns once the task is gone.
+    pub async fn stop(&mut self, grace: Duration) -> Result<(), ExecError> {
+        match self {
+            Running::Process(p) => match p.stop(grace).await {
+                Ok(_) => Ok(()),
+                Err(source) => Err(ExecError::Wait {
+                    program: p.program().to_owned(),
+                    source,
+                }),
+            },
+            Running::Container(c) => Ok(c.stop(grace).await?),
+        }
+    }
+
+    /// Whether an agent shutdown leaves this task running (a container, unless
+    /// `--docker-stop-on-shutdown`) rather than stopping it.
+    pub fn survives_shutdown(&self) -> bool {
+        match self {
+            Running::Process(_) => false,
+            Running::Container(c) => !c.stop_on_shutdown(),
+        }
+    }
+
+    /// Cleans up after the task ended: the rest of a process group is
+    /// killed; a container's last output is copied and the container removed.
+    /// Returns lines for the attempt's log.
+    pub async fn finish(self) -> Vec<String> {
+        match self {
+            Running::Process(p) => {
+                // Whatever the leader left behind in its group goes too.
+                p.kill_group();
+                Vec::new()
+            }
+            Running::Container(c) => c.finish().await,
+        }
+    }
+
+    /// Leaves the task running as the agent goes away.
+    pub fn detach(self) {
+        match self {
+            // Never asked for (survives_shutdown is false); dropping kills the group.
+            Running::Process(p) => drop(p),
+            Running::Container(c) => c.detach(),
+        }
     }
 }

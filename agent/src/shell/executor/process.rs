@@ -38,6 +38,7 @@ pub struct SpawnError {
 pub struct RunningProcess {
     child: Child,
     pgid: libc::pid_t,
+    program: String,
 }
 
 impl RunningProcess {
@@ -85,12 +86,21 @@ impl RunningProcess {
         let pgid =
             libc::pid_t::try_from(pid).map_err(|_| err(io::Error::other("pid out of range")))?;
         debug!(pid, program = %program, "process started");
-        Ok(RunningProcess { child, pgid })
+        Ok(RunningProcess {
+            child,
+            pgid,
+            program,
+        })
     }
 
     /// The process group id (= the leader's pid).
     pub fn pgid(&self) -> libc::pid_t {
         self.pgid
+    }
+
+    /// `command[0]`, for messages.
+    pub fn program(&self) -> &str {
+        &self.program
     }
 
     /// Waits for the leader to exit.
