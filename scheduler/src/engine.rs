@@ -25,7 +25,7 @@ use drover_scheduler_core::placement::{self, NoFit, Request, Strategy};
 use crate::bus::Bus;
 use crate::convert;
 use crate::error::{Result, SchedulerError};
-use crate::fleet::{Allocation, Fleet};
+use crate::fleet::{Allocation, AttemptId, Fleet};
 use crate::store::{Store, StoredRun, Write};
 
 /// Most items one turn takes before committing.
@@ -577,15 +577,10 @@ impl Engine {
             runs.get(&r.run_id)
                 .and_then(|run| run.dag.index_of(&r.task))
         });
-        for (run, task, attempt) in reconcile.lost {
-            let reason = format!("agent `{agent}` restarted without it");
-            self.apply_to(
-                &run,
-                Event::Lost {
-                    task,
-                    attempt,
-                    reason,
-                },
+        for lost in reconcile.lost {
+            self.lose(
+                lost,
+                format!("agent `{agent}` restarted without it"),
                 now,
                 turn,
             );
@@ -600,18 +595,19 @@ impl Engine {
 
     /// Agents silent past the timeout are lost; their attempts run again elsewhere.
     fn expire_agents(&mut self, now: u64, turn: &mut Turn) {
-        for ((run, task, attempt), reason) in self.fleet.expire(self.opts.agent_timeout, now) {
-            self.apply_to(
-                &run,
-                Event::Lost {
-                    task,
-                    attempt,
-                    reason,
-                },
-                now,
-                turn,
-            );
+        for (lost, reason) in self.fleet.expire(self.opts.agent_timeout, now) {
+            self.lose(lost, reason, now, turn);
         }
+    }
+
+    /// An attempt went with its agent: run it again elsewhere, not as a retry.
+    fn lose(&mut self, (run, task, attempt): AttemptId, reason: String, now: u64, turn: &mut Turn) {
+        let ev = Event::Lost {
+            task,
+            attempt,
+            reason,
+        };
+        self.apply_to(&run, ev, now, turn);
     }
 
     fn tick(&mut self, now: u64, turn: &mut Turn) {

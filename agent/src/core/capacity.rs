@@ -172,12 +172,12 @@ pub fn parse_labels<S: AsRef<str>>(list: &[S]) -> Result<BTreeMap<String, String
             ));
         };
         let (key, value) = (key.trim(), value.trim());
-        if !is_label_key(key) {
+        if !drover_api::spec::is_label_key(key) {
             return Err(format!(
                 "invalid label key `{key}` in `{entry}` ({LABEL_KEY_RULE})"
             ));
         }
-        if !is_label_value(value) {
+        if !drover_api::spec::is_label_value(value) {
             return Err(format!(
                 "invalid label value `{value}` in `{entry}` ({LABEL_VALUE_RULE})"
             ));
@@ -187,24 +187,6 @@ pub fn parse_labels<S: AsRef<str>>(list: &[S]) -> Result<BTreeMap<String, String
         }
     }
     Ok(labels)
-}
-
-/// `[A-Za-z0-9][A-Za-z0-9_./-]{0,62}`, as node selector keys.
-fn is_label_key(key: &str) -> bool {
-    let bytes = key.as_bytes();
-    bytes.len() <= 63
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'))
-}
-
-/// `[A-Za-z0-9_.-]{0,63}`, as node selector values; may be empty.
-fn is_label_value(value: &str) -> bool {
-    value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]

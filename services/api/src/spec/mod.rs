@@ -42,6 +42,8 @@ use std::collections::BTreeMap;
 
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use template::TemplateError;
+/// The label rules agents and node selectors share.
+pub use validate::{is_label_key, is_label_value};
 
 /// What pipeline, task, input and output names may look like: they end up in
 /// etcd keys, NATS subjects and object-store keys.

@@ -520,7 +520,7 @@ fn is_name(name: &str) -> bool {
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9_./-]{0,62}`: node selector (agent label) keys.
-fn is_label_key(key: &str) -> bool {
+pub fn is_label_key(key: &str) -> bool {
     let bytes = key.as_bytes();
     bytes.len() <= 63
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
@@ -530,7 +530,7 @@ fn is_label_key(key: &str) -> bool {
 }
 
 /// `[A-Za-z0-9_.-]{0,63}`: node selector (agent label) values; may be empty.
-fn is_label_value(value: &str) -> bool {
+pub fn is_label_value(value: &str) -> bool {
     value.len() <= 63
         && value
             .bytes()
