@@ -22,6 +22,13 @@ pub struct DevArgs {
     /// Agent id (default: this machine's hostname).
     #[arg(long, env = "DROVER_AGENT_ID")]
     agent_id: Option<String>,
+    /// The agent's executors, comma-separated: `process`, `docker` (needs a
+    /// running Docker engine; containers get network mode `none`).
+    #[arg(long, env = "DROVER_EXECUTORS", value_delimiter = ',', default_value = "process")]
+    executors: Vec<String>,
+    /// Advertise this many simulated GPUs, to try GPU scheduling on a laptop.
+    #[arg(long, env = "DROVER_SIMULATE_GPUS", default_value_t = 0)]
+    simulate_gpus: u32,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -62,8 +69,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let mut agent_opts = drover_agent::AgentOptions::new(nats.url.clone(), artifacts.clone());
     agent_opts.work_dir = dir.join("work");
-    // A laptop has no Docker engine set up for us: run tasks as processes.
-    agent_opts.executors = vec!["process".into()];
+    // Process by default: a laptop may have no Docker engine set up for us.
+    agent_opts.executors = args.executors;
+    agent_opts.docker_network = "none".into();
+    agent_opts.simulate_gpus = args.simulate_gpus;
     agent_opts.id = args.agent_id;
     let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
 
