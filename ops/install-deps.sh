@@ -10,6 +10,9 @@ need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# The well-known types (google/protobuf/*.proto) that etcd-client's protos
+# import; --no-install-recommends below would leave them out.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v cc >/dev/null || need+=(build-essential)
 command -v dockerd >/dev/null || need+=(docker.io)

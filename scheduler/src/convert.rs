@@ -107,6 +107,7 @@ fn attempt_state(s: AttemptStatus) -> pb::AttemptState {
         AttemptStatus::Failed => pb::AttemptState::Failed,
         AttemptStatus::Cancelled => pb::AttemptState::Cancelled,
         AttemptStatus::Lost => pb::AttemptState::Lost,
+        AttemptStatus::Preempted => pb::AttemptState::Preempted,
     }
 }
 
@@ -118,6 +119,7 @@ fn attempt_status(s: pb::AttemptState) -> AttemptStatus {
         pb::AttemptState::Failed => AttemptStatus::Failed,
         pb::AttemptState::Cancelled => AttemptStatus::Cancelled,
         pb::AttemptState::Lost => AttemptStatus::Lost,
+        pb::AttemptState::Preempted => AttemptStatus::Preempted,
     }
 }
 
@@ -185,6 +187,7 @@ pub fn task_record(t: &TaskRun) -> pb::TaskRecord {
         message: t.message.clone(),
         retry_at_ms: t.retry_at,
         retries_used: t.retries_used,
+        preempting: t.preempting.clone().unwrap_or_default(),
     }
 }
 
@@ -195,6 +198,7 @@ pub fn task_run(r: &pb::TaskRecord) -> TaskRun {
         message: r.message.clone(),
         retry_at: r.retry_at_ms,
         retries_used: r.retries_used,
+        preempting: (!r.preempting.is_empty()).then(|| r.preempting.clone()),
     }
 }
 
@@ -221,6 +225,8 @@ pub fn run_view(record: &pb::RunRecord, dag: &RunDag) -> pb::Run {
         finished_at_ms: s.finished_at,
         message: s.message.clone(),
         fail_fast: spec.fail_fast,
+        queue: record.queue.clone(),
+        priority: record.priority,
         tasks: spec
             .tasks
             .iter()
@@ -247,6 +253,8 @@ pub fn summary(record: &pb::RunRecord) -> pb::RunSummary {
         created_at_ms: record.created_at_ms,
         finished_at_ms: record.finished_at_ms,
         tasks_total: spec.map_or(0, |s| s.tasks.len() as u32),
+        queue: record.queue.clone(),
+        priority: record.priority,
     }
 }
 
@@ -279,6 +287,7 @@ mod tests {
             message: "retry".into(),
             retry_at: 77,
             retries_used: 1,
+            preempting: Some("room".into()),
         };
         assert_eq!(task_run(&task_record(&t)), t);
     }

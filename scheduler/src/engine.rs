@@ -8,7 +8,7 @@
 //! commit fails, nothing is sent or acked: the loop reloads its state from
 //! etcd and unacked events are delivered again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,13 +19,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use drover_api::{naming, pb};
+use drover_scheduler_core::admission::{self, Wait};
 use drover_scheduler_core::dag::{Effect, Event, RunDag, TaskStatus};
-use drover_scheduler_core::placement::{self, NoFit, Request, Strategy};
+use drover_scheduler_core::placement::{Request, Strategy};
 
 use crate::bus::Bus;
 use crate::convert;
 use crate::error::{Result, SchedulerError};
 use crate::fleet::{Allocation, AttemptId, Fleet};
+use crate::queues::{self, DEFAULT_QUEUE};
 use crate::store::{Store, StoredRun, Write};
 
 /// Most items one turn takes before committing.
@@ -58,6 +60,34 @@ pub enum Command {
         agent: String,
         drained: bool,
         reply: oneshot::Sender<Result<pb::Agent>>,
+    },
+    /// Create (`create`) or replace the settings of a queue (already validated).
+    PutQueue {
+        queue: pb::Queue,
+        create: bool,
+        reply: oneshot::Sender<Result<pb::Queue>>,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+        reply: oneshot::Sender<Result<pb::Queue>>,
+    },
+    DeleteQueue {
+        name: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    ListQueues {
+        reply: oneshot::Sender<Result<Vec<pb::QueueStatus>>>,
+    },
+    ShowQueue {
+        name: String,
+        reply: oneshot::Sender<Result<pb::QueueDetail>>,
+    },
+    /// Answers false when the run is not active here.
+    SetRunPriority {
+        run_id: String,
+        priority: i64,
+        reply: oneshot::Sender<Result<bool>>,
     },
 }
 
@@ -124,6 +154,46 @@ impl EngineHandle {
         .await
     }
 
+    pub async fn put_queue(&self, queue: pb::Queue, create: bool) -> Result<pb::Queue> {
+        self.call(|reply| Command::PutQueue {
+            queue,
+            create,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set_paused(&self, name: String, paused: bool) -> Result<pb::Queue> {
+        self.call(|reply| Command::SetPaused {
+            name,
+            paused,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_queue(&self, name: String) -> Result<()> {
+        self.call(|reply| Command::DeleteQueue { name, reply })
+            .await
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<pb::QueueStatus>> {
+        self.call(|reply| Command::ListQueues { reply }).await
+    }
+
+    pub async fn show_queue(&self, name: String) -> Result<pb::QueueDetail> {
+        self.call(|reply| Command::ShowQueue { name, reply }).await
+    }
+
+    pub async fn set_run_priority(&self, run_id: String, priority: i64) -> Result<bool> {
+        self.call(|reply| Command::SetRunPriority {
+            run_id,
+            priority,
+            reply,
+        })
+        .await
+    }
+
     /// Ids of runs as their changes are committed.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changed.subscribe()
@@ -144,6 +214,7 @@ pub struct EngineOptions {
     pub nats_prefix: String,
     pub agent_timeout: Duration,
     pub cancel_grace: Duration,
+    pub preemption_grace: Duration,
     pub placement: Strategy,
 }
 
@@ -154,6 +225,16 @@ struct ActiveRun {
     rev: i64,
     task_revs: Vec<i64>,
     requests: Vec<Request>,
+    /// The record itself changed (priority), not only its run state.
+    record_dirty: bool,
+}
+
+/// A queue as the engine keeps it: settings, etcd revision, pending write.
+struct QueueEntry {
+    queue: pb::Queue,
+    rev: i64,
+    /// None: nothing to write; Some(false): put; Some(true): delete.
+    write: Option<bool>,
 }
 
 enum Send {
@@ -165,6 +246,9 @@ enum Reply {
     Submit(oneshot::Sender<Result<()>>),
     Cancel(oneshot::Sender<Result<bool>>),
     Agent(oneshot::Sender<Result<pb::Agent>>, String),
+    Queue(oneshot::Sender<Result<pb::Queue>>, String),
+    Done(oneshot::Sender<Result<()>>),
+    Flag(oneshot::Sender<Result<bool>>),
 }
 
 /// What one turn owes the world once its commit succeeds.
@@ -191,7 +275,11 @@ pub struct Engine {
     opts: EngineOptions,
     runs: HashMap<String, ActiveRun>,
     fleet: Fleet,
-    queue: VecDeque<(String, usize)>,
+    /// Ready tasks not yet admitted.
+    ready: BTreeSet<(String, usize)>,
+    queues: BTreeMap<String, QueueEntry>,
+    /// Each queue's waiting tasks in admission order, from the last pass.
+    positions: HashMap<String, Vec<pb::PendingTask>>,
     changed: broadcast::Sender<String>,
     waiting: Arc<Mutex<HashMap<String, Waiting>>>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -216,7 +304,9 @@ impl Engine {
             opts,
             runs: HashMap::new(),
             fleet: Fleet::default(),
-            queue: VecDeque::new(),
+            ready: BTreeSet::new(),
+            queues: BTreeMap::new(),
+            positions: HashMap::new(),
             changed,
             waiting,
             internal_tx,
@@ -232,6 +322,7 @@ impl Engine {
         let mut heartbeats = self.bus.heartbeats().await?;
         let mut turn = Turn::default();
         self.fleet.load(self.store.list_agents().await?);
+        self.load_queues().await?;
         self.resync(&mut turn).await?;
         self.finish_turn(turn).await;
         self.bus.ask_heartbeats().await?;
@@ -340,6 +431,10 @@ impl Engine {
     fn command(&mut self, cmd: Command, now: u64, turn: &mut Turn) {
         match cmd {
             Command::Submit { record, reply } => {
+                if !self.queues.contains_key(&record.queue) {
+                    let _ = reply.send(Err(SchedulerError::QueueNotFound(record.queue.clone())));
+                    return;
+                }
                 self.add_run(*record, turn);
                 turn.replies.push(Reply::Submit(reply));
             }
@@ -374,7 +469,227 @@ impl Engine {
                     let _ = reply.send(Err(SchedulerError::AgentNotFound(agent)));
                 }
             },
+            Command::PutQueue {
+                queue,
+                create,
+                reply,
+            } => {
+                let name = queue.name.clone();
+                match (self.queues.get_mut(&name), create) {
+                    (Some(e), false) if e.write != Some(true) => {
+                        info!(queue = %name, "queue updated");
+                        // Pause and resume have their own calls: an update
+                        // read before a pause must not undo it.
+                        let paused = e.queue.paused;
+                        e.queue = pb::Queue { paused, ..queue };
+                        e.write = Some(false);
+                    }
+                    (None, true) => {
+                        info!(queue = %name, "queue created");
+                        self.queues.insert(
+                            name.clone(),
+                            QueueEntry {
+                                queue,
+                                rev: 0,
+                                write: Some(false),
+                            },
+                        );
+                    }
+                    (Some(_), true) => {
+                        let _ = reply.send(Err(SchedulerError::QueueExists(name)));
+                        return;
+                    }
+                    (_, false) => {
+                        let _ = reply.send(Err(SchedulerError::QueueNotFound(name)));
+                        return;
+                    }
+                }
+                turn.replies.push(Reply::Queue(reply, name));
+            }
+            Command::SetPaused {
+                name,
+                paused,
+                reply,
+            } => match self.queues.get_mut(&name) {
+                Some(e) => {
+                    if e.queue.paused != paused {
+                        info!(queue = %name, paused, "queue paused state changed");
+                        e.queue.paused = paused;
+                        e.write = Some(false);
+                    }
+                    turn.replies.push(Reply::Queue(reply, name));
+                }
+                None => {
+                    let _ = reply.send(Err(SchedulerError::QueueNotFound(name)));
+                }
+            },
+            Command::DeleteQueue { name, reply } => {
+                let runs = self
+                    .runs
+                    .values()
+                    .filter(|r| r.record.queue == name)
+                    .count();
+                let result = match self.queues.get_mut(&name) {
+                    None => Err(SchedulerError::QueueNotFound(name)),
+                    Some(_) if name == DEFAULT_QUEUE => Err(SchedulerError::FailedPrecondition(
+                        "the `default` queue cannot be deleted".into(),
+                    )),
+                    Some(_) if runs > 0 => Err(SchedulerError::FailedPrecondition(format!(
+                        "queue `{name}` holds {runs} active run(s); cancel them or let them finish first"
+                    ))),
+                    Some(e) => {
+                        info!(queue = %name, "queue deleted");
+                        e.write = Some(true);
+                        Ok(())
+                    }
+                };
+                match result {
+                    Ok(()) => turn.replies.push(Reply::Done(reply)),
+                    Err(e) => drop(reply.send(Err(e))),
+                }
+            }
+            Command::ListQueues { reply } => {
+                let statuses = self
+                    .queues
+                    .keys()
+                    .filter_map(|name| self.queue_status(name))
+                    .collect();
+                let _ = reply.send(Ok(statuses));
+            }
+            Command::ShowQueue { name, reply } => {
+                let detail = self
+                    .queue_status(&name)
+                    .map(|status| pb::QueueDetail {
+                        status: Some(status),
+                        pending: self.pending_list(&name),
+                    })
+                    .ok_or(SchedulerError::QueueNotFound(name));
+                let _ = reply.send(detail);
+            }
+            Command::SetRunPriority {
+                run_id,
+                priority,
+                reply,
+            } => match self.runs.get_mut(&run_id) {
+                Some(run) => {
+                    if run.record.priority != priority {
+                        info!(run = %run_id, priority, "run priority changed");
+                        run.record.priority = priority;
+                        run.record_dirty = true;
+                        turn.touched.insert(run_id);
+                    }
+                    turn.replies.push(Reply::Flag(reply));
+                }
+                None => {
+                    let _ = reply.send(Ok(false));
+                }
+            },
         }
+    }
+
+    /// The queue's settings with its usage now, or None if there is no such queue.
+    fn queue_status(&self, name: &str) -> Option<pb::QueueStatus> {
+        let entry = self.queues.get(name).filter(|e| e.write != Some(true))?;
+        let mut used = pb::ResourceUsage::default();
+        let mut borrowed = pb::ResourceUsage::default();
+        let mut running = 0;
+        for ((run, _), a) in &self.fleet.allocations {
+            if self.runs.get(run).is_none_or(|r| r.record.queue != name) {
+                continue;
+            }
+            running += 1;
+            let add = |u: &mut pb::ResourceUsage| {
+                u.cpu_millis += a.req.cpu_millis;
+                u.memory_bytes += a.req.memory_bytes;
+                u.gpus += a.req.gpus;
+            };
+            add(&mut used);
+            if a.borrowed {
+                add(&mut borrowed);
+            }
+        }
+        let pending = self
+            .ready
+            .iter()
+            .filter(|(run, _)| self.runs.get(run).is_some_and(|r| r.record.queue == name))
+            .count() as u32;
+        let runs = self
+            .runs
+            .values()
+            .filter(|r| r.record.queue == name)
+            .count() as u32;
+        Some(pb::QueueStatus {
+            queue: Some(entry.queue.clone()),
+            used: Some(used),
+            borrowed: Some(borrowed),
+            pending,
+            running,
+            runs,
+        })
+    }
+
+    /// Waiting tasks of a queue: those the last pass ordered, then those
+    /// still waiting for upstream tasks.
+    fn pending_list(&self, name: &str) -> Vec<pb::PendingTask> {
+        let mut list = self.positions.get(name).cloned().unwrap_or_default();
+        let mut blocked: Vec<(&ActiveRun, usize)> = Vec::new();
+        for run in self.runs.values().filter(|r| r.record.queue == name) {
+            for (i, t) in run.dag.tasks().iter().enumerate() {
+                if t.status == TaskStatus::Pending {
+                    blocked.push((run, i));
+                }
+            }
+        }
+        blocked.sort_by(|(a, i), (b, j)| {
+            b.record
+                .priority
+                .cmp(&a.record.priority)
+                .then(a.record.created_at_ms.cmp(&b.record.created_at_ms))
+                .then(i.cmp(j))
+        });
+        for (run, i) in blocked {
+            let deps: Vec<&str> = run.dag.defs()[i]
+                .deps
+                .iter()
+                .filter(|&&d| run.dag.task(d).status != TaskStatus::Succeeded)
+                .map(|&d| run.dag.defs()[d].name.as_str())
+                .collect();
+            list.push(pb::PendingTask {
+                position: list.len() as u32 + 1,
+                run_id: run.record.id.clone(),
+                task: run.dag.defs()[i].name.clone(),
+                run_priority: run.record.priority,
+                waiting_for: "dependencies".into(),
+                reason: format!("waiting for {}", deps.join(", ")),
+            });
+        }
+        list
+    }
+
+    /// Queues from etcd; the default queue is created on first start.
+    async fn load_queues(&mut self) -> Result<()> {
+        for (queue, rev) in self.store.list_queues().await? {
+            self.queues.insert(
+                queue.name.clone(),
+                QueueEntry {
+                    queue,
+                    rev,
+                    write: None,
+                },
+            );
+        }
+        if !self.queues.contains_key(DEFAULT_QUEUE) {
+            info!("creating the default queue");
+            self.queues.insert(
+                DEFAULT_QUEUE.into(),
+                QueueEntry {
+                    queue: queues::default_queue(),
+                    rev: 0,
+                    write: Some(false),
+                },
+            );
+        }
+        Ok(())
     }
 
     fn agent_view(&self, id: &str) -> Option<pb::Agent> {
@@ -402,6 +717,7 @@ impl Engine {
                 rev: 0,
                 task_revs: vec![0; n],
                 requests: requests(&spec),
+                record_dirty: false,
             },
         );
         self.effects(&id, fx, turn);
@@ -423,7 +739,9 @@ impl Engine {
         turn.touched.insert(run_id.to_string());
         for e in fx {
             match e {
-                Effect::Ready { task } => self.queue.push_back((run_id.to_string(), task)),
+                Effect::Ready { task } => {
+                    self.ready.insert((run_id.to_string(), task));
+                }
                 Effect::Assign {
                     task,
                     attempt,
@@ -440,7 +758,14 @@ impl Engine {
                     attempt,
                     agent,
                 } => {
-                    let c = self.cancel_request(self.attempt_ref(run_id, task, attempt));
+                    let preempting = self
+                        .runs
+                        .get(run_id)
+                        .is_some_and(|r| r.dag.task(task).preempting.is_some());
+                    let mut c = self.cancel_request(self.attempt_ref(run_id, task, attempt));
+                    if preempting {
+                        c.grace_ms = self.opts.preemption_grace.as_millis() as u64;
+                    }
                     turn.sends
                         .push((run_id.to_string(), Send::Cancel(c, agent, Some(task))));
                 }
@@ -625,66 +950,165 @@ impl Engine {
         }
     }
 
-    /// Hands queued Ready tasks to agents with room, oldest first, and notes
-    /// why the others wait.
+    /// One admission pass over every Ready task: queue order, quotas, fair
+    /// shares, backfill and preemption are decided by the pure core; this
+    /// applies its decision and notes why the rest wait.
     fn place(&mut self, now: u64, turn: &mut Turn) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let mut slots = self.fleet.schedulable_slots();
-        let mut waiting: HashMap<String, Waiting> = HashMap::new();
-        let mut still_queued = VecDeque::new();
-        while let Some((run_id, task)) = self.queue.pop_front() {
-            let Some(run) = self.runs.get_mut(&run_id) else {
+        self.ready.retain(|(run, task)| {
+            self.runs
+                .get(run)
+                .is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
+        });
+        let names: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, e)| e.write != Some(true))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let qindex: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let core_queues: Vec<admission::Queue> = names
+            .iter()
+            .map(|n| queues::to_core(&self.queues[n].queue))
+            .collect();
+        let queue_of = |run: &ActiveRun| {
+            qindex
+                .get(run.record.queue.as_str())
+                .or_else(|| qindex.get(DEFAULT_QUEUE))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (slots, agent_index, schedulable) = self.fleet.admission_slots();
+
+        let pending_keys: Vec<(String, usize)> = self.ready.iter().cloned().collect();
+        let pending: Vec<admission::Pending<usize>> = pending_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(key, (run_id, task))| {
+                let run = self.runs.get(run_id)?;
+                Some(admission::Pending {
+                    key,
+                    queue: queue_of(run),
+                    run_priority: run.record.priority,
+                    submitted_at: run.record.created_at_ms,
+                    seq: *task as u64,
+                    req: run.requests[*task].clone(),
+                })
+            })
+            .collect();
+        let mut running_keys: Vec<(String, usize, u32)> = Vec::new();
+        let mut running: Vec<admission::Running<usize>> = Vec::new();
+        for ((run_id, task), alloc) in &self.fleet.allocations {
+            let (Some(run), Some(&agent)) = (self.runs.get(run_id), agent_index.get(&alloc.agent))
+            else {
                 continue;
             };
-            if run.dag.task(task).status != TaskStatus::Ready {
-                continue;
+            let t = run.dag.task(*task);
+            running.push(admission::Running {
+                key: running_keys.len(),
+                queue: queue_of(run),
+                run_priority: run.record.priority,
+                agent,
+                req: alloc.req.clone(),
+                gpus: alloc.gpus.clone(),
+                started_at: t.current().map_or(0, |a| a.assigned_at),
+                borrowed: alloc.borrowed,
+                preempting: t.preempting.is_some(),
+            });
+            running_keys.push((run_id.clone(), *task, alloc.attempt));
+        }
+        if pending.is_empty() {
+            self.positions.clear();
+            if let Ok(mut w) = self.waiting.lock() {
+                w.clear();
             }
-            let req = run.requests[task].clone();
-            match placement::choose(&slots, &req, self.opts.placement) {
-                Ok(p) => {
-                    let agent = slots[p.agent].id.clone();
-                    let ev = Event::Assign {
-                        task,
-                        agent: agent.clone(),
-                        gpus: p.gpus.clone(),
-                    };
-                    match run.dag.apply(ev, now) {
-                        Ok(fx) => {
-                            let attempt = run.dag.task(task).current().map_or(0, |a| a.number);
-                            slots[p.agent].allocate(&req, &p.gpus);
-                            self.fleet.allocations.insert(
-                                (run_id.clone(), task),
-                                Allocation {
-                                    agent,
-                                    attempt,
-                                    req,
-                                    gpus: p.gpus,
-                                },
-                            );
-                            self.effects(&run_id, fx, turn);
-                        }
-                        Err(stale) => debug!(run = %run_id, reason = %stale.0, "not placed"),
-                    }
+            return;
+        }
+
+        let decision = admission::schedule(
+            &core_queues,
+            &pending,
+            &running,
+            &slots,
+            self.opts.placement,
+        );
+
+        for admit in decision.admit {
+            let (run_id, task) = &pending_keys[admit.key];
+            let agent = slots[admit.placement.agent].id.clone();
+            let Some(run) = self.runs.get_mut(run_id) else {
+                continue;
+            };
+            let ev = Event::Assign {
+                task: *task,
+                agent: agent.clone(),
+                gpus: admit.placement.gpus.clone(),
+            };
+            match run.dag.apply(ev, now) {
+                Ok(fx) => {
+                    let attempt = run.dag.task(*task).current().map_or(0, |a| a.number);
+                    let req = run.requests[*task].clone();
+                    self.ready.remove(&(run_id.clone(), *task));
+                    self.fleet.allocate(
+                        run_id,
+                        *task,
+                        Allocation {
+                            agent,
+                            attempt,
+                            req,
+                            gpus: admit.placement.gpus,
+                            borrowed: admit.borrowed,
+                        },
+                    );
+                    self.effects(&run_id.clone(), fx, turn);
                 }
-                Err(why) => {
-                    let unschedulable = matches!(why, NoFit::Never(_));
-                    let reason = match why {
-                        NoFit::NoAgents => self.fleet.idle_reason(),
-                        other => other.to_string(),
-                    };
-                    debug!(run = %run_id, task, reason = %reason, "task waits");
-                    waiting
-                        .entry(run_id.clone())
-                        .or_default()
-                        .insert(task, (reason, unschedulable));
-                    still_queued.push_back((run_id, task));
-                }
+                Err(stale) => debug!(run = %run_id, reason = %stale.0, "not placed"),
             }
         }
-        self.queue = still_queued;
-        self.fleet.store_slots(slots);
+        for evict in decision.evict {
+            let (run_id, task, attempt) = running_keys[evict.victim].clone();
+            info!(run = %run_id, task, attempt, reason = %evict.reason, "preempting");
+            let ev = Event::Preempt {
+                task,
+                attempt,
+                reason: evict.reason,
+            };
+            self.apply_to(&run_id, ev, now, turn);
+        }
+
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let mut positions: HashMap<String, Vec<pb::PendingTask>> = HashMap::new();
+        for (key, wait) in decision.waiting {
+            let (run_id, task) = &pending_keys[key];
+            let Some(run) = self.runs.get(run_id) else {
+                continue;
+            };
+            let (reason, unschedulable) = match &wait {
+                // No agent takes work at all: say which and why, not "unschedulable".
+                Wait::NoCapacity(_) | Wait::Unschedulable(_) if schedulable == 0 => {
+                    (self.fleet.idle_reason(), false)
+                }
+                Wait::Unschedulable(_) => (wait.to_string(), true),
+                _ => (wait.to_string(), false),
+            };
+            let list = positions.entry(run.record.queue.clone()).or_default();
+            list.push(pb::PendingTask {
+                position: list.len() as u32 + 1,
+                run_id: run_id.clone(),
+                task: run.dag.defs()[*task].name.clone(),
+                run_priority: run.record.priority,
+                waiting_for: wait.kind().into(),
+                reason: reason.clone(),
+            });
+            waiting
+                .entry(run_id.clone())
+                .or_default()
+                .insert(*task, (reason, unschedulable));
+        }
+        self.positions = positions;
         if let Ok(mut w) = self.waiting.lock() {
             *w = waiting;
         }
@@ -702,6 +1126,9 @@ impl Engine {
                         Reply::Submit(tx) => drop(tx.send(Err(err()))),
                         Reply::Cancel(tx) => drop(tx.send(Err(err()))),
                         Reply::Agent(tx, _) => drop(tx.send(Err(err()))),
+                        Reply::Queue(tx, _) => drop(tx.send(Err(err()))),
+                        Reply::Done(tx) => drop(tx.send(Err(err()))),
+                        Reply::Flag(tx) => drop(tx.send(Err(err()))),
                     }
                 }
                 for m in turn.acks {
@@ -724,6 +1151,7 @@ impl Engine {
             Run(String),
             Task(String, usize),
             Agent(String),
+            Queue(String),
         }
         let mut groups = Vec::new();
         let mut index: Vec<Target> = Vec::new();
@@ -731,26 +1159,27 @@ impl Engine {
             let Some(run) = self.runs.get_mut(run_id) else {
                 continue;
             };
-            let (run_dirty, tasks) = run.dag.take_dirty();
+            let (dag_dirty, tasks) = run.dag.take_dirty();
+            let run_dirty = dag_dirty || std::mem::take(&mut run.record_dirty);
             let mut group = Vec::new();
             for t in tasks {
                 let state = run.dag.task(t);
                 if !state.needs_record() {
                     continue;
                 }
-                group.push(Write {
-                    key: self.store.task_key(run_id, &run.dag.defs()[t].name),
-                    value: convert::task_record(state).encode_to_vec(),
-                    expect_rev: run.task_revs[t],
-                });
+                group.push(Write::put(
+                    self.store.task_key(run_id, &run.dag.defs()[t].name),
+                    convert::task_record(state).encode_to_vec(),
+                    run.task_revs[t],
+                ));
                 index.push(Target::Task(run_id.clone(), t));
             }
             if run_dirty {
-                group.push(Write {
-                    key: self.store.run_key(run_id),
-                    value: convert::run_record(&run.record, &run.dag).encode_to_vec(),
-                    expect_rev: run.rev,
-                });
+                group.push(Write::put(
+                    self.store.run_key(run_id),
+                    convert::run_record(&run.record, &run.dag).encode_to_vec(),
+                    run.rev,
+                ));
                 index.push(Target::Run(run_id.clone()));
             }
             if !group.is_empty() {
@@ -759,13 +1188,28 @@ impl Engine {
         }
         for (id, a) in &self.fleet.agents {
             if a.record_dirty {
-                groups.push(vec![Write {
-                    key: self.store.agent_key(id),
-                    value: a.record.encode_to_vec(),
-                    expect_rev: a.record_rev,
-                }]);
+                groups.push(vec![Write::put(
+                    self.store.agent_key(id),
+                    a.record.encode_to_vec(),
+                    a.record_rev,
+                )]);
                 index.push(Target::Agent(id.clone()));
             }
+        }
+        for (name, q) in &self.queues {
+            let key = self.store.queue_key(name);
+            let write = match q.write {
+                None => continue,
+                Some(true) => Write::delete(key, q.rev),
+                Some(false) => {
+                    let record = pb::QueueRecord {
+                        queue: Some(q.queue.clone()),
+                    };
+                    Write::put(key, record.encode_to_vec(), q.rev)
+                }
+            };
+            groups.push(vec![write]);
+            index.push(Target::Queue(name.clone()));
         }
         if groups.is_empty() {
             return Ok(());
@@ -787,6 +1231,16 @@ impl Engine {
                     if let Some(a) = self.fleet.agents.get_mut(&id) {
                         a.record_rev = rev;
                         a.record_dirty = false;
+                    }
+                }
+                Target::Queue(name) => {
+                    if let Some(q) = self.queues.get_mut(&name) {
+                        if q.write == Some(true) {
+                            self.queues.remove(&name);
+                        } else {
+                            q.rev = rev;
+                            q.write = None;
+                        }
                     }
                 }
             }
@@ -851,6 +1305,16 @@ impl Engine {
                         .ok_or(SchedulerError::AgentNotFound(id));
                     drop(tx.send(view));
                 }
+                Reply::Queue(tx, name) => {
+                    let q = self
+                        .queues
+                        .get(&name)
+                        .map(|e| e.queue.clone())
+                        .ok_or(SchedulerError::QueueNotFound(name));
+                    drop(tx.send(q));
+                }
+                Reply::Done(tx) => drop(tx.send(Ok(()))),
+                Reply::Flag(tx) => drop(tx.send(Ok(true))),
             }
         }
         for run_id in turn.touched {
@@ -865,8 +1329,10 @@ impl Engine {
         }
     }
 
-    /// After a failed commit: agent records and runs from etcd again.
+    /// After a failed commit: agent records, queues and runs from etcd again.
     async fn reload(&mut self, turn: &mut Turn) -> Result<()> {
+        self.queues.clear();
+        self.load_queues().await?;
         let records = self.store.list_agents().await?;
         for (record, rev) in records {
             if let Some(a) = self.fleet.agents.get_mut(&record.id) {
@@ -885,7 +1351,7 @@ impl Engine {
     async fn resync(&mut self, turn: &mut Turn) -> Result<()> {
         let stored = self.store.load_active_runs().await?;
         self.runs.clear();
-        self.queue.clear();
+        self.ready.clear();
         self.fleet.clear_allocations();
         info!(runs = stored.len(), "loaded active runs from etcd");
         for s in stored {
@@ -916,6 +1382,8 @@ impl Engine {
                         attempt: a.number,
                         req: reqs[i].clone(),
                         gpus: a.gpus.clone(),
+                        // Not stored: after a restart running work counts as within quota.
+                        borrowed: false,
                     },
                 );
                 // An agent that never comes back must still be noticed.
@@ -938,6 +1406,7 @@ impl Engine {
                 rev: s.rev,
                 task_revs,
                 requests: reqs,
+                record_dirty: false,
             },
         );
         self.effects(&id, fx, turn);

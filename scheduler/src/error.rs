@@ -15,6 +15,13 @@ pub enum SchedulerError {
     RunNotFound(String),
     #[error("agent `{0}` not found")]
     AgentNotFound(String),
+    #[error("queue `{0}` not found")]
+    QueueNotFound(String),
+    #[error("queue `{0}` already exists")]
+    QueueExists(String),
+    /// The request conflicts with the state (e.g. deleting a queue in use).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("run `{run}` has no task `{task}`")]
     TaskNotFound { run: String, task: String },
     #[error("{0}")]
@@ -47,7 +54,10 @@ impl From<SchedulerError> for tonic::Status {
             SchedulerError::InvalidSpec(_)
             | SchedulerError::InvalidArgument { .. }
             | SchedulerError::Config(_) => Code::InvalidArgument,
+            SchedulerError::QueueExists(_) => Code::AlreadyExists,
+            SchedulerError::FailedPrecondition(_) => Code::FailedPrecondition,
             SchedulerError::RunNotFound(_)
+            | SchedulerError::QueueNotFound(_)
             | SchedulerError::AgentNotFound(_)
             | SchedulerError::TaskNotFound { .. }
             | SchedulerError::LogNotFound(_) => Code::NotFound,

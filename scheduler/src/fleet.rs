@@ -23,6 +23,8 @@ pub struct Allocation {
     pub attempt: u32,
     pub req: Request,
     pub gpus: Vec<(u32, String)>,
+    /// Admitted beyond its queue's quota: the first to be reclaimed.
+    pub borrowed: bool,
 }
 
 pub struct AgentEntry {
@@ -280,6 +282,33 @@ impl Fleet {
         format!("waiting for an agent to take work ({})", parts.join("; "))
     }
 
+    /// Agents for an admission pass, and each one's index there. Agents that
+    /// take no new work are included only while they hold running work (so
+    /// it counts against quotas), offering no executor and no room beyond it.
+    /// The count says how many lead the list as schedulable.
+    pub fn admission_slots(&self) -> (Vec<AgentSlot>, HashMap<String, usize>, usize) {
+        let mut slots: Vec<AgentSlot> = Vec::new();
+        let mut index = HashMap::new();
+        for (id, a) in self.agents.iter().filter(|(_, a)| a.schedulable()) {
+            index.insert(id.clone(), slots.len());
+            slots.push(a.slot.clone());
+        }
+        let schedulable = slots.len();
+        for (id, a) in self.agents.iter().filter(|(_, a)| !a.schedulable()) {
+            if !self.allocations.values().any(|al| &al.agent == id) {
+                continue;
+            }
+            let mut slot = a.slot.clone();
+            slot.executors.clear();
+            slot.cpu_millis = slot.used_cpu_millis;
+            slot.memory_bytes = slot.used_memory_bytes;
+            slot.gpus.retain(|g| g.held);
+            index.insert(id.clone(), slots.len());
+            slots.push(slot);
+        }
+        (slots, index, schedulable)
+    }
+
     /// Writes placement's allocations back (placement works on copies).
     pub fn store_slots(&mut self, slots: Vec<AgentSlot>) {
         for slot in slots {
@@ -386,6 +415,7 @@ mod tests {
                 } else {
                     vec![]
                 },
+                borrowed: false,
             },
         );
     }

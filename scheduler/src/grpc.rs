@@ -112,9 +112,26 @@ impl Scheduler for Api {
         let req = req.into_inner();
         let spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
+        let queue = [req.queue.as_str(), spec.queue.as_str()]
+            .into_iter()
+            .find(|q| !q.is_empty())
+            .unwrap_or(crate::queues::DEFAULT_QUEUE)
+            .to_string();
+        if !drover_api::spec::is_queue_name(&queue) {
+            return Err(SchedulerError::InvalidArgument {
+                field: "queue",
+                message: format!(
+                    "invalid queue name `{queue}` (use lowercase letters, digits and `-`)"
+                ),
+            }
+            .into());
+        }
+        let priority = crate::queues::check_priority(req.priority.unwrap_or(spec.priority))?;
         let run_id = new_run_id(&spec.name);
         let record = pb::RunRecord {
             id: run_id.clone(),
+            queue,
+            priority,
             params: spec.params.clone(),
             spec: Some(spec),
             state: pb::RunState::Running as i32,
@@ -216,6 +233,30 @@ impl Scheduler for Api {
         Ok(Response::new(self.read_run(&id).await?))
     }
 
+    async fn set_run_priority(
+        &self,
+        req: Request<pb::SetRunPriorityRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        required("run_id", &req.run_id)?;
+        let priority = crate::queues::check_priority(req.priority)?;
+        if !self
+            .engine
+            .set_run_priority(req.run_id.clone(), priority)
+            .await?
+        {
+            // Unknown (NotFound from the read) or finished: nothing waits any more.
+            let run = self.read_run(&req.run_id).await?;
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "run `{}` has finished ({:?}); its priority no longer matters",
+                run.id,
+                run.state()
+            ))
+            .into());
+        }
+        Ok(Response::new(self.read_run(&req.run_id).await?))
+    }
+
     type GetLogsStream = BoxStream<pb::LogChunk>;
 
     async fn get_logs(
@@ -272,5 +313,60 @@ impl pb::agents_server::Agents for Api {
         let id = req.into_inner().agent_id;
         required("agent_id", &id)?;
         Ok(Response::new(self.engine.drain(id, false).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::queues_server::Queues for Api {
+    async fn create_queue(&self, req: Request<pb::Queue>) -> Result<Response<pb::Queue>, Status> {
+        let q = crate::queues::validate(req.into_inner())?;
+        Ok(Response::new(self.engine.put_queue(q, true).await?))
+    }
+
+    async fn update_queue(&self, req: Request<pb::Queue>) -> Result<Response<pb::Queue>, Status> {
+        let q = crate::queues::validate(req.into_inner())?;
+        Ok(Response::new(self.engine.put_queue(q, false).await?))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let name = req.into_inner().name;
+        required("name", &name)?;
+        self.engine.delete_queue(name).await?;
+        Ok(Response::new(pb::DeleteQueueResponse {}))
+    }
+
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self.engine.list_queues().await?;
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    async fn show_queue(
+        &self,
+        req: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::QueueDetail>, Status> {
+        let name = req.into_inner().name;
+        required("name", &name)?;
+        Ok(Response::new(self.engine.show_queue(name).await?))
+    }
+
+    async fn pause_queue(&self, req: Request<pb::QueueRef>) -> Result<Response<pb::Queue>, Status> {
+        let name = req.into_inner().name;
+        required("name", &name)?;
+        Ok(Response::new(self.engine.set_paused(name, true).await?))
+    }
+
+    async fn resume_queue(
+        &self,
+        req: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let name = req.into_inner().name;
+        required("name", &name)?;
+        Ok(Response::new(self.engine.set_paused(name, false).await?))
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod options;
+pub mod queues;
 pub mod store;
 
 use std::future::Future;
@@ -47,6 +48,7 @@ pub async fn serve(
             nats_prefix: opts.nats_prefix.clone(),
             agent_timeout: opts.agent_timeout,
             cancel_grace: opts.cancel_grace,
+            preemption_grace: opts.preemption_grace,
             placement: opts.placement,
         },
     );
@@ -68,6 +70,9 @@ pub async fn serve(
     health
         .set_serving::<pb::agents_server::AgentsServer<grpc::Api>>()
         .await;
+    health
+        .set_serving::<pb::queues_server::QueuesServer<grpc::Api>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -78,6 +83,7 @@ pub async fn serve(
         artifacts,
     };
     let agents_api = pb::agents_server::AgentsServer::new(api.clone());
+    let queues_api = pb::queues_server::QueuesServer::new(api.clone());
     let addr = listener.local_addr().ok();
     info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
     let server = tonic::transport::Server::builder()
@@ -85,6 +91,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::scheduler_server::SchedulerServer::new(api))
         .add_service(agents_api)
+        .add_service(queues_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {
         r = server => r.map_err(|e| SchedulerError::Transport(e.to_string()))?,

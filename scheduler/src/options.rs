@@ -50,6 +50,9 @@ pub struct SchedulerOptions {
     /// (keeps whole GPU machines free for big jobs), `spread` evens the load.
     #[arg(long, env = "DROVER_PLACEMENT", default_value = "binpack", value_parser = placement_arg)]
     pub placement: Strategy,
+    /// How long a preempted task gets between SIGTERM and SIGKILL (to checkpoint).
+    #[arg(long, env = "DROVER_PREEMPTION_GRACE", default_value = "30s", value_parser = duration_arg)]
+    pub preemption_grace: Duration,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,

@@ -4,6 +4,7 @@
 //! - `<prefix>/runs/<run-id>` → `RunRecord`
 //! - `<prefix>/tasks/<run-id>/<task>` → `TaskRecord`, only once the task has an attempt
 //! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
+//! - `<prefix>/queues/<name>` → `QueueRecord`
 //!
 //! Every write compares the key's `mod_revision` with the one this scheduler
 //! last saw (or `create_revision == 0` for a new key), so a second writer
@@ -19,13 +20,32 @@ use crate::error::{Result, SchedulerError};
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
-/// One key to write, and the revision it must still have.
+/// One key to write (or delete), and the revision it must still have.
 #[derive(Debug, Clone)]
 pub struct Write {
     pub key: String,
-    pub value: Vec<u8>,
+    /// `None` deletes the key.
+    pub value: Option<Vec<u8>>,
     /// `0`: the key must not exist yet.
     pub expect_rev: i64,
+}
+
+impl Write {
+    pub fn put(key: String, value: Vec<u8>, expect_rev: i64) -> Self {
+        Self {
+            key,
+            value: Some(value),
+            expect_rev,
+        }
+    }
+
+    pub fn delete(key: String, expect_rev: i64) -> Self {
+        Self {
+            key,
+            value: None,
+            expect_rev,
+        }
+    }
 }
 
 /// A run as stored: the run record, and task records by task name.
@@ -56,6 +76,27 @@ impl Store {
 
     pub fn task_key(&self, run: &str, task: &str) -> String {
         format!("{}/tasks/{run}/{task}", self.prefix)
+    }
+
+    pub fn queue_key(&self, queue: &str) -> String {
+        format!("{}/queues/{queue}", self.prefix)
+    }
+
+    /// Every queue, with its revision.
+    pub async fn list_queues(&self) -> Result<Vec<(pb::Queue, i64)>> {
+        let prefix = format!("{}/queues/", self.prefix);
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let r: pb::QueueRecord = Self::decode(kv.key(), kv.value())?;
+                Ok((r.queue.unwrap_or_default(), kv.mod_revision()))
+            })
+            .collect()
     }
 
     pub fn agent_key(&self, agent: &str) -> String {
@@ -190,7 +231,10 @@ impl Store {
             } else {
                 Compare::mod_revision(w.key.clone(), CompareOp::Equal, w.expect_rev)
             });
-            puts.push(TxnOp::put(w.key, w.value, None));
+            puts.push(match w.value {
+                Some(v) => TxnOp::put(w.key, v, None),
+                None => TxnOp::delete(w.key, None),
+            });
         }
         let resp = self
             .client
@@ -214,11 +258,7 @@ mod tests {
     use super::*;
 
     fn put(key: String, value: Vec<u8>, expect_rev: i64) -> Vec<Write> {
-        vec![Write {
-            key,
-            value,
-            expect_rev,
-        }]
+        vec![Write::put(key, value, expect_rev)]
     }
 
     #[tokio::test]
@@ -279,11 +319,7 @@ mod tests {
             .await
             .unwrap();
         let writes: Vec<Write> = (0..300)
-            .map(|i| Write {
-                key: store.task_key("big", &format!("t{i}")),
-                value: vec![],
-                expect_rev: 0,
-            })
+            .map(|i| Write::put(store.task_key("big", &format!("t{i}")), vec![], 0))
             .collect();
         let small = put(store.run_key("small"), vec![], 0);
         let revs = store.commit(vec![writes, small]).await.unwrap();

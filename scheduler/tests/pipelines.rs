@@ -313,7 +313,7 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         let err = client
             .submit_run(pb::SubmitRunRequest {
                 spec_yaml: yaml.to_string(),
-                params: Default::default(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -406,7 +406,7 @@ async fn unknown_runs_and_tasks_are_not_found() {
     let e = c.logs(&id, "a", 0).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     // Only the run record is written at submit, not one key per task.
-    assert_eq!(c.etcd_keys().await, vec![format!("{}/runs/{id}", c.prefix)]);
+    assert_eq!(c.run_keys().await, vec![format!("{}/runs/{id}", c.prefix)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,8 @@ pub enum AttemptStatus {
     Cancelled,
     /// Its agent was lost or restarted without it; not counted as a retry.
     Lost,
+    /// Stopped to make room for other work; not counted as a retry.
+    Preempted,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,6 +99,8 @@ pub struct TaskRun {
     pub retry_at: Millis,
     /// Retries consumed; attempts refused by or lost with an agent do not count.
     pub retries_used: u32,
+    /// Set while the running attempt is being stopped to make room: why.
+    pub preempting: Option<String>,
 }
 
 impl TaskRun {
@@ -107,6 +111,7 @@ impl TaskRun {
             message,
             retry_at: 0,
             retries_used: 0,
+            preempting: None,
         }
     }
 
@@ -175,6 +180,13 @@ pub enum Event {
         log_key: String,
         /// Stopped by a cancel request rather than failing on its own.
         cancelled: bool,
+    },
+    /// Admission chose this running attempt as a victim: stop it; when it
+    /// has stopped the task runs again later, without using a retry.
+    Preempt {
+        task: usize,
+        attempt: u32,
+        reason: String,
     },
     /// The user cancelled the run.
     Cancel,
@@ -329,6 +341,11 @@ impl RunDag {
             };
             match (t.status, dag.run.status) {
                 (TaskStatus::Ready, _) => effects.push(Effect::Ready { task: i }),
+                (s, _) if s.is_active() && t.preempting.is_some() => effects.push(Effect::Cancel {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
                 (s, RunStatus::Cancelling) if s.is_active() => effects.push(Effect::Cancel {
                     task: i,
                     attempt: a.number,
@@ -496,6 +513,7 @@ impl RunDag {
 
     fn end_attempt(&mut self, task: usize, f: impl FnOnce(&mut Attempt)) -> Effect {
         self.touch(task);
+        self.tasks[task].preempting = None;
         let a = self.tasks[task]
             .attempts
             .last_mut()
@@ -611,6 +629,13 @@ impl RunDag {
                 cancelled,
             } => {
                 self.live_attempt(task, attempt)?;
+                if let (true, Some(why)) = (cancelled, self.tasks[task].preempting.take()) {
+                    self.requeue(task, AttemptStatus::Preempted, why, now, &mut fx);
+                    if self.unfinished == 0 && !self.run.status.is_terminal() {
+                        fx.push(self.finish(now));
+                    }
+                    return Ok(fx);
+                }
                 fx.push(self.end_attempt(task, |a| {
                     a.status = if cancelled {
                         AttemptStatus::Cancelled
@@ -640,6 +665,27 @@ impl RunDag {
                     self.set_status(task, TaskStatus::Failed, reason.clone());
                     self.fail(task, &reason, &mut fx);
                 }
+            }
+            Event::Preempt {
+                task,
+                attempt,
+                reason,
+            } => {
+                self.live_attempt(task, attempt)?;
+                let t = &mut self.tasks[task];
+                if t.preempting.is_some() {
+                    return Err(Stale(format!(
+                        "attempt {attempt} is already being preempted"
+                    )));
+                }
+                t.preempting = Some(reason);
+                let agent = t.current().map(|a| a.agent.clone()).unwrap_or_default();
+                self.touch(task);
+                fx.push(Effect::Cancel {
+                    task,
+                    attempt,
+                    agent,
+                });
             }
             Event::Cancel => {
                 if self.run.status != RunStatus::Running {

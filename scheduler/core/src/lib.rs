@@ -6,7 +6,10 @@
 //! - [`dag`]: one run's task state machine (ready, attempts, retries, fail-fast, cancel).
 //! - [`retry`]: exponential backoff.
 //! - [`placement`]: which live agent takes a ready task.
+//! - [`admission`]: priority queues, quotas, fair sharing, borrowing, backfill
+//!   and preemption: which ready tasks start now.
 
+pub mod admission;
 pub mod dag;
 pub mod placement;
 pub mod retry;

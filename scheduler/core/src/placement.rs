@@ -101,6 +101,11 @@ impl Request {
             && g.memory_bytes >= self.gpu_memory_bytes
     }
 
+    /// Whether GPU `g` (held or not) has the wanted model and memory.
+    pub fn accepts_gpu(&self, g: &GpuSlot) -> bool {
+        self.gpu_matches(g)
+    }
+
     /// Human summary, e.g. "executor `process`, 250m cpu, 2 GPU(s) `a100`".
     pub fn describe(&self) -> String {
         let mut s = format!("executor `{}`, {}m cpu", self.executor, self.cpu_millis);
@@ -177,12 +182,6 @@ impl AgentSlot {
 
     /// The GPUs `req` would get here now, or why it must wait.
     fn fits_now(&self, req: &Request) -> Result<Vec<usize>, String> {
-        if self.free_cpu() < req.cpu_millis {
-            return Err(format!("{}m cpu free", self.free_cpu()));
-        }
-        if self.free_memory() < req.memory_bytes {
-            return Err(format!("{} memory free", bytes(self.free_memory())));
-        }
         let gpus: Vec<usize> = self
             .gpus
             .iter()
@@ -191,10 +190,10 @@ impl AgentSlot {
             .map(|(i, _)| i)
             .take(req.gpus as usize)
             .collect();
-        if gpus.len() < req.gpus as usize {
-            return Err(format!("{} matching GPU(s) free", gpus.len()));
+        match busy_reason(self.free_cpu(), self.free_memory(), gpus.len(), req) {
+            Some(why) => Err(why),
+            None => Ok(gpus),
         }
-        Ok(gpus)
     }
 
     /// Takes `req`'s resources and the GPUs with these UUIDs.
@@ -249,16 +248,58 @@ impl std::fmt::Display for NoFit {
     }
 }
 
+/// Why an agent with this much free CPU, memory and matching GPUs cannot
+/// take `req` now, in [`choose`]'s words; None if it can.
+pub fn busy_reason(
+    free_cpu: u64,
+    free_memory: u64,
+    free_matching_gpus: usize,
+    req: &Request,
+) -> Option<String> {
+    if free_cpu < req.cpu_millis {
+        return Some(format!("{free_cpu}m cpu free"));
+    }
+    if free_memory < req.memory_bytes {
+        return Some(format!("{} memory free", bytes(free_memory)));
+    }
+    if free_matching_gpus < req.gpus as usize {
+        return Some(format!("{free_matching_gpus} matching GPU(s) free"));
+    }
+    None
+}
+
+/// How many examples a [`NoFit`] message lists.
+pub const EXAMPLES: usize = 3;
+
+/// [`NoFit::Busy`] as [`choose`] words it, from the first (up to
+/// [`EXAMPLES`]) busy agents with their reason and how many are busy in all.
+pub fn waiting_for_room(req: &Request, first: &[(&str, String)], busy: usize) -> NoFit {
+    NoFit::Busy(format!(
+        "waiting for room: {} ({})",
+        req.describe(),
+        examples(first, busy)
+    ))
+}
+
+/// [`NoFit::Never`] as [`choose`] words it, from the first (up to
+/// [`EXAMPLES`]) agents with why they never fit and how many agents there are.
+pub fn unschedulable(req: &Request, first: &[(&str, String)], never: usize) -> NoFit {
+    NoFit::Never(format!(
+        "unschedulable: no connected agent offers {} ({})",
+        req.describe(),
+        examples(first, never)
+    ))
+}
+
 /// Lists up to three agents with their reason, e.g. "a1: no label zone=eu; a2: ...".
-fn examples<'a>(reasons: impl Iterator<Item = (&'a str, String)>) -> String {
-    let all: Vec<(&str, String)> = reasons.collect();
-    let mut s: Vec<String> = all
+fn examples(first: &[(&str, String)], total: usize) -> String {
+    let mut s: Vec<String> = first
         .iter()
-        .take(3)
+        .take(EXAMPLES)
         .map(|(id, why)| format!("{id}: {why}"))
         .collect();
-    if all.len() > 3 {
-        s.push(format!("{} more", all.len() - 3));
+    if total > s.len() {
+        s.push(format!("{} more", total - s.len()));
     }
     s.join("; ")
 }
@@ -305,17 +346,12 @@ pub fn choose(agents: &[AgentSlot], req: &Request, strategy: Strategy) -> Result
     if let Some((p, _)) = best {
         return Ok(p);
     }
-    let want = req.describe();
     if busy.is_empty() {
-        Err(NoFit::Never(format!(
-            "unschedulable: no connected agent offers {want} ({})",
-            examples(never.into_iter())
-        )))
+        let n = never.len().min(EXAMPLES);
+        Err(unschedulable(req, &never[..n], never.len()))
     } else {
-        Err(NoFit::Busy(format!(
-            "waiting for room: {want} ({})",
-            examples(busy.into_iter())
-        )))
+        let n = busy.len().min(EXAMPLES);
+        Err(waiting_for_room(req, &busy[..n], busy.len()))
     }
 }
 

@@ -155,6 +155,7 @@ impl Cluster {
             .args(["--nats-prefix", &self.nats_prefix])
             .args(["--artifacts", &self.artifacts])
             .args(["--cancel-grace", "2s"])
+            .args(["--preemption-grace", "1s"])
             .args(&self.scheduler_args)
             .env("RUST_LOG", "info,drover_scheduler=debug")
             .stdin(Stdio::null())
@@ -243,12 +244,46 @@ impl Cluster {
         pb::agents_client::AgentsClient::new(channel)
     }
 
+    pub async fn queues(&self) -> pb::queues_client::QueuesClient<Channel> {
+        let channel = Channel::from_shared(self.server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::queues_client::QueuesClient::new(channel)
+    }
+
+    /// Creates a queue (settings not given take their defaults).
+    pub async fn create_queue(&self, q: pb::Queue) {
+        self.queues().await.create_queue(q).await.unwrap();
+    }
+
     pub async fn client(&self) -> SchedulerClient<Channel> {
         SchedulerClient::connect(self.server.clone()).await.unwrap()
     }
 
     pub async fn submit(&self, yaml: &str) -> Result<String, tonic::Status> {
         self.submit_with(yaml, &[]).await
+    }
+
+    /// Submits into `queue` with run priority `priority`.
+    pub async fn submit_to(
+        &self,
+        yaml: &str,
+        queue: &str,
+        priority: i64,
+    ) -> Result<String, tonic::Status> {
+        let r = self
+            .client()
+            .await
+            .submit_run(pb::SubmitRunRequest {
+                spec_yaml: yaml.to_string(),
+                params: Default::default(),
+                queue: queue.into(),
+                priority: Some(priority),
+            })
+            .await?;
+        Ok(r.into_inner().run_id)
     }
 
     pub async fn submit_with(
@@ -266,6 +301,7 @@ impl Cluster {
             .submit_run(pb::SubmitRunRequest {
                 spec_yaml: yaml.to_string(),
                 params,
+                ..Default::default()
             })
             .await?;
         Ok(r.into_inner().run_id)
@@ -364,6 +400,17 @@ impl Cluster {
         resp.kvs()
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect()
+    }
+
+    /// Keys that hold runs and tasks (not agents or queues).
+    pub async fn run_keys(&self) -> Vec<String> {
+        let runs = format!("{}/runs/", self.prefix);
+        let tasks = format!("{}/tasks/", self.prefix);
+        self.etcd_keys()
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&runs) || k.starts_with(&tasks))
             .collect()
     }
 

@@ -24,7 +24,12 @@ pub struct DevArgs {
     agent_id: Option<String>,
     /// The agent's executors, comma-separated: `process`, `docker` (needs a
     /// running Docker engine; containers get network mode `none`).
-    #[arg(long, env = "DROVER_EXECUTORS", value_delimiter = ',', default_value = "process")]
+    #[arg(
+        long,
+        env = "DROVER_EXECUTORS",
+        value_delimiter = ',',
+        default_value = "process"
+    )]
     executors: Vec<String>,
     /// Advertise this many simulated GPUs, to try GPU scheduling on a laptop.
     #[arg(long, env = "DROVER_SIMULATE_GPUS", default_value_t = 0)]
@@ -59,6 +64,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
         agent_timeout: Duration::from_secs(10),
         cancel_grace: Duration::from_secs(10),
+        preemption_grace: Duration::from_secs(10),
         placement: Default::default(),
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(

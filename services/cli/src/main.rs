@@ -1,8 +1,10 @@
-//! `drover`: submit, watch, inspect and cancel pipeline runs over gRPC, and
-//! `drover dev`, a whole local cluster in one command.
+//! `drover`: submit, watch, inspect and cancel pipeline runs over gRPC,
+//! administer priority queues, and `drover dev`, a whole local cluster in one
+//! command.
 
 mod dev;
 mod output;
+mod queue;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -16,7 +18,10 @@ use tonic::transport::Channel;
 
 use drover_api::pb;
 use drover_api::pb::agents_client::AgentsClient;
+use drover_api::pb::queues_client::QueuesClient;
 use drover_api::pb::scheduler_client::SchedulerClient;
+
+use queue::{QueueCommand, RunCommand};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +60,13 @@ enum Command {
         /// Follow the run; exit 0 only if it succeeds.
         #[arg(long, short = 'w')]
         watch: bool,
+        /// Queue to wait in (overrides the spec's `queue:`).
+        #[arg(long, value_name = "QUEUE", value_parser = queue::queue_name)]
+        queue: Option<String>,
+        /// Order inside the queue, 0 to 1000000, higher first (overrides the
+        /// spec's `priority:`).
+        #[arg(long, value_name = "N", value_parser = queue::priority, allow_negative_numbers = true)]
+        priority: Option<i64>,
     },
     /// Show a run and its tasks.
     Get {
@@ -84,6 +96,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         attempt: u32,
     },
+    /// Change a run after submitting it.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Administer priority queues: quotas, weights, preemption, pause.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Inspect and operate the fleet of agents.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -218,17 +236,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Queue(cmd) => {
+            cmd.check()?;
+            let client = QueuesClient::new(channel(&server).await?);
+            queue::run_queue(client, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(cmd) => {
+            queue::run_run(connect(&server).await?, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Submit {
             file,
             params,
             watch,
+            queue,
+            priority,
         } => {
             let spec_yaml = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let params = parse_params(&params)?;
             let mut client = connect(&server).await?;
             let id = client
-                .submit_run(pb::SubmitRunRequest { spec_yaml, params })
+                .submit_run(pb::SubmitRunRequest {
+                    spec_yaml,
+                    params,
+                    queue: queue.unwrap_or_default(),
+                    priority,
+                })
                 .await?
                 .into_inner()
                 .run_id;

@@ -1,4 +1,4 @@
-//! How runs look in a terminal and as JSON.
+//! How runs, agents and queues look in a terminal and as JSON.
 
 use std::fmt::Write as _;
 
@@ -93,6 +93,42 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The queue a run without one waits in (the scheduler fills it in; older
+/// runs may not have it).
+const DEFAULT_QUEUE: &str = "default";
+
+fn queue_of(queue: &str) -> &str {
+    if queue.is_empty() {
+        DEFAULT_QUEUE
+    } else {
+        queue
+    }
+}
+
+/// Why a task is in its state. A task waiting again because its latest
+/// attempt was preempted says so: the scheduler puts the reason in the
+/// task's message; the attempt's error is the fallback.
+fn task_message(t: &pb::Task) -> String {
+    let mut msg = t.message.clone();
+    let preempted = t
+        .attempts
+        .last()
+        .filter(|a| t.state() == pb::TaskState::Ready && a.state() == pb::AttemptState::Preempted);
+    if let Some(a) = preempted {
+        let note = if a.error.is_empty() {
+            format!("attempt {} preempted", a.number)
+        } else {
+            format!("attempt {} preempted: {}", a.number, a.error)
+        };
+        if msg.is_empty() {
+            msg = note;
+        } else if !a.error.is_empty() && !msg.contains(&a.error) {
+            msg = format!("{msg}; {note}");
+        }
+    }
+    msg
+}
+
 fn run_elapsed(run: &pb::Run, now_ms: u64) -> u64 {
     let end = if run.finished_at_ms > 0 {
         run.finished_at_ms
@@ -113,6 +149,8 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     let _ = writeln!(out, "Run:       {}", run.id);
     let _ = writeln!(out, "Pipeline:  {}", run.name);
     let _ = writeln!(out, "State:     {}", run_state(run.state()));
+    let _ = writeln!(out, "Queue:     {}", queue_of(&run.queue));
+    let _ = writeln!(out, "Priority:  {}", run.priority);
     let _ = writeln!(out, "Created:   {}", timestamp(run.created_at_ms));
     let _ = writeln!(out, "Duration:  {}", duration(run_elapsed(run, now_ms)));
     if !run.params.is_empty() {
@@ -152,7 +190,7 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         let took = last
             .and_then(attempt_elapsed)
             .map_or_else(|| "-".to_string(), duration);
-        let mut msg = t.message.clone();
+        let mut msg = task_message(t);
         if let Some(code) = last.and_then(|a| a.exit_code).filter(|c| *c != 0) {
             if !msg.contains("code") {
                 msg = format!("exit code {code}; {msg}");
@@ -182,6 +220,8 @@ pub fn run_json(run: &pb::Run) -> Value {
         "finished_at_ms": run.finished_at_ms,
         "message": run.message,
         "fail_fast": run.fail_fast,
+        "queue": queue_of(&run.queue),
+        "priority": run.priority,
         "tasks": run.tasks.iter().map(|t| json!({
             "name": t.name,
             "state": json_name(&task_state(t.state())),
@@ -216,14 +256,22 @@ pub fn summary_json(r: &pb::RunSummary) -> Value {
         "created_at_ms": r.created_at_ms,
         "finished_at_ms": r.finished_at_ms,
         "tasks": r.tasks_total,
+        "queue": queue_of(&r.queue),
+        "priority": r.priority,
     })
 }
 
 pub fn list_table(runs: &[pb::RunSummary], now_ms: u64) -> String {
     let width = runs.iter().map(|r| r.id.len()).max().unwrap_or(3).max(3);
+    let queues = runs
+        .iter()
+        .map(|r| queue_of(&r.queue).chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let mut out = format!(
-        "{:<width$}  {:<10}  {:>5}  {:<23}  DURATION\n",
-        "RUN", "STATE", "TASKS", "CREATED"
+        "{:<width$}  {:<10}  {:<queues$}  {:>5}  {:<23}  DURATION\n",
+        "RUN", "STATE", "QUEUE", "TASKS", "CREATED"
     );
     for r in runs {
         let end = if r.finished_at_ms > 0 {
@@ -233,9 +281,10 @@ pub fn list_table(runs: &[pb::RunSummary], now_ms: u64) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:<10}  {:>5}  {:<23}  {}",
+            "{:<width$}  {:<10}  {:<queues$}  {:>5}  {:<23}  {}",
             r.id,
             run_state(r.state()),
+            queue_of(&r.queue),
             r.tasks_total,
             timestamp(r.created_at_ms),
             duration(end.saturating_sub(r.created_at_ms))
@@ -365,6 +414,293 @@ pub fn agent_json(a: &pb::Agent) -> Value {
     })
 }
 
+/// Columns separated by two spaces, each as wide as its widest cell; `right`
+/// says which are right-aligned (numbers). The last column is not padded.
+fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([headers[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let w = widths[c];
+            if right[c] {
+                let _ = write!(line, "{cell:>w$}");
+            } else if c + 1 < row.len() {
+                let _ = write!(line, "{cell:<w$}");
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Shown for a resource without a quota.
+const UNLIMITED: &str = "∞";
+
+pub fn queue_state(q: &pb::Queue) -> &'static str {
+    if q.paused {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
+/// As the `--preemption` flag spells it; unset is what the scheduler
+/// defaults to.
+fn preemption(q: &pb::Queue) -> &'static str {
+    match q.preemption() {
+        pb::Preemption::LowerPriority => "lower-priority",
+        pb::Preemption::Never | pb::Preemption::Unspecified => "never",
+    }
+}
+
+fn quota_of(q: &pb::Queue) -> pb::Quota {
+    q.quota.unwrap_or_default()
+}
+
+fn or_unlimited<T>(v: Option<T>, show: impl FnOnce(T) -> String) -> String {
+    v.map_or_else(|| UNLIMITED.to_owned(), show)
+}
+
+fn cpu_quota(q: &pb::Quota) -> String {
+    or_unlimited(q.cpu_millis, |m| cores(u64::from(m)))
+}
+
+fn memory_quota(q: &pb::Quota) -> String {
+    or_unlimited(q.memory_bytes, gib)
+}
+
+fn gpu_quota(q: &pb::Quota) -> String {
+    or_unlimited(q.gpus, |g| g.to_string())
+}
+
+/// The non-zero parts of a borrowed amount, `-` when nothing is borrowed.
+fn borrowed(b: &pb::ResourceUsage) -> String {
+    let mut parts = Vec::new();
+    if b.cpu_millis > 0 {
+        parts.push(format!("cpu {}", cores(b.cpu_millis)));
+    }
+    if b.memory_bytes > 0 {
+        parts.push(format!("memory {}", gib(b.memory_bytes)));
+    }
+    if b.gpus > 0 {
+        parts.push(format!("gpus {}", b.gpus));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `create`, `update` and the top of `show`: every setting of a queue.
+pub fn queue_settings(q: &pb::Queue) -> String {
+    let quota = quota_of(q);
+    let mut out = String::new();
+    let _ = writeln!(out, "Queue:        {}", q.name);
+    let _ = writeln!(out, "State:        {}", queue_state(q));
+    let _ = writeln!(out, "Priority:     {}", q.priority);
+    let _ = writeln!(out, "Weight:       {}", q.weight.max(1));
+    let _ = writeln!(
+        out,
+        "Quota:        cpu {}, memory {}, gpus {}",
+        cpu_quota(&quota),
+        memory_quota(&quota),
+        gpu_quota(&quota)
+    );
+    let _ = writeln!(
+        out,
+        "Max running:  {}",
+        or_unlimited(q.max_running, |n| n.to_string())
+    );
+    let _ = writeln!(out, "Preemption:   {}", preemption(q));
+    let _ = writeln!(out, "Borrow:       {}", if q.borrow { "yes" } else { "no" });
+    out
+}
+
+/// `drover queue list`: one line per queue, usage as `used/quota`.
+pub fn queues_table(queues: &[pb::QueueStatus]) -> String {
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|s| {
+            let q = s.queue.clone().unwrap_or_default();
+            let quota = quota_of(&q);
+            let used = s.used.unwrap_or_default();
+            vec![
+                q.name.clone(),
+                q.priority.to_string(),
+                q.weight.max(1).to_string(),
+                queue_state(&q).to_owned(),
+                format!("{}/{}", cores(used.cpu_millis), cpu_quota(&quota)),
+                format!("{}/{}", gib(used.memory_bytes), memory_quota(&quota)),
+                format!("{}/{}", used.gpus, gpu_quota(&quota)),
+                borrowed(&s.borrowed.unwrap_or_default()),
+                s.pending.to_string(),
+                s.running.to_string(),
+                s.runs.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "PRIO", "WEIGHT", "STATE", "CPU", "MEMORY", "GPUS", "BORROWED", "PENDING",
+            "RUNNING", "RUNS",
+        ],
+        &[
+            false, true, true, false, true, true, true, false, true, true, true,
+        ],
+        &rows,
+    )
+}
+
+/// `drover queue show`: the settings, usage against quota, then the pending
+/// tasks in the order they will be admitted.
+pub fn queue_detail_table(d: &pb::QueueDetail) -> String {
+    let status = d.status.clone().unwrap_or_default();
+    let q = status.queue.clone().unwrap_or_default();
+    let quota = quota_of(&q);
+    let used = status.used.unwrap_or_default();
+    let lent = status.borrowed.unwrap_or_default();
+    let mut out = queue_settings(&q);
+    let _ = writeln!(
+        out,
+        "Tasks:        {} running, {} pending, in {} active run{}",
+        status.running,
+        status.pending,
+        status.runs,
+        if status.runs == 1 { "" } else { "s" }
+    );
+    out.push('\n');
+    let dash_if_zero = |v: String, zero: bool| if zero { "-".to_owned() } else { v };
+    out.push_str(&table(
+        &["RESOURCE", "USED", "QUOTA", "BORROWED"],
+        &[false, true, true, true],
+        &[
+            vec![
+                "cpu".into(),
+                cores(used.cpu_millis),
+                cpu_quota(&quota),
+                dash_if_zero(cores(lent.cpu_millis), lent.cpu_millis == 0),
+            ],
+            vec![
+                "memory".into(),
+                gib(used.memory_bytes),
+                memory_quota(&quota),
+                dash_if_zero(gib(lent.memory_bytes), lent.memory_bytes == 0),
+            ],
+            vec![
+                "gpus".into(),
+                used.gpus.to_string(),
+                gpu_quota(&quota),
+                dash_if_zero(lent.gpus.to_string(), lent.gpus == 0),
+            ],
+        ],
+    ));
+    out.push('\n');
+    if d.pending.is_empty() {
+        out.push_str("No pending tasks.\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = d
+        .pending
+        .iter()
+        .map(|p| {
+            vec![
+                p.position.to_string(),
+                p.run_id.clone(),
+                p.task.clone(),
+                p.run_priority.to_string(),
+                waiting_for(&p.waiting_for),
+                if p.reason.is_empty() {
+                    "-".into()
+                } else {
+                    p.reason.clone()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["POS", "RUN", "TASK", "PRIO", "WAITING FOR", "REASON"],
+        &[true, false, false, true, false, false],
+        &rows,
+    ));
+    out
+}
+
+/// `no_capacity` → `no capacity`.
+fn waiting_for(code: &str) -> String {
+    if code.is_empty() {
+        "-".into()
+    } else {
+        code.replace('_', " ")
+    }
+}
+
+fn usage_json(u: &pb::ResourceUsage) -> Value {
+    json!({"cpu_millis": u.cpu_millis, "memory_bytes": u.memory_bytes, "gpus": u.gpus})
+}
+
+/// A queue's settings and usage; unset quotas and `max_running` are `null`.
+pub fn queue_status_json(s: &pb::QueueStatus) -> Value {
+    let q = s.queue.clone().unwrap_or_default();
+    let quota = quota_of(&q);
+    json!({
+        "name": q.name,
+        "priority": q.priority,
+        "weight": q.weight.max(1),
+        "state": queue_state(&q),
+        "paused": q.paused,
+        "preemption": preemption(&q).replace('-', "_"),
+        "borrow": q.borrow,
+        "max_running": q.max_running,
+        "quota": {
+            "cpu_millis": quota.cpu_millis,
+            "memory_bytes": quota.memory_bytes,
+            "gpus": quota.gpus,
+        },
+        "used": usage_json(&s.used.unwrap_or_default()),
+        "borrowed": usage_json(&s.borrowed.unwrap_or_default()),
+        "pending": s.pending,
+        "running": s.running,
+        "runs": s.runs,
+    })
+}
+
+/// `drover queue show -o json`: the status, plus `pending_tasks` in order.
+pub fn queue_detail_json(d: &pb::QueueDetail) -> Value {
+    let mut v = queue_status_json(&d.status.clone().unwrap_or_default());
+    v["pending_tasks"] = d
+        .pending
+        .iter()
+        .map(|p| {
+            json!({
+                "position": p.position,
+                "run_id": p.run_id,
+                "task": p.task,
+                "run_priority": p.run_priority,
+                "waiting_for": p.waiting_for,
+                "reason": p.reason,
+            })
+        })
+        .collect();
+    v
+}
+
 /// Lines describing what changed between two snapshots of a run (for `watch`).
 pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<String> {
     let mut lines = Vec::new();
@@ -384,7 +720,7 @@ pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<String> {
                 .and_then(attempt_elapsed)
                 .map(|d| format!("in {}", duration(d)))
                 .unwrap_or_default(),
-            _ => t.message.clone(),
+            _ => task_message(t),
         };
         lines.push(format!(
             "{:<width$}  {:<10}  {}",
@@ -418,6 +754,332 @@ mod tests {
         assert_eq!(timestamp(0), "-");
         assert_eq!(timestamp(1_795_334_401_000), "2026-11-22 08:00:01 UTC");
         assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    fn queue_status() -> pb::QueueStatus {
+        pb::QueueStatus {
+            queue: Some(pb::Queue {
+                name: "train".into(),
+                priority: 10,
+                weight: 2,
+                quota: Some(pb::Quota {
+                    cpu_millis: Some(8_000),
+                    memory_bytes: Some(64 << 30),
+                    gpus: Some(2),
+                }),
+                max_running: Some(4),
+                paused: false,
+                preemption: pb::Preemption::LowerPriority as i32,
+                borrow: true,
+            }),
+            used: Some(pb::ResourceUsage {
+                cpu_millis: 10_500,
+                memory_bytes: 16 << 30,
+                gpus: 2,
+            }),
+            borrowed: Some(pb::ResourceUsage {
+                cpu_millis: 2_500,
+                memory_bytes: 0,
+                gpus: 0,
+            }),
+            pending: 3,
+            running: 2,
+            runs: 4,
+        }
+    }
+
+    /// A queue as the scheduler creates it by default: nothing set.
+    fn default_status() -> pb::QueueStatus {
+        pb::QueueStatus {
+            queue: Some(pb::Queue {
+                name: "default".into(),
+                paused: true,
+                ..Default::default()
+            }),
+            used: Some(pb::ResourceUsage::default()),
+            borrowed: None,
+            pending: 0,
+            running: 0,
+            runs: 0,
+        }
+    }
+
+    fn queue_detail() -> pb::QueueDetail {
+        pb::QueueDetail {
+            status: Some(queue_status()),
+            pending: vec![
+                pb::PendingTask {
+                    position: 1,
+                    run_id: "digits-7f3a".into(),
+                    task: "train-lr-0.3".into(),
+                    run_priority: 50,
+                    waiting_for: "preempting".into(),
+                    reason: "stopping 1 task of queue `research` on gpu-1".into(),
+                },
+                pb::PendingTask {
+                    position: 2,
+                    run_id: "digits-7f3a".into(),
+                    task: "eval".into(),
+                    run_priority: 50,
+                    waiting_for: "no_capacity".into(),
+                    reason: "no agent has 1 free GPU".into(),
+                },
+                pb::PendingTask {
+                    position: 10,
+                    run_id: "sweep-01".into(),
+                    task: "t".into(),
+                    run_priority: 0,
+                    waiting_for: "max_running".into(),
+                    reason: String::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn queue_list_shows_usage_against_quota() {
+        let table = queues_table(&[queue_status(), default_status()]);
+        assert_eq!(
+            table,
+            "\
+NAME     PRIO  WEIGHT  STATE       CPU         MEMORY  GPUS  BORROWED  PENDING  RUNNING  RUNS
+train      10       2  active  10.50/8  16.0Gi/64.0Gi   2/2  cpu 2.50        3        2     4
+default     0       1  paused      0/∞        0.0Gi/∞   0/∞  -               0        0     0
+"
+        );
+        // An empty list still has its header.
+        assert_eq!(
+            queues_table(&[]),
+            "NAME  PRIO  WEIGHT  STATE  CPU  MEMORY  GPUS  BORROWED  PENDING  RUNNING  RUNS\n"
+        );
+    }
+
+    #[test]
+    fn queue_show_lists_settings_usage_and_pending_tasks_in_order() {
+        assert_eq!(
+            queue_detail_table(&queue_detail()),
+            "\
+Queue:        train
+State:        active
+Priority:     10
+Weight:       2
+Quota:        cpu 8, memory 64.0Gi, gpus 2
+Max running:  4
+Preemption:   lower-priority
+Borrow:       yes
+Tasks:        2 running, 3 pending, in 4 active runs
+
+RESOURCE    USED   QUOTA  BORROWED
+cpu        10.50       8      2.50
+memory    16.0Gi  64.0Gi         -
+gpus           2       2         -
+
+POS  RUN          TASK          PRIO  WAITING FOR  REASON
+  1  digits-7f3a  train-lr-0.3    50  preempting   stopping 1 task of queue `research` on gpu-1
+  2  digits-7f3a  eval            50  no capacity  no agent has 1 free GPU
+ 10  sweep-01     t                0  max running  -
+"
+        );
+        let empty = pb::QueueDetail {
+            status: Some(default_status()),
+            pending: vec![],
+        };
+        let text = queue_detail_table(&empty);
+        assert!(text.contains("State:        paused\n"), "{text}");
+        assert!(
+            text.contains("Quota:        cpu ∞, memory ∞, gpus ∞\n"),
+            "{text}"
+        );
+        assert!(text.contains("Max running:  ∞\n"), "{text}");
+        assert!(text.contains("Preemption:   never\n"), "{text}");
+        assert!(text.contains("Borrow:       no\n"), "{text}");
+        assert!(text.ends_with("\nNo pending tasks.\n"), "{text}");
+    }
+
+    #[test]
+    fn queue_json_has_nulls_for_unlimited() {
+        let v = queue_status_json(&default_status());
+        assert_eq!(v["name"], "default");
+        assert_eq!(v["state"], "paused");
+        assert_eq!(v["weight"], 1);
+        assert_eq!(v["preemption"], "never");
+        assert_eq!(v["max_running"], Value::Null);
+        assert_eq!(
+            v["quota"],
+            json!({"cpu_millis": null, "memory_bytes": null, "gpus": null})
+        );
+        assert_eq!(
+            v["borrowed"],
+            json!({"cpu_millis": 0, "memory_bytes": 0, "gpus": 0})
+        );
+
+        let v = queue_detail_json(&queue_detail());
+        assert_eq!(v["preemption"], "lower_priority");
+        assert_eq!(v["max_running"], 4);
+        assert_eq!(v["quota"]["gpus"], 2);
+        assert_eq!(v["used"]["cpu_millis"], 10_500);
+        assert_eq!(v["borrowed"]["cpu_millis"], 2_500);
+        assert_eq!(
+            (
+                v["pending"].clone(),
+                v["running"].clone(),
+                v["runs"].clone()
+            ),
+            (json!(3), json!(2), json!(4))
+        );
+        let tasks = v["pending_tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(
+            tasks[1],
+            json!({
+                "position": 2,
+                "run_id": "digits-7f3a",
+                "task": "eval",
+                "run_priority": 50,
+                "waiting_for": "no_capacity",
+                "reason": "no agent has 1 free GPU",
+            })
+        );
+    }
+
+    fn preempted_run() -> pb::Run {
+        pb::Run {
+            id: "digits-7f3a".into(),
+            name: "digits".into(),
+            state: pb::RunState::Running as i32,
+            queue: "research".into(),
+            priority: 5,
+            tasks: vec![pb::Task {
+                name: "train".into(),
+                state: pb::TaskState::Ready as i32,
+                message:
+                    "preempted for a task of higher-priority queue `prod` (priority 10 over 0)"
+                        .into(),
+                attempts: vec![pb::Attempt {
+                    number: 1,
+                    agent_id: "gpu-1".into(),
+                    state: pb::AttemptState::Preempted as i32,
+                    error:
+                        "preempted for a task of higher-priority queue `prod` (priority 10 over 0)"
+                            .into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn get_shows_queue_priority_and_preemption() {
+        let run = preempted_run();
+        let text = run_table(&run, 0);
+        assert!(
+            text.contains("Queue:     research\nPriority:  5\n"),
+            "{text}"
+        );
+        let line = text.lines().find(|l| l.starts_with("train")).unwrap();
+        assert!(line.contains("Ready"), "{line}");
+        // The reason is shown once, from the task's message.
+        assert!(
+            line.ends_with(
+                "  preempted for a task of higher-priority queue `prod` (priority 10 over 0)"
+            ),
+            "{line}"
+        );
+
+        let v = run_json(&run);
+        assert_eq!(v["queue"], "research");
+        assert_eq!(v["priority"], 5);
+        assert_eq!(v["tasks"][0]["attempts"][0]["state"], "preempted");
+        assert_eq!(attempt_state(pb::AttemptState::Preempted), "Preempted");
+
+        // A run stored before queues existed is in the default queue.
+        let old = pb::Run::default();
+        assert!(run_table(&old, 0).contains("Queue:     default\n"));
+        assert_eq!(run_json(&old)["queue"], "default");
+    }
+
+    #[test]
+    fn a_ready_task_after_preemption_says_why() {
+        let mut run = preempted_run();
+        // No message from the scheduler: the attempt's error stands in.
+        run.tasks[0].message.clear();
+        assert_eq!(
+            task_message(&run.tasks[0]),
+            "attempt 1 preempted: preempted for a task of higher-priority queue `prod` (priority 10 over 0)"
+        );
+        // A different message (waiting again) keeps the preemption note.
+        run.tasks[0].message = "waiting for quota".into();
+        run.tasks[0].attempts[0].error = "borrowed capacity reclaimed by queue `prod`".into();
+        assert_eq!(
+            task_message(&run.tasks[0]),
+            "waiting for quota; attempt 1 preempted: borrowed capacity reclaimed by queue `prod`"
+        );
+        // Once it runs again, only its own message counts.
+        run.tasks[0].state = pb::TaskState::Running as i32;
+        run.tasks[0].message.clear();
+        assert_eq!(task_message(&run.tasks[0]), "");
+
+        // `watch` reports the move back to Ready with the reason.
+        let before = pb::Run {
+            tasks: vec![pb::Task {
+                name: "train".into(),
+                state: pb::TaskState::Running as i32,
+                attempts: vec![pb::Attempt {
+                    number: 1,
+                    state: pb::AttemptState::Running as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let lines = changes(Some(&before), &preempted_run());
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("Ready")
+                && lines[0].contains("preempted for a task of higher-priority queue `prod`"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn list_has_a_queue_column() {
+        let runs = [
+            pb::RunSummary {
+                id: "a-1".into(),
+                state: pb::RunState::Running as i32,
+                queue: "research-gpu".into(),
+                priority: 3,
+                tasks_total: 2,
+                ..Default::default()
+            },
+            pb::RunSummary {
+                id: "b-2".into(),
+                state: pb::RunState::Succeeded as i32,
+                ..Default::default()
+            },
+        ];
+        let text = list_table(&runs, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("RUN  STATE       QUEUE         TASKS"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("a-1  Running     research-gpu      2"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b-2  Succeeded   default           0"),
+            "{text}"
+        );
+        let v = summary_json(&runs[0]);
+        assert_eq!(
+            (v["queue"].clone(), v["priority"].clone()),
+            (json!("research-gpu"), json!(3))
+        );
     }
 
     #[test]

@@ -501,6 +501,7 @@ fn restore_derives_skipped_and_cancelled() {
         message: "boom".into(),
         retry_at: 0,
         retries_used: 0,
+        preempting: None,
     };
     // Fail-fast run: b is downstream of the failure, c is stopped.
     let run = RunState {
@@ -625,4 +626,94 @@ fn lost_attempt_of_a_cancelling_run_is_cancelled() {
         )
         .unwrap();
     assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
+}
+
+#[test]
+fn preemption_stops_the_attempt_and_requeues_it_uncounted() {
+    let (mut dag, _) = RunDag::new(defs(&[("train", &[], 0)]), true);
+    let a = start(&mut dag, 0);
+    let reason = "preempted for a priority-10 task of queue `prod`".to_string();
+    let fx = dag
+        .apply(
+            Event::Preempt {
+                task: 0,
+                attempt: a,
+                reason: reason.clone(),
+            },
+            20,
+        )
+        .unwrap();
+    assert_eq!(
+        fx,
+        vec![Effect::Cancel {
+            task: 0,
+            attempt: a,
+            agent: "a1".into()
+        }]
+    );
+    // Still running (and holding its resources) until the agent confirms.
+    assert_eq!(dag.task(0).status, TaskStatus::Running);
+    assert_eq!(dag.task(0).preempting.as_deref(), Some(reason.as_str()));
+    assert!(dag
+        .apply(
+            Event::Preempt {
+                task: 0,
+                attempt: a,
+                reason: "again".into()
+            },
+            21
+        )
+        .is_err());
+    let fx = dag
+        .apply(
+            Event::Failed {
+                task: 0,
+                attempt: a,
+                exit_code: None,
+                reason: "cancelled".into(),
+                log_key: "log".into(),
+                cancelled: true,
+            },
+            30,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Ready { task: 0 }));
+    assert!(fx.contains(&Effect::Released {
+        task: 0,
+        agent: "a1".into()
+    }));
+    let t = dag.task(0);
+    assert_eq!(t.status, TaskStatus::Ready);
+    assert_eq!(t.retries_used, 0);
+    assert_eq!(t.attempts[0].status, AttemptStatus::Preempted);
+    assert_eq!(t.attempts[0].error, reason);
+    assert!(t.preempting.is_none());
+}
+
+#[test]
+fn a_preempted_task_that_finishes_first_just_succeeds() {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
+    let a = start(&mut dag, 0);
+    dag.apply(
+        Event::Preempt {
+            task: 0,
+            attempt: a,
+            reason: "room".into(),
+        },
+        1,
+    )
+    .unwrap();
+    let fx = dag
+        .apply(
+            Event::Succeeded {
+                task: 0,
+                attempt: a,
+                outputs: vec![],
+                log_key: String::new(),
+            },
+            2,
+        )
+        .unwrap();
+    assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
+    assert!(dag.task(0).preempting.is_none());
 }

@@ -3,6 +3,8 @@
 //!
 //! ```yaml
 //! name: train-digits
+//! queue: train               # default: the `default` queue
+//! priority: 10               # order inside the queue, higher first; default 0
 //! params: {lr: "0.1"}
 //! fail_fast: true            # default true
 //! tasks:
@@ -44,6 +46,15 @@ pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use template::TemplateError;
 /// The label rules agents and node selectors share.
 pub use validate::{is_label_key, is_label_value};
+/// The queue and priority rules the spec, the scheduler and the CLI share.
+pub use validate::{is_queue_name, parse_priority};
+
+/// The highest run (and queue) priority; the lowest is 0.
+pub const MAX_PRIORITY: i64 = 1_000_000;
+
+/// What queue names may look like (as Kubernetes names: they end up in etcd
+/// keys and metrics labels).
+pub const QUEUE_NAME_RULE: &str = "use lowercase letters, digits and `-`";
 
 /// What pipeline, task, input and output names may look like: they end up in
 /// etcd keys, NATS subjects and object-store keys.
@@ -84,6 +95,11 @@ pub enum SpecError {
     MissingName,
     #[error("spec has no tasks")]
     NoTasks,
+    #[error("queue: invalid queue name `{0}` ({QUEUE_NAME_RULE})")]
+    InvalidQueueName(String),
+    /// The message comes from [`parse_priority`].
+    #[error("priority: {0}")]
+    InvalidPriority(String),
     /// `kind` is "pipeline" or "task".
     #[error("invalid {kind} name `{name}` ({NAME_RULE})")]
     InvalidName { kind: &'static str, name: String },

@@ -21,6 +21,8 @@ use super::SpecError;
 )]
 pub(crate) struct RawSpec {
     pub name: Option<String>,
+    pub queue: Option<String>,
+    pub priority: Option<String>,
     pub params: Option<BTreeMap<String, Option<String>>>,
     pub fail_fast: Option<bool>,
     pub tasks: Option<Vec<RawTask>>,

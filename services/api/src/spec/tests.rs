@@ -122,6 +122,9 @@ fn example_resolves_to_the_expected_proto() {
                 pull_policy: pb::PullPolicy::IfNotPresent.into(),
             },
         ],
+        // No `queue:` or `priority:`: the default queue, priority 0.
+        queue: String::new(),
+        priority: 0,
     };
     assert_eq!(parse(EXAMPLE), Ok(expected));
 }
@@ -202,6 +205,40 @@ tasks:
 }
 
 #[test]
+fn queue_and_priority_round_trip() {
+    use prost::Message;
+
+    let yaml = "name: p\nqueue: train\npriority: 10\ntasks:\n  - {name: t, command: [x]}\n";
+    let spec = parse(yaml).unwrap();
+    assert_eq!((spec.queue.as_str(), spec.priority), ("train", 10));
+    let bytes = spec.encode_to_vec();
+    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice()).unwrap(), spec);
+
+    for (fields, queue, priority) in [
+        ("queue: default\npriority: 0\n", "default", 0),
+        ("queue: ''\n", "", 0),
+        ("queue:\npriority:\n", "", 0),
+        (
+            "queue: team-a-2\npriority: 1000000\n",
+            "team-a-2",
+            1_000_000,
+        ),
+        ("queue: '0'\npriority: '7'\n", "0", 7),
+        ("priority: +5\n", "", 5),
+    ] {
+        let spec = parse(&format!(
+            "name: p\n{fields}tasks: [{{name: t, command: [x]}}]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{fields}: {e}"));
+        assert_eq!(
+            (spec.queue.as_str(), spec.priority),
+            (queue, priority),
+            "{fields}"
+        );
+    }
+}
+
+#[test]
 fn pull_policies() {
     for (text, policy) in [
         ("IfNotPresent", pb::PullPolicy::IfNotPresent),
@@ -219,6 +256,8 @@ fn pull_policies() {
 fn defaults_when_fields_are_left_out() {
     let spec = parse("name: p\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
     assert!(spec.fail_fast);
+    assert_eq!(spec.queue, "");
+    assert_eq!(spec.priority, 0);
     assert!(spec.params.is_empty());
     let task = &spec.tasks[0];
     assert_eq!(task.resources, Some(pb::Resources::default()));
@@ -417,6 +456,88 @@ fn rejects_missing_and_duplicate_task_names() {
         task_rejection("{name: prepare, command: [y]}"),
         "duplicate task name `prepare`"
     );
+}
+
+// --- queue and priority -------------------------------------------------------
+
+/// The message for a valid one-task spec with `fields` (YAML lines) added.
+fn top_rejection(fields: &str) -> String {
+    rejection(&format!(
+        "name: p\n{fields}\ntasks: [{{name: t, command: [x]}}]\n"
+    ))
+}
+
+#[test]
+fn rejects_bad_queue_names() {
+    let rule = "use lowercase letters, digits and `-`";
+    let long = "q".repeat(64);
+    for queue in [
+        "Bad_Q",
+        "Train",
+        "-a",
+        "a-",
+        "team_a",
+        "a.b",
+        "'a b'",
+        long.as_str(),
+    ] {
+        let shown = queue.trim_matches('\'');
+        assert_eq!(
+            top_rejection(&format!("queue: {queue}")),
+            format!("queue: invalid queue name `{shown}` ({rule})"),
+            "{queue}"
+        );
+    }
+    assert_eq!(
+        top_rejection("queue: [a]"),
+        "queue: invalid type: sequence, expected a string at line 2 column 8"
+    );
+}
+
+#[test]
+fn rejects_bad_priorities() {
+    // Beyond i64 still reads as out of range (quoted: serde_yaml refuses
+    // integers beyond u64 while reading the document).
+    for priority in ["-1", "1000001", "10000000000000", "'99999999999999999999'"] {
+        let shown = priority.trim_matches('\'');
+        assert_eq!(
+            top_rejection(&format!("priority: {priority}")),
+            format!("priority: `{shown}` must be between 0 and 1000000")
+        );
+    }
+    for priority in ["1.5", "high", "1e3", "0x10", "''"] {
+        let shown = priority.trim_matches('\'');
+        assert_eq!(
+            top_rejection(&format!("priority: {priority}")),
+            format!("priority: invalid priority `{shown}` (use a whole number from 0 to 1000000)")
+        );
+    }
+    assert_eq!(
+        top_rejection("priority: {a: 1}"),
+        "priority: invalid type: map, expected a string at line 2 column 11"
+    );
+}
+
+#[test]
+fn queue_and_priority_are_checked_before_params_and_tasks() {
+    assert_eq!(
+        rejection("name: p\nqueue: Bad_Q\nparams: {'bad name': x}\ntasks: []\n"),
+        "queue: invalid queue name `Bad_Q` (use lowercase letters, digits and `-`)"
+    );
+    assert_eq!(
+        rejection("name: p\npriority: -1\ntasks: [{name: t, command: []}]\n"),
+        "priority: `-1` must be between 0 and 1000000"
+    );
+    // The name still comes first.
+    assert_eq!(
+        rejection("queue: Bad_Q\ntasks: []\n"),
+        "spec: missing `name`"
+    );
+}
+
+#[test]
+fn rejects_unknown_queue_like_fields() {
+    assert_eq!(top_rejection("queues: train"), "unknown field `queues`");
 }
 
 // --- params ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! From the raw YAML structs to a validated, resolved `pb::PipelineSpec`.
 //!
 //! Checks run in spec order and stop at the first problem: the pipeline's
-//! name and params, every task's name, then each task's fields in turn, then
+//! name, queue, priority and params, every task's name, then each task's fields in turn, then
 //! the graph (cycles, then whether every input's producer is upstream).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
 use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
 use super::template::{is_param_name, substitute};
-use super::{SpecError, TaskError};
+use super::{SpecError, TaskError, MAX_PRIORITY};
 use crate::pb;
 
 /// Backoff when `retries` is given without one.
@@ -41,6 +41,14 @@ pub(crate) fn resolve(
             name,
         });
     }
+    let queue = raw.queue.unwrap_or_default();
+    if !queue.is_empty() && !is_queue_name(&queue) {
+        return Err(SpecError::InvalidQueueName(queue));
+    }
+    let priority = match raw.priority.as_deref() {
+        None => 0,
+        Some(text) => parse_priority(text).map_err(SpecError::InvalidPriority)?,
+    };
     let params = resolve_params(raw.params.unwrap_or_default(), overrides)?;
     let tasks = raw.tasks.unwrap_or_default();
     if tasks.is_empty() {
@@ -100,6 +108,8 @@ pub(crate) fn resolve(
         params: params.into_iter().collect(),
         fail_fast: raw.fail_fast.unwrap_or(true),
         tasks: specs,
+        queue,
+        priority,
     })
 }
 
@@ -537,6 +547,36 @@ pub fn is_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`: queue names, like Kubernetes names.
+pub fn is_queue_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(|&b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    bytes.len() <= 63
+        && edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A run or queue priority as written (`10`, `0`, `1000000`): a whole number
+/// from 0 to [`MAX_PRIORITY`]. The error names the value, without a field.
+pub fn parse_priority(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed.strip_prefix(['-', '+']).unwrap_or(trimmed);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid priority `{text}` (use a whole number from 0 to {MAX_PRIORITY})"
+        ));
+    }
+    // Only a sign and digits remain: a parse failure is an overflow, which
+    // is out of range all the same.
+    match trimmed.parse::<i64>() {
+        Ok(p) if (0..=MAX_PRIORITY).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` must be between 0 and {MAX_PRIORITY}")),
+    }
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_env_name(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -680,6 +720,68 @@ mod tests {
         }
         for bad in ["", "1A", "A-B", "A.B", "A B"] {
             assert!(!is_env_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn queue_names() {
+        for good in [
+            "a",
+            "0",
+            "train",
+            "team-a",
+            "a-b-c",
+            "gpu2",
+            &"q".repeat(63),
+        ] {
+            assert!(is_queue_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "-",
+            "Bad",
+            "team_a",
+            "a.b",
+            "a b",
+            "a/b",
+            "ü",
+            &"q".repeat(64),
+        ] {
+            assert!(!is_queue_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn priorities() {
+        for (text, p) in [
+            ("0", 0),
+            ("10", 10),
+            (" 7 ", 7),
+            ("+3", 3),
+            ("1000000", 1_000_000),
+        ] {
+            assert_eq!(parse_priority(text), Ok(p), "{text}");
+        }
+        for text in [
+            "-1",
+            "1000001",
+            "99999999999999999999",
+            "-0000000000000000000001",
+        ] {
+            assert_eq!(
+                parse_priority(text),
+                Err(format!("`{text}` must be between 0 and 1000000"))
+            );
+        }
+        for text in ["", "-", "1.5", "high", "1e3", "0x10", "1_000"] {
+            assert_eq!(
+                parse_priority(text),
+                Err(format!(
+                    "invalid priority `{text}` (use a whole number from 0 to 1000000)"
+                ))
+            );
         }
     }
 
