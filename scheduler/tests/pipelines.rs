@@ -348,11 +348,15 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         "{}",
         err.message()
     );
-    // Nothing of any run: only the agent's own registry record exists.
+    // Nothing of any run: only the agent's registry record and the default
+    // queue exist.
     let keys = c.etcd_keys().await;
     assert_eq!(
         keys,
-        vec![format!("{}/agents/agent-1", c.prefix)],
+        vec![
+            format!("{}/agents/agent-1", c.prefix),
+            format!("{}/queues/default", c.prefix)
+        ],
         "{keys:?}"
     );
 }
