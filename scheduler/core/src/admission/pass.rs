@@ -75,6 +75,33 @@ struct Shape {
     failed: Option<Wait>,
 }
 
+/// What a pending task's request means for this pass.
+#[derive(Copy, Clone)]
+struct Facts {
+    class: ClassId,
+    /// Index into `shapes`.
+    shape: usize,
+    res: Resources,
+}
+
+/// The shape of `req` (class and sizes), learnt on first sight.
+fn shape_of(
+    fleet: &Fleet,
+    ids: &mut BTreeMap<(ClassId, u64, u64, u32), usize>,
+    shapes: &mut Vec<Shape>,
+    class: ClassId,
+    req: &Request,
+) -> usize {
+    *ids.entry((class, req.cpu_millis, req.memory_bytes, req.gpus))
+        .or_insert_with(|| {
+            shapes.push(Shape {
+                never: fleet.never(class, req).map(|n| n.to_string()),
+                failed: None,
+            });
+            shapes.len() - 1
+        })
+}
+
 pub(super) struct Pass<'a, K> {
     queues: &'a [Queue],
     pending: &'a [Pending<K>],
@@ -85,7 +112,8 @@ pub(super) struct Pass<'a, K> {
     qs: Vec<QueueState>,
     /// Pending tasks naming no known queue.
     unknown: Vec<usize>,
-    shape_ids: BTreeMap<(ClassId, u64, u64, u32), usize>,
+    /// Per pending task.
+    facts: Vec<Facts>,
     shapes: Vec<Shape>,
     /// Per pending task: why it waits; None once admitted (or not yet seen).
     waits: Vec<Option<Wait>>,
@@ -117,18 +145,31 @@ impl<'a, K: Clone> Pass<'a, K> {
         });
         let mut qs: Vec<QueueState> = queues.iter().map(|_| QueueState::default()).collect();
         let mut unknown = Vec::new();
+        // Sort keys and request shapes are read here, in pending order: the
+        // queue order visits tasks at random, and `Pending` is large, so
+        // reading them there would miss the cache once per task.
+        let mut keys: Vec<Vec<(Reverse<i64>, u64, u64, usize)>> = vec![Vec::new(); queues.len()];
+        let mut fleet = Fleet::new(agents, strategy);
+        let mut shape_ids = BTreeMap::new();
+        let mut shapes = Vec::new();
+        let mut facts = Vec::with_capacity(pending.len());
         for (i, p) in pending.iter().enumerate() {
-            match qs.get_mut(p.queue) {
-                Some(s) => s.tasks.push(i),
+            match keys.get_mut(p.queue) {
+                Some(k) => k.push((Reverse(p.run_priority), p.submitted_at, p.seq, i)),
                 None => unknown.push(i),
             }
+            let class = fleet.class_of(&p.req);
+            let shape = shape_of(&fleet, &mut shape_ids, &mut shapes, class, &p.req);
+            facts.push(Facts {
+                class,
+                shape,
+                res: Resources::of(&p.req),
+            });
         }
         let mut waits: Vec<Option<Wait>> = vec![None; pending.len()];
-        for (q, s) in qs.iter_mut().enumerate() {
-            s.tasks.sort_unstable_by_key(|&i| {
-                let p = &pending[i];
-                (Reverse(p.run_priority), p.submitted_at, p.seq, i)
-            });
+        for (q, (s, mut k)) in qs.iter_mut().zip(keys).enumerate() {
+            k.sort_unstable();
+            s.tasks = k.into_iter().map(|(.., i)| i).collect();
             if queues[q].paused {
                 for &i in &s.tasks {
                     waits[i] = Some(Wait::Paused);
@@ -165,12 +206,12 @@ impl<'a, K: Clone> Pass<'a, K> {
             pending,
             running,
             over_quota,
-            fleet: Fleet::new(agents, strategy),
+            fleet,
             order,
             qs,
             unknown,
-            shape_ids: BTreeMap::new(),
-            shapes: Vec::new(),
+            facts,
+            shapes,
             waits,
             admit: Vec::new(),
             evict: Vec::new(),
@@ -243,20 +284,6 @@ impl<'a, K: Clone> Pass<'a, K> {
         }
     }
 
-    fn shape(&mut self, class: ClassId, req: &Request) -> usize {
-        let key = (class, req.cpu_millis, req.memory_bytes, req.gpus);
-        if let Some(&s) = self.shape_ids.get(&key) {
-            return s;
-        }
-        let never = self.fleet.never(class, req).map(|n| n.to_string());
-        self.shapes.push(Shape {
-            never,
-            failed: None,
-        });
-        self.shape_ids.insert(key, self.shapes.len() - 1);
-        self.shapes.len() - 1
-    }
-
     fn consider(&mut self, q: usize, i: usize, round: Round) -> Step {
         let queue = &self.queues[q];
         let p = &self.pending[i];
@@ -265,13 +292,11 @@ impl<'a, K: Clone> Pass<'a, K> {
                 return Step::Full(max);
             }
         }
-        let class = self.fleet.class_of(&p.req);
-        let shape = self.shape(class, &p.req);
+        let Facts { class, shape, res } = self.facts[i];
         if let Some(why) = &self.shapes[shape].never {
             self.waits[i] = Some(Wait::Unschedulable(why.clone()));
             return Step::Waiting;
         }
-        let res = Resources::of(&p.req);
         if round == Round::Quota {
             if let Some((why, hold)) = self.quota_block(q, res) {
                 let s = &mut self.qs[q];
@@ -446,11 +471,7 @@ impl<'a, K: Clone> Pass<'a, K> {
         let p = &self.pending[i];
         if round == Round::Quota && self.may_evict(q) {
             if self.by_agent.is_none() {
-                self.by_agent = Some(ByAgent::new(
-                    self.running,
-                    self.queues,
-                    self.fleet.agents.len(),
-                ));
+                self.by_agent = Some(ByAgent::new(self.running, self.queues, self.fleet.agents));
             }
             let rule = self.rule(q, p.run_priority);
             let plan = self.by_agent.as_ref().and_then(|by_agent| {

@@ -4,7 +4,7 @@ use std::cmp::Reverse;
 
 use super::fleet::{ClassId, Fleet};
 use super::{Queue, Running};
-use crate::placement::Request;
+use crate::placement::{AgentSlot, Request};
 
 /// What planning needs of a running task, kept compact and grouped by
 /// agent so that a head can look at every agent's work cheaply.
@@ -21,6 +21,8 @@ pub(super) struct Slot {
     pub started_at: u64,
     pub borrowed: bool,
     pub preempting: bool,
+    /// Its GPUs' positions among the agent's: `ByAgent::gpu_pos[gpu_at]`.
+    gpu_at: std::ops::Range<usize>,
 }
 
 /// Running tasks grouped by agent (tasks on unknown agents left out).
@@ -28,6 +30,8 @@ pub(super) struct ByAgent {
     at: Vec<usize>,
     slots: Vec<Slot>,
     summary: Vec<Summary>,
+    /// Positions, found once by UUID, so planning compares no strings.
+    gpu_pos: Vec<usize>,
 }
 
 /// Enough about an agent's running work to skip it without looking closer.
@@ -50,7 +54,9 @@ impl Default for Summary {
 }
 
 impl ByAgent {
-    pub fn new<K>(running: &[Running<K>], queues: &[Queue], agents: usize) -> Self {
+    pub fn new<K>(running: &[Running<K>], queues: &[Queue], fleet: &[AgentSlot]) -> Self {
+        let agents = fleet.len();
+        let mut gpu_pos = Vec::new();
         let mut at = vec![0usize; agents + 1];
         for r in running.iter().filter(|r| r.agent < agents) {
             at[r.agent + 1] += 1;
@@ -69,6 +75,13 @@ impl ByAgent {
             .into_iter()
             .map(|ri| {
                 let r = &running[ri];
+                let from = gpu_pos.len();
+                let gpus = &fleet[r.agent].gpus;
+                gpu_pos.extend(
+                    r.gpus
+                        .iter()
+                        .filter_map(|(_, uuid)| gpus.iter().position(|g| g.uuid == *uuid)),
+                );
                 Slot {
                     ri,
                     queue: r.queue,
@@ -82,6 +95,7 @@ impl ByAgent {
                     started_at: r.started_at,
                     borrowed: r.borrowed,
                     preempting: r.preempting,
+                    gpu_at: from..gpu_pos.len(),
                 }
             })
             .collect();
@@ -95,13 +109,23 @@ impl ByAgent {
                 }
             }
         }
-        Self { at, slots, summary }
+        Self {
+            at,
+            slots,
+            summary,
+            gpu_pos,
+        }
     }
 
     /// Whether agent `a` has nothing `rule` could evict and nothing draining.
     fn nothing_for(&self, a: usize, rule: &Rule) -> bool {
         let s = &self.summary[a];
         !s.draining && !s.borrowed && (!rule.lower_priority || s.lowest >= rule.priority)
+    }
+
+    /// Positions among its agent's GPUs of the GPUs `s` holds.
+    fn gpus_of(&self, s: &Slot) -> &[usize] {
+        &self.gpu_pos[s.gpu_at.clone()]
     }
 
     /// The running tasks on agent `a`, ascending by index.
@@ -156,29 +180,19 @@ struct Room {
 }
 
 /// One agent, one request: what is missing and what a victim would free.
-struct Probe<'p, K> {
+struct Probe<'p> {
     fleet: &'p Fleet<'p>,
     class: ClassId,
     req: &'p Request,
-    running: &'p [Running<K>],
+    by_agent: &'p ByAgent,
     agent: usize,
 }
 
-impl<K> Probe<'_, K> {
-    /// Position among the agent's GPUs of each GPU `ri` holds.
-    fn gpu_positions(&self, ri: usize) -> impl Iterator<Item = usize> + '_ {
-        let gpus = &self.fleet.agents[self.agent].gpus;
-        self.running[ri]
-            .gpus
-            .iter()
-            .filter_map(|(_, uuid)| gpus.iter().position(|g| g.uuid == *uuid))
-    }
-
-    fn free(&self, room: &mut Room, ri: usize) {
-        let r = &self.running[ri];
-        room.cpu = room.cpu.saturating_add(r.req.cpu_millis);
-        room.mem = room.mem.saturating_add(r.req.memory_bytes);
-        for p in self.gpu_positions(ri) {
+impl Probe<'_> {
+    fn free(&self, room: &mut Room, s: &Slot) {
+        room.cpu = room.cpu.saturating_add(s.cpu);
+        room.mem = room.mem.saturating_add(s.mem);
+        for &p in self.by_agent.gpus_of(s) {
             room.held[p] = false;
         }
     }
@@ -208,16 +222,17 @@ impl<K> Probe<'_, K> {
         self.missing(room) == (0, 0, 0)
     }
 
-    /// Whether evicting `ri` frees something still missing.
-    fn helps(&self, room: &Room, ri: usize) -> bool {
+    /// Whether evicting `s` frees something still missing.
+    fn helps(&self, room: &Room, s: &Slot) -> bool {
         let (cpu, mem, gpus) = self.missing(room);
-        let r = &self.running[ri];
-        (cpu > 0 && r.req.cpu_millis > 0)
-            || (mem > 0 && r.req.memory_bytes > 0)
+        (cpu > 0 && s.cpu > 0)
+            || (mem > 0 && s.mem > 0)
             || (gpus > 0
                 && self
-                    .gpu_positions(ri)
-                    .any(|p| room.held[p] && self.gpu_ok(p)))
+                    .by_agent
+                    .gpus_of(s)
+                    .iter()
+                    .any(|&p| room.held[p] && self.gpu_ok(p)))
     }
 }
 
@@ -237,7 +252,7 @@ pub(super) fn plan<K>(
 ) -> Option<Plan> {
     let mut best: Option<(Cost, Plan)> = None;
     let mut cands: Vec<&Slot> = Vec::new();
-    let mut draining: Vec<usize> = Vec::new();
+    let mut draining: Vec<&Slot> = Vec::new();
     let (mut base, mut room, mut trial) = (Room::default(), Room::default(), Room::default());
     for &a in fleet.compat(class) {
         let agent = a as usize;
@@ -267,14 +282,14 @@ pub(super) fn plan<K>(
             fleet,
             class,
             req,
-            running,
+            by_agent,
             agent,
         };
         draining.clear();
         cands.clear();
         for s in by_agent.on(agent) {
             if s.preempting {
-                draining.push(s.ri);
+                draining.push(s);
             } else if rule.evictable(s) {
                 cands.push(s);
             }
@@ -283,8 +298,8 @@ pub(super) fn plan<K>(
         base.mem = free_mem;
         base.held.clear();
         base.held.extend_from_slice(fleet.held(agent));
-        for &i in &draining {
-            probe.free(&mut base, i);
+        for s in &draining {
+            probe.free(&mut base, s);
         }
         let victims = if probe.fits(&base) {
             Vec::new()
@@ -297,9 +312,9 @@ pub(super) fn plan<K>(
                 if probe.fits(&room) {
                     break;
                 }
-                if probe.helps(&room, s.ri) {
-                    probe.free(&mut room, s.ri);
-                    taken.push(s.ri);
+                if probe.helps(&room, s) {
+                    probe.free(&mut room, s);
+                    taken.push(*s);
                 }
             }
             if !probe.fits(&room) {
@@ -308,16 +323,16 @@ pub(super) fn plan<K>(
             // Drop victims the others make unnecessary, least preferred first.
             for k in (0..taken.len()).rev() {
                 trial.clone_from(&base);
-                for (j, &i) in taken.iter().enumerate() {
+                for (j, s) in taken.iter().enumerate() {
                     if j != k {
-                        probe.free(&mut trial, i);
+                        probe.free(&mut trial, s);
                     }
                 }
                 if probe.fits(&trial) {
                     taken.remove(k);
                 }
             }
-            taken
+            taken.iter().map(|s| s.ri).collect()
         };
         let cost: Cost = (
             victims.iter().filter(|&&i| !running[i].borrowed).count(),
