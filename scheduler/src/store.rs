@@ -84,28 +84,16 @@ impl Store {
 
     /// Every queue, with its revision.
     pub async fn list_queues(&self) -> Result<Vec<(pb::Queue, i64)>> {
-        let prefix = format!("{}/queues/", self.prefix);
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let r: pb::QueueRecord = Self::decode(kv.key(), kv.value())?;
-                Ok((r.queue.unwrap_or_default(), kv.mod_revision()))
-            })
-            .collect()
+        let records: Vec<(pb::QueueRecord, i64)> = self.list("queues").await?;
+        Ok(records
+            .into_iter()
+            .map(|(r, rev)| (r.queue.unwrap_or_default(), rev))
+            .collect())
     }
 
-    pub fn agent_key(&self, agent: &str) -> String {
-        format!("{}/agents/{agent}", self.prefix)
-    }
-
-    /// Every agent record, with its revision.
-    pub async fn list_agents(&self) -> Result<Vec<(pb::AgentRecord, i64)>> {
-        let prefix = format!("{}/agents/", self.prefix);
+    /// Every record under `<prefix>/<kind>/`, with its revision.
+    async fn list<M: Message + Default>(&self, kind: &str) -> Result<Vec<(M, i64)>> {
+        let prefix = format!("{}/{kind}/", self.prefix);
         let resp = self
             .client
             .kv_client()
@@ -115,6 +103,15 @@ impl Store {
             .iter()
             .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
             .collect()
+    }
+
+    pub fn agent_key(&self, agent: &str) -> String {
+        format!("{}/agents/{agent}", self.prefix)
+    }
+
+    /// Every agent record, with its revision.
+    pub async fn list_agents(&self) -> Result<Vec<(pb::AgentRecord, i64)>> {
+        self.list("agents").await
     }
 
     fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {

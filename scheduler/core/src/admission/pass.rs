@@ -75,6 +75,10 @@ struct Shape {
     failed: Option<Wait>,
 }
 
+/// A task's place inside its queue: run priority desc, submit time, seq,
+/// then its index.
+type OrderKey = (Reverse<i64>, u64, u64, usize);
+
 /// What a pending task's request means for this pass.
 #[derive(Copy, Clone)]
 struct Facts {
@@ -148,7 +152,7 @@ impl<'a, K: Clone> Pass<'a, K> {
         // Sort keys and request shapes are read here, in pending order: the
         // queue order visits tasks at random, and `Pending` is large, so
         // reading them there would miss the cache once per task.
-        let mut keys: Vec<Vec<(Reverse<i64>, u64, u64, usize)>> = vec![Vec::new(); queues.len()];
+        let mut keys: Vec<Vec<OrderKey>> = vec![Vec::new(); queues.len()];
         let mut fleet = Fleet::new(agents, strategy);
         let mut shape_ids = BTreeMap::new();
         let mut shapes = Vec::new();
