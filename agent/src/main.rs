@@ -1,20 +1,23 @@
 //! `drover-agent`: see the crate docs of `drover_agent`.
 
 use anyhow::Result;
-use clap::Parser;
 use drover_agent::{Agent, AgentOptions};
 
 /// Runs the tasks the Drover scheduler assigns to this machine.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "drover-agent", version, about)]
 struct Cli {
+    /// YAML file of flag values (keys are flag names); the environment and
+    /// flags override it.
+    #[arg(long, env = "DROVER_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     agent: AgentOptions,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = drover_config::parse();
     let _telemetry = drover_telemetry::init("info");
     Agent::run(cli.agent, shutdown_signal()).await?;
     Ok(())

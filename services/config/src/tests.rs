@@ -1,0 +1,140 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::{parse_from, ConfigError};
+
+#[derive(clap::Parser, Debug)]
+struct Opts {
+    #[arg(long, env = "DROVER_TEST_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "DROVER_TEST_CFG_NATS", default_value = "nats://default")]
+    nats: String,
+    #[arg(long)]
+    artifacts: String,
+    #[arg(long, value_delimiter = ',', default_value = "docker")]
+    executors: Vec<String>,
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long)]
+    verbose: bool,
+    #[arg(long, default_value_t = 0)]
+    simulate_gpus: u32,
+}
+
+fn file(yaml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(yaml.as_bytes()).unwrap();
+    f
+}
+
+fn parse(args: &[&str]) -> Result<Opts, ConfigError> {
+    parse_from(std::iter::once("prog").chain(args.iter().copied()))
+}
+
+const FULL: &str = "nats: nats://file:4222\nartifacts: file:///a\nexecutors: [docker, process]\nlabel: [zone=eu, rack=r1]\nverbose: true\nsimulate_gpus: 2\n";
+
+#[test]
+fn the_file_fills_in_what_defaults_would() {
+    let f = file(FULL);
+    let o = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    assert_eq!(o.nats, "nats://file:4222");
+    assert_eq!(o.artifacts, "file:///a");
+    assert_eq!(o.executors, ["docker", "process"]);
+    assert_eq!(o.labels, ["zone=eu", "rack=r1"]);
+    assert!(o.verbose);
+    assert_eq!(o.simulate_gpus, 2);
+}
+
+#[test]
+fn flags_beat_the_file() {
+    let f = file(FULL);
+    let o = parse(&[
+        "--nats",
+        "nats://flag",
+        "--executors",
+        "process",
+        "--label",
+        "a=b",
+        "--config",
+        f.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(o.nats, "nats://flag");
+    assert_eq!(o.executors, ["process"]);
+    assert_eq!(o.labels, ["a=b"]);
+    assert_eq!(o.artifacts, "file:///a");
+}
+
+#[test]
+fn the_environment_beats_the_file() {
+    // The only test that sets this variable.
+    std::env::set_var("DROVER_TEST_CFG_NATS", "nats://env");
+    let f = file(FULL);
+    let o = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    std::env::remove_var("DROVER_TEST_CFG_NATS");
+    assert_eq!(o.nats, "nats://env");
+}
+
+#[test]
+fn without_a_file_nothing_changes() {
+    let o = parse(&["--artifacts", "file:///x"]).unwrap();
+    assert_eq!(o.nats, "nats://default");
+    assert_eq!(o.executors, ["docker"]);
+    assert!(parse(&[]).is_err(), "--artifacts is still required");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_known_ones() {
+    let f = file("artifacts: file:///a\nnat: nats://typo\n");
+    let err = parse(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::UnknownKey { .. }), "{msg}");
+    assert!(msg.contains("unknown key `nat`"), "{msg}");
+    assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
+    assert!(
+        msg.contains("known: artifacts, executors, label, nats, simulate-gpus, verbose"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn file_values_go_through_the_flags_own_validation() {
+    let f = file("artifacts: file:///a\nsimulate-gpus: many\n");
+    let msg = parse(&["--config", f.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("--simulate-gpus"), "{msg}");
+    assert!(msg.contains("many"), "{msg}");
+}
+
+#[test]
+fn malformed_files_name_the_file_and_key() {
+    let list = file("artifacts: [a, b]\n");
+    let msg = parse(&["--config", list.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("key `artifacts`: takes one value"), "{msg}");
+
+    let not_map = file("- nats\n");
+    let msg = parse(&["--config", not_map.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not a mapping"), "{msg}");
+
+    let msg = parse(&["--config", "/nonexistent/drover.yaml"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("--config /nonexistent/drover.yaml: "),
+        "{msg}"
+    );
+
+    let flag = file("artifacts: file:///a\nverbose: yes please\n");
+    let msg = parse(&["--config", flag.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("key `verbose`: expected true or false"),
+        "{msg}"
+    );
+}
