@@ -35,8 +35,8 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
 
 /// Rebuilds a run's state machine from what etcd holds.
 pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::Effect>) {
-    let spec = stored.record.spec.clone().unwrap_or_default();
-    let defs = task_defs(&spec);
+    let spec = &stored.spec;
+    let defs = task_defs(spec);
     let mut records: Vec<Option<TaskRun>> = vec![None; defs.len()];
     for (name, rec, _) in &stored.tasks {
         if let Some(i) = defs.iter().position(|d| &d.name == name) {
@@ -213,8 +213,7 @@ pub fn run_record(base: &pb::RunRecord, dag: &RunDag) -> pb::RunRecord {
 }
 
 /// The public view of a run.
-pub fn run_view(record: &pb::RunRecord, dag: &RunDag) -> pb::Run {
-    let spec = record.spec.clone().unwrap_or_default();
+pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -> pb::Run {
     let s = dag.run_state();
     pb::Run {
         id: record.id.clone(),
@@ -245,14 +244,13 @@ pub fn run_view(record: &pb::RunRecord, dag: &RunDag) -> pb::Run {
 }
 
 pub fn summary(record: &pb::RunRecord) -> pb::RunSummary {
-    let spec = record.spec.as_ref();
     pb::RunSummary {
         id: record.id.clone(),
-        name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+        name: record.name.clone(),
         state: record.state,
         created_at_ms: record.created_at_ms,
         finished_at_ms: record.finished_at_ms,
-        tasks_total: spec.map_or(0, |s| s.tasks.len() as u32),
+        tasks_total: record.tasks_total,
         queue: record.queue.clone(),
         priority: record.priority,
     }

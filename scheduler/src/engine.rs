@@ -45,6 +45,7 @@ pub enum Command {
     /// Store and start a new run (its record is already validated).
     Submit {
         record: Box<pb::RunRecord>,
+        spec: Arc<pb::PipelineSpec>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Cancel a run; answers false when the run is not active here.
@@ -129,9 +130,12 @@ impl EngineHandle {
         rx.await.map_err(|_| SchedulerError::ShuttingDown)?
     }
 
-    pub async fn submit(&self, record: pb::RunRecord) -> Result<()> {
+    /// Creates a run. The caller has written its spec (`Store::put_spec`);
+    /// the run record written here is the commit point.
+    pub async fn submit(&self, record: pb::RunRecord, spec: Arc<pb::PipelineSpec>) -> Result<()> {
         self.call(|reply| Command::Submit {
             record: Box::new(record),
+            spec,
             reply,
         })
         .await
@@ -219,8 +223,10 @@ pub struct EngineOptions {
 }
 
 struct ActiveRun {
-    /// Spec, params and creation time; run-level state comes from `dag`.
+    /// Params, queue and creation time; run-level state comes from `dag`.
     record: pb::RunRecord,
+    /// Never changes; shared with readers.
+    spec: Arc<pb::PipelineSpec>,
     dag: RunDag,
     rev: i64,
     task_revs: Vec<i64>,
@@ -430,12 +436,16 @@ impl Engine {
 
     fn command(&mut self, cmd: Command, now: u64, turn: &mut Turn) {
         match cmd {
-            Command::Submit { record, reply } => {
+            Command::Submit {
+                record,
+                spec,
+                reply,
+            } => {
                 if !self.queues.contains_key(&record.queue) {
                     let _ = reply.send(Err(SchedulerError::QueueNotFound(record.queue.clone())));
                     return;
                 }
-                self.add_run(*record, turn);
+                self.add_run(*record, spec, turn);
                 turn.replies.push(Reply::Submit(reply));
             }
             Command::Cancel { run_id, reply } => {
@@ -703,8 +713,7 @@ impl Engine {
         })
     }
 
-    fn add_run(&mut self, record: pb::RunRecord, turn: &mut Turn) {
-        let spec = record.spec.clone().unwrap_or_default();
+    fn add_run(&mut self, record: pb::RunRecord, spec: Arc<pb::PipelineSpec>, turn: &mut Turn) {
         let (dag, fx) = RunDag::new(convert::task_defs(&spec), spec.fail_fast);
         let id = record.id.clone();
         info!(run = %id, pipeline = %spec.name, tasks = spec.tasks.len(), "run submitted");
@@ -713,10 +722,11 @@ impl Engine {
             id.clone(),
             ActiveRun {
                 record,
+                requests: requests(&spec),
+                spec,
                 dag,
                 rev: 0,
                 task_revs: vec![0; n],
-                requests: requests(&spec),
                 record_dirty: false,
             },
         );
@@ -804,8 +814,7 @@ impl Engine {
         let Some(run) = self.runs.get(run_id) else {
             return pb::Assignment::default();
         };
-        let spec = run.record.spec.as_ref();
-        let task_spec = spec.and_then(|s| s.tasks.get(task)).cloned();
+        let task_spec = run.spec.tasks.get(task).cloned();
         let inputs = task_spec
             .iter()
             .flat_map(|t| t.inputs.iter())
@@ -1363,7 +1372,7 @@ impl Engine {
 
     fn restore_run(&mut self, s: StoredRun, turn: &mut Turn) {
         let (dag, fx) = convert::restore(&s);
-        let spec = s.record.spec.clone().unwrap_or_default();
+        let spec = Arc::clone(&s.spec);
         let mut task_revs = vec![0; spec.tasks.len()];
         for (name, _, rev) in &s.tasks {
             if let Some(i) = dag.index_of(name) {
@@ -1402,6 +1411,7 @@ impl Engine {
             id.clone(),
             ActiveRun {
                 record: s.record,
+                spec,
                 dag,
                 rev: s.rev,
                 task_revs,

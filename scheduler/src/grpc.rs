@@ -5,11 +5,13 @@
 //! the source of truth, through the same derivation the engine restarts with.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use drover_api::pb;
 use drover_api::pb::scheduler_server::Scheduler;
@@ -24,6 +26,8 @@ pub struct Api {
     pub engine: EngineHandle,
     pub store: Store,
     pub artifacts: drover_artifacts::Store,
+    /// Largest encoded spec accepted (`--max-spec-bytes`).
+    pub max_spec_bytes: usize,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -37,11 +41,6 @@ fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
     }
     Ok(value)
 }
-
-/// Largest encoded run record accepted. etcd refuses requests over 1.5 MiB by
-/// default; the resolved spec lives in the run record, so a bigger spec is
-/// refused up front rather than failing its commit.
-const MAX_RUN_RECORD_BYTES: usize = 1024 * 1024;
 
 /// `<pipeline>-<8 hex>`: readable in listings, unique enough for a fleet.
 fn new_run_id(pipeline: &str) -> String {
@@ -57,7 +56,7 @@ impl Api {
             .await?
             .ok_or_else(|| SchedulerError::RunNotFound(run_id.to_string()))?;
         let (dag, _) = convert::restore(&stored);
-        let mut run = convert::run_view(&stored.record, &dag);
+        let mut run = convert::run_view(&stored.record, &stored.spec, &dag);
         // Why Ready tasks wait lives in the engine's memory, not in etcd.
         for (task, (why, unschedulable)) in self.engine.waiting(run_id) {
             if let Some(t) = run.tasks.get_mut(task) {
@@ -128,28 +127,41 @@ impl Scheduler for Api {
         }
         let priority = crate::queues::check_priority(req.priority.unwrap_or(spec.priority))?;
         let run_id = new_run_id(&spec.name);
-        let record = pb::RunRecord {
-            id: run_id.clone(),
-            queue,
-            priority,
-            params: spec.params.clone(),
-            spec: Some(spec),
-            state: pb::RunState::Running as i32,
-            created_at_ms: now_ms(),
-            finished_at_ms: 0,
-            message: String::new(),
-        };
-        let size = prost::Message::encoded_len(&record);
-        if size > MAX_RUN_RECORD_BYTES {
+        let size = prost::Message::encoded_len(&spec);
+        if size > self.max_spec_bytes {
             return Err(SchedulerError::InvalidArgument {
                 field: "spec_yaml",
                 message: format!(
-                    "the resolved spec is {size} bytes; at most {MAX_RUN_RECORD_BYTES} are accepted"
+                    "the resolved spec is {size} bytes; at most {} are accepted (--max-spec-bytes)",
+                    self.max_spec_bytes
                 ),
             }
             .into());
         }
-        self.engine.submit(record).await?;
+        let mut record = pb::RunRecord {
+            id: run_id.clone(),
+            queue,
+            priority,
+            params: spec.params.clone(),
+            name: spec.name.clone(),
+            tasks_total: spec.tasks.len() as u32,
+            state: pb::RunState::Running as i32,
+            created_at_ms: now_ms(),
+            ..Default::default()
+        };
+        // The spec first, the run record (written by the engine) last: a run
+        // is never seen without its spec.
+        let created = async {
+            record.spec_chunks = self.store.put_spec(&run_id, &spec).await?;
+            self.engine.submit(record, Arc::new(spec)).await
+        };
+        if let Err(e) = created.await {
+            if let Err(del) = self.store.delete_spec(&run_id).await {
+                // Left for the next start's orphan sweep.
+                warn!(run = %run_id, error = %del, "cannot delete the spec of a failed submit");
+            }
+            return Err(e.into());
+        }
         Ok(Response::new(pb::SubmitRunResponse { run_id }))
     }
 

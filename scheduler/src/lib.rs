@@ -37,6 +37,14 @@ pub async fn serve(
 ) -> Result<(), SchedulerError> {
     opts.validate().map_err(SchedulerError::Config)?;
     let store = store::Store::connect(&opts.etcd, &opts.prefix).await?;
+    // Before serving: no submit of ours can be between its spec and its run.
+    let orphans = store.delete_orphan_specs().await?;
+    if orphans > 0 {
+        tracing::info!(
+            runs = orphans,
+            "deleted specs of submits that never completed"
+        );
+    }
     let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix).await?;
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
@@ -77,10 +85,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| SchedulerError::Transport(e.to_string()))?;
+    let max_spec_bytes = usize::try_from(opts.max_spec_bytes).unwrap_or(usize::MAX);
     let api = grpc::Api {
         engine: handle,
         store,
         artifacts,
+        max_spec_bytes,
     };
     let agents_api = pb::agents_server::AgentsServer::new(api.clone());
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());
@@ -89,7 +99,12 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(pb::scheduler_server::SchedulerServer::new(api))
+        .add_service(
+            pb::scheduler_server::SchedulerServer::new(api)
+                // Room for the YAML of the largest accepted spec; the
+                // spec's own limit is checked after parsing.
+                .max_decoding_message_size(max_spec_bytes.saturating_mul(4).max(4 << 20)),
+        )
         .add_service(agents_api)
         .add_service(queues_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));

@@ -10,6 +10,13 @@ pub fn duration_arg(s: &str) -> Result<Duration, String> {
     drover_api::spec::parse_duration(s).map(Duration::from_millis)
 }
 
+/// `--max-spec-bytes`' default, 64Mi.
+pub const DEFAULT_MAX_SPEC_BYTES: u64 = 64 << 20;
+
+fn bytes_arg(s: &str) -> Result<u64, String> {
+    drover_api::spec::parse_memory(s)
+}
+
 fn placement_arg(s: &str) -> Result<Strategy, String> {
     match s {
         "binpack" => Ok(Strategy::BinPack),
@@ -53,6 +60,11 @@ pub struct SchedulerOptions {
     /// How long a preempted task gets between SIGTERM and SIGKILL (to checkpoint).
     #[arg(long, env = "DROVER_PREEMPTION_GRACE", default_value = "30s", value_parser = duration_arg)]
     pub preemption_grace: Duration,
+    /// Largest pipeline accepted, as its encoded spec (e.g. 64Mi; a
+    /// 100,000-task pipeline is a few MiB). The spec is stored in 1 MiB
+    /// chunks, so this is not bound by etcd's request limit.
+    #[arg(long, env = "DROVER_MAX_SPEC_BYTES", default_value_t = DEFAULT_MAX_SPEC_BYTES, value_parser = bytes_arg)]
+    pub max_spec_bytes: u64,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,

@@ -1,16 +1,30 @@
 //! etcd access: key layout, loading runs, and compare-and-swap commits.
 //!
 //! Keys under the configured prefix:
-//! - `<prefix>/runs/<run-id>` → `RunRecord`
+//! - `<prefix>/runs/<run-id>` → `RunRecord` (small; never the spec)
+//! - `<prefix>/specs/<run-id>/<000000>` → the resolved spec, an encoded
+//!   `PipelineSpec` in chunks of at most [`SPEC_CHUNK_BYTES`], written once
+//!   before the run record (the commit point) and never changed
 //! - `<prefix>/tasks/<run-id>/<task>` → `TaskRecord`, only once the task has an attempt
 //! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
 //! - `<prefix>/queues/<name>` → `QueueRecord`
+//!
+//! Specs are kept apart so that a run of 100,000 tasks is neither one etcd
+//! value (etcd refuses requests over 1.5 MiB) nor rewritten with every
+//! state change. Chunks without a run record (a submit that failed between
+//! the two, or a scheduler killed there) are deleted by the submit that
+//! wrote them, or at the next start ([`Store::delete_orphan_specs`]).
 //!
 //! Every write compares the key's `mod_revision` with the one this scheduler
 //! last saw (or `create_revision == 0` for a new key), so a second writer
 //! cannot silently overwrite it.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prost::Message;
 
 use drover_api::pb;
@@ -19,6 +33,10 @@ use crate::error::{Result, SchedulerError};
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
+
+/// Largest spec chunk: under etcd's default 1.5 MiB request limit with room
+/// for the key and the transaction around it.
+pub const SPEC_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// One key to write (or delete), and the revision it must still have.
 #[derive(Debug, Clone)]
@@ -48,9 +66,10 @@ impl Write {
     }
 }
 
-/// A run as stored: the run record, and task records by task name.
+/// A run as stored: the run record, its spec, and task records by task name.
 pub struct StoredRun {
     pub record: pb::RunRecord,
+    pub spec: Arc<pb::PipelineSpec>,
     pub rev: i64,
     pub tasks: Vec<(String, pb::TaskRecord, i64)>,
 }
@@ -59,7 +78,13 @@ pub struct StoredRun {
 pub struct Store {
     client: Client,
     prefix: String,
+    /// Specs never change once written: readers (GetRun, WatchRun) keep
+    /// the last few instead of fetching them from etcd every time.
+    specs: Arc<Mutex<HashMap<String, Arc<pb::PipelineSpec>>>>,
 }
+
+/// Specs kept by [`Store::load_spec`]; the cache starts over past this.
+const CACHED_SPECS: usize = 64;
 
 impl Store {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
@@ -67,11 +92,142 @@ impl Store {
         Ok(Self {
             client,
             prefix: prefix.to_string(),
+            specs: Arc::default(),
         })
     }
 
     pub fn run_key(&self, run: &str) -> String {
         format!("{}/runs/{run}", self.prefix)
+    }
+
+    fn spec_prefix(&self, run: &str) -> String {
+        format!("{}/specs/{run}/", self.prefix)
+    }
+
+    /// Writes `spec` for the not yet created run `run`, in chunks, each only
+    /// if absent; returns how many. The run record must say that count.
+    pub async fn put_spec(&self, run: &str, spec: &pb::PipelineSpec) -> Result<u32> {
+        let bytes = spec.encode_to_vec();
+        let prefix = self.spec_prefix(run);
+        let puts = bytes
+            .chunks(SPEC_CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let key = format!("{prefix}{i:06}");
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, chunk, None)]);
+                let mut kv = self.client.kv_client();
+                async move {
+                    let resp = kv.txn(txn).await?;
+                    if resp.succeeded() {
+                        Ok(())
+                    } else {
+                        Err(SchedulerError::Conflict)
+                    }
+                }
+            });
+        let n = futures::future::try_join_all(puts).await?.len();
+        Ok(n as u32)
+    }
+
+    /// Deletes `run`'s spec chunks (a submit that did not complete).
+    pub async fn delete_spec(&self, run: &str) -> Result<()> {
+        self.client
+            .kv_client()
+            .delete(
+                self.spec_prefix(run),
+                Some(DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `record`'s spec as of etcd revision `at` (0: latest).
+    pub async fn load_spec(
+        &self,
+        record: &pb::RunRecord,
+        at: i64,
+    ) -> Result<Arc<pb::PipelineSpec>> {
+        if let Some(spec) = self.cached_spec(&record.id) {
+            return Ok(spec);
+        }
+        let spec = Arc::new(self.read_spec(record, at).await?);
+        if let Ok(mut specs) = self.specs.lock() {
+            if specs.len() >= CACHED_SPECS {
+                specs.clear();
+            }
+            specs.insert(record.id.clone(), Arc::clone(&spec));
+        }
+        Ok(spec)
+    }
+
+    fn cached_spec(&self, run: &str) -> Option<Arc<pb::PipelineSpec>> {
+        self.specs.lock().ok()?.get(run).cloned()
+    }
+
+    async fn read_spec(&self, record: &pb::RunRecord, at: i64) -> Result<pb::PipelineSpec> {
+        let prefix = self.spec_prefix(&record.id);
+        let mut opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        if at > 0 {
+            opts = opts.with_revision(at);
+        }
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_bytes(), Some(opts))
+            .await?;
+        let corrupt = |reason: String| SchedulerError::Corrupt {
+            key: prefix.clone(),
+            reason,
+        };
+        if resp.kvs().len() != record.spec_chunks as usize {
+            return Err(corrupt(format!(
+                "{} spec chunks stored, the run record says {}",
+                resp.kvs().len(),
+                record.spec_chunks
+            )));
+        }
+        let mut bytes = Vec::with_capacity(resp.kvs().iter().map(|kv| kv.value().len()).sum());
+        for kv in resp.kvs() {
+            bytes.extend_from_slice(kv.value());
+        }
+        pb::PipelineSpec::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Deletes spec chunks whose run record does not exist: left by a submit
+    /// cut short. Call before serving, when no submit is in flight.
+    pub async fn delete_orphan_specs(&self) -> Result<usize> {
+        let runs: std::collections::HashSet<String> = self
+            .list_runs()
+            .await?
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect();
+        let prefix = format!("{}/specs/", self.prefix);
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let orphans: std::collections::BTreeSet<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key().get(prefix.len()..)?;
+                let run = String::from_utf8_lossy(rest).split('/').next()?.to_string();
+                (!runs.contains(&run)).then_some(run)
+            })
+            .collect();
+        for run in &orphans {
+            self.delete_spec(run).await?;
+        }
+        Ok(orphans.len())
     }
 
     pub fn task_key(&self, run: &str, task: &str) -> String {
@@ -152,8 +308,14 @@ impl Store {
         let record: pb::RunRecord = Self::decode(head.key(), head.value())?;
         let rev = head.mod_revision();
         let at = resp.header().map_or(0, |h| h.revision());
+        let spec = self.load_spec(&record, at).await?;
         let tasks = self.load_tasks(run, at).await?;
-        Ok(Some(StoredRun { record, rev, tasks }))
+        Ok(Some(StoredRun {
+            record,
+            spec,
+            rev,
+            tasks,
+        }))
     }
 
     /// Task records of `run` as of etcd revision `at`: reading them at the
@@ -184,8 +346,14 @@ impl Store {
         let (runs, at) = self.list_runs_at().await?;
         for (record, rev) in runs {
             if is_active(record.state()) {
+                let spec = self.load_spec(&record, at).await?;
                 let tasks = self.load_tasks(&record.id, at).await?;
-                out.push(StoredRun { record, rev, tasks });
+                out.push(StoredRun {
+                    record,
+                    spec,
+                    rev,
+                    tasks,
+                });
             }
         }
         Ok(out)

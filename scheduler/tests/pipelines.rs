@@ -332,22 +332,6 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         err.message(),
         "param `nope` is not declared in the spec's params"
     );
-    // Too big for one etcd value: refused before anything is written.
-    let mut huge = String::from("name: huge\ntasks:\n");
-    for i in 0..4000 {
-        huge.push_str(&format!(
-            "  - name: t{i}\n    command: [\"echo\", \"{}\"]\n",
-            "x".repeat(300)
-        ));
-    }
-    let err = c.submit(&huge).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(
-        err.message()
-            .starts_with("spec_yaml: the resolved spec is "),
-        "{}",
-        err.message()
-    );
     // Nothing of any run: only the agent's registry record and the default
     // queue exist.
     let keys = c.etcd_keys().await;
@@ -456,4 +440,79 @@ async fn serves_grpc_health_and_reflection() {
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"drover.v1.Scheduler"), "{names:?}");
+}
+
+/// `tasks` tasks whose commands carry `pad` bytes each.
+fn padded_spec(name: &str, tasks: usize, pad: usize) -> String {
+    let mut yaml = format!("name: {name}\ntasks:\n");
+    for i in 0..tasks {
+        yaml.push_str(&format!(
+            "  - name: t{i}\n    command: [\"echo\", \"{}\"]\n",
+            "x".repeat(pad)
+        ));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_specs_are_stored_in_chunks_and_over_the_limit_refused() {
+    // No agents: the run stays queued while the test looks at it.
+    let mut c = Cluster::with_scheduler_args(&["--max-spec-bytes", "2Mi"]).await;
+
+    // Over --max-spec-bytes: refused, nothing written.
+    let err = c.submit(&padded_spec("huge", 8000, 300)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("spec_yaml: the resolved spec is ")
+            && err
+                .message()
+                .ends_with("at most 2097152 are accepted (--max-spec-bytes)"),
+        "{}",
+        err.message()
+    );
+    assert!(c.run_keys().await.is_empty());
+    assert!(c.etcd_keys().await.iter().all(|k| !k.contains("/specs/")));
+
+    // 1.3 MB: more than one etcd value holds, stored as two chunks.
+    let id = c.submit(&padded_spec("big", 4000, 300)).await.unwrap();
+    let keys = c.etcd_keys().await;
+    let ours: Vec<&String> = keys.iter().filter(|k| k.contains(id.as_str())).collect();
+    assert_eq!(
+        ours,
+        [
+            &format!("{}/runs/{id}", c.prefix),
+            &format!("{}/specs/{id}/000000", c.prefix),
+            &format!("{}/specs/{id}/000001", c.prefix),
+        ],
+        "{keys:?}"
+    );
+    let run = c.get(&id).await;
+    assert_eq!(run.tasks.len(), 4000);
+    assert_eq!(run.tasks[3999].name, "t3999");
+
+    // A restarted scheduler reassembles it.
+    c.kill_scheduler().await;
+    c.start_scheduler().await;
+    let run = c.get(&id).await;
+    assert_eq!(run.tasks.len(), 4000);
+    assert!(run.tasks.iter().all(|t| t.state() == TaskState::Ready));
+    let listed = c
+        .client()
+        .await
+        .list_runs(pb::ListRunsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.runs[0].name, "big");
+    assert_eq!(listed.runs[0].tasks_total, 4000);
+    c.client()
+        .await
+        .cancel_run(pb::CancelRunRequest { run_id: id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        c.wait_done(&id, Duration::from_secs(30)).await.state(),
+        RunState::Cancelled
+    );
 }

@@ -66,6 +66,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         cancel_grace: Duration::from_secs(10),
         preemption_grace: Duration::from_secs(10),
         placement: Default::default(),
+        max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(
         scheduler_opts,

@@ -170,7 +170,8 @@ async fn channel(server: &str) -> Result<Channel> {
 }
 
 async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
-    Ok(SchedulerClient::new(channel(server).await?))
+    // A run of 100,000 tasks is tens of MiB as one `Run` message.
+    Ok(SchedulerClient::new(channel(server).await?).max_decoding_message_size(512 << 20))
 }
 
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
