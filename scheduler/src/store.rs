@@ -10,12 +10,15 @@
 //! last saw (or `create_revision == 0` for a new key), so a second writer
 //! cannot silently overwrite it.
 
+use std::collections::BTreeMap;
+
 use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use prost::Message;
 
 use drover_api::pb;
 
 use crate::error::{Result, SchedulerError};
+use crate::metrics::OpErrors;
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -48,6 +51,13 @@ impl Write {
     }
 }
 
+/// What start-up and recovery load: the active runs in full, and how many
+/// finished runs etcd holds by state (for the runs-by-state gauge).
+pub struct LoadedRuns {
+    pub active: Vec<StoredRun>,
+    pub finished: BTreeMap<pb::RunState, u64>,
+}
+
 /// A run as stored: the run record, and task records by task name.
 pub struct StoredRun {
     pub record: pb::RunRecord,
@@ -59,6 +69,8 @@ pub struct StoredRun {
 pub struct Store {
     client: Client,
     prefix: String,
+    errors: OpErrors,
+    conflicts: prometheus_client::metrics::counter::Counter,
 }
 
 impl Store {
@@ -67,7 +79,25 @@ impl Store {
         Ok(Self {
             client,
             prefix: prefix.to_string(),
+            errors: OpErrors::default(),
+            conflicts: Default::default(),
         })
+    }
+
+    /// Counts failed calls in `errors` (by operation) and lost
+    /// compare-and-swaps in `conflicts`.
+    pub fn with_metrics(
+        mut self,
+        errors: OpErrors,
+        conflicts: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.errors = errors;
+        self.conflicts = conflicts;
+        self
+    }
+
+    fn failed(&self, op: &'static str) -> impl FnOnce(&etcd_client::Error) + '_ {
+        move |_| self.errors.inc(op)
     }
 
     pub fn run_key(&self, run: &str) -> String {
@@ -89,7 +119,8 @@ impl Store {
             .client
             .kv_client()
             .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+            .await
+            .inspect_err(self.failed("list_queues"))?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -110,7 +141,8 @@ impl Store {
             .client
             .kv_client()
             .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+            .await
+            .inspect_err(self.failed("list_agents"))?;
         resp.kvs()
             .iter()
             .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
@@ -135,7 +167,12 @@ impl Store {
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Ascend);
-        let resp = self.client.kv_client().get(prefix, Some(opts)).await?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(opts))
+            .await
+            .inspect_err(self.failed("list_runs"))?;
         let at = resp.header().map_or(0, |h| h.revision());
         let runs = resp
             .kvs()
@@ -148,7 +185,10 @@ impl Store {
     /// One run with its task records, or None if no such run.
     pub async fn load_run(&self, run: &str) -> Result<Option<StoredRun>> {
         let mut kv = self.client.kv_client();
-        let resp = kv.get(self.run_key(run), None).await?;
+        let resp = kv
+            .get(self.run_key(run), None)
+            .await
+            .inspect_err(self.failed("load_run"))?;
         let Some(head) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -171,7 +211,8 @@ impl Store {
                 prefix.as_bytes(),
                 Some(GetOptions::new().with_prefix().with_revision(at)),
             )
-            .await?;
+            .await
+            .inspect_err(self.failed("load_tasks"))?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -181,17 +222,20 @@ impl Store {
             .collect()
     }
 
-    /// Loads every run that is not finished yet.
-    pub async fn load_active_runs(&self) -> Result<Vec<StoredRun>> {
-        let mut out = Vec::new();
+    /// Loads every run that is not finished yet, and counts the rest.
+    pub async fn load_active_runs(&self) -> Result<LoadedRuns> {
+        let mut active = Vec::new();
+        let mut finished = BTreeMap::new();
         let (runs, at) = self.list_runs_at().await?;
         for (record, rev) in runs {
             if is_active(record.state()) {
                 let tasks = self.load_tasks(&record.id, at).await?;
-                out.push(StoredRun { record, rev, tasks });
+                active.push(StoredRun { record, rev, tasks });
+            } else {
+                *finished.entry(record.state()).or_default() += 1;
             }
         }
-        Ok(out)
+        Ok(LoadedRuns { active, finished })
     }
 
     /// Commits `groups` (each group's writes belong together, e.g. one run's
@@ -240,8 +284,10 @@ impl Store {
             .client
             .kv_client()
             .txn(Txn::new().when(compares).and_then(puts))
-            .await?;
+            .await
+            .inspect_err(self.failed("commit"))?;
         if !resp.succeeded() {
+            self.conflicts.inc();
             return Err(SchedulerError::Conflict);
         }
         let rev = resp.header().map_or(0, |h| h.revision());

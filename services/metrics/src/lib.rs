@@ -16,13 +16,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
-
-pub use prometheus_client;
 
 /// What Prometheus expects for the OpenMetrics text format `prometheus-client` writes.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -117,11 +114,11 @@ pub type Labels = Vec<(&'static str, String)>;
 /// Writes one gauge family from a snapshot: `series` are its label sets and
 /// values. A family with no series is still described, so dashboards and
 /// alerts see the name exist.
-pub fn encode_gauges(
+pub fn encode_gauges<V: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl IntoIterator<Item = (Labels, f64)>,
+    series: impl IntoIterator<Item = (Labels, V)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         name,
@@ -130,7 +127,7 @@ pub fn encode_gauges(
         prometheus_client::metrics::MetricType::Gauge,
     )?;
     for (labels, value) in series {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        family.encode_family(&labels)?.encode_gauge(&value)?;
     }
     Ok(())
 }
@@ -156,7 +153,7 @@ mod tests {
                     (vec![("colour", "a \"b\"".to_string())], 0.5),
                 ],
             )?;
-            encode_gauges(&mut encoder, "empty", "Nothing yet.", [])
+            encode_gauges::<u64>(&mut encoder, "empty", "Nothing yet.", [])
         }
     }
 
