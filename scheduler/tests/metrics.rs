@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{http_get, Cluster};
@@ -63,6 +63,24 @@ fn parse_strict(content_type: &str, text: &str) -> Scrape {
         assert!(declared, "sample `{line}` belongs to no declared family");
     }
     Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parsable exposition")
+}
+
+/// Every sample name the families declared in `text` may have (`# TYPE`
+/// lines plus the suffixes of their type), whether or not a series exists yet.
+fn declared_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for decl in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let Some((name, kind)) = decl.split_once(' ') else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
 }
 
 /// The value of the one sample of `metric` whose labels include `labels`.
@@ -266,6 +284,32 @@ async fn scheduler_and_agent_metrics_follow_a_run() {
     assert_eq!(
         value(&finished, "drover_agent_executor_errors_total", &process),
         Some(0.0)
+    );
+
+    // The Grafana dashboard asks only for what the two endpoints serve.
+    let mut served = declared_names(&http_get(&scheduler).await.unwrap().2);
+    served.extend(declared_names(&http_get(&agent).await.unwrap().2));
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/grafana/drover-dashboard.json"
+    ))
+    .unwrap();
+    let used: BTreeSet<&str> = dashboard
+        .match_indices("drover_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| name.starts_with("drover_scheduler_") || name.starts_with("drover_agent_"))
+        .collect();
+    assert!(used.len() > 20, "the dashboard reads {used:?}");
+    let unknown: Vec<&&str> = used.iter().filter(|n| !served.contains(**n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "dashboard metrics not served: {unknown:?}"
     );
 
     // A restarted scheduler counts the finished run again from etcd.
