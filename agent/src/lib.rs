@@ -37,6 +37,13 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("connecting to NATS at `{url}`: {reason}")]
     Connect { url: String, reason: String },
 

@@ -1,5 +1,6 @@
 //! Command-line / environment options, and their validated form.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -113,6 +114,10 @@ pub struct AgentOptions {
         value_parser = parse_memory
     )]
     pub simulate_gpu_memory_bytes: u64,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7072) [default: off].
+    #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -133,6 +138,7 @@ pub struct AgentConfig {
     pub kill_grace: Duration,
     pub docker: DockerConfig,
     pub capacity: CapacityConfig,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentOptions {
@@ -158,6 +164,7 @@ impl AgentOptions {
             simulate_gpus: 0,
             simulate_gpu_model: DEFAULT_SIMULATED_GPU_MODEL.to_owned(),
             simulate_gpu_memory_bytes: DEFAULT_SIMULATED_GPU_MEMORY,
+            metrics_listen: None,
         }
     }
 
@@ -221,6 +228,7 @@ impl AgentOptions {
             kill_grace: self.kill_grace,
             docker,
             capacity,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

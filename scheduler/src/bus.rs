@@ -9,6 +9,7 @@ use drover_api::{naming, pb};
 use prost::Message;
 
 use crate::error::{Result, SchedulerError};
+use crate::metrics::OpErrors;
 
 /// How long an agent has to answer an assign or cancel request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +37,7 @@ pub fn events_stream_config(prefix: &str) -> stream::Config {
 pub struct Bus {
     client: async_nats::Client,
     prefix: String,
+    errors: OpErrors,
 }
 
 pub type EventStream = pull::Stream;
@@ -46,12 +48,40 @@ impl Bus {
         Ok(Self {
             client,
             prefix: prefix.to_string(),
+            errors: OpErrors::default(),
         })
+    }
+
+    /// Counts failed calls in `errors`, by operation.
+    pub fn with_errors(mut self, errors: OpErrors) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    /// Counts a failed call to `op` (also for the engine's own calls: acks, naks).
+    pub fn failed(&self, op: &'static str) {
+        self.errors.inc(op);
+    }
+
+    fn count<T, E>(
+        &self,
+        op: &'static str,
+        r: std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        if r.is_err() {
+            self.failed(op);
+        }
+        r
     }
 
     /// Agents' attempt events, from a durable consumer: what was not acked
     /// before a restart is delivered again.
     pub async fn events(&self) -> Result<EventStream> {
+        let r = self.open_events().await;
+        self.count("events", r)
+    }
+
+    async fn open_events(&self) -> Result<EventStream> {
         let js = jetstream::new(self.client.clone());
         let stream = js
             .get_or_create_stream(events_stream_config(&self.prefix))
@@ -74,33 +104,47 @@ impl Bus {
     }
 
     pub async fn heartbeats(&self) -> Result<async_nats::Subscriber> {
-        self.client
+        let r = self
+            .client
             .subscribe(naming::heartbeat_wildcard(&self.prefix))
             .await
-            .map_err(nats_err)
+            .map_err(nats_err);
+        self.count("heartbeats", r)
     }
 
     /// Asks every agent for a heartbeat now (a fresh scheduler knows none).
     pub async fn ask_heartbeats(&self) -> Result<()> {
-        self.client
+        let r = self
+            .client
             .publish(naming::heartbeat_now_subject(&self.prefix), Bytes::new())
             .await
-            .map_err(nats_err)
+            .map_err(nats_err);
+        self.count("ask_heartbeats", r)
     }
 
-    async fn request<R: Message + Default>(&self, subject: String, body: Bytes) -> Result<R> {
-        let msg = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, body))
-            .await
-            .map_err(|_| nats_err(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-            .map_err(nats_err)?;
-        R::decode(msg.payload).map_err(nats_err)
+    /// A request to an agent; no answer in time counts as an error of `op`.
+    async fn request<R: Message + Default>(
+        &self,
+        op: &'static str,
+        subject: String,
+        body: Bytes,
+    ) -> Result<R> {
+        let r = async {
+            let msg = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, body))
+                .await
+                .map_err(|_| nats_err(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+                .map_err(nats_err)?;
+            R::decode(msg.payload).map_err(nats_err)
+        }
+        .await;
+        self.count(op, r)
     }
 
     /// Sends an assignment; Err(reason) when the agent refused or did not answer.
     pub async fn assign(&self, agent: &str, a: &pb::Assignment) -> std::result::Result<(), String> {
         let subject = naming::assign_subject(&self.prefix, agent);
         match self
-            .request::<pb::AssignReply>(subject, a.encode_to_vec().into())
+            .request::<pb::AssignReply>("assign", subject, a.encode_to_vec().into())
             .await
         {
             Ok(r) if r.accepted => Ok(()),
@@ -112,7 +156,9 @@ impl Bus {
     /// Asks an agent to stop an attempt; Ok(false) when it does not run it.
     pub async fn cancel(&self, agent: &str, c: &pb::CancelAttempt) -> Result<bool> {
         let subject = naming::cancel_subject(&self.prefix, agent);
-        let r: pb::CancelReply = self.request(subject, c.encode_to_vec().into()).await?;
+        let r: pb::CancelReply = self
+            .request("cancel", subject, c.encode_to_vec().into())
+            .await?;
         Ok(r.found)
     }
 }

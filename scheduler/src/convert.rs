@@ -71,7 +71,7 @@ pub fn run_state(s: RunStatus) -> pb::RunState {
     }
 }
 
-fn task_state(s: TaskStatus) -> pb::TaskState {
+pub fn task_state(s: TaskStatus) -> pb::TaskState {
     match s {
         TaskStatus::Pending => pb::TaskState::Pending,
         TaskStatus::Ready => pb::TaskState::Ready,

@@ -8,7 +8,7 @@
 //! commit fails, nothing is sent or acked: the loop reloads its state from
 //! etcd and unacked events are delivered again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,13 +20,14 @@ use tracing::{debug, info, warn};
 
 use drover_api::{naming, pb};
 use drover_scheduler_core::admission::{self, Wait};
-use drover_scheduler_core::dag::{Effect, Event, RunDag, TaskStatus};
+use drover_scheduler_core::dag::{AttemptStatus, Effect, Event, RunDag, TaskStatus};
 use drover_scheduler_core::placement::{Request, Strategy};
 
 use crate::bus::Bus;
 use crate::convert;
 use crate::error::{Result, SchedulerError};
 use crate::fleet::{Allocation, AttemptId, Fleet};
+use crate::metrics::{SchedulerMetrics, Snapshot};
 use crate::queues::{self, DEFAULT_QUEUE};
 use crate::store::{Store, StoredRun, Write};
 
@@ -34,6 +35,10 @@ use crate::store::{Store, StoredRun, Write};
 const MAX_BATCH: usize = 1024;
 /// How often silent agents are looked for.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// Least time between two metrics snapshots: deriving one walks every
+/// active task, which busy turns need not do each time. Idle, the liveness
+/// tick still brings a turn (and a snapshot) every second.
+const METRICS_EVERY_MS: u64 = 250;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -281,8 +286,9 @@ pub struct Engine {
     opts: EngineOptions,
     runs: HashMap<String, ActiveRun>,
     fleet: Fleet,
-    /// Ready tasks not yet admitted.
-    ready: BTreeSet<(String, usize)>,
+    /// Ready tasks not yet admitted, with when they became ready (ms; for
+    /// the admission latency; after a restart, from when it was loaded).
+    ready: BTreeMap<(String, usize), u64>,
     queues: BTreeMap<String, QueueEntry>,
     /// Each queue's waiting tasks in admission order, from the last pass.
     positions: HashMap<String, Vec<pb::PendingTask>>,
@@ -291,10 +297,20 @@ pub struct Engine {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     commands: mpsc::Receiver<Command>,
+    metrics: SchedulerMetrics,
+    /// Finished runs in etcd by state: loaded with the active runs, then
+    /// counted as runs finish here.
+    finished: BTreeMap<pb::RunState, u64>,
+    metrics_at: u64,
 }
 
 impl Engine {
-    pub fn new(store: Store, bus: Bus, opts: EngineOptions) -> (Self, EngineHandle) {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        opts: EngineOptions,
+        metrics: SchedulerMetrics,
+    ) -> (Self, EngineHandle) {
         let (tx, commands) = mpsc::channel(1024);
         let (changed, _) = broadcast::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -310,7 +326,7 @@ impl Engine {
             opts,
             runs: HashMap::new(),
             fleet: Fleet::default(),
-            ready: BTreeSet::new(),
+            ready: BTreeMap::new(),
             queues: BTreeMap::new(),
             positions: HashMap::new(),
             changed,
@@ -318,6 +334,9 @@ impl Engine {
             internal_tx,
             internal_rx,
             commands,
+            metrics,
+            finished: BTreeMap::new(),
+            metrics_at: 0,
         };
         (engine, handle)
     }
@@ -331,6 +350,7 @@ impl Engine {
         self.load_queues().await?;
         self.resync(&mut turn).await?;
         self.finish_turn(turn).await;
+        self.publish_metrics(now_ms());
         self.bus.ask_heartbeats().await?;
         let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         tokio::pin!(shutdown);
@@ -343,7 +363,11 @@ impl Engine {
                 Some(i) = self.internal_rx.recv() => Item::Internal(i),
                 ev = events.next() => match ev {
                     Some(Ok(msg)) => Item::Event(Box::new(msg)),
-                    Some(Err(e)) => { warn!(error = %e, "events consumer"); continue }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "events consumer");
+                        self.bus.failed("events");
+                        continue
+                    }
                     None => {
                         warn!("events consumer ended; reopening");
                         events = self.bus.events().await?;
@@ -379,8 +403,34 @@ impl Engine {
                 self.place(now, &mut turn);
             }
             self.finish_turn(turn).await;
+            self.publish_metrics(now);
         }
         Ok(())
+    }
+
+    /// Hands the metrics a fresh snapshot of the state gauges, at most
+    /// every `METRICS_EVERY_MS`.
+    fn publish_metrics(&mut self, now: u64) {
+        if now.saturating_sub(self.metrics_at) < METRICS_EVERY_MS {
+            return;
+        }
+        self.metrics_at = now;
+        let runs = self
+            .runs
+            .values()
+            .map(|r| convert::run_state(r.dag.status()));
+        let tasks = self
+            .runs
+            .values()
+            .flat_map(|r| r.dag.tasks().iter().map(|t| convert::task_state(t.status)));
+        let agents = self.fleet.agents.values().map(|a| a.state());
+        let queues = self
+            .queues
+            .keys()
+            .filter_map(|name| self.queue_status(name))
+            .collect();
+        let snapshot = Snapshot::new(runs, &self.finished, tasks, agents, queues);
+        self.metrics.publish(snapshot);
     }
 
     fn next_wakeup(&self) -> Option<u64> {
@@ -620,7 +670,7 @@ impl Engine {
         }
         let pending = self
             .ready
-            .iter()
+            .keys()
             .filter(|(run, _)| self.runs.get(run).is_some_and(|r| r.record.queue == name))
             .count() as u32;
         let runs = self
@@ -750,7 +800,9 @@ impl Engine {
         for e in fx {
             match e {
                 Effect::Ready { task } => {
-                    self.ready.insert((run_id.to_string(), task));
+                    self.ready
+                        .entry((run_id.to_string(), task))
+                        .or_insert_with(now_ms);
                 }
                 Effect::Assign {
                     task,
@@ -894,7 +946,27 @@ impl Engine {
         };
         debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, "agent event");
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
+        // Measured on the scheduler's clock only (assigned_at is its own),
+        // and only for the first Started of the current attempt: a
+        // redelivered event is not a second start.
+        let assigned_at = matches!(core, Event::Started { .. })
+            .then(|| self.runs.get(&aref.run_id))
+            .flatten()
+            .and_then(|r| r.dag.task(task).current())
+            .filter(|a| a.number == attempt && a.status == AttemptStatus::Assigned)
+            .map(|a| a.assigned_at);
         self.apply_to(&aref.run_id, core, at, turn);
+        if let (Some(assigned_at), Some(run)) = (assigned_at, self.runs.get(&aref.run_id)) {
+            let started = run
+                .dag
+                .task(task)
+                .current()
+                .is_some_and(|a| a.number == attempt && a.status != AttemptStatus::Assigned);
+            if started {
+                self.metrics
+                    .observe_assign_to_start(&run.record.queue, now.saturating_sub(assigned_at));
+            }
+        }
     }
 
     fn on_heartbeat(&mut self, msg: &async_nats::Message, now: u64, turn: &mut Turn) {
@@ -963,7 +1035,7 @@ impl Engine {
     /// shares, backfill and preemption are decided by the pure core; this
     /// applies its decision and notes why the rest wait.
     fn place(&mut self, now: u64, turn: &mut Turn) {
-        self.ready.retain(|(run, task)| {
+        self.ready.retain(|(run, task), _| {
             self.runs
                 .get(run)
                 .is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
@@ -992,7 +1064,7 @@ impl Engine {
         };
         let (slots, agent_index, schedulable) = self.fleet.admission_slots();
 
-        let pending_keys: Vec<(String, usize)> = self.ready.iter().cloned().collect();
+        let pending_keys: Vec<(String, usize)> = self.ready.keys().cloned().collect();
         let pending: Vec<admission::Pending<usize>> = pending_keys
             .iter()
             .enumerate()
@@ -1060,7 +1132,10 @@ impl Engine {
                 Ok(fx) => {
                     let attempt = run.dag.task(*task).current().map_or(0, |a| a.number);
                     let req = run.requests[*task].clone();
-                    self.ready.remove(&(run_id.clone(), *task));
+                    if let Some(since) = self.ready.remove(&(run_id.clone(), *task)) {
+                        self.metrics
+                            .observe_admission(&run.record.queue, now.saturating_sub(since));
+                    }
                     self.fleet.allocate(
                         run_id,
                         *task,
@@ -1142,7 +1217,12 @@ impl Engine {
                 }
                 for m in turn.acks {
                     // Redeliver now rather than after the ack wait.
-                    tokio::spawn(async move { m.ack_with(AckKind::Nak(None)).await });
+                    let bus = self.bus.clone();
+                    tokio::spawn(async move {
+                        if m.ack_with(AckKind::Nak(None)).await.is_err() {
+                            bus.failed("nak");
+                        }
+                    });
                 }
                 let mut retry = Turn::default();
                 if let Err(e) = self.reload(&mut retry).await {
@@ -1298,9 +1378,11 @@ impl Engine {
             }
         }
         for m in turn.acks {
+            let bus = self.bus.clone();
             tokio::spawn(async move {
                 if let Err(e) = m.ack().await {
                     warn!(error = %e, "ack failed; the event will be redelivered");
+                    bus.failed("ack");
                 }
             });
         }
@@ -1330,9 +1412,11 @@ impl Engine {
             let done = self
                 .runs
                 .get(&run_id)
-                .is_some_and(|r| r.dag.status().is_terminal());
-            if done {
+                .map(|r| r.dag.status())
+                .filter(|s| s.is_terminal());
+            if let Some(status) = done {
                 self.runs.remove(&run_id);
+                *self.finished.entry(convert::run_state(status)).or_default() += 1;
             }
             let _ = self.changed.send(run_id);
         }
@@ -1358,12 +1442,13 @@ impl Engine {
 
     /// Replaces in-memory run state with what etcd holds; queues what must be resent.
     async fn resync(&mut self, turn: &mut Turn) -> Result<()> {
-        let stored = self.store.load_active_runs().await?;
+        let loaded = self.store.load_active_runs().await?;
         self.runs.clear();
         self.ready.clear();
         self.fleet.clear_allocations();
-        info!(runs = stored.len(), "loaded active runs from etcd");
-        for s in stored {
+        self.finished = loaded.finished;
+        info!(runs = loaded.active.len(), "loaded active runs from etcd");
+        for s in loaded.active {
             self.restore_run(s, turn);
         }
         turn.placement_needed = true;

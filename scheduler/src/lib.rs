@@ -5,7 +5,8 @@
 //! - [`engine`]: the single loop that owns in-memory state, group-commits to etcd, then acts;
 //! - [`store`]: etcd keys and compare-and-swap transactions;
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
-//! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types.
+//! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
+//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
 
 pub mod bus;
 pub mod convert;
@@ -13,11 +14,13 @@ pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod metrics;
 pub mod options;
 pub mod queues;
 pub mod store;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -36,7 +39,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     opts.validate().map_err(SchedulerError::Config)?;
-    let store = store::Store::connect(&opts.etcd, &opts.prefix).await?;
+    // Bound first: a taken port is a configuration error, found before any work.
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| SchedulerError::Config(format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (metrics, registry) = metrics::SchedulerMetrics::new();
+    let store = store::Store::connect(&opts.etcd, &opts.prefix)
+        .await?
+        .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone());
     // Before serving: no submit of ours can be between its spec and its run.
     let orphans = store.delete_orphan_specs().await?;
     if orphans > 0 {
@@ -45,7 +60,9 @@ pub async fn serve(
             "deleted specs of submits that never completed"
         );
     }
-    let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix).await?;
+    let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
+        .await?
+        .with_errors(metrics.nats_errors.clone());
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
         .map_err(|e| SchedulerError::Config(e.to_string()))?;
@@ -59,6 +76,7 @@ pub async fn serve(
             preemption_grace: opts.preemption_grace,
             placement: opts.placement,
         },
+        metrics,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -70,6 +88,13 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut engine_task = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(drover_metrics::serve(
+            listener,
+            Arc::new(registry),
+            stopped(stop_rx.clone()),
+        ));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

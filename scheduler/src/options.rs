@@ -68,6 +68,9 @@ pub struct SchedulerOptions {
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7071) [default: off].
+    #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl SchedulerOptions {

@@ -19,17 +19,18 @@
 //! last saw (or `create_revision == 0` for a new key), so a second writer
 //! cannot silently overwrite it.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use prost::Message;
 
 use drover_api::pb;
 
 use crate::error::{Result, SchedulerError};
+use crate::metrics::OpErrors;
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -66,6 +67,13 @@ impl Write {
     }
 }
 
+/// What start-up and recovery load: the active runs in full, and how many
+/// finished runs etcd holds by state (for the runs-by-state gauge).
+pub struct LoadedRuns {
+    pub active: Vec<StoredRun>,
+    pub finished: BTreeMap<pb::RunState, u64>,
+}
+
 /// A run as stored: the run record, its spec, and task records by task name.
 pub struct StoredRun {
     pub record: pb::RunRecord,
@@ -81,6 +89,8 @@ pub struct Store {
     /// Specs never change once written: readers (GetRun, WatchRun) keep
     /// the last few instead of fetching them from etcd every time.
     specs: Arc<Mutex<HashMap<String, Arc<pb::PipelineSpec>>>>,
+    errors: OpErrors,
+    conflicts: prometheus_client::metrics::counter::Counter,
 }
 
 /// Specs kept by [`Store::load_spec`]; the cache starts over past this.
@@ -93,7 +103,25 @@ impl Store {
             client,
             prefix: prefix.to_string(),
             specs: Arc::default(),
+            errors: OpErrors::default(),
+            conflicts: Default::default(),
         })
+    }
+
+    /// Counts failed calls in `errors` (by operation) and lost
+    /// compare-and-swaps in `conflicts`.
+    pub fn with_metrics(
+        mut self,
+        errors: OpErrors,
+        conflicts: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.errors = errors;
+        self.conflicts = conflicts;
+        self
+    }
+
+    fn failed(&self, op: &'static str) -> impl FnOnce(&etcd_client::Error) + '_ {
+        move |_| self.errors.inc(op)
     }
 
     pub fn run_key(&self, run: &str) -> String {
@@ -119,7 +147,7 @@ impl Store {
                     .and_then([TxnOp::put(key, chunk, None)]);
                 let mut kv = self.client.kv_client();
                 async move {
-                    let resp = kv.txn(txn).await?;
+                    let resp = kv.txn(txn).await.inspect_err(self.failed("put_spec"))?;
                     if resp.succeeded() {
                         Ok(())
                     } else {
@@ -139,7 +167,8 @@ impl Store {
                 self.spec_prefix(run),
                 Some(DeleteOptions::new().with_prefix()),
             )
-            .await?;
+            .await
+            .inspect_err(self.failed("delete_spec"))?;
         Ok(())
     }
 
@@ -178,7 +207,8 @@ impl Store {
             .client
             .kv_client()
             .get(prefix.as_bytes(), Some(opts))
-            .await?;
+            .await
+            .inspect_err(self.failed("load_spec"))?;
         let corrupt = |reason: String| SchedulerError::Corrupt {
             key: prefix.clone(),
             reason,
@@ -214,7 +244,8 @@ impl Store {
                 prefix.as_bytes(),
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             )
-            .await?;
+            .await
+            .inspect_err(self.failed("list_specs"))?;
         let orphans: std::collections::BTreeSet<String> = resp
             .kvs()
             .iter()
@@ -240,7 +271,7 @@ impl Store {
 
     /// Every queue, with its revision.
     pub async fn list_queues(&self) -> Result<Vec<(pb::Queue, i64)>> {
-        let records: Vec<(pb::QueueRecord, i64)> = self.list("queues").await?;
+        let records: Vec<(pb::QueueRecord, i64)> = self.list("queues", "list_queues").await?;
         Ok(records
             .into_iter()
             .map(|(r, rev)| (r.queue.unwrap_or_default(), rev))
@@ -248,13 +279,18 @@ impl Store {
     }
 
     /// Every record under `<prefix>/<kind>/`, with its revision.
-    async fn list<M: Message + Default>(&self, kind: &str) -> Result<Vec<(M, i64)>> {
+    async fn list<M: Message + Default>(
+        &self,
+        kind: &str,
+        op: &'static str,
+    ) -> Result<Vec<(M, i64)>> {
         let prefix = format!("{}/{kind}/", self.prefix);
         let resp = self
             .client
             .kv_client()
             .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+            .await
+            .inspect_err(self.failed(op))?;
         resp.kvs()
             .iter()
             .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
@@ -267,7 +303,7 @@ impl Store {
 
     /// Every agent record, with its revision.
     pub async fn list_agents(&self) -> Result<Vec<(pb::AgentRecord, i64)>> {
-        self.list("agents").await
+        self.list("agents", "list_agents").await
     }
 
     fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {
@@ -288,7 +324,12 @@ impl Store {
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Ascend);
-        let resp = self.client.kv_client().get(prefix, Some(opts)).await?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(opts))
+            .await
+            .inspect_err(self.failed("list_runs"))?;
         let at = resp.header().map_or(0, |h| h.revision());
         let runs = resp
             .kvs()
@@ -301,7 +342,10 @@ impl Store {
     /// One run with its task records, or None if no such run.
     pub async fn load_run(&self, run: &str) -> Result<Option<StoredRun>> {
         let mut kv = self.client.kv_client();
-        let resp = kv.get(self.run_key(run), None).await?;
+        let resp = kv
+            .get(self.run_key(run), None)
+            .await
+            .inspect_err(self.failed("load_run"))?;
         let Some(head) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -330,7 +374,8 @@ impl Store {
                 prefix.as_bytes(),
                 Some(GetOptions::new().with_prefix().with_revision(at)),
             )
-            .await?;
+            .await
+            .inspect_err(self.failed("load_tasks"))?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -340,23 +385,26 @@ impl Store {
             .collect()
     }
 
-    /// Loads every run that is not finished yet.
-    pub async fn load_active_runs(&self) -> Result<Vec<StoredRun>> {
-        let mut out = Vec::new();
+    /// Loads every run that is not finished yet, and counts the rest.
+    pub async fn load_active_runs(&self) -> Result<LoadedRuns> {
+        let mut active = Vec::new();
+        let mut finished = BTreeMap::new();
         let (runs, at) = self.list_runs_at().await?;
         for (record, rev) in runs {
             if is_active(record.state()) {
                 let spec = self.load_spec(&record, at).await?;
                 let tasks = self.load_tasks(&record.id, at).await?;
-                out.push(StoredRun {
+                active.push(StoredRun {
                     record,
                     spec,
                     rev,
                     tasks,
                 });
+            } else {
+                *finished.entry(record.state()).or_default() += 1;
             }
         }
-        Ok(out)
+        Ok(LoadedRuns { active, finished })
     }
 
     /// Commits `groups` (each group's writes belong together, e.g. one run's
@@ -405,8 +453,10 @@ impl Store {
             .client
             .kv_client()
             .txn(Txn::new().when(compares).and_then(puts))
-            .await?;
+            .await
+            .inspect_err(self.failed("commit"))?;
         if !resp.succeeded() {
+            self.conflicts.inc();
             return Err(SchedulerError::Conflict);
         }
         let rev = resp.header().map_or(0, |h| h.revision());

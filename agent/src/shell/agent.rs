@@ -22,6 +22,7 @@ use crate::shell::attempt::{self, AttemptContext};
 use crate::shell::events::{self, EventPublisher};
 use crate::shell::executor::DockerExecutor;
 use crate::shell::heartbeat::{self, HeartbeatConfig};
+use crate::shell::metrics::AgentMetrics;
 use crate::shell::registry::{Registry, StopRequest};
 use crate::AgentError;
 
@@ -43,8 +44,33 @@ impl Agent {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
         let cfg = opts.validate()?;
-        let service = Service::connect(cfg).await?;
-        service.serve(shutdown).await
+        // Bound first: a taken port is a configuration error, found before any work.
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
+        let (service, registry) = Service::connect(cfg).await?;
+        let (metrics_stop, metrics_stopped) = watch::channel(false);
+        let server = metrics_listener.map(|listener| {
+            let mut stopped = metrics_stopped;
+            tokio::spawn(drover_metrics::serve(
+                listener,
+                Arc::new(registry),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
+        let result = service.serve(shutdown).await;
+        let _ = metrics_stop.send(true);
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        result
     }
 }
 
@@ -59,7 +85,10 @@ struct Service {
 }
 
 impl Service {
-    async fn connect(cfg: AgentConfig) -> Result<Self, AgentError> {
+    /// Connects everything; also returns the metrics registry to serve.
+    async fn connect(
+        cfg: AgentConfig,
+    ) -> Result<(Self, prometheus_client::registry::Registry), AgentError> {
         let docker = if cfg.executors.contains(&ExecutorKind::Docker) {
             Some(
                 DockerExecutor::connect(&cfg.docker, &cfg.id)
@@ -104,6 +133,8 @@ impl Service {
         let cancels = subscribe(naming::cancel_subject(&cfg.nats_prefix, &cfg.id)).await?;
 
         let registry = Registry::default();
+        let (metrics, metrics_registry) =
+            AgentMetrics::new(&cfg.id, &cfg.executors, registry.clone());
         let (abandon, abandon_rx) = watch::channel(false);
         let ctx = Arc::new(AttemptContext {
             agent_id: cfg.id.clone(),
@@ -114,8 +145,9 @@ impl Service {
             kill_grace: cfg.kill_grace,
             executors: cfg.executors.clone(),
             docker,
+            metrics,
         });
-        Ok(Service {
+        let service = Service {
             cfg,
             client,
             assigns,
@@ -123,7 +155,8 @@ impl Service {
             registry,
             ctx,
             abandon,
-        })
+        };
+        Ok((service, metrics_registry))
     }
 
     async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
@@ -145,6 +178,7 @@ impl Service {
             ),
             naming::heartbeat_now_subject(&self.cfg.nats_prefix),
             self.registry.clone(),
+            self.ctx.metrics.clone(),
             heartbeat_stop_rx,
         ));
         info!(

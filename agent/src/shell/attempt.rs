@@ -25,6 +25,7 @@ use crate::shell::events::EventPublisher;
 use crate::shell::executor::docker::FoundContainer;
 use crate::shell::executor::{DockerExecutor, ExecError, ProcessSpec, Running, RunningProcess};
 use crate::shell::host::now_ms;
+use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
 
 /// The task's stdout and stderr, inside the attempt directory.
@@ -51,6 +52,7 @@ pub struct AttemptContext {
     pub executors: Vec<ExecutorKind>,
     /// Set when the docker executor is enabled (and the engine answered at startup).
     pub docker: Option<DockerExecutor>,
+    pub metrics: AgentMetrics,
 }
 
 impl AttemptContext {
@@ -95,6 +97,7 @@ pub async fn run(
         return;
     }
     info!(run = %run, task = %task, attempt, dir = %dir.display(), "started");
+    ctx.metrics.started(plan.executor);
 
     let log_path = dir.join(LOG_FILE);
     let outcome = match start(&ctx, &plan, &assignment, &dir, &log_path, &mut stop).await {
@@ -147,6 +150,7 @@ pub async fn adopt(
                 run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop).await
             }
             Err(e) => {
+                ctx.metrics.executor_error(ExecutorKind::Docker);
                 docker.discard(&found).await;
                 Outcome::Finished(Err(Failure::agent(e.to_string())))
             }
@@ -216,6 +220,8 @@ pub async fn abandon(
     {
         warn!(attempt = %key, error = %e, "final event not published");
     }
+    ctx.metrics
+        .finished(ExecutorKind::Docker, TaskOutcome::Failed);
     ctx.registry.finish(&key);
     let dir = ctx.attempt_dir(&key);
     remove_attempt_dir(&ctx.work_dir, &dir).await;
@@ -251,14 +257,16 @@ async fn conclude(
         }
     };
 
-    let final_event = match (result, log_key) {
+    let (final_event, outcome) = match (result, log_key) {
         (Ok(outputs), Ok(log_key)) => {
             info!(run = %run, task = %task, attempt, outputs = outputs.len(), "succeeded");
-            Kind::Succeeded(AttemptSucceeded { outputs, log_key })
+            let event = Kind::Succeeded(AttemptSucceeded { outputs, log_key });
+            (event, TaskOutcome::Succeeded)
         }
         (Ok(_), Err(reason)) => {
             warn!(run = %run, task = %task, attempt, reason = %reason, "failed");
-            Kind::Failed(Failure::after_success(reason).into_event(String::new()))
+            let event = Kind::Failed(Failure::after_success(reason).into_event(String::new()));
+            (event, TaskOutcome::Failed)
         }
         (Err(failure), log_key) => {
             info!(
@@ -266,9 +274,18 @@ async fn conclude(
                 reason = %failure.reason, exit_code = ?failure.exit_code, cancelled = failure.cancelled,
                 "failed"
             );
-            Kind::Failed(failure.into_event(log_key.unwrap_or_default()))
+            let outcome = if failure.cancelled {
+                TaskOutcome::Cancelled
+            } else {
+                TaskOutcome::Failed
+            };
+            (
+                Kind::Failed(failure.into_event(log_key.unwrap_or_default())),
+                outcome,
+            )
         }
     };
+    ctx.metrics.finished(plan.executor, outcome);
     if let Err(e) = ctx.events.publish(key, final_event).await {
         warn!(run = %run, task = %task, attempt, error = %e, "final event not published");
     }
@@ -330,7 +347,10 @@ async fn start(
                 env,
                 log,
             };
-            let process = RunningProcess::spawn(spec).map_err(|e| Failure::agent(e.to_string()))?;
+            let process = RunningProcess::spawn(spec).map_err(|e| {
+                ctx.metrics.executor_error(ExecutorKind::Process);
+                Failure::agent(e.to_string())
+            })?;
             info!(
                 run = %key.run_id, task = %key.task, attempt = key.attempt, pgid = process.pgid(),
                 "process running"
@@ -360,17 +380,20 @@ async fn start(
             let action = ImageAction::for_policy(plan.pull_policy);
             tokio::select! {
                 ready = docker.ensure_image(&spec.image, action) => {
-                    ready.map_err(|e| Failure::agent(e.to_string()))?;
+                    ready.map_err(|e| {
+                        ctx.metrics.executor_error(ExecutorKind::Docker);
+                        Failure::agent(e.to_string())
+                    })?;
                 }
                 request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
             }
             if let Some(request) = stop.borrow().as_ref() {
                 return Err(Failure::stopped(&request.cause));
             }
-            let container = docker
-                .start(&spec, log)
-                .await
-                .map_err(|e| Failure::agent(e.to_string()))?;
+            let container = docker.start(&spec, log).await.map_err(|e| {
+                ctx.metrics.executor_error(ExecutorKind::Docker);
+                Failure::agent(e.to_string())
+            })?;
             info!(
                 run = %key.run_id, task = %key.task, attempt = key.attempt,
                 container = %container.name(), image = %spec.image, "container running"
@@ -403,7 +426,10 @@ async fn run_to_end(
     }
     let termination = match ended {
         Ok(termination) => termination,
-        Err(e) => return Outcome::Finished(Err(Failure::agent(e.to_string()))),
+        Err(e) => {
+            ctx.metrics.executor_error(plan.executor);
+            return Outcome::Finished(Err(Failure::agent(e.to_string())));
+        }
     };
     if let Some(failure) = termination.failure() {
         return Outcome::Finished(Err(failure));

@@ -25,6 +25,7 @@ use crate::core::capacity::{format_bytes, format_cpus, CapacityConfig};
 use crate::core::ExecutorKind;
 use crate::shell::gpu::{GpuMonitor, GpuSnapshot};
 use crate::shell::host::{self, Machine, Usage};
+use crate::shell::metrics::AgentMetrics;
 use crate::shell::registry::Registry;
 
 /// Longest a heartbeat waits for fresh usage numbers.
@@ -210,10 +211,12 @@ pub async fn run(
     config: HeartbeatConfig,
     now_subject: String,
     registry: Registry,
+    metrics: AgentMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sampling = Sampling::start(&config).await;
     log_capacity(&config, &sampling.last);
+    metrics.set_sample(&sampling.last);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut asks = match client.subscribe(now_subject).await {
@@ -236,6 +239,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
         }
         let sample = sampling.next().await;
+        metrics.set_sample(sample);
         let running = registry.running().iter().map(|k| k.to_ref()).collect();
         let body = Bytes::from(compose(&config, sample, running, host::now_ms()).encode_to_vec());
         if let Err(e) = client.publish(config.subject.clone(), body).await {

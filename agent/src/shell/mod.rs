@@ -8,4 +8,5 @@ pub mod executor;
 pub mod gpu;
 pub mod heartbeat;
 pub mod host;
+pub mod metrics;
 pub mod registry;

@@ -32,6 +32,8 @@ pub struct Cluster {
     /// Scratch space tests may hand to tasks (markers, pid files).
     pub scratch: PathBuf,
     pub server: String,
+    /// `http://…/metrics` of the scheduler, when started `with_metrics`.
+    pub metrics_url: Option<String>,
     listen: u16,
     scheduler: Option<Child>,
     agents: HashMap<String, AgentProc>,
@@ -134,6 +136,7 @@ impl Cluster {
             artifacts_dir,
             scratch,
             server: format!("http://127.0.0.1:{listen}"),
+            metrics_url: None,
             listen,
             scheduler: None,
             agents: HashMap::new(),
@@ -141,6 +144,14 @@ impl Cluster {
             _tmp: tmp,
         };
         c.start_scheduler().await;
+        c
+    }
+
+    /// No agents yet; the scheduler serves metrics (`--metrics-listen`) at `metrics_url`.
+    pub async fn with_metrics() -> Self {
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let mut c = Self::with_scheduler_args(&["--metrics-listen", &addr]).await;
+        c.metrics_url = Some(format!("http://{addr}/metrics"));
         c
     }
 
@@ -425,6 +436,34 @@ impl Drop for Cluster {
             a.end(true);
         }
     }
+}
+
+/// GETs an `http://host:port/path` URL (plain HTTP/1.1, `Connection: close`)
+/// and returns the status code, the Content-Type and the body.
+pub async fn http_get(url: &str) -> std::io::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((status, content_type, body.to_string()))
 }
 
 pub fn task<'a>(run: &'a pb::Run, name: &str) -> &'a pb::Task {

@@ -34,7 +34,15 @@ pub struct DevArgs {
     /// Advertise this many simulated GPUs, to try GPU scheduling on a laptop.
     #[arg(long, env = "DROVER_SIMULATE_GPUS", default_value_t = 0)]
     simulate_gpus: u32,
+    /// Serve Prometheus metrics: the scheduler's on 127.0.0.1:7071, the
+    /// agent's on 127.0.0.1:7072 (what ops/prometheus/prometheus.yml scrapes).
+    #[arg(long, env = "DROVER_DEV_METRICS")]
+    metrics: bool,
 }
+
+/// `--metrics` addresses: the targets of ops/prometheus/prometheus.yml.
+const SCHEDULER_METRICS: &str = "127.0.0.1:7071";
+const AGENT_METRICS: &str = "127.0.0.1:7072";
 
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -55,6 +63,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let metrics_addr = |addr: &str| -> Result<Option<SocketAddr>> {
+        let parsed = args.metrics.then(|| addr.parse::<SocketAddr>());
+        parsed.transpose().context("metrics address")
+    };
+    let scheduler_metrics = metrics_addr(SCHEDULER_METRICS)?;
+    let agent_metrics = metrics_addr(AGENT_METRICS)?;
     let scheduler_opts = drover_scheduler::SchedulerOptions {
         listen: addr,
         etcd: vec![etcd.url.clone()],
@@ -67,6 +81,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         preemption_grace: Duration::from_secs(10),
         placement: Default::default(),
         max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
+        metrics_listen: scheduler_metrics,
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(
         scheduler_opts,
@@ -81,6 +96,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent_opts.docker_network = "none".into();
     agent_opts.simulate_gpus = args.simulate_gpus;
     agent_opts.id = args.agent_id;
+    agent_opts.metrics_listen = agent_metrics;
     let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
 
     let env_file = dir.join("dev.env");
@@ -90,6 +106,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("  nats       {}", nats.url);
     println!("  artifacts  {artifacts}");
     println!("  scheduler  {server}");
+    if let (Some(s), Some(a)) = (scheduler_metrics, agent_metrics) {
+        println!("  metrics    http://{s}/metrics (scheduler), http://{a}/metrics (agent)");
+    }
     println!("Use it from another shell:\n  export DROVER_SERVER={server}");
     println!(
         "(also written to {}). Ctrl-C stops everything.",
