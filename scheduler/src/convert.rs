@@ -37,9 +37,14 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
 pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::Effect>) {
     let spec = &stored.spec;
     let defs = task_defs(spec);
+    let index: std::collections::HashMap<&str, usize> = defs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
     let mut records: Vec<Option<TaskRun>> = vec![None; defs.len()];
     for (name, rec, _) in &stored.tasks {
-        if let Some(i) = defs.iter().position(|d| &d.name == name) {
+        if let Some(&i) = index.get(name.as_str()) {
             records[i] = Some(task_run(rec));
         }
     }
