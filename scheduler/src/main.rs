@@ -11,7 +11,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = drover_telemetry::init("info");
+    let _telemetry = drover_telemetry::init("drover-scheduler", "info");
     let cli = Cli::parse();
     let listener = tokio::net::TcpListener::bind(cli.opts.listen)
         .await

@@ -125,11 +125,14 @@ enum AgentCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = drover_telemetry::init(if matches!(cli.command, Command::Dev(_)) {
-        "info,etcd_client=warn"
-    } else {
-        "warn"
-    });
+    let _telemetry = drover_telemetry::init(
+        "drover",
+        if matches!(cli.command, Command::Dev(_)) {
+            "info,etcd_client=warn"
+        } else {
+            "warn"
+        },
+    );
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
