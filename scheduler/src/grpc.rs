@@ -10,6 +10,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use drover_api::pb;
 use drover_api::pb::scheduler_server::Scheduler;
@@ -109,6 +111,16 @@ impl Scheduler for Api {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        // The run's trace: the caller's when it sent a traceparent (its span
+        // becomes the root's parent), else a new one.
+        let caller = drover_telemetry::propagation::span_of(
+            &drover_telemetry::propagation::extract_grpc(req.metadata()),
+        );
+        let (trace_id, trace_parent_span_id) = match &caller {
+            Some(sc) => (sc.trace_id().to_string(), sc.span_id().to_string()),
+            None => (drover_telemetry::record::new_trace_id(), String::new()),
+        };
+        let root_span_id = drover_telemetry::record::new_span_id();
         let req = req.into_inner();
         let spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
@@ -138,6 +150,9 @@ impl Scheduler for Api {
             created_at_ms: now_ms(),
             finished_at_ms: 0,
             message: String::new(),
+            trace_id,
+            root_span_id,
+            trace_parent_span_id,
         };
         let size = prost::Message::encoded_len(&record);
         if size > MAX_RUN_RECORD_BYTES {
@@ -149,7 +164,14 @@ impl Scheduler for Api {
             }
             .into());
         }
-        self.engine.submit(record).await?;
+        let span = tracing::info_span!("submit run", run = %run_id);
+        if let Some(root) =
+            drover_telemetry::propagation::remote(&record.trace_id, &record.root_span_id)
+        {
+            // Fails only when no OpenTelemetry layer is installed: nothing to parent then.
+            let _ = span.set_parent(root);
+        }
+        self.engine.submit(record).instrument(span).await?;
         Ok(Response::new(pb::SubmitRunResponse { run_id }))
     }
 

@@ -39,6 +39,8 @@
 pub mod propagation;
 pub mod record;
 
+pub use opentelemetry::{Context, KeyValue};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;

@@ -57,6 +57,11 @@ pub fn traceparent(sc: &SpanContext) -> String {
     )
 }
 
+/// A context whose parent is the span a `traceparent` value names.
+pub fn from_traceparent(value: &str) -> Option<Context> {
+    parse_traceparent(value).map(|sc| Context::new().with_remote_span_context(sc))
+}
+
 /// Parses a `traceparent` value; None when it is not a valid one.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let carrier = HashMap::from([(TRACEPARENT.to_string(), value.to_string())]);
