@@ -5,6 +5,7 @@
 mod dev;
 mod output;
 mod queue;
+mod waterfall;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -15,6 +16,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use drover_api::pb;
 use drover_api::pb::agents_client::AgentsClient;
@@ -78,6 +80,18 @@ enum Command {
     List {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
+    },
+    /// The run as a waterfall: every task attempt on one timeline, queue wait
+    /// and run time apart, the critical path marked (from the scheduler's
+    /// records; no tracing backend needed). `drover get` shows the trace id
+    /// to open the same run in Jaeger or Tempo.
+    Trace {
+        run: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+        /// Columns of the timeline.
+        #[arg(long, default_value_t = 60)]
+        width: usize,
     },
     /// Follow a run until it ends; exit 0 only if it succeeds.
     Watch {
@@ -172,8 +186,22 @@ async fn channel(server: &str) -> Result<Channel> {
         })
 }
 
-async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
-    Ok(SchedulerClient::new(channel(server).await?))
+type Client = SchedulerClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// A Scheduler client that sends the current span's trace context with each
+/// call, so a traced `drover submit` becomes the run's parent.
+async fn connect(server: &str) -> Result<Client> {
+    let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
+        drover_telemetry::propagation::grpc_interceptor;
+    Ok(SchedulerClient::with_interceptor(
+        channel(server).await?,
+        inject,
+    ))
 }
 
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
@@ -246,7 +274,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(cmd) => {
-            queue::run_run(connect(&server).await?, cmd).await?;
+            queue::run_run(SchedulerClient::new(channel(&server).await?), cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit {
@@ -260,6 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let params = parse_params(&params)?;
             let mut client = connect(&server).await?;
+            let span = tracing::info_span!("drover submit", file = %file.display());
             let id = client
                 .submit_run(pb::SubmitRunRequest {
                     spec_yaml,
@@ -267,6 +296,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     queue: queue.unwrap_or_default(),
                     priority,
                 })
+                .instrument(span)
                 .await?
                 .into_inner()
                 .run_id;
@@ -304,6 +334,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Trace { run, output, width } => {
+            let mut client = connect(&server).await?;
+            let r = client
+                .get_run(pb::GetRunRequest { run_id: run })
+                .await?
+                .into_inner();
+            let w = waterfall::build(&r, now_ms());
+            match output {
+                Format::Table => print!("{}", waterfall::render(&w, width)),
+                Format::Json => println!("{:#}", waterfall::to_json(&w)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch { run, output } => {
             let mut client = connect(&server).await?;
             follow(&mut client, run, output).await
@@ -338,11 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Prints task changes until the run ends; the exit code says whether it succeeded.
-async fn follow(
-    client: &mut SchedulerClient<Channel>,
-    run_id: String,
-    format: Format,
-) -> Result<ExitCode> {
+async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<ExitCode> {
     let mut stream = client
         .watch_run(pb::WatchRunRequest { run_id })
         .await?
