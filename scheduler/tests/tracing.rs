@@ -197,7 +197,13 @@ async fn a_run_is_one_trace_across_processes_and_a_scheduler_restart() {
     assert_eq!(trace_id.len(), 32, "trace id in GetRun: {run:#?}");
     assert_eq!(root.len(), 16);
 
-    // Crash the scheduler while prep runs; its successor finishes the run.
+    // Crash the scheduler while prep runs (once its own span is out: a crash
+    // loses what was not exported yet); its successor finishes the run.
+    collector
+        .wait_for("the submit span", |s| {
+            s.iter().any(|s| s.name == "submit run")
+        })
+        .await;
     c.kill_scheduler().await;
     c.start_scheduler().await;
     let run = c.wait_done(&run_id, Duration::from_secs(60)).await;
@@ -213,15 +219,31 @@ async fn a_run_is_one_trace_across_processes_and_a_scheduler_restart() {
     assert!(train.ready_at_ms >= prep.finished_at_ms && train.ready_at_ms > 0);
     assert!(train.assigned_at_ms >= train.ready_at_ms);
 
-    // The scheduler exports on its own; the agent's spans are flushed now.
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .unwrap();
+    // The scheduler exports on its own (every 100 ms); the agent's spans are
+    // flushed here, as they end (the agent closes its attempt span after
+    // the final event, so possibly after the run is done).
+    let telemetry = Arc::new(telemetry);
+    let flusher = {
+        let telemetry = telemetry.clone();
+        tokio::spawn(async move {
+            loop {
+                let t = telemetry.clone();
+                let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let spans = collector
-        .wait_for("the run's root span", |s| {
+        .wait_for("every span of the run", |s| {
+            let count = |name: &str| s.iter().filter(|s| s.name == name).count();
             s.iter().any(|s| s.span_id == root)
+                && ["agent attempt", "execute", "fetch inputs", "upload outputs"]
+                    .iter()
+                    .all(|n| count(n) == 2)
+                && count("task prep") + count("task train") == 2
         })
         .await;
+    flusher.abort();
 
     // Every span received belongs to the run's trace.
     for s in &spans {
@@ -284,4 +306,29 @@ async fn a_run_is_one_trace_across_processes_and_a_scheduler_restart() {
             "task {name}"
         );
     }
+
+    // A submit that carries a traceparent (a traced `drover submit`) puts
+    // the run in the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = tonic::Request::new(pb::SubmitRunRequest {
+        spec_yaml: "name: child\ntasks:\n  - name: t\n    command: [\"true\"]\n".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let child = c
+        .client()
+        .await
+        .submit_run(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    let child = c.wait_done(&child, Duration::from_secs(30)).await;
+    assert_eq!(child.trace_id, caller_trace);
+    assert_ne!(child.root_span_id, "00f067aa0ba902b7");
 }

@@ -118,6 +118,15 @@ impl Guard {
         self.provider.is_some()
     }
 
+    /// Exports the spans ended so far, waiting for the export.
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = blocking(|| p.force_flush()) {
+                eprintln!("flushing traces failed: {e}");
+            }
+        }
+    }
+
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(mut self) {
         self.shutdown_now();
@@ -127,17 +136,19 @@ impl Guard {
         let Some(provider) = self.provider.take() else {
             return;
         };
-        // The exporter's gRPC channel is driven by the tokio runtime: on a
-        // multi-thread runtime let the other workers run while this one waits.
-        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-        let shutdown = move || provider.shutdown();
-        let result = match flavor {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(shutdown),
-            _ => shutdown(),
-        };
-        if let Err(e) = result {
+        if let Err(e) = blocking(move || provider.shutdown()) {
             eprintln!("flushing traces failed: {e}");
         }
+    }
+}
+
+/// Runs a call that waits for an export. The exporter's gRPC channel is
+/// driven by the tokio runtime: on a multi-thread runtime the other workers
+/// keep it going while this one waits.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
