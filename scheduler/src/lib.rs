@@ -6,6 +6,12 @@
 //! - [`store`]: etcd keys and compare-and-swap transactions;
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types.
+//!
+//! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
+//! run's trace and root span ids at submit (joining the caller's
+//! `traceparent`) and stores them with the run; [`engine`] sends each
+//! attempt's context with its assignment and emits attempt and run spans
+//! from the recorded timestamps once their end is committed.
 
 pub mod bus;
 pub mod convert;
