@@ -913,10 +913,14 @@ impl Engine {
             },
             None => return,
         };
-        let trace_id = propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
-            .map(|sc| sc.trace_id().to_string())
-            .unwrap_or_default();
-        debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The agent's attempt span, from the event's headers: joins the
+            // log line to the run's trace. Only parsed when it is logged.
+            let trace_id = propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
+                .map(|sc| sc.trace_id().to_string())
+                .unwrap_or_default();
+            debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
+        }
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
         self.apply_to(&aref.run_id, core, at, turn);
     }
