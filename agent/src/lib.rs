@@ -7,6 +7,12 @@
 //!   heartbeats, JetStream events), the object store, process groups and
 //!   Docker containers.
 //!
+//! Tracing: each attempt is an `agent attempt` span (with `fetch inputs`,
+//! `pull image`, `execute`, `upload outputs` under it) whose parent is the
+//! scheduler's attempt span, taken from the assignment's NATS headers; the
+//! task gets the execute span as `TRACEPARENT`, and attempt events carry the
+//! attempt span's context in their headers.
+//!
 //! [`Agent::run`] is the whole service; `main.rs` only parses flags and
 //! waits for a signal.
 

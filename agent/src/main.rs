@@ -18,7 +18,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli: Cli = drover_config::parse();
-    let _telemetry = drover_telemetry::init("info");
+    let _telemetry = drover_telemetry::init("drover-agent", "info");
     Agent::run(cli.agent, shutdown_signal()).await?;
     Ok(())
 }

@@ -127,10 +127,12 @@ impl Bus {
         &self,
         op: &'static str,
         subject: String,
+        headers: async_nats::HeaderMap,
         body: Bytes,
     ) -> Result<R> {
         let r = async {
-            let msg = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, body))
+            let request = self.client.request_with_headers(subject, headers, body);
+            let msg = tokio::time::timeout(REQUEST_TIMEOUT, request)
                 .await
                 .map_err(|_| nats_err(format!("no answer within {REQUEST_TIMEOUT:?}")))?
                 .map_err(nats_err)?;
@@ -140,11 +142,22 @@ impl Bus {
         self.count(op, r)
     }
 
-    /// Sends an assignment; Err(reason) when the agent refused or did not answer.
-    pub async fn assign(&self, agent: &str, a: &pb::Assignment) -> std::result::Result<(), String> {
+    /// Sends an assignment with its attempt span's context (W3C headers), the
+    /// parent of the agent's spans; Err(reason) when the agent refused or did
+    /// not answer.
+    pub async fn assign(
+        &self,
+        agent: &str,
+        a: &pb::Assignment,
+        trace: Option<&drover_telemetry::Context>,
+    ) -> std::result::Result<(), String> {
         let subject = naming::assign_subject(&self.prefix, agent);
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(cx) = trace {
+            drover_telemetry::propagation::inject_nats(cx, &mut headers);
+        }
         match self
-            .request::<pb::AssignReply>("assign", subject, a.encode_to_vec().into())
+            .request::<pb::AssignReply>("assign", subject, headers, a.encode_to_vec().into())
             .await
         {
             Ok(r) if r.accepted => Ok(()),
@@ -157,7 +170,12 @@ impl Bus {
     pub async fn cancel(&self, agent: &str, c: &pb::CancelAttempt) -> Result<bool> {
         let subject = naming::cancel_subject(&self.prefix, agent);
         let r: pb::CancelReply = self
-            .request("cancel", subject, c.encode_to_vec().into())
+            .request(
+                "cancel",
+                subject,
+                async_nats::HeaderMap::new(),
+                c.encode_to_vec().into(),
+            )
             .await?;
         Ok(r.found)
     }

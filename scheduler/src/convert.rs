@@ -151,6 +151,7 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
         number: a.number,
         agent_id: a.agent.clone(),
         state: attempt_state(a.status) as i32,
+        ready_at_ms: a.ready_at,
         assigned_at_ms: a.assigned_at,
         started_at_ms: a.started_at,
         finished_at_ms: a.finished_at,
@@ -174,6 +175,7 @@ fn core_attempt(a: &pb::Attempt) -> Attempt {
         number: a.number,
         agent: a.agent_id.clone(),
         status: attempt_status(a.state()),
+        ready_at: a.ready_at_ms,
         assigned_at: a.assigned_at_ms,
         started_at: a.started_at_ms,
         finished_at: a.finished_at_ms,
@@ -193,6 +195,7 @@ pub fn task_record(t: &TaskRun) -> pb::TaskRecord {
         retry_at_ms: t.retry_at,
         retries_used: t.retries_used,
         preempting: t.preempting.clone().unwrap_or_default(),
+        ready_at_ms: t.ready_at,
     }
 }
 
@@ -204,6 +207,7 @@ pub fn task_run(r: &pb::TaskRecord) -> TaskRun {
         retry_at: r.retry_at_ms,
         retries_used: r.retries_used,
         preempting: (!r.preempting.is_empty()).then(|| r.preempting.clone()),
+        ready_at: r.ready_at_ms,
     }
 }
 
@@ -231,6 +235,8 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
         fail_fast: spec.fail_fast,
         queue: record.queue.clone(),
         priority: record.priority,
+        trace_id: record.trace_id.clone(),
+        root_span_id: record.root_span_id.clone(),
         tasks: spec
             .tasks
             .iter()
@@ -273,6 +279,7 @@ mod tests {
                 number: 1,
                 agent: "a".into(),
                 status: AttemptStatus::Failed,
+                ready_at: 1,
                 assigned_at: 1,
                 started_at: 2,
                 finished_at: 3,
@@ -291,6 +298,7 @@ mod tests {
             retry_at: 77,
             retries_used: 1,
             preempting: Some("room".into()),
+            ready_at: 70,
         };
         assert_eq!(task_run(&task_record(&t)), t);
     }

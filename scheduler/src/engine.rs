@@ -7,6 +7,12 @@
 //! and cancels, acks the agent events and answers the API callers. If a
 //! commit fails, nothing is sent or acked: the loop reloads its state from
 //! etcd and unacked events are delivered again.
+//!
+//! Tracing: each assignment carries its attempt span's context (derived from
+//! the run's stored trace id, so it is the same after a restart); the
+//! attempt spans and the run's root span are emitted from the recorded
+//! timestamps once they end and their end is committed (see
+//! `drover_telemetry` for the design).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,8 @@ use drover_api::{naming, pb};
 use drover_scheduler_core::admission::{self, Wait};
 use drover_scheduler_core::dag::{AttemptStatus, Effect, Event, RunDag, TaskStatus};
 use drover_scheduler_core::placement::{Request, Strategy};
+use drover_telemetry::record::{self, RecordedSpan};
+use drover_telemetry::{propagation, KeyValue};
 
 use crate::bus::Bus;
 use crate::convert;
@@ -249,7 +257,13 @@ struct QueueEntry {
 }
 
 enum Send {
-    Assign(Box<pb::Assignment>, String, usize),
+    /// The assignment, its agent, the task index and the attempt span's context.
+    Assign(
+        Box<pb::Assignment>,
+        String,
+        usize,
+        Option<drover_telemetry::Context>,
+    ),
     Cancel(pb::CancelAttempt, String, Option<usize>),
 }
 
@@ -270,6 +284,8 @@ struct Turn {
     acks: Vec<jetstream::Message>,
     replies: Vec<Reply>,
     placement_needed: bool,
+    /// Spans that ended this turn, exported once it is committed.
+    spans: Vec<RecordedSpan>,
 }
 
 enum Item {
@@ -810,9 +826,15 @@ impl Engine {
                     agent,
                 } => {
                     let send = self.assignment(run_id, task, attempt);
+                    let cx = self.runs.get(run_id).and_then(|r| {
+                        let name = &r.dag.defs()[task].name;
+                        let span =
+                            record::attempt_span_id(&r.record.trace_id, run_id, name, attempt);
+                        propagation::remote(&r.record.trace_id, &span)
+                    });
                     turn.sends.push((
                         run_id.to_string(),
-                        Send::Assign(Box::new(send), agent, task),
+                        Send::Assign(Box::new(send), agent, task, cx),
                     ));
                 }
                 Effect::Cancel {
@@ -831,9 +853,17 @@ impl Engine {
                     turn.sends
                         .push((run_id.to_string(), Send::Cancel(c, agent, Some(task))));
                 }
-                Effect::Released { task, .. } => self.fleet.release(run_id, task),
+                Effect::Released { task, .. } => {
+                    self.fleet.release(run_id, task);
+                    if let Some(span) = self.runs.get(run_id).and_then(|r| attempt_span(r, task)) {
+                        turn.spans.push(span);
+                    }
+                }
                 Effect::Finished(status) => {
                     info!(run = %run_id, state = ?status, "run finished");
+                    if let Some(r) = self.runs.get(run_id) {
+                        turn.spans.push(run_span(r));
+                    }
                 }
             }
         }
@@ -944,7 +974,14 @@ impl Engine {
             },
             None => return,
         };
-        debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, "agent event");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The agent's attempt span, from the event's headers: joins the
+            // log line to the run's trace. Only parsed when it is logged.
+            let trace_id = propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
+                .map(|sc| sc.trace_id().to_string())
+                .unwrap_or_default();
+            debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
+        }
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
         // Measured on the scheduler's clock only (assigned_at is its own),
         // and only for the first Started of the current attempt: a
@@ -1342,10 +1379,10 @@ impl Engine {
             let bus = self.bus.clone();
             let tx = self.internal_tx.clone();
             match send {
-                Send::Assign(a, agent, task) => {
+                Send::Assign(a, agent, task, cx) => {
                     let attempt = a.attempt.as_ref().map_or(0, |r| r.attempt);
                     tokio::spawn(async move {
-                        if let Err(reason) = bus.assign(&agent, &a).await {
+                        if let Err(reason) = bus.assign(&agent, &a, cx.as_ref()).await {
                             let _ = tx.send(Internal::AssignFailed {
                                 run: run_id,
                                 task,
@@ -1376,6 +1413,9 @@ impl Engine {
                     });
                 }
             }
+        }
+        for span in turn.spans {
+            record::emit(span);
         }
         for m in turn.acks {
             let bus = self.bus.clone();
@@ -1505,6 +1545,82 @@ impl Engine {
             },
         );
         self.effects(&id, fx, turn);
+    }
+}
+
+/// The span of the current attempt of `task`, which has just ended: from the
+/// moment the task became ready, through placement and start, to its end.
+fn attempt_span(run: &ActiveRun, task: usize) -> Option<RecordedSpan> {
+    let a = run.dag.task(task).current()?;
+    let name = &run.dag.defs()[task].name;
+    let trace_id = &run.record.trace_id;
+    let start = match (a.ready_at, a.number) {
+        (0, 1) => run.record.created_at_ms,
+        (0, _) => a.assigned_at,
+        (t, _) => t,
+    };
+    let mut attributes = vec![
+        KeyValue::new("drover.run", run.record.id.clone()),
+        KeyValue::new("drover.task", name.clone()),
+        KeyValue::new("drover.attempt", i64::from(a.number)),
+        KeyValue::new("drover.agent", a.agent.clone()),
+        KeyValue::new("drover.queue", run.record.queue.clone()),
+        KeyValue::new(
+            "drover.attempt.state",
+            format!("{:?}", a.status).to_lowercase(),
+        ),
+        KeyValue::new(
+            "drover.gpus",
+            a.gpus
+                .iter()
+                .map(|(_, uuid)| uuid.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ];
+    if let Some(code) = a.exit_code {
+        attributes.push(KeyValue::new("drover.exit_code", i64::from(code)));
+    }
+    let mut events = vec![("placed", a.assigned_at)];
+    if a.started_at > 0 {
+        events.push(("running", a.started_at));
+    }
+    let ok = a.status == drover_scheduler_core::dag::AttemptStatus::Succeeded;
+    Some(RecordedSpan {
+        name: format!("task {name}"),
+        trace_id: trace_id.clone(),
+        span_id: record::attempt_span_id(trace_id, &run.record.id, name, a.number),
+        parent_span_id: run.record.root_span_id.clone(),
+        start_ms: start,
+        end_ms: a.finished_at,
+        attributes,
+        events,
+        error: (!ok).then(|| a.error.clone()),
+    })
+}
+
+/// The run's root span, emitted when the run ends.
+fn run_span(run: &ActiveRun) -> RecordedSpan {
+    let s = run.dag.run_state();
+    let pipeline = run.spec.name.clone();
+    let state = format!("{:?}", s.status).to_lowercase();
+    RecordedSpan {
+        name: format!("run {pipeline}"),
+        trace_id: run.record.trace_id.clone(),
+        span_id: run.record.root_span_id.clone(),
+        parent_span_id: run.record.trace_parent_span_id.clone(),
+        start_ms: run.record.created_at_ms,
+        end_ms: s.finished_at,
+        attributes: vec![
+            KeyValue::new("drover.run", run.record.id.clone()),
+            KeyValue::new("drover.pipeline", pipeline),
+            KeyValue::new("drover.queue", run.record.queue.clone()),
+            KeyValue::new("drover.priority", run.record.priority),
+            KeyValue::new("drover.run.state", state),
+        ],
+        events: Vec::new(),
+        error: (s.status != drover_scheduler_core::dag::RunStatus::Succeeded)
+            .then(|| s.message.clone()),
     }
 }
 

@@ -11,7 +11,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{warn, Instrument};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use drover_api::pb;
 use drover_api::pb::scheduler_server::Scheduler;
@@ -108,6 +109,16 @@ impl Scheduler for Api {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        // The run's trace: the caller's when it sent a traceparent (its span
+        // becomes the root's parent), else a new one.
+        let caller = drover_telemetry::propagation::span_of(
+            &drover_telemetry::propagation::extract_grpc(req.metadata()),
+        );
+        let (trace_id, trace_parent_span_id) = match &caller {
+            Some(sc) => (sc.trace_id().to_string(), sc.span_id().to_string()),
+            None => (drover_telemetry::record::new_trace_id(), String::new()),
+        };
+        let root_span_id = drover_telemetry::record::new_span_id();
         let req = req.into_inner();
         let spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
@@ -147,15 +158,25 @@ impl Scheduler for Api {
             tasks_total: spec.tasks.len() as u32,
             state: pb::RunState::Running as i32,
             created_at_ms: now_ms(),
+            trace_id,
+            root_span_id,
+            trace_parent_span_id,
             ..Default::default()
         };
+        let span = tracing::info_span!("submit run", run = %run_id);
+        if let Some(root) =
+            drover_telemetry::propagation::remote(&record.trace_id, &record.root_span_id)
+        {
+            // Fails only when no OpenTelemetry layer is installed: nothing to parent then.
+            let _ = span.set_parent(root);
+        }
         // The spec first, the run record (written by the engine) last: a run
         // is never seen without its spec.
         let created = async {
             record.spec_chunks = self.store.put_spec(&run_id, &spec).await?;
             self.engine.submit(record, Arc::new(spec)).await
         };
-        if let Err(e) = created.await {
+        if let Err(e) = created.instrument(span).await {
             if let Err(del) = self.store.delete_spec(&run_id).await {
                 // Left for the next start's orphan sweep.
                 warn!(run = %run_id, error = %del, "cannot delete the spec of a failed submit");

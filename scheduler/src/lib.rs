@@ -7,6 +7,12 @@
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
 //! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
+//!
+//! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
+//! run's trace and root span ids at submit (joining the caller's
+//! `traceparent`) and stores them with the run; [`engine`] sends each
+//! attempt's context with its assignment and emits attempt and run spans
+//! from the recorded timestamps once their end is committed.
 
 pub mod bus;
 pub mod convert;

@@ -14,7 +14,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = drover_telemetry::init("info");
+    let _telemetry = drover_telemetry::init("drover-scheduler", "info");
     let cli: Cli = drover_config::parse();
     let listener = tokio::net::TcpListener::bind(cli.opts.listen)
         .await

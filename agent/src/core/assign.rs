@@ -48,6 +48,9 @@ pub struct AttemptPlan {
     /// Limits from the spec's resources; 0 = none.
     pub cpu_millis: u32,
     pub memory_bytes: u64,
+    /// W3C `traceparent` the task's own spans go under (the agent's execute
+    /// span, else the scheduler's attempt span); set by the shell at start.
+    pub traceparent: Option<String>,
 }
 
 /// The environment that confines a task to its GPUs. CUDA numbers devices in
@@ -198,6 +201,7 @@ fn plan(
         pull_policy: task.pull_policy(),
         cpu_millis: task.resources.as_ref().map_or(0, |r| r.cpu_millis),
         memory_bytes: task.resources.as_ref().map_or(0, |r| r.memory_bytes),
+        traceparent: None,
     })
 }
 

@@ -306,8 +306,11 @@ mod tests {
             pull_policy: PullPolicy::Unspecified,
             cpu_millis: 1500,
             memory_bytes: 2 << 30,
+            traceparent: Some(TP.into()),
         }
     }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn dirs() -> (PathBuf, PathBuf, PathBuf) {
         (
@@ -465,6 +468,7 @@ mod tests {
         ] {
             assert!(s.env.contains(&var.to_owned()), "{var} not in {:?}", s.env);
         }
+        assert!(s.env.contains(&format!("TRACEPARENT={TP}")), "{:?}", s.env);
         let mut sorted = s.env.clone();
         sorted.sort();
         assert_eq!(s.env, sorted);

@@ -101,6 +101,10 @@ pub fn task_env(
         ("DROVER_INPUTS".to_owned(), inputs.to_owned()),
         ("DROVER_OUTPUTS".to_owned(), outputs.to_owned()),
     ]);
+    if let Some(tp) = &plan.traceparent {
+        // W3C's name for it in an environment: OTel SDKs in the task pick it up.
+        env.push(("TRACEPARENT".to_owned(), tp.clone()));
+    }
     env
 }
 

@@ -243,7 +243,9 @@ impl Service {
                     let key = &plan.key;
                     info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
                     let ctx = Arc::clone(&self.ctx);
-                    attempts.spawn(attempt::run(ctx, *plan, msg.payload.clone(), stop));
+                    // The scheduler's attempt span: parent of this agent's spans.
+                    let parent = drover_telemetry::propagation::extract_nats(msg.headers.as_ref());
+                    attempts.spawn(attempt::run(ctx, *plan, msg.payload.clone(), stop, parent));
                     accepted()
                 }
                 None => accepted(),

@@ -11,9 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptStarted, AttemptSucceeded};
 use drover_artifacts::Store;
+use drover_telemetry::{propagation, Context};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::core::container::{self, container_spec, HostDirs, ImageAction};
 use crate::core::executor::task_env;
@@ -37,6 +39,9 @@ pub const WORK_DIR: &str = "work";
 /// The `Assignment` of a docker attempt, as received: what a restarted agent
 /// needs to finish the attempt its container runs.
 pub const ASSIGNMENT_FILE: &str = "assignment.pb";
+/// The scheduler's `traceparent` for a docker attempt, saved next to its
+/// assignment: a restarted agent adopting the container stays in the trace.
+pub const TRACEPARENT_FILE: &str = "traceparent";
 
 /// What every attempt on this agent shares.
 pub struct AttemptContext {
@@ -74,14 +79,51 @@ enum Outcome {
     Detached,
 }
 
+/// The agent's span for one attempt, a child of the scheduler's attempt span
+/// (`parent`, from the assignment's headers) when there is one.
+fn attempt_span(key: &AttemptKey, agent: &str, parent: &Context) -> Span {
+    let span = info_span!(
+        "agent attempt",
+        run = %key.run_id, task = %key.task, attempt = key.attempt, agent = %agent
+    );
+    if propagation::span_of(parent).is_some() {
+        // Fails only when no OpenTelemetry layer is installed: nothing to parent then.
+        let _ = span.set_parent(parent.clone());
+    }
+    span
+}
+
+/// The `traceparent` for the task: the execute span's, or without export
+/// the scheduler's attempt span, so the task's spans still join the run.
+fn task_traceparent(execute: &Span, parent: &Context) -> Option<String> {
+    propagation::span_of(&execute.context())
+        .or_else(|| propagation::span_of(parent))
+        .map(|sc| propagation::traceparent(&sc))
+}
+
 /// Runs one attempt to its final event. The attempt must already be
 /// registered (it is removed from the registry here, once its final event
-/// is acked). `assignment` is the message the plan came from.
+/// is acked). `assignment` is the message the plan came from; `parent` the
+/// trace context it came with.
 pub async fn run(
     ctx: Arc<AttemptContext>,
     plan: AttemptPlan,
     assignment: Bytes,
+    stop: StopSignal,
+    parent: Context,
+) {
+    let span = attempt_span(&plan.key, &ctx.agent_id, &parent);
+    run_attempt(ctx, plan, assignment, stop, parent)
+        .instrument(span)
+        .await
+}
+
+async fn run_attempt(
+    ctx: Arc<AttemptContext>,
+    plan: AttemptPlan,
+    assignment: Bytes,
     mut stop: StopSignal,
+    parent: Context,
 ) {
     let key = plan.key.clone();
     let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
@@ -100,12 +142,22 @@ pub async fn run(
     ctx.metrics.started(plan.executor);
 
     let log_path = dir.join(LOG_FILE);
-    let outcome = match start(&ctx, &plan, &assignment, &dir, &log_path, &mut stop).await {
-        Ok(running) => {
+    let started = start(
+        &ctx,
+        &plan,
+        &assignment,
+        &parent,
+        &dir,
+        &log_path,
+        &mut stop,
+    )
+    .await;
+    let outcome = match started {
+        Ok((running, execute)) => {
             run_to_end(
                 &ctx,
                 &plan,
-                running,
+                (running, execute),
                 plan.timeout,
                 &dir,
                 &log_path,
@@ -123,6 +175,22 @@ pub async fn run(
 /// exited), uploads outputs and log, publishes the final event. Its started
 /// event was published back then. The attempt must already be registered.
 pub async fn adopt(
+    ctx: Arc<AttemptContext>,
+    plan: AttemptPlan,
+    found: FoundContainer,
+    stop: StopSignal,
+) {
+    let dir = ctx.attempt_dir(&plan.key);
+    let parent = tokio::fs::read_to_string(dir.join(TRACEPARENT_FILE))
+        .await
+        .ok()
+        .and_then(|tp| propagation::from_traceparent(tp.trim()))
+        .unwrap_or_default();
+    let span = attempt_span(&plan.key, &ctx.agent_id, &parent);
+    adopt_attempt(ctx, plan, found, stop).instrument(span).await
+}
+
+async fn adopt_attempt(
     ctx: Arc<AttemptContext>,
     plan: AttemptPlan,
     found: FoundContainer,
@@ -147,6 +215,8 @@ pub async fn adopt(
                 let elapsed = Duration::from_millis(now_ms().saturating_sub(created_ms));
                 let timeout = plan.timeout.map(|t| t.saturating_sub(elapsed));
                 let running = Running::Container(container);
+                let execute = info_span!("execute", adopted = true);
+                let running = (running, execute);
                 run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop).await
             }
             Err(e) => {
@@ -294,15 +364,16 @@ async fn conclude(
 }
 
 /// Everything between the started event and the task running: work dir,
-/// inputs, then the process or container.
+/// inputs, then the process or container, with the (open) execute span.
 async fn start(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
     assignment: &[u8],
+    parent: &Context,
     dir: &Path,
     log_path: &Path,
     stop: &mut StopSignal,
-) -> Result<Running, Failure> {
+) -> Result<(Running, Span), Failure> {
     let inputs = dir.join(INPUTS_DIR);
     let outputs = dir.join(OUTPUTS_DIR);
     let work = dir.join(WORK_DIR);
@@ -317,22 +388,34 @@ async fn start(
     .await
     .map_err(|e| Failure::agent(format!("preparing work dir `{}`: {e}", dir.display())))?;
 
-    for input in &plan.inputs {
-        let dest = inputs.join(&input.name);
-        tokio::select! {
-            fetched = ctx.store.download_file(&input.key, &dest) => {
-                fetched.map_err(|e| Failure::agent(format!(
-                    "fetching input `{}` (key {}): {e}", input.name, input.key
-                )))?;
+    let fetch = async {
+        for input in &plan.inputs {
+            let dest = inputs.join(&input.name);
+            tokio::select! {
+                fetched = ctx.store.download_file(&input.key, &dest) => {
+                    fetched.map_err(|e| Failure::agent(format!(
+                        "fetching input `{}` (key {}): {e}", input.name, input.key
+                    )))?;
+                }
+                request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
             }
-            request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
         }
-    }
+        Ok(())
+    };
+    fetch
+        .instrument(info_span!("fetch inputs", inputs = plan.inputs.len()))
+        .await?;
     if let Some(request) = stop.borrow().as_ref() {
         return Err(Failure::stopped(&request.cause));
     }
 
     let key = &plan.key;
+    // Opened before the task starts so the task's TRACEPARENT names it.
+    let execute = info_span!("execute", executor = plan.executor.name());
+    let plan = &AttemptPlan {
+        traceparent: task_traceparent(&execute, parent),
+        ..plan.clone()
+    };
     match plan.executor {
         ExecutorKind::Process => {
             let env = task_env(
@@ -355,7 +438,7 @@ async fn start(
                 run = %key.run_id, task = %key.task, attempt = key.attempt, pgid = process.pgid(),
                 "process running"
             );
-            Ok(Running::Process(process))
+            Ok((Running::Process(process), execute))
         }
         ExecutorKind::Docker => {
             // decide_assign plans docker attempts only when the executor is
@@ -370,6 +453,13 @@ async fn start(
                     saved.display()
                 ))
             })?;
+            if let Some(sc) = propagation::span_of(parent) {
+                let saved = dir.join(TRACEPARENT_FILE);
+                // Only the trace of an adopted container depends on it: not fatal.
+                if let Err(e) = tokio::fs::write(&saved, propagation::traceparent(&sc)).await {
+                    warn!(path = %saved.display(), error = %e, "saving the traceparent failed");
+                }
+            }
             let dirs = HostDirs {
                 root: &ctx.work_dir,
                 inputs: &inputs,
@@ -378,8 +468,9 @@ async fn start(
             };
             let spec = container_spec(plan, &ctx.agent_id, dirs, docker.network());
             let action = ImageAction::for_policy(plan.pull_policy);
+            let pull = info_span!("pull image", image = %spec.image);
             tokio::select! {
-                ready = docker.ensure_image(&spec.image, action) => {
+                ready = docker.ensure_image(&spec.image, action).instrument(pull) => {
                     ready.map_err(|e| {
                         ctx.metrics.executor_error(ExecutorKind::Docker);
                         Failure::agent(e.to_string())
@@ -398,7 +489,7 @@ async fn start(
                 run = %key.run_id, task = %key.task, attempt = key.attempt,
                 container = %container.name(), image = %spec.image, "container running"
             );
-            Ok(Running::Container(container))
+            Ok((Running::Container(container), execute))
         }
     }
 }
@@ -408,22 +499,27 @@ async fn start(
 async fn run_to_end(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
-    mut running: Running,
+    (mut running, execute): (Running, Span),
     timeout: Option<Duration>,
     dir: &Path,
     log_path: &Path,
     stop: &mut StopSignal,
 ) -> Outcome {
-    let ended = match supervise(&mut running, timeout, stop, ctx.kill_grace).await {
+    let supervised = supervise(&mut running, timeout, stop, ctx.kill_grace)
+        .instrument(execute.clone())
+        .await;
+    let ended = match supervised {
         Supervised::Ended(ended) => ended,
         Supervised::LeftRunning => {
             running.detach();
             return Outcome::Detached;
         }
     };
-    for note in running.finish().await {
+    for note in running.finish().instrument(execute.clone()).await {
         note_in_log(log_path, &note).await;
     }
+    // The execute span ends here, before outputs are uploaded.
+    drop(execute);
     let termination = match ended {
         Ok(termination) => termination,
         Err(e) => {
@@ -434,7 +530,12 @@ async fn run_to_end(
     if let Some(failure) = termination.failure() {
         return Outcome::Finished(Err(failure));
     }
-    Outcome::Finished(upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR)).await)
+    let upload = info_span!("upload outputs", outputs = plan.outputs.len());
+    Outcome::Finished(
+        upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR))
+            .instrument(upload)
+            .await,
+    )
 }
 
 /// The declared outputs of a successful attempt, uploaded.

@@ -104,7 +104,15 @@ impl EventPublisher {
                 return Err(Abandoned { msg_id });
             }
             tries += 1;
+            // The attempt's span (the caller's current one) travels with the
+            // event, so consumers can join the run's trace.
+            let mut headers = async_nats::HeaderMap::new();
+            drover_telemetry::propagation::inject_nats(
+                &drover_telemetry::propagation::current(),
+                &mut headers,
+            );
             let publish = PublishMessage::build()
+                .headers(headers)
                 .payload(payload.clone())
                 .message_id(&msg_id);
             let result = async {

@@ -77,6 +77,9 @@ pub struct Attempt {
     pub number: u32,
     pub agent: String,
     pub status: AttemptStatus,
+    /// When the task became Ready for this attempt (0 = unknown: a root
+    /// task waits from the run's creation). Queue wait = ready → assigned.
+    pub ready_at: Millis,
     pub assigned_at: Millis,
     pub started_at: Millis,
     pub finished_at: Millis,
@@ -101,6 +104,8 @@ pub struct TaskRun {
     pub retries_used: u32,
     /// Set while the running attempt is being stopped to make room: why.
     pub preempting: Option<String>,
+    /// When the task last became Ready (0 = unknown).
+    pub ready_at: Millis,
 }
 
 impl TaskRun {
@@ -112,6 +117,7 @@ impl TaskRun {
             retry_at: 0,
             retries_used: 0,
             preempting: None,
+            ready_at: 0,
         }
     }
 
@@ -320,7 +326,18 @@ impl RunDag {
                             .as_ref()
                             .map_or(TaskStatus::Pending, |t| t.status)
                     });
-                    TaskRun::derived(status, message)
+                    let mut t = TaskRun::derived(status, message);
+                    if status == TaskStatus::Ready {
+                        // Ready since its last upstream task finished.
+                        t.ready_at = dag.defs[i]
+                            .deps
+                            .iter()
+                            .filter_map(|&d| resolved[d].as_ref()?.current())
+                            .map(|a| a.finished_at)
+                            .max()
+                            .unwrap_or(0);
+                    }
+                    t
                 }
             };
             resolved[i] = Some(task);
@@ -540,6 +557,7 @@ impl RunDag {
                     number,
                     agent: agent.clone(),
                     status: AttemptStatus::Assigned,
+                    ready_at: t.ready_at,
                     assigned_at: now,
                     started_at: 0,
                     finished_at: 0,
@@ -614,6 +632,7 @@ impl RunDag {
                                 .iter()
                                 .all(|&u| self.tasks[u].status == TaskStatus::Succeeded);
                         if ready {
+                            self.tasks[d].ready_at = now;
                             self.set_status(d, TaskStatus::Ready, "");
                             fx.push(Effect::Ready { task: d });
                         }
@@ -721,6 +740,7 @@ impl RunDag {
         if self.stopping() {
             self.set_status(task, TaskStatus::Cancelled, "run stopped");
         } else {
+            self.tasks[task].ready_at = now;
             self.set_status(task, TaskStatus::Ready, reason);
             fx.push(Effect::Ready { task });
         }
@@ -738,6 +758,8 @@ impl RunDag {
             .collect();
         due.into_iter()
             .map(|task| {
+                // Ready from the moment its backoff ended, however late the tick.
+                self.tasks[task].ready_at = self.tasks[task].retry_at;
                 self.set_status(task, TaskStatus::Ready, "");
                 Effect::Ready { task }
             })

@@ -39,6 +39,8 @@ pub struct Cluster {
     agents: HashMap<String, AgentProc>,
     /// Extra scheduler flags (e.g. a short --agent-timeout).
     scheduler_args: Vec<String>,
+    /// Extra environment of the scheduler process (e.g. OTEL_* variables).
+    scheduler_env: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -118,6 +120,11 @@ impl Cluster {
 
     /// No agents yet; the scheduler gets these extra flags.
     pub async fn with_scheduler_args(args: &[&str]) -> Self {
+        Self::with_scheduler(args, &[]).await
+    }
+
+    /// No agents yet; the scheduler gets these extra flags and environment.
+    pub async fn with_scheduler(args: &[&str], env: &[(&str, &str)]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}x{n}", std::process::id());
         let tmp = tempfile::tempdir().unwrap();
@@ -141,6 +148,10 @@ impl Cluster {
             scheduler: None,
             agents: HashMap::new(),
             scheduler_args: args.iter().map(|a| a.to_string()).collect(),
+            scheduler_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: tmp,
         };
         c.start_scheduler().await;
@@ -169,6 +180,7 @@ impl Cluster {
             .args(["--preemption-grace", "1s"])
             .args(&self.scheduler_args)
             .env("RUST_LOG", "info,drover_scheduler=debug")
+            .envs(self.scheduler_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -5,6 +5,7 @@
 mod dev;
 mod output;
 mod queue;
+mod waterfall;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -15,6 +16,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use drover_api::pb;
 use drover_api::pb::agents_client::AgentsClient;
@@ -79,6 +81,18 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
     },
+    /// The run as a waterfall: every task attempt on one timeline, queue wait
+    /// and run time apart, the critical path marked (from the scheduler's
+    /// records; no tracing backend needed). `drover get` shows the trace id
+    /// to open the same run in Jaeger or Tempo.
+    Trace {
+        run: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+        /// Columns of the timeline.
+        #[arg(long, default_value_t = 60)]
+        width: usize,
+    },
     /// Follow a run until it ends; exit 0 only if it succeeds.
     Watch {
         run: String,
@@ -125,11 +139,14 @@ enum AgentCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = drover_telemetry::init(if matches!(cli.command, Command::Dev(_)) {
-        "info,etcd_client=warn"
-    } else {
-        "warn"
-    });
+    let _telemetry = drover_telemetry::init(
+        "drover",
+        if matches!(cli.command, Command::Dev(_)) {
+            "info,etcd_client=warn"
+        } else {
+            "warn"
+        },
+    );
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -169,9 +186,23 @@ async fn channel(server: &str) -> Result<Channel> {
         })
 }
 
-async fn connect(server: &str) -> Result<SchedulerClient<Channel>> {
+type Client = SchedulerClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// A Scheduler client that sends the current span's trace context with each
+/// call, so a traced `drover submit` becomes the run's parent.
+async fn connect(server: &str) -> Result<Client> {
+    let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
+        drover_telemetry::propagation::grpc_interceptor;
     // A run of 100,000 tasks is tens of MiB as one `Run` message.
-    Ok(SchedulerClient::new(channel(server).await?).max_decoding_message_size(512 << 20))
+    Ok(
+        SchedulerClient::with_interceptor(channel(server).await?, inject)
+            .max_decoding_message_size(512 << 20),
+    )
 }
 
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
@@ -244,7 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(cmd) => {
-            queue::run_run(connect(&server).await?, cmd).await?;
+            queue::run_run(SchedulerClient::new(channel(&server).await?), cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit {
@@ -258,6 +289,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let params = parse_params(&params)?;
             let mut client = connect(&server).await?;
+            let span = tracing::info_span!("drover submit", file = %file.display());
             let id = client
                 .submit_run(pb::SubmitRunRequest {
                     spec_yaml,
@@ -265,6 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     queue: queue.unwrap_or_default(),
                     priority,
                 })
+                .instrument(span)
                 .await?
                 .into_inner()
                 .run_id;
@@ -302,6 +335,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Trace { run, output, width } => {
+            let mut client = connect(&server).await?;
+            let r = client
+                .get_run(pb::GetRunRequest { run_id: run })
+                .await?
+                .into_inner();
+            let w = waterfall::build(&r, now_ms());
+            match output {
+                Format::Table => print!("{}", waterfall::render(&w, width)),
+                Format::Json => println!("{:#}", waterfall::to_json(&w)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch { run, output } => {
             let mut client = connect(&server).await?;
             follow(&mut client, run, output).await
@@ -336,11 +382,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Prints task changes until the run ends; the exit code says whether it succeeded.
-async fn follow(
-    client: &mut SchedulerClient<Channel>,
-    run_id: String,
-    format: Format,
-) -> Result<ExitCode> {
+async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<ExitCode> {
     let mut stream = client
         .watch_run(pb::WatchRunRequest { run_id })
         .await?

@@ -31,7 +31,7 @@ pub fn agent_state(s: pb::AgentState) -> String {
     pretty(s.as_str_name(), "AGENT_STATE_")
 }
 
-fn attempt_state(s: pb::AttemptState) -> String {
+pub fn attempt_state(s: pb::AttemptState) -> String {
     pretty(s.as_str_name(), "ATTEMPT_STATE_")
 }
 
@@ -153,6 +153,9 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     let _ = writeln!(out, "Priority:  {}", run.priority);
     let _ = writeln!(out, "Created:   {}", timestamp(run.created_at_ms));
     let _ = writeln!(out, "Duration:  {}", duration(run_elapsed(run, now_ms)));
+    if !run.trace_id.is_empty() {
+        let _ = writeln!(out, "Trace:     {}", run.trace_id);
+    }
     if !run.params.is_empty() {
         let mut params: Vec<_> = run.params.iter().collect();
         params.sort();
@@ -222,6 +225,8 @@ pub fn run_json(run: &pb::Run) -> Value {
         "fail_fast": run.fail_fast,
         "queue": queue_of(&run.queue),
         "priority": run.priority,
+        "trace_id": run.trace_id,
+        "root_span_id": run.root_span_id,
         "tasks": run.tasks.iter().map(|t| json!({
             "name": t.name,
             "state": json_name(&task_state(t.state())),
@@ -233,6 +238,7 @@ pub fn run_json(run: &pb::Run) -> Value {
                 "number": a.number,
                 "agent_id": a.agent_id,
                 "state": json_name(&attempt_state(a.state())),
+                "ready_at_ms": a.ready_at_ms,
                 "assigned_at_ms": a.assigned_at_ms,
                 "started_at_ms": a.started_at_ms,
                 "finished_at_ms": a.finished_at_ms,

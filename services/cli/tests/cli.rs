@@ -123,9 +123,31 @@ fn submit_watch_get_logs_list_and_ctrl_c() {
     assert_eq!(v["params"]["who"], "drover");
     assert_eq!(v["tasks"][0]["attempts"][0]["agent_id"], "cli-agent");
     assert_eq!(v["tasks"][0]["attempts"][0]["exit_code"], 0);
+    let trace_id = v["trace_id"].as_str().unwrap().to_string();
+    assert_eq!(trace_id.len(), 32, "{v:#}");
 
     let o = dev.drover(&["get", &run]);
     assert!(out(&o).contains("State:     Succeeded"), "{}", out(&o));
+    assert!(
+        out(&o).contains(&format!("Trace:     {trace_id}")),
+        "{}",
+        out(&o)
+    );
+
+    let o = dev.drover(&["trace", &run]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.contains("Critical path (*): greet"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("* greet #1") && l.contains('█')),
+        "{text}"
+    );
+    let o = dev.drover(&["trace", &run, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["trace_id"], trace_id.as_str());
+    assert_eq!(v["critical_path"], serde_json::json!(["greet"]));
+    assert_eq!(v["attempts"][0]["task"], "greet");
 
     let o = dev.drover(&["logs", &run, "greet"]);
     assert_eq!(out(&o), "hello drover\n");

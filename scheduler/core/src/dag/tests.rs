@@ -489,6 +489,7 @@ fn restore_derives_skipped_and_cancelled() {
             number: 1,
             agent: "x".into(),
             status: AttemptStatus::Failed,
+            ready_at: 0,
             assigned_at: 1,
             started_at: 1,
             finished_at: 2,
@@ -502,6 +503,7 @@ fn restore_derives_skipped_and_cancelled() {
         retry_at: 0,
         retries_used: 0,
         preempting: None,
+        ready_at: 0,
     };
     // Fail-fast run: b is downstream of the failure, c is stopped.
     let run = RunState {
@@ -716,4 +718,62 @@ fn a_preempted_task_that_finishes_first_just_succeeds() {
         .unwrap();
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
     assert!(dag.task(0).preempting.is_none());
+}
+
+#[test]
+fn attempts_record_when_their_task_became_ready() {
+    let (mut dag, _) = diamond(true);
+    let a = dag.index_of("a").unwrap();
+    let b = dag.index_of("b").unwrap();
+    // Roots are ready from the run's creation: unknown to the core.
+    run_ok(&mut dag, a, 100);
+    assert_eq!(dag.task(a).current().unwrap().ready_at, 0);
+    // b became ready when a succeeded (at 101), and waited until 150.
+    run_ok(&mut dag, b, 150);
+    let attempt = dag.task(b).current().unwrap();
+    assert_eq!((attempt.ready_at, attempt.assigned_at), (101, 150));
+}
+
+#[test]
+fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 2)]), true);
+    let attempt = start(&mut dag, 0);
+    dag.apply(fail(0, attempt), 20).unwrap();
+    let retry_at = dag.task(0).retry_at;
+    assert_eq!(retry_at, 1_020);
+    // The tick comes late; the task was ready when the backoff ended.
+    dag.tick(5_000);
+    assert_eq!(dag.task(0).ready_at, retry_at);
+    let attempt = start(&mut dag, 0);
+    assert_eq!(dag.task(0).current().unwrap().ready_at, retry_at);
+    dag.apply(
+        Event::Lost {
+            task: 0,
+            attempt,
+            reason: "agent lost".into(),
+        },
+        6_000,
+    )
+    .unwrap();
+    assert_eq!(dag.task(0).ready_at, 6_000);
+}
+
+#[test]
+fn restore_derives_ready_at_from_the_last_upstream_finish() {
+    let (mut dag, _) = diamond(true);
+    let a = dag.index_of("a").unwrap();
+    let b = dag.index_of("b").unwrap();
+    let c = dag.index_of("c").unwrap();
+    run_ok(&mut dag, a, 100);
+    run_ok(&mut dag, b, 200);
+    run_ok(&mut dag, c, 300);
+    let records: Vec<Option<TaskRun>> = dag
+        .tasks()
+        .iter()
+        .map(|t| t.needs_record().then(|| t.clone()))
+        .collect();
+    let (restored, _) = RunDag::restore(dag.defs().to_vec(), true, RunState::new(), records);
+    let d = restored.index_of("d").unwrap();
+    assert_eq!(restored.task(d).status, TaskStatus::Ready);
+    assert_eq!(restored.task(d).ready_at, 301);
 }
