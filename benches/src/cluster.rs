@@ -102,6 +102,11 @@ impl Cluster {
         self.scheduler.id().context("the scheduler has exited")
     }
 
+    /// The real agents still running.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.iter().filter_map(Child::id).collect()
+    }
+
     pub fn scheduler_log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("scheduler.log")).unwrap_or_default()
     }

@@ -97,6 +97,23 @@ fn binaries(cli: &Cli) -> Result<Bins> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let mut cmd = std::process::Command::new(cargo);
+    // `cargo run` hands this binary its package's CARGO_PKG_* and friends;
+    // build scripts that track those (ring's) would otherwise be rebuilt on
+    // every alternation between this build and a plain one.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            cmd.env_remove(&*k);
+        }
+    }
     cmd.args(["build", "--manifest-path", manifest]);
     cmd.args(["-p", "drover-scheduler", "-p", "drover-agent"]);
     if !cfg!(debug_assertions) {

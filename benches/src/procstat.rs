@@ -13,6 +13,38 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
         .with_context(|| format!("unexpected /proc/{pid}/stat: {stat}"))
 }
 
+/// Child processes of `parent`, by command name (`comm`), e.g. the etcd
+/// and nats-server that `drover-devcluster` started for this process.
+pub fn children(parent: u32) -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((comm, ppid)) = parse_comm_ppid(&stat) {
+            if ppid == parent {
+                out.push((comm, pid));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn parse_comm_ppid(stat: &str) -> Option<(String, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let ppid = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
 /// utime + stime, in clock ticks. The command name (field 2) may hold
 /// spaces, so fields are counted from its closing parenthesis.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
@@ -88,6 +120,25 @@ mod tests {
     fn stat_fields_are_counted_after_the_command_name() {
         let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0 1 1 1";
         assert_eq!(parse_cpu_ticks(stat), Some(22));
+    }
+
+    #[test]
+    fn children_are_found_by_parent() {
+        assert_eq!(
+            parse_comm_ppid("42 (nats-server) S 7 42 42 0"),
+            Some(("nats-server".to_string(), 7))
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = children(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            found.contains(&("sleep".to_string(), child.id())),
+            "{found:?}"
+        );
     }
 
     #[test]

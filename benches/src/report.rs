@@ -7,6 +7,8 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub what: String,
+    /// NaN (null in JSON) when not reached.
+    #[serde(serialize_with = "finite_or_null")]
     pub value: f64,
     /// `<=` or `>=`.
     pub op: &'static str,
@@ -25,6 +27,18 @@ impl Target {
         }
     }
 
+    /// A target the run could not reach at all (e.g. the spec was refused):
+    /// no value, missed.
+    pub fn not_reached(what: &str, op: &'static str, limit: f64) -> Self {
+        Self {
+            what: what.into(),
+            value: f64::NAN,
+            op,
+            limit,
+            met: false,
+        }
+    }
+
     pub fn at_least(what: &str, value: f64, limit: f64) -> Self {
         Self {
             what: what.into(),
@@ -33,6 +47,14 @@ impl Target {
             limit,
             met: value >= limit,
         }
+    }
+}
+
+fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_none()
     }
 }
 
@@ -159,7 +181,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
 }
 
 pub fn fmt_num(x: f64) -> String {
-    if x.abs() >= 100.0 {
+    if !x.is_finite() {
+        "n/a".into()
+    } else if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 10.0 {
         format!("{x:.1}")
@@ -178,6 +202,8 @@ mod tests {
         o.param("tasks", 100_000);
         o.fail("submit refused: too large\nmore detail");
         o.targets.push(Target::at_most("submit s", 3.0, 2.0));
+        o.targets
+            .push(Target::not_reached("tasks/s", ">=", 10_000.0));
         let t = table(&[o.clone()]);
         assert!(t.contains("scale [SIMULATED agents]"));
         assert!(t.contains("FAILED: submit refused: too large"));
@@ -187,5 +213,8 @@ mod tests {
         assert_eq!(v["simulated"], true);
         assert_eq!(v["params"]["tasks"], 100_000);
         assert!(v["error"].as_str().unwrap().contains("more detail"));
+        assert!(t.contains("tasks/s n/a >= 10000: MISSED"));
+        assert!(v["targets"][1]["value"].is_null());
+        assert_eq!(v["targets"][1]["met"], false);
     }
 }
