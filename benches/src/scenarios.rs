@@ -68,12 +68,21 @@ where
     o
 }
 
-/// CPU meters on every process of the benchmark: etcd, nats-server, the
-/// scheduler, real agents, and this process (the simulator and observers).
-struct Breakdown(Vec<(String, CpuMeter)>);
+/// CPU meters on every process of the benchmark (etcd, nats-server, the
+/// scheduler, real agents, and this process: the simulator and observers),
+/// and what etcd took in: revisions (one per transaction) and database growth.
+struct Breakdown {
+    meters: Vec<(String, CpuMeter)>,
+    etcd: Option<(etcd_client::Client, i64, i64)>,
+}
+
+async fn etcd_status(etcd: &mut etcd_client::Client) -> Result<(i64, i64)> {
+    let st = etcd.status().await?;
+    Ok((st.db_size(), st.header().map_or(0, |h| h.revision())))
+}
 
 impl Breakdown {
-    fn start() -> Self {
+    async fn start(c: &Cluster) -> Self {
         let me = std::process::id();
         let mut meters: Vec<(String, CpuMeter)> = procstat::children(me)
             .into_iter()
@@ -82,19 +91,30 @@ impl Breakdown {
         if let Ok(m) = CpuMeter::start(me) {
             meters.push(("drover-bench".into(), m));
         }
-        Self(meters)
+        let etcd = match c.etcd().await {
+            Ok(mut e) => etcd_status(&mut e).await.ok().map(|(db, rev)| (e, db, rev)),
+            Err(_) => None,
+        };
+        Self { meters, etcd }
     }
 
-    /// Cores each kind of process used (agents summed), into `cpu_cores`.
-    fn report(&self, o: &mut Outcome) {
+    /// Cores each kind of process used (agents summed) into `cpu_cores`;
+    /// etcd transactions and database growth.
+    async fn report(&mut self, o: &mut Outcome) {
         let mut by = serde_json::Map::new();
-        for (name, m) in &self.0 {
+        for (name, m) in &self.meters {
             if let Ok((cores, _)) = m.cores() {
                 let e = by.entry(name.clone()).or_insert(serde_json::json!(0.0));
                 *e = serde_json::json!(r3(e.as_f64().unwrap_or(0.0) + cores));
             }
         }
         o.metric("cpu_cores", by);
+        if let Some((etcd, db0, rev0)) = &mut self.etcd {
+            if let Ok((db, rev)) = etcd_status(etcd).await {
+                o.metric("etcd_write_txns", rev - *rev0);
+                o.metric("etcd_db_growth_mib", r3((db - *db0) as f64 / MIB));
+            }
+        }
     }
 }
 
@@ -145,7 +165,7 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
         c.wait_agents(1, Duration::from_secs(30)).await?;
         let pid = c.scheduler_pid()?;
         let meter = CpuMeter::start(pid)?;
-        let breakdown = Breakdown::start();
+        let mut breakdown = Breakdown::start(&c).await;
         let (run_id, _) = submit(&c, specs::chain(tasks)).await?;
         let t = Instant::now();
         let state = c
@@ -153,7 +173,7 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
             .await?;
         let total = t.elapsed();
         scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o);
+        breakdown.report(o).await;
         if state != pb::RunState::Succeeded {
             bail!("run ended {state:?}");
         }
@@ -286,13 +306,13 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
         let yaml = specs::independent(tasks);
         let pid = c.scheduler_pid()?;
         let meter = CpuMeter::start(pid)?;
-        let breakdown = Breakdown::start();
+        let mut breakdown = Breakdown::start(&c).await;
         let t = Instant::now();
         let (run_id, submit_took) = submit(&c, yaml).await?;
         o.metric("submit_s", r3(submit_took.as_secs_f64()));
         let waited = counter.wait(tasks as u64, s.timeout).await;
         scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o);
+        breakdown.report(o).await;
         waited?;
         let state = c
             .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
@@ -342,14 +362,14 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
         o.param("spec_bytes", yaml.len());
         let pid = c.scheduler_pid()?;
         let meter = CpuMeter::start(pid)?;
-        let breakdown = Breakdown::start();
+        let mut breakdown = Breakdown::start(&c).await;
         let t = Instant::now();
         let submitted = submit(&c, yaml).await;
         let (run_id, submit_took) = match submitted {
             Ok(r) => r,
             Err(e) => {
                 scheduler_usage(o, pid, &meter).await;
-                breakdown.report(o);
+                breakdown.report(o).await;
                 o.targets
                     .push(Target::not_reached("scheduler tasks/s", ">=", 10_000.0));
                 return Err(e);
@@ -358,7 +378,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
         o.metric("submit_s", r3(submit_took.as_secs_f64()));
         let finished = sim.wait_finished(tasks as u64, s.timeout).await;
         scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o);
+        breakdown.report(o).await;
         if !finished {
             bail!(
                 "{} of {tasks} tasks finished after {:?}",
@@ -408,7 +428,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
         c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
         let pid = c.scheduler_pid()?;
         let meter = CpuMeter::start(pid)?;
-        let breakdown = Breakdown::start();
+        let mut breakdown = Breakdown::start(&c).await;
         let t = Instant::now();
         let submitted = submit(&c, yaml).await;
         let peak = |o: &mut Outcome| {
@@ -425,7 +445,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
                 // A refused DAG meets neither target: the RSS of a
                 // scheduler that holds nothing says nothing.
                 scheduler_usage(o, pid, &meter).await;
-                breakdown.report(o);
+                breakdown.report(o).await;
                 o.targets.push(Target::not_reached("submit s", "<=", 2.0));
                 o.targets.push(Target::not_reached(
                     "scheduler peak RSS MiB",
@@ -440,7 +460,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             .push(Target::at_most("submit s", submit_took.as_secs_f64(), 2.0));
         let finished = sim.wait_finished(tasks as u64, s.timeout).await;
         scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o);
+        breakdown.report(o).await;
         peak(o);
         if !finished {
             bail!(
@@ -486,13 +506,13 @@ pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pid = c.scheduler_pid()?;
         let meter = CpuMeter::start(pid)?;
-        let breakdown = Breakdown::start();
+        let mut breakdown = Breakdown::start(&c).await;
         let before = sim.stats.heartbeats.load(Ordering::Relaxed);
         tokio::time::sleep(window).await;
         let sent = sim.stats.heartbeats.load(Ordering::Relaxed) - before;
         let (cores, _) = meter.cores()?;
         scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o);
+        breakdown.report(o).await;
         o.metric("heartbeats_per_s", r3(rate(sent, window)));
         o.summary = format!(
             "scheduler {} cores at {} heartbeats/s",
