@@ -57,13 +57,19 @@ impl Settings {
     }
 }
 
-/// Runs `body`; an error becomes the outcome's failure.
-async fn guarded<F>(mut o: Outcome, body: F) -> Outcome
+/// Runs `body`; an error becomes the outcome's failure, and each of the
+/// scenario's `targets` it did not get to is reported missed.
+async fn guarded<F>(mut o: Outcome, targets: &[(&str, &'static str, f64)], body: F) -> Outcome
 where
     F: AsyncFnOnce(&mut Outcome) -> Result<()>,
 {
     if let Err(e) = body(&mut o).await {
         o.fail(format!("{e:#}"));
+        for &(what, op, limit) in targets {
+            if !o.targets.iter().any(|t| t.what == what) {
+                o.targets.push(Target::not_reached(what, op, limit));
+            }
+        }
     }
     o
 }
@@ -159,71 +165,75 @@ async fn submit(cluster: &Cluster, yaml: String) -> Result<(String, Duration)> {
 pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
     let mut o = Outcome::new("hop-latency", false);
     o.param("tasks", tasks).param("agents", 1);
-    guarded(o, async |o: &mut Outcome| {
-        let mut c = Cluster::start(&s.bins).await?;
-        c.add_agent("real-1", s.real_cpus)?;
-        c.wait_agents(1, Duration::from_secs(30)).await?;
-        let pid = c.scheduler_pid()?;
-        let meter = CpuMeter::start(pid)?;
-        let mut breakdown = Breakdown::start(&c).await;
-        let (run_id, _) = submit(&c, specs::chain(tasks)).await?;
-        let t = Instant::now();
-        let state = c
-            .wait_run(&run_id, Duration::from_millis(20), s.timeout)
-            .await?;
-        let total = t.elapsed();
-        scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o).await;
-        if state != pb::RunState::Succeeded {
-            bail!("run ended {state:?}");
-        }
-        let run = c
-            .client()
-            .await?
-            .get_run(pb::GetRunRequest { run_id })
-            .await?
-            .into_inner();
-        let times: Vec<(u64, u64)> = run
-            .tasks
-            .iter()
-            .map(|t| {
-                let a = t.attempts.last().cloned().unwrap_or_default();
-                (a.started_at_ms, a.finished_at_ms)
-            })
-            .collect();
-        let hops: Vec<f64> = times
-            .windows(2)
-            .map(|w| w[1].0 as f64 - w[0].1 as f64)
-            .collect();
-        let h = Summary::of_ms(hops);
-        let (first, last) = (times[0].1, times[times.len() - 1].1);
-        let cycle = (last - first) as f64 / (times.len() - 1).max(1) as f64;
-        o.metric("hop", h)
-            .metric("cycle_ms_per_task", r3(cycle))
-            .metric("total_s", r3(total.as_secs_f64()));
-        o.summary = format!(
-            "hop p50 {} ms, p99 {} ms, max {} ms; finish-to-finish {} ms/task",
-            fmt_num(h.p50_ms),
-            fmt_num(h.p99_ms),
-            fmt_num(h.max_ms),
-            fmt_num(cycle)
-        );
-        if let Some(f) = floors {
-            let floor = f.etcd_put.p50_ms + f.nats_rtt.p50_ms + f.spawn.p50_ms;
-            let ratio = h.p50_ms / floor;
-            o.metric("floor_ms", r3(floor))
-                .metric("ratio_to_floor", r3(ratio));
-            o.summary += &format!(
-                "; hop p50 ÷ (etcd put + NATS rtt + spawn = {} ms) = {}",
-                fmt_num(floor),
-                fmt_num(ratio)
+    guarded(
+        o,
+        &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
+        async |o: &mut Outcome| {
+            let mut c = Cluster::start(&s.bins).await?;
+            c.add_agent("real-1", s.real_cpus)?;
+            c.wait_agents(1, Duration::from_secs(30)).await?;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let (run_id, _) = submit(&c, specs::chain(tasks)).await?;
+            let t = Instant::now();
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(20), s.timeout)
+                .await?;
+            let total = t.elapsed();
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let run = c
+                .client()
+                .await?
+                .get_run(pb::GetRunRequest { run_id })
+                .await?
+                .into_inner();
+            let times: Vec<(u64, u64)> = run
+                .tasks
+                .iter()
+                .map(|t| {
+                    let a = t.attempts.last().cloned().unwrap_or_default();
+                    (a.started_at_ms, a.finished_at_ms)
+                })
+                .collect();
+            let hops: Vec<f64> = times
+                .windows(2)
+                .map(|w| w[1].0 as f64 - w[0].1 as f64)
+                .collect();
+            let h = Summary::of_ms(hops);
+            let (first, last) = (times[0].1, times[times.len() - 1].1);
+            let cycle = (last - first) as f64 / (times.len() - 1).max(1) as f64;
+            o.metric("hop", h)
+                .metric("cycle_ms_per_task", r3(cycle))
+                .metric("total_s", r3(total.as_secs_f64()));
+            o.summary = format!(
+                "hop p50 {} ms, p99 {} ms, max {} ms; finish-to-finish {} ms/task",
+                fmt_num(h.p50_ms),
+                fmt_num(h.p99_ms),
+                fmt_num(h.max_ms),
+                fmt_num(cycle)
             );
-        }
-        o.targets.push(Target::at_most("hop p50 ms", h.p50_ms, 5.0));
-        o.targets
-            .push(Target::at_most("hop p99 ms", h.p99_ms, 20.0));
-        Ok(())
-    })
+            if let Some(f) = floors {
+                let floor = f.etcd_put.p50_ms + f.nats_rtt.p50_ms + f.spawn.p50_ms;
+                let ratio = h.p50_ms / floor;
+                o.metric("floor_ms", r3(floor))
+                    .metric("ratio_to_floor", r3(ratio));
+                o.summary += &format!(
+                    "; hop p50 ÷ (etcd put + NATS rtt + spawn = {} ms) = {}",
+                    fmt_num(floor),
+                    fmt_num(ratio)
+                );
+            }
+            o.targets.push(Target::at_most("hop p50 ms", h.p50_ms, 5.0));
+            o.targets
+                .push(Target::at_most("hop p99 ms", h.p99_ms, 20.0));
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -295,55 +305,59 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
         .param("agents", s.real_agents)
         .param("cpus_per_agent", s.real_cpus)
         .param("concurrency", s.real_concurrency());
-    guarded(o, async |o: &mut Outcome| {
-        let mut c = Cluster::start(&s.bins).await?;
-        for i in 0..s.real_agents {
-            c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
-        }
-        c.wait_agents(s.real_agents, Duration::from_secs(30))
-            .await?;
-        let counter = SuccessCounter::start(&c).await?;
-        let yaml = specs::independent(tasks);
-        let pid = c.scheduler_pid()?;
-        let meter = CpuMeter::start(pid)?;
-        let mut breakdown = Breakdown::start(&c).await;
-        let t = Instant::now();
-        let (run_id, submit_took) = submit(&c, yaml).await?;
-        o.metric("submit_s", r3(submit_took.as_secs_f64()));
-        let waited = counter.wait(tasks as u64, s.timeout).await;
-        scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o).await;
-        waited?;
-        let state = c
-            .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
-            .await?;
-        let took = t.elapsed();
-        if state != pb::RunState::Succeeded {
-            bail!("run ended {state:?}");
-        }
-        let tps = rate(tasks as u64, took);
-        o.metric("tasks_per_s", r3(tps))
-            .metric("total_s", r3(took.as_secs_f64()));
-        o.summary = format!(
-            "{} tasks/s ({} s)",
-            fmt_num(tps),
-            fmt_num(took.as_secs_f64())
-        );
-        if let Some(f) = floors {
-            let ratio = tps / f.spawn_per_s;
-            o.metric("spawn_per_s", r3(f.spawn_per_s))
-                .metric("ratio_to_spawn_rate", r3(ratio));
-            o.summary += &format!(
-                "; ÷ spawn rate {} /s = {}",
-                fmt_num(f.spawn_per_s),
-                fmt_num(ratio)
+    guarded(
+        o,
+        &[("real ÷ spawn rate", ">=", 0.7)],
+        async |o: &mut Outcome| {
+            let mut c = Cluster::start(&s.bins).await?;
+            for i in 0..s.real_agents {
+                c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
+            }
+            c.wait_agents(s.real_agents, Duration::from_secs(30))
+                .await?;
+            let counter = SuccessCounter::start(&c).await?;
+            let yaml = specs::independent(tasks);
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let (run_id, submit_took) = submit(&c, yaml).await?;
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            let waited = counter.wait(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            waited?;
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let tps = rate(tasks as u64, took);
+            o.metric("tasks_per_s", r3(tps))
+                .metric("total_s", r3(took.as_secs_f64()));
+            o.summary = format!(
+                "{} tasks/s ({} s)",
+                fmt_num(tps),
+                fmt_num(took.as_secs_f64())
             );
-            o.targets
-                .push(Target::at_least("real ÷ spawn rate", ratio, 0.7));
-        }
-        c.stop_agents().await;
-        Ok(())
-    })
+            if let Some(f) = floors {
+                let ratio = tps / f.spawn_per_s;
+                o.metric("spawn_per_s", r3(f.spawn_per_s))
+                    .metric("ratio_to_spawn_rate", r3(ratio));
+                o.summary += &format!(
+                    "; ÷ spawn rate {} /s = {}",
+                    fmt_num(f.spawn_per_s),
+                    fmt_num(ratio)
+                );
+                o.targets
+                    .push(Target::at_least("real ÷ spawn rate", ratio, 0.7));
+            }
+            c.stop_agents().await;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -354,62 +368,64 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
     o.param("tasks", tasks)
         .param("simulated_agents", s.sim_agents)
         .param("cpus_per_agent", s.sim_cpus);
-    guarded(o, async |o: &mut Outcome| {
-        let c = Cluster::start(&s.bins).await?;
-        let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
-        c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
-        let yaml = specs::independent(tasks);
-        o.param("spec_bytes", yaml.len());
-        let pid = c.scheduler_pid()?;
-        let meter = CpuMeter::start(pid)?;
-        let mut breakdown = Breakdown::start(&c).await;
-        let t = Instant::now();
-        let submitted = submit(&c, yaml).await;
-        let (run_id, submit_took) = match submitted {
-            Ok(r) => r,
-            Err(e) => {
-                scheduler_usage(o, pid, &meter).await;
-                breakdown.report(o).await;
-                o.targets
-                    .push(Target::not_reached("scheduler tasks/s", ">=", 10_000.0));
-                return Err(e);
+    guarded(
+        o,
+        &[("scheduler tasks/s", ">=", 10_000.0)],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
+            c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
+            let yaml = specs::independent(tasks);
+            o.param("spec_bytes", yaml.len());
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let submitted = submit(&c, yaml).await;
+            let (run_id, submit_took) = match submitted {
+                Ok(r) => r,
+                Err(e) => {
+                    scheduler_usage(o, pid, &meter).await;
+                    breakdown.report(o).await;
+                    return Err(e);
+                }
+            };
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            let finished = sim.wait_finished(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            if !finished {
+                bail!(
+                    "{} of {tasks} tasks finished after {:?}",
+                    sim.stats.finished.load(Ordering::Relaxed),
+                    s.timeout
+                );
             }
-        };
-        o.metric("submit_s", r3(submit_took.as_secs_f64()));
-        let finished = sim.wait_finished(tasks as u64, s.timeout).await;
-        scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o).await;
-        if !finished {
-            bail!(
-                "{} of {tasks} tasks finished after {:?}",
-                sim.stats.finished.load(Ordering::Relaxed),
-                s.timeout
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let tps = rate(tasks as u64, took);
+            o.metric("tasks_per_s", r3(tps))
+                .metric("total_s", r3(took.as_secs_f64()))
+                .metric(
+                    "publish_errors",
+                    sim.stats.publish_errors.load(Ordering::Relaxed),
+                );
+            o.summary = format!(
+                "{} tasks/s ({} s)",
+                fmt_num(tps),
+                fmt_num(took.as_secs_f64())
             );
-        }
-        let state = c
-            .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
-            .await?;
-        let took = t.elapsed();
-        if state != pb::RunState::Succeeded {
-            bail!("run ended {state:?}");
-        }
-        let tps = rate(tasks as u64, took);
-        o.metric("tasks_per_s", r3(tps))
-            .metric("total_s", r3(took.as_secs_f64()))
-            .metric(
-                "publish_errors",
-                sim.stats.publish_errors.load(Ordering::Relaxed),
-            );
-        o.summary = format!(
-            "{} tasks/s ({} s)",
-            fmt_num(tps),
-            fmt_num(took.as_secs_f64())
-        );
-        o.targets
-            .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
-        sim.stop().await;
-        Ok(())
-    })
+            o.targets
+                .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
+            sim.stop().await;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -422,70 +438,71 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
         .param("fan_width", width)
         .param("spec_bytes", yaml.len())
         .param("simulated_agents", s.sim_agents);
-    guarded(o, async |o: &mut Outcome| {
-        let c = Cluster::start(&s.bins).await?;
-        let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
-        c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
-        let pid = c.scheduler_pid()?;
-        let meter = CpuMeter::start(pid)?;
-        let mut breakdown = Breakdown::start(&c).await;
-        let t = Instant::now();
-        let submitted = submit(&c, yaml).await;
-        let peak = |o: &mut Outcome| {
-            let peak = procstat::memory(pid).map(|m| m.1).unwrap_or(0);
-            o.targets.push(Target::at_most(
-                "scheduler peak RSS MiB",
-                peak as f64 / MIB,
-                GIB as f64 / MIB,
-            ));
-        };
-        let (run_id, submit_took) = match submitted {
-            Ok(r) => r,
-            Err(e) => {
-                // A refused DAG meets neither target: the RSS of a
-                // scheduler that holds nothing says nothing.
-                scheduler_usage(o, pid, &meter).await;
-                breakdown.report(o).await;
-                o.targets.push(Target::not_reached("submit s", "<=", 2.0));
-                o.targets.push(Target::not_reached(
+    guarded(
+        o,
+        &[
+            ("submit s", "<=", 2.0),
+            ("scheduler peak RSS MiB", "<=", 1024.0),
+        ],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
+            c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let submitted = submit(&c, yaml).await;
+            let peak = |o: &mut Outcome| {
+                let peak = procstat::memory(pid).map(|m| m.1).unwrap_or(0);
+                o.targets.push(Target::at_most(
                     "scheduler peak RSS MiB",
-                    "<=",
+                    peak as f64 / MIB,
                     GIB as f64 / MIB,
                 ));
-                return Err(e);
+            };
+            let (run_id, submit_took) = match submitted {
+                Ok(r) => r,
+                Err(e) => {
+                    // A refused DAG meets neither target (`guarded` marks both
+                    // missed): the RSS of a scheduler that holds nothing says nothing.
+                    scheduler_usage(o, pid, &meter).await;
+                    breakdown.report(o).await;
+                    return Err(e);
+                }
+            };
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            o.targets
+                .push(Target::at_most("submit s", submit_took.as_secs_f64(), 2.0));
+            let finished = sim.wait_finished(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            peak(o);
+            if !finished {
+                bail!(
+                    "{} of {tasks} tasks finished after {:?}",
+                    sim.stats.finished.load(Ordering::Relaxed),
+                    s.timeout
+                );
             }
-        };
-        o.metric("submit_s", r3(submit_took.as_secs_f64()));
-        o.targets
-            .push(Target::at_most("submit s", submit_took.as_secs_f64(), 2.0));
-        let finished = sim.wait_finished(tasks as u64, s.timeout).await;
-        scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o).await;
-        peak(o);
-        if !finished {
-            bail!(
-                "{} of {tasks} tasks finished after {:?}",
-                sim.stats.finished.load(Ordering::Relaxed),
-                s.timeout
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            o.metric("completion_s", r3(took.as_secs_f64()))
+                .metric("tasks_per_s", r3(rate(tasks as u64, took)));
+            o.summary = format!(
+                "submit {} s, done in {} s",
+                fmt_num(submit_took.as_secs_f64()),
+                fmt_num(took.as_secs_f64())
             );
-        }
-        let state = c
-            .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
-            .await?;
-        let took = t.elapsed();
-        if state != pb::RunState::Succeeded {
-            bail!("run ended {state:?}");
-        }
-        o.metric("completion_s", r3(took.as_secs_f64()))
-            .metric("tasks_per_s", r3(rate(tasks as u64, took)));
-        o.summary = format!(
-            "submit {} s, done in {} s",
-            fmt_num(submit_took.as_secs_f64()),
-            fmt_num(took.as_secs_f64())
-        );
-        sim.stop().await;
-        Ok(())
-    })
+            sim.stop().await;
+            Ok(())
+        },
+    )
     .await
     .with_rss_summary()
 }
@@ -496,34 +513,38 @@ pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
     o.param("simulated_agents", agents)
         .param("heartbeat_interval_s", 2)
         .param("window_s", window.as_secs_f64());
-    guarded(o, async |o: &mut Outcome| {
-        let c = Cluster::start(&s.bins).await?;
-        let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
-        let t = Instant::now();
-        c.wait_agents(agents, Duration::from_secs(120)).await?;
-        o.metric("all_registered_s", r3(t.elapsed().as_secs_f64()));
-        // Registration writes one etcd record per agent: let it settle.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let pid = c.scheduler_pid()?;
-        let meter = CpuMeter::start(pid)?;
-        let mut breakdown = Breakdown::start(&c).await;
-        let before = sim.stats.heartbeats.load(Ordering::Relaxed);
-        tokio::time::sleep(window).await;
-        let sent = sim.stats.heartbeats.load(Ordering::Relaxed) - before;
-        let (cores, _) = meter.cores()?;
-        scheduler_usage(o, pid, &meter).await;
-        breakdown.report(o).await;
-        o.metric("heartbeats_per_s", r3(rate(sent, window)));
-        o.summary = format!(
-            "scheduler {} cores at {} heartbeats/s",
-            fmt_num(cores),
-            fmt_num(rate(sent, window))
-        );
-        o.targets
-            .push(Target::at_most("scheduler cores", cores, 0.5));
-        sim.stop().await;
-        Ok(())
-    })
+    guarded(
+        o,
+        &[("scheduler cores", "<=", 0.5)],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
+            let t = Instant::now();
+            c.wait_agents(agents, Duration::from_secs(120)).await?;
+            o.metric("all_registered_s", r3(t.elapsed().as_secs_f64()));
+            // Registration writes one etcd record per agent: let it settle.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let before = sim.stats.heartbeats.load(Ordering::Relaxed);
+            tokio::time::sleep(window).await;
+            let sent = sim.stats.heartbeats.load(Ordering::Relaxed) - before;
+            let (cores, _) = meter.cores()?;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            o.metric("heartbeats_per_s", r3(rate(sent, window)));
+            o.summary = format!(
+                "scheduler {} cores at {} heartbeats/s",
+                fmt_num(cores),
+                fmt_num(rate(sent, window))
+            );
+            o.targets
+                .push(Target::at_most("scheduler cores", cores, 0.5));
+            sim.stop().await;
+            Ok(())
+        },
+    )
     .await
 }
 
