@@ -1077,6 +1077,17 @@ impl Engine {
                 .get(run)
                 .is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
         });
+        // Nothing waits: no admission and no preemption, so skip building
+        // the pass's inputs, which cost O(agents + running) per turn (a
+        // 5,000-agent fleet's heartbeats spent most of the scheduler's CPU
+        // here; see benches/README.md).
+        if self.ready.is_empty() {
+            self.positions.clear();
+            if let Ok(mut w) = self.waiting.lock() {
+                w.clear();
+            }
+            return;
+        }
         let names: Vec<String> = self
             .queues
             .iter()

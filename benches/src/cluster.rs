@@ -1,0 +1,239 @@
+//! One benchmark cluster: etcd and nats-server from `drover-devcluster`, the
+//! real `drover-scheduler` binary and, where a scenario wants them, real
+//! `drover-agent` processes with the process executor. Everything binds
+//! 127.0.0.1, lives in a temp dir and is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use drover_api::pb;
+use drover_api::pb::scheduler_client::SchedulerClient;
+use drover_devcluster::{free_port, Server};
+use prost::Message as _;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Where the binaries under test are.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub scheduler: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Bins {
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let bins = Self {
+            scheduler: dir.join("drover-scheduler"),
+            agent: dir.join("drover-agent"),
+        };
+        for b in [&bins.scheduler, &bins.agent] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found: build it with `cargo build --release -p drover-scheduler -p drover-agent`",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+pub struct Cluster {
+    pub etcd: Server,
+    pub nats: Server,
+    pub prefix: String,
+    pub nats_prefix: String,
+    pub server: String,
+    scheduler: Child,
+    agents: Vec<Child>,
+    bins: Bins,
+    tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// etcd, NATS and the scheduler, answering gRPC; no agents yet.
+    pub async fn start(bins: &Bins) -> Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("drover-bench").tempdir()?;
+        let etcd = Server::etcd(Some(&tmp.path().join("etcd"))).await?;
+        let nats = Server::nats(Some(&tmp.path().join("nats"))).await?;
+        let listen = free_port()?;
+        let server = format!("http://127.0.0.1:{listen}");
+        let log = std::fs::File::create(tmp.path().join("scheduler.log"))?;
+        let scheduler = Command::new(&bins.scheduler)
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--etcd", &etcd.url, "--nats", &nats.url])
+            .args(["--prefix", "/bench", "--nats-prefix", "bench"])
+            .arg("--artifacts")
+            .arg(format!("file://{}", tmp.path().join("artifacts").display()))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bins.scheduler.display()))?;
+        let mut c = Self {
+            etcd,
+            nats,
+            prefix: "/bench".into(),
+            nats_prefix: "bench".into(),
+            server,
+            scheduler,
+            agents: Vec::new(),
+            bins: bins.clone(),
+            tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while SchedulerClient::connect(c.server.clone()).await.is_err() {
+            if let Some(status) = c.scheduler.try_wait()? {
+                bail!("scheduler exited with {status}:\n{}", c.scheduler_log());
+            }
+            if Instant::now() > deadline {
+                bail!("scheduler not answering after 30 s:\n{}", c.scheduler_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(c)
+    }
+
+    pub fn scheduler_pid(&self) -> Result<u32> {
+        self.scheduler.id().context("the scheduler has exited")
+    }
+
+    /// The real agents still running.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.iter().filter_map(Child::id).collect()
+    }
+
+    pub fn scheduler_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("scheduler.log")).unwrap_or_default()
+    }
+
+    /// Starts a real agent: process executor, `cpus` CPUs offered.
+    pub fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
+        let dir = self.tmp.path().join("agents").join(id);
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(&self.bins.agent)
+            .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
+            .arg("--artifacts")
+            .arg(format!(
+                "file://{}",
+                self.tmp.path().join("artifacts").display()
+            ))
+            .args(["--id", id, "--executors", "process"])
+            .args(["--cpus", &cpus.to_string()])
+            .arg("--work-dir")
+            .arg(dir.join("work"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bins.agent.display()))?;
+        self.agents.push(child);
+        Ok(())
+    }
+
+    pub async fn client(&self) -> Result<SchedulerClient<Channel>> {
+        Ok(SchedulerClient::connect(self.server.clone())
+            .await?
+            // A large spec is the scheduler's to refuse, not the client's.
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(usize::MAX))
+    }
+
+    /// Waits until `n` agents are Ready in the scheduler's view.
+    pub async fn wait_agents(&self, n: usize, timeout: Duration) -> Result<()> {
+        let channel = Channel::from_shared(self.server.clone())?.connect().await?;
+        let mut agents =
+            pb::agents_client::AgentsClient::new(channel).max_decoding_message_size(usize::MAX);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = agents
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner();
+            let ready = list
+                .agents
+                .iter()
+                .filter(|a| a.state() == pb::AgentState::Ready)
+                .count();
+            if ready >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{ready} of {n} agents ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The run record straight from etcd (the source of truth), without
+    /// asking the scheduler, so that watching costs it nothing.
+    pub async fn run_state(
+        &self,
+        etcd: &mut etcd_client::Client,
+        run_id: &str,
+    ) -> Result<pb::RunState> {
+        let key = format!("{}/runs/{run_id}", self.prefix);
+        let resp = etcd.get(key, None).await?;
+        let kv = resp.kvs().first().context("no run record")?;
+        Ok(pb::RunRecord::decode(kv.value())?.state())
+    }
+
+    pub async fn etcd(&self) -> Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([&self.etcd.url], None).await?)
+    }
+
+    /// Polls etcd until the run is no longer active; its final state.
+    pub async fn wait_run(
+        &self,
+        run_id: &str,
+        poll: Duration,
+        timeout: Duration,
+    ) -> Result<pb::RunState> {
+        let mut etcd = self.etcd().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.run_state(&mut etcd, run_id).await?;
+            if !matches!(s, pb::RunState::Running | pb::RunState::Cancelling) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("run {run_id} still {s:?} after {timeout:?}");
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Stops the agents (SIGTERM, then SIGKILL) so they can report and exit.
+    pub async fn stop_agents(&mut self) {
+        for a in &mut self.agents {
+            if let Some(pid) = a.id() {
+                // SAFETY: a plain syscall on our own unreaped child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for mut a in self.agents.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), a.wait())
+                .await
+                .is_err()
+            {
+                let _ = a.kill().await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.start_kill();
+        }
+        let _ = self.scheduler.start_kill();
+    }
+}

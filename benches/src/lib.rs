@@ -1,0 +1,17 @@
+//! `drover-bench`: how fast Drover is, and how far that is from what etcd,
+//! NATS and the operating system allow on the same machine.
+//!
+//! - [`cluster`]: etcd, nats-server, the real scheduler and agent binaries;
+//! - [`sim`]: simulated agents speaking the agents' NATS protocol;
+//! - [`floors`]: etcd, NATS, JetStream and process-spawn floors;
+//! - [`scenarios`]: hop latency, throughput, scale, fleet;
+//! - [`report`]: the table and the JSON lines.
+
+pub mod cluster;
+pub mod floors;
+pub mod procstat;
+pub mod report;
+pub mod scenarios;
+pub mod sim;
+pub mod specs;
+pub mod stats;

@@ -1,0 +1,285 @@
+//! `cargo run --release -p drover-bench -- [--quick] [--scenario ...] [--json FILE]`
+//!
+//! Builds the scheduler and agent binaries (same profile), then runs each
+//! scenario on its own fresh cluster and prints a table and one JSON object
+//! per scenario. See `benches/README.md`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use drover_bench::cluster::Bins;
+use drover_bench::floors::{self, FloorSizes};
+use drover_bench::report::{self, Outcome};
+use drover_bench::scenarios::{self, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Floors,
+    Hop,
+    Real,
+    Sim,
+    Scale,
+    Fleet,
+}
+
+/// drover-bench: end-to-end latency and throughput of Drover, next to the
+/// etcd, NATS and process-spawn floors of the same machine.
+#[derive(Parser, Debug)]
+#[command(name = "drover-bench")]
+struct Cli {
+    /// Small sizes (a minute or two): for checking the harness, not for numbers.
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run, comma-separated (default: all). The floors are
+    /// always measured: the ratios need them.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Also append the JSON objects (one per line) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where drover-scheduler and drover-agent are (default: next to this
+    /// binary, built first with cargo in the same profile).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Longest a scenario may take to finish its tasks, in seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Tasks in the hop-latency chain (default 200; quick 50).
+    #[arg(long)]
+    hop_tasks: Option<usize>,
+    /// Tasks for real throughput (default 10000; quick 1000).
+    #[arg(long)]
+    real_tasks: Option<usize>,
+    /// Task counts for scheduler throughput, comma-separated (default 10000,100000; quick 2000).
+    #[arg(long, value_delimiter = ',')]
+    sim_tasks: Vec<usize>,
+    /// Tasks in the fan-out/fan-in DAG (default 100000; quick 10000).
+    #[arg(long)]
+    scale_tasks: Option<usize>,
+    /// Width of each fan-out in the DAG.
+    #[arg(long, default_value_t = 1000)]
+    fan_width: usize,
+    /// Simulated agents heartbeating in the fleet scenario (default 5000; quick 1000).
+    #[arg(long)]
+    fleet_agents: Option<usize>,
+    /// Seconds the fleet scenario measures (default 30; quick 10).
+    #[arg(long)]
+    fleet_seconds: Option<u64>,
+    /// Real agents for real throughput.
+    #[arg(long, default_value_t = 2)]
+    real_agents: usize,
+    /// CPUs each real agent offers (`--cpus`); each no-op task asks 250m.
+    #[arg(long, default_value_t = 2)]
+    real_cpus: u32,
+    /// Simulated agents for scheduler throughput and the DAG.
+    #[arg(long, default_value_t = 20)]
+    sim_agents: usize,
+    /// CPUs each of those offers.
+    #[arg(long, default_value_t = 64)]
+    sim_cpus: u32,
+}
+
+fn pick<T>(set: Option<T>, full: T, quick: T, q: bool) -> T {
+    set.unwrap_or(if q { quick } else { full })
+}
+
+/// Builds the binaries under test in this binary's profile, unless a
+/// directory was given.
+fn binaries(cli: &Cli) -> Result<Bins> {
+    if let Some(dir) = &cli.bin_dir {
+        return Bins::in_dir(dir);
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory for this binary")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let mut cmd = std::process::Command::new(cargo);
+    // `cargo run` hands this binary its package's CARGO_PKG_* and friends;
+    // build scripts that track those (ring's) would otherwise be rebuilt on
+    // every alternation between this build and a plain one.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd.args(["build", "--manifest-path", manifest]);
+    cmd.args(["-p", "drover-scheduler", "-p", "drover-agent"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    eprintln!("building the scheduler and agent: {cmd:?}");
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("building drover-scheduler and drover-agent failed: {status}");
+    }
+    Bins::in_dir(dir)
+}
+
+fn machine() -> Outcome {
+    let mut o = Outcome::new("machine", false);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    o.param("date", date.clone())
+        .param("cpu", model.clone())
+        .param("cores", cores)
+        .param("loadavg_at_start", load.trim().to_string())
+        .param(
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        );
+    o.summary = format!("{date}, {cores} cores ({model}), load {}", load.trim());
+    o
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let q = cli.quick;
+    let all = cli.scenario.is_empty();
+    let wants = |s: Scenario| all || cli.scenario.contains(&s);
+    let bins = binaries(&cli)?;
+    let settings = Settings {
+        bins,
+        timeout: Duration::from_secs(pick(cli.timeout, 600, 120, q)),
+        real_agents: cli.real_agents,
+        real_cpus: cli.real_cpus,
+        sim_agents: cli.sim_agents,
+        sim_cpus: cli.sim_cpus,
+    };
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build measures unoptimised code; use `cargo run --release`");
+    }
+
+    let mut outcomes = vec![machine()];
+    let show = |o: &Outcome| {
+        eprintln!(
+            "{}",
+            report::table(std::slice::from_ref(o))
+                .lines()
+                .nth(2)
+                .unwrap_or_default()
+        )
+    };
+
+    eprintln!("measuring floors");
+    let concurrency = settings.real_concurrency();
+    let f = measure_floors(q, concurrency).await;
+    let floors_row = scenarios::floors_outcome(&f, concurrency);
+    show(&floors_row);
+    outcomes.push(floors_row);
+    let floors = f.ok();
+
+    if wants(Scenario::Hop) {
+        let n = pick(cli.hop_tasks, 200, 50, q);
+        eprintln!("hop latency: chain of {n}");
+        outcomes.push(scenarios::hop(&settings, n, floors.as_ref()).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Real) {
+        let n = pick(cli.real_tasks, 10_000, 1_000, q);
+        eprintln!("throughput on real agents: {n} tasks");
+        outcomes.push(scenarios::real_throughput(&settings, n, floors.as_ref()).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Sim) {
+        let sizes = if cli.sim_tasks.is_empty() {
+            if q {
+                vec![2_000]
+            } else {
+                vec![10_000, 100_000]
+            }
+        } else {
+            cli.sim_tasks.clone()
+        };
+        for n in sizes {
+            eprintln!("scheduler throughput, SIMULATED agents: {n} tasks");
+            outcomes.push(scenarios::sim_throughput(&settings, n).await);
+            show(outcomes.last().unwrap_or(&machine()));
+        }
+    }
+    if wants(Scenario::Scale) {
+        let n = pick(cli.scale_tasks, 100_000, 10_000, q);
+        eprintln!("DAG of about {n} tasks, SIMULATED agents");
+        outcomes.push(scenarios::scale(&settings, n, cli.fan_width).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Fleet) {
+        let n = pick(cli.fleet_agents, 5_000, 1_000, q);
+        let secs = pick(cli.fleet_seconds, 30, 10, q);
+        eprintln!("fleet: {n} SIMULATED agents for {secs} s");
+        outcomes.push(scenarios::fleet(&settings, n, Duration::from_secs(secs)).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+
+    println!();
+    print!("{}", report::table(&outcomes));
+    if q {
+        println!("(--quick: reduced sizes; targets are stated for the full sizes)");
+    }
+    println!();
+    let lines: Vec<String> = outcomes.iter().map(Outcome::json).collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    if let Some(path) = &cli.json {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        for l in &lines {
+            writeln!(f, "{l}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn measure_floors(q: bool, concurrency: usize) -> Result<floors::Floors> {
+    let etcd = drover_devcluster::Server::etcd(None).await?;
+    let nats = drover_devcluster::Server::nats(None).await?;
+    let sizes = if q {
+        FloorSizes {
+            etcd_puts: 200,
+            etcd_txn_keys: 5_000,
+            nats_requests: 1_000,
+            js_publishes: 1_000,
+            spawns: 500,
+        }
+    } else {
+        FloorSizes {
+            etcd_puts: 1_000,
+            etcd_txn_keys: 50_000,
+            nats_requests: 5_000,
+            js_publishes: 5_000,
+            spawns: 2_000,
+        }
+    };
+    floors::measure(&etcd.url, &nats.url, sizes, concurrency).await
+}

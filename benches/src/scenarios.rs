@@ -1,0 +1,598 @@
+//! The scenarios of the benchmark issue. Each starts its own cluster (so
+//! the scheduler's peak RSS and CPU time are its own), measures, and returns
+//! an [`Outcome`]; a failure is reported in it, never hidden.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use drover_api::naming;
+use drover_api::pb;
+use futures::StreamExt;
+use prost::Message as _;
+
+use crate::cluster::{Bins, Cluster};
+use crate::floors::Floors;
+use crate::procstat::{self, CpuMeter};
+use crate::report::{fmt_num, Outcome, Target};
+use crate::sim::{SimOptions, Simulator};
+use crate::specs;
+use crate::stats::{r3, rate, Summary};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: u64 = 1 << 30;
+
+/// Settings shared by the scenarios.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bins: Bins,
+    /// Longest any one scenario may take to finish its work.
+    pub timeout: Duration,
+    /// Real agents and the CPUs each offers (`--cpus`); tasks ask 250m each.
+    pub real_agents: usize,
+    pub real_cpus: u32,
+    /// Simulated agents for the throughput and scale scenarios, and their CPUs.
+    pub sim_agents: usize,
+    pub sim_cpus: u32,
+}
+
+impl Settings {
+    /// Tasks the real agents run at once (the spec's default request is 250m).
+    pub fn real_concurrency(&self) -> usize {
+        self.real_agents * (self.real_cpus as usize * 1000 / 250)
+    }
+
+    fn sim(&self, cluster: &Cluster, agents: usize, interval: Duration) -> SimOptions {
+        SimOptions {
+            nats_url: cluster.nats.url.clone(),
+            nats_prefix: cluster.nats_prefix.clone(),
+            agents,
+            id_prefix: "sim-".into(),
+            cpu_millis: self.sim_cpus * 1000,
+            memory_bytes: 1 << 40,
+            heartbeat_interval: interval,
+        }
+    }
+}
+
+/// Runs `body`; an error becomes the outcome's failure, and each of the
+/// scenario's `targets` it did not get to is reported missed.
+async fn guarded<F>(mut o: Outcome, targets: &[(&str, &'static str, f64)], body: F) -> Outcome
+where
+    F: AsyncFnOnce(&mut Outcome) -> Result<()>,
+{
+    if let Err(e) = body(&mut o).await {
+        o.fail(format!("{e:#}"));
+        for &(what, op, limit) in targets {
+            if !o.targets.iter().any(|t| t.what == what) {
+                o.targets.push(Target::not_reached(what, op, limit));
+            }
+        }
+    }
+    o
+}
+
+/// CPU meters on every process of the benchmark (etcd, nats-server, the
+/// scheduler, real agents, and this process: the simulator and observers),
+/// and what etcd took in: revisions (one per transaction) and database growth.
+struct Breakdown {
+    meters: Vec<(String, CpuMeter)>,
+    etcd: Option<(etcd_client::Client, i64, i64)>,
+}
+
+async fn etcd_status(etcd: &mut etcd_client::Client) -> Result<(i64, i64)> {
+    let st = etcd.status().await?;
+    Ok((st.db_size(), st.header().map_or(0, |h| h.revision())))
+}
+
+impl Breakdown {
+    async fn start(c: &Cluster) -> Self {
+        let me = std::process::id();
+        let mut meters: Vec<(String, CpuMeter)> = procstat::children(me)
+            .into_iter()
+            .filter_map(|(name, pid)| Some((name, CpuMeter::start(pid).ok()?)))
+            .collect();
+        if let Ok(m) = CpuMeter::start(me) {
+            meters.push(("drover-bench".into(), m));
+        }
+        let etcd = match c.etcd().await {
+            Ok(mut e) => etcd_status(&mut e).await.ok().map(|(db, rev)| (e, db, rev)),
+            Err(_) => None,
+        };
+        Self { meters, etcd }
+    }
+
+    /// Cores each kind of process used (agents summed) into `cpu_cores`;
+    /// etcd transactions and database growth.
+    async fn report(&mut self, o: &mut Outcome) {
+        let mut by = serde_json::Map::new();
+        for (name, m) in &self.meters {
+            if let Ok((cores, _)) = m.cores() {
+                let e = by.entry(name.clone()).or_insert(serde_json::json!(0.0));
+                *e = serde_json::json!(r3(e.as_f64().unwrap_or(0.0) + cores));
+            }
+        }
+        o.metric("cpu_cores", by);
+        if let Some((etcd, db0, rev0)) = &mut self.etcd {
+            if let Ok((db, rev)) = etcd_status(etcd).await {
+                o.metric("etcd_write_txns", rev - *rev0);
+                o.metric("etcd_db_growth_mib", r3((db - *db0) as f64 / MIB));
+            }
+        }
+    }
+}
+
+/// Scheduler CPU and memory over a measured window.
+async fn scheduler_usage(o: &mut Outcome, pid: u32, meter: &CpuMeter) {
+    if let Ok((cores, used)) = meter.cores() {
+        o.metric("scheduler_cpu_cores", r3(cores));
+        o.metric("scheduler_cpu_s", r3(used.as_secs_f64()));
+    }
+    if let Ok((rss, peak)) = procstat::memory(pid) {
+        o.metric("scheduler_rss_mib", r3(rss as f64 / MIB));
+        o.metric("scheduler_peak_rss_mib", r3(peak as f64 / MIB));
+    }
+}
+
+/// Submits a spec; the error is the scheduler's answer when it refuses.
+async fn submit(cluster: &Cluster, yaml: String) -> Result<(String, Duration)> {
+    let mut client = cluster.client().await?;
+    let t = Instant::now();
+    let r = client
+        .submit_run(pb::SubmitRunRequest {
+            spec_yaml: yaml,
+            ..Default::default()
+        })
+        .await;
+    let took = t.elapsed();
+    match r {
+        Ok(r) => Ok((r.into_inner().run_id, took)),
+        Err(s) => bail!(
+            "submit refused after {:.2} s: {:?}: {}",
+            took.as_secs_f64(),
+            s.code(),
+            s.message()
+        ),
+    }
+}
+
+/// A chain of no-op tasks on one real agent: for every dependent hop, the
+/// upstream attempt's `succeeded` event time to the downstream attempt's
+/// `started` event time, both as recorded by the scheduler (agent clocks,
+/// same machine, millisecond resolution).
+pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
+    let mut o = Outcome::new("hop-latency", false);
+    o.param("tasks", tasks).param("agents", 1);
+    guarded(
+        o,
+        &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
+        async |o: &mut Outcome| {
+            let mut c = Cluster::start(&s.bins).await?;
+            c.add_agent("real-1", s.real_cpus)?;
+            c.wait_agents(1, Duration::from_secs(30)).await?;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let (run_id, _) = submit(&c, specs::chain(tasks)).await?;
+            let t = Instant::now();
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(20), s.timeout)
+                .await?;
+            let total = t.elapsed();
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let run = c
+                .client()
+                .await?
+                .get_run(pb::GetRunRequest { run_id })
+                .await?
+                .into_inner();
+            let times: Vec<(u64, u64)> = run
+                .tasks
+                .iter()
+                .map(|t| {
+                    let a = t.attempts.last().cloned().unwrap_or_default();
+                    (a.started_at_ms, a.finished_at_ms)
+                })
+                .collect();
+            let hops: Vec<f64> = times
+                .windows(2)
+                .map(|w| w[1].0 as f64 - w[0].1 as f64)
+                .collect();
+            let h = Summary::of_ms(hops);
+            let (first, last) = (times[0].1, times[times.len() - 1].1);
+            let cycle = (last - first) as f64 / (times.len() - 1).max(1) as f64;
+            o.metric("hop", h)
+                .metric("cycle_ms_per_task", r3(cycle))
+                .metric("total_s", r3(total.as_secs_f64()));
+            o.summary = format!(
+                "hop p50 {} ms, p99 {} ms, max {} ms; finish-to-finish {} ms/task",
+                fmt_num(h.p50_ms),
+                fmt_num(h.p99_ms),
+                fmt_num(h.max_ms),
+                fmt_num(cycle)
+            );
+            if let Some(f) = floors {
+                let floor = f.etcd_put.p50_ms + f.nats_rtt.p50_ms + f.spawn.p50_ms;
+                let ratio = h.p50_ms / floor;
+                o.metric("floor_ms", r3(floor))
+                    .metric("ratio_to_floor", r3(ratio));
+                o.summary += &format!(
+                    "; hop p50 ÷ (etcd put + NATS rtt + spawn = {} ms) = {}",
+                    fmt_num(floor),
+                    fmt_num(ratio)
+                );
+            }
+            o.targets.push(Target::at_most("hop p50 ms", h.p50_ms, 5.0));
+            o.targets
+                .push(Target::at_most("hop p99 ms", h.p99_ms, 20.0));
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Counts distinct `succeeded` events on the events subjects (a plain NATS
+/// subscriber sees what JetStream stores): done is then confirmed in etcd.
+struct SuccessCounter {
+    count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SuccessCounter {
+    async fn start(c: &Cluster) -> Result<Self> {
+        let client = async_nats::connect(c.nats.url.as_str()).await?;
+        let mut sub = client
+            .subscribe(naming::events_wildcard(&c.nats_prefix))
+            .await?;
+        client.flush().await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let n = count.clone();
+        let task = tokio::spawn(async move {
+            let _keep = client;
+            while let Some(m) = sub.next().await {
+                let Ok(ev) = pb::AttemptEvent::decode(m.payload) else {
+                    continue;
+                };
+                if let (Some(pb::attempt_event::Kind::Succeeded(_)), Some(a)) =
+                    (ev.kind, ev.attempt)
+                {
+                    let fresh = seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert((a.run_id, a.task));
+                    if fresh {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(Self { count, task })
+    }
+
+    async fn wait(&self, n: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.count.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {n} tasks succeeded after {timeout:?}",
+                    self.count.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SuccessCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Independent no-op tasks on real agents: submit to the run recorded
+/// Succeeded in etcd.
+pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
+    let mut o = Outcome::new("throughput-real", false);
+    o.param("tasks", tasks)
+        .param("agents", s.real_agents)
+        .param("cpus_per_agent", s.real_cpus)
+        .param("concurrency", s.real_concurrency());
+    guarded(
+        o,
+        &[("real ÷ spawn rate", ">=", 0.7)],
+        async |o: &mut Outcome| {
+            let mut c = Cluster::start(&s.bins).await?;
+            for i in 0..s.real_agents {
+                c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
+            }
+            c.wait_agents(s.real_agents, Duration::from_secs(30))
+                .await?;
+            let counter = SuccessCounter::start(&c).await?;
+            let yaml = specs::independent(tasks);
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let (run_id, submit_took) = submit(&c, yaml).await?;
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            let waited = counter.wait(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            waited?;
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let tps = rate(tasks as u64, took);
+            o.metric("tasks_per_s", r3(tps))
+                .metric("total_s", r3(took.as_secs_f64()));
+            o.summary = format!(
+                "{} tasks/s ({} s)",
+                fmt_num(tps),
+                fmt_num(took.as_secs_f64())
+            );
+            if let Some(f) = floors {
+                let ratio = tps / f.spawn_per_s;
+                o.metric("spawn_per_s", r3(f.spawn_per_s))
+                    .metric("ratio_to_spawn_rate", r3(ratio));
+                o.summary += &format!(
+                    "; ÷ spawn rate {} /s = {}",
+                    fmt_num(f.spawn_per_s),
+                    fmt_num(ratio)
+                );
+                o.targets
+                    .push(Target::at_least("real ÷ spawn rate", ratio, 0.7));
+            }
+            c.stop_agents().await;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Independent tasks on simulated agents: the scheduler, etcd and NATS path
+/// without process start-up.
+pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
+    let mut o = Outcome::new(&format!("throughput-scheduler-{tasks}"), true);
+    o.param("tasks", tasks)
+        .param("simulated_agents", s.sim_agents)
+        .param("cpus_per_agent", s.sim_cpus);
+    guarded(
+        o,
+        &[("scheduler tasks/s", ">=", 10_000.0)],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
+            c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
+            let yaml = specs::independent(tasks);
+            o.param("spec_bytes", yaml.len());
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let submitted = submit(&c, yaml).await;
+            let (run_id, submit_took) = match submitted {
+                Ok(r) => r,
+                Err(e) => {
+                    scheduler_usage(o, pid, &meter).await;
+                    breakdown.report(o).await;
+                    return Err(e);
+                }
+            };
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            let finished = sim.wait_finished(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            if !finished {
+                bail!(
+                    "{} of {tasks} tasks finished after {:?}",
+                    sim.stats.finished.load(Ordering::Relaxed),
+                    s.timeout
+                );
+            }
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            let tps = rate(tasks as u64, took);
+            o.metric("tasks_per_s", r3(tps))
+                .metric("total_s", r3(took.as_secs_f64()))
+                .metric(
+                    "publish_errors",
+                    sim.stats.publish_errors.load(Ordering::Relaxed),
+                );
+            o.summary = format!(
+                "{} tasks/s ({} s)",
+                fmt_num(tps),
+                fmt_num(took.as_secs_f64())
+            );
+            o.targets
+                .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
+            sim.stop().await;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A large fan-out/fan-in DAG on simulated agents: submit time, completion
+/// time, scheduler peak RSS.
+pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
+    let (yaml, tasks) = specs::fan_dag(about, width);
+    let mut o = Outcome::new("scale-dag", true);
+    o.param("tasks", tasks)
+        .param("fan_width", width)
+        .param("spec_bytes", yaml.len())
+        .param("simulated_agents", s.sim_agents);
+    guarded(
+        o,
+        &[
+            ("submit s", "<=", 2.0),
+            ("scheduler peak RSS MiB", "<=", 1024.0),
+        ],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
+            c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let t = Instant::now();
+            let submitted = submit(&c, yaml).await;
+            let peak = |o: &mut Outcome| {
+                let peak = procstat::memory(pid).map(|m| m.1).unwrap_or(0);
+                o.targets.push(Target::at_most(
+                    "scheduler peak RSS MiB",
+                    peak as f64 / MIB,
+                    GIB as f64 / MIB,
+                ));
+            };
+            let (run_id, submit_took) = match submitted {
+                Ok(r) => r,
+                Err(e) => {
+                    // A refused DAG meets neither target (`guarded` marks both
+                    // missed): the RSS of a scheduler that holds nothing says nothing.
+                    scheduler_usage(o, pid, &meter).await;
+                    breakdown.report(o).await;
+                    return Err(e);
+                }
+            };
+            o.metric("submit_s", r3(submit_took.as_secs_f64()));
+            o.targets
+                .push(Target::at_most("submit s", submit_took.as_secs_f64(), 2.0));
+            let finished = sim.wait_finished(tasks as u64, s.timeout).await;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            peak(o);
+            if !finished {
+                bail!(
+                    "{} of {tasks} tasks finished after {:?}",
+                    sim.stats.finished.load(Ordering::Relaxed),
+                    s.timeout
+                );
+            }
+            let state = c
+                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("run ended {state:?}");
+            }
+            o.metric("completion_s", r3(took.as_secs_f64()))
+                .metric("tasks_per_s", r3(rate(tasks as u64, took)));
+            o.summary = format!(
+                "submit {} s, done in {} s",
+                fmt_num(submit_took.as_secs_f64()),
+                fmt_num(took.as_secs_f64())
+            );
+            sim.stop().await;
+            Ok(())
+        },
+    )
+    .await
+    .with_rss_summary()
+}
+
+/// Many simulated agents heartbeating every 2 s, no work: the scheduler's CPU.
+pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
+    let mut o = Outcome::new("fleet-heartbeats", true);
+    o.param("simulated_agents", agents)
+        .param("heartbeat_interval_s", 2)
+        .param("window_s", window.as_secs_f64());
+    guarded(
+        o,
+        &[("scheduler cores", "<=", 0.5)],
+        async |o: &mut Outcome| {
+            let c = Cluster::start(&s.bins).await?;
+            let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
+            let t = Instant::now();
+            c.wait_agents(agents, Duration::from_secs(120)).await?;
+            o.metric("all_registered_s", r3(t.elapsed().as_secs_f64()));
+            // Registration writes one etcd record per agent: let it settle.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let pid = c.scheduler_pid()?;
+            let meter = CpuMeter::start(pid)?;
+            let mut breakdown = Breakdown::start(&c).await;
+            let before = sim.stats.heartbeats.load(Ordering::Relaxed);
+            tokio::time::sleep(window).await;
+            let sent = sim.stats.heartbeats.load(Ordering::Relaxed) - before;
+            let (cores, _) = meter.cores()?;
+            scheduler_usage(o, pid, &meter).await;
+            breakdown.report(o).await;
+            o.metric("heartbeats_per_s", r3(rate(sent, window)));
+            o.summary = format!(
+                "scheduler {} cores at {} heartbeats/s",
+                fmt_num(cores),
+                fmt_num(rate(sent, window))
+            );
+            o.targets
+                .push(Target::at_most("scheduler cores", cores, 0.5));
+            sim.stop().await;
+            Ok(())
+        },
+    )
+    .await
+}
+
+trait RssSummary {
+    fn with_rss_summary(self) -> Self;
+}
+
+impl RssSummary for Outcome {
+    /// Adds the peak RSS to the table line (it matters even when submit failed).
+    fn with_rss_summary(mut self) -> Self {
+        if let Some(p) = self
+            .metrics
+            .get("scheduler_peak_rss_mib")
+            .and_then(|v| v.as_f64())
+        {
+            let line = format!("scheduler peak RSS {} MiB", fmt_num(p));
+            self.summary = if self.summary.is_empty() {
+                line
+            } else {
+                format!("{}, {line}", self.summary)
+            };
+        }
+        self
+    }
+}
+
+/// The floors as an outcome row of their own.
+pub fn floors_outcome(f: &Result<Floors>, concurrency: usize) -> Outcome {
+    let mut o = Outcome::new("floors", false);
+    o.param("spawn_concurrency", concurrency);
+    match f {
+        Ok(f) => {
+            if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(f) {
+                o.metrics = m;
+            }
+            o.summary = format!(
+                "etcd put p50 {} ms, txn {} keys/s; NATS rtt p50 {} ms; JetStream ack p50 {} ms, {} msg/s; spawn p50 {} ms, {} /s at {}",
+                fmt_num(f.etcd_put.p50_ms),
+                fmt_num(f.etcd_txn_keys_per_s),
+                fmt_num(f.nats_rtt.p50_ms),
+                fmt_num(f.js_publish.p50_ms),
+                fmt_num(f.js_publish_per_s),
+                fmt_num(f.spawn.p50_ms),
+                fmt_num(f.spawn_per_s),
+                f.spawn_concurrency
+            );
+        }
+        Err(e) => o.fail(format!("{e:#}")),
+    }
+    o
+}
