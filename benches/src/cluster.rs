@@ -49,19 +49,39 @@ pub struct Cluster {
     scheduler: Child,
     agents: Vec<Child>,
     bins: Bins,
+    /// Extra environment of the scheduler and real agents.
+    env: Vec<(String, String)>,
     tmp: tempfile::TempDir,
 }
 
+/// The OpenTelemetry variables that turn trace export on: never inherited
+/// from the caller, so "off" is off; set through `env` where wanted.
+const OTEL_VARS: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_SDK_DISABLED",
+];
+
+/// `cmd` with the caller's OTEL variables removed and `env` set.
+fn with_env<'c>(cmd: &'c mut Command, env: &[(String, String)]) -> &'c mut Command {
+    for v in OTEL_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+}
+
 impl Cluster {
-    /// etcd, NATS and the scheduler, answering gRPC; no agents yet.
-    pub async fn start(bins: &Bins) -> Result<Self> {
+    /// etcd, NATS and the scheduler, answering gRPC; no agents yet. `env`
+    /// is added to the scheduler's and every real agent's environment.
+    pub async fn start(bins: &Bins, env: &[(String, String)]) -> Result<Self> {
         let tmp = tempfile::Builder::new().prefix("drover-bench").tempdir()?;
         let etcd = Server::etcd(Some(&tmp.path().join("etcd"))).await?;
         let nats = Server::nats(Some(&tmp.path().join("nats"))).await?;
         let listen = free_port()?;
         let server = format!("http://127.0.0.1:{listen}");
         let log = std::fs::File::create(tmp.path().join("scheduler.log"))?;
-        let scheduler = Command::new(&bins.scheduler)
+        let scheduler = with_env(&mut Command::new(&bins.scheduler), env)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--etcd", &etcd.url, "--nats", &nats.url])
             .args(["--prefix", "/bench", "--nats-prefix", "bench"])
@@ -83,6 +103,7 @@ impl Cluster {
             scheduler,
             agents: Vec::new(),
             bins: bins.clone(),
+            env: env.to_vec(),
             tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -116,7 +137,7 @@ impl Cluster {
         let dir = self.tmp.path().join("agents").join(id);
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = Command::new(&self.bins.agent)
+        let child = with_env(&mut Command::new(&self.bins.agent), &self.env)
             .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
             .arg("--artifacts")
             .arg(format!(

@@ -4,11 +4,13 @@
 //! - [`cluster`]: etcd, nats-server, the real scheduler and agent binaries;
 //! - [`sim`]: simulated agents speaking the agents' NATS protocol;
 //! - [`floors`]: etcd, NATS, JetStream and process-spawn floors;
-//! - [`scenarios`]: hop latency, throughput, scale, fleet;
+//! - [`scenarios`]: hop latency, throughput, scale, fleet, tracing overhead;
+//! - [`otlp`]: a span-counting OTLP receiver for the tracing overhead;
 //! - [`report`]: the table and the JSON lines.
 
 pub mod cluster;
 pub mod floors;
+pub mod otlp;
 pub mod procstat;
 pub mod report;
 pub mod scenarios;

@@ -23,6 +23,8 @@ enum Scenario {
     Sim,
     Scale,
     Fleet,
+    /// Throughput with OTLP trace export off and on.
+    Tracing,
 }
 
 /// drover-bench: end-to-end latency and throughput of Drover, next to the
@@ -68,6 +70,12 @@ struct Cli {
     /// Seconds the fleet scenario measures (default 30; quick 10).
     #[arg(long)]
     fleet_seconds: Option<u64>,
+    /// Tasks per run of the tracing overhead on simulated agents (default 10000; quick 2000).
+    #[arg(long)]
+    tracing_sim_tasks: Option<usize>,
+    /// Tasks per run of the tracing overhead on real agents (default 2000; quick 500).
+    #[arg(long)]
+    tracing_real_tasks: Option<usize>,
     /// Real agents for real throughput.
     #[arg(long, default_value_t = 2)]
     real_agents: usize,
@@ -172,6 +180,7 @@ async fn main() -> Result<()> {
         real_cpus: cli.real_cpus,
         sim_agents: cli.sim_agents,
         sim_cpus: cli.sim_cpus,
+        env: Vec::new(),
     };
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimised code; use `cargo run --release`");
@@ -236,6 +245,19 @@ async fn main() -> Result<()> {
         eprintln!("fleet: {n} SIMULATED agents for {secs} s");
         outcomes.push(scenarios::fleet(&settings, n, Duration::from_secs(secs)).await);
         show(outcomes.last().unwrap_or(&machine()));
+    }
+
+    if wants(Scenario::Tracing) {
+        let sim = pick(cli.tracing_sim_tasks, 10_000, 2_000, q);
+        let real = pick(cli.tracing_real_tasks, 2_000, 500, q);
+        eprintln!("tracing overhead: {sim} tasks on SIMULATED agents, export off and on");
+        let o = scenarios::tracing_overhead(&settings, scenarios::Path::Simulated, sim, 2).await;
+        show(&o);
+        outcomes.push(o);
+        eprintln!("tracing overhead: {real} tasks on real agents, export off and on");
+        let o = scenarios::tracing_overhead(&settings, scenarios::Path::Real, real, 2).await;
+        show(&o);
+        outcomes.push(o);
     }
 
     println!();

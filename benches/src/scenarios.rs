@@ -36,6 +36,8 @@ pub struct Settings {
     /// Simulated agents for the throughput and scale scenarios, and their CPUs.
     pub sim_agents: usize,
     pub sim_cpus: u32,
+    /// Extra environment of the scheduler and real agents (trace export).
+    pub env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -169,7 +171,7 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
         o,
         &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins).await?;
+            let mut c = Cluster::start(&s.bins, &s.env).await?;
             c.add_agent("real-1", s.real_cpus)?;
             c.wait_agents(1, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -309,7 +311,7 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
         o,
         &[("real ÷ spawn rate", ">=", 0.7)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins).await?;
+            let mut c = Cluster::start(&s.bins, &s.env).await?;
             for i in 0..s.real_agents {
                 c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
             }
@@ -372,7 +374,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
         o,
         &[("scheduler tasks/s", ">=", 10_000.0)],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins).await?;
+            let c = Cluster::start(&s.bins, &s.env).await?;
             let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
             c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
             let yaml = specs::independent(tasks);
@@ -445,7 +447,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             ("scheduler peak RSS MiB", "<=", 1024.0),
         ],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins).await?;
+            let c = Cluster::start(&s.bins, &s.env).await?;
             let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
             c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -517,7 +519,7 @@ pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
         o,
         &[("scheduler cores", "<=", 0.5)],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins).await?;
+            let c = Cluster::start(&s.bins, &s.env).await?;
             let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
             let t = Instant::now();
             c.wait_agents(agents, Duration::from_secs(120)).await?;
@@ -595,4 +597,80 @@ pub fn floors_outcome(f: &Result<Floors>, concurrency: usize) -> Outcome {
         Err(e) => o.fail(format!("{e:#}")),
     }
     o
+}
+
+/// Which throughput scenario the tracing overhead is measured on.
+#[derive(Copy, Clone, Debug)]
+pub enum Path {
+    /// Simulated agents: the scheduler exports every attempt span.
+    Simulated,
+    /// Real agents: the scheduler and the agents export (fetch, execute, upload spans).
+    Real,
+}
+
+/// Throughput with trace export off and on (to a span-counting OTLP
+/// receiver), alternating off/on `rounds` times; the best of each side, as
+/// noise on a shared machine only ever slows a run down.
+pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: usize) -> Outcome {
+    let mut o = Outcome::new(
+        &format!("tracing-overhead-{}", format!("{path:?}").to_lowercase()),
+        matches!(path, Path::Simulated),
+    );
+    o.param("tasks", tasks).param("rounds", rounds);
+    guarded(
+        o,
+        &[("throughput on ÷ off", ">=", 0.9)],
+        async |o: &mut Outcome| {
+            let sink = crate::otlp::Sink::start().await?;
+            let on = [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), sink.url.clone()),
+                // Export sooner than the SDK's 5 s default, so the spans of a
+                // short run are sent (and paid for) while it is measured.
+                ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+            ];
+            let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
+            for _ in 0..rounds {
+                for export in [false, true] {
+                    let mut run = s.clone();
+                    if export {
+                        run.env.extend(on.iter().cloned());
+                    }
+                    let r = match path {
+                        Path::Simulated => sim_throughput(&run, tasks).await,
+                        Path::Real => real_throughput(&run, tasks, None).await,
+                    };
+                    if let Some(e) = r.error {
+                        bail!("export {}: {e}", if export { "on" } else { "off" });
+                    }
+                    let tps = r
+                        .metrics
+                        .get("tasks_per_s")
+                        .and_then(serde_json::Value::as_f64)
+                        .unwrap_or(0.0);
+                    let best = if export { &mut best_on } else { &mut best_off };
+                    *best = best.max(tps);
+                }
+            }
+            let spans = sink.spans();
+            if spans == 0 {
+                bail!("no span reached the OTLP receiver: export was not on");
+            }
+            let ratio = best_on / best_off;
+            o.metric("tasks_per_s_off", r3(best_off))
+                .metric("tasks_per_s_on", r3(best_on))
+                .metric("spans_received", spans)
+                .metric("ratio_on_off", r3(ratio));
+            o.summary = format!(
+                "off {} tasks/s, on {} tasks/s ({} spans exported): on ÷ off = {}",
+                fmt_num(best_off),
+                fmt_num(best_on),
+                spans,
+                fmt_num(ratio)
+            );
+            o.targets
+                .push(Target::at_least("throughput on ÷ off", ratio, 0.9));
+            Ok(())
+        },
+    )
+    .await
 }

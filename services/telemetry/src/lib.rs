@@ -43,7 +43,7 @@ pub use opentelemetry::{Context, KeyValue};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -210,6 +210,9 @@ pub fn init_with(opts: Options) -> Guard {
     }
 }
 
+/// Spans buffered for export before new ones are dropped.
+const SPAN_QUEUE: usize = 65_536;
+
 fn provider(endpoint: &str, opts: &Options) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -219,8 +222,18 @@ fn provider(endpoint: &str, opts: &Options) -> Result<SdkTracerProvider, Telemet
             endpoint: endpoint.into(),
             reason: e.to_string(),
         })?;
+    // The SDK's default queue (2,048 spans) drops spans when a scheduler
+    // finishes thousands of attempts a second; a bigger one unless the
+    // operator chose (OTEL_BSP_MAX_QUEUE_SIZE is read by the default config).
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(SPAN_QUEUE);
+    }
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config.build())
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(batch)
         .with_id_generator(record::RecordedIds::default())
         .with_resource(
             Resource::builder()
