@@ -125,12 +125,83 @@ enum Internal {
 /// Why each Ready task of a run waits, by task index: (reason, unschedulable).
 pub type Waiting = HashMap<usize, (String, bool)>;
 
+/// A run that had Ready tasks in the last admission pass.
+struct BoardRun {
+    id: String,
+    queue: String,
+    priority: i64,
+    /// For task names.
+    spec: Arc<pb::PipelineSpec>,
+}
+
+/// Why each Ready task waits, as the last admission pass decided, kept as
+/// the pass returned it: rendered only when someone asks (`drover get`,
+/// `drover queue show`), not for every waiting task every turn.
+#[derive(Default)]
+struct WaitBoard {
+    runs: Vec<BoardRun>,
+    /// (index into `runs`, task index, why), in the pass's order: queues in
+    /// serving order, each in the order it would admit its tasks.
+    entries: Vec<(u32, usize, Wait)>,
+    /// Set when no agent takes work: said instead of "no capacity" or
+    /// "unschedulable".
+    idle: Option<String>,
+}
+
+impl WaitBoard {
+    /// What `drover get` shows for the run's waiting tasks.
+    fn waiting(&self, run_id: &str) -> Waiting {
+        let Some(slot) = self.runs.iter().position(|r| r.id == run_id) else {
+            return Waiting::new();
+        };
+        self.entries
+            .iter()
+            .filter(|(s, ..)| *s as usize == slot)
+            .map(|(_, task, wait)| (*task, self.reason(wait)))
+            .collect()
+    }
+
+    /// (reason, unschedulable).
+    fn reason(&self, wait: &Wait) -> (String, bool) {
+        match (wait, &self.idle) {
+            // No agent takes work at all: say which and why, not "unschedulable".
+            (Wait::NoCapacity(_) | Wait::Unschedulable(_), Some(idle)) => (idle.clone(), false),
+            (Wait::Unschedulable(_), None) => (wait.to_string(), true),
+            _ => (wait.to_string(), false),
+        }
+    }
+
+    /// A queue's waiting tasks in the order it would admit them.
+    fn positions(&self, queue: &str) -> Vec<pb::PendingTask> {
+        let mut list = Vec::new();
+        for (slot, task, wait) in &self.entries {
+            let Some(run) = self.runs.get(*slot as usize).filter(|r| r.queue == queue) else {
+                continue;
+            };
+            list.push(pb::PendingTask {
+                position: list.len() as u32 + 1,
+                run_id: run.id.clone(),
+                task: run
+                    .spec
+                    .tasks
+                    .get(*task)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default(),
+                run_priority: run.priority,
+                waiting_for: wait.kind().into(),
+                reason: self.reason(wait).0,
+            });
+        }
+        list
+    }
+}
+
 /// Cheap handle for the gRPC layer.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     changed: broadcast::Sender<String>,
-    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+    waiting: Arc<Mutex<Arc<WaitBoard>>>,
 }
 
 impl EngineHandle {
@@ -219,10 +290,9 @@ impl EngineHandle {
     /// Why the run's Ready tasks are not placed yet (kept in memory only:
     /// it changes with every heartbeat).
     pub fn waiting(&self, run_id: &str) -> Waiting {
-        self.waiting
-            .lock()
-            .map(|w| w.get(run_id).cloned().unwrap_or_default())
-            .unwrap_or_default()
+        // Cloned out so the lock is not held while rendering.
+        let board = self.waiting.lock().map(|w| Arc::clone(&w)).ok();
+        board.map(|b| b.waiting(run_id)).unwrap_or_default()
     }
 }
 
@@ -306,10 +376,10 @@ pub struct Engine {
     /// the admission latency; after a restart, from when it was loaded).
     ready: BTreeMap<(String, usize), u64>,
     queues: BTreeMap<String, QueueEntry>,
-    /// Each queue's waiting tasks in admission order, from the last pass.
-    positions: HashMap<String, Vec<pb::PendingTask>>,
+    /// Why Ready tasks wait, from the last pass (shared with `waiting`).
+    board: Arc<WaitBoard>,
     changed: broadcast::Sender<String>,
-    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+    waiting: Arc<Mutex<Arc<WaitBoard>>>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     commands: mpsc::Receiver<Command>,
@@ -330,7 +400,7 @@ impl Engine {
         let (tx, commands) = mpsc::channel(1024);
         let (changed, _) = broadcast::channel(4096);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let waiting = Arc::new(Mutex::new(HashMap::new()));
+        let waiting = Arc::new(Mutex::new(Arc::new(WaitBoard::default())));
         let handle = EngineHandle {
             tx,
             changed: changed.clone(),
@@ -344,7 +414,7 @@ impl Engine {
             fleet: Fleet::default(),
             ready: BTreeMap::new(),
             queues: BTreeMap::new(),
-            positions: HashMap::new(),
+            board: Arc::new(WaitBoard::default()),
             changed,
             waiting,
             internal_tx,
@@ -707,7 +777,7 @@ impl Engine {
     /// Waiting tasks of a queue: those the last pass ordered, then those
     /// still waiting for upstream tasks.
     fn pending_list(&self, name: &str) -> Vec<pb::PendingTask> {
-        let mut list = self.positions.get(name).cloned().unwrap_or_default();
+        let mut list = self.board.positions(name);
         let mut blocked: Vec<(&ActiveRun, usize)> = Vec::new();
         for run in self.runs.values().filter(|r| r.record.queue == name) {
             for (i, t) in run.dag.tasks().iter().enumerate() {
@@ -1072,36 +1142,40 @@ impl Engine {
     /// shares, backfill and preemption are decided by the pure core; this
     /// applies its decision and notes why the rest wait.
     fn place(&mut self, now: u64, turn: &mut Turn) {
+        // `ready` is ordered by run id: consecutive entries share their run,
+        // so one lookup serves them all (hashing the id per task was a
+        // visible share of the profile).
+        let mut last: Option<(String, Option<&ActiveRun>)> = None;
+        let runs = &self.runs;
         self.ready.retain(|(run, task), _| {
-            self.runs
-                .get(run)
-                .is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
+            let r = match &last {
+                Some((id, r)) if id == run => *r,
+                _ => {
+                    let r = runs.get(run);
+                    last = Some((run.clone(), r));
+                    r
+                }
+            };
+            r.is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
         });
         // Nothing waits: no admission and no preemption, so skip building
         // the pass's inputs, which cost O(agents + running) per turn (a
         // 5,000-agent fleet's heartbeats spent most of the scheduler's CPU
         // here; see benches/README.md).
         if self.ready.is_empty() {
-            self.positions.clear();
-            if let Ok(mut w) = self.waiting.lock() {
-                w.clear();
-            }
+            self.set_board(WaitBoard::default());
             return;
         }
-        let names: Vec<String> = self
+        let names: Vec<&str> = self
             .queues
             .iter()
             .filter(|(_, e)| e.write != Some(true))
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.as_str())
             .collect();
-        let qindex: HashMap<&str, usize> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
+        let qindex: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let core_queues: Vec<admission::Queue> = names
             .iter()
-            .map(|n| queues::to_core(&self.queues[n].queue))
+            .map(|n| queues::to_core(&self.queues[*n].queue))
             .collect();
         let queue_of = |run: &ActiveRun| {
             qindex
@@ -1112,30 +1186,77 @@ impl Engine {
         };
         let (slots, agent_index, schedulable) = self.fleet.admission_slots();
 
-        let pending_keys: Vec<(String, usize)> = self.ready.keys().cloned().collect();
-        let pending: Vec<admission::Pending<usize>> = pending_keys
-            .iter()
-            .enumerate()
-            .filter_map(|(key, (run_id, task))| {
-                let run = self.runs.get(run_id)?;
-                Some(admission::Pending {
-                    key,
-                    queue: queue_of(run),
-                    run_priority: run.record.priority,
-                    submitted_at: run.record.created_at_ms,
-                    seq: *task as u64,
-                    req: run.requests[*task].clone(),
-                })
-            })
-            .collect();
-        let mut running_keys: Vec<(String, usize, u32)> = Vec::new();
-        let mut running: Vec<admission::Running<usize>> = Vec::new();
-        for ((run_id, task), alloc) in &self.fleet.allocations {
-            let (Some(run), Some(&agent)) = (self.runs.get(run_id), agent_index.get(&alloc.agent))
-            else {
+        // Pending keys are (run slot, task): the runs are listed once, so no
+        // run id is cloned per task.
+        let mut board_runs: Vec<BoardRun> = Vec::new();
+        let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(self.ready.len());
+        let mut pending: Vec<admission::Pending<usize>> = Vec::with_capacity(self.ready.len());
+        let mut current: Option<(&str, &ActiveRun, u32, usize)> = None;
+        for (run_id, task) in self.ready.keys() {
+            let (run, slot, queue) = match current {
+                Some((id, run, slot, queue)) if id == run_id.as_str() => (run, slot, queue),
+                _ => {
+                    let Some(run) = self.runs.get(run_id) else {
+                        continue;
+                    };
+                    board_runs.push(BoardRun {
+                        id: run_id.clone(),
+                        queue: run.record.queue.clone(),
+                        priority: run.record.priority,
+                        spec: Arc::clone(&run.spec),
+                    });
+                    let slot = (board_runs.len() - 1) as u32;
+                    let queue = queue_of(run);
+                    current = Some((run_id.as_str(), run, slot, queue));
+                    (run, slot, queue)
+                }
+            };
+            pending.push(admission::Pending {
+                key: pending_keys.len(),
+                queue,
+                run_priority: run.record.priority,
+                submitted_at: run.record.created_at_ms,
+                seq: *task as u64,
+                req: run.requests[*task].clone(),
+            });
+            pending_keys.push((slot, *task));
+        }
+        if pending.is_empty() {
+            self.set_board(WaitBoard::default());
+            return;
+        }
+        // Running keys borrow the allocation map's keys; only victims are
+        // copied out, after the pass.
+        let mut running_keys: Vec<(&(String, usize), u32)> =
+            Vec::with_capacity(self.fleet.allocations.len());
+        let mut running: Vec<admission::Running<usize>> =
+            Vec::with_capacity(self.fleet.allocations.len());
+        // Allocations come grouped by run, and bin-packing puts a run's
+        // consecutive tasks on the same agent: remember the last of each
+        // rather than hashing both ids per running task.
+        let mut last_run: Option<(&str, Option<&ActiveRun>)> = None;
+        let mut last_agent: Option<(&str, Option<usize>)> = None;
+        for (key, alloc) in &self.fleet.allocations {
+            let run = match last_run {
+                Some((id, r)) if id == key.0 => r,
+                _ => {
+                    let r = self.runs.get(&key.0);
+                    last_run = Some((key.0.as_str(), r));
+                    r
+                }
+            };
+            let agent = match last_agent {
+                Some((id, a)) if id == alloc.agent => a,
+                _ => {
+                    let a = agent_index.get(alloc.agent.as_str()).copied();
+                    last_agent = Some((alloc.agent.as_str(), a));
+                    a
+                }
+            };
+            let (Some(run), Some(agent)) = (run, agent) else {
                 continue;
             };
-            let t = run.dag.task(*task);
+            let t = run.dag.task(key.1);
             running.push(admission::Running {
                 key: running_keys.len(),
                 queue: queue_of(run),
@@ -1147,14 +1268,7 @@ impl Engine {
                 borrowed: alloc.borrowed,
                 preempting: t.preempting.is_some(),
             });
-            running_keys.push((run_id.clone(), *task, alloc.attempt));
-        }
-        if pending.is_empty() {
-            self.positions.clear();
-            if let Ok(mut w) = self.waiting.lock() {
-                w.clear();
-            }
-            return;
+            running_keys.push((key, alloc.attempt));
         }
 
         let decision = admission::schedule(
@@ -1164,29 +1278,39 @@ impl Engine {
             &slots,
             self.opts.placement,
         );
+        let evicts: Vec<(String, usize, u32, String)> = decision
+            .evict
+            .into_iter()
+            .map(|e| {
+                let ((run, task), attempt) = running_keys[e.victim];
+                (run.clone(), *task, attempt, e.reason)
+            })
+            .collect();
+        drop(running_keys);
 
         for admit in decision.admit {
-            let (run_id, task) = &pending_keys[admit.key];
+            let (slot, task) = pending_keys[admit.key];
+            let run_id = &board_runs[slot as usize].id;
             let agent = slots[admit.placement.agent].id.clone();
             let Some(run) = self.runs.get_mut(run_id) else {
                 continue;
             };
             let ev = Event::Assign {
-                task: *task,
+                task,
                 agent: agent.clone(),
                 gpus: admit.placement.gpus.clone(),
             };
             match run.dag.apply(ev, now) {
                 Ok(fx) => {
-                    let attempt = run.dag.task(*task).current().map_or(0, |a| a.number);
-                    let req = run.requests[*task].clone();
-                    if let Some(since) = self.ready.remove(&(run_id.clone(), *task)) {
+                    let attempt = run.dag.task(task).current().map_or(0, |a| a.number);
+                    let req = run.requests[task].clone();
+                    if let Some(since) = self.ready.remove(&(run_id.clone(), task)) {
                         self.metrics
                             .observe_admission(&run.record.queue, now.saturating_sub(since));
                     }
                     self.fleet.allocate(
                         run_id,
-                        *task,
+                        task,
                         Allocation {
                             agent,
                             attempt,
@@ -1195,54 +1319,45 @@ impl Engine {
                             borrowed: admit.borrowed,
                         },
                     );
-                    self.effects(&run_id.clone(), fx, turn);
+                    self.effects(run_id, fx, turn);
                 }
                 Err(stale) => debug!(run = %run_id, reason = %stale.0, "not placed"),
             }
         }
-        for evict in decision.evict {
-            let (run_id, task, attempt) = running_keys[evict.victim].clone();
-            info!(run = %run_id, task, attempt, reason = %evict.reason, "preempting");
+        for (run_id, task, attempt, reason) in evicts {
+            info!(run = %run_id, task, attempt, reason = %reason, "preempting");
             let ev = Event::Preempt {
                 task,
                 attempt,
-                reason: evict.reason,
+                reason,
             };
             self.apply_to(&run_id, ev, now, turn);
         }
 
-        let mut waiting: HashMap<String, Waiting> = HashMap::new();
-        let mut positions: HashMap<String, Vec<pb::PendingTask>> = HashMap::new();
-        for (key, wait) in decision.waiting {
-            let (run_id, task) = &pending_keys[key];
-            let Some(run) = self.runs.get(run_id) else {
-                continue;
-            };
-            let (reason, unschedulable) = match &wait {
-                // No agent takes work at all: say which and why, not "unschedulable".
-                Wait::NoCapacity(_) | Wait::Unschedulable(_) if schedulable == 0 => {
-                    (self.fleet.idle_reason(), false)
-                }
-                Wait::Unschedulable(_) => (wait.to_string(), true),
-                _ => (wait.to_string(), false),
-            };
-            let list = positions.entry(run.record.queue.clone()).or_default();
-            list.push(pb::PendingTask {
-                position: list.len() as u32 + 1,
-                run_id: run_id.clone(),
-                task: run.dag.defs()[*task].name.clone(),
-                run_priority: run.record.priority,
-                waiting_for: wait.kind().into(),
-                reason: reason.clone(),
-            });
-            waiting
-                .entry(run_id.clone())
-                .or_default()
-                .insert(*task, (reason, unschedulable));
-        }
-        self.positions = positions;
+        // Why the rest wait is kept as the pass said it and rendered only
+        // when asked: formatting it for every waiting task every turn cost
+        // several allocations per task.
+        let entries = decision
+            .waiting
+            .into_iter()
+            .map(|(key, wait)| {
+                let (slot, task) = pending_keys[key];
+                (slot, task, wait)
+            })
+            .collect();
+        self.set_board(WaitBoard {
+            runs: board_runs,
+            entries,
+            idle: (schedulable == 0).then(|| self.fleet.idle_reason()),
+        });
+    }
+
+    /// Publishes the last pass's waits to `drover get` and `queue show`.
+    fn set_board(&mut self, board: WaitBoard) {
+        let board = Arc::new(board);
+        self.board = Arc::clone(&board);
         if let Ok(mut w) = self.waiting.lock() {
-            *w = waiting;
+            *w = board;
         }
     }
 

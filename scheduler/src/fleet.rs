@@ -90,8 +90,10 @@ pub struct Reconcile {
 #[derive(Default)]
 pub struct Fleet {
     pub agents: BTreeMap<String, AgentEntry>,
-    /// By (run, task): one live attempt per task at most.
-    pub allocations: HashMap<(String, usize), Allocation>,
+    /// By (run, task): one live attempt per task at most. Ordered, so a
+    /// walk meets each run's attempts together (the admission pass looks
+    /// their run up once, not once per attempt).
+    pub allocations: BTreeMap<(String, usize), Allocation>,
 }
 
 impl Fleet {

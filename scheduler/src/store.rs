@@ -408,30 +408,66 @@ impl Store {
     }
 
     /// Commits `groups` (each group's writes belong together, e.g. one run's
-    /// change) in as few transactions as etcd's op limit allows, never
-    /// splitting a group that fits in one. Returns each write's new revision
-    /// in order, or `Conflict` if any comparison failed; transactions before
-    /// the failed one stay committed, so the caller reloads state then.
+    /// change, its run record last) in as few transactions as etcd's op
+    /// limit allows, never splitting a group that fits in one. Returns each
+    /// write's new revision in order, or `Conflict` if any comparison
+    /// failed; other transactions may stay committed, so the caller reloads
+    /// state then.
+    ///
+    /// Transactions are sent together, not one after another: the writes of
+    /// one commit name distinct keys, so they are independent, and etcd
+    /// batches concurrent proposals into one raft entry and fsync. The one
+    /// exception is a group split over several transactions: the part with
+    /// its end (the run record) is sent only once the others are committed,
+    /// so etcd never holds a run record ahead of its task records. Every
+    /// transaction sent is awaited, even after a failure, so the reload that
+    /// follows reads a settled store.
     pub async fn commit(&self, groups: Vec<Vec<Write>>) -> Result<Vec<i64>> {
-        let mut revs = Vec::new();
+        // (writes, holds the end of a split group)
+        let mut batches: Vec<(Vec<Write>, bool)> = Vec::new();
         let mut batch: Vec<Write> = Vec::new();
+        let mut ends_split = false;
         for group in groups {
-            if !batch.is_empty() && batch.len() + group.len() > MAX_TXN_OPS {
-                revs.extend(self.commit_txn(std::mem::take(&mut batch)).await?);
+            let split = group.len() > MAX_TXN_OPS;
+            // A group to split starts a transaction of its own, so the one
+            // with its end holds no other group's beginning.
+            if !batch.is_empty() && (split || batch.len() + group.len() > MAX_TXN_OPS) {
+                batches.push((std::mem::take(&mut batch), std::mem::take(&mut ends_split)));
             }
             // A group larger than one transaction is split: the core's state is
             // derivable per task, so a restart between the parts loses nothing.
             for w in group {
                 if batch.len() == MAX_TXN_OPS {
-                    revs.extend(self.commit_txn(std::mem::take(&mut batch)).await?);
+                    batches.push((std::mem::take(&mut batch), std::mem::take(&mut ends_split)));
                 }
                 batch.push(w);
             }
+            ends_split |= split;
         }
         if !batch.is_empty() {
-            revs.extend(self.commit_txn(batch).await?);
+            batches.push((batch, ends_split));
         }
-        Ok(revs)
+        let mut revs: Vec<Vec<i64>> = vec![Vec::new(); batches.len()];
+        let (last, first): (Vec<_>, Vec<_>) = batches
+            .into_iter()
+            .enumerate()
+            .partition(|(_, (_, ends))| *ends);
+        for phase in [first, last] {
+            let sent = phase
+                .into_iter()
+                .map(|(i, (writes, _))| async move { (i, self.commit_txn(writes).await) });
+            let mut failed = None;
+            for (i, result) in futures::future::join_all(sent).await {
+                match result {
+                    Ok(r) => revs[i] = r,
+                    Err(e) => failed = failed.or(Some(e)),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(revs.into_iter().flatten().collect())
     }
 
     async fn commit_txn(&self, writes: Vec<Write>) -> Result<Vec<i64>> {
@@ -545,5 +581,31 @@ mod tests {
             3,
             "300 + 1 writes need 3 transactions of <= 128"
         );
+    }
+
+    #[tokio::test]
+    async fn a_split_group_commits_its_end_after_the_rest() {
+        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
+            .await
+            .unwrap();
+        let others: Vec<Vec<Write>> = (0..3)
+            .map(|r| put(store.run_key(&format!("other{r}")), vec![], 0))
+            .collect();
+        let mut big: Vec<Write> = (0..300)
+            .map(|i| Write::put(store.task_key("big", &format!("t{i}")), vec![], 0))
+            .collect();
+        big.push(Write::put(store.run_key("big"), vec![], 0));
+        let mut groups = others;
+        groups.push(big);
+        let revs = store.commit(groups).await.unwrap();
+        assert_eq!(revs.len(), 304);
+        let run_rev = revs[303];
+        // Its record shares the last part (tasks 256..300) and is committed
+        // after the other parts, whatever order the concurrent ones took.
+        assert!(revs[3..259].iter().all(|&r| r < run_rev), "{revs:?}");
+        assert!(revs[259..303].iter().all(|&r| r == run_rev), "{revs:?}");
+        let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
+        assert_eq!(distinct.len(), 4, "3 small + 128 + 128 + 44+1: {revs:?}");
     }
 }
