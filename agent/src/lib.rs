@@ -58,6 +58,11 @@ pub enum AgentError {
     #[error("docker executor: {0}")]
     Docker(String),
 
+    /// The process executor is enabled and its guardian (which kills the
+    /// tasks if the agent dies) could not be forked.
+    #[error("starting the process guardian: {0}")]
+    Guardian(#[source] std::io::Error),
+
     #[error("events stream `{name}`: {reason}")]
     Stream { name: String, reason: String },
 

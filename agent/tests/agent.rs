@@ -98,6 +98,28 @@ echo "to stderr" >&2
 }
 
 #[tokio::test]
+async fn a_task_without_inputs_gets_outputs_but_no_inputs_dir() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let a = attempt_ref("r1", "solo", 1);
+    // Undeclared files may still be written to $DROVER_OUTPUTS.
+    let script = r#"set -e
+test -n "$DROVER_INPUTS"
+test ! -e "$DROVER_INPUTS"
+echo scratch > "$DROVER_OUTPUTS/undeclared"
+echo checked
+"#;
+    assert!(h.assign(&assignment(&a, &sh(script))).await?.accepted);
+    let fin = events.started_then_final(&a).await?;
+    let Kind::Succeeded(ok) = fin.kind() else {
+        panic!("expected success, got {fin:?}");
+    };
+    let log = String::from_utf8(h.store.get_bytes(&ok.log_key).await?.to_vec())?;
+    assert_eq!(log, "checked\n");
+    Ok(())
+}
+
+#[tokio::test]
 async fn nonzero_exit_is_a_failure_with_the_code_and_the_log() -> Result<()> {
     let h = Harness::start().await?;
     let mut events = h.events().await?;

@@ -20,7 +20,7 @@ use crate::core::{decide_assign, AssignDecision, AttemptKey, ExecutorKind, StopC
 use crate::options::{AgentConfig, AgentOptions};
 use crate::shell::attempt::{self, AttemptContext};
 use crate::shell::events::{self, EventPublisher};
-use crate::shell::executor::DockerExecutor;
+use crate::shell::executor::{DockerExecutor, Guardian};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
 use crate::shell::metrics::AgentMetrics;
 use crate::shell::registry::{Registry, StopRequest};
@@ -98,6 +98,11 @@ impl Service {
         } else {
             None
         };
+        let guardian = if cfg.executors.contains(&ExecutorKind::Process) {
+            Some(Arc::new(Guardian::start().map_err(AgentError::Guardian)?))
+        } else {
+            None
+        };
         let store = drover_artifacts::open(&cfg.artifacts).await?;
         tokio::fs::create_dir_all(&cfg.work_dir)
             .await
@@ -145,6 +150,7 @@ impl Service {
             kill_grace: cfg.kill_grace,
             executors: cfg.executors.clone(),
             docker,
+            guardian,
             metrics,
         });
         let service = Service {

@@ -25,7 +25,9 @@ use crate::core::{
 };
 use crate::shell::events::EventPublisher;
 use crate::shell::executor::docker::FoundContainer;
-use crate::shell::executor::{DockerExecutor, ExecError, ProcessSpec, Running, RunningProcess};
+use crate::shell::executor::{
+    DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
+};
 use crate::shell::host::now_ms;
 use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
@@ -57,6 +59,8 @@ pub struct AttemptContext {
     pub executors: Vec<ExecutorKind>,
     /// Set when the docker executor is enabled (and the engine answered at startup).
     pub docker: Option<DockerExecutor>,
+    /// Set when the process executor is enabled.
+    pub guardian: Option<Arc<Guardian>>,
     pub metrics: AgentMetrics,
 }
 
@@ -378,9 +382,12 @@ async fn start(
     let outputs = dir.join(OUTPUTS_DIR);
     let work = dir.join(WORK_DIR);
     let docker = plan.executor == ExecutorKind::Docker;
+    // A container mounts `inputs/` whatever it declares; a process only
+    // finds its declared inputs there.
+    let inputs_dir = docker || !plan.inputs.is_empty();
     let log = prepare_dir(
         dir,
-        &inputs,
+        inputs_dir.then_some(inputs.as_path()),
         &outputs,
         docker.then_some(work.as_path()),
         log_path,
@@ -418,6 +425,11 @@ async fn start(
     };
     match plan.executor {
         ExecutorKind::Process => {
+            // decide_assign plans process attempts only when the executor is
+            // enabled, and then the agent started its guardian.
+            let Some(guardian) = ctx.guardian.as_ref() else {
+                return Err(Failure::agent("the process executor is not enabled"));
+            };
             let env = task_env(
                 plan,
                 &ctx.agent_id,
@@ -430,7 +442,7 @@ async fn start(
                 env,
                 log,
             };
-            let process = RunningProcess::spawn(spec).map_err(|e| {
+            let process = RunningProcess::spawn(spec, guardian).map_err(|e| {
                 ctx.metrics.executor_error(ExecutorKind::Process);
                 Failure::agent(e.to_string())
             })?;
@@ -635,17 +647,41 @@ async fn stop_requested(stop: &mut StopSignal) -> StopRequest {
     std::future::pending().await
 }
 
-/// A clean attempt directory with `inputs/`, `outputs/` (and `work/` for a
-/// container) and an empty log, opened for appending. A directory left by
-/// an earlier life of this agent is replaced.
+/// A clean attempt directory with `outputs/`, `inputs/` when given (a
+/// process task without declared inputs gets none: one directory fewer per
+/// task), `work/` for a container, and an empty log, opened for appending.
+/// A directory left by an earlier life of this agent is replaced.
 async fn prepare_dir(
     dir: &Path,
-    inputs: &Path,
+    inputs: Option<&Path>,
     outputs: &Path,
     work: Option<&Path>,
     log_path: &Path,
 ) -> std::io::Result<std::fs::File> {
-    match tokio::fs::remove_dir_all(dir).await {
+    let (dir, outputs, log_path) = (dir.to_owned(), outputs.to_owned(), log_path.to_owned());
+    let (inputs, work) = (inputs.map(Path::to_owned), work.map(Path::to_owned));
+    // One trip to the blocking pool for all of it, not one per call.
+    tokio::task::spawn_blocking(move || {
+        prepare_dir_blocking(
+            &dir,
+            inputs.as_deref(),
+            &outputs,
+            work.as_deref(),
+            &log_path,
+        )
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn prepare_dir_blocking(
+    dir: &Path,
+    inputs: Option<&Path>,
+    outputs: &Path,
+    work: Option<&Path>,
+    log_path: &Path,
+) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -655,15 +691,14 @@ async fn prepare_dir(
     let mut tries = 0;
     loop {
         tries += 1;
-        let created = async {
-            tokio::fs::create_dir_all(inputs).await?;
-            tokio::fs::create_dir_all(outputs).await?;
-            if let Some(work) = work {
-                tokio::fs::create_dir_all(work).await?;
+        let created = (|| {
+            std::fs::create_dir_all(outputs)?;
+            for extra in [inputs, work].into_iter().flatten() {
+                std::fs::create_dir(extra)?;
             }
             Ok::<_, std::io::Error>(())
-        };
-        match created.await {
+        })();
+        match created {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => continue,
             Err(e) => return Err(e),
@@ -673,15 +708,13 @@ async fn prepare_dir(
         // A container may run as any user: let it write its outputs and
         // scratch files (the attempt directory is the agent's alone otherwise).
         for writable in [outputs, work] {
-            tokio::fs::set_permissions(writable, std::fs::Permissions::from_mode(0o777)).await?;
+            std::fs::set_permissions(writable, std::fs::Permissions::from_mode(0o777))?;
         }
     }
-    let log = tokio::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
-        .await?;
-    Ok(log.into_std().await)
 }
 
 /// Appends an agent line to the task's log, so `drover logs` shows why it failed.
@@ -703,7 +736,16 @@ async fn note_in_log(log_path: &Path, line: &str) {
 
 /// Removes the attempt directory, then its task and run directories if empty.
 async fn remove_attempt_dir(work_dir: &Path, dir: &Path) {
-    if let Err(e) = tokio::fs::remove_dir_all(dir).await {
+    let (work_dir, dir) = (work_dir.to_owned(), dir.to_owned());
+    // One trip to the blocking pool for all of it, not one per call.
+    let removed = tokio::task::spawn_blocking(move || remove_attempt_dir_blocking(&work_dir, &dir));
+    if let Err(e) = removed.await {
+        warn!(error = %e, "removing attempt dir failed");
+    }
+}
+
+fn remove_attempt_dir_blocking(work_dir: &Path, dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!(dir = %dir.display(), error = %e, "removing attempt dir failed");
         }
@@ -714,7 +756,7 @@ async fn remove_attempt_dir(work_dir: &Path, dir: &Path) {
             break;
         }
         // Fails (harmlessly) while another attempt of the run still uses it.
-        if tokio::fs::remove_dir(p).await.is_err() {
+        if std::fs::remove_dir(p).is_err() {
             break;
         }
         parent = p.parent();

@@ -3,11 +3,13 @@
 //! behind one small interface, [`Running`], that the attempt supervises.
 
 pub mod docker;
+pub mod guardian;
 pub mod process;
 
 use std::time::Duration;
 
 pub use docker::{DockerError, DockerExecutor, RunningContainer};
+pub use guardian::Guardian;
 pub use process::{ProcessSpec, RunningProcess, SpawnError};
 
 use crate::core::Termination;

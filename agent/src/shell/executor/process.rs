@@ -1,15 +1,18 @@
 //! The `process` executor: the task's argv as a child process (no shell) in
-//! its own process group, so stopping it reaches everything it started.
+//! its own process group, so stopping it reaches everything it started,
+//! watched by the agent's [`Guardian`] so an agent crash does too.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tracing::debug;
 
+use super::guardian::Guardian;
 use crate::core::Termination;
 
 /// What to run and where.
@@ -39,11 +42,13 @@ pub struct RunningProcess {
     child: Child,
     pgid: libc::pid_t,
     program: String,
+    guardian: Arc<Guardian>,
 }
 
 impl RunningProcess {
-    /// Starts the command in a new process group whose id is its pid.
-    pub fn spawn(spec: ProcessSpec<'_>) -> Result<Self, SpawnError> {
+    /// Starts the command in a new process group whose id is its pid, and
+    /// has `guardian` kill that group if the agent dies.
+    pub fn spawn(spec: ProcessSpec<'_>, guardian: &Arc<Guardian>) -> Result<Self, SpawnError> {
         let program = spec.command.first().cloned().unwrap_or_default();
         let err = |source| SpawnError {
             program: program.clone(),
@@ -66,17 +71,9 @@ impl RunningProcess {
             .process_group(0)
             // Only the leader; the group is killed explicitly on every exit path.
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        // It makes the kernel SIGKILL the task if the agent's thread that
-        // spawned it dies (an agent crash), instead of leaving it orphaned
-        // holding a GPU. Tokio spawns from its worker threads, which live as
-        // long as the runtime.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // No `pre_exec` hook (a `PR_SET_PDEATHSIG` there made std fork the
+        // whole agent per task): std can `posix_spawn`, and the guardian
+        // covers an agent crash instead.
         let child = cmd.spawn().map_err(err)?;
         // `id()` is `Some` until the child has been reaped, and nothing has
         // waited on it yet.
@@ -85,12 +82,16 @@ impl RunningProcess {
             .ok_or_else(|| err(io::Error::other("process exited before it was seen")))?;
         let pgid =
             libc::pid_t::try_from(pid).map_err(|_| err(io::Error::other("pid out of range")))?;
-        debug!(pid, program = %program, "process started");
-        Ok(RunningProcess {
+        let process = RunningProcess {
             child,
             pgid,
-            program,
-        })
+            program: program.clone(),
+            guardian: Arc::clone(guardian),
+        };
+        // On failure the group is killed as `process` drops.
+        guardian.watch(pgid).map_err(err)?;
+        debug!(pid, program = %process.program, "process started");
+        Ok(process)
     }
 
     /// The process group id (= the leader's pid).
@@ -151,6 +152,9 @@ impl Drop for RunningProcess {
         if self.child.id().is_some() {
             self.kill_group();
         }
+        // Every path has killed the group by now (`finish` after the leader
+        // exited, or just above).
+        self.guardian.forget(self.pgid);
     }
 }
 
