@@ -160,6 +160,33 @@ async fn submit(cluster: &Cluster, yaml: String) -> Result<(String, Duration)> {
     }
 }
 
+/// After the simulator waited for `tasks` finishes (`finished`): the run's
+/// end, which must be Succeeded; the time since `t`.
+async fn succeeded(
+    c: &Cluster,
+    sim: &Simulator,
+    finished: bool,
+    tasks: usize,
+    run_id: &str,
+    timeout: Duration,
+    t: Instant,
+) -> Result<Duration> {
+    if !finished {
+        bail!(
+            "{} of {tasks} tasks finished after {timeout:?}",
+            sim.stats.finished.load(Ordering::Relaxed),
+        );
+    }
+    let state = c
+        .wait_run(run_id, Duration::from_millis(5), Duration::from_secs(60))
+        .await?;
+    let took = t.elapsed();
+    if state != pb::RunState::Succeeded {
+        bail!("run ended {state:?}");
+    }
+    Ok(took)
+}
+
 /// A chain of no-op tasks on one real agent: for every dependent hop, the
 /// upstream attempt's `succeeded` event time to the downstream attempt's
 /// `started` event time, both as recorded by the scheduler (agent clocks,
@@ -396,20 +423,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
             let finished = sim.wait_finished(tasks as u64, s.timeout).await;
             scheduler_usage(o, pid, &meter).await;
             breakdown.report(o).await;
-            if !finished {
-                bail!(
-                    "{} of {tasks} tasks finished after {:?}",
-                    sim.stats.finished.load(Ordering::Relaxed),
-                    s.timeout
-                );
-            }
-            let state = c
-                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
-                .await?;
-            let took = t.elapsed();
-            if state != pb::RunState::Succeeded {
-                bail!("run ended {state:?}");
-            }
+            let took = succeeded(&c, &sim, finished, tasks, &run_id, s.timeout, t).await?;
             let tps = rate(tasks as u64, took);
             o.metric("tasks_per_s", r3(tps))
                 .metric("total_s", r3(took.as_secs_f64()))
@@ -480,20 +494,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             scheduler_usage(o, pid, &meter).await;
             breakdown.report(o).await;
             peak(o);
-            if !finished {
-                bail!(
-                    "{} of {tasks} tasks finished after {:?}",
-                    sim.stats.finished.load(Ordering::Relaxed),
-                    s.timeout
-                );
-            }
-            let state = c
-                .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
-                .await?;
-            let took = t.elapsed();
-            if state != pb::RunState::Succeeded {
-                bail!("run ended {state:?}");
-            }
+            let took = succeeded(&c, &sim, finished, tasks, &run_id, s.timeout, t).await?;
             o.metric("completion_s", r3(took.as_secs_f64()))
                 .metric("tasks_per_s", r3(rate(tasks as u64, took)));
             o.summary = format!(
