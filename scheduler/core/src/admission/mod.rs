@@ -88,6 +88,8 @@ mod preempt;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use crate::placement::{AgentSlot, Placement, Request, Strategy};
 
 /// CPU, memory and GPUs, as requested, used or limited.
@@ -229,20 +231,22 @@ pub struct Running<K> {
     pub preempting: bool,
 }
 
-/// Why a pending task was not admitted.
+/// Why a pending task was not admitted. Texts are shared: a backlog of
+/// 100,000 tasks mostly waits for a handful of reasons, and one allocation
+/// per task per pass was the scheduler's largest cost.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wait {
     Paused,
     MaxRunning(u32),
     /// e.g. "queue `train` is at its gpus quota (4 of 4)".
-    Quota(String),
+    Quota(Arc<str>),
     /// Fits an agent, but not now: placement's text, or "held for the head
     /// of queue `x` ...".
-    NoCapacity(String),
+    NoCapacity(Arc<str>),
     /// No agent could ever run it (placement's text).
-    Unschedulable(String),
+    Unschedulable(Arc<str>),
     /// Waits for evicted work to stop.
-    Preempting(String),
+    Preempting(Arc<str>),
 }
 
 impl Wait {

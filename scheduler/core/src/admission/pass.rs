@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 
 use super::fleet::{Blocked, ClassId, Fleet};
 use super::preempt::{self, ByAgent, Plan, Rule};
@@ -44,7 +45,7 @@ struct QueueState {
     head_done: bool,
     /// The last quota text and what it says: consecutive blocked tasks
     /// usually share it, and cloning beats formatting.
-    quota_text: Option<(QuotaBlock, String)>,
+    quota_text: Option<(QuotaBlock, Arc<str>)>,
 }
 
 /// Why a task may not start within its queue's quota.
@@ -70,7 +71,7 @@ enum QuotaWhy {
 
 /// What the pass learnt about one request shape.
 struct Shape {
-    never: Option<String>,
+    never: Option<Arc<str>>,
     /// Placement failed once this pass; room only shrinks, so it fails again.
     failed: Option<Wait>,
 }
@@ -99,7 +100,7 @@ fn shape_of(
     *ids.entry((class, req.cpu_millis, req.memory_bytes, req.gpus))
         .or_insert_with(|| {
             shapes.push(Shape {
-                never: fleet.never(class, req).map(|n| n.to_string()),
+                never: fleet.never(class, req).map(|n| n.to_string().into()),
                 failed: None,
             });
             shapes.len() - 1
@@ -181,10 +182,9 @@ impl<'a, K: Clone> Pass<'a, K> {
             }
         }
         for &i in &unknown {
-            waits[i] = Some(Wait::Unschedulable(format!(
-                "unknown queue #{}",
-                pending[i].queue
-            )));
+            waits[i] = Some(Wait::Unschedulable(
+                format!("unknown queue #{}", pending[i].queue).into(),
+            ));
         }
         let mut any_draining = false;
         for r in running {
@@ -347,7 +347,7 @@ impl<'a, K: Clone> Pass<'a, K> {
         }
         self.waits[i] = Some(match (round, self.waits[i].take()) {
             (Round::Borrow, Some(Wait::Quota(over))) => {
-                Wait::Quota(format!("{over}, and no idle capacity to borrow: {wait}"))
+                Wait::Quota(format!("{over}, and no idle capacity to borrow: {wait}").into())
             }
             _ => wait,
         });
@@ -356,18 +356,21 @@ impl<'a, K: Clone> Pass<'a, K> {
 
     fn blocked(&self, class: ClassId, req: &Request) -> Wait {
         match self.fleet.blocked(class, req) {
-            Blocked::Held { agent, queue } => Wait::NoCapacity(format!(
-                "held for the head of queue `{}` (agent `{}` is reserved for it)",
-                self.queues[queue].name, self.fleet.agents[agent].id
-            )),
-            Blocked::Room(no_fit) => Wait::NoCapacity(no_fit.to_string()),
+            Blocked::Held { agent, queue } => Wait::NoCapacity(
+                format!(
+                    "held for the head of queue `{}` (agent `{}` is reserved for it)",
+                    self.queues[queue].name, self.fleet.agents[agent].id
+                )
+                .into(),
+            ),
+            Blocked::Room(no_fit) => Wait::NoCapacity(no_fit.to_string().into()),
         }
     }
 
     /// Why `res` may not start within queue `q`'s quota now, and whether the
     /// task keeps its claim on quota (not if it needs more than the whole
     /// quota: it could never use it).
-    fn quota_block(&mut self, q: usize, res: Resources) -> Option<(String, bool)> {
+    fn quota_block(&mut self, q: usize, res: Resources) -> Option<(Arc<str>, bool)> {
         let quota = &self.queues[q].quota;
         let s = &self.qs[q];
         let dims = [
@@ -426,8 +429,8 @@ impl<'a, K: Clone> Pass<'a, K> {
                 return Some((text.clone(), hold));
             }
         }
-        let text = self.quota_text(q, block);
-        self.qs[q].quota_text = Some((block, text.clone()));
+        let text: Arc<str> = self.quota_text(q, block).into();
+        self.qs[q].quota_text = Some((block, Arc::clone(&text)));
         Some((text, hold))
     }
 
@@ -545,13 +548,13 @@ impl<'a, K: Clone> Pass<'a, K> {
         match (plan.victims.len(), plan.draining) {
             (0, d) => Wait::Preempting(format!(
                 "waiting for {d} preempted task(s) on agent `{agent}` to stop"
-            )),
+            ).into()),
             (n, 0) => Wait::Preempting(format!(
                 "preempting {n} task(s) on agent `{agent}` to make room"
-            )),
+            ).into()),
             (n, d) => Wait::Preempting(format!(
                 "preempting {n} task(s) on agent `{agent}` to make room, and waiting for {d} already stopping"
-            )),
+            ).into()),
         }
     }
 

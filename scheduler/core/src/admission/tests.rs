@@ -392,7 +392,7 @@ fn an_unschedulable_task_does_not_block_its_queue() {
     let Err(NoFit::Never(text)) = choose(&agents, &docker, Strategy::BinPack) else {
         panic!("expected never");
     };
-    assert_eq!(wait_of(&d, "docker"), &Wait::Unschedulable(text));
+    assert_eq!(wait_of(&d, "docker"), &Wait::Unschedulable(text.into()));
 }
 
 #[test]
