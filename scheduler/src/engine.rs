@@ -374,7 +374,9 @@ pub struct Engine {
     fleet: Fleet,
     /// Ready tasks not yet admitted, with when they became ready (ms; for
     /// the admission latency; after a restart, from when it was loaded).
-    ready: BTreeMap<(String, usize), u64>,
+    /// Grouped by run, so a pass compares each run id once, not once per
+    /// task (a 100,000-task backlog made that a visible cost).
+    ready: BTreeMap<String, BTreeMap<usize, u64>>,
     queues: BTreeMap<String, QueueEntry>,
     /// Why Ready tasks wait, from the last pass (shared with `waiting`).
     board: Arc<WaitBoard>,
@@ -756,9 +758,10 @@ impl Engine {
         }
         let pending = self
             .ready
-            .keys()
-            .filter(|(run, _)| self.runs.get(run).is_some_and(|r| r.record.queue == name))
-            .count() as u32;
+            .iter()
+            .filter(|(run, _)| self.runs.get(*run).is_some_and(|r| r.record.queue == name))
+            .map(|(_, tasks)| tasks.len())
+            .sum::<usize>() as u32;
         let runs = self
             .runs
             .values()
@@ -886,9 +889,15 @@ impl Engine {
         for e in fx {
             match e {
                 Effect::Ready { task } => {
-                    self.ready
-                        .entry((run_id.to_string(), task))
-                        .or_insert_with(now_ms);
+                    match self.ready.get_mut(run_id) {
+                        Some(tasks) => tasks.entry(task).or_insert_with(now_ms),
+                        None => self
+                            .ready
+                            .entry(run_id.to_string())
+                            .or_default()
+                            .entry(task)
+                            .or_insert_with(now_ms),
+                    };
                 }
                 Effect::Assign {
                     task,
@@ -1142,21 +1151,14 @@ impl Engine {
     /// shares, backfill and preemption are decided by the pure core; this
     /// applies its decision and notes why the rest wait.
     fn place(&mut self, now: u64, turn: &mut Turn) {
-        // `ready` is ordered by run id: consecutive entries share their run,
-        // so one lookup serves them all (hashing the id per task was a
-        // visible share of the profile).
-        let mut last: Option<(String, Option<&ActiveRun>)> = None;
+        // `ready` is grouped by run: one lookup serves all of a run's tasks.
         let runs = &self.runs;
-        self.ready.retain(|(run, task), _| {
-            let r = match &last {
-                Some((id, r)) if id == run => *r,
-                _ => {
-                    let r = runs.get(run);
-                    last = Some((run.clone(), r));
-                    r
-                }
+        self.ready.retain(|run, tasks| {
+            let Some(r) = runs.get(run) else {
+                return false;
             };
-            r.is_some_and(|r| r.dag.task(*task).status == TaskStatus::Ready)
+            tasks.retain(|task, _| r.dag.task(*task).status == TaskStatus::Ready);
+            !tasks.is_empty()
         });
         // Nothing waits: no admission and no preemption, so skip building
         // the pass's inputs, which cost O(agents + running) per turn (a
@@ -1189,37 +1191,32 @@ impl Engine {
         // Pending keys are (run slot, task): the runs are listed once, so no
         // run id is cloned per task.
         let mut board_runs: Vec<BoardRun> = Vec::new();
-        let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(self.ready.len());
-        let mut pending: Vec<admission::Pending<usize>> = Vec::with_capacity(self.ready.len());
-        let mut current: Option<(&str, &ActiveRun, u32, usize)> = None;
-        for (run_id, task) in self.ready.keys() {
-            let (run, slot, queue) = match current {
-                Some((id, run, slot, queue)) if id == run_id.as_str() => (run, slot, queue),
-                _ => {
-                    let Some(run) = self.runs.get(run_id) else {
-                        continue;
-                    };
-                    board_runs.push(BoardRun {
-                        id: run_id.clone(),
-                        queue: run.record.queue.clone(),
-                        priority: run.record.priority,
-                        spec: Arc::clone(&run.spec),
-                    });
-                    let slot = (board_runs.len() - 1) as u32;
-                    let queue = queue_of(run);
-                    current = Some((run_id.as_str(), run, slot, queue));
-                    (run, slot, queue)
-                }
+        let n: usize = self.ready.values().map(BTreeMap::len).sum();
+        let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(n);
+        let mut pending: Vec<admission::Pending<usize>> = Vec::with_capacity(n);
+        for (run_id, tasks) in &self.ready {
+            let Some(run) = self.runs.get(run_id) else {
+                continue;
             };
-            pending.push(admission::Pending {
-                key: pending_keys.len(),
-                queue,
-                run_priority: run.record.priority,
-                submitted_at: run.record.created_at_ms,
-                seq: *task as u64,
-                req: run.requests[*task].clone(),
+            board_runs.push(BoardRun {
+                id: run_id.clone(),
+                queue: run.record.queue.clone(),
+                priority: run.record.priority,
+                spec: Arc::clone(&run.spec),
             });
-            pending_keys.push((slot, *task));
+            let slot = (board_runs.len() - 1) as u32;
+            let queue = queue_of(run);
+            for task in tasks.keys() {
+                pending.push(admission::Pending {
+                    key: pending_keys.len(),
+                    queue,
+                    run_priority: run.record.priority,
+                    submitted_at: run.record.created_at_ms,
+                    seq: *task as u64,
+                    req: run.requests[*task].clone(),
+                });
+                pending_keys.push((slot, *task));
+            }
         }
         if pending.is_empty() {
             self.set_board(WaitBoard::default());
@@ -1304,7 +1301,11 @@ impl Engine {
                 Ok(fx) => {
                     let attempt = run.dag.task(task).current().map_or(0, |a| a.number);
                     let req = run.requests[task].clone();
-                    if let Some(since) = self.ready.remove(&(run_id.clone(), task)) {
+                    if let Some(since) = self
+                        .ready
+                        .get_mut(run_id.as_str())
+                        .and_then(|t| t.remove(&task))
+                    {
                         self.metrics
                             .observe_admission(&run.record.queue, now.saturating_sub(since));
                     }
