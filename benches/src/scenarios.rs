@@ -187,6 +187,24 @@ async fn succeeded(
     Ok(took)
 }
 
+/// [`submit`]; when refused, the scheduler's usage and the breakdown so far
+/// are still reported.
+async fn submit_or_report(
+    c: &Cluster,
+    yaml: String,
+    o: &mut Outcome,
+    pid: u32,
+    meter: &CpuMeter,
+    breakdown: &mut Breakdown,
+) -> Result<(String, Duration)> {
+    let submitted = submit(c, yaml).await;
+    if submitted.is_err() {
+        scheduler_usage(o, pid, meter).await;
+        breakdown.report(o).await;
+    }
+    submitted
+}
+
 /// A chain of no-op tasks on one real agent: for every dependent hop, the
 /// upstream attempt's `succeeded` event time to the downstream attempt's
 /// `started` event time, both as recorded by the scheduler (agent clocks,
@@ -410,15 +428,8 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
             let meter = CpuMeter::start(pid)?;
             let mut breakdown = Breakdown::start(&c).await;
             let t = Instant::now();
-            let submitted = submit(&c, yaml).await;
-            let (run_id, submit_took) = match submitted {
-                Ok(r) => r,
-                Err(e) => {
-                    scheduler_usage(o, pid, &meter).await;
-                    breakdown.report(o).await;
-                    return Err(e);
-                }
-            };
+            let (run_id, submit_took) =
+                submit_or_report(&c, yaml, o, pid, &meter, &mut breakdown).await?;
             o.metric("submit_s", r3(submit_took.as_secs_f64()));
             let finished = sim.wait_finished(tasks as u64, s.timeout).await;
             scheduler_usage(o, pid, &meter).await;
@@ -468,7 +479,6 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             let meter = CpuMeter::start(pid)?;
             let mut breakdown = Breakdown::start(&c).await;
             let t = Instant::now();
-            let submitted = submit(&c, yaml).await;
             let peak = |o: &mut Outcome| {
                 let peak = procstat::memory(pid).map(|m| m.1).unwrap_or(0);
                 o.targets.push(Target::at_most(
@@ -477,16 +487,10 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
                     GIB as f64 / MIB,
                 ));
             };
-            let (run_id, submit_took) = match submitted {
-                Ok(r) => r,
-                Err(e) => {
-                    // A refused DAG meets neither target (`guarded` marks both
-                    // missed): the RSS of a scheduler that holds nothing says nothing.
-                    scheduler_usage(o, pid, &meter).await;
-                    breakdown.report(o).await;
-                    return Err(e);
-                }
-            };
+            // A refused DAG meets neither target (`guarded` marks both
+            // missed): the RSS of a scheduler that holds nothing says nothing.
+            let (run_id, submit_took) =
+                submit_or_report(&c, yaml, o, pid, &meter, &mut breakdown).await?;
             o.metric("submit_s", r3(submit_took.as_secs_f64()));
             o.targets
                 .push(Target::at_most("submit s", submit_took.as_secs_f64(), 2.0));

@@ -352,12 +352,9 @@ impl Collector for SnapshotCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::encoding::text::encode;
 
     fn render(r: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, r).unwrap();
-        out
+        drover_metrics::text(r).expect("our collectors encode")
     }
 
     fn has(text: &str, line: &str) -> bool {

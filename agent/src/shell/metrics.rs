@@ -219,12 +219,9 @@ mod tests {
     use crate::core::AttemptKey;
     use crate::shell::gpu::GpuSnapshot;
     use crate::shell::host::Usage;
-    use prometheus_client::encoding::text::encode;
 
     fn render(r: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, r).unwrap();
-        out
+        drover_metrics::text(r).expect("our collectors encode")
     }
 
     fn has(text: &str, line: &str) -> bool {

@@ -67,6 +67,13 @@ pub async fn serve(
     }
 }
 
+/// The registry as OpenMetrics text: what `/metrics` serves.
+pub fn text(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, registry)?;
+    Ok(body)
+}
+
 /// The answer to one request (pure apart from encoding the registry).
 pub fn respond(method: &Method, path: &str, registry: &Registry) -> Response<Full<Bytes>> {
     if path != "/metrics" {
@@ -81,15 +88,17 @@ pub fn respond(method: &Method, path: &str, registry: &Registry) -> Response<Ful
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
-        // Only a collector returning fmt::Error gets here.
-        warn!(error = %e, "encoding metrics failed");
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        );
-    }
+    let body = match text(registry) {
+        Ok(body) => body,
+        Err(e) => {
+            // Only a collector returning fmt::Error gets here.
+            warn!(error = %e, "encoding metrics failed");
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            );
+        }
+    };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,
