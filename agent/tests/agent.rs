@@ -375,7 +375,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
 async fn heartbeats_report_capacity_and_running_attempts() -> Result<()> {
     let h = Harness::start().await?;
     let mut heartbeats = h.heartbeats().await?;
-    h.client.flush().await?;
+    drover_devcluster::nats_synced(&h.client).await?;
     let a = attempt_ref("r1", "hb", 1);
     let pidfile = h.scratch.join("hb.pid");
     let cmd = sh(r#"echo $$ > "$PIDFILE"; sleep 30"#);

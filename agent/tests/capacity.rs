@@ -67,7 +67,7 @@ async fn heartbeats_advertise_reserved_capacity_labels_and_simulated_gpus() -> R
     })
     .await?;
     let mut heartbeats = h.heartbeats().await?;
-    h.client.flush().await?;
+    drover_devcluster::nats_synced(&h.client).await?;
 
     let hb = next_heartbeat(&mut heartbeats).await?;
     assert_eq!(hb.agent_id, AGENT_ID);
@@ -126,7 +126,7 @@ async fn heartbeats_advertise_reserved_capacity_labels_and_simulated_gpus() -> R
 async fn real_mode_reports_the_machines_gpus_or_none_without_failing() -> Result<()> {
     let h = Harness::start().await?;
     let mut heartbeats = h.heartbeats().await?;
-    h.client.flush().await?;
+    drover_devcluster::nats_synced(&h.client).await?;
     let hb = next_heartbeat(&mut heartbeats).await?;
     // The whole machine by default.
     assert!(hb.cpu_millis >= 1000 && hb.cpu_millis % 1000 == 0, "{hb:?}");

@@ -413,7 +413,7 @@ async fn a_restarted_agent_adopts_its_containers() -> Result<()> {
     let foreign_id = start_foreign_container(&docker, &image, &h.agent_id, &foreign).await?;
 
     let mut heartbeats = h.heartbeats().await?;
-    h.client.flush().await?;
+    drover_devcluster::nats_synced(&h.client).await?;
     h.restart_agent().await?;
 
     // The exited one is finished as if this agent had run it, the lost one

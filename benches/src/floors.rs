@@ -144,7 +144,7 @@ async fn nats_round_trips(url: &str, n: usize) -> Result<Summary> {
             }
         }
     });
-    responder.flush().await?;
+    drover_devcluster::nats_synced(&responder).await?;
     let body = Bytes::from(vec![0u8; 256]);
     let mut took = Vec::with_capacity(n);
     for _ in 0..n {

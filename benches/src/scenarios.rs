@@ -297,7 +297,7 @@ impl SuccessCounter {
         let mut sub = client
             .subscribe(naming::events_wildcard(&c.nats_prefix))
             .await?;
-        client.flush().await?;
+        drover_devcluster::nats_synced(&client).await?;
         let count = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(HashSet::new()));
         let n = count.clone();

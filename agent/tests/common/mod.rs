@@ -208,7 +208,7 @@ async fn spawn_agent(
     let mut heartbeats = client
         .subscribe(naming::heartbeat_subject(PREFIX, agent_id))
         .await?;
-    client.flush().await?;
+    drover_devcluster::nats_synced(client).await?;
     let (tx, rx) = oneshot::channel();
     let mut agent = tokio::spawn(Agent::run(opts.clone(), async {
         let _ = rx.await;

@@ -205,6 +205,24 @@ async fn etcd_healthy(port: u16) -> bool {
     body.contains("\"health\":\"true\"")
 }
 
+/// Returns once the server has processed everything `client` sent before,
+/// subscriptions included. `Client::flush` only empties the socket buffer, so a
+/// request from another connection right after `subscribe` + `flush` can still
+/// meet "no responders"; a message the client receives back on its own fresh
+/// inbox proves the server is past every earlier command of this connection.
+pub async fn nats_synced(client: &async_nats::Client) -> Result<()> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await?;
+    client.publish(inbox, bytes::Bytes::new()).await?;
+    tokio::time::timeout(Duration::from_secs(10), echo.next())
+        .await
+        .context("nats-server did not echo our message within 10 s")?
+        .context("the echo subscription closed")?;
+    echo.unsubscribe().await?;
+    Ok(())
+}
+
 /// nats-server greets every client with an INFO line once it accepts connections.
 async fn nats_ready(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
