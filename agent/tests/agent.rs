@@ -15,7 +15,7 @@ use futures::StreamExt;
 async fn success_fetches_inputs_sees_its_env_and_uploads_outputs() -> Result<()> {
     let h = Harness::start().await?;
     let mut events = h.events().await?;
-    let input_key = "runs/r1/prep/1/outputs/dataset";
+    let input_key = "runs/r1/prep.1/outputs/dataset";
     h.store
         .put_bytes(input_key, Bytes::from_static(b"hello\n"))
         .await?;
@@ -51,12 +51,12 @@ echo "to stderr" >&2
     let Kind::Succeeded(ok) = fin.kind() else {
         panic!("expected success, got {fin:?}");
     };
-    assert_eq!(ok.log_key, "runs/r1/train/1/log");
+    assert_eq!(ok.log_key, "runs/r1/train.1.log");
     assert_eq!(ok.outputs.len(), 2);
 
     let model = &ok.outputs[0];
     assert_eq!(model.name, "model");
-    assert_eq!(model.key, "runs/r1/train/1/outputs/model");
+    assert_eq!(model.key, "runs/r1/train.1/outputs/model");
     assert_eq!(model.size, 14);
     assert_eq!(model.sha256, sha256_hex(b"hello\ntrained\n"));
     assert_eq!(
@@ -64,10 +64,11 @@ echo "to stderr" >&2
         Bytes::from_static(b"hello\ntrained\n")
     );
     let metrics = &ok.outputs[1];
-    assert_eq!(metrics.key, "runs/r1/train/1/outputs/metrics");
+    assert_eq!(metrics.key, "runs/r1/train.1/outputs/metrics");
     assert_eq!(metrics.sha256, sha256_hex(b"metrics"));
 
-    let dir = h.attempt_dir(&a);
+    // A process attempt runs in a reused slot; the first is `_process/0`.
+    let dir = h.work_dir.join("_process/0");
     let log = String::from_utf8(h.store.get_bytes(&ok.log_key).await?.to_vec())?;
     for line in [
         "DROVER_AGENT_ID=a1".to_owned(),
@@ -86,14 +87,67 @@ echo "to stderr" >&2
         );
     }
     assert!(!log.contains("[drover-agent]"), "{log}");
-    // The attempt's directory is cleaned up once its final event is acked.
-    let run_dir = h.work_dir.join("r1");
+    // The slot is emptied once the final event is acked: outputs gone, log
+    // truncated; no per-run directory was made.
+    let outputs = dir.join("outputs");
     let deadline = Instant::now() + Duration::from_secs(2);
-    while run_dir.exists() && Instant::now() < deadline {
+    while std::fs::read_dir(&outputs)?.next().is_some() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!dir.exists(), "{} left behind", dir.display());
-    assert!(!run_dir.exists(), "empty run dir left behind");
+    assert_eq!(
+        std::fs::read_dir(&outputs)?.count(),
+        0,
+        "outputs left behind"
+    );
+    assert_eq!(std::fs::metadata(dir.join("drover-attempt.log"))?.len(), 0);
+    assert!(!h.work_dir.join("r1").exists(), "a run directory was made");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_next_attempt_in_a_slot_finds_nothing_the_last_one_left() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let first = attempt_ref("r1", "messy", 1);
+    let script = r#"set -e
+echo scratch > left-in-cwd
+mkdir -p cache/deep && echo c > cache/deep/file
+echo out > "$DROVER_OUTPUTS/undeclared"
+echo "first log line"
+echo "cwd=$PWD"
+"#;
+    let log = h.log_of_success(&mut events, &first, script).await?;
+    let first_cwd = log
+        .lines()
+        .find_map(|l| l.strip_prefix("cwd="))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(first_cwd.ends_with("/_process/0"), "{log}");
+
+    // One slot was used and given back: the next attempt gets it, empty.
+    let check = r#"set -e
+echo "cwd=$PWD"
+ls -A
+ls -A "$DROVER_OUTPUTS"
+"#;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut attempt = 0;
+    let log = loop {
+        attempt += 1;
+        let second = attempt_ref("r2", "tidy", attempt);
+        let log = h.log_of_success(&mut events, &second, check).await?;
+        // The slot comes back after the first attempt's final event: until
+        // then a second slot serves, which is also clean but proves less.
+        if log.contains(&format!("cwd={first_cwd}\n")) || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        log,
+        format!("cwd={first_cwd}\ndrover-attempt.log\noutputs\n"),
+        "the slot was not reused, or not emptied"
+    );
     Ok(())
 }
 
@@ -109,12 +163,7 @@ test ! -e "$DROVER_INPUTS"
 echo scratch > "$DROVER_OUTPUTS/undeclared"
 echo checked
 "#;
-    assert!(h.assign(&assignment(&a, &sh(script))).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
-    let Kind::Succeeded(ok) = fin.kind() else {
-        panic!("expected success, got {fin:?}");
-    };
-    let log = String::from_utf8(h.store.get_bytes(&ok.log_key).await?.to_vec())?;
+    let log = h.log_of_success(&mut events, &a, script).await?;
     assert_eq!(log, "checked\n");
     Ok(())
 }
@@ -135,7 +184,7 @@ async fn nonzero_exit_is_a_failure_with_the_code_and_the_log() -> Result<()> {
     assert_eq!(failed.exit_code, Some(3));
     assert_eq!(failed.reason, "exited with code 3");
     assert!(!failed.cancelled);
-    assert_eq!(failed.log_key, "runs/r1/fail/1/log");
+    assert_eq!(failed.log_key, "runs/r1/fail.1.log");
     let log = String::from_utf8(h.store.get_bytes(&failed.log_key).await?.to_vec())?;
     assert_eq!(
         log,
@@ -144,7 +193,7 @@ async fn nonzero_exit_is_a_failure_with_the_code_and_the_log() -> Result<()> {
     // Outputs are not uploaded for a failed attempt.
     assert!(h
         .store
-        .get_bytes("runs/r1/fail/1/outputs/model")
+        .get_bytes("runs/r1/fail.1/outputs/model")
         .await
         .is_err());
     Ok(())
@@ -226,7 +275,7 @@ async fn cancel_stops_a_running_attempt() -> Result<()> {
     assert!(failed.cancelled);
     assert_eq!(failed.reason, "cancelled");
     assert_eq!(failed.exit_code, None);
-    assert_eq!(failed.log_key, "runs/r2/train/3/log");
+    assert_eq!(failed.log_key, "runs/r2/train.3.log");
     assert_eq!(
         group_members(pgid),
         Vec::<i32>::new(),
@@ -335,7 +384,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
     assert!(log.contains("starting `drover-no-such-program`"), "{log}");
 
     let a = attempt_ref("r1", "noinput", 1);
-    let missing = "runs/r0/prep/1/outputs/dataset";
+    let missing = "runs/r0/prep.1/outputs/dataset";
     let assignment_with_input = with_input(assignment(&a, &["true"]), "dataset", missing);
     assert!(h.assign(&assignment_with_input).await?.accepted);
     let fin = events.started_then_final(&a).await?;

@@ -33,7 +33,7 @@ async fn a_container_gets_inputs_env_gpus_limits_labels_and_uploads_outputs() ->
     let (h, image) = docker_harness("success", |_| {}).await?;
     let docker = docker().await?;
     let mut events = h.events().await?;
-    let input_key = "runs/r1/prep/1/outputs/dataset";
+    let input_key = "runs/r1/prep.1/outputs/dataset";
     h.store
         .put_bytes(input_key, Bytes::from_static(b"hello\n"))
         .await?;
@@ -123,11 +123,11 @@ echo released
     let Kind::Succeeded(ok) = fin.kind() else {
         panic!("expected success, got {fin:?}");
     };
-    assert_eq!(ok.log_key, "runs/r1/train/1/log");
+    assert_eq!(ok.log_key, "runs/r1/train.1.log");
     assert_eq!(ok.outputs.len(), 1);
     let model = &ok.outputs[0];
     assert_eq!(model.name, "model");
-    assert_eq!(model.key, "runs/r1/train/1/outputs/model");
+    assert_eq!(model.key, "runs/r1/train.1/outputs/model");
     assert_eq!(model.size, 14);
     assert_eq!(model.sha256, sha256_hex(b"hello\ntrained\n"));
     assert_eq!(
@@ -196,7 +196,7 @@ async fn a_failing_container_reports_its_exit_code_and_log() -> Result<()> {
     assert_eq!(failed.exit_code, Some(3));
     assert_eq!(failed.reason, "exited with code 3");
     assert!(!failed.cancelled);
-    assert_eq!(failed.log_key, "runs/r1/fail/1/log");
+    assert_eq!(failed.log_key, "runs/r1/fail.1.log");
     let log = log_of(&h, &failed.log_key).await?;
     let mut lines: Vec<&str> = log.lines().collect();
     assert_eq!(
@@ -209,7 +209,7 @@ async fn a_failing_container_reports_its_exit_code_and_log() -> Result<()> {
     assert_eq!(lines, vec!["to-stderr", "to-stdout"], "{log}");
     assert!(h
         .store
-        .get_bytes("runs/r1/fail/1/outputs/model")
+        .get_bytes("runs/r1/fail.1/outputs/model")
         .await
         .is_err());
     assert!(containers_of(&docker, &h.agent_id, &a).await?.is_empty());

@@ -271,9 +271,9 @@ mod tests {
             }),
             inputs: vec![InputArtifact {
                 name: "dataset".into(),
-                key: "runs/r1/prep/1/outputs/dataset".into(),
+                key: "runs/r1/prep.1/outputs/dataset".into(),
             }],
-            artifact_prefix: "runs/r1/train/2".into(),
+            artifact_prefix: "runs/r1/train.2".into(),
             gpus: vec![],
         }
     }
@@ -307,8 +307,8 @@ mod tests {
             ]
         );
         assert_eq!(plan.timeout, Some(Duration::from_millis(1500)));
-        assert_eq!(plan.log_key, "runs/r1/train/2/log");
-        assert_eq!(plan.outputs[0].key, "runs/r1/train/2/outputs/model");
+        assert_eq!(plan.log_key, "runs/r1/train.2.log");
+        assert_eq!(plan.outputs[0].key, "runs/r1/train.2/outputs/model");
         assert_eq!(plan.outputs[0].path, "model/weights.bin");
         assert_eq!(plan.inputs[0].name, "dataset");
     }

@@ -300,7 +300,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             timeout: None,
-            log_key: "runs/r1/train/2/log".into(),
+            log_key: "runs/r1/train.2.log".into(),
             gpus,
             image: "pytorch/pytorch".into(),
             pull_policy: PullPolicy::Unspecified,

@@ -147,8 +147,8 @@ mod tests {
     #[test]
     fn event_carries_the_log_key() {
         let ev = Failure::after_success("declared output `m` not found at outputs/m")
-            .into_event("runs/r/t/1/log".into());
+            .into_event("runs/r/t.1.log".into());
         assert_eq!(ev.exit_code, Some(0));
-        assert_eq!(ev.log_key, "runs/r/t/1/log");
+        assert_eq!(ev.log_key, "runs/r/t.1.log");
     }
 }

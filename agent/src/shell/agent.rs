@@ -24,6 +24,7 @@ use crate::shell::executor::{DockerExecutor, Guardian};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
 use crate::shell::metrics::AgentMetrics;
 use crate::shell::registry::{Registry, StopRequest};
+use crate::shell::slots::{Slots, SLOTS_DIR};
 use crate::AgentError;
 
 /// After the kill grace, how long stopped attempts get to upload their logs
@@ -110,6 +111,20 @@ impl Service {
                 path: cfg.work_dir.clone(),
                 source,
             })?;
+        let slots = match guardian {
+            Some(_) => {
+                let work_dir = cfg.work_dir.clone();
+                let opened = tokio::task::spawn_blocking(move || Slots::open(&work_dir))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                Some(Arc::new(opened.map_err(|source| AgentError::WorkDir {
+                    path: cfg.work_dir.join(SLOTS_DIR),
+                    source,
+                })?))
+            }
+            None => None,
+        };
 
         let client = async_nats::ConnectOptions::new()
             .name(format!("drover-agent {}", cfg.id))
@@ -151,6 +166,7 @@ impl Service {
             executors: cfg.executors.clone(),
             docker,
             guardian,
+            slots,
             metrics,
         });
         let service = Service {

@@ -31,6 +31,7 @@ use crate::shell::executor::{
 use crate::shell::host::now_ms;
 use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
+use crate::shell::slots::{self, Slot, Slots};
 
 /// The task's stdout and stderr, inside the attempt directory.
 pub const LOG_FILE: &str = "drover-attempt.log";
@@ -61,6 +62,8 @@ pub struct AttemptContext {
     pub docker: Option<DockerExecutor>,
     /// Set when the process executor is enabled.
     pub guardian: Option<Arc<Guardian>>,
+    /// Process attempts' working directories; set with `guardian`.
+    pub slots: Option<Arc<Slots>>,
     pub metrics: AgentMetrics,
 }
 
@@ -71,6 +74,24 @@ impl AttemptContext {
             .join(&key.run_id)
             .join(&key.task)
             .join(key.attempt.to_string())
+    }
+}
+
+/// Where an attempt runs.
+enum WorkDir {
+    /// A process attempt: a reused slot (see `slots`).
+    Slot(Slot),
+    /// A container's own `<work-dir>/<run>/<task>/<attempt>`, which a
+    /// restarted agent finds again from the container's labels.
+    Own(PathBuf),
+}
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        match self {
+            WorkDir::Slot(slot) => slot.path(),
+            WorkDir::Own(dir) => dir,
+        }
     }
 }
 
@@ -131,7 +152,11 @@ async fn run_attempt(
 ) {
     let key = plan.key.clone();
     let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
-    let dir = ctx.attempt_dir(&key);
+    let workdir = match (plan.executor, ctx.slots.as_ref()) {
+        (ExecutorKind::Process, Some(slots)) => WorkDir::Slot(slots.acquire()),
+        _ => WorkDir::Own(ctx.attempt_dir(&key)),
+    };
+    let dir = workdir.path().to_owned();
 
     if let Err(e) = ctx
         .events
@@ -140,6 +165,7 @@ async fn run_attempt(
     {
         warn!(run = %run, task = %task, attempt, error = %e, "attempt dropped");
         ctx.registry.finish(&key);
+        release(&ctx, workdir).await;
         return;
     }
     info!(run = %run, task = %task, attempt, dir = %dir.display(), "started");
@@ -151,7 +177,7 @@ async fn run_attempt(
         &plan,
         &assignment,
         &parent,
-        &dir,
+        &workdir,
         &log_path,
         &mut stop,
     )
@@ -171,7 +197,7 @@ async fn run_attempt(
         }
         Err(failure) => Outcome::Finished(Err(failure)),
     };
-    conclude(&ctx, &plan, &dir, &log_path, outcome).await;
+    conclude(&ctx, &plan, workdir, &log_path, outcome).await;
 }
 
 /// Finishes an attempt whose container an earlier life of this agent
@@ -230,7 +256,7 @@ async fn adopt_attempt(
             }
         },
     };
-    conclude(&ctx, &plan, &dir, &log_path, outcome).await;
+    conclude(&ctx, &plan, WorkDir::Own(dir), &log_path, outcome).await;
 }
 
 /// The plan of a container found at startup, from its labels and the
@@ -302,11 +328,11 @@ pub async fn abandon(
 }
 
 /// Uploads the log, publishes the final event, forgets the attempt and
-/// removes its directory.
+/// removes (or, a slot, empties) its directory.
 async fn conclude(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
-    dir: &Path,
+    workdir: WorkDir,
     log_path: &Path,
     outcome: Outcome,
 ) {
@@ -364,7 +390,23 @@ async fn conclude(
         warn!(run = %run, task = %task, attempt, error = %e, "final event not published");
     }
     ctx.registry.finish(key);
-    remove_attempt_dir(&ctx.work_dir, dir).await;
+    release(ctx, workdir).await;
+}
+
+/// Gives a slot back to the pool (emptied) or removes an own directory.
+async fn release(ctx: &AttemptContext, workdir: WorkDir) {
+    match (workdir, ctx.slots.as_ref()) {
+        (WorkDir::Slot(slot), Some(slots)) => {
+            let slots = Arc::clone(slots);
+            // One trip to the blocking pool for all of it.
+            if let Err(e) = tokio::task::spawn_blocking(move || slots.release(slot)).await {
+                warn!(error = %e, "emptying a process slot failed");
+            }
+        }
+        // A slot exists only where the pool does.
+        (WorkDir::Slot(_), None) => {}
+        (WorkDir::Own(dir), _) => remove_attempt_dir(&ctx.work_dir, &dir).await,
+    }
 }
 
 /// Everything between the started event and the task running: work dir,
@@ -374,10 +416,11 @@ async fn start(
     plan: &AttemptPlan,
     assignment: &[u8],
     parent: &Context,
-    dir: &Path,
+    workdir: &WorkDir,
     log_path: &Path,
     stop: &mut StopSignal,
 ) -> Result<(Running, Span), Failure> {
+    let dir = workdir.path();
     let inputs = dir.join(INPUTS_DIR);
     let outputs = dir.join(OUTPUTS_DIR);
     let work = dir.join(WORK_DIR);
@@ -385,15 +428,27 @@ async fn start(
     // A container mounts `inputs/` whatever it declares; a process only
     // finds its declared inputs there.
     let inputs_dir = docker || !plan.inputs.is_empty();
-    let log = prepare_dir(
-        dir,
-        inputs_dir.then_some(inputs.as_path()),
-        &outputs,
-        docker.then_some(work.as_path()),
-        log_path,
-    )
-    .await
-    .map_err(|e| Failure::agent(format!("preparing work dir `{}`: {e}", dir.display())))?;
+    let prepared = match workdir {
+        WorkDir::Slot(slot) => {
+            let dir = slot.path().to_owned();
+            tokio::task::spawn_blocking(move || slots::prepare(&dir, inputs_dir))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+        }
+        WorkDir::Own(dir) => {
+            prepare_dir(
+                dir,
+                inputs_dir.then_some(inputs.as_path()),
+                &outputs,
+                docker.then_some(work.as_path()),
+                log_path,
+            )
+            .await
+        }
+    };
+    let log = prepared
+        .map_err(|e| Failure::agent(format!("preparing work dir `{}`: {e}", dir.display())))?;
 
     let fetch = async {
         for input in &plan.inputs {

@@ -10,3 +10,4 @@ pub mod heartbeat;
 pub mod host;
 pub mod metrics;
 pub mod registry;
+pub mod slots;

@@ -183,6 +183,26 @@ impl Harness {
         })
     }
 
+    /// Assigns a process task that must succeed; returns its uploaded log.
+    pub async fn log_of_success(
+        &self,
+        events: &mut EventReader,
+        attempt: &AttemptRef,
+        script: &str,
+    ) -> Result<String> {
+        let reply = self.assign(&assignment(attempt, &sh(script))).await?;
+        if !reply.accepted {
+            bail!("refused: {}", reply.reason);
+        }
+        let fin = events.started_then_final(attempt).await?;
+        let Kind::Succeeded(ok) = fin.kind() else {
+            bail!("expected success, got {fin:?}");
+        };
+        Ok(String::from_utf8(
+            self.store.get_bytes(&ok.log_key).await?.to_vec(),
+        )?)
+    }
+
     pub async fn heartbeats(&self) -> Result<async_nats::Subscriber> {
         Ok(self
             .client

@@ -67,9 +67,16 @@ pub fn event_msg_id(run_id: &str, task: &str, attempt: u32, kind: &str) -> Strin
     format!("{run_id}/{task}/{attempt}/{kind}")
 }
 
-/// Object-store prefix of one attempt's outputs and log.
+/// Object-store prefix of one attempt: `runs/<run>/<task>.<attempt>`.
+///
+/// Flat on purpose: with a `file://` store every path segment is a
+/// directory, and an attempt that writes only its log then creates no
+/// directory at all (the log is `<prefix>.log`, next to the prefix, not in
+/// it). Creating two directories per attempt was a measurable share of a
+/// short task's cost (benches/README.md). Unambiguous: the attempt is the
+/// number after the last dot, and task names cannot start with `_` or `.`.
 pub fn attempt_prefix(run_id: &str, task: &str, attempt: u32) -> String {
-    format!("runs/{run_id}/{task}/{attempt}")
+    format!("runs/{run_id}/{task}.{attempt}")
 }
 
 /// Object-store key of a declared output of an attempt.
@@ -77,9 +84,10 @@ pub fn output_key(attempt_prefix: &str, output: &str) -> String {
     format!("{attempt_prefix}/outputs/{output}")
 }
 
-/// Object-store key of an attempt's captured stdout/stderr.
+/// Object-store key of an attempt's captured stdout/stderr: beside the
+/// attempt's prefix, so storing it needs no directory of its own.
 pub fn log_key(attempt_prefix: &str) -> String {
-    format!("{attempt_prefix}/log")
+    format!("{attempt_prefix}.log")
 }
 
 #[cfg(test)]
@@ -93,9 +101,9 @@ mod tests {
     }
 
     #[test]
-    fn keys_nest_under_the_attempt() {
+    fn keys_sit_under_and_beside_the_attempt_prefix() {
         let p = attempt_prefix("r1", "train", 2);
-        assert_eq!(output_key(&p, "model"), "runs/r1/train/2/outputs/model");
-        assert_eq!(log_key(&p), "runs/r1/train/2/log");
+        assert_eq!(output_key(&p, "model"), "runs/r1/train.2/outputs/model");
+        assert_eq!(log_key(&p), "runs/r1/train.2.log");
     }
 }

@@ -141,7 +141,7 @@ fn attempt_records_agent_times_and_outputs() {
     .unwrap();
     let out = Artifact {
         name: "dataset".into(),
-        key: "runs/r/a/1/outputs/dataset".into(),
+        key: "runs/r/a.1/outputs/dataset".into(),
         sha256: "ab".into(),
         size: 3,
     };
@@ -151,7 +151,7 @@ fn attempt_records_agent_times_and_outputs() {
                 task: 0,
                 attempt: 1,
                 outputs: vec![out.clone()],
-                log_key: "runs/r/a/1/log".into(),
+                log_key: "runs/r/a.1.log".into(),
             },
             9,
         )
