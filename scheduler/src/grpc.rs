@@ -59,12 +59,18 @@ impl Api {
         let (dag, _) = convert::restore(&stored);
         let mut run = convert::run_view(&stored.record, &stored.spec, &dag);
         // Why Ready tasks wait lives in the engine's memory, not in etcd.
-        for (task, (why, unschedulable)) in self.engine.waiting(run_id) {
-            if let Some(t) = run.tasks.get_mut(task) {
-                if t.state() == pb::TaskState::Ready {
+        let mut waiting = self.engine.waiting(run_id);
+        for (i, t) in run.tasks.iter_mut().enumerate() {
+            if t.state() != pb::TaskState::Ready {
+                continue;
+            }
+            match (waiting.tasks.remove(&i), &waiting.rest) {
+                (Some((why, unschedulable)), _) => {
                     t.message = why;
                     t.unschedulable = unschedulable;
                 }
+                (None, Some(rest)) => t.message = rest.clone(),
+                (None, None) => {}
             }
         }
         Ok(run)

@@ -80,6 +80,7 @@ pub async fn serve(
             agent_timeout: opts.agent_timeout,
             cancel_grace: opts.cancel_grace,
             preemption_grace: opts.preemption_grace,
+            pass_depth: opts.pass_depth as usize,
             placement: opts.placement,
         },
         metrics,

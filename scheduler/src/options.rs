@@ -10,6 +10,9 @@ pub fn duration_arg(s: &str) -> Result<Duration, String> {
     drover_api::spec::parse_duration(s).map(Duration::from_millis)
 }
 
+/// `--pass-depth`'s default.
+pub const DEFAULT_PASS_DEPTH: u32 = 4096;
+
 /// `--max-spec-bytes`' default, 64Mi.
 pub const DEFAULT_MAX_SPEC_BYTES: u64 = 64 << 20;
 
@@ -65,6 +68,11 @@ pub struct SchedulerOptions {
     /// chunks, so this is not bound by etcd's request limit.
     #[arg(long, env = "DROVER_MAX_SPEC_BYTES", default_value_t = DEFAULT_MAX_SPEC_BYTES, value_parser = bytes_arg)]
     pub max_spec_bytes: u64,
+    /// How many Ready tasks of each queue one admission pass looks at, in
+    /// queue order (like Slurm's default_queue_depth); the rest keep their
+    /// places and wait. Bounds a turn's cost with a huge backlog.
+    #[arg(long, env = "DROVER_PASS_DEPTH", default_value_t = DEFAULT_PASS_DEPTH, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pass_depth: u32,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,

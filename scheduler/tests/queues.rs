@@ -354,3 +354,52 @@ async fn queue_administration_errors_and_restart() {
         .unwrap_err();
     assert_eq!(default.code(), tonic::Code::FailedPrecondition);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_looks_only_pass_depth_deep_in_queue_order_and_the_rest_follow() {
+    let mut c = Cluster::with_scheduler_args(&["--pass-depth", "3"]).await;
+    let tasks = |n: usize| {
+        let mut y = "name: deep\ntasks:\n".to_string();
+        for i in 0..n {
+            y += &format!("  - name: t{i}\n    command: [\"true\"]\n");
+        }
+        y
+    };
+    let low = c.submit_to(&tasks(6), "default", 0).await.unwrap();
+    let high = c.submit_to(&tasks(2), "default", 10).await.unwrap();
+    // No agent yet: the pass looks at the high-priority run's two tasks and
+    // the low one's first, and says the others are behind them.
+    let run = c
+        .wait_for(&low, "reasons", |r| {
+            r.tasks.iter().all(|t| !t.message.is_empty())
+        })
+        .await;
+    let behind = "queued: behind the first 3 ready tasks of queue `default`";
+    assert!(!task(&run, "t0").message.contains(behind), "{run:#?}");
+    for t in ["t1", "t2", "t3", "t4", "t5"] {
+        assert!(task(&run, t).message.starts_with(behind), "{run:#?}");
+    }
+    let hi = c.get(&high).await;
+    assert!(
+        hi.tasks.iter().all(|t| !t.message.contains(behind)),
+        "{hi:#?}"
+    );
+    let listed = c
+        .queues()
+        .await
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let default = listed
+        .queues
+        .iter()
+        .find(|q| q.queue.as_ref().is_some_and(|q| q.name == "default"))
+        .unwrap();
+    assert_eq!(default.pending, 8, "every Ready task counts as pending");
+
+    c.add_agent("agent-1").await;
+    assert_eq!(c.wait_done(&high, LONG).await.state(), RunState::Succeeded);
+    let done = c.wait_done(&low, LONG).await;
+    assert_eq!(done.state(), RunState::Succeeded, "{done:#?}");
+}

@@ -260,6 +260,9 @@ pub struct RunDag {
     /// Some task failed for good.
     failed: bool,
     unfinished: usize,
+    /// Tasks in RetryWait: most turns have none, and then the retry-timer
+    /// scans over every task are skipped.
+    retry_waiting: usize,
     dirty: Vec<bool>,
     dirty_list: Vec<usize>,
     run_dirty: bool,
@@ -309,6 +312,7 @@ impl RunDag {
             fail_fast,
             failed,
             unfinished: 0,
+            retry_waiting: 0,
             dirty: vec![false; n],
             dirty_list: Vec::new(),
             run_dirty: false,
@@ -347,6 +351,11 @@ impl RunDag {
             .map(|t| t.unwrap_or_else(|| TaskRun::derived(TaskStatus::Pending, String::new())))
             .collect();
         dag.unfinished = dag.tasks.iter().filter(|t| !t.status.is_terminal()).count();
+        dag.retry_waiting = dag
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::RetryWait)
+            .count();
 
         let mut effects = Vec::new();
         for (i, t) in dag.tasks.iter().enumerate() {
@@ -468,6 +477,9 @@ impl RunDag {
 
     /// Earliest retry time among tasks waiting to retry.
     pub fn next_wakeup(&self) -> Option<Millis> {
+        if self.retry_waiting == 0 {
+            return None;
+        }
         self.tasks
             .iter()
             .filter(|t| t.status == TaskStatus::RetryWait)
@@ -502,6 +514,12 @@ impl RunDag {
         match (t.status.is_terminal(), status.is_terminal()) {
             (false, true) => self.unfinished -= 1,
             (true, false) => self.unfinished += 1,
+            _ => {}
+        }
+        let retry = TaskStatus::RetryWait;
+        match (t.status == retry, status == retry) {
+            (false, true) => self.retry_waiting += 1,
+            (true, false) => self.retry_waiting -= 1,
             _ => {}
         }
         t.status = status;
@@ -748,7 +766,7 @@ impl RunDag {
 
     /// Retry timers: RetryWait tasks whose time has come become Ready.
     pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
-        if self.stopping() {
+        if self.stopping() || self.retry_waiting == 0 {
             return Vec::new();
         }
         let due: Vec<usize> = (0..self.tasks.len())

@@ -81,6 +81,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         preemption_grace: Duration::from_secs(10),
         placement: Default::default(),
         max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
+        pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
         metrics_listen: scheduler_metrics,
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(

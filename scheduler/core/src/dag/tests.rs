@@ -210,7 +210,13 @@ fn failure_with_retries_waits_with_exponential_backoff() {
     assert_eq!(dag.task(0).retry_at, 2_000);
     assert_eq!(dag.next_wakeup(), Some(2_000));
     assert!(dag.tick(1_999).is_empty(), "not before the backoff");
+    // A restored run keeps its retry timer.
+    let records = (0..1).map(|i| Some(dag.task(i).clone())).collect();
+    let (restored, _) =
+        RunDag::restore(dag.defs().to_vec(), true, dag.run_state().clone(), records);
+    assert_eq!(restored.next_wakeup(), Some(2_000));
     assert_eq!(dag.tick(2_000), vec![Effect::Ready { task: 0 }]);
+    assert_eq!(dag.next_wakeup(), None, "no task waits to retry any more");
 
     let a2 = start(&mut dag, 0);
     assert_eq!(a2, 2);
