@@ -51,7 +51,35 @@ pub struct Cluster {
     bins: Bins,
     /// Extra environment of the scheduler and real agents.
     env: Vec<(String, String)>,
-    tmp: tempfile::TempDir,
+    /// Taken on drop and kept until [`remove_scenario_dirs`].
+    tmp: Option<tempfile::TempDir>,
+    /// `tmp`'s path.
+    dir: PathBuf,
+}
+
+/// Scenario directories, removed only when every scenario has run: removing
+/// one between scenarios frees tens of thousands of inodes, and on ext4
+/// without a journal every inode allocated in the next minutes first skips
+/// the recently freed ones (`recently_deleted`), so the next scenario's
+/// agents and stores paid for the last one's clean-up.
+/// Only while [`defer_dir_removal`] is on: a test process never reaches the
+/// end that would remove them.
+static LEFT: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
+static DEFER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on a cluster's directory outlives it until [`remove_scenario_dirs`].
+pub fn defer_dir_removal() {
+    DEFER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Removes the directories of every scenario run so far.
+pub fn remove_scenario_dirs() {
+    let dirs = std::mem::take(
+        &mut *LEFT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    drop(dirs);
 }
 
 /// The OpenTelemetry variables that turn trace export on: never inherited
@@ -104,7 +132,8 @@ impl Cluster {
             agents: Vec::new(),
             bins: bins.clone(),
             env: env.to_vec(),
-            tmp,
+            dir: tmp.path().to_owned(),
+            tmp: Some(tmp),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while SchedulerClient::connect(c.server.clone()).await.is_err() {
@@ -129,21 +158,18 @@ impl Cluster {
     }
 
     pub fn scheduler_log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("scheduler.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("scheduler.log")).unwrap_or_default()
     }
 
     /// Starts a real agent: process executor, `cpus` CPUs offered.
     pub fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
-        let dir = self.tmp.path().join("agents").join(id);
+        let dir = self.dir.join("agents").join(id);
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
         let child = with_env(&mut Command::new(&self.bins.agent), &self.env)
             .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
             .arg("--artifacts")
-            .arg(format!(
-                "file://{}",
-                self.tmp.path().join("artifacts").display()
-            ))
+            .arg(format!("file://{}", self.dir.join("artifacts").display()))
             .args(["--id", id, "--executors", "process"])
             .args(["--cpus", &cpus.to_string()])
             .arg("--work-dir")
@@ -256,5 +282,11 @@ impl Drop for Cluster {
             let _ = a.start_kill();
         }
         let _ = self.scheduler.start_kill();
+        let defer = DEFER.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(tmp) = self.tmp.take().filter(|_| defer) {
+            LEFT.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(tmp);
+        }
     }
 }

@@ -197,6 +197,7 @@ async fn main() -> Result<()> {
         )
     };
 
+    drover_bench::cluster::defer_dir_removal();
     eprintln!("measuring floors");
     let concurrency = settings.real_concurrency();
     let f = measure_floors(q, concurrency).await;
@@ -260,6 +261,7 @@ async fn main() -> Result<()> {
         outcomes.push(o);
     }
 
+    drover_bench::cluster::remove_scenario_dirs();
     println!();
     print!("{}", report::table(&outcomes));
     if q {

@@ -614,8 +614,10 @@ pub enum Path {
 }
 
 /// Throughput with trace export off and on (to a span-counting OTLP
-/// receiver), alternating off/on `rounds` times; the best of each side, as
-/// noise on a shared machine only ever slows a run down.
+/// receiver), alternating off/on `rounds` times, the order reversed every
+/// other round (off, on, on, off, ...) so neither side always runs first on
+/// a machine that drifts; the best of each side, as noise on a shared
+/// machine only ever slows a run down.
 pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: usize) -> Outcome {
     let mut o = Outcome::new(
         &format!("tracing-overhead-{}", format!("{path:?}").to_lowercase()),
@@ -634,8 +636,13 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
             ];
             let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
-            for _ in 0..rounds {
-                for export in [false, true] {
+            for round in 0..rounds {
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for export in order {
                     let mut run = s.clone();
                     if export {
                         run.env.extend(on.iter().cloned());
