@@ -71,15 +71,9 @@ impl Simulator {
             .with_context(|| format!("connecting to {}", opts.nats_url))?;
         let js = jetstream::new(client.clone());
         // The same stream configuration the agents and the scheduler create.
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: naming::events_stream(&opts.nats_prefix),
-            subjects: vec![naming::events_wildcard(&opts.nats_prefix)],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .context("creating the events stream")?;
+        js.get_or_create_stream(naming::events_stream_config(&opts.nats_prefix))
+            .await
+            .context("creating the events stream")?;
         // One wildcard subscription serves every simulated agent: the
         // scheduler still addresses each one on its own subject.
         let p = &opts.nats_prefix;

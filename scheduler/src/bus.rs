@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use drover_api::{naming, pb};
 use prost::Message;
@@ -19,18 +19,6 @@ const CONSUMER: &str = "scheduler";
 
 fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
     SchedulerError::Nats(e.to_string())
-}
-
-/// The events stream's configuration; agents create the same one, whoever
-/// comes first wins and the other finds it.
-pub fn events_stream_config(prefix: &str) -> stream::Config {
-    stream::Config {
-        name: naming::events_stream(prefix),
-        subjects: vec![naming::events_wildcard(prefix)],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
 }
 
 #[derive(Clone)]
@@ -83,10 +71,15 @@ impl Bus {
 
     async fn open_events(&self) -> Result<EventStream> {
         let js = jetstream::new(self.client.clone());
+        let config = naming::events_stream_config(&self.prefix);
         let stream = js
-            .get_or_create_stream(events_stream_config(&self.prefix))
+            .get_or_create_stream(config.clone())
             .await
             .map_err(nats_err)?;
+        // A stream an earlier version made kept every event forever.
+        if stream.cached_info().config.max_age != config.max_age {
+            js.update_stream(config).await.map_err(nats_err)?;
+        }
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,

@@ -513,3 +513,35 @@ async fn big_specs_are_stored_in_chunks_and_over_the_limit_refused() {
         RunState::Cancelled
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_keeps_events_a_week_also_when_an_earlier_version_made_it() {
+    use drover_api::naming;
+    let mut c = Cluster::without_agents().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&c.nats.url).await.unwrap());
+    let name = naming::events_stream(&c.nats_prefix);
+    let max_age = |js: async_nats::jetstream::Context| {
+        let name = name.clone();
+        async move {
+            let mut s = js.get_stream(&name).await.unwrap();
+            s.info().await.unwrap().config.max_age
+        }
+    };
+    assert_eq!(max_age(js.clone()).await, naming::EVENTS_MAX_AGE);
+
+    // As an earlier version left it: no age limit, every event kept forever.
+    c.kill_scheduler().await;
+    let old = async_nats::jetstream::stream::Config {
+        max_age: Duration::ZERO,
+        ..naming::events_stream_config(&c.nats_prefix)
+    };
+    js.update_stream(old).await.unwrap();
+    assert_eq!(max_age(js.clone()).await, Duration::ZERO);
+    c.start_scheduler().await;
+    // The scheduler opens the stream as its engine starts, maybe after it answers gRPC.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while max_age(js.clone()).await != naming::EVENTS_MAX_AGE && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(max_age(js.clone()).await, naming::EVENTS_MAX_AGE);
+}

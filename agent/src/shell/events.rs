@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use drover_api::naming;
 use drover_api::pb::{attempt_event::Kind, AttemptEvent};
@@ -18,20 +18,11 @@ use crate::AgentError;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// How long JetStream remembers a `Nats-Msg-Id` (the scheduler uses the same).
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-
 /// Gets, or creates, the events stream. The scheduler creates the same
 /// configuration, so whichever side comes first wins and both agree.
 pub async fn ensure_stream(js: &jetstream::Context, prefix: &str) -> Result<(), AgentError> {
-    let name = naming::events_stream(prefix);
-    let config = stream::Config {
-        name: name.clone(),
-        subjects: vec![naming::events_wildcard(prefix)],
-        storage: stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    };
+    let config = naming::events_stream_config(prefix);
+    let name = config.name.clone();
     match js.get_or_create_stream(config).await {
         Ok(_) => Ok(()),
         // Lost a creation race with the scheduler or another agent: it exists now.

@@ -54,6 +54,30 @@ pub fn events_wildcard(prefix: &str) -> String {
     format!("{prefix}.events.>")
 }
 
+/// How long JetStream remembers a `Nats-Msg-Id`, so a re-published event is stored once.
+pub const EVENTS_DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How long an attempt event stays in the stream. The scheduler acks each
+/// event once committed, but a stream with the default limits keeps every
+/// event ever published (about 0.4 KB per task), so it grew without bound;
+/// a week outlasts any scheduler outage worth waiting for (the scheduler
+/// reconciles from heartbeats when it comes back anyway).
+pub const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The events stream's configuration. Agents and the scheduler create the
+/// same one, whichever comes first; the scheduler also brings an existing
+/// stream up to it at start.
+pub fn events_stream_config(prefix: &str) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: events_stream(prefix),
+        subjects: vec![events_wildcard(prefix)],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: EVENTS_DUPLICATE_WINDOW,
+        max_age: EVENTS_MAX_AGE,
+        ..Default::default()
+    }
+}
+
 /// JetStream stream holding attempt events (stream names allow no dots).
 pub fn events_stream(prefix: &str) -> String {
     format!(
