@@ -464,9 +464,13 @@ async fn start(
         }
         Ok(())
     };
-    fetch
-        .instrument(info_span!("fetch inputs", inputs = plan.inputs.len()))
-        .await?;
+    // A span only where there is something to fetch: an empty one says
+    // nothing in a trace and costs the export.
+    let span = match plan.inputs.len() {
+        0 => Span::none(),
+        n => info_span!("fetch inputs", inputs = n),
+    };
+    fetch.instrument(span).await?;
     if let Some(request) = stop.borrow().as_ref() {
         return Err(Failure::stopped(&request.cause));
     }
@@ -597,7 +601,10 @@ async fn run_to_end(
     if let Some(failure) = termination.failure() {
         return Outcome::Finished(Err(failure));
     }
-    let upload = info_span!("upload outputs", outputs = plan.outputs.len());
+    let upload = match plan.outputs.len() {
+        0 => Span::none(),
+        n => info_span!("upload outputs", outputs = n),
+    };
     Outcome::Finished(
         upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR))
             .instrument(upload)

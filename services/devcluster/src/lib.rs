@@ -17,10 +17,70 @@ use tokio::process::{Child, Command};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now. The OS hands out ports round-robin,
-/// so the small window before the server binds it is not a problem in practice.
+/// Ports picked by [`free_port`]: below Linux's default ephemeral range
+/// (32768-60999), where every outgoing connection takes its local port — a
+/// port the OS had just handed us could be taken by one before the server
+/// bound it (seen in CI as etcd's "address already in use").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Ports this process has claimed: their lock files stay locked until it
+/// exits, so parallel test processes never pick the same port.
+static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// A random port nobody listens on right now and no other process using
+/// this function has claimed (a lock file per port under
+/// `$TMPDIR/drover-ports`, held until this process exits). A process that
+/// does not take part can still bind it in the window before our server
+/// does: the servers here start again on other ports when that happens.
 pub fn free_port() -> Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::fd::AsRawFd;
+    let locks = std::env::temp_dir().join("drover-ports");
+    std::fs::create_dir_all(&locks)?;
+    for _ in 0..200 {
+        // RandomState is seeded randomly per process and per call.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        let port = PORTS.start + (h.finish() % u64::from(PORTS.end - PORTS.start)) as u16;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(port.to_string()))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if locked && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(lock);
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How many times a server is started on fresh ports when its port was taken.
+const START_TRIES: usize = 5;
+
+/// Runs `start` until it does not fail for a port taken under it.
+async fn on_free_ports<F, Fut>(what: &str, mut start: F) -> Result<Server>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Server>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start().await {
+            Err(e)
+                if tries < START_TRIES && format!("{e:#}").contains("address already in use") =>
+            {
+                tracing::debug!(server = what, error = %e, "port taken while starting; trying others");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Where a server keeps its data: a caller's directory, or a temp one removed on drop.
@@ -77,7 +137,9 @@ where
 {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if probe().await {
+        // Answering, and still ours: a server that lost its port exits at
+        // once, while another process's server on it would answer the probe.
+        if probe().await && child.try_wait()?.is_none() {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -106,6 +168,10 @@ pub struct Server {
 impl Server {
     /// A single-member etcd cluster with its data under `data_dir` (a temp dir when `None`).
     pub async fn etcd(data_dir: Option<&Path>) -> Result<Self> {
+        on_free_ports("etcd", || Self::etcd_once(data_dir)).await
+    }
+
+    async fn etcd_once(data_dir: Option<&Path>) -> Result<Self> {
         let dir = DataDir::new(data_dir)?;
         let (client, peer) = (free_port()?, free_port()?);
         let url = format!("http://127.0.0.1:{client}");
@@ -145,6 +211,10 @@ impl Server {
 
     /// A nats-server with JetStream storage under `data_dir` (a temp dir when `None`).
     pub async fn nats(data_dir: Option<&Path>) -> Result<Self> {
+        on_free_ports("nats-server", || Self::nats_once(data_dir)).await
+    }
+
+    async fn nats_once(data_dir: Option<&Path>) -> Result<Self> {
         let dir = DataDir::new(data_dir)?;
         let port = free_port()?;
         let args: Vec<String> = [
@@ -259,5 +329,24 @@ mod tests {
         drop(etcd);
         assert!(dir.path().join("data").exists());
         Server::etcd(Some(dir.path())).await.unwrap();
+    }
+
+    #[test]
+    fn claimed_ports_are_distinct_outside_the_ephemeral_range_and_locked() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        assert!(ports.iter().all(|p| PORTS.contains(p)), "{ports:?}");
+        // Another open of the lock file (as another process would) cannot lock it.
+        let lock = std::fs::File::open(
+            std::env::temp_dir()
+                .join("drover-ports")
+                .join(ports[0].to_string()),
+        )
+        .unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(rc, 0, "a claimed port's lock was free");
     }
 }

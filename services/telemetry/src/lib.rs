@@ -25,7 +25,7 @@
 //!    storing anything more.
 //! 3. The scheduler sends the attempt's context with the assignment (NATS
 //!    headers); the agent's spans (fetch inputs, pull image, execute, upload
-//!    outputs) are its children, and the task gets `TRACEPARENT` for the
+//!    outputs; fetch and upload only where there is any) are its children, and the task gets `TRACEPARENT` for the
 //!    execute span.
 //! 4. The scheduler emits the attempt span when the attempt ends, and the
 //!    run's root span when the run ends, with their recorded ids and
