@@ -152,6 +152,30 @@ ls -A "$DROVER_OUTPUTS"
 }
 
 #[tokio::test]
+async fn a_silent_success_stores_no_log_object() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let a = attempt_ref("r1", "quiet", 1);
+    assert!(h.assign(&assignment(&a, &sh("true"))).await?.accepted);
+    let fin = events.started_then_final(&a).await?;
+    let Kind::Succeeded(ok) = fin.kind() else {
+        panic!("expected success, got {fin:?}");
+    };
+    assert!(ok.log_empty);
+    assert_eq!(ok.log_key, "runs/r1/quiet.1.log");
+    assert!(
+        h.store.get_bytes(&ok.log_key).await.is_err(),
+        "an empty log was stored"
+    );
+
+    // One byte of output is a log like any other.
+    let b = attempt_ref("r1", "terse", 1);
+    let log = h.log_of_success(&mut events, &b, "printf x").await?;
+    assert_eq!(log, "x");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_task_without_inputs_gets_outputs_but_no_inputs_dir() -> Result<()> {
     let h = Harness::start().await?;
     let mut events = h.events().await?;

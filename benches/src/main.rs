@@ -256,7 +256,9 @@ async fn main() -> Result<()> {
         show(&o);
         outcomes.push(o);
         eprintln!("tracing overhead: {real} tasks on real agents, export off and on");
-        let o = scenarios::tracing_overhead(&settings, scenarios::Path::Real, real, 2).await;
+        // Four rounds: a real run's throughput moves more from run to run
+        // (file-system state) than the overhead being measured.
+        let o = scenarios::tracing_overhead(&settings, scenarios::Path::Real, real, 4).await;
         show(&o);
         outcomes.push(o);
     }

@@ -159,6 +159,7 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
         error: a.error.clone(),
         outputs: a.outputs.iter().map(pb_artifact).collect(),
         log_key: a.log_key.clone(),
+        log_empty: a.log_empty,
         gpus: a
             .gpus
             .iter()
@@ -183,6 +184,7 @@ fn core_attempt(a: &pb::Attempt) -> Attempt {
         error: a.error.clone(),
         outputs: a.outputs.iter().map(artifact).collect(),
         log_key: a.log_key.clone(),
+        log_empty: a.log_empty,
         gpus: a.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect(),
     }
 }
@@ -292,6 +294,8 @@ mod tests {
                     size: 9,
                 }],
                 log_key: "l".into(),
+                // Round-trips even where it would not occur (a failed attempt).
+                log_empty: true,
                 gpus: vec![(1, "GPU-1".into())],
             }],
             message: "retry".into(),

@@ -1074,6 +1074,7 @@ impl Engine {
                 attempt,
                 outputs: s.outputs.iter().map(convert::artifact).collect(),
                 log_key: s.log_key,
+                log_empty: s.log_empty,
             },
             Some(pb::attempt_event::Kind::Failed(f)) => Event::Failed {
                 task,

@@ -76,8 +76,9 @@ impl Api {
         Ok(run)
     }
 
-    /// The log key of `attempt` of `task` (0 = the latest with a log).
-    async fn log_key(&self, run_id: &str, task: &str, attempt: u32) -> Result<String> {
+    /// The log key of `attempt` of `task` (0 = the latest with a log), and
+    /// whether that log is empty (then no object was stored).
+    async fn log_key(&self, run_id: &str, task: &str, attempt: u32) -> Result<(String, bool)> {
         let run = self.read_run(run_id).await?;
         let t = run.tasks.iter().find(|t| t.name == task).ok_or_else(|| {
             SchedulerError::TaskNotFound {
@@ -91,7 +92,7 @@ impl Api {
             t.attempts.iter().find(|a| a.number == attempt)
         };
         match found {
-            Some(a) if !a.log_key.is_empty() => Ok(a.log_key.clone()),
+            Some(a) if !a.log_key.is_empty() => Ok((a.log_key.clone(), a.log_empty)),
             Some(a) => Err(SchedulerError::LogNotFound(format!(
                 "task `{task}` attempt {} has no log yet (state {:?})",
                 a.number,
@@ -305,7 +306,10 @@ impl Scheduler for Api {
         let req = req.into_inner();
         required("run_id", &req.run_id)?;
         required("task", &req.task)?;
-        let key = self.log_key(&req.run_id, &req.task, req.attempt).await?;
+        let (key, empty) = self.log_key(&req.run_id, &req.task, req.attempt).await?;
+        if empty {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        }
         let stream = self
             .artifacts
             .get_bytes_stream(&key)

@@ -57,6 +57,13 @@ tasks:
     let log = c.logs(&id, "d", 0).await.unwrap();
     assert_eq!(log.trim(), format!("run={id} task=d attempt=1"));
     assert_eq!(c.logs(&id, "a", 1).await.unwrap().trim(), "a-ran");
+    // b printed nothing: its log reads empty, and no object was stored for it.
+    let b = &task(&run, "b").attempts[0];
+    assert!(b.log_empty && !b.log_key.is_empty(), "{b:#?}");
+    assert_eq!(c.logs(&id, "b", 0).await.unwrap(), "");
+    assert!(!c.artifact(&b.log_key).exists());
+    let a = &task(&run, "a").attempts[0];
+    assert!(!a.log_empty && c.artifact(&a.log_key).exists(), "{a:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

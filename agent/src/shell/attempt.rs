@@ -349,8 +349,23 @@ async fn conclude(
         note_in_log(log_path, &format!("attempt failed: {}", failure.reason)).await;
     }
 
-    let log_key = match ctx.store.upload_file(&plan.log_key, log_path).await {
-        Ok(_) => Ok(plan.log_key.clone()),
+    // A successful attempt that wrote nothing stores no log object: for a
+    // short task that file was the largest part of the agent's own cost
+    // (benches/README.md). A failed one always has the agent's note.
+    let log_empty = result.is_ok()
+        && tokio::fs::metadata(log_path)
+            .await
+            .is_ok_and(|m| m.len() == 0);
+    let uploaded = match log_empty {
+        true => Ok(()),
+        false => ctx
+            .store
+            .upload_file(&plan.log_key, log_path)
+            .await
+            .map(drop),
+    };
+    let log_key = match uploaded {
+        Ok(()) => Ok(plan.log_key.clone()),
         Err(e) => {
             warn!(run = %run, task = %task, attempt, key = %plan.log_key, error = %e, "uploading log failed");
             Err(format!("uploading log (key {}): {e}", plan.log_key))
@@ -360,7 +375,11 @@ async fn conclude(
     let (final_event, outcome) = match (result, log_key) {
         (Ok(outputs), Ok(log_key)) => {
             info!(run = %run, task = %task, attempt, outputs = outputs.len(), "succeeded");
-            let event = Kind::Succeeded(AttemptSucceeded { outputs, log_key });
+            let event = Kind::Succeeded(AttemptSucceeded {
+                outputs,
+                log_key,
+                log_empty,
+            });
             (event, TaskOutcome::Succeeded)
         }
         (Ok(_), Err(reason)) => {

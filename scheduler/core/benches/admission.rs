@@ -292,6 +292,7 @@ fn fan_out_fan_in(n: usize) -> usize {
                     attempt,
                     outputs: Vec::new(),
                     log_key: String::new(),
+                    log_empty: true,
                 },
                 now,
             )

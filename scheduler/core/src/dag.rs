@@ -87,6 +87,8 @@ pub struct Attempt {
     pub error: String,
     pub outputs: Vec<Artifact>,
     pub log_key: String,
+    /// Nothing was written: no object is stored under `log_key`.
+    pub log_empty: bool,
     /// GPUs given to the attempt: (agent's NVML index, UUID).
     pub gpus: Vec<(u32, String)>,
 }
@@ -177,6 +179,8 @@ pub enum Event {
         attempt: u32,
         outputs: Vec<Artifact>,
         log_key: String,
+        /// The attempt wrote nothing; no log object was stored.
+        log_empty: bool,
     },
     Failed {
         task: usize,
@@ -583,6 +587,7 @@ impl RunDag {
                     error: String::new(),
                     outputs: Vec::new(),
                     log_key: String::new(),
+                    log_empty: false,
                     gpus,
                 });
                 self.set_status(task, TaskStatus::Assigned, "");
@@ -627,6 +632,7 @@ impl RunDag {
                 attempt,
                 outputs,
                 log_key,
+                log_empty,
             } => {
                 self.live_attempt(task, attempt)?;
                 fx.push(self.end_attempt(task, |a| {
@@ -639,6 +645,7 @@ impl RunDag {
                     }
                     a.outputs = outputs;
                     a.log_key = log_key;
+                    a.log_empty = log_empty;
                 }));
                 self.set_status(task, TaskStatus::Succeeded, "");
                 if !self.stopping() {

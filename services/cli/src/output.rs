@@ -245,6 +245,7 @@ pub fn run_json(run: &pb::Run) -> Value {
                 "exit_code": a.exit_code,
                 "error": a.error,
                 "log_key": a.log_key,
+                "log_empty": a.log_empty,
                 "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
                 "outputs": a.outputs.iter().map(|o| json!({
                     "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,

@@ -52,6 +52,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
             attempt,
             outputs: vec![],
             log_key: "log".into(),
+            log_empty: false,
         },
         now + 1,
     )
@@ -152,6 +153,7 @@ fn attempt_records_agent_times_and_outputs() {
                 attempt: 1,
                 outputs: vec![out.clone()],
                 log_key: "runs/r/a.1.log".into(),
+                log_empty: false,
             },
             9,
         )
@@ -184,6 +186,7 @@ fn events_for_old_or_unknown_attempts_are_stale() {
         attempt,
         outputs: vec![],
         log_key: String::new(),
+        log_empty: false,
     };
     dag.apply(ok.clone(), 30).unwrap();
     assert!(dag.apply(ok, 31).is_err());
@@ -235,6 +238,7 @@ fn failure_with_retries_waits_with_exponential_backoff() {
                 attempt: a3,
                 outputs: vec![],
                 log_key: String::new(),
+                log_empty: false,
             },
             8_000,
         )
@@ -318,6 +322,7 @@ fn without_fail_fast_independent_branches_finish() {
                 attempt: x,
                 outputs: vec![],
                 log_key: String::new(),
+                log_empty: false,
             },
             6,
         )
@@ -503,6 +508,7 @@ fn restore_derives_skipped_and_cancelled() {
             error: "boom".into(),
             outputs: vec![],
             log_key: String::new(),
+            log_empty: false,
             gpus: vec![],
         }],
         message: "boom".into(),
@@ -718,6 +724,7 @@ fn a_preempted_task_that_finishes_first_just_succeeds() {
                 attempt: a,
                 outputs: vec![],
                 log_key: String::new(),
+                log_empty: false,
             },
             2,
         )
