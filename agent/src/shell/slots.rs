@@ -85,22 +85,31 @@ impl Slots {
 
     /// Empties the slot and makes it free again (blocking file-system work).
     /// A slot that cannot be emptied is removed whole; [`prepare`] creates
-    /// it again on its next use.
+    /// it again on its next use. One that cannot be removed either is not
+    /// handed out again.
     pub fn release(&self, slot: Slot) {
-        if let Err(e) = empty_slot(&slot.path) {
-            tracing::warn!(dir = %slot.path.display(), error = %e, "emptying a process slot failed; removing it");
-            if let Err(e) = std::fs::remove_dir_all(&slot.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    // Not given back: a slot nobody can clean is not handed out again.
-                    tracing::error!(dir = %slot.path.display(), error = %e, "removing a process slot failed");
-                    return;
+        let usable = match empty_slot(&slot.path) {
+            Ok(()) => true,
+            // Never prepared (the attempt ended before its directory was made).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => {
+                tracing::warn!(dir = %slot.path.display(), error = %e, "emptying a process slot failed; removing it");
+                match std::fs::remove_dir_all(&slot.path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+                    Err(e) => {
+                        tracing::error!(dir = %slot.path.display(), error = %e, "removing a process slot failed; not using it again");
+                        false
+                    }
                 }
             }
+        };
+        if usable {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            free.0.push(slot.index);
+            // Lowest number last, so `pop` takes it.
+            free.0.sort_unstable_by(|a, b| b.cmp(a));
         }
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        free.0.push(slot.index);
-        // Lowest number last, so `pop` takes it.
-        free.0.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
@@ -254,6 +263,15 @@ mod tests {
         assert!(std::fs::symlink_metadata(dir.join("outputs"))
             .unwrap()
             .is_dir());
+    }
+
+    #[test]
+    fn a_slot_released_unprepared_is_simply_free_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slots = Slots::open(tmp.path()).unwrap();
+        let slot = slots.acquire();
+        slots.release(slot);
+        assert_eq!(slots.acquire().index, 0);
     }
 
     #[test]
