@@ -636,6 +636,9 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
             ];
             let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
+            // CPU of every measured process per task: steadier than
+            // throughput from run to run, and says whether "on" costs work.
+            let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
                     [false, true]
@@ -661,6 +664,9 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                         .unwrap_or(0.0);
                     let best = if export { &mut best_on } else { &mut best_off };
                     *best = best.max(tps);
+                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks) {
+                        if export { &mut cpu_on } else { &mut cpu_off }.push(ms);
+                    }
                 }
             }
             let spans = sink.spans();
@@ -679,10 +685,40 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 spans,
                 fmt_num(ratio)
             );
+            if let (Some(off), Some(on)) = (median(&mut cpu_off), median(&mut cpu_on)) {
+                o.metric("cpu_ms_per_task_off", r3(off))
+                    .metric("cpu_ms_per_task_on", r3(on));
+                o.summary += &format!(
+                    "; CPU per task (median) off {} ms, on {} ms",
+                    fmt_num(off),
+                    fmt_num(on)
+                );
+            }
             o.targets
                 .push(Target::at_least("throughput on ÷ off", ratio, 0.9));
             Ok(())
         },
     )
     .await
+}
+
+/// Milliseconds of CPU per task, all measured processes together, from a
+/// throughput run's `cpu_cores` and `total_s`.
+fn cpu_ms_per_task(
+    metrics: &serde_json::Map<String, serde_json::Value>,
+    tasks: usize,
+) -> Option<f64> {
+    let total_s = metrics.get("total_s")?.as_f64()?;
+    let cores: f64 = metrics
+        .get("cpu_cores")?
+        .as_object()?
+        .values()
+        .filter_map(serde_json::Value::as_f64)
+        .sum();
+    (tasks > 0).then(|| cores * total_s / tasks as f64 * 1000.0)
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
