@@ -639,6 +639,9 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
             // CPU of every measured process per task: steadier than
             // throughput from run to run, and says whether "on" costs work.
             let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
+            // And per process, to say where the difference is.
+            let mut by_process: std::collections::BTreeMap<(bool, String), Vec<f64>> =
+                std::collections::BTreeMap::new();
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
                     [false, true]
@@ -664,8 +667,17 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                         .unwrap_or(0.0);
                     let best = if export { &mut best_on } else { &mut best_off };
                     *best = best.max(tps);
-                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks) {
+                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, None) {
                         if export { &mut cpu_on } else { &mut cpu_off }.push(ms);
+                    }
+                    let names = r.metrics.get("cpu_cores").and_then(|c| c.as_object());
+                    for name in names.into_iter().flat_map(|c| c.keys()) {
+                        if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, Some(name)) {
+                            by_process
+                                .entry((export, name.clone()))
+                                .or_default()
+                                .push(ms);
+                        }
                     }
                 }
             }
@@ -685,6 +697,18 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 spans,
                 fmt_num(ratio)
             );
+            let mut per = |export: bool| {
+                let mut m = serde_json::Map::new();
+                for ((e, name), v) in by_process.iter_mut() {
+                    if *e == export {
+                        m.insert(name.clone(), serde_json::json!(median(v).map(r3)));
+                    }
+                }
+                m
+            };
+            let (per_off, per_on) = (per(false), per(true));
+            o.metric("cpu_ms_per_task_by_process_off", per_off)
+                .metric("cpu_ms_per_task_by_process_on", per_on);
             if let (Some(off), Some(on)) = (median(&mut cpu_off), median(&mut cpu_on)) {
                 o.metric("cpu_ms_per_task_off", r3(off))
                     .metric("cpu_ms_per_task_on", r3(on));
@@ -702,18 +726,20 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
     .await
 }
 
-/// Milliseconds of CPU per task, all measured processes together, from a
-/// throughput run's `cpu_cores` and `total_s`.
+/// Milliseconds of CPU per task of one kind of process (`None`: all
+/// measured processes together), from a throughput run's `cpu_cores` and `total_s`.
 fn cpu_ms_per_task(
     metrics: &serde_json::Map<String, serde_json::Value>,
     tasks: usize,
+    process: Option<&str>,
 ) -> Option<f64> {
     let total_s = metrics.get("total_s")?.as_f64()?;
     let cores: f64 = metrics
         .get("cpu_cores")?
         .as_object()?
-        .values()
-        .filter_map(serde_json::Value::as_f64)
+        .iter()
+        .filter(|(name, _)| process.is_none_or(|p| p == name.as_str()))
+        .filter_map(|(_, c)| c.as_f64())
         .sum();
     (tasks > 0).then(|| cores * total_s / tasks as f64 * 1000.0)
 }
