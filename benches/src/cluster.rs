@@ -91,6 +91,19 @@ const OTEL_VARS: [&str; 4] = [
     "OTEL_SDK_DISABLED",
 ];
 
+/// Starts a Drover binary at `RUST_LOG=warn`, stdout and stderr into `log`,
+/// killed when its handle drops.
+fn spawn_logged(cmd: &mut Command, program: &Path, log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log)?;
+    cmd.env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))
+}
+
 /// `cmd` with the caller's OTEL variables removed and `env` set.
 fn with_env<'c>(cmd: &'c mut Command, env: &[(String, String)]) -> &'c mut Command {
     for v in OTEL_VARS {
@@ -108,20 +121,14 @@ impl Cluster {
         let nats = Server::nats(Some(&tmp.path().join("nats"))).await?;
         let listen = free_port()?;
         let server = format!("http://127.0.0.1:{listen}");
-        let log = std::fs::File::create(tmp.path().join("scheduler.log"))?;
-        let scheduler = with_env(&mut Command::new(&bins.scheduler), env)
+        let mut cmd = Command::new(&bins.scheduler);
+        with_env(&mut cmd, env)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--etcd", &etcd.url, "--nats", &nats.url])
             .args(["--prefix", "/bench", "--nats-prefix", "bench"])
             .arg("--artifacts")
-            .arg(format!("file://{}", tmp.path().join("artifacts").display()))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bins.scheduler.display()))?;
+            .arg(format!("file://{}", tmp.path().join("artifacts").display()));
+        let scheduler = spawn_logged(&mut cmd, &bins.scheduler, &tmp.path().join("scheduler.log"))?;
         let mut c = Self {
             etcd,
             nats,
@@ -165,22 +172,16 @@ impl Cluster {
     pub fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
         let dir = self.dir.join("agents").join(id);
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = with_env(&mut Command::new(&self.bins.agent), &self.env)
+        let mut cmd = Command::new(&self.bins.agent);
+        with_env(&mut cmd, &self.env)
             .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
             .arg("--artifacts")
             .arg(format!("file://{}", self.dir.join("artifacts").display()))
             .args(["--id", id, "--executors", "process"])
             .args(["--cpus", &cpus.to_string()])
             .arg("--work-dir")
-            .arg(dir.join("work"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bins.agent.display()))?;
+            .arg(dir.join("work"));
+        let child = spawn_logged(&mut cmd, &self.bins.agent, &dir.join("agent.log"))?;
         self.agents.push(child);
         Ok(())
     }
