@@ -273,6 +273,7 @@ fn sanitize_token(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
     use clap::Parser;
 
@@ -283,11 +284,10 @@ mod tests {
     }
 
     #[test]
-    fn flags_parse_with_defaults() {
+    fn flags_parse_with_defaults() -> TestResult {
         let cli =
-            Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])
-                .unwrap();
-        let cfg = cli.opts.validate().unwrap();
+            Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])?;
+        let cfg = cli.opts.validate()?;
         assert_eq!(cfg.id, "a1");
         assert_eq!(cfg.executors, vec![ExecutorKind::Docker]);
         assert_eq!(cfg.docker.network, "bridge");
@@ -295,10 +295,11 @@ mod tests {
         assert_eq!(cfg.kill_grace, Duration::from_secs(10));
         assert_eq!(cfg.nats_prefix, "drover");
         assert!(cfg.work_dir.is_absolute());
+        Ok(())
     }
 
     #[test]
-    fn durations_and_lists_parse() {
+    fn durations_and_lists_parse() -> TestResult {
         let cli = Cli::try_parse_from([
             "drover-agent",
             "--artifacts=file:///tmp/a",
@@ -307,9 +308,8 @@ mod tests {
             "--kill-grace=1m30s",
             "--executors=process,process",
             "--work-dir=rel/dir",
-        ])
-        .unwrap();
-        let cfg = cli.opts.validate().unwrap();
+        ])?;
+        let cfg = cli.opts.validate()?;
         assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(cfg.kill_grace, Duration::from_secs(90));
         assert_eq!(cfg.executors, vec![ExecutorKind::Process]);
@@ -317,22 +317,23 @@ mod tests {
 
         let err = Cli::try_parse_from(["drover-agent", "--artifacts=x", "--kill-grace=10"])
             .err()
-            .unwrap();
+            .ok_or("accepted")?;
         assert!(err.to_string().contains("invalid duration `10`"), "{err}");
+        Ok(())
     }
 
     #[test]
-    fn new_matches_the_flag_defaults() {
+    fn new_matches_the_flag_defaults() -> TestResult {
         let cli =
-            Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])
-                .unwrap();
+            Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])?;
         let mut opts = AgentOptions::new(cli.opts.nats.clone(), "file:///tmp/a");
         opts.id = Some("a1".into());
         assert_eq!(format!("{:?}", opts), format!("{:?}", cli.opts));
+        Ok(())
     }
 
     #[test]
-    fn docker_flags_parse() {
+    fn docker_flags_parse() -> TestResult {
         let cli = Cli::try_parse_from([
             "drover-agent",
             "--artifacts=file:///tmp/a",
@@ -341,13 +342,13 @@ mod tests {
             "--docker-network=none",
             "--docker-pull-timeout=90s",
             "--docker-stop-on-shutdown",
-        ])
-        .unwrap();
-        let cfg = cli.opts.validate().unwrap();
+        ])?;
+        let cfg = cli.opts.validate()?;
         assert_eq!(cfg.docker.socket, "/run/user/1000/docker.sock");
         assert_eq!(cfg.docker.network, "none");
         assert_eq!(cfg.docker.pull_timeout, Duration::from_secs(90));
         assert!(cfg.docker.stop_on_shutdown);
+        Ok(())
     }
 
     #[test]
@@ -382,16 +383,15 @@ mod tests {
     }
 
     #[test]
-    fn default_id_is_the_sanitized_host_name() {
+    fn default_id_is_the_sanitized_host_name() -> TestResult {
         assert_eq!(sanitize_token("gpu1.example.com"), "gpu1-example-com");
-        let cfg = AgentOptions::new("nats://x", "file:///tmp/a")
-            .validate()
-            .unwrap();
+        let cfg = AgentOptions::new("nats://x", "file:///tmp/a").validate()?;
         assert!(!cfg.id.is_empty() && !cfg.id.contains('.'));
+        Ok(())
     }
 
     #[test]
-    fn capacity_flags_parse() {
+    fn capacity_flags_parse() -> TestResult {
         use crate::core::gpu::GpuSource;
         let cli = Cli::try_parse_from([
             "drover-agent",
@@ -405,11 +405,10 @@ mod tests {
             "--simulate-gpus=2",
             "--simulate-gpu-model=Simulated H100",
             "--simulate-gpu-memory=40Gi",
-        ])
-        .unwrap();
+        ])?;
         assert_eq!(cli.opts.cpu_millis, Some(500));
         assert_eq!(cli.opts.memory_bytes, Some(256 << 20));
-        let cfg = cli.opts.validate().unwrap();
+        let cfg = cli.opts.validate()?;
         assert_eq!(
             (cfg.capacity.cpu_millis, cfg.capacity.memory_bytes),
             (500, 256 << 20)
@@ -431,24 +430,23 @@ mod tests {
         );
 
         // Defaults: the whole machine, NVML.
-        let cfg = AgentOptions::new("nats://x", "file:///tmp/a")
-            .validate()
-            .unwrap();
+        let cfg = AgentOptions::new("nats://x", "file:///tmp/a").validate()?;
         assert_eq!(cfg.capacity.cpu_millis, host::machine_capacity().cpu_millis);
         assert_eq!(cfg.capacity.gpus, GpuSource::Nvml);
         assert!(cfg.capacity.labels.is_empty());
+        Ok(())
     }
 
     #[test]
-    fn capacity_flags_are_checked() {
+    fn capacity_flags_are_checked() -> TestResult {
         let err = Cli::try_parse_from(["drover-agent", "--artifacts=x", "--cpus=1.0005"])
             .err()
-            .unwrap()
+            .ok_or("accepted")?
             .to_string();
         assert!(err.contains("--cpus") && err.contains("1m"), "{err}");
         let err = Cli::try_parse_from(["drover-agent", "--artifacts=x", "--memory=lots"])
             .err()
-            .unwrap()
+            .ok_or("accepted")?
             .to_string();
         assert!(
             err.contains("--memory") && err.contains("invalid quantity"),
@@ -473,5 +471,6 @@ mod tests {
             err.contains("label `zone a`") && err.contains("key=value"),
             "{err}"
         );
+        Ok(())
     }
 }

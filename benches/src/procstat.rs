@@ -114,6 +114,7 @@ impl CpuMeter {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
@@ -123,15 +124,12 @@ mod tests {
     }
 
     #[test]
-    fn children_are_found_by_parent() {
+    fn children_are_found_by_parent() -> TestResult {
         assert_eq!(
             parse_comm_ppid("42 (nats-server) S 7 42 42 0"),
             Some(("nats-server".to_string(), 7))
         );
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn()?;
         let found = children(std::process::id());
         let _ = child.kill();
         let _ = child.wait();
@@ -139,13 +137,15 @@ mod tests {
             found.contains(&("sleep".to_string(), child.id())),
             "{found:?}"
         );
+        Ok(())
     }
 
     #[test]
-    fn own_process_is_readable() {
+    fn own_process_is_readable() -> TestResult {
         let pid = std::process::id();
-        let (rss, peak) = memory(pid).unwrap();
+        let (rss, peak) = memory(pid)?;
         assert!(rss > 0 && peak >= rss);
         assert!(cpu_time(pid).is_ok());
+        Ok(())
     }
 }

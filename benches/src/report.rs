@@ -194,10 +194,11 @@ pub fn fmt_num(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
-    fn failures_show_in_table_and_json() {
+    fn failures_show_in_table_and_json() -> TestResult {
         let mut o = Outcome::new("scale", true);
         o.param("tasks", 100_000);
         o.fail("submit refused: too large\nmore detail");
@@ -208,13 +209,17 @@ mod tests {
         assert!(t.contains("scale [SIMULATED agents]"));
         assert!(t.contains("FAILED: submit refused: too large"));
         assert!(t.contains("MISSED"));
-        let v: Value = serde_json::from_str(&o.json()).unwrap();
+        let v: Value = serde_json::from_str(&o.json())?;
         assert_eq!(v["ok"], false);
         assert_eq!(v["simulated"], true);
         assert_eq!(v["params"]["tasks"], 100_000);
-        assert!(v["error"].as_str().unwrap().contains("more detail"));
+        assert!(v["error"]
+            .as_str()
+            .ok_or("no error field")?
+            .contains("more detail"));
         assert!(t.contains("tasks/s n/a >= 10000: MISSED"));
         assert!(v["targets"][1]["value"].is_null());
         assert_eq!(v["targets"][1]["met"], false);
+        Ok(())
     }
 }

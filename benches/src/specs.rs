@@ -71,6 +71,7 @@ pub fn fan_dag(about: usize, width: usize) -> (String, usize) {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn parse(y: &str) -> drover_api::pb::PipelineSpec {
@@ -78,7 +79,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_are_valid_and_sized() {
+    fn specs_are_valid_and_sized() -> TestResult {
         let c = parse(&chain(3));
         assert_eq!(c.tasks.len(), 3);
         assert_eq!(c.tasks[2].depends_on, vec!["c00001"]);
@@ -87,9 +88,14 @@ mod tests {
         assert_eq!(n, 1000);
         let d = parse(&y);
         assert_eq!(d.tasks.len(), 1000);
-        let join = d.tasks.iter().find(|t| t.name == "j0000").unwrap();
+        let join = d
+            .tasks
+            .iter()
+            .find(|t| t.name == "j0000")
+            .ok_or("no join task")?;
         assert_eq!(join.depends_on.len(), 100);
         let (_, small) = fan_dag(10, 100);
         assert_eq!(small, 102, "at least one whole block");
+        Ok(())
     }
 }

@@ -372,6 +372,7 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn hb(id: &str, instance: &str, running: &[(&str, &str, u32)]) -> pb::Heartbeat {
@@ -506,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn drained_and_loaded_agents_take_no_work_until_they_heartbeat() {
+    fn drained_and_loaded_agents_take_no_work_until_they_heartbeat() -> TestResult {
         let mut f = Fleet::default();
         f.load(vec![(
             pb::AgentRecord {
@@ -524,7 +525,8 @@ mod tests {
             "waiting for an agent to take work (drained: a)"
         );
         assert_eq!(f.agents["a"].state(), pb::AgentState::Draining);
-        f.agents.get_mut("a").unwrap().drained = false;
+        f.agents.get_mut("a").ok_or("no agent a")?.drained = false;
         assert_eq!(f.schedulable_slots().len(), 1);
+        Ok(())
     }
 }

@@ -91,10 +91,11 @@ pub fn check_priority(priority: i64) -> Result<i64> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
-    fn validation_names_the_field_and_value() {
+    fn validation_names_the_field_and_value() -> TestResult {
         let bad = pb::Queue {
             name: "Bad_Q".into(),
             ..Default::default()
@@ -115,10 +116,10 @@ mod tests {
         let q = validate(pb::Queue {
             name: "ok".into(),
             ..Default::default()
-        })
-        .unwrap();
+        })?;
         assert_eq!(q.weight, 1);
         assert_eq!(q.preemption(), pb::Preemption::Never);
+        Ok(())
     }
 
     #[test]

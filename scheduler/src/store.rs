@@ -506,6 +506,7 @@ pub fn is_active(state: pb::RunState) -> bool {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn put(key: String, value: Vec<u8>, expect_rev: i64) -> Vec<Write> {
@@ -513,11 +514,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cas_rejects_stale_writes_and_reads_are_snapshots() {
-        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
-        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
-            .await
-            .unwrap();
+    async fn cas_rejects_stale_writes_and_reads_are_snapshots() -> TestResult {
+        let etcd = drover_devcluster::Server::etcd(None).await?;
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t").await?;
         let run = pb::RunRecord {
             id: "r1".into(),
             state: pb::RunState::Running as i32,
@@ -525,8 +524,7 @@ mod tests {
         };
         let revs = store
             .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
-            .await
-            .unwrap();
+            .await?;
         // Creating it again (expecting no key) loses the compare.
         let again = store
             .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
@@ -541,7 +539,7 @@ mod tests {
             .await;
         assert!(matches!(stale, Err(SchedulerError::Conflict)));
 
-        let before = store.load_run("r1").await.unwrap().unwrap();
+        let before = store.load_run("r1").await?.ok_or("run r1 not stored")?;
         assert!(before.tasks.is_empty());
         let task = pb::TaskRecord {
             state: pb::TaskState::Failed as i32,
@@ -553,27 +551,25 @@ mod tests {
                 task.encode_to_vec(),
                 0,
             )])
-            .await
-            .unwrap();
+            .await?;
         // Read at the earlier revision, the later task write is invisible.
-        assert!(store.load_tasks("r1", before.rev).await.unwrap().is_empty());
-        let now = store.load_run("r1").await.unwrap().unwrap();
+        assert!(store.load_tasks("r1", before.rev).await?.is_empty());
+        let now = store.load_run("r1").await?.ok_or("run r1 not stored")?;
         assert_eq!(now.tasks.len(), 1);
         assert_eq!(now.tasks[0].0, "a");
-        assert!(store.load_run("nope").await.unwrap().is_none());
+        assert!(store.load_run("nope").await?.is_none());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn big_changes_are_split_into_transactions_under_the_op_limit() {
-        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
-        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
-            .await
-            .unwrap();
+    async fn big_changes_are_split_into_transactions_under_the_op_limit() -> TestResult {
+        let etcd = drover_devcluster::Server::etcd(None).await?;
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t").await?;
         let writes: Vec<Write> = (0..300)
             .map(|i| Write::put(store.task_key("big", &format!("t{i}")), vec![], 0))
             .collect();
         let small = put(store.run_key("small"), vec![], 0);
-        let revs = store.commit(vec![writes, small]).await.unwrap();
+        let revs = store.commit(vec![writes, small]).await?;
         assert_eq!(revs.len(), 301);
         let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
         assert_eq!(
@@ -581,14 +577,13 @@ mod tests {
             3,
             "300 + 1 writes need 3 transactions of <= 128"
         );
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_split_group_commits_its_end_after_the_rest() {
-        let etcd = drover_devcluster::Server::etcd(None).await.unwrap();
-        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t")
-            .await
-            .unwrap();
+    async fn a_split_group_commits_its_end_after_the_rest() -> TestResult {
+        let etcd = drover_devcluster::Server::etcd(None).await?;
+        let store = Store::connect(std::slice::from_ref(&etcd.url), "/t").await?;
         let others: Vec<Vec<Write>> = (0..3)
             .map(|r| put(store.run_key(&format!("other{r}")), vec![], 0))
             .collect();
@@ -598,7 +593,7 @@ mod tests {
         big.push(Write::put(store.run_key("big"), vec![], 0));
         let mut groups = others;
         groups.push(big);
-        let revs = store.commit(groups).await.unwrap();
+        let revs = store.commit(groups).await?;
         assert_eq!(revs.len(), 304);
         let run_rev = revs[303];
         // Its record shares the last part (tasks 256..300) and is committed
@@ -607,5 +602,6 @@ mod tests {
         assert!(revs[259..303].iter().all(|&r| r == run_rev), "{revs:?}");
         let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
         assert_eq!(distinct.len(), 4, "3 small + 128 + 128 + 44+1: {revs:?}");
+        Ok(())
     }
 }

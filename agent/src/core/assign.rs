@@ -237,6 +237,7 @@ fn relative_path(output: &str, path: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
     use drover_api::pb::{AttemptRef, InputArtifact, OutputSpec, TaskSpec};
 
@@ -314,41 +315,44 @@ mod tests {
     }
 
     #[test]
-    fn no_timeout_when_zero() {
+    fn no_timeout_when_zero() -> TestResult {
         let mut a = assignment();
-        a.task.as_mut().unwrap().timeout_ms = 0;
+        a.task.as_mut().ok_or("no task")?.timeout_ms = 0;
         let AssignDecision::Start(plan) = decide(&a) else {
             panic!("expected a plan");
         };
         assert_eq!(plan.timeout, None);
+        Ok(())
     }
 
     #[test]
-    fn a_known_attempt_is_a_duplicate_even_before_other_checks() {
+    fn a_known_attempt_is_a_duplicate_even_before_other_checks() -> TestResult {
         let mut a = assignment();
-        a.task.as_mut().unwrap().image = "python:3".into();
+        a.task.as_mut().ok_or("no task")?.image = "python:3".into();
         let d = decide_assign("a1", &[ExecutorKind::Process], &a, |k| k.attempt == 2);
         assert!(matches!(d, AssignDecision::Duplicate(k) if k.attempt == 2));
+        Ok(())
     }
 
     #[test]
-    fn an_image_needs_docker() {
+    fn an_image_needs_docker() -> TestResult {
         let mut a = assignment();
-        a.task.as_mut().unwrap().image = "python:3".into();
+        a.task.as_mut().ok_or("no task")?.image = "python:3".into();
         assert_eq!(
             refusal(&a),
             "executor `docker` is not enabled on agent `a1` (enabled: process)"
         );
+        Ok(())
     }
 
     #[test]
-    fn malformed_assignments_are_refused_with_a_reason() {
+    fn malformed_assignments_are_refused_with_a_reason() -> TestResult {
         let mut a = assignment();
         a.attempt = None;
         assert_eq!(refusal(&a), "malformed assignment: missing attempt");
 
         let mut a = assignment();
-        a.attempt.as_mut().unwrap().run_id = "../etc".into();
+        a.attempt.as_mut().ok_or("no attempt")?.run_id = "../etc".into();
         assert!(refusal(&a).contains("run id `../etc` is not a valid file name"));
 
         let mut a = assignment();
@@ -356,15 +360,15 @@ mod tests {
         assert!(refusal(&a).contains("missing task"));
 
         let mut a = assignment();
-        a.task.as_mut().unwrap().command.clear();
+        a.task.as_mut().ok_or("no task")?.command.clear();
         assert!(refusal(&a).contains("empty command"));
 
         let mut a = assignment();
-        a.task.as_mut().unwrap().outputs[0].path = "../../escape".into();
+        a.task.as_mut().ok_or("no task")?.outputs[0].path = "../../escape".into();
         assert!(refusal(&a).contains("must be a relative path inside outputs/"));
 
         let mut a = assignment();
-        a.task.as_mut().unwrap().outputs[0].path = "/etc/passwd".into();
+        a.task.as_mut().ok_or("no task")?.outputs[0].path = "/etc/passwd".into();
         assert!(refusal(&a).contains("must be a relative path inside outputs/"));
 
         let mut a = assignment();
@@ -382,9 +386,10 @@ mod tests {
         let mut a = assignment();
         a.task
             .as_mut()
-            .unwrap()
+            .ok_or("no task")?
             .env
             .insert("A=B".into(), "x".into());
         assert!(refusal(&a).contains("invalid environment variable `A=B`"));
+        Ok(())
     }
 }

@@ -191,6 +191,7 @@ pub fn parse_labels<S: AsRef<str>>(list: &[S]) -> Result<BTreeMap<String, String
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     const GI: u64 = 1 << 30;
@@ -208,8 +209,8 @@ mod tests {
     }
 
     #[test]
-    fn reservations_below_the_machine_are_advertised() {
-        let cap = reserve(machine(), Some(1_500), Some(8 * GI)).unwrap();
+    fn reservations_below_the_machine_are_advertised() -> TestResult {
+        let cap = reserve(machine(), Some(1_500), Some(8 * GI))?;
         assert_eq!(
             cap,
             Capacity {
@@ -220,25 +221,27 @@ mod tests {
         // Exactly the machine is fine; each flag applies alone.
         assert_eq!(reserve(machine(), Some(16_000), None), Ok(machine()));
         assert_eq!(
-            reserve(machine(), None, Some(GI)).unwrap(),
+            reserve(machine(), None, Some(GI))?,
             Capacity {
                 cpu_millis: 16_000,
                 memory_bytes: GI
             }
         );
+        Ok(())
     }
 
     #[test]
-    fn fractional_cpus_from_the_flag_syntax() {
+    fn fractional_cpus_from_the_flag_syntax() -> TestResult {
         // What clap hands over: drover_api's parse_cpu of the flag's text.
         for (flag, millis) in [("1.5", 1_500), ("0.25", 250), ("500m", 500), ("2", 2_000)] {
-            let cpus = drover_api::spec::parse_cpu(flag).unwrap();
+            let cpus = drover_api::spec::parse_cpu(flag)?;
             assert_eq!(
-                reserve(machine(), Some(cpus), None).unwrap().cpu_millis,
+                reserve(machine(), Some(cpus), None)?.cpu_millis,
                 millis,
                 "{flag}"
             );
         }
+        Ok(())
     }
 
     #[test]
@@ -277,8 +280,8 @@ mod tests {
     }
 
     #[test]
-    fn resolve_defaults_to_the_machine_and_nvml() {
-        let cfg = resolve(&request(&[]), machine()).unwrap();
+    fn resolve_defaults_to_the_machine_and_nvml() -> TestResult {
+        let cfg = resolve(&request(&[]), machine())?;
         assert_eq!(
             cfg,
             CapacityConfig {
@@ -288,10 +291,11 @@ mod tests {
                 gpus: GpuSource::Nvml,
             }
         );
+        Ok(())
     }
 
     #[test]
-    fn resolve_reserves_labels_and_simulates() {
+    fn resolve_reserves_labels_and_simulates() -> TestResult {
         let labels = vec!["zone=a".to_owned()];
         let req = CapacityRequest {
             cpu_millis: Some(1_500),
@@ -301,7 +305,7 @@ mod tests {
             simulate_gpu_memory_bytes: 40 * GI,
             ..request(&labels)
         };
-        let cfg = resolve(&req, machine()).unwrap();
+        let cfg = resolve(&req, machine())?;
         assert_eq!((cfg.cpu_millis, cfg.memory_bytes), (1_500, GI));
         assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("a"));
         assert_eq!(
@@ -312,10 +316,11 @@ mod tests {
                 memory_bytes: 40 * GI
             }
         );
+        Ok(())
     }
 
     #[test]
-    fn resolve_refuses_bad_requests_naming_the_flag() {
+    fn resolve_refuses_bad_requests_naming_the_flag() -> TestResult {
         let bad_label = vec!["zone".to_owned()];
         let cases = [
             (
@@ -367,7 +372,8 @@ mod tests {
             simulate_gpu_memory_bytes: 0,
             ..request(&[])
         };
-        assert_eq!(resolve(&req, machine()).unwrap().gpus, GpuSource::Nvml);
+        assert_eq!(resolve(&req, machine())?.gpus, GpuSource::Nvml);
+        Ok(())
     }
 
     #[test]
@@ -388,15 +394,14 @@ mod tests {
     }
 
     #[test]
-    fn labels_parse() {
+    fn labels_parse() -> TestResult {
         let labels = parse_labels(&[
             "zone=eu-west-1",
             " gpu = h100 ",
             "",
             "example.com/rack=r7",
             "empty=",
-        ])
-        .unwrap();
+        ])?;
         let want: BTreeMap<String, String> = [
             ("zone", "eu-west-1"),
             ("gpu", "h100"),
@@ -407,10 +412,11 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(labels, want);
-        assert!(parse_labels::<&str>(&[]).unwrap().is_empty());
+        assert!(parse_labels::<&str>(&[])?.is_empty());
         // A value may hold `=` only as the separator: the first one splits.
         let err = parse_labels(&["a=b=c"]).unwrap_err();
         assert!(err.contains("invalid label value `b=c`"), "{err}");
+        Ok(())
     }
 
     #[test]

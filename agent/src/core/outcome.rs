@@ -100,6 +100,7 @@ impl Termination {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
@@ -108,14 +109,14 @@ mod tests {
     }
 
     #[test]
-    fn reasons_say_what_happened() {
-        let f = Termination::Exited(3).failure().unwrap();
+    fn reasons_say_what_happened() -> TestResult {
+        let f = Termination::Exited(3).failure().ok_or("no failure")?;
         assert_eq!(
             (f.exit_code, f.reason.as_str()),
             (Some(3), "exited with code 3")
         );
 
-        let f = Termination::Signalled(9).failure().unwrap();
+        let f = Termination::Signalled(9).failure().ok_or("no failure")?;
         assert_eq!(
             (f.exit_code, f.reason.as_str()),
             (None, "killed by signal 9")
@@ -123,25 +124,26 @@ mod tests {
 
         let f = Termination::Stopped(StopCause::Timeout(Duration::from_secs(2)))
             .failure()
-            .unwrap();
+            .ok_or("no failure")?;
         assert_eq!(f.reason, "timed out after 2s");
         assert!(!f.cancelled && f.exit_code.is_none());
 
         let f = Termination::Stopped(StopCause::Cancelled)
             .failure()
-            .unwrap();
+            .ok_or("no failure")?;
         assert_eq!((f.reason.as_str(), f.cancelled), ("cancelled", true));
 
         let f = Termination::Stopped(StopCause::Shutdown {
             agent_id: "a1".into(),
         })
         .failure()
-        .unwrap();
+        .ok_or("no failure")?;
         assert_eq!(
             f.reason,
             "agent `a1` shut down while the attempt was running"
         );
         assert!(!f.cancelled);
+        Ok(())
     }
 
     #[test]

@@ -272,6 +272,7 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
     use crate::core::gpu::{simulated_gpus, GpuSource};
 
@@ -292,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn compose_carries_capacity_usage_gpus_and_identity() {
+    fn compose_carries_capacity_usage_gpus_and_identity() -> TestResult {
         let cfg = config();
         let sample = Sample {
             usage: Usage {
@@ -325,7 +326,8 @@ mod tests {
         assert_eq!(hb.cpu_usage_percent, 12.5);
         assert_eq!(hb.memory_used_bytes, 123);
         assert_eq!(hb.instance, cfg.instance);
-        assert_eq!(hb.hostname, host::hostname().unwrap());
+        assert_eq!(hb.hostname, host::hostname()?);
+        Ok(())
     }
 
     #[test]

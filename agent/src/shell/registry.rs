@@ -95,6 +95,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn key() -> AttemptKey {
@@ -106,9 +107,9 @@ mod tests {
     }
 
     #[test]
-    fn the_first_stop_request_wins() {
+    fn the_first_stop_request_wins() -> TestResult {
         let reg = Registry::default();
-        let rx = reg.start(key()).unwrap();
+        let rx = reg.start(key()).ok_or("not started")?;
         assert!(reg.start(key()).is_none());
         let cancel = StopRequest {
             cause: StopCause::Cancelled,
@@ -128,5 +129,6 @@ mod tests {
         assert!(!reg.request_stop(&key(), cancel), "finished: not found");
         assert!(reg.is_known(&key()));
         assert!(reg.running().is_empty());
+        Ok(())
     }
 }

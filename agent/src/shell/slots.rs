@@ -178,107 +178,111 @@ fn remove_entry(entry: &std::fs::DirEntry) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+    fn names(dir: &Path) -> std::io::Result<Vec<String>> {
+        let mut v = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<String>>>()?;
         v.sort();
-        v
+        Ok(v)
     }
 
     #[test]
-    fn slots_are_reused_lowest_first_and_grow_with_concurrency() {
-        let tmp = tempfile::tempdir().unwrap();
-        let slots = Slots::open(tmp.path()).unwrap();
+    fn slots_are_reused_lowest_first_and_grow_with_concurrency() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let slots = Slots::open(tmp.path())?;
         let (a, b) = (slots.acquire(), slots.acquire());
         assert_eq!((a.index, b.index), (0, 1));
         assert_eq!(a.path(), tmp.path().join("_process/0"));
-        prepare(a.path(), false).unwrap();
-        prepare(b.path(), false).unwrap();
+        prepare(a.path(), false)?;
+        prepare(b.path(), false)?;
         slots.release(b);
         slots.release(a);
         assert_eq!(slots.acquire().index, 0);
         assert_eq!(slots.acquire().index, 1);
         assert_eq!(slots.acquire().index, 2);
+        Ok(())
     }
 
     #[test]
-    fn a_released_slot_keeps_its_directories_and_loses_what_the_task_left() {
+    fn a_released_slot_keeps_its_directories_and_loses_what_the_task_left() -> TestResult {
         use std::io::Write;
-        let tmp = tempfile::tempdir().unwrap();
-        let slots = Slots::open(tmp.path()).unwrap();
+        let tmp = tempfile::tempdir()?;
+        let slots = Slots::open(tmp.path())?;
         let slot = slots.acquire();
         let dir = slot.path().to_owned();
-        let mut log = prepare(&dir, true).unwrap();
-        log.write_all(b"output of the task\n").unwrap();
-        std::fs::write(dir.join("outputs/model"), b"m").unwrap();
-        std::fs::create_dir_all(dir.join("outputs/nested/deeper")).unwrap();
-        std::fs::write(dir.join("inputs/data"), b"d").unwrap();
-        std::fs::write(dir.join("scratch"), b"s").unwrap();
-        std::fs::create_dir(dir.join("cache")).unwrap();
+        let mut log = prepare(&dir, true)?;
+        log.write_all(b"output of the task\n")?;
+        std::fs::write(dir.join("outputs/model"), b"m")?;
+        std::fs::create_dir_all(dir.join("outputs/nested/deeper"))?;
+        std::fs::write(dir.join("inputs/data"), b"d")?;
+        std::fs::write(dir.join("scratch"), b"s")?;
+        std::fs::create_dir(dir.join("cache"))?;
         let outside = tmp.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("keep"), b"k").unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
-        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-        let before = (inode(&dir.join("outputs")), inode(&dir.join(LOG_FILE)));
+        std::fs::create_dir(&outside)?;
+        std::fs::write(outside.join("keep"), b"k")?;
+        std::os::unix::fs::symlink(&outside, dir.join("link"))?;
+        let inode =
+            |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let before = (inode(&dir.join("outputs"))?, inode(&dir.join(LOG_FILE))?);
 
         slots.release(slot);
-        assert_eq!(names(&dir), ["drover-attempt.log", "inputs", "outputs"]);
-        assert!(names(&dir.join("outputs")).is_empty());
-        assert!(names(&dir.join("inputs")).is_empty());
-        assert_eq!(std::fs::metadata(dir.join(LOG_FILE)).unwrap().len(), 0);
+        assert_eq!(names(&dir)?, ["drover-attempt.log", "inputs", "outputs"]);
+        assert!(names(&dir.join("outputs"))?.is_empty());
+        assert!(names(&dir.join("inputs"))?.is_empty());
+        assert_eq!(std::fs::metadata(dir.join(LOG_FILE))?.len(), 0);
         assert!(outside.join("keep").exists(), "a link was followed");
 
         // Reused: same directory and log file, and no inputs when none are declared.
         let slot = slots.acquire();
         assert_eq!(slot.path(), dir);
-        prepare(&dir, false).unwrap();
-        assert_eq!(names(&dir), ["drover-attempt.log", "outputs"]);
+        prepare(&dir, false)?;
+        assert_eq!(names(&dir)?, ["drover-attempt.log", "outputs"]);
         assert_eq!(
-            (inode(&dir.join("outputs")), inode(&dir.join(LOG_FILE))),
+            (inode(&dir.join("outputs"))?, inode(&dir.join(LOG_FILE))?),
             before
         );
+        Ok(())
     }
 
     #[test]
-    fn an_outputs_symlink_is_removed_not_emptied_through() {
-        let tmp = tempfile::tempdir().unwrap();
-        let slots = Slots::open(tmp.path()).unwrap();
+    fn an_outputs_symlink_is_removed_not_emptied_through() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let slots = Slots::open(tmp.path())?;
         let slot = slots.acquire();
         let dir = slot.path().to_owned();
-        prepare(&dir, false).unwrap();
+        prepare(&dir, false)?;
         let outside = tmp.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("keep"), b"k").unwrap();
-        std::fs::remove_dir(dir.join("outputs")).unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("outputs")).unwrap();
+        std::fs::create_dir(&outside)?;
+        std::fs::write(outside.join("keep"), b"k")?;
+        std::fs::remove_dir(dir.join("outputs"))?;
+        std::os::unix::fs::symlink(&outside, dir.join("outputs"))?;
         slots.release(slot);
         assert!(outside.join("keep").exists());
         let slot = slots.acquire();
-        prepare(slot.path(), false).unwrap();
-        assert!(std::fs::symlink_metadata(dir.join("outputs"))
-            .unwrap()
-            .is_dir());
+        prepare(slot.path(), false)?;
+        assert!(std::fs::symlink_metadata(dir.join("outputs"))?.is_dir());
+        Ok(())
     }
 
     #[test]
-    fn a_slot_released_unprepared_is_simply_free_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let slots = Slots::open(tmp.path()).unwrap();
+    fn a_slot_released_unprepared_is_simply_free_again() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let slots = Slots::open(tmp.path())?;
         let slot = slots.acquire();
         slots.release(slot);
         assert_eq!(slots.acquire().index, 0);
+        Ok(())
     }
 
     #[test]
-    fn opening_the_pool_clears_an_earlier_life() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("_process/3/outputs")).unwrap();
-        let _slots = Slots::open(tmp.path()).unwrap();
-        assert!(names(&tmp.path().join("_process")).is_empty());
+    fn opening_the_pool_clears_an_earlier_life() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        std::fs::create_dir_all(tmp.path().join("_process/3/outputs"))?;
+        let _slots = Slots::open(tmp.path())?;
+        assert!(names(&tmp.path().join("_process"))?.is_empty());
+        Ok(())
     }
 }

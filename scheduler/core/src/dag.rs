@@ -230,6 +230,14 @@ pub enum Effect {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stale(pub String);
 
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stale event: {}", self.0)
+    }
+}
+
+impl std::error::Error for Stale {}
+
 /// Stored run-level state, for [`RunDag::restore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunState {

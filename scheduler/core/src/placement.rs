@@ -248,6 +248,8 @@ impl std::fmt::Display for NoFit {
     }
 }
 
+impl std::error::Error for NoFit {}
+
 /// Why an agent with this much free CPU, memory and matching GPUs cannot
 /// take `req` now, in [`choose`]'s words; None if it can.
 pub fn busy_reason(
@@ -357,6 +359,7 @@ pub fn choose(agents: &[AgentSlot], req: &Request, strategy: Strategy) -> Result
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn agent(id: &str, cpu: u64, used: u64) -> AgentSlot {
@@ -390,32 +393,35 @@ mod tests {
     }
 
     #[test]
-    fn bin_packs_onto_the_fullest_agent_that_fits() {
+    fn bin_packs_onto_the_fullest_agent_that_fits() -> TestResult {
         let agents = [
             agent("a", 4000, 0),
             agent("b", 4000, 3000),
             agent("c", 4000, 3900),
         ];
         let req = Request::new("", 500, 0);
-        assert_eq!(choose(&agents, &req, Strategy::BinPack).unwrap().agent, 1);
+        assert_eq!(choose(&agents, &req, Strategy::BinPack)?.agent, 1);
+        Ok(())
     }
 
     #[test]
-    fn spread_picks_the_emptiest_agent() {
+    fn spread_picks_the_emptiest_agent() -> TestResult {
         let agents = [
             agent("a", 4000, 1000),
             agent("b", 4000, 0),
             agent("c", 4000, 3000),
         ];
         let req = Request::new("", 500, 0);
-        assert_eq!(choose(&agents, &req, Strategy::Spread).unwrap().agent, 1);
+        assert_eq!(choose(&agents, &req, Strategy::Spread)?.agent, 1);
+        Ok(())
     }
 
     #[test]
-    fn ties_go_to_the_smallest_id() {
+    fn ties_go_to_the_smallest_id() -> TestResult {
         let agents = [agent("b", 2000, 0), agent("a", 2000, 0)];
-        let p = choose(&agents, &Request::new("", 0, 0), Strategy::BinPack).unwrap();
+        let p = choose(&agents, &Request::new("", 0, 0), Strategy::BinPack)?;
         assert_eq!(p.agent, 1);
+        Ok(())
     }
 
     #[test]
@@ -467,16 +473,16 @@ mod tests {
     }
 
     #[test]
-    fn gpus_are_picked_lowest_index_first_and_never_shared() {
+    fn gpus_are_picked_lowest_index_first_and_never_shared() -> TestResult {
         let mut a = gpu_agent("g", 4, "NVIDIA A100-SXM4-40GB", 40);
         let req = gpus(2);
-        let first = choose(std::slice::from_ref(&a), &req, Strategy::BinPack).unwrap();
+        let first = choose(std::slice::from_ref(&a), &req, Strategy::BinPack)?;
         assert_eq!(
             first.gpus,
             vec![(0, "GPU-g-0".into()), (1, "GPU-g-1".into())]
         );
         a.allocate(&req, &first.gpus);
-        let second = choose(std::slice::from_ref(&a), &req, Strategy::BinPack).unwrap();
+        let second = choose(std::slice::from_ref(&a), &req, Strategy::BinPack)?;
         assert_eq!(
             second.gpus,
             vec![(2, "GPU-g-2".into()), (3, "GPU-g-3".into())]
@@ -485,90 +491,78 @@ mod tests {
         let third = choose(std::slice::from_ref(&a), &req, Strategy::BinPack);
         assert!(matches!(third, Err(NoFit::Busy(ref m)) if m.contains("0 matching GPU(s) free")));
         a.release(&req, &first.gpus);
-        let again = choose(std::slice::from_ref(&a), &req, Strategy::BinPack).unwrap();
+        let again = choose(std::slice::from_ref(&a), &req, Strategy::BinPack)?;
         assert_eq!(again.gpus, first.gpus);
+        Ok(())
     }
 
     #[test]
-    fn gpu_model_and_memory_constrain_which_gpus_count() {
+    fn gpu_model_and_memory_constrain_which_gpus_count() -> TestResult {
         let a100 = gpu_agent("a", 2, "NVIDIA A100-SXM4-40GB", 40);
         let t4 = gpu_agent("t", 4, "Tesla T4", 16);
         let agents = [a100, t4];
         let want_a100 = Request::new("", 1000, 0).with_gpus(1, "A100", 0);
-        assert_eq!(
-            choose(&agents, &want_a100, Strategy::BinPack)
-                .unwrap()
-                .agent,
-            0
-        );
+        assert_eq!(choose(&agents, &want_a100, Strategy::BinPack)?.agent, 0);
         let want_big = Request::new("", 1000, 0).with_gpus(1, "", 32 << 30);
-        assert_eq!(
-            choose(&agents, &want_big, Strategy::BinPack).unwrap().agent,
-            0
-        );
+        assert_eq!(choose(&agents, &want_big, Strategy::BinPack)?.agent, 0);
         let want_three_a100 = Request::new("", 1000, 0).with_gpus(3, "a100", 0);
         let err = choose(&agents, &want_three_a100, Strategy::BinPack).unwrap_err();
         assert_eq!(
             err,
             NoFit::Never("unschedulable: no connected agent offers executor `process`, 1000m cpu, 3 GPU(s) matching `a100` (a: 2 matching GPU(s); t: 0 matching GPU(s))".into())
         );
+        Ok(())
     }
 
     #[test]
-    fn bin_packing_keeps_whole_gpu_machines_free() {
+    fn bin_packing_keeps_whole_gpu_machines_free() -> TestResult {
         // One GPU already used on `half`: a 1-GPU task goes there, not to the idle machine.
         let mut half = gpu_agent("half", 2, "A100", 40);
         half.gpus[0].held = true;
         let idle = gpu_agent("idle", 2, "A100", 40);
-        let p = choose(&[idle, half], &gpus(1), Strategy::BinPack).unwrap();
+        let p = choose(&[idle, half], &gpus(1), Strategy::BinPack)?;
         assert_eq!(p.agent, 1);
         assert_eq!(p.gpus, vec![(1, "GPU-half-1".into())]);
+        Ok(())
     }
 
     #[test]
-    fn cpu_tasks_avoid_gpu_machines_when_they_can() {
+    fn cpu_tasks_avoid_gpu_machines_when_they_can() -> TestResult {
         let g = gpu_agent("a-gpu", 2, "A100", 40);
         let c = agent("z-cpu", 4000, 0);
         let req = Request::new("", 500, 0);
-        assert_eq!(
-            choose(&[g.clone(), c], &req, Strategy::BinPack)
-                .unwrap()
-                .agent,
-            1
-        );
+        assert_eq!(choose(&[g.clone(), c], &req, Strategy::BinPack)?.agent, 1);
         // ...but use them when nothing else fits.
-        assert_eq!(choose(&[g], &req, Strategy::BinPack).unwrap().agent, 0);
+        assert_eq!(choose(&[g], &req, Strategy::BinPack)?.agent, 0);
+        Ok(())
     }
 
     #[test]
-    fn node_selector_needs_every_label() {
+    fn node_selector_needs_every_label() -> TestResult {
         let mut eu = agent("eu", 4000, 0);
         eu.labels.insert("zone".into(), "eu".into());
         eu.labels.insert("disk".into(), "ssd".into());
         let us = agent("us", 4000, 0);
         let sel: BTreeMap<_, _> = [("zone".to_string(), "eu".to_string())].into();
         let req = Request::new("", 100, 0).with_selector(sel);
-        assert_eq!(
-            choose(&[us.clone(), eu], &req, Strategy::BinPack)
-                .unwrap()
-                .agent,
-            1
-        );
+        assert_eq!(choose(&[us.clone(), eu], &req, Strategy::BinPack)?.agent, 1);
         let err = choose(&[us], &req, Strategy::BinPack).unwrap_err();
         assert!(
             matches!(err, NoFit::Never(ref m) if m.ends_with("(us: no label zone=eu)")),
             "{err:?}"
         );
+        Ok(())
     }
 
     #[test]
-    fn allocate_and_release_round_trip() {
+    fn allocate_and_release_round_trip() -> TestResult {
         let mut a = agent("a", 1000, 0);
         let r = Request::new("", 600, 100);
         a.allocate(&r, &[]);
         assert!(choose(std::slice::from_ref(&a), &r, Strategy::BinPack).is_err());
         a.release(&r, &[]);
-        assert_eq!(choose(&[a], &r, Strategy::BinPack).unwrap().agent, 0);
+        assert_eq!(choose(&[a], &r, Strategy::BinPack)?.agent, 0);
+        Ok(())
     }
 
     #[test]

@@ -419,15 +419,17 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
-    fn params_need_key_and_equals() {
-        let ok = parse_params(&["lr=0.1".into(), "x=a=b".into()]).unwrap();
+    fn params_need_key_and_equals() -> TestResult {
+        let ok = parse_params(&["lr=0.1".into(), "x=a=b".into()])?;
         assert_eq!(ok["lr"], "0.1");
         assert_eq!(ok["x"], "a=b");
         let e = parse_params(&["lr".into()]).unwrap_err().to_string();
         assert_eq!(e, "--param `lr`: expected KEY=VALUE");
         assert!(parse_params(&["=v".into()]).is_err());
+        Ok(())
     }
 }

@@ -741,6 +741,7 @@ pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
@@ -904,7 +905,7 @@ POS  RUN          TASK          PRIO  WAITING FOR  REASON
     }
 
     #[test]
-    fn queue_json_has_nulls_for_unlimited() {
+    fn queue_json_has_nulls_for_unlimited() -> TestResult {
         let v = queue_status_json(&default_status());
         assert_eq!(v["name"], "default");
         assert_eq!(v["state"], "paused");
@@ -934,7 +935,7 @@ POS  RUN          TASK          PRIO  WAITING FOR  REASON
             ),
             (json!(3), json!(2), json!(4))
         );
-        let tasks = v["pending_tasks"].as_array().unwrap();
+        let tasks = v["pending_tasks"].as_array().ok_or("no pending_tasks")?;
         assert_eq!(tasks.len(), 3);
         assert_eq!(
             tasks[1],
@@ -947,6 +948,7 @@ POS  RUN          TASK          PRIO  WAITING FOR  REASON
                 "reason": "no agent has 1 free GPU",
             })
         );
+        Ok(())
     }
 
     fn preempted_run() -> pb::Run {
@@ -978,14 +980,17 @@ POS  RUN          TASK          PRIO  WAITING FOR  REASON
     }
 
     #[test]
-    fn get_shows_queue_priority_and_preemption() {
+    fn get_shows_queue_priority_and_preemption() -> TestResult {
         let run = preempted_run();
         let text = run_table(&run, 0);
         assert!(
             text.contains("Queue:     research\nPriority:  5\n"),
             "{text}"
         );
-        let line = text.lines().find(|l| l.starts_with("train")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("train"))
+            .ok_or("no train line")?;
         assert!(line.contains("Ready"), "{line}");
         // The reason is shown once, from the task's message.
         assert!(
@@ -1005,6 +1010,7 @@ POS  RUN          TASK          PRIO  WAITING FOR  REASON
         let old = pb::Run::default();
         assert!(run_table(&old, 0).contains("Queue:     default\n"));
         assert_eq!(run_json(&old)["queue"], "default");
+        Ok(())
     }
 
     #[test]

@@ -358,6 +358,7 @@ const _: () = assert!(MAX_PRIORITY == 1_000_000);
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use clap::Parser;
 
     use super::*;
@@ -640,7 +641,7 @@ mod tests {
     }
 
     #[test]
-    fn update_changes_only_what_was_given() {
+    fn update_changes_only_what_was_given() -> TestResult {
         let stored = pb::Queue {
             name: "train".into(),
             priority: 5,
@@ -680,7 +681,7 @@ mod tests {
             pb::Queue {
                 quota: Some(pb::Quota {
                     gpus: None,
-                    ..stored.quota.unwrap()
+                    ..stored.quota.ok_or("no quota")?
                 }),
                 max_running: None,
                 borrow: false,
@@ -703,7 +704,7 @@ mod tests {
             pb::Queue {
                 quota: Some(pb::Quota {
                     cpu_millis: Some(500),
-                    ..stored.quota.unwrap()
+                    ..stored.quota.ok_or("no quota")?
                 }),
                 preemption: pb::Preemption::Never as i32,
                 weight: 1,
@@ -728,6 +729,7 @@ mod tests {
         let mut q = pb::Queue::default();
         flags(&["--priority", "1"]).apply(&mut q);
         assert_eq!(q.quota, None);
+        Ok(())
     }
 
     #[test]

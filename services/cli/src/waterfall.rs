@@ -293,6 +293,7 @@ pub fn to_json(w: &Waterfall) -> Value {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     fn attempt(number: u32, ready: u64, assigned: u64, started: u64, finished: u64) -> pb::Attempt {
@@ -397,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn bars_split_queue_wait_from_run_time() {
+    fn bars_split_queue_wait_from_run_time() -> TestResult {
         let w = build(&diamond(), 20_000);
         assert_eq!((w.start, w.end), (1_000, 11_000));
         assert_eq!(w.critical_path, vec!["prep", "slow", "eval"]);
@@ -405,13 +406,21 @@ mod tests {
             .bars
             .iter()
             .find(|b| b.task == "slow" && b.attempt == 1)
-            .unwrap();
+            .ok_or("no slow #1 bar")?;
         assert_eq!((slow1.queue_wait(), slow1.run_time()), (2_000, 1_000));
         assert!(slow1.critical);
-        let fast = w.bars.iter().find(|b| b.task == "fast").unwrap();
+        let fast = w
+            .bars
+            .iter()
+            .find(|b| b.task == "fast")
+            .ok_or("no fast bar")?;
         assert!(!fast.critical);
         // A first attempt with no recorded ready time waited from the run's creation.
-        let prep = w.bars.iter().find(|b| b.task == "prep").unwrap();
+        let prep = w
+            .bars
+            .iter()
+            .find(|b| b.task == "prep")
+            .ok_or("no prep bar")?;
         assert_eq!(prep.ready, 1_000);
         // Ordered by when they became ready.
         let order: Vec<(&str, u32)> = w
@@ -429,10 +438,11 @@ mod tests {
                 ("eval", 1)
             ]
         );
+        Ok(())
     }
 
     #[test]
-    fn renders_one_row_per_attempt_on_a_shared_scale() {
+    fn renders_one_row_per_attempt_on_a_shared_scale() -> TestResult {
         let text = render(&build(&diamond(), 20_000), 20);
         // 10 s over 20 columns: 0.5 s a column.
         let row = |label: &str| {
@@ -443,8 +453,9 @@ mod tests {
         };
         let bar = |label: &str| {
             let r = row(label);
-            let from = r.find('|').unwrap() + 1;
-            let to = r[from..].find('|').unwrap() + from;
+            // Each row has the bar between two `|`.
+            let from = r.find('|').map_or(0, |i| i + 1);
+            let to = r[from..].find('|').map_or(r.len(), |i| i + from);
             r[from..to].to_string()
         };
         assert_eq!(bar("prep #1"), "██                  ");
@@ -456,6 +467,7 @@ mod tests {
         assert!(row("slow #1").contains("2.0s / 1.0s"), "{}", row("slow #1"));
         assert!(text.contains("Critical path (*): prep → slow → eval"));
         assert!(text.contains("Trace:  4bf92f3577b34da6a3ce929d0e0e4736"));
+        Ok(())
     }
 
     #[test]

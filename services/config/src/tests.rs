@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use super::{parse_from, ConfigError};
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 #[derive(clap::Parser, Debug)]
 struct Opts {
     #[arg(long, env = "DROVER_TEST_CONFIG")]
@@ -22,8 +24,8 @@ struct Opts {
 }
 
 fn file(yaml: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(yaml.as_bytes()).unwrap();
+    let mut f = tempfile::NamedTempFile::new().expect("a temp file");
+    f.write_all(yaml.as_bytes()).expect("writing the temp file");
     f
 }
 
@@ -34,19 +36,20 @@ fn parse(args: &[&str]) -> Result<Opts, ConfigError> {
 const FULL: &str = "nats: nats://file:4222\nartifacts: file:///a\nexecutors: [docker, process]\nlabel: [zone=eu, rack=r1]\nverbose: true\nsimulate_gpus: 2\n";
 
 #[test]
-fn the_file_fills_in_what_defaults_would() {
+fn the_file_fills_in_what_defaults_would() -> TestResult {
     let f = file(FULL);
-    let o = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    let o = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?])?;
     assert_eq!(o.nats, "nats://file:4222");
     assert_eq!(o.artifacts, "file:///a");
     assert_eq!(o.executors, ["docker", "process"]);
     assert_eq!(o.labels, ["zone=eu", "rack=r1"]);
     assert!(o.verbose);
     assert_eq!(o.simulate_gpus, 2);
+    Ok(())
 }
 
 #[test]
-fn flags_beat_the_file() {
+fn flags_beat_the_file() -> TestResult {
     let f = file(FULL);
     let o = parse(&[
         "--nats",
@@ -56,69 +59,82 @@ fn flags_beat_the_file() {
         "--label",
         "a=b",
         "--config",
-        f.path().to_str().unwrap(),
-    ])
-    .unwrap();
+        f.path().to_str().ok_or("temp path not UTF-8")?,
+    ])?;
     assert_eq!(o.nats, "nats://flag");
     assert_eq!(o.executors, ["process"]);
     assert_eq!(o.labels, ["a=b"]);
     assert_eq!(o.artifacts, "file:///a");
+    Ok(())
 }
 
 #[test]
-fn the_environment_beats_the_file() {
+fn the_environment_beats_the_file() -> TestResult {
     // The only test that sets this variable.
     std::env::set_var("DROVER_TEST_CFG_NATS", "nats://env");
     let f = file(FULL);
-    let o = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+    let o = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?])?;
     std::env::remove_var("DROVER_TEST_CFG_NATS");
     assert_eq!(o.nats, "nats://env");
+    Ok(())
 }
 
 #[test]
-fn without_a_file_nothing_changes() {
-    let o = parse(&["--artifacts", "file:///x"]).unwrap();
+fn without_a_file_nothing_changes() -> TestResult {
+    let o = parse(&["--artifacts", "file:///x"])?;
     assert_eq!(o.nats, "nats://default");
     assert_eq!(o.executors, ["docker"]);
     assert!(parse(&[]).is_err(), "--artifacts is still required");
+    Ok(())
 }
 
 #[test]
-fn unknown_keys_are_refused_with_the_known_ones() {
+fn unknown_keys_are_refused_with_the_known_ones() -> TestResult {
     let f = file("artifacts: file:///a\nnat: nats://typo\n");
-    let err = parse(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+    let err = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?]).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ConfigError::UnknownKey { .. }), "{msg}");
     assert!(msg.contains("unknown key `nat`"), "{msg}");
-    assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
+    assert!(
+        msg.contains(f.path().to_str().ok_or("temp path not UTF-8")?),
+        "{msg}"
+    );
     assert!(
         msg.contains("known: artifacts, executors, label, nats, simulate-gpus, verbose"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[test]
-fn file_values_go_through_the_flags_own_validation() {
+fn file_values_go_through_the_flags_own_validation() -> TestResult {
     let f = file("artifacts: file:///a\nsimulate-gpus: many\n");
-    let msg = parse(&["--config", f.path().to_str().unwrap()])
+    let msg = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?])
         .unwrap_err()
         .to_string();
     assert!(msg.contains("--simulate-gpus"), "{msg}");
     assert!(msg.contains("many"), "{msg}");
+    Ok(())
 }
 
 #[test]
-fn malformed_files_name_the_file_and_key() {
+fn malformed_files_name_the_file_and_key() -> TestResult {
     let list = file("artifacts: [a, b]\n");
-    let msg = parse(&["--config", list.path().to_str().unwrap()])
-        .unwrap_err()
-        .to_string();
+    let msg = parse(&[
+        "--config",
+        list.path().to_str().ok_or("temp path not UTF-8")?,
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("key `artifacts`: takes one value"), "{msg}");
 
     let not_map = file("- nats\n");
-    let msg = parse(&["--config", not_map.path().to_str().unwrap()])
-        .unwrap_err()
-        .to_string();
+    let msg = parse(&[
+        "--config",
+        not_map.path().to_str().ok_or("temp path not UTF-8")?,
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("not a mapping"), "{msg}");
 
     let msg = parse(&["--config", "/nonexistent/drover.yaml"])
@@ -130,11 +146,15 @@ fn malformed_files_name_the_file_and_key() {
     );
 
     let flag = file("artifacts: file:///a\nverbose: yes please\n");
-    let msg = parse(&["--config", flag.path().to_str().unwrap()])
-        .unwrap_err()
-        .to_string();
+    let msg = parse(&[
+        "--config",
+        flag.path().to_str().ok_or("temp path not UTF-8")?,
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(
         msg.contains("key `verbose`: expected true or false"),
         "{msg}"
     );
+    Ok(())
 }

@@ -304,14 +304,25 @@ async fn nats_ready(port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[tokio::test]
-    async fn etcd_and_nats_start_answer_and_die_on_drop() {
-        let etcd = Server::etcd(None).await.unwrap();
-        let nats = Server::nats(None).await.unwrap();
-        let etcd_port: u16 = etcd.url.rsplit(':').next().unwrap().parse().unwrap();
-        let nats_port: u16 = nats.url.rsplit(':').next().unwrap().parse().unwrap();
+    async fn etcd_and_nats_start_answer_and_die_on_drop() -> TestResult {
+        let etcd = Server::etcd(None).await?;
+        let nats = Server::nats(None).await?;
+        let etcd_port: u16 = etcd
+            .url
+            .rsplit(':')
+            .next()
+            .ok_or("no port in url")?
+            .parse()?;
+        let nats_port: u16 = nats
+            .url
+            .rsplit(':')
+            .next()
+            .ok_or("no port in url")?
+            .parse()?;
         assert!(etcd_healthy(etcd_port).await);
         assert!(nats_ready(nats_port).await);
         drop(etcd);
@@ -319,21 +330,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(TcpStream::connect(("127.0.0.1", etcd_port)).await.is_err());
         assert!(TcpStream::connect(("127.0.0.1", nats_port)).await.is_err());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn kept_data_dir_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut etcd = Server::etcd(Some(dir.path())).await.unwrap();
-        etcd.kill().await.unwrap();
+    async fn kept_data_dir_survives_a_restart() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut etcd = Server::etcd(Some(dir.path())).await?;
+        etcd.kill().await?;
         drop(etcd);
         assert!(dir.path().join("data").exists());
-        Server::etcd(Some(dir.path())).await.unwrap();
+        Server::etcd(Some(dir.path())).await?;
+        Ok(())
     }
 
     #[test]
-    fn claimed_ports_are_distinct_outside_the_ephemeral_range_and_locked() {
-        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+    fn claimed_ports_are_distinct_outside_the_ephemeral_range_and_locked() -> TestResult {
+        let ports = (0..50).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len());
         assert!(ports.iter().all(|p| PORTS.contains(p)), "{ports:?}");
@@ -342,11 +355,11 @@ mod tests {
             std::env::temp_dir()
                 .join("drover-ports")
                 .join(ports[0].to_string()),
-        )
-        .unwrap();
+        )?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own.
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         assert_ne!(rc, 0, "a claimed port's lock was free");
+        Ok(())
     }
 }

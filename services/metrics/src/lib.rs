@@ -143,6 +143,7 @@ pub fn encode_gauges<V: EncodeGaugeValue>(
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
     use http_body_util::BodyExt;
     use prometheus_client::collector::Collector;
@@ -176,8 +177,9 @@ mod tests {
     }
 
     async fn body(r: Response<Full<Bytes>>) -> String {
-        let bytes = r.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
+        // A `Full` body cannot fail, and the exposition is UTF-8.
+        let bytes = r.into_body().collect().await.expect("full body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("UTF-8 exposition")
     }
 
     #[tokio::test]
@@ -209,24 +211,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_over_http_until_shutdown() {
+    async fn serves_over_http_until_shutdown() -> TestResult {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, Arc::new(registry()), async {
             let _ = stopped.await;
         }));
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+            .await?;
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        s.read_to_string(&mut out).await?;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.contains("drover_test_hits_total 1\n"), "{out}");
         assert!(out.ends_with("# EOF\n"), "{out}");
         let _ = stop.send(());
-        server.await.unwrap();
+        server.await?;
+        Ok(())
     }
 }

@@ -603,18 +603,20 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
 
     #[test]
-    fn the_host_must_be_a_unix_socket() {
+    fn the_host_must_be_a_unix_socket() -> TestResult {
         let cfg = |host: &str| DockerConfig::new(host, "none", Duration::from_secs(1), false);
-        assert_eq!(cfg(DEFAULT_HOST).unwrap().socket, "/var/run/docker.sock");
-        assert_eq!(cfg("/run/docker.sock").unwrap().socket, "/run/docker.sock");
+        assert_eq!(cfg(DEFAULT_HOST)?.socket, "/var/run/docker.sock");
+        assert_eq!(cfg("/run/docker.sock")?.socket, "/run/docker.sock");
         let err = cfg("tcp://10.0.0.1:2375").unwrap_err();
         assert!(err.contains("only a local unix socket"), "{err}");
         assert!(cfg("unix://").is_err());
         assert!(DockerConfig::new(DEFAULT_HOST, " ", Duration::from_secs(1), false).is_err());
         assert!(DockerConfig::new(DEFAULT_HOST, "none", Duration::ZERO, false).is_err());
+        Ok(())
     }
 
     #[test]

@@ -1,8 +1,14 @@
 use super::*;
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 /// `spec` lists tasks as (name, deps by name, retry limit).
 fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
-    let idx = |n: &str| spec.iter().position(|(m, _, _)| *m == n).unwrap();
+    let idx = |n: &str| {
+        spec.iter()
+            .position(|(m, _, _)| *m == n)
+            .expect("a test spec names only its own tasks as dependencies")
+    };
     spec.iter()
         .map(|(name, deps, limit)| TaskDef {
             name: name.to_string(),
@@ -26,7 +32,10 @@ fn diamond(fail_fast: bool) -> (RunDag, Vec<Effect>) {
 }
 
 fn status(dag: &RunDag, name: &str) -> TaskStatus {
-    dag.task(dag.index_of(name).unwrap()).status
+    let i = dag
+        .index_of(name)
+        .expect("tests ask only for tasks they defined");
+    dag.task(i).status
 }
 
 /// Assign, start and finish `task` successfully; returns the effects of success.
@@ -40,12 +49,13 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
             },
             now,
         )
-        .unwrap();
+        .expect("the task is Ready");
     let attempt = match &fx[0] {
         Effect::Assign { attempt, .. } => *attempt,
         other => panic!("expected assign, got {other:?}"),
     };
-    dag.apply(Event::Started { task, attempt }, now).unwrap();
+    dag.apply(Event::Started { task, attempt }, now)
+        .expect("the attempt was just assigned");
     dag.apply(
         Event::Succeeded {
             task,
@@ -56,7 +66,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
         },
         now + 1,
     )
-    .unwrap()
+    .expect("the attempt is running")
 }
 
 fn start(dag: &mut RunDag, task: usize) -> u32 {
@@ -68,9 +78,10 @@ fn start(dag: &mut RunDag, task: usize) -> u32 {
         },
         10,
     )
-    .unwrap();
-    let attempt = dag.task(task).current().unwrap().number;
-    dag.apply(Event::Started { task, attempt }, 11).unwrap();
+    .expect("the task is Ready");
+    let attempt = dag.task(task).current().expect("just assigned").number;
+    dag.apply(Event::Started { task, attempt }, 11)
+        .expect("the attempt was just assigned");
     attempt
 }
 
@@ -121,7 +132,7 @@ fn diamond_join_waits_for_both_branches() {
 }
 
 #[test]
-fn attempt_records_agent_times_and_outputs() {
+fn attempt_records_agent_times_and_outputs() -> TestResult {
     let (mut dag, _) = diamond(true);
     dag.apply(
         Event::Assign {
@@ -130,39 +141,35 @@ fn attempt_records_agent_times_and_outputs() {
             gpus: vec![],
         },
         5,
-    )
-    .unwrap();
+    )?;
     dag.apply(
         Event::Started {
             task: 0,
             attempt: 1,
         },
         7,
-    )
-    .unwrap();
+    )?;
     let out = Artifact {
         name: "dataset".into(),
         key: "runs/r/a.1/outputs/dataset".into(),
         sha256: "ab".into(),
         size: 3,
     };
-    let fx = dag
-        .apply(
-            Event::Succeeded {
-                task: 0,
-                attempt: 1,
-                outputs: vec![out.clone()],
-                log_key: "runs/r/a.1.log".into(),
-                log_empty: false,
-            },
-            9,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Succeeded {
+            task: 0,
+            attempt: 1,
+            outputs: vec![out.clone()],
+            log_key: "runs/r/a.1.log".into(),
+            log_empty: false,
+        },
+        9,
+    )?;
     assert!(fx.contains(&Effect::Released {
         task: 0,
         agent: "gpu-1".into()
     }));
-    let a = dag.task(0).current().unwrap();
+    let a = dag.task(0).current().ok_or("no current attempt")?;
     assert_eq!(
         (a.agent.as_str(), a.assigned_at, a.started_at, a.finished_at),
         ("gpu-1", 5, 7, 9)
@@ -170,10 +177,11 @@ fn attempt_records_agent_times_and_outputs() {
     assert_eq!(a.outputs, vec![out]);
     assert_eq!(a.status, AttemptStatus::Succeeded);
     assert_eq!(a.exit_code, Some(0));
+    Ok(())
 }
 
 #[test]
-fn events_for_old_or_unknown_attempts_are_stale() {
+fn events_for_old_or_unknown_attempts_are_stale() -> TestResult {
     let (mut dag, _) = diamond(true);
     let attempt = start(&mut dag, 0);
     assert!(dag.apply(fail(0, attempt + 1), 20).is_err());
@@ -188,9 +196,10 @@ fn events_for_old_or_unknown_attempts_are_stale() {
         log_key: String::new(),
         log_empty: false,
     };
-    dag.apply(ok.clone(), 30).unwrap();
+    dag.apply(ok.clone(), 30)?;
     assert!(dag.apply(ok, 31).is_err());
     assert_eq!(status(&dag, "a"), TaskStatus::Succeeded);
+    Ok(())
 }
 
 #[test]
@@ -205,10 +214,10 @@ fn cannot_assign_a_task_that_is_not_ready() {
 }
 
 #[test]
-fn failure_with_retries_waits_with_exponential_backoff() {
+fn failure_with_retries_waits_with_exponential_backoff() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("flaky", &[], 2)]), true);
     let a1 = start(&mut dag, 0);
-    dag.apply(fail(0, a1), 1_000).unwrap();
+    dag.apply(fail(0, a1), 1_000)?;
     assert_eq!(status(&dag, "flaky"), TaskStatus::RetryWait);
     assert_eq!(dag.task(0).retry_at, 2_000);
     assert_eq!(dag.next_wakeup(), Some(2_000));
@@ -223,7 +232,7 @@ fn failure_with_retries_waits_with_exponential_backoff() {
 
     let a2 = start(&mut dag, 0);
     assert_eq!(a2, 2);
-    dag.apply(fail(0, a2), 5_000).unwrap();
+    dag.apply(fail(0, a2), 5_000)?;
     assert_eq!(
         dag.task(0).retry_at,
         7_000,
@@ -231,46 +240,46 @@ fn failure_with_retries_waits_with_exponential_backoff() {
     );
     dag.tick(7_000);
     let a3 = start(&mut dag, 0);
-    let fx = dag
-        .apply(
-            Event::Succeeded {
-                task: 0,
-                attempt: a3,
-                outputs: vec![],
-                log_key: String::new(),
-                log_empty: false,
-            },
-            8_000,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Succeeded {
+            task: 0,
+            attempt: a3,
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: false,
+        },
+        8_000,
+    )?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
     assert_eq!(dag.task(0).attempts.len(), 3);
     assert_eq!(dag.task(0).retries_used, 2);
+    Ok(())
 }
 
 #[test]
-fn exhausting_retries_fails_the_task_and_run() {
+fn exhausting_retries_fails_the_task_and_run() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("t", &[], 1)]), true);
     let a = start(&mut dag, 0);
-    dag.apply(fail(0, a), 0).unwrap();
+    dag.apply(fail(0, a), 0)?;
     dag.tick(u64::MAX);
     let a = start(&mut dag, 0);
-    let fx = dag.apply(fail(0, a), 0).unwrap();
+    let fx = dag.apply(fail(0, a), 0)?;
     assert_eq!(status(&dag, "t"), TaskStatus::Failed);
     assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
     assert_eq!(
         dag.run_state().message,
         "task `t` failed: exited with code 1"
     );
+    Ok(())
 }
 
 #[test]
-fn failure_skips_downstream_and_fail_fast_cancels_siblings() {
+fn failure_skips_downstream_and_fail_fast_cancels_siblings() -> TestResult {
     let (mut dag, _) = diamond(true);
     run_ok(&mut dag, 0, 1);
     let b = start(&mut dag, 1);
     let c = start(&mut dag, 2);
-    let fx = dag.apply(fail(1, b), 50).unwrap();
+    let fx = dag.apply(fail(1, b), 50)?;
     assert_eq!(status(&dag, "b"), TaskStatus::Failed);
     assert_eq!(status(&dag, "d"), TaskStatus::Skipped);
     assert!(fx.contains(&Effect::Cancel {
@@ -279,25 +288,24 @@ fn failure_skips_downstream_and_fail_fast_cancels_siblings() {
         agent: "a1".into()
     }));
     assert_eq!(dag.status(), RunStatus::Running, "c is still stopping");
-    let fx = dag
-        .apply(
-            Event::Failed {
-                task: 2,
-                attempt: c,
-                exit_code: None,
-                reason: "cancelled".into(),
-                log_key: String::new(),
-                cancelled: true,
-            },
-            60,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Failed {
+            task: 2,
+            attempt: c,
+            exit_code: None,
+            reason: "cancelled".into(),
+            log_key: String::new(),
+            cancelled: true,
+        },
+        60,
+    )?;
     assert_eq!(status(&dag, "c"), TaskStatus::Cancelled);
     assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+    Ok(())
 }
 
 #[test]
-fn without_fail_fast_independent_branches_finish() {
+fn without_fail_fast_independent_branches_finish() -> TestResult {
     let (mut dag, _) = RunDag::new(
         defs(&[
             ("a", &[], 0),
@@ -309,51 +317,51 @@ fn without_fail_fast_independent_branches_finish() {
     );
     let a = start(&mut dag, 0);
     let x = start(&mut dag, 2);
-    let fx = dag.apply(fail(0, a), 5).unwrap();
+    let fx = dag.apply(fail(0, a), 5)?;
     assert!(
         !fx.iter().any(|e| matches!(e, Effect::Cancel { .. })),
         "no cancel without fail_fast"
     );
     assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
-    let fx = dag
-        .apply(
-            Event::Succeeded {
-                task: 2,
-                attempt: x,
-                outputs: vec![],
-                log_key: String::new(),
-                log_empty: false,
-            },
-            6,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Succeeded {
+            task: 2,
+            attempt: x,
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: false,
+        },
+        6,
+    )?;
     assert!(fx.contains(&Effect::Ready { task: 3 }), "y still starts");
     let fx = run_ok(&mut dag, 3, 7);
     assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+    Ok(())
 }
 
 #[test]
-fn fail_fast_stops_retry_waits_and_pending_work() {
+fn fail_fast_stops_retry_waits_and_pending_work() -> TestResult {
     let (mut dag, _) = RunDag::new(
         defs(&[("a", &[], 0), ("r", &[], 3), ("z", &["r"], 0)]),
         true,
     );
     let r = start(&mut dag, 1);
-    dag.apply(fail(1, r), 1).unwrap();
+    dag.apply(fail(1, r), 1)?;
     assert_eq!(status(&dag, "r"), TaskStatus::RetryWait);
     let a = start(&mut dag, 0);
-    let fx = dag.apply(fail(0, a), 2).unwrap();
+    let fx = dag.apply(fail(0, a), 2)?;
     assert_eq!(status(&dag, "r"), TaskStatus::Cancelled);
     assert_eq!(status(&dag, "z"), TaskStatus::Skipped);
     assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
     assert!(dag.tick(u64::MAX).is_empty());
+    Ok(())
 }
 
 #[test]
-fn cancel_stops_running_and_cancels_waiting() {
+fn cancel_stops_running_and_cancels_waiting() -> TestResult {
     let (mut dag, _) = diamond(true);
     let a = start(&mut dag, 0);
-    let fx = dag.apply(Event::Cancel, 5).unwrap();
+    let fx = dag.apply(Event::Cancel, 5)?;
     assert_eq!(
         fx,
         vec![Effect::Cancel {
@@ -365,37 +373,37 @@ fn cancel_stops_running_and_cancels_waiting() {
     assert_eq!(dag.status(), RunStatus::Cancelling);
     assert_eq!(status(&dag, "d"), TaskStatus::Cancelled);
     // A second cancel is a no-op.
-    assert_eq!(dag.apply(Event::Cancel, 6).unwrap(), vec![]);
-    let fx = dag
-        .apply(
-            Event::Failed {
-                task: 0,
-                attempt: a,
-                exit_code: None,
-                reason: "cancelled".into(),
-                log_key: String::new(),
-                cancelled: true,
-            },
-            7,
-        )
-        .unwrap();
+    assert_eq!(dag.apply(Event::Cancel, 6)?, vec![]);
+    let fx = dag.apply(
+        Event::Failed {
+            task: 0,
+            attempt: a,
+            exit_code: None,
+            reason: "cancelled".into(),
+            log_key: String::new(),
+            cancelled: true,
+        },
+        7,
+    )?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
     assert_eq!(
-        dag.task(0).current().unwrap().status,
+        dag.task(0).current().ok_or("no current attempt")?.status,
         AttemptStatus::Cancelled
     );
+    Ok(())
 }
 
 #[test]
-fn cancel_of_a_finished_run_changes_nothing() {
+fn cancel_of_a_finished_run_changes_nothing() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("a", &[], 0)]), true);
     run_ok(&mut dag, 0, 1);
-    assert_eq!(dag.apply(Event::Cancel, 9).unwrap(), vec![]);
+    assert_eq!(dag.apply(Event::Cancel, 9)?, vec![]);
     assert_eq!(dag.status(), RunStatus::Succeeded);
+    Ok(())
 }
 
 #[test]
-fn refused_assignment_returns_task_to_ready_without_using_a_retry() {
+fn refused_assignment_returns_task_to_ready_without_using_a_retry() -> TestResult {
     let (mut dag, _) = diamond(true);
     dag.apply(
         Event::Assign {
@@ -404,35 +412,31 @@ fn refused_assignment_returns_task_to_ready_without_using_a_retry() {
             gpus: vec![],
         },
         1,
-    )
-    .unwrap();
-    let fx = dag
-        .apply(
-            Event::AssignFailed {
-                task: 0,
-                attempt: 1,
-                reason: "executor `docker` is not enabled".into(),
-            },
-            2,
-        )
-        .unwrap();
+    )?;
+    let fx = dag.apply(
+        Event::AssignFailed {
+            task: 0,
+            attempt: 1,
+            reason: "executor `docker` is not enabled".into(),
+        },
+        2,
+    )?;
     assert!(fx.contains(&Effect::Ready { task: 0 }));
     assert_eq!(dag.task(0).retries_used, 0);
-    let fx = dag
-        .apply(
-            Event::Assign {
-                task: 0,
-                agent: "a2".into(),
-                gpus: vec![],
-            },
-            3,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Assign {
+            task: 0,
+            agent: "a2".into(),
+            gpus: vec![],
+        },
+        3,
+    )?;
     assert!(fx.contains(&Effect::Assign {
         task: 0,
         attempt: 2,
         agent: "a2".into()
     }));
+    Ok(())
 }
 
 #[test]
@@ -449,7 +453,7 @@ fn only_tasks_with_attempts_are_dirty() {
 }
 
 #[test]
-fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() {
+fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() -> TestResult {
     // Before a restart: a succeeded, b assigned (maybe never sent), c running.
     let (mut dag, _) = diamond(true);
     run_ok(&mut dag, 0, 1);
@@ -460,8 +464,7 @@ fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() {
             gpus: vec![],
         },
         2,
-    )
-    .unwrap();
+    )?;
     start(&mut dag, 2);
     let records: Vec<Option<TaskRun>> = dag
         .tasks()
@@ -481,6 +484,7 @@ fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() {
             agent: "a1".into()
         }]
     );
+    Ok(())
 }
 
 #[test]
@@ -550,10 +554,10 @@ fn restore_finishes_a_run_whose_last_commit_was_lost() {
 }
 
 #[test]
-fn restore_of_cancelling_run_resends_cancels() {
+fn restore_of_cancelling_run_resends_cancels() -> TestResult {
     let (mut dag, _) = diamond(true);
     let a = start(&mut dag, 0);
-    dag.apply(Event::Cancel, 3).unwrap();
+    dag.apply(Event::Cancel, 3)?;
     let records = dag
         .tasks()
         .iter()
@@ -568,6 +572,7 @@ fn restore_of_cancelling_run_resends_cancels() {
             agent: "a1".into()
         }]
     );
+    Ok(())
 }
 
 #[test]
@@ -595,19 +600,17 @@ fn wide_fan_out_becomes_ready_together() {
 }
 
 #[test]
-fn lost_attempts_are_retried_without_using_a_retry() {
+fn lost_attempts_are_retried_without_using_a_retry() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
     let a = start(&mut dag, 0);
-    let fx = dag
-        .apply(
-            Event::Lost {
-                task: 0,
-                attempt: a,
-                reason: "agent `a1` lost".into(),
-            },
-            50,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Lost {
+            task: 0,
+            attempt: a,
+            reason: "agent `a1` lost".into(),
+        },
+        50,
+    )?;
     assert!(fx.contains(&Effect::Ready { task: 0 }));
     assert!(fx.contains(&Effect::Released {
         task: 0,
@@ -622,41 +625,39 @@ fn lost_attempts_are_retried_without_using_a_retry() {
     assert!(dag.apply(fail(0, a), 60).is_err());
     let b = start(&mut dag, 0);
     assert_eq!(b, 2);
+    Ok(())
 }
 
 #[test]
-fn lost_attempt_of_a_cancelling_run_is_cancelled() {
+fn lost_attempt_of_a_cancelling_run_is_cancelled() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
     let a = start(&mut dag, 0);
-    dag.apply(Event::Cancel, 1).unwrap();
-    let fx = dag
-        .apply(
-            Event::Lost {
-                task: 0,
-                attempt: a,
-                reason: "agent gone".into(),
-            },
-            2,
-        )
-        .unwrap();
+    dag.apply(Event::Cancel, 1)?;
+    let fx = dag.apply(
+        Event::Lost {
+            task: 0,
+            attempt: a,
+            reason: "agent gone".into(),
+        },
+        2,
+    )?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
+    Ok(())
 }
 
 #[test]
-fn preemption_stops_the_attempt_and_requeues_it_uncounted() {
+fn preemption_stops_the_attempt_and_requeues_it_uncounted() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("train", &[], 0)]), true);
     let a = start(&mut dag, 0);
     let reason = "preempted for a priority-10 task of queue `prod`".to_string();
-    let fx = dag
-        .apply(
-            Event::Preempt {
-                task: 0,
-                attempt: a,
-                reason: reason.clone(),
-            },
-            20,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Preempt {
+            task: 0,
+            attempt: a,
+            reason: reason.clone(),
+        },
+        20,
+    )?;
     assert_eq!(
         fx,
         vec![Effect::Cancel {
@@ -678,19 +679,17 @@ fn preemption_stops_the_attempt_and_requeues_it_uncounted() {
             21
         )
         .is_err());
-    let fx = dag
-        .apply(
-            Event::Failed {
-                task: 0,
-                attempt: a,
-                exit_code: None,
-                reason: "cancelled".into(),
-                log_key: "log".into(),
-                cancelled: true,
-            },
-            30,
-        )
-        .unwrap();
+    let fx = dag.apply(
+        Event::Failed {
+            task: 0,
+            attempt: a,
+            exit_code: None,
+            reason: "cancelled".into(),
+            log_key: "log".into(),
+            cancelled: true,
+        },
+        30,
+    )?;
     assert!(fx.contains(&Effect::Ready { task: 0 }));
     assert!(fx.contains(&Effect::Released {
         task: 0,
@@ -702,10 +701,11 @@ fn preemption_stops_the_attempt_and_requeues_it_uncounted() {
     assert_eq!(t.attempts[0].status, AttemptStatus::Preempted);
     assert_eq!(t.attempts[0].error, reason);
     assert!(t.preempting.is_none());
+    Ok(())
 }
 
 #[test]
-fn a_preempted_task_that_finishes_first_just_succeeds() {
+fn a_preempted_task_that_finishes_first_just_succeeds() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
     let a = start(&mut dag, 0);
     dag.apply(
@@ -715,50 +715,55 @@ fn a_preempted_task_that_finishes_first_just_succeeds() {
             reason: "room".into(),
         },
         1,
-    )
-    .unwrap();
-    let fx = dag
-        .apply(
-            Event::Succeeded {
-                task: 0,
-                attempt: a,
-                outputs: vec![],
-                log_key: String::new(),
-                log_empty: false,
-            },
-            2,
-        )
-        .unwrap();
+    )?;
+    let fx = dag.apply(
+        Event::Succeeded {
+            task: 0,
+            attempt: a,
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: false,
+        },
+        2,
+    )?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
     assert!(dag.task(0).preempting.is_none());
+    Ok(())
 }
 
 #[test]
-fn attempts_record_when_their_task_became_ready() {
+fn attempts_record_when_their_task_became_ready() -> TestResult {
     let (mut dag, _) = diamond(true);
-    let a = dag.index_of("a").unwrap();
-    let b = dag.index_of("b").unwrap();
+    let a = dag.index_of("a").ok_or("no such task")?;
+    let b = dag.index_of("b").ok_or("no such task")?;
     // Roots are ready from the run's creation: unknown to the core.
     run_ok(&mut dag, a, 100);
-    assert_eq!(dag.task(a).current().unwrap().ready_at, 0);
+    assert_eq!(
+        dag.task(a).current().ok_or("no current attempt")?.ready_at,
+        0
+    );
     // b became ready when a succeeded (at 101), and waited until 150.
     run_ok(&mut dag, b, 150);
-    let attempt = dag.task(b).current().unwrap();
+    let attempt = dag.task(b).current().ok_or("no current attempt")?;
     assert_eq!((attempt.ready_at, attempt.assigned_at), (101, 150));
+    Ok(())
 }
 
 #[test]
-fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() {
+fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() -> TestResult {
     let (mut dag, _) = RunDag::new(defs(&[("t", &[], 2)]), true);
     let attempt = start(&mut dag, 0);
-    dag.apply(fail(0, attempt), 20).unwrap();
+    dag.apply(fail(0, attempt), 20)?;
     let retry_at = dag.task(0).retry_at;
     assert_eq!(retry_at, 1_020);
     // The tick comes late; the task was ready when the backoff ended.
     dag.tick(5_000);
     assert_eq!(dag.task(0).ready_at, retry_at);
     let attempt = start(&mut dag, 0);
-    assert_eq!(dag.task(0).current().unwrap().ready_at, retry_at);
+    assert_eq!(
+        dag.task(0).current().ok_or("no current attempt")?.ready_at,
+        retry_at
+    );
     dag.apply(
         Event::Lost {
             task: 0,
@@ -766,17 +771,17 @@ fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() {
             reason: "agent lost".into(),
         },
         6_000,
-    )
-    .unwrap();
+    )?;
     assert_eq!(dag.task(0).ready_at, 6_000);
+    Ok(())
 }
 
 #[test]
-fn restore_derives_ready_at_from_the_last_upstream_finish() {
+fn restore_derives_ready_at_from_the_last_upstream_finish() -> TestResult {
     let (mut dag, _) = diamond(true);
-    let a = dag.index_of("a").unwrap();
-    let b = dag.index_of("b").unwrap();
-    let c = dag.index_of("c").unwrap();
+    let a = dag.index_of("a").ok_or("no such task")?;
+    let b = dag.index_of("b").ok_or("no such task")?;
+    let c = dag.index_of("c").ok_or("no such task")?;
     run_ok(&mut dag, a, 100);
     run_ok(&mut dag, b, 200);
     run_ok(&mut dag, c, 300);
@@ -786,7 +791,8 @@ fn restore_derives_ready_at_from_the_last_upstream_finish() {
         .map(|t| t.needs_record().then(|| t.clone()))
         .collect();
     let (restored, _) = RunDag::restore(dag.defs().to_vec(), true, RunState::new(), records);
-    let d = restored.index_of("d").unwrap();
+    let d = restored.index_of("d").ok_or("no such task")?;
     assert_eq!(restored.task(d).status, TaskStatus::Ready);
     assert_eq!(restored.task(d).ready_at, 301);
+    Ok(())
 }

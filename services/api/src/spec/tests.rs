@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::pb;
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 const EXAMPLE: &str = r#"
 name: train-digits
 params: {lr: "0.1"}
@@ -130,7 +132,7 @@ fn example_resolves_to_the_expected_proto() {
 }
 
 #[test]
-fn overrides_replace_declared_params_everywhere() {
+fn overrides_replace_declared_params_everywhere() -> TestResult {
     let yaml = r#"
 name: p
 params: {lr: "0.1", tag: "3.12", other: x}
@@ -141,7 +143,7 @@ tasks:
     image: "python:{{params.tag}}-slim"
 "#;
     let overrides = BTreeMap::from([("lr".to_owned(), "0.5".to_owned())]);
-    let spec = parse_spec(yaml, &overrides).unwrap();
+    let spec = parse_spec(yaml, &overrides)?;
     assert_eq!(
         spec.params,
         map(&[("lr", "0.5"), ("tag", "3.12"), ("other", "x")])
@@ -150,10 +152,11 @@ tasks:
     assert_eq!(task.command, strings(&["train", "--lr=0.5", "x"]));
     assert_eq!(task.env, map(&[("LR", "0.5"), ("BOTH", "0.5/x")]));
     assert_eq!(task.image, "python:3.12-slim");
+    Ok(())
 }
 
 #[test]
-fn a_full_gpu_task_round_trips() {
+fn a_full_gpu_task_round_trips() -> TestResult {
     use prost::Message;
 
     let yaml = r#"
@@ -176,7 +179,7 @@ tasks:
       spot: ""
 "#;
     let overrides = map(&[("zone", "us-east-2")]);
-    let spec = parse_spec(yaml, &overrides).unwrap();
+    let spec = parse_spec(yaml, &overrides)?;
     let task = &spec.tasks[0];
     assert_eq!(
         task.resources,
@@ -201,18 +204,19 @@ tasks:
 
     // What the scheduler stores and sends is what was parsed.
     let bytes = spec.encode_to_vec();
-    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice()).unwrap(), spec);
+    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice())?, spec);
+    Ok(())
 }
 
 #[test]
-fn queue_and_priority_round_trip() {
+fn queue_and_priority_round_trip() -> TestResult {
     use prost::Message;
 
     let yaml = "name: p\nqueue: train\npriority: 10\ntasks:\n  - {name: t, command: [x]}\n";
-    let spec = parse(yaml).unwrap();
+    let spec = parse(yaml)?;
     assert_eq!((spec.queue.as_str(), spec.priority), ("train", 10));
     let bytes = spec.encode_to_vec();
-    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice()).unwrap(), spec);
+    assert_eq!(pb::PipelineSpec::decode(bytes.as_slice())?, spec);
 
     for (fields, queue, priority) in [
         ("queue: default\npriority: 0\n", "default", 0),
@@ -236,10 +240,11 @@ fn queue_and_priority_round_trip() {
             "{fields}"
         );
     }
+    Ok(())
 }
 
 #[test]
-fn pull_policies() {
+fn pull_policies() -> TestResult {
     for (text, policy) in [
         ("IfNotPresent", pb::PullPolicy::IfNotPresent),
         ("Always", pb::PullPolicy::Always),
@@ -248,13 +253,14 @@ fn pull_policies() {
         let yaml = format!(
             "name: p\ntasks:\n  - {{name: t, command: [x], image: i, pull_policy: {text}}}\n"
         );
-        assert_eq!(parse(&yaml).unwrap().tasks[0].pull_policy(), policy);
+        assert_eq!(parse(&yaml)?.tasks[0].pull_policy(), policy);
     }
+    Ok(())
 }
 
 #[test]
-fn defaults_when_fields_are_left_out() {
-    let spec = parse("name: p\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
+fn defaults_when_fields_are_left_out() -> TestResult {
+    let spec = parse("name: p\ntasks:\n  - {name: t, command: [x]}\n")?;
     assert!(spec.fail_fast);
     assert_eq!(spec.queue, "");
     assert_eq!(spec.priority, 0);
@@ -267,14 +273,14 @@ fn defaults_when_fields_are_left_out() {
     assert!(task.node_selector.is_empty());
     assert_eq!(task.pull_policy(), pb::PullPolicy::Unspecified);
 
-    let spec = parse("name: p\nfail_fast: false\ntasks:\n  - {name: t, command: [x]}\n").unwrap();
+    let spec = parse("name: p\nfail_fast: false\ntasks:\n  - {name: t, command: [x]}\n")?;
     assert!(!spec.fail_fast);
+    Ok(())
 }
 
 #[test]
-fn retries_without_backoff_wait_ten_seconds() {
-    let spec =
-        parse("name: p\ntasks:\n  - {name: t, command: [x], retries: {limit: 3}}\n").unwrap();
+fn retries_without_backoff_wait_ten_seconds() -> TestResult {
+    let spec = parse("name: p\ntasks:\n  - {name: t, command: [x], retries: {limit: 3}}\n")?;
     assert_eq!(
         spec.tasks[0].retries,
         Some(pb::RetryPolicy {
@@ -282,10 +288,11 @@ fn retries_without_backoff_wait_ten_seconds() {
             backoff_ms: 10_000
         })
     );
+    Ok(())
 }
 
 #[test]
-fn scalars_keep_their_yaml_text() {
+fn scalars_keep_their_yaml_text() -> TestResult {
     let yaml = r#"
 name: p
 params: {lr: 1.50, epochs: 3, debug: true, empty: ""}
@@ -296,7 +303,7 @@ tasks:
     resources: {cpu: 0.5, memory: 1536Mi, gpu: 0}
     retries: {limit: 0, backoff: 0s}
 "#;
-    let spec = parse(yaml).unwrap();
+    let spec = parse(yaml)?;
     assert_eq!(
         spec.params,
         map(&[
@@ -331,15 +338,17 @@ tasks:
             backoff_ms: 0
         })
     );
+    Ok(())
 }
 
 #[test]
-fn transitive_upstream_is_enough() {
+fn transitive_upstream_is_enough() -> TestResult {
     let yaml = with_tasks(
         "  - {name: mid, depends_on: [prepare], command: [x]}\n  - {name: last, depends_on: [mid], command: [x], inputs: [{name: d, from: prepare/dataset}]}\n",
     );
-    let spec = parse(&yaml).unwrap();
+    let spec = parse(&yaml)?;
     assert_eq!(spec.tasks[2].inputs[0].from_task, "prepare");
+    Ok(())
 }
 
 // --- YAML shape -------------------------------------------------------------
