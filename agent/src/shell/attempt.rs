@@ -79,8 +79,8 @@ impl AttemptContext {
 
 /// Where an attempt runs.
 enum WorkDir {
-    /// A process attempt: a reused slot (see `slots`).
-    Slot(Slot),
+    /// A process attempt: a reused slot (see `slots`), and its pool.
+    Slot(Slot, Arc<Slots>),
     /// A container's own `<work-dir>/<run>/<task>/<attempt>`, which a
     /// restarted agent finds again from the container's labels.
     Own(PathBuf),
@@ -89,7 +89,7 @@ enum WorkDir {
 impl WorkDir {
     fn path(&self) -> &Path {
         match self {
-            WorkDir::Slot(slot) => slot.path(),
+            WorkDir::Slot(slot, _) => slot.path(),
             WorkDir::Own(dir) => dir,
         }
     }
@@ -153,7 +153,7 @@ async fn run_attempt(
     let key = plan.key.clone();
     let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
     let workdir = match (plan.executor, ctx.slots.as_ref()) {
-        (ExecutorKind::Process, Some(slots)) => WorkDir::Slot(slots.acquire()),
+        (ExecutorKind::Process, Some(slots)) => WorkDir::Slot(slots.acquire(), Arc::clone(slots)),
         _ => WorkDir::Own(ctx.attempt_dir(&key)),
     };
     let dir = workdir.path().to_owned();
@@ -414,17 +414,14 @@ async fn conclude(
 
 /// Gives a slot back to the pool (emptied) or removes an own directory.
 async fn release(ctx: &AttemptContext, workdir: WorkDir) {
-    match (workdir, ctx.slots.as_ref()) {
-        (WorkDir::Slot(slot), Some(slots)) => {
-            let slots = Arc::clone(slots);
+    match workdir {
+        WorkDir::Slot(slot, slots) => {
             // One trip to the blocking pool for all of it.
             if let Err(e) = tokio::task::spawn_blocking(move || slots.release(slot)).await {
                 warn!(error = %e, "emptying a process slot failed");
             }
         }
-        // A slot exists only where the pool does.
-        (WorkDir::Slot(_), None) => {}
-        (WorkDir::Own(dir), _) => remove_attempt_dir(&ctx.work_dir, &dir).await,
+        WorkDir::Own(dir) => remove_attempt_dir(&ctx.work_dir, &dir).await,
     }
 }
 
@@ -448,7 +445,7 @@ async fn start(
     // finds its declared inputs there.
     let inputs_dir = docker || !plan.inputs.is_empty();
     let prepared = match workdir {
-        WorkDir::Slot(slot) => {
+        WorkDir::Slot(slot, _) => {
             let dir = slot.path().to_owned();
             tokio::task::spawn_blocking(move || slots::prepare(&dir, inputs_dir))
                 .await

@@ -17,6 +17,8 @@
 //! could write into the slot's next attempt. Use the docker executor where
 //! tasks are not trusted.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -30,8 +32,8 @@ pub const SLOTS_DIR: &str = "_process";
 #[derive(Debug)]
 pub struct Slots {
     root: PathBuf,
-    /// Free slot numbers, and the next number never handed out.
-    free: Mutex<(Vec<usize>, usize)>,
+    /// Free slot numbers (lowest first), and the next number never handed out.
+    free: Mutex<(BinaryHeap<Reverse<usize>>, usize)>,
 }
 
 /// One slot, taken by one attempt until given back with [`Slots::release`].
@@ -60,7 +62,7 @@ impl Slots {
         std::fs::create_dir_all(&root)?;
         Ok(Self {
             root,
-            free: Mutex::new((Vec::new(), 0)),
+            free: Mutex::new((BinaryHeap::new(), 0)),
         })
     }
 
@@ -71,7 +73,7 @@ impl Slots {
         // The lock guards two plain values; a panic elsewhere cannot leave them torn.
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         let index = match free.0.pop() {
-            Some(i) => i,
+            Some(Reverse(i)) => i,
             None => {
                 free.1 += 1;
                 free.1 - 1
@@ -106,9 +108,7 @@ impl Slots {
         };
         if usable {
             let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            free.0.push(slot.index);
-            // Lowest number last, so `pop` takes it.
-            free.0.sort_unstable_by(|a, b| b.cmp(a));
+            free.0.push(Reverse(slot.index));
         }
     }
 }
