@@ -47,7 +47,7 @@ echo "to stderr" >&2
     let reply = h.assign(&assignment).await?;
     assert!(reply.accepted, "{}", reply.reason);
 
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Succeeded(ok) = fin.kind() else {
         panic!("expected success, got {fin:?}");
     };
@@ -157,7 +157,7 @@ async fn a_silent_success_stores_no_log_object() -> Result<()> {
     let mut events = h.events().await?;
     let a = attempt_ref("r1", "quiet", 1);
     assert!(h.assign(&assignment(&a, &sh("true"))).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Succeeded(ok) = fin.kind() else {
         panic!("expected success, got {fin:?}");
     };
@@ -172,6 +172,44 @@ async fn a_silent_success_stores_no_log_object() -> Result<()> {
     let b = attempt_ref("r1", "terse", 1);
     let log = h.log_of_success(&mut events, &b, "printf x").await?;
     assert_eq!(log, "x");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_quick_attempt_reports_its_start_in_the_final_event_and_a_long_one_publishes_started(
+) -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    // Ends well within STARTED_AFTER (50 ms): one event, which says when it started.
+    let quick = attempt_ref("r1", "quick", 1);
+    let begun = now_ms();
+    assert!(h.assign(&assignment(&quick, &sh("true"))).await?.accepted);
+    let (started, fin) = events.started_and_final(&quick).await?;
+    assert!(
+        started.is_none(),
+        "started event for a quick attempt: {started:?}"
+    );
+    assert!(matches!(fin.kind(), Kind::Succeeded(_)), "{fin:?}");
+    assert!(fin.event.started_at_ms >= begun, "{fin:?}");
+
+    // Still running after it: `started` first, stamped with the start, not
+    // with when it was published (the final event's start says the same).
+    let long = attempt_ref("r1", "long", 1);
+    let begun = now_ms();
+    assert!(
+        h.assign(&assignment(&long, &sh("sleep 0.4")))
+            .await?
+            .accepted
+    );
+    let (started, fin) = events.started_and_final(&long).await?;
+    let started =
+        started.ok_or_else(|| anyhow::anyhow!("no started event for a 400 ms attempt"))?;
+    assert!(
+        started.event.at_ms >= begun,
+        "started at {} for an assignment at {begun}",
+        started.event.at_ms
+    );
+    assert!(fin.event.at_ms >= started.event.at_ms + 400, "{fin:?}");
     Ok(())
 }
 
@@ -201,7 +239,7 @@ async fn nonzero_exit_is_a_failure_with_the_code_and_the_log() -> Result<()> {
     let assignment = with_output(assignment(&a, &cmd), "model", "model.json");
     assert!(h.assign(&assignment).await?.accepted);
 
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
     };
@@ -249,7 +287,7 @@ async fn timeout_kills_the_whole_process_group() -> Result<()> {
         "leader and background child are running"
     );
 
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let elapsed = begun.elapsed();
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
@@ -292,7 +330,7 @@ async fn cancel_stops_a_running_attempt() -> Result<()> {
 
     let reply = h.cancel(&a, 200).await?;
     assert!(reply.found);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
     };
@@ -348,7 +386,7 @@ async fn refuses_executors_it_does_not_run_and_malformed_assignments() -> Result
     // A refused attempt is not remembered: the same attempt, runnable, is accepted.
     let reply = h.assign(&assignment(&a, &["true"])).await?;
     assert!(reply.accepted, "{}", reply.reason);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     assert!(matches!(fin.kind(), Kind::Succeeded(_)), "{fin:?}");
     Ok(())
 }
@@ -369,7 +407,7 @@ async fn a_duplicate_assignment_is_accepted_and_runs_once() -> Result<()> {
     // While it runs (the scheduler restarted and re-sent it)...
     assert!(h.assign(&assignment).await?.accepted);
     assert!(h.assign(&assignment).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     assert!(matches!(fin.kind(), Kind::Succeeded(_)), "{fin:?}");
     // ...and after it finished.
     assert!(h.assign(&assignment).await?.accepted);
@@ -391,7 +429,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
             .await?
             .accepted
     );
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };
@@ -411,7 +449,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
     let missing = "runs/r0/prep.1/outputs/dataset";
     let assignment_with_input = with_input(assignment(&a, &["true"]), "dataset", missing);
     assert!(h.assign(&assignment_with_input).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };
@@ -423,7 +461,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
     let a = attempt_ref("r1", "nooutput", 1);
     let no_output = with_output(assignment(&a, &["true"]), "model", "model.json");
     assert!(h.assign(&no_output).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };
@@ -435,7 +473,7 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
 
     let a = attempt_ref("r1", "signal", 1);
     assert!(h.assign(&assignment(&a, &sh("kill -9 $$"))).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };
@@ -501,7 +539,7 @@ async fn shutdown_stops_running_attempts_and_reports_them() -> Result<()> {
         Vec::<i32>::new(),
         "process group is gone"
     );
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };

@@ -119,7 +119,7 @@ echo released
     assert_eq!(mounts.get("/drover/work"), Some(&true), "{mounts:?}");
 
     release(&h, &a).await?;
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Succeeded(ok) = fin.kind() else {
         panic!("expected success, got {fin:?}");
     };
@@ -189,7 +189,7 @@ async fn a_failing_container_reports_its_exit_code_and_log() -> Result<()> {
         "model.json",
     );
     assert!(h.assign(&assignment).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
     };
@@ -232,7 +232,7 @@ async fn cancel_stops_and_removes_the_container() -> Result<()> {
     let grace = Duration::from_millis(300);
     let begun = Instant::now();
     assert!(h.cancel(&a, grace.as_millis() as u64).await?.found);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let elapsed = begun.elapsed();
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
@@ -266,7 +266,7 @@ async fn timeout_sends_sigterm_then_removes_the_container() -> Result<()> {
     );
     let begun = Instant::now();
     assert!(h.assign(&assignment).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let elapsed = begun.elapsed();
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
@@ -298,7 +298,7 @@ async fn an_unpullable_image_fails_fast_with_the_reason() -> Result<()> {
     );
     let begun = Instant::now();
     assert!(h.assign(&assignment).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let elapsed = begun.elapsed();
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
@@ -334,7 +334,7 @@ async fn never_pull_policy_with_a_missing_image_fails() -> Result<()> {
     );
     let begun = Instant::now();
     assert!(h.assign(&assignment).await?.accepted);
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("expected failure, got {fin:?}");
     };
@@ -586,7 +586,7 @@ async fn stop_on_shutdown_stops_containers_and_reports_them() -> Result<()> {
     wait_container_state(&docker, &h.agent_id, &a, "running").await?;
 
     h.stop_agent().await?;
-    let fin = events.started_then_final(&a).await?;
+    let fin = events.final_event(&a).await?;
     let Kind::Failed(failed) = fin.kind() else {
         panic!("{fin:?}")
     };

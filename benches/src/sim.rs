@@ -1,10 +1,11 @@
 //! Simulated agents: they speak the agents' real NATS protocol (the subjects
 //! in `drover_api::naming`, the messages in `proto/drover/v1/agent.proto`)
-//! but run nothing. An assignment is accepted, then its `started` and
-//! `succeeded` events are published to JetStream with the same
-//! `Nats-Msg-Id` as a real agent's, each awaiting the stream's ack; the
-//! attempt is reported running in heartbeats until its final event is acked,
-//! as `drover-agent` does. What is left to measure is the scheduler, etcd
+//! but run nothing. An assignment is accepted, then its `succeeded` event is
+//! published to JetStream with the same `Nats-Msg-Id` as a real agent's,
+//! awaiting the stream's ack; the attempt is reported running in heartbeats
+//! until then, as `drover-agent` does. Like a real agent's attempt that
+//! ends within `STARTED_AFTER` (50 ms), it publishes no `started` event: the
+//! final one carries the start (`started_at_ms`). What is left to measure is the scheduler, etcd
 //! and NATS, without process start-up.
 //!
 //! Every simulated agent carries the label `drover.bench/simulated=true`
@@ -263,23 +264,10 @@ async fn serve_assigns(
             stats.clone(),
         );
         let agent_id = fleet.ids[agent].clone();
+        let started_at_ms = now_ms();
         tokio::spawn(async move {
-            let ok = publish(
-                &js,
-                &subject,
-                &agent_id,
-                &attempt,
-                Kind::Started(Default::default()),
-            )
-            .await
-                && publish(
-                    &js,
-                    &subject,
-                    &agent_id,
-                    &attempt,
-                    Kind::Succeeded(pb::AttemptSucceeded::default()),
-                )
-                .await;
+            let done = Kind::Succeeded(pb::AttemptSucceeded::default());
+            let ok = publish(&js, &subject, &agent_id, &attempt, done, started_at_ms).await;
             if let Some(set) = lock(&running).get_mut(&agent) {
                 set.remove(&attempt);
             }
@@ -299,6 +287,7 @@ async fn publish(
     agent_id: &str,
     attempt: &pb::AttemptRef,
     kind: Kind,
+    started_at_ms: u64,
 ) -> bool {
     let name = match &kind {
         Kind::Started(_) => "started",
@@ -312,6 +301,7 @@ async fn publish(
             agent_id: agent_id.to_string(),
             at_ms: now_ms(),
             kind: Some(kind),
+            started_at_ms,
         }
         .encode_to_vec(),
     );

@@ -1095,25 +1095,45 @@ impl Engine {
             debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
         }
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
-        // Measured on the scheduler's clock only (assigned_at is its own),
-        // and only for the first Started of the current attempt: a
-        // redelivered event is not a second start.
-        let assigned_at = matches!(core, Event::Started { .. })
-            .then(|| self.runs.get(&aref.run_id))
-            .flatten()
+        let current = self
+            .runs
+            .get(&aref.run_id)
             .and_then(|r| r.dag.task(task).current())
-            .filter(|a| a.number == attempt && a.status == AttemptStatus::Assigned)
+            .filter(|a| a.number == attempt);
+        // Measured on the scheduler's clock only (assigned_at is its own),
+        // and only for the first start of the current attempt: a
+        // redelivered event is not a second start.
+        let assigned_at = current
+            .filter(|a| a.status == AttemptStatus::Assigned)
             .map(|a| a.assigned_at);
+        // A final event for an attempt with no started event yet: agents
+        // publish none for an attempt that ends quickly, and report its
+        // start here instead. How long after the assignment it started:
+        // the delay to now, less how long it ran (agent clock to agent clock).
+        let start_delay = match core {
+            Event::Started { .. } => Some(0),
+            _ if ev.started_at_ms > 0 => {
+                let started = Event::Started { task, attempt };
+                if assigned_at.is_some() {
+                    self.apply_to(&aref.run_id, started, ev.started_at_ms, turn);
+                }
+                Some(at.saturating_sub(ev.started_at_ms))
+            }
+            _ => None,
+        };
         self.apply_to(&aref.run_id, core, at, turn);
-        if let (Some(assigned_at), Some(run)) = (assigned_at, self.runs.get(&aref.run_id)) {
+        if let (Some(assigned_at), Some(ran), Some(run)) =
+            (assigned_at, start_delay, self.runs.get(&aref.run_id))
+        {
             let started = run
                 .dag
                 .task(task)
                 .current()
                 .is_some_and(|a| a.number == attempt && a.status != AttemptStatus::Assigned);
             if started {
+                let delay = now.saturating_sub(assigned_at).saturating_sub(ran);
                 self.metrics
-                    .observe_assign_to_start(&run.record.queue, now.saturating_sub(assigned_at));
+                    .observe_assign_to_start(&run.record.queue, delay);
             }
         }
     }

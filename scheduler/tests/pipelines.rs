@@ -67,6 +67,35 @@ tasks:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_and_long_tasks_are_recorded_with_their_real_start() {
+    let c = Cluster::start().await;
+    // `quick` ends before its agent would publish `started` (STARTED_AFTER,
+    // 50 ms): its start comes with the final event. `long` shows Running.
+    let spec = r#"
+name: starts
+tasks:
+  - name: quick
+    command: ["sleep", "0.02"]
+  - name: long
+    command: ["sleep", "0.6"]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    c.wait_for(&id, "long running", |r| {
+        task(r, "long").state() == TaskState::Running
+    })
+    .await;
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    for (name, ran_ms) in [("quick", 20), ("long", 600)] {
+        let a = &task(&run, name).attempts[0];
+        assert!(
+            a.assigned_at_ms <= a.started_at_ms && a.started_at_ms + ran_ms <= a.finished_at_ms,
+            "{name}: {a:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_task_fails_the_run_and_downstream_never_starts() {
     let c = Cluster::start().await;
     let spec = r#"

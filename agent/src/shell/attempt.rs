@@ -1,6 +1,6 @@
-//! One attempt, start to finish: started event, work directory, inputs,
-//! the task (a process or a container) under timeout and cancel, outputs,
-//! log, final event. Also the containers a restarted agent finds: adopted
+//! One attempt, start to finish: work directory, inputs, the task (a
+//! process or a container) under timeout and cancel, outputs, log, final
+//! event — and a started event if it still runs after `STARTED_AFTER`. Also the containers a restarted agent finds: adopted
 //! and finished the same way, or stopped when their plan is lost.
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptStarted, AttemptSucceeded};
+use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptSucceeded};
 use drover_artifacts::Store;
 use drover_telemetry::{propagation, Context};
 use prost::Message as _;
@@ -23,7 +23,7 @@ use crate::core::{
     decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, StopCause,
     Termination,
 };
-use crate::shell::events::EventPublisher;
+use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
 use crate::shell::executor::docker::FoundContainer;
 use crate::shell::executor::{
     DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
@@ -158,16 +158,7 @@ async fn run_attempt(
     };
     let dir = workdir.path().to_owned();
 
-    if let Err(e) = ctx
-        .events
-        .publish(&key, Kind::Started(AttemptStarted {}))
-        .await
-    {
-        warn!(run = %run, task = %task, attempt, error = %e, "attempt dropped");
-        ctx.registry.finish(&key);
-        release(&ctx, workdir).await;
-        return;
-    }
+    let notice = StartNotice::after(&ctx.events, &key, STARTED_AFTER);
     info!(run = %run, task = %task, attempt, dir = %dir.display(), "started");
     ctx.metrics.started(plan.executor);
 
@@ -197,13 +188,14 @@ async fn run_attempt(
         }
         Err(failure) => Outcome::Finished(Err(failure)),
     };
-    conclude(&ctx, &plan, workdir, &log_path, outcome).await;
+    conclude(&ctx, &plan, workdir, &log_path, outcome, notice).await;
 }
 
 /// Finishes an attempt whose container an earlier life of this agent
 /// started, as if this one had: follows it (or collects it, if it already
-/// exited), uploads outputs and log, publishes the final event. Its started
-/// event was published back then. The attempt must already be registered.
+/// exited), uploads outputs and log, publishes the final event, which
+/// carries the container's creation as the start. The attempt must already
+/// be registered.
 pub async fn adopt(
     ctx: Arc<AttemptContext>,
     plan: AttemptPlan,
@@ -229,6 +221,9 @@ async fn adopt_attempt(
     let key = plan.key.clone();
     let dir = ctx.attempt_dir(&key);
     let log_path = dir.join(LOG_FILE);
+    let created_ms = u64::try_from(found.created_s)
+        .unwrap_or(0)
+        .saturating_mul(1000);
     let outcome = match ctx.docker.as_ref() {
         // Only called when a docker executor listed the container.
         None => Outcome::Finished(Err(Failure::agent("the docker executor is not enabled"))),
@@ -239,9 +234,6 @@ async fn adopt_attempt(
                     container = %found.name, state = %found.state, "adopted"
                 );
                 // The timeout counts from the container's creation.
-                let created_ms = u64::try_from(found.created_s)
-                    .unwrap_or(0)
-                    .saturating_mul(1000);
                 let elapsed = Duration::from_millis(now_ms().saturating_sub(created_ms));
                 let timeout = plan.timeout.map(|t| t.saturating_sub(elapsed));
                 let running = Running::Container(container);
@@ -256,7 +248,8 @@ async fn adopt_attempt(
             }
         },
     };
-    conclude(&ctx, &plan, WorkDir::Own(dir), &log_path, outcome).await;
+    let notice = StartNotice::earlier(created_ms);
+    conclude(&ctx, &plan, WorkDir::Own(dir), &log_path, outcome, notice).await;
 }
 
 /// The plan of a container found at startup, from its labels and the
@@ -315,7 +308,7 @@ pub async fn abandon(
     ));
     if let Err(e) = ctx
         .events
-        .publish(&key, Kind::Failed(failure.into_event(String::new())))
+        .publish(&key, Kind::Failed(failure.into_event(String::new())), 0)
         .await
     {
         warn!(attempt = %key, error = %e, "final event not published");
@@ -327,14 +320,16 @@ pub async fn abandon(
     remove_attempt_dir(&ctx.work_dir, &dir).await;
 }
 
-/// Uploads the log, publishes the final event, forgets the attempt and
-/// removes (or, a slot, empties) its directory.
+/// Uploads the log, publishes the final event (after the started one, if
+/// that goes out at all), forgets the attempt and removes (or, a slot,
+/// empties) its directory.
 async fn conclude(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
     workdir: WorkDir,
     log_path: &Path,
     outcome: Outcome,
+    notice: StartNotice,
 ) {
     let key = &plan.key;
     let (run, task, attempt) = (&key.run_id, &key.task, key.attempt);
@@ -405,7 +400,8 @@ async fn conclude(
         }
     };
     ctx.metrics.finished(plan.executor, outcome);
-    if let Err(e) = ctx.events.publish(key, final_event).await {
+    let started_at_ms = notice.settle().await;
+    if let Err(e) = ctx.events.publish(key, final_event, started_at_ms).await {
         warn!(run = %run, task = %task, attempt, error = %e, "final event not published");
     }
     ctx.registry.finish(key);

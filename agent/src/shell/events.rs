@@ -1,15 +1,18 @@
 //! Attempt events on the JetStream stream: published with `Nats-Msg-Id` so a
 //! re-publish is stored once, and retried until the stream acknowledges them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use drover_api::naming;
-use drover_api::pb::{attempt_event::Kind, AttemptEvent};
+use drover_api::pb::{attempt_event::Kind, AttemptEvent, AttemptStarted};
 use prost::Message as _;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn, Instrument, Span};
 
 use crate::core::AttemptKey;
 use crate::shell::host::now_ms;
@@ -70,7 +73,14 @@ impl EventPublisher {
 
     /// Publishes one event and waits for the stream's ack, retrying with
     /// backoff; only an abandon (shutdown deadline) ends the retries early.
-    pub async fn publish(&self, key: &AttemptKey, kind: Kind) -> Result<(), Abandoned> {
+    /// `started_at_ms`: when the attempt started (0: unknown); a started
+    /// event's own time.
+    pub async fn publish(
+        &self,
+        key: &AttemptKey,
+        kind: Kind,
+        started_at_ms: u64,
+    ) -> Result<(), Abandoned> {
         let kind_name = match &kind {
             Kind::Started(_) => "started",
             Kind::Succeeded(_) => "succeeded",
@@ -81,8 +91,12 @@ impl EventPublisher {
             AttemptEvent {
                 attempt: Some(key.to_ref()),
                 agent_id: self.agent_id.clone(),
-                at_ms: now_ms(),
+                at_ms: match kind {
+                    Kind::Started(_) if started_at_ms > 0 => started_at_ms,
+                    _ => now_ms(),
+                },
                 kind: Some(kind),
+                started_at_ms,
             }
             .encode_to_vec(),
         );
@@ -134,5 +148,74 @@ impl EventPublisher {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// How long an attempt runs before its `started` event is published. An
+/// attempt that ends sooner — most short tasks — publishes no `started`
+/// event: its final event carries the start (`started_at_ms`). That is one
+/// JetStream message, one scheduler event and usually one etcd write fewer
+/// per short task (benches/README.md), for a `running` state that shows at
+/// most this much later.
+pub const STARTED_AFTER: Duration = Duration::from_millis(50);
+
+/// The `started` event of one attempt, published only if the attempt still
+/// runs `STARTED_AFTER` after it began.
+pub struct StartNotice {
+    at_ms: u64,
+    /// The delayed publish, and who claimed the decision first: the publish
+    /// (it goes out) or `settle` (it never does).
+    pending: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl StartNotice {
+    /// The attempt starts now; its `started` event follows after `after`,
+    /// in the caller's span.
+    pub fn after(events: &EventPublisher, key: &AttemptKey, after: Duration) -> Self {
+        let claimed = Arc::new(AtomicBool::new(false));
+        let at_ms = now_ms();
+        let publish = {
+            let (events, key, claimed) = (events.clone(), key.clone(), Arc::clone(&claimed));
+            async move {
+                tokio::time::sleep(after).await;
+                if claimed.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let started = Kind::Started(AttemptStarted {});
+                if let Err(e) = events.publish(&key, started, at_ms).await {
+                    warn!(attempt = %key, error = %e, "started event not published");
+                }
+            }
+        };
+        StartNotice {
+            at_ms,
+            pending: Some((claimed, tokio::spawn(publish.instrument(Span::current())))),
+        }
+    }
+
+    /// An attempt that started at `at_ms`, in an earlier life of the agent
+    /// (an adopted container): whether its `started` event went out then is
+    /// unknown, so the final event carries the start either way.
+    pub fn earlier(at_ms: u64) -> Self {
+        StartNotice {
+            at_ms,
+            pending: None,
+        }
+    }
+
+    /// Called right before the final event: afterwards the `started` event
+    /// either was acknowledged (so the final event follows it in the
+    /// stream) or will never be published. Returns the start, for the final
+    /// event.
+    pub async fn settle(self) -> u64 {
+        if let Some((claimed, publish)) = self.pending {
+            if claimed.swap(true, Ordering::AcqRel) {
+                // Being published (or done): wait for its ack.
+                let _ = publish.await;
+            } else {
+                publish.abort();
+            }
+        }
+        self.at_ms
     }
 }

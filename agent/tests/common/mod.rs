@@ -194,7 +194,7 @@ impl Harness {
         if !reply.accepted {
             bail!("refused: {}", reply.reason);
         }
-        let fin = events.started_then_final(attempt).await?;
+        let fin = events.final_event(attempt).await?;
         let Kind::Succeeded(ok) = fin.kind() else {
             bail!("expected success, got {fin:?}");
         };
@@ -347,26 +347,47 @@ impl EventReader {
         }))
     }
 
-    /// Reads `started`, then returns the final event; checks both belong to `attempt`.
-    pub async fn started_then_final(&mut self, attempt: &AttemptRef) -> Result<Event> {
-        let started = self.next().await?;
-        if !matches!(started.kind(), Kind::Started(_)) {
-            bail!("expected started, got {started:?}");
-        }
-        check_event(&started, attempt, "started", &self.agent_id)?;
-        let fin = self.next().await?;
+    /// Returns the final event of `attempt`, and its `started` event if one
+    /// came first (an attempt that ends within `STARTED_AFTER` has none);
+    /// checks both belong to `attempt` and agree on the start.
+    pub async fn started_and_final(
+        &mut self,
+        attempt: &AttemptRef,
+    ) -> Result<(Option<Event>, Event)> {
+        let first = self.next().await?;
+        let (started, fin) = match first.kind() {
+            Kind::Started(_) => {
+                check_event(&first, attempt, "started", &self.agent_id)?;
+                (Some(first), self.next().await?)
+            }
+            _ => (None, first),
+        };
         let kind = match fin.kind() {
             Kind::Succeeded(_) => "succeeded",
             Kind::Failed(_) => "failed",
             Kind::Started(_) => bail!("second started event: {fin:?}"),
         };
         check_event(&fin, attempt, kind, &self.agent_id)?;
-        Ok(fin)
+        let start = fin.event.started_at_ms;
+        if start == 0 || start > fin.event.at_ms {
+            bail!("final event starts at {start}, ends at {}", fin.event.at_ms);
+        }
+        if let Some(s) = &started {
+            if s.event.at_ms != start {
+                bail!("started at {}, final event says {start}", s.event.at_ms);
+            }
+        }
+        Ok((started, fin))
+    }
+
+    /// The final event of `attempt` (see `started_and_final`).
+    pub async fn final_event(&mut self, attempt: &AttemptRef) -> Result<Event> {
+        Ok(self.started_and_final(attempt).await?.1)
     }
 
     /// Reads the final (succeeded or failed) event of `attempt`, with no
     /// started event before it (an adopted attempt's was published by the
-    /// agent's earlier life).
+    /// agent's earlier life); it carries the container's creation as the start.
     pub async fn final_only(&mut self, attempt: &AttemptRef) -> Result<Event> {
         let fin = self.next().await?;
         let kind = match fin.kind() {
@@ -375,6 +396,9 @@ impl EventReader {
             Kind::Started(_) => bail!("unexpected started event: {fin:?}"),
         };
         check_event(&fin, attempt, kind, &self.agent_id)?;
+        if fin.event.started_at_ms == 0 {
+            bail!("an adopted attempt's final event without its start: {fin:?}");
+        }
         Ok(fin)
     }
 }
@@ -442,6 +466,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Wall-clock milliseconds, as the agent stamps its events.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 // ---- Docker --------------------------------------------------------------
