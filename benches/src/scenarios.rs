@@ -286,8 +286,11 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
 
 /// Counts distinct `succeeded` events on the events subjects (a plain NATS
 /// subscriber sees what JetStream stores): done is then confirmed in etcd.
+/// Also counts `started` events: agents publish one only for an attempt
+/// still running after 50 ms, so a no-op task should have none.
 struct SuccessCounter {
     count: Arc<AtomicU64>,
+    started: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -299,14 +302,18 @@ impl SuccessCounter {
             .await?;
         drover_devcluster::nats_synced(&client).await?;
         let count = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(HashSet::new()));
-        let n = count.clone();
+        let (n, s) = (count.clone(), started.clone());
         let task = tokio::spawn(async move {
             let _keep = client;
             while let Some(m) = sub.next().await {
                 let Ok(ev) = pb::AttemptEvent::decode(m.payload) else {
                     continue;
                 };
+                if let Some(pb::attempt_event::Kind::Started(_)) = ev.kind {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
                 if let (Some(pb::attempt_event::Kind::Succeeded(_)), Some(a)) =
                     (ev.kind, ev.attempt)
                 {
@@ -320,7 +327,16 @@ impl SuccessCounter {
                 }
             }
         });
-        Ok(Self { count, task })
+        Ok(Self {
+            count,
+            started,
+            task,
+        })
+    }
+
+    /// `started` events seen so far.
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     async fn wait(&self, n: u64, timeout: Duration) -> Result<()> {
@@ -373,6 +389,7 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
             let waited = counter.wait(tasks as u64, s.timeout).await;
             scheduler_usage(o, pid, &meter).await;
             breakdown.report(o).await;
+            o.metric("started_events", counter.started());
             waited?;
             let state = c
                 .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))
