@@ -966,13 +966,17 @@ impl Engine {
                 }
                 Effect::Released { task, .. } => {
                     self.fleet.release(run_id, task);
-                    if let Some(span) = self.runs.get(run_id).and_then(|r| attempt_span(r, task)) {
-                        turn.spans.push(span);
-                    }
+                    // Built only when exported: otherwise a no-op tracer
+                    // would take it, after its attributes were formatted.
+                    let span = drover_telemetry::exporting()
+                        .then(|| self.runs.get(run_id).and_then(|r| attempt_span(r, task)))
+                        .flatten();
+                    turn.spans.extend(span);
                 }
                 Effect::Finished(status) => {
                     info!(run = %run_id, state = ?status, "run finished");
-                    if let Some(r) = self.runs.get(run_id) {
+                    if let (true, Some(r)) = (drover_telemetry::exporting(), self.runs.get(run_id))
+                    {
                         turn.spans.push(run_span(r));
                     }
                 }

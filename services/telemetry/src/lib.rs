@@ -135,6 +135,7 @@ impl Guard {
         let Some(provider) = self.provider.take() else {
             return;
         };
+        EXPORTING.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = blocking(move || provider.shutdown()) {
             eprintln!("flushing traces failed: {e}");
         }
@@ -216,6 +217,7 @@ pub fn init_with(opts: Options) -> Guard {
     match provider {
         Some(p) if installed => {
             opentelemetry::global::set_tracer_provider(p.clone());
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             Guard { provider: Some(p) }
         }
         Some(p) => {
@@ -225,6 +227,16 @@ pub fn init_with(opts: Options) -> Guard {
         }
         None => Guard { provider: None },
     }
+}
+
+/// Set while a trace exporter is installed: recorded spans (see [`record`])
+/// are only worth building then.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans: callers skip building spans that
+/// [`record::emit`] would hand to a no-op tracer otherwise.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Spans buffered for export before new ones are dropped.
