@@ -207,8 +207,9 @@ async fn submit_or_report(
 
 /// A chain of no-op tasks on one real agent: for every dependent hop, the
 /// upstream attempt's `succeeded` event time to the downstream attempt's
-/// `started` event time, both as recorded by the scheduler (agent clocks,
-/// same machine, millisecond resolution).
+/// start (its `started` event, or the start its final event carries), both
+/// as recorded by the scheduler (agent clocks, same machine, millisecond
+/// resolution).
 pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
     let mut o = Outcome::new("hop-latency", false);
     o.param("tasks", tasks).param("agents", 1);
