@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use bytes::Bytes;
 use drover_api::{naming, pb};
+use futures::TryStreamExt;
 use prost::Message;
 
 use crate::error::{Result, SchedulerError};
@@ -15,7 +16,14 @@ use crate::metrics::OpErrors;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacked events are redelivered after this; the scheduler acks after each commit.
 const ACK_WAIT: Duration = Duration::from_secs(30);
-const CONSUMER: &str = "scheduler";
+/// The scheduler's durable consumer of the events stream. Acking an event
+/// acks every earlier one (`AckPolicy::All`): one ack per turn rather than
+/// one per event (benches/README.md).
+const CONSUMER: &str = "scheduler-turns";
+/// The consumer of versions that acked every event (`AckPolicy::Explicit`;
+/// a consumer's ack policy cannot be changed): replaced on start by
+/// `CONSUMER`, starting after its ack floor.
+const EXPLICIT_CONSUMER: &str = "scheduler";
 
 fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
     SchedulerError::Nats(e.to_string())
@@ -80,12 +88,32 @@ impl Bus {
         if stream.cached_info().config.max_age != config.max_age {
             js.update_stream(config).await.map_err(nats_err)?;
         }
+        let names: Vec<String> = stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(nats_err)?;
+        let has = |n: &str| names.iter().any(|x| x == n);
+        let deliver_policy = if !has(CONSUMER) && has(EXPLICIT_CONSUMER) {
+            // Everything up to its ack floor is done; events acked out of
+            // order above it come again, and the engine ignores them as stale.
+            let old = stream
+                .consumer_info(EXPLICIT_CONSUMER)
+                .await
+                .map_err(nats_err)?;
+            DeliverPolicy::ByStartSequence {
+                start_sequence: old.ack_floor.stream_sequence + 1,
+            }
+        } else {
+            DeliverPolicy::All
+        };
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,
                 pull::Config {
                     durable_name: Some(CONSUMER.into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    deliver_policy,
+                    ack_policy: jetstream::consumer::AckPolicy::All,
                     ack_wait: ACK_WAIT,
                     max_ack_pending: 20_000,
                     ..Default::default()
@@ -93,6 +121,12 @@ impl Bus {
             )
             .await
             .map_err(nats_err)?;
+        if has(EXPLICIT_CONSUMER) {
+            stream
+                .delete_consumer(EXPLICIT_CONSUMER)
+                .await
+                .map_err(nats_err)?;
+        }
         consumer.messages().await.map_err(nats_err)
     }
 

@@ -4,9 +4,11 @@
 //! answers to assign/cancel requests, timers), lets the pure core decide,
 //! places ready tasks, commits every changed key to etcd in as few
 //! transactions as possible (group commit), and only then sends assignments
-//! and cancels, acks the agent events and answers the API callers. If a
-//! commit fails, nothing is sent or acked: the loop reloads its state from
-//! etcd and unacked events are delivered again.
+//! and cancels, acks the agent events — once per turn: the consumer acks
+//! everything up to the turn's last event (`AckPolicy::All`) — and answers
+//! the API callers. If a commit fails, nothing is sent or acked: the loop
+//! reloads its state from etcd and applies the turn's events again (a later
+//! ack would cover them, so they are not left to redelivery).
 //!
 //! Tracing: each assignment carries its attempt span's context (derived from
 //! the run's stored trace id, so it is the same after a restart); the
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -379,7 +381,9 @@ enum Reply {
 struct Turn {
     touched: HashSet<String>,
     sends: Vec<(String, Send)>,
-    acks: Vec<jetstream::Message>,
+    /// The agent events applied this turn: the one with the highest stream
+    /// sequence is acked once the turn is committed, which acks them all.
+    events: Vec<jetstream::Message>,
     replies: Vec<Reply>,
     placement_needed: bool,
     /// Spans that ended this turn, exported once it is committed.
@@ -418,6 +422,11 @@ pub struct Engine {
     /// counted as runs finish here.
     finished: BTreeMap<pb::RunState, u64>,
     metrics_at: u64,
+    /// A commit failed: reload from etcd before the next turn.
+    reload_pending: bool,
+    /// What a failed turn applied (its events), or what waited while the
+    /// reload failed: applied at the start of the next turn.
+    redo: Vec<Item>,
 }
 
 impl Engine {
@@ -453,6 +462,8 @@ impl Engine {
             metrics,
             finished: BTreeMap::new(),
             metrics_at: 0,
+            reload_pending: false,
+            redo: Vec::new(),
         };
         (engine, handle)
     }
@@ -475,6 +486,8 @@ impl Engine {
             let first = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                // After a failed commit: reload now, not at the next message.
+                _ = std::future::ready(()), if self.reload_pending => Item::Tick,
                 Some(cmd) = self.commands.recv() => Item::Cmd(cmd),
                 Some(i) = self.internal_rx.recv() => Item::Internal(i),
                 ev = events.next() => match ev {
@@ -509,8 +522,20 @@ impl Engine {
                 }
             }
             let mut turn = Turn::default();
+            if self.reload_pending {
+                if let Err(e) = self.reload(&mut turn).await {
+                    // Nothing is applied to a state etcd may not hold: it
+                    // all waits for the reload.
+                    warn!(error = %e, "reload from etcd failed; retrying");
+                    self.redo.extend(items);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                self.reload_pending = false;
+            }
             let now = now_ms();
-            for item in items {
+            let redo = std::mem::take(&mut self.redo);
+            for item in redo.into_iter().chain(items) {
                 self.apply(item, now, &mut turn);
             }
             self.tick(now, &mut turn);
@@ -558,7 +583,7 @@ impl Engine {
             Item::Cmd(cmd) => self.command(cmd, now, turn),
             Item::Event(msg) => {
                 self.on_agent_event(&msg, now, turn);
-                turn.acks.push(*msg);
+                turn.events.push(*msg);
             }
             Item::Heartbeat(msg) => self.on_heartbeat(&msg, now, turn),
             Item::Internal(Internal::AssignFailed {
@@ -1447,7 +1472,8 @@ impl Engine {
         }
     }
 
-    /// Commit, then carry out; on failure reload from etcd instead.
+    /// Commit, then carry out; on failure the next turn reloads from etcd
+    /// and applies this turn's events again.
     async fn finish_turn(&mut self, turn: Turn) {
         match self.commit(&turn).await {
             Ok(()) => self.carry_out(turn).await,
@@ -1464,22 +1490,11 @@ impl Engine {
                         Reply::Flag(tx) => drop(tx.send(Err(err()))),
                     }
                 }
-                for m in turn.acks {
-                    // Redeliver now rather than after the ack wait.
-                    let bus = self.bus.clone();
-                    tokio::spawn(async move {
-                        if m.ack_with(AckKind::Nak(None)).await.is_err() {
-                            bus.failed("nak");
-                        }
-                    });
-                }
-                let mut retry = Turn::default();
-                if let Err(e) = self.reload(&mut retry).await {
-                    warn!(error = %e, "reload from etcd failed; retrying next turn");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    return;
-                }
-                Box::pin(self.finish_turn(retry)).await;
+                // Not naked for redelivery: the next turn's ack would cover
+                // them before they came back.
+                let events = turn.events.into_iter().map(|m| Item::Event(Box::new(m)));
+                self.redo.extend(events);
+                self.reload_pending = true;
             }
         }
     }
@@ -1629,11 +1644,16 @@ impl Engine {
         for span in turn.spans {
             record::emit(span);
         }
-        for m in turn.acks {
+        // One ack for the turn: the consumer acks every event up to it.
+        let last = turn
+            .events
+            .into_iter()
+            .max_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+        if let Some(m) = last {
             let bus = self.bus.clone();
             tokio::spawn(async move {
                 if let Err(e) = m.ack().await {
-                    warn!(error = %e, "ack failed; the event will be redelivered");
+                    warn!(error = %e, "ack failed; the events will be redelivered");
                     bus.failed("ack");
                 }
             });

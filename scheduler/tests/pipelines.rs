@@ -96,6 +96,42 @@ tasks:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_commit_failed_is_applied_again_after_the_reload() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: conflict
+tasks:
+  - name: t
+    command: ["sleep", "0.5"]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    c.wait_for(&id, "t running", |r| {
+        task(r, "t").state() == TaskState::Running
+    })
+    .await;
+    // Someone else writes the task's key (same value, new revision): the
+    // commit of the `succeeded` event fails its compare.
+    let mut etcd = etcd_client::Client::connect([&c.etcd.url], None)
+        .await
+        .unwrap();
+    let key = format!("{}/tasks/{id}/t", c.prefix);
+    let value = etcd.get(key.as_str(), None).await.unwrap().kvs()[0]
+        .value()
+        .to_vec();
+    etcd.put(key.as_str(), value, None).await.unwrap();
+    // Redelivery would take the 30 s ack wait (and a later ack would cover
+    // the event): done well before means it was applied again.
+    let run = c.wait_done(&id, Duration::from_secs(15)).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    assert_eq!(task(&run, "t").attempts.len(), 1, "{run:#?}");
+    assert!(
+        c.scheduler_log().contains("commit failed"),
+        "no commit failed: {}",
+        c.scheduler_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_task_fails_the_run_and_downstream_never_starts() {
     let c = Cluster::start().await;
     let spec = r#"
@@ -580,4 +616,74 @@ async fn the_events_stream_keeps_events_a_week_also_when_an_earlier_version_made
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(max_age(js.clone()).await, naming::EVENTS_MAX_AGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explicit_ack_consumer_of_an_earlier_version_is_replaced_from_its_ack_floor() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use drover_api::naming;
+    use futures::StreamExt;
+    let mut c = Cluster::without_agents().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&c.nats.url).await.unwrap());
+    let stream = js
+        .get_stream(naming::events_stream(&c.nats_prefix))
+        .await
+        .unwrap();
+    c.kill_scheduler().await;
+    stream.delete_consumer("scheduler-turns").await.unwrap();
+
+    // As an earlier version left it: acks per event, the first of three acked.
+    let old = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("scheduler".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let subject = naming::events_subject(&c.nats_prefix, "gone-agent");
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let ack = js.publish(subject.clone(), format!("not an event {i}").into());
+        seqs.push(ack.await.unwrap().await.unwrap().sequence);
+    }
+    let mut batch = old.fetch().max_messages(1).messages().await.unwrap();
+    batch.next().await.unwrap().unwrap().ack().await.unwrap();
+    let floor = || async {
+        let info = stream.consumer_info("scheduler").await.unwrap();
+        info.ack_floor.stream_sequence
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while floor().await != seqs[0] && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(floor().await, seqs[0]);
+
+    c.start_scheduler().await;
+    // The new consumer starts after the old one's ack floor, and the events
+    // after it are consumed and acked (by one ack: AckPolicy::All).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(info) = stream.consumer_info("scheduler-turns").await {
+            assert_eq!(info.config.ack_policy, AckPolicy::All);
+            assert_eq!(
+                info.config.deliver_policy,
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: seqs[0] + 1
+                }
+            );
+            if info.ack_floor.stream_sequence == seqs[2] && info.num_ack_pending == 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events after the floor not acked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stream.consumer_info("scheduler").await.is_err(),
+        "old consumer kept"
+    );
 }
