@@ -422,6 +422,11 @@ pub struct Engine {
     /// counted as runs finish here.
     finished: BTreeMap<pb::RunState, u64>,
     metrics_at: u64,
+    /// `place`'s pending and running inputs, kept for the next pass.
+    pass_buffers: (
+        Vec<admission::Pending<usize>>,
+        Vec<admission::Running<usize>>,
+    ),
     /// A commit failed: reload from etcd before the next turn.
     reload_pending: bool,
     /// What a failed turn applied (its events), or what waited while the
@@ -462,6 +467,7 @@ impl Engine {
             metrics,
             finished: BTreeMap::new(),
             metrics_at: 0,
+            pass_buffers: Default::default(),
             reload_pending: false,
             redo: Vec::new(),
         };
@@ -1290,7 +1296,11 @@ impl Engine {
         let depth = self.opts.pass_depth;
         let n = depth.min(self.ready.values().map(BTreeMap::len).sum());
         let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(n);
-        let mut pending: Vec<admission::Pending<usize>> = Vec::with_capacity(n);
+        // The pass's inputs reuse last turn's buffers: rebuilt every turn
+        // (thousands of entries with a backlog), fresh ones cost a large
+        // allocation and free per turn (glibc's malloc_consolidate in the profile).
+        let mut pending = std::mem::take(&mut self.pass_buffers.0);
+        pending.clear();
         for (run_id, run, queue) in order {
             let tasks = &self.ready[run_id];
             board_runs.push(BoardRun {
@@ -1328,6 +1338,7 @@ impl Engine {
             }
         }
         if pending.is_empty() {
+            self.pass_buffers.0 = pending;
             self.set_board(WaitBoard::default());
             return;
         }
@@ -1335,18 +1346,18 @@ impl Engine {
         // copied out, after the pass.
         let mut running_keys: Vec<(&(String, usize), u32)> =
             Vec::with_capacity(self.fleet.allocations.len());
-        let mut running: Vec<admission::Running<usize>> =
-            Vec::with_capacity(self.fleet.allocations.len());
+        let mut running = std::mem::take(&mut self.pass_buffers.1);
+        running.clear();
         // Allocations come grouped by run, and bin-packing puts a run's
         // consecutive tasks on the same agent: remember the last of each
-        // rather than hashing both ids per running task.
-        let mut last_run: Option<(&str, Option<&ActiveRun>)> = None;
+        // (and the run's queue) rather than hashing ids per running task.
+        let mut last_run: Option<(&str, Option<(&ActiveRun, usize)>)> = None;
         let mut last_agent: Option<(&str, Option<usize>)> = None;
         for (key, alloc) in &self.fleet.allocations {
             let run = match last_run {
                 Some((id, r)) if id == key.0 => r,
                 _ => {
-                    let r = self.runs.get(&key.0);
+                    let r = self.runs.get(&key.0).map(|r| (r, queue_of(r)));
                     last_run = Some((key.0.as_str(), r));
                     r
                 }
@@ -1359,13 +1370,13 @@ impl Engine {
                     a
                 }
             };
-            let (Some(run), Some(agent)) = (run, agent) else {
+            let (Some((run, queue)), Some(agent)) = (run, agent) else {
                 continue;
             };
             let t = run.dag.task(key.1);
             running.push(admission::Running {
                 key: running_keys.len(),
-                queue: queue_of(run),
+                queue,
                 run_priority: run.record.priority,
                 agent,
                 req: alloc.req.clone(),
@@ -1384,6 +1395,7 @@ impl Engine {
             &slots,
             self.opts.placement,
         );
+        self.pass_buffers = (pending, running);
         let evicts: Vec<(String, usize, u32, String)> = decision
             .evict
             .into_iter()
