@@ -49,6 +49,15 @@ const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 /// active task, which busy turns need not do each time. Idle, the liveness
 /// tick still brings a turn (and a snapshot) every second.
 const METRICS_EVERY_MS: u64 = 250;
+/// A full admission pass (`--pass-depth` deep per queue, and the wait
+/// reasons `drover get` and `queue show` report) runs at most this often;
+/// the turns between run a quick pass over the first `QUICK_PASS_DEPTH`
+/// Ready tasks of each queue, which only admits (Slurm's quick scheduler and
+/// backfill cycle, in short). A full pass every turn cost ~1 ms of
+/// scheduler CPU per turn with a 10,000-task backlog, for the handful of
+/// tasks that finish between two turns (benches/README.md).
+const FULL_PASS_EVERY_MS: u64 = 250;
+const QUICK_PASS_DEPTH: usize = 256;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -422,6 +431,10 @@ pub struct Engine {
     /// counted as runs finish here.
     finished: BTreeMap<pb::RunState, u64>,
     metrics_at: u64,
+    /// When the last full admission pass ran (ms).
+    full_pass_at: u64,
+    /// A quick pass ran since: the wait reasons may be out of date.
+    board_stale: bool,
     /// `place`'s pending and running inputs, kept for the next pass.
     pass_buffers: (
         Vec<admission::Pending<usize>>,
@@ -467,6 +480,8 @@ impl Engine {
             metrics,
             finished: BTreeMap::new(),
             metrics_at: 0,
+            full_pass_at: 0,
+            board_stale: false,
             pass_buffers: Default::default(),
             reload_pending: false,
             redo: Vec::new(),
@@ -581,7 +596,13 @@ impl Engine {
     }
 
     fn next_wakeup(&self) -> Option<u64> {
-        self.runs.values().filter_map(|r| r.dag.next_wakeup()).min()
+        // A quick pass left the wait reasons behind: a full pass brings
+        // them up to date even if nothing else happens.
+        let full_pass = self
+            .board_stale
+            .then_some(self.full_pass_at + FULL_PASS_EVERY_MS);
+        let runs = self.runs.values().filter_map(|r| r.dag.next_wakeup());
+        runs.chain(full_pass).min()
     }
 
     fn apply(&mut self, item: Item, now: u64, turn: &mut Turn) {
@@ -1293,7 +1314,11 @@ impl Engine {
         // Pending keys are (run slot, task): the runs are listed once, so no
         // run id is cloned per task.
         let mut board_runs: Vec<BoardRun> = Vec::new();
-        let depth = self.opts.pass_depth;
+        let full = now.saturating_sub(self.full_pass_at) >= FULL_PASS_EVERY_MS;
+        let depth = match full {
+            true => self.opts.pass_depth,
+            false => self.opts.pass_depth.min(QUICK_PASS_DEPTH),
+        };
         let n = depth.min(self.ready.values().map(BTreeMap::len).sum());
         let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(n);
         // The pass's inputs reuse last turn's buffers: rebuilt every turn
@@ -1459,6 +1484,13 @@ impl Engine {
         // Why the rest wait is kept as the pass said it and rendered only
         // when asked: formatting it for every waiting task every turn cost
         // several allocations per task.
+        if !full {
+            // The board stays as the last full pass left it, until the next.
+            self.board_stale = true;
+            return;
+        }
+        self.full_pass_at = now;
+        self.board_stale = false;
         let entries = decision
             .waiting
             .into_iter()
