@@ -68,9 +68,10 @@ pub struct SchedulerOptions {
     /// chunks, so this is not bound by etcd's request limit.
     #[arg(long, env = "DROVER_MAX_SPEC_BYTES", default_value_t = DEFAULT_MAX_SPEC_BYTES, value_parser = bytes_arg)]
     pub max_spec_bytes: u64,
-    /// How many Ready tasks of each queue one admission pass looks at, in
+    /// How many Ready tasks of each queue a full admission pass looks at, in
     /// queue order (like Slurm's default_queue_depth); the rest keep their
-    /// places and wait. Bounds a turn's cost with a huge backlog.
+    /// places and wait. Full passes run at most every 250 ms; the turns
+    /// between look at the first 256 only. Bounds a turn's cost with a huge backlog.
     #[arg(long, env = "DROVER_PASS_DEPTH", default_value_t = DEFAULT_PASS_DEPTH, value_parser = clap::value_parser!(u32).range(1..))]
     pub pass_depth: u32,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
