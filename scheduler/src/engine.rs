@@ -409,7 +409,9 @@ enum Item {
 
 pub struct Engine {
     store: Store,
-    bus: Bus,
+    /// Shared with the tasks that send assignments and acks: cloning a
+    /// `Bus` clones a NATS client handle, which allocates (per assignment).
+    bus: Arc<Bus>,
     opts: EngineOptions,
     runs: HashMap<String, ActiveRun>,
     fleet: Fleet,
@@ -465,7 +467,7 @@ impl Engine {
         };
         let engine = Self {
             store,
-            bus,
+            bus: Arc::new(bus),
             opts,
             runs: HashMap::new(),
             fleet: Fleet::default(),
