@@ -1492,7 +1492,6 @@ impl Engine {
             return;
         }
         self.full_pass_at = now;
-        self.board_stale = false;
         let entries = decision
             .waiting
             .into_iter()
@@ -1511,6 +1510,8 @@ impl Engine {
 
     /// Publishes the last pass's waits to `drover get` and `queue show`.
     fn set_board(&mut self, board: WaitBoard) {
+        // Up to date now (also when nothing waits: no full pass is due then).
+        self.board_stale = false;
         let board = Arc::new(board);
         self.board = Arc::clone(&board);
         if let Ok(mut w) = self.waiting.lock() {

@@ -205,6 +205,22 @@ impl Cluster {
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.
+    /// CPU time (user + system) the scheduler process has used so far.
+    pub fn scheduler_cpu(&self) -> Duration {
+        let pid = self
+            .scheduler
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("scheduler running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which may hold spaces), from field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
     pub async fn kill_scheduler(&mut self) {
         if let Some(mut c) = self.scheduler.take() {
             c.kill().await.unwrap();
