@@ -1166,9 +1166,10 @@ impl Engine {
             .map(|a| a.assigned_at);
         // A final event for an attempt with no started event yet: agents
         // publish none for an attempt that ends quickly, and report its
-        // start here instead. How long after the assignment it started:
-        // the delay to now, less how long it ran (agent clock to agent clock).
-        let start_delay = match core {
+        // start here instead. `ran`: how long it had run when the event was
+        // stamped (agent clock to agent clock), so the assignment-to-start
+        // delay is the delay to now less that.
+        let ran = match core {
             Event::Started { .. } => Some(0),
             _ if ev.started_at_ms > 0 => {
                 let started = Event::Started { task, attempt };
@@ -1181,7 +1182,7 @@ impl Engine {
         };
         self.apply_to(&aref.run_id, core, at, turn);
         if let (Some(assigned_at), Some(ran), Some(run)) =
-            (assigned_at, start_delay, self.runs.get(&aref.run_id))
+            (assigned_at, ran, self.runs.get(&aref.run_id))
         {
             let started = run
                 .dag

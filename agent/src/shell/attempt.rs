@@ -1,7 +1,8 @@
 //! One attempt, start to finish: work directory, inputs, the task (a
 //! process or a container) under timeout and cancel, outputs, log, final
-//! event — and a started event if it still runs after `STARTED_AFTER`. Also the containers a restarted agent finds: adopted
-//! and finished the same way, or stopped when their plan is lost.
+//! event — and a started event if it still runs after `STARTED_AFTER`.
+//! Also the containers a restarted agent finds: adopted and finished the
+//! same way, or stopped when their plan is lost.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
