@@ -29,7 +29,6 @@ fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
     SchedulerError::Nats(e.to_string())
 }
 
-#[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
     prefix: String,
@@ -54,7 +53,7 @@ impl Bus {
         self
     }
 
-    /// Counts a failed call to `op` (also for the engine's own calls: acks, naks).
+    /// Counts a failed call to `op` (also for the engine's own calls: acks).
     pub fn failed(&self, op: &'static str) {
         self.errors.inc(op);
     }

@@ -1153,16 +1153,14 @@ impl Engine {
             debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
         }
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
-        let current = self
-            .runs
-            .get(&aref.run_id)
-            .and_then(|r| r.dag.task(task).current())
-            .filter(|a| a.number == attempt);
         // Measured on the scheduler's clock only (assigned_at is its own),
         // and only for the first start of the current attempt: a
         // redelivered event is not a second start.
-        let assigned_at = current
-            .filter(|a| a.status == AttemptStatus::Assigned)
+        let assigned_at = self
+            .runs
+            .get(&aref.run_id)
+            .and_then(|r| r.dag.task(task).current())
+            .filter(|a| a.number == attempt && a.status == AttemptStatus::Assigned)
             .map(|a| a.assigned_at);
         // A final event for an attempt with no started event yet: agents
         // publish none for an attempt that ends quickly, and report its
@@ -1318,9 +1316,10 @@ impl Engine {
         // run id is cloned per task.
         let mut board_runs: Vec<BoardRun> = Vec::new();
         let full = now.saturating_sub(self.full_pass_at) >= FULL_PASS_EVERY_MS;
-        let depth = match full {
-            true => self.opts.pass_depth,
-            false => self.opts.pass_depth.min(QUICK_PASS_DEPTH),
+        let depth = if full {
+            self.opts.pass_depth
+        } else {
+            self.opts.pass_depth.min(QUICK_PASS_DEPTH)
         };
         let n = depth.min(self.ready.values().map(BTreeMap::len).sum());
         let mut pending_keys: Vec<(u32, usize)> = Vec::with_capacity(n);

@@ -43,14 +43,13 @@ pub const ETCD_OPS: [&str; 10] = [
     "put_spec",
 ];
 /// NATS calls counted in `drover_scheduler_nats_errors_total{op}`.
-pub const NATS_OPS: [&str; 7] = [
+pub const NATS_OPS: [&str; 6] = [
     "ack",
     "ask_heartbeats",
     "assign",
     "cancel",
     "events",
     "heartbeats",
-    "nak",
 ];
 
 type OpLabel = [(&'static str, &'static str); 1];

@@ -352,13 +352,13 @@ async fn conclude(
         && tokio::fs::metadata(log_path)
             .await
             .is_ok_and(|m| m.len() == 0);
-    let uploaded = match log_empty {
-        true => Ok(()),
-        false => ctx
-            .store
+    let uploaded = if log_empty {
+        Ok(())
+    } else {
+        ctx.store
             .upload_file(&plan.log_key, log_path)
             .await
-            .map(drop),
+            .map(drop)
     };
     let log_key = match uploaded {
         Ok(()) => Ok(plan.log_key.clone()),

@@ -90,22 +90,21 @@ impl Slots {
     /// it again on its next use. One that cannot be removed either is not
     /// handed out again.
     pub fn release(&self, slot: Slot) {
-        let usable = match empty_slot(&slot.path) {
-            Ok(()) => true,
-            // Never prepared (the attempt ended before its directory was made).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-            Err(e) => {
-                tracing::warn!(dir = %slot.path.display(), error = %e, "emptying a process slot failed; removing it");
-                match std::fs::remove_dir_all(&slot.path) {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-                    Err(e) => {
-                        tracing::error!(dir = %slot.path.display(), error = %e, "removing a process slot failed; not using it again");
-                        false
-                    }
-                }
-            }
+        // A missing slot is fine: never prepared (the attempt ended before
+        // its directory was made), or removed just now.
+        let found = |r: io::Result<()>| match r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
         };
+        let usable = found(empty_slot(&slot.path))
+            .or_else(|e| {
+                tracing::warn!(dir = %slot.path.display(), error = %e, "emptying a process slot failed; removing it");
+                found(std::fs::remove_dir_all(&slot.path))
+            })
+            .inspect_err(|e| {
+                tracing::error!(dir = %slot.path.display(), error = %e, "removing a process slot failed; not using it again");
+            })
+            .is_ok();
         if usable {
             let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
             free.0.push(Reverse(slot.index));

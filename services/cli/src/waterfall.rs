@@ -454,9 +454,12 @@ mod tests {
         let bar = |label: &str| {
             let r = row(label);
             // Each row has the bar between two `|`.
-            let from = r.find('|').map_or(0, |i| i + 1);
-            let to = r[from..].find('|').map_or(r.len(), |i| i + from);
-            r[from..to].to_string()
+            let mut parts = r.split('|');
+            parts
+                .nth(1)
+                .filter(|_| parts.next().is_some())
+                .unwrap_or_else(|| panic!("no bar in row {r}"))
+                .to_string()
         };
         assert_eq!(bar("prep #1"), "██                  ");
         // slow #1: waits 2 s (4 cells), runs 1 s (2 cells) from 1 s after the start.

@@ -33,23 +33,19 @@ static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec
 /// does not take part can still bind it in the window before our server
 /// does: the servers here start again on other ports when that happens.
 pub fn free_port() -> Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
-    use std::os::fd::AsRawFd;
+    use std::hash::BuildHasher;
     let locks = std::env::temp_dir().join("drover-ports");
     std::fs::create_dir_all(&locks)?;
     for _ in 0..200 {
         // RandomState is seeded randomly per process and per call.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(u64::from(std::process::id()));
-        let port = PORTS.start + (h.finish() % u64::from(PORTS.end - PORTS.start)) as u16;
+        let random = std::collections::hash_map::RandomState::new().hash_one(());
+        let port = PORTS.start + (random % u64::from(PORTS.end - PORTS.start)) as u16;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(locks.join(port.to_string()))?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if locked && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if try_lock(&lock) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             CLAIMED
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -58,6 +54,14 @@ pub fn free_port() -> Result<u16> {
         }
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Takes `file`'s exclusive lock without waiting; false when another open
+/// of it (in any process) holds it.
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns for the call; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// How many times a server is started on fresh ports when its port was taken.
@@ -356,10 +360,7 @@ mod tests {
                 .join("drover-ports")
                 .join(ports[0].to_string()),
         )?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_ne!(rc, 0, "a claimed port's lock was free");
+        assert!(!try_lock(&lock), "a claimed port's lock was free");
         Ok(())
     }
 }

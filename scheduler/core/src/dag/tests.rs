@@ -85,6 +85,18 @@ fn start(dag: &mut RunDag, task: usize) -> u32 {
     attempt
 }
 
+/// The agent's report of an attempt it stopped on request.
+fn stopped(task: usize, attempt: u32) -> Event {
+    Event::Failed {
+        task,
+        attempt,
+        exit_code: None,
+        reason: "cancelled".into(),
+        log_key: String::new(),
+        cancelled: true,
+    }
+}
+
 fn fail(task: usize, attempt: u32) -> Event {
     Event::Failed {
         task,
@@ -288,17 +300,7 @@ fn failure_skips_downstream_and_fail_fast_cancels_siblings() -> TestResult {
         agent: "a1".into()
     }));
     assert_eq!(dag.status(), RunStatus::Running, "c is still stopping");
-    let fx = dag.apply(
-        Event::Failed {
-            task: 2,
-            attempt: c,
-            exit_code: None,
-            reason: "cancelled".into(),
-            log_key: String::new(),
-            cancelled: true,
-        },
-        60,
-    )?;
+    let fx = dag.apply(stopped(2, c), 60)?;
     assert_eq!(status(&dag, "c"), TaskStatus::Cancelled);
     assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
     Ok(())
@@ -374,17 +376,7 @@ fn cancel_stops_running_and_cancels_waiting() -> TestResult {
     assert_eq!(status(&dag, "d"), TaskStatus::Cancelled);
     // A second cancel is a no-op.
     assert_eq!(dag.apply(Event::Cancel, 6)?, vec![]);
-    let fx = dag.apply(
-        Event::Failed {
-            task: 0,
-            attempt: a,
-            exit_code: None,
-            reason: "cancelled".into(),
-            log_key: String::new(),
-            cancelled: true,
-        },
-        7,
-    )?;
+    let fx = dag.apply(stopped(0, a), 7)?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Cancelled)));
     assert_eq!(
         dag.task(0).current().ok_or("no current attempt")?.status,
@@ -679,17 +671,7 @@ fn preemption_stops_the_attempt_and_requeues_it_uncounted() -> TestResult {
             21
         )
         .is_err());
-    let fx = dag.apply(
-        Event::Failed {
-            task: 0,
-            attempt: a,
-            exit_code: None,
-            reason: "cancelled".into(),
-            log_key: "log".into(),
-            cancelled: true,
-        },
-        30,
-    )?;
+    let fx = dag.apply(stopped(0, a), 30)?;
     assert!(fx.contains(&Effect::Ready { task: 0 }));
     assert!(fx.contains(&Effect::Released {
         task: 0,
