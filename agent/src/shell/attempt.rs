@@ -159,36 +159,39 @@ async fn run_attempt(
     };
     let dir = workdir.path().to_owned();
 
-    let notice = StartNotice::after(&ctx.events, &key, STARTED_AFTER);
+    let mut notice = StartNotice::after(&ctx.events, &key, STARTED_AFTER);
     info!(run = %run, task = %task, attempt, dir = %dir.display(), "started");
     ctx.metrics.started(plan.executor);
 
     let log_path = dir.join(LOG_FILE);
-    let started = start(
-        &ctx,
-        &plan,
-        &assignment,
-        &parent,
-        &workdir,
-        &log_path,
-        &mut stop,
-    )
-    .await;
-    let outcome = match started {
-        Ok((running, execute)) => {
-            run_to_end(
-                &ctx,
-                &plan,
-                (running, execute),
-                plan.timeout,
-                &dir,
-                &log_path,
-                &mut stop,
-            )
-            .await
+    let work = async {
+        let started = start(
+            &ctx,
+            &plan,
+            &assignment,
+            &parent,
+            &workdir,
+            &log_path,
+            &mut stop,
+        )
+        .await;
+        match started {
+            Ok((running, execute)) => {
+                run_to_end(
+                    &ctx,
+                    &plan,
+                    (running, execute),
+                    plan.timeout,
+                    &dir,
+                    &log_path,
+                    &mut stop,
+                )
+                .await
+            }
+            Err(failure) => Outcome::Finished(Err(failure)),
         }
-        Err(failure) => Outcome::Finished(Err(failure)),
     };
+    let outcome = notice.during(work).await;
     conclude(&ctx, &plan, workdir, &log_path, outcome, notice).await;
 }
 
@@ -348,10 +351,8 @@ async fn conclude(
     // A successful attempt that wrote nothing stores no log object: for a
     // short task that file was the largest part of the agent's own cost
     // (benches/README.md). A failed one always has the agent's note.
-    let log_empty = result.is_ok()
-        && tokio::fs::metadata(log_path)
-            .await
-            .is_ok_and(|m| m.len() == 0);
+    // One stat, inline: cheaper than the blocking pool's thread hand-off.
+    let log_empty = result.is_ok() && std::fs::metadata(log_path).is_ok_and(|m| m.len() == 0);
     let uploaded = if log_empty {
         Ok(())
     } else {
@@ -413,7 +414,12 @@ async fn conclude(
 async fn release(ctx: &AttemptContext, workdir: WorkDir) {
     match workdir {
         WorkDir::Slot(slot, slots) => {
-            // One trip to the blocking pool for all of it.
+            // A slot left as the attempt found it is freed after a look at
+            // two directories, inline; emptying one walks a tree of unknown
+            // size, on the blocking pool.
+            let Some(slot) = slots.release_if_clean(slot) else {
+                return;
+            };
             if let Err(e) = tokio::task::spawn_blocking(move || slots.release(slot)).await {
                 warn!(error = %e, "emptying a process slot failed");
             }
@@ -442,13 +448,11 @@ async fn start(
     // finds its declared inputs there.
     let inputs_dir = docker || !plan.inputs.is_empty();
     let prepared = match workdir {
-        WorkDir::Slot(slot, _) => {
-            let dir = slot.path().to_owned();
-            tokio::task::spawn_blocking(move || slots::prepare(&dir, inputs_dir))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-        }
+        // At most a few calls that walk no tree (on a reused slot, two
+        // failing `mkdir`/`rmdir`, an open and a truncate of an empty
+        // log): inline, as the blocking pool's hand-off to another thread
+        // and back cost more than the calls (benches/README.md).
+        WorkDir::Slot(slot, _) => slots::prepare(slot.path(), inputs_dir),
         WorkDir::Own(dir) => {
             prepare_dir(
                 dir,

@@ -1,6 +1,7 @@
 //! Attempt events on the JetStream stream: published with `Nats-Msg-Id` so a
 //! re-publish is stored once, and retried until the stream acknowledges them.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,35 +162,38 @@ pub const STARTED_AFTER: Duration = Duration::from_millis(50);
 
 /// The `started` event of one attempt, published only if the attempt still
 /// runs `STARTED_AFTER` after it began.
+///
+/// The delay is a timer polled inside the attempt's own task
+/// ([`StartNotice::during`]): the publish is spawned only when it is due,
+/// so a short attempt costs no extra task (spawning one per attempt and
+/// aborting it was a wake-up on another worker thread per no-op task).
 pub struct StartNotice {
     at_ms: u64,
-    /// The delayed publish, and who claimed the decision first: the publish
+    /// Not yet due: what to publish, and when.
+    armed: Option<Armed>,
+    /// Due: the publish, and who claimed the decision first: the publish
     /// (it goes out) or `settle` (it never does).
     pending: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
+struct Armed {
+    events: EventPublisher,
+    key: AttemptKey,
+    due: tokio::time::Instant,
+}
+
 impl StartNotice {
-    /// The attempt starts now; its `started` event follows after `after`,
-    /// in the caller's span.
+    /// The attempt starts now; its `started` event follows after `after`
+    /// if the work given to [`StartNotice::during`] still runs then.
     pub fn after(events: &EventPublisher, key: &AttemptKey, after: Duration) -> Self {
-        let claimed = Arc::new(AtomicBool::new(false));
-        let at_ms = now_ms();
-        let publish = {
-            let (events, key, claimed) = (events.clone(), key.clone(), Arc::clone(&claimed));
-            async move {
-                tokio::time::sleep(after).await;
-                if claimed.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-                let started = Kind::Started(AttemptStarted {});
-                if let Err(e) = events.publish(&key, started, at_ms).await {
-                    warn!(attempt = %key, error = %e, "started event not published");
-                }
-            }
-        };
         StartNotice {
-            at_ms,
-            pending: Some((claimed, tokio::spawn(publish.instrument(Span::current())))),
+            at_ms: now_ms(),
+            armed: Some(Armed {
+                events: events.clone(),
+                key: key.clone(),
+                due: tokio::time::Instant::now() + after,
+            }),
+            pending: None,
         }
     }
 
@@ -199,8 +203,40 @@ impl StartNotice {
     pub fn earlier(at_ms: u64) -> Self {
         StartNotice {
             at_ms,
+            armed: None,
             pending: None,
         }
+    }
+
+    /// Runs the attempt's `work`; if it is still running when the notice
+    /// is due, the `started` event is published (in the caller's span)
+    /// while it goes on.
+    pub async fn during<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let Some(armed) = self.armed.take() else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = tokio::time::sleep_until(armed.due) => {}
+        }
+        let claimed = Arc::new(AtomicBool::new(false));
+        let at_ms = self.at_ms;
+        let publish = {
+            let claimed = Arc::clone(&claimed);
+            async move {
+                if claimed.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let started = Kind::Started(AttemptStarted {});
+                if let Err(e) = armed.events.publish(&armed.key, started, at_ms).await {
+                    warn!(attempt = %armed.key, error = %e, "started event not published");
+                }
+            }
+        };
+        self.pending = Some((claimed, tokio::spawn(publish.instrument(Span::current()))));
+        work.await
     }
 
     /// Called right before the final event: afterwards the `started` event

@@ -106,10 +106,55 @@ impl Slots {
             })
             .is_ok();
         if usable {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            free.0.push(Reverse(slot.index));
+            self.free_again(slot.index);
         }
     }
+
+    /// Makes the slot free again without emptying it when the attempt left
+    /// it as it found it (empty `outputs/` and `inputs/`, an empty log,
+    /// nothing else — a short task's usual case; or never prepared): a
+    /// couple of directory reads, cheap enough to do without the blocking
+    /// pool. Returns the slot when it needs [`Slots::release`].
+    pub fn release_if_clean(&self, slot: Slot) -> Option<Slot> {
+        match is_clean(&slot.path) {
+            Ok(true) => {
+                self.free_again(slot.index);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.free_again(slot.index);
+                None
+            }
+            _ => Some(slot),
+        }
+    }
+
+    fn free_again(&self, index: usize) {
+        // The lock guards two plain values; a panic elsewhere cannot leave them torn.
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        free.0.push(Reverse(index));
+    }
+}
+
+/// Whether the slot holds only what [`prepare`] makes, empty. Entries are
+/// looked at without following links, as in [`empty_slot`].
+fn is_clean(dir: &Path) -> io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let name = entry.file_name();
+        let clean = if kind.is_dir() && (name == OUTPUTS_DIR || name == INPUTS_DIR) {
+            std::fs::read_dir(entry.path())?.next().is_none()
+        } else if kind.is_file() && name == LOG_FILE {
+            entry.metadata()?.len() == 0
+        } else {
+            false
+        };
+        if !clean {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Makes the slot ready for an attempt (blocking): `outputs/`, `inputs/`
@@ -263,6 +308,43 @@ mod tests {
         let slot = slots.acquire();
         prepare(slot.path(), false)?;
         assert!(std::fs::symlink_metadata(dir.join("outputs"))?.is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_slot_left_as_prepared_is_freed_without_emptying() -> TestResult {
+        use std::io::Write;
+        let tmp = tempfile::tempdir()?;
+        let slots = Slots::open(tmp.path())?;
+        // Each way an attempt can leave something behind.
+        type Leave<'a> = &'a dyn Fn(&Path, &mut std::fs::File) -> std::io::Result<()>;
+        let dirty: [Leave; 5] = [
+            &|_, log| log.write_all(b"a line\n"),
+            &|dir, _| std::fs::write(dir.join("outputs/model"), b"m"),
+            &|dir, _| std::fs::write(dir.join("inputs/data"), b"d"),
+            &|dir, _| std::fs::write(dir.join("scratch"), b"s"),
+            &|dir, _| std::os::unix::fs::symlink(tmp.path(), dir.join("link")),
+        ];
+        for leave in dirty {
+            let slot = slots.acquire();
+            let dir = slot.path().to_owned();
+            let mut log = prepare(&dir, true)?;
+            leave(&dir, &mut log)?;
+            let slot = slots
+                .release_if_clean(slot)
+                .ok_or("a slot with something left in it was freed as it was")?;
+            slots.release(slot);
+            assert!(names(&dir.join("outputs"))?.is_empty());
+        }
+
+        let slot = slots.acquire();
+        prepare(slot.path(), true)?;
+        assert!(slots.release_if_clean(slot).is_none());
+        assert_eq!(slots.acquire().index, 0, "the clean slot was not freed");
+        let unprepared = slots.acquire();
+        assert!(!unprepared.path().exists());
+        assert!(slots.release_if_clean(unprepared).is_none());
+        assert_eq!(slots.acquire().index, 1);
         Ok(())
     }
 
