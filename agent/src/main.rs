@@ -19,7 +19,10 @@ struct Cli {
 async fn main() -> Result<()> {
     let cli: Cli = drover_config::parse();
     let _telemetry = drover_telemetry::init("drover-agent", "info");
-    Agent::run(cli.agent, shutdown_signal()).await?;
+    // On a worker thread, not the main one `block_on` polls: the service
+    // loop wakes for every assignment and every finished attempt, and each
+    // hand-off between the main thread and the workers is a context switch.
+    tokio::spawn(Agent::run(cli.agent, shutdown_signal())).await??;
     Ok(())
 }
 

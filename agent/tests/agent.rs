@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use common::*;
-use drover_api::pb::attempt_event::Kind;
+use drover_api::pb::{attempt_event::Kind, AssignBatch};
 use futures::StreamExt;
 
 #[tokio::test]
@@ -388,6 +388,67 @@ async fn refuses_executors_it_does_not_run_and_malformed_assignments() -> Result
     assert!(reply.accepted, "{}", reply.reason);
     let fin = events.final_event(&a).await?;
     assert!(matches!(fin.kind(), Kind::Succeeded(_)), "{fin:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_of_assignments_gets_one_reply_each_in_order() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let (a, b) = (attempt_ref("r1", "a", 1), attempt_ref("r1", "b", 1));
+    let mut refused = assignment(&attempt_ref("r1", "gpu", 1), &["true"]);
+    if let Some(task) = refused.task.as_mut() {
+        task.image = "python:3.12".into();
+    }
+    let batch = AssignBatch {
+        assignments: vec![
+            assignment(&a, &sh("echo a")),
+            refused,
+            assignment(&b, &sh("exit 3")),
+            // Sent twice in one batch: the second is a known duplicate.
+            assignment(&a, &sh("echo a")),
+        ],
+        traceparents: Vec::new(),
+    };
+    let reply = h.assign_batch(&batch).await?;
+    let answers: Vec<(bool, &str)> = reply
+        .replies
+        .iter()
+        .map(|r| (r.accepted, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (true, ""),
+            (
+                false,
+                "executor `docker` is not enabled on agent `a1` (enabled: process)"
+            ),
+            (true, ""),
+            (true, ""),
+        ]
+    );
+    // Both run at once: their events come in either order.
+    let (first, second) = (events.next().await?, events.next().await?);
+    let (ev_a, ev_b) = match first.event.attempt.as_ref() == Some(&a) {
+        true => (first, second),
+        false => (second, first),
+    };
+    assert_eq!(ev_a.event.attempt.as_ref(), Some(&a), "{ev_a:?}");
+    assert!(matches!(ev_a.kind(), Kind::Succeeded(_)), "{ev_a:?}");
+    assert_eq!(ev_b.event.attempt.as_ref(), Some(&b), "{ev_b:?}");
+    let Kind::Failed(failed) = ev_b.kind() else {
+        panic!("expected a failure, got {ev_b:?}");
+    };
+    assert_eq!(failed.exit_code, Some(3));
+    let extra = events.next_within(Duration::from_millis(500)).await?;
+    assert!(extra.is_none(), "unexpected event {extra:?}");
+
+    let reply = h
+        .assign_batch_raw(Bytes::from_static(b"\xff\xff\xff"))
+        .await?;
+    assert!(reply.replies.is_empty());
+    assert!(!reply.malformed.is_empty());
     Ok(())
 }
 

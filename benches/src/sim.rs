@@ -78,7 +78,7 @@ impl Simulator {
         // One wildcard subscription serves every simulated agent: the
         // scheduler still addresses each one on its own subject.
         let p = &opts.nats_prefix;
-        let assigns = client.subscribe(format!("{p}.agent.*.assign")).await?;
+        let assigns = client.subscribe(format!("{p}.agent.*.assigns")).await?;
         let cancels = client.subscribe(format!("{p}.agent.*.cancel")).await?;
         let now = client.subscribe(naming::heartbeat_now_subject(p)).await?;
 
@@ -229,54 +229,70 @@ async fn serve_assigns(
         let Some(agent) = fleet.agent_of(&msg.subject) else {
             continue;
         };
-        let attempt = match pb::Assignment::decode(msg.payload.clone()) {
-            Ok(pb::Assignment {
-                attempt: Some(a), ..
-            }) => a,
-            Ok(_) | Err(_) => {
+        let batch = match pb::AssignBatch::decode(msg.payload.clone()) {
+            Ok(batch) => batch,
+            Err(e) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
-                let refuse = pb::AssignReply {
-                    accepted: false,
-                    reason: "malformed assignment".into(),
+                let refuse = pb::AssignBatchReply {
+                    replies: Vec::new(),
+                    malformed: e.to_string(),
                 };
                 reply(&client, &msg, refuse.encode_to_vec()).await;
                 continue;
             }
         };
-        let fresh = lock(&running)
-            .entry(agent)
-            .or_default()
-            .insert(attempt.clone());
-        let accept = pb::AssignReply {
-            accepted: true,
-            reason: String::new(),
-        };
-        reply(&client, &msg, accept.encode_to_vec()).await;
-        if !fresh {
-            // A re-sent assignment: already running, as a real agent answers.
-            continue;
+        let mut replies = Vec::with_capacity(batch.assignments.len());
+        let mut fresh = Vec::new();
+        for assignment in batch.assignments {
+            let Some(attempt) = assignment.attempt else {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                replies.push(pb::AssignReply {
+                    accepted: false,
+                    reason: "malformed assignment".into(),
+                });
+                continue;
+            };
+            replies.push(pb::AssignReply {
+                accepted: true,
+                reason: String::new(),
+            });
+            // A re-sent assignment is already running, as a real agent answers.
+            if lock(&running)
+                .entry(agent)
+                .or_default()
+                .insert(attempt.clone())
+            {
+                fresh.push(attempt);
+            }
         }
-        stats.assigned.fetch_add(1, Ordering::Relaxed);
-        let (js, subject, running, stats) = (
-            js.clone(),
-            events_subject(agent),
-            running.clone(),
-            stats.clone(),
-        );
-        let agent_id = fleet.ids[agent].clone();
-        let started_at_ms = now_ms();
-        tokio::spawn(async move {
-            let done = Kind::Succeeded(pb::AttemptSucceeded::default());
-            let ok = publish(&js, &subject, &agent_id, &attempt, done, started_at_ms).await;
-            if let Some(set) = lock(&running).get_mut(&agent) {
-                set.remove(&attempt);
-            }
-            if ok {
-                stats.finished.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        let answer = pb::AssignBatchReply {
+            replies,
+            malformed: String::new(),
+        };
+        reply(&client, &msg, answer.encode_to_vec()).await;
+        for attempt in fresh {
+            stats.assigned.fetch_add(1, Ordering::Relaxed);
+            let (js, subject, running, stats) = (
+                js.clone(),
+                events_subject(agent),
+                running.clone(),
+                stats.clone(),
+            );
+            let agent_id = fleet.ids[agent].clone();
+            let started_at_ms = now_ms();
+            tokio::spawn(async move {
+                let done = Kind::Succeeded(pb::AttemptSucceeded::default());
+                let ok = publish(&js, &subject, &agent_id, &attempt, done, started_at_ms).await;
+                if let Some(set) = lock(&running).get_mut(&agent) {
+                    set.remove(&attempt);
+                }
+                if ok {
+                    stats.finished.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
     }
 }
 

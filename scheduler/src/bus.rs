@@ -168,27 +168,46 @@ impl Bus {
         self.count(op, r)
     }
 
-    /// Sends an assignment with its attempt span's context (W3C headers), the
-    /// parent of the agent's spans; Err(reason) when the agent refused or did
-    /// not answer.
+    /// Sends a turn's assignments to one agent in one request, each with
+    /// its attempt span's `traceparent` (the parent of the agent's spans).
+    /// One result per assignment, in order: Err(reason) when the agent
+    /// refused it or did not answer.
     pub async fn assign(
         &self,
         agent: &str,
-        a: &pb::Assignment,
-        trace: Option<&drover_telemetry::Context>,
-    ) -> std::result::Result<(), String> {
-        let subject = naming::assign_subject(&self.prefix, agent);
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(cx) = trace {
-            drover_telemetry::propagation::inject_nats(cx, &mut headers);
-        }
-        match self
-            .request::<pb::AssignReply>("assign", subject, headers, a.encode_to_vec().into())
-            .await
-        {
-            Ok(r) if r.accepted => Ok(()),
-            Ok(r) => Err(format!("agent `{agent}` refused: {}", r.reason)),
-            Err(e) => Err(format!("agent `{agent}` did not take the task: {e}")),
+        batch: pb::AssignBatch,
+    ) -> Vec<std::result::Result<(), String>> {
+        let n = batch.assignments.len();
+        let subject = naming::assign_batch_subject(&self.prefix, agent);
+        let reply = self
+            .request::<pb::AssignBatchReply>(
+                "assign",
+                subject,
+                async_nats::HeaderMap::new(),
+                batch.encode_to_vec().into(),
+            )
+            .await;
+        match reply {
+            Ok(r) if r.replies.len() == n => r
+                .replies
+                .into_iter()
+                .map(|r| match r.accepted {
+                    true => Ok(()),
+                    false => Err(format!("agent `{agent}` refused: {}", r.reason)),
+                })
+                .collect(),
+            Ok(r) => {
+                self.failed("assign");
+                let reason = match r.malformed.is_empty() {
+                    true => format!(
+                        "agent `{agent}` answered {} replies to {n} assignments",
+                        r.replies.len()
+                    ),
+                    false => format!("agent `{agent}` refused the batch: {}", r.malformed),
+                };
+                vec![Err(reason); n]
+            }
+            Err(e) => vec![Err(format!("agent `{agent}` did not take the task: {e}")); n],
         }
     }
 

@@ -366,14 +366,18 @@ struct QueueEntry {
 }
 
 enum Send {
-    /// The assignment, its agent, the task index and the attempt span's context.
-    Assign(
-        Box<pb::Assignment>,
-        String,
-        usize,
-        Option<drover_telemetry::Context>,
-    ),
+    /// The assignment, its agent, the task index and the attempt span's
+    /// `traceparent` (empty: none).
+    Assign(Box<pb::Assignment>, String, usize, String),
     Cancel(pb::CancelAttempt, String, Option<usize>),
+}
+
+/// A turn's assignments to one agent: the request, and each one's run,
+/// task index and attempt, in its order.
+#[derive(Default)]
+struct AssignBatch {
+    request: pb::AssignBatch,
+    tasks: Vec<(String, usize, u32)>,
 }
 
 enum Reply {
@@ -991,15 +995,20 @@ impl Engine {
                     agent,
                 } => {
                     let send = self.assignment(run_id, task, attempt);
-                    let cx = self.runs.get(run_id).and_then(|r| {
-                        let name = &r.dag.defs()[task].name;
-                        let span =
-                            record::attempt_span_id(&r.record.trace_id, run_id, name, attempt);
-                        propagation::remote(&r.record.trace_id, &span)
-                    });
+                    let traceparent = self
+                        .runs
+                        .get(run_id)
+                        .and_then(|r| {
+                            let name = &r.dag.defs()[task].name;
+                            let span =
+                                record::attempt_span_id(&r.record.trace_id, run_id, name, attempt);
+                            propagation::span_context(&r.record.trace_id, &span)
+                        })
+                        .map(|sc| propagation::traceparent(&sc))
+                        .unwrap_or_default();
                     turn.sends.push((
                         run_id.to_string(),
-                        Send::Assign(Box::new(send), agent, task, cx),
+                        Send::Assign(Box::new(send), agent, task, traceparent),
                     ));
                 }
                 Effect::Cancel {
@@ -1649,23 +1658,18 @@ impl Engine {
     }
 
     async fn carry_out(&mut self, turn: Turn) {
+        // One request per agent for all the turn's assignments to it.
+        let mut batches: HashMap<String, AssignBatch> = HashMap::new();
         for (run_id, send) in turn.sends {
             let bus = self.bus.clone();
             let tx = self.internal_tx.clone();
             match send {
-                Send::Assign(a, agent, task, cx) => {
+                Send::Assign(a, agent, task, traceparent) => {
+                    let batch = batches.entry(agent).or_default();
                     let attempt = a.attempt.as_ref().map_or(0, |r| r.attempt);
-                    tokio::spawn(async move {
-                        if let Err(reason) = bus.assign(&agent, &a, cx.as_ref()).await {
-                            let _ = tx.send(Internal::AssignFailed {
-                                run: run_id,
-                                task,
-                                attempt,
-                                agent,
-                                reason,
-                            });
-                        }
-                    });
+                    batch.tasks.push((run_id, task, attempt));
+                    batch.request.assignments.push(*a);
+                    batch.request.traceparents.push(traceparent);
                 }
                 Send::Cancel(c, agent, task) => {
                     tokio::spawn(async move {
@@ -1687,6 +1691,24 @@ impl Engine {
                     });
                 }
             }
+        }
+        for (agent, batch) in batches {
+            let bus = self.bus.clone();
+            let tx = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let results = bus.assign(&agent, batch.request).await;
+                for ((run, task, attempt), result) in batch.tasks.into_iter().zip(results) {
+                    if let Err(reason) = result {
+                        let _ = tx.send(Internal::AssignFailed {
+                            run,
+                            task,
+                            attempt,
+                            agent: agent.clone(),
+                            reason,
+                        });
+                    }
+                }
+            });
         }
         for span in turn.spans {
             record::emit(span);

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use drover_api::naming;
-use drover_api::pb::{AssignReply, Assignment, CancelAttempt, CancelReply};
+use drover_api::pb::{
+    AssignBatch, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply,
+};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;
@@ -79,6 +81,7 @@ struct Service {
     cfg: AgentConfig,
     client: Client,
     assigns: Subscriber,
+    assign_batches: Subscriber,
     cancels: Subscriber,
     registry: Registry,
     ctx: Arc<AttemptContext>,
@@ -150,6 +153,8 @@ impl Service {
             }
         };
         let assigns = subscribe(naming::assign_subject(&cfg.nats_prefix, &cfg.id)).await?;
+        let assign_batches =
+            subscribe(naming::assign_batch_subject(&cfg.nats_prefix, &cfg.id)).await?;
         let cancels = subscribe(naming::cancel_subject(&cfg.nats_prefix, &cfg.id)).await?;
 
         let registry = Registry::default();
@@ -173,6 +178,7 @@ impl Service {
             cfg,
             client,
             assigns,
+            assign_batches,
             cancels,
             registry,
             ctx,
@@ -222,6 +228,12 @@ impl Service {
                         subject: naming::assign_subject(&self.cfg.nats_prefix, &self.cfg.id),
                     }),
                 },
+                msg = self.assign_batches.next() => match msg {
+                    Some(msg) => self.on_assign_batch(msg, &mut attempts).await,
+                    None => break Err(AgentError::SubscriptionClosed {
+                        subject: naming::assign_batch_subject(&self.cfg.nats_prefix, &self.cfg.id),
+                    }),
+                },
                 msg = self.cancels.next() => match msg {
                     Some(msg) => self.on_cancel(msg).await,
                     None => break Err(AgentError::SubscriptionClosed {
@@ -239,6 +251,7 @@ impl Service {
         info!(agent = %self.cfg.id, "shutting down");
         // No new work from here on.
         let _ = self.assigns.unsubscribe().await;
+        let _ = self.assign_batches.unsubscribe().await;
         let _ = self.cancels.unsubscribe().await;
         self.stop_attempts(&mut attempts).await;
         let _ = heartbeat_stop.send(true);
@@ -252,26 +265,73 @@ impl Service {
         result
     }
 
+    /// One assignment, the scheduler's trace context in the headers.
     async fn on_assign(&self, msg: Message, attempts: &mut JoinSet<()>) {
-        let decision = match Assignment::decode(msg.payload.clone()) {
-            Ok(assignment) => decide_assign(&self.cfg.id, &self.cfg.executors, &assignment, |k| {
-                self.registry.is_known(k)
-            }),
-            Err(e) => AssignDecision::Refuse(format!("malformed assignment: {e}")),
+        let reply = match Assignment::decode(msg.payload.clone()) {
+            Ok(assignment) => {
+                // The scheduler's attempt span: parent of this agent's spans.
+                let parent = drover_telemetry::propagation::extract_nats(msg.headers.as_ref());
+                self.take(assignment, parent, attempts)
+            }
+            Err(e) => self.refuse(format!("malformed assignment: {e}")),
         };
-        let reply = match decision {
-            AssignDecision::Start(plan) => match self.registry.start(plan.key.clone()) {
-                Some(stop) => {
+        self.reply(&msg, reply.encode_to_vec()).await;
+    }
+
+    /// A scheduler turn's assignments to this agent, each taken as if it
+    /// came alone; one reply each, in order.
+    async fn on_assign_batch(&self, msg: Message, attempts: &mut JoinSet<()>) {
+        let reply = match AssignBatch::decode(msg.payload.clone()) {
+            Ok(batch) => {
+                let mut traceparents = batch.traceparents.into_iter();
+                let replies = batch
+                    .assignments
+                    .into_iter()
+                    .map(|assignment| {
+                        let parent = traceparents
+                            .next()
+                            .and_then(|tp| drover_telemetry::propagation::from_traceparent(&tp))
+                            .unwrap_or_default();
+                        self.take(assignment, parent, attempts)
+                    })
+                    .collect();
+                AssignBatchReply {
+                    replies,
+                    malformed: String::new(),
+                }
+            }
+            Err(e) => {
+                warn!(agent = %self.cfg.id, error = %e, "malformed assignment batch refused");
+                AssignBatchReply {
+                    replies: Vec::new(),
+                    malformed: e.to_string(),
+                }
+            }
+        };
+        self.reply(&msg, reply.encode_to_vec()).await;
+    }
+
+    /// Starts an assignment (or recognises it as one already known), or
+    /// says why not.
+    fn take(
+        &self,
+        assignment: Assignment,
+        parent: drover_telemetry::Context,
+        attempts: &mut JoinSet<()>,
+    ) -> AssignReply {
+        let decision = decide_assign(&self.cfg.id, &self.cfg.executors, &assignment, |k| {
+            self.registry.is_known(k)
+        });
+        match decision {
+            AssignDecision::Start(plan) => {
+                if let Some(stop) = self.registry.start(plan.key.clone()) {
                     let key = &plan.key;
                     info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
                     let ctx = Arc::clone(&self.ctx);
-                    // The scheduler's attempt span: parent of this agent's spans.
-                    let parent = drover_telemetry::propagation::extract_nats(msg.headers.as_ref());
-                    attempts.spawn(attempt::run(ctx, *plan, msg.payload.clone(), stop, parent));
-                    accepted()
+                    attempts.spawn(attempt::run(ctx, *plan, assignment, stop, parent));
                 }
-                None => accepted(),
-            },
+                accepted()
+            }
             AssignDecision::Duplicate(key) => {
                 info!(
                     run = %key.run_id, task = %key.task, attempt = key.attempt,
@@ -279,15 +339,16 @@ impl Service {
                 );
                 accepted()
             }
-            AssignDecision::Refuse(reason) => {
-                warn!(agent = %self.cfg.id, reason = %reason, "assignment refused");
-                AssignReply {
-                    accepted: false,
-                    reason,
-                }
-            }
-        };
-        self.reply(&msg, reply.encode_to_vec()).await;
+            AssignDecision::Refuse(reason) => self.refuse(reason),
+        }
+    }
+
+    fn refuse(&self, reason: String) -> AssignReply {
+        warn!(agent = %self.cfg.id, reason = %reason, "assignment refused");
+        AssignReply {
+            accepted: false,
+            reason,
+        }
     }
 
     async fn on_cancel(&self, msg: Message) {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptSucceeded};
 use drover_artifacts::Store;
 use drover_telemetry::{propagation, Context};
@@ -129,12 +128,13 @@ fn task_traceparent(execute: &Span, parent: &Context) -> Option<String> {
 
 /// Runs one attempt to its final event. The attempt must already be
 /// registered (it is removed from the registry here, once its final event
-/// is acked). `assignment` is the message the plan came from; `parent` the
-/// trace context it came with.
+/// is acked). `assignment` is the message the plan came from (saved for a
+/// container, which a restarted agent adopts); `parent` the trace context
+/// it came with.
 pub async fn run(
     ctx: Arc<AttemptContext>,
     plan: AttemptPlan,
-    assignment: Bytes,
+    assignment: Assignment,
     stop: StopSignal,
     parent: Context,
 ) {
@@ -147,7 +147,7 @@ pub async fn run(
 async fn run_attempt(
     ctx: Arc<AttemptContext>,
     plan: AttemptPlan,
-    assignment: Bytes,
+    assignment: Assignment,
     mut stop: StopSignal,
     parent: Context,
 ) {
@@ -433,7 +433,7 @@ async fn release(ctx: &AttemptContext, workdir: WorkDir) {
 async fn start(
     ctx: &AttemptContext,
     plan: &AttemptPlan,
-    assignment: &[u8],
+    assignment: &Assignment,
     parent: &Context,
     workdir: &WorkDir,
     log_path: &Path,
@@ -535,7 +535,8 @@ async fn start(
                 return Err(Failure::agent("the docker executor is not enabled"));
             };
             let saved = dir.join(ASSIGNMENT_FILE);
-            tokio::fs::write(&saved, assignment).await.map_err(|e| {
+            let encoded = assignment.encode_to_vec();
+            tokio::fs::write(&saved, encoded).await.map_err(|e| {
                 Failure::agent(format!(
                     "saving the assignment to `{}`: {e}",
                     saved.display()

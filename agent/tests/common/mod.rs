@@ -14,8 +14,9 @@ use bytes::Bytes;
 use drover_agent::{Agent, AgentError, AgentOptions};
 use drover_api::naming;
 use drover_api::pb::{
-    attempt_event::Kind, AssignReply, Assignment, AttemptEvent, AttemptRef, CancelAttempt,
-    CancelReply, GpuRef, Heartbeat, InputArtifact, OutputSpec, PullPolicy, Resources, TaskSpec,
+    attempt_event::Kind, AssignBatch, AssignBatchReply, AssignReply, Assignment, AttemptEvent,
+    AttemptRef, CancelAttempt, CancelReply, GpuRef, Heartbeat, InputArtifact, OutputSpec,
+    PullPolicy, Resources, TaskSpec,
 };
 use drover_artifacts::Store;
 use drover_devcluster::Server;
@@ -152,6 +153,19 @@ impl Harness {
             .request(naming::assign_subject(PREFIX, &self.agent_id), body)
             .await?;
         Ok(AssignReply::decode(msg.payload)?)
+    }
+
+    /// What the scheduler sends: a turn's assignments in one request.
+    pub async fn assign_batch(&self, batch: &AssignBatch) -> Result<AssignBatchReply> {
+        self.assign_batch_raw(batch.encode_to_vec().into()).await
+    }
+
+    pub async fn assign_batch_raw(&self, body: Bytes) -> Result<AssignBatchReply> {
+        let msg = self
+            .client
+            .request(naming::assign_batch_subject(PREFIX, &self.agent_id), body)
+            .await?;
+        Ok(AssignBatchReply::decode(msg.payload)?)
     }
 
     pub async fn cancel(&self, attempt: &AttemptRef, grace_ms: u64) -> Result<CancelReply> {

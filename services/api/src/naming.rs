@@ -22,6 +22,12 @@ pub fn assign_subject(prefix: &str, agent_id: &str) -> String {
     format!("{prefix}.agent.{agent_id}.assign")
 }
 
+/// Scheduler → agent request/reply: `AssignBatch` → `AssignBatchReply`,
+/// every assignment of one scheduler turn to the agent.
+pub fn assign_batch_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.agent.{agent_id}.assigns")
+}
+
 /// Scheduler → agent request/reply: `CancelAttempt` → `CancelReply`.
 pub fn cancel_subject(prefix: &str, agent_id: &str) -> String {
     format!("{prefix}.agent.{agent_id}.cancel")
