@@ -3,13 +3,15 @@
 //! * [`core`] — pure decisions: validate an assignment into a plan, track the
 //!   attempts this agent knows, turn how a process ended into the reported
 //!   failure. No I/O; unit-tested.
-//! * `shell` — the I/O around it: NATS (assign/cancel request-reply,
+//! * `shell` — the I/O around it: NATS (assign/cancel request-reply — the
+//!   scheduler sends each turn's assignments to an agent as one batch —,
 //!   heartbeats, JetStream events), the object store, process groups and
 //!   Docker containers.
 //!
 //! Tracing: each attempt is an `agent attempt` span (with `fetch inputs`,
 //! `pull image`, `execute`, `upload outputs` under it) whose parent is the
-//! scheduler's attempt span, taken from the assignment's NATS headers; the
+//! scheduler's attempt span, taken from the assignment's `traceparent` (in
+//! the batch, or a single assignment's NATS headers); the
 //! task gets the execute span as `TRACEPARENT`, and attempt events carry the
 //! attempt span's context in their headers.
 //!
