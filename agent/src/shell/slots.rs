@@ -8,7 +8,11 @@
 //! `<work-dir>/_process/<n>` holding `outputs/`, `inputs/` (only while the
 //! attempt declares inputs) and the log; an attempt takes a free slot, and
 //! when it ends the slot is emptied (its contents removed, the directories
-//! and the log file kept, the log truncated) and handed to the next one.
+//! and the log file kept, the log truncated) and handed to the next one. A
+//! slot the attempt left as it found it — a short task's usual case — is
+//! handed on after a look at two directories, without the blocking pool:
+//! preparing and checking a slot are a few system calls, cheaper than the
+//! hand-off to another thread and back.
 //! The pool grows to the agent's peak concurrency. `_` cannot start a run
 //! id, so the directory never meets a run's.
 //!
