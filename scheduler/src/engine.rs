@@ -827,7 +827,7 @@ impl Engine {
         let mut used = pb::ResourceUsage::default();
         let mut borrowed = pb::ResourceUsage::default();
         let mut running = 0;
-        for ((run, _), a) in &self.fleet.allocations {
+        for (run, _, a) in self.fleet.allocations() {
             if self.runs.get(run).is_none_or(|r| r.record.queue != name) {
                 continue;
             }
@@ -1378,50 +1378,48 @@ impl Engine {
             self.set_board(WaitBoard::default());
             return;
         }
-        // Running keys borrow the allocation map's keys; only victims are
+        // Running keys borrow the allocation map's run ids; only victims are
         // copied out, after the pass.
-        let mut running_keys: Vec<(&(String, usize), u32)> =
-            Vec::with_capacity(self.fleet.allocations.len());
+        let mut running_keys: Vec<(&String, usize, u32)> =
+            Vec::with_capacity(self.fleet.allocated());
         let mut running = std::mem::take(&mut self.pass_buffers.1);
         running.clear();
-        // Allocations come grouped by run, and bin-packing puts a run's
-        // consecutive tasks on the same agent: remember the last of each
-        // (and the run's queue) rather than hashing ids per running task.
-        let mut last_run: Option<(&str, Option<(&ActiveRun, usize)>)> = None;
-        let mut last_agent: Option<(&str, Option<usize>)> = None;
-        for (key, alloc) in &self.fleet.allocations {
-            let run = match last_run {
-                Some((id, r)) if id == key.0 => r,
-                _ => {
-                    let r = self.runs.get(&key.0).map(|r| (r, queue_of(r)));
-                    last_run = Some((key.0.as_str(), r));
-                    r
-                }
-            };
-            let agent = match last_agent {
-                Some((id, a)) if id == alloc.agent => a,
-                _ => {
-                    let a = agent_index.get(alloc.agent.as_str()).copied();
-                    last_agent = Some((alloc.agent.as_str(), a));
-                    a
-                }
-            };
-            let (Some((run, queue)), Some(agent)) = (run, agent) else {
+        // Allocations come grouped by run (one run lookup each), and
+        // bin-packing puts a run's consecutive tasks on the same agent:
+        // remember the last agent, compared by its shared id's pointer,
+        // rather than hashing or comparing ids per running task.
+        let mut last_agent: Option<(&Arc<str>, Option<usize>)> = None;
+        for (run_id, tasks) in self.fleet.allocations_by_run() {
+            let Some(run) = self.runs.get(run_id) else {
                 continue;
             };
-            let t = run.dag.task(key.1);
-            running.push(admission::Running {
-                key: running_keys.len(),
-                queue,
-                run_priority: run.record.priority,
-                agent,
-                req: alloc.req.clone(),
-                gpus: alloc.gpus.clone(),
-                started_at: t.current().map_or(0, |a| a.assigned_at),
-                borrowed: alloc.borrowed,
-                preempting: t.preempting.is_some(),
-            });
-            running_keys.push((key, alloc.attempt));
+            let queue = queue_of(run);
+            for (&task, alloc) in tasks {
+                let agent = match last_agent {
+                    Some((id, a)) if Arc::ptr_eq(id, &alloc.agent) || **id == *alloc.agent => a,
+                    _ => {
+                        let a = agent_index.get(&*alloc.agent).copied();
+                        last_agent = Some((&alloc.agent, a));
+                        a
+                    }
+                };
+                let Some(agent) = agent else {
+                    continue;
+                };
+                let t = run.dag.task(task);
+                running.push(admission::Running {
+                    key: running_keys.len(),
+                    queue,
+                    run_priority: run.record.priority,
+                    agent,
+                    req: alloc.req.clone(),
+                    gpus: alloc.gpus.clone(),
+                    started_at: t.current().map_or(0, |a| a.assigned_at),
+                    borrowed: alloc.borrowed,
+                    preempting: t.preempting.is_some(),
+                });
+                running_keys.push((run_id, task, alloc.attempt));
+            }
         }
 
         let decision = admission::schedule(
@@ -1436,8 +1434,8 @@ impl Engine {
             .evict
             .into_iter()
             .map(|e| {
-                let ((run, task), attempt) = running_keys[e.victim];
-                (run.clone(), *task, attempt, e.reason)
+                let (run, task, attempt) = running_keys[e.victim];
+                (run.clone(), task, attempt, e.reason)
             })
             .collect();
         drop(running_keys);
@@ -1446,12 +1444,13 @@ impl Engine {
             let (slot, task) = pending_keys[admit.key];
             let run_id = &board_runs[slot as usize].id;
             let agent = slots[admit.placement.agent].id.clone();
+            let agent_id = self.fleet.agent_id(&agent);
             let Some(run) = self.runs.get_mut(run_id) else {
                 continue;
             };
             let ev = Event::Assign {
                 task,
-                agent: agent.clone(),
+                agent,
                 gpus: admit.placement.gpus.clone(),
             };
             match run.dag.apply(ev, now) {
@@ -1470,7 +1469,7 @@ impl Engine {
                         run_id,
                         task,
                         Allocation {
-                            agent,
+                            agent: agent_id,
                             attempt,
                             req,
                             gpus: admit.placement.gpus,
@@ -1813,7 +1812,7 @@ impl Engine {
                     &id,
                     i,
                     Allocation {
-                        agent: a.agent.clone(),
+                        agent: self.fleet.agent_id(&a.agent),
                         attempt: a.number,
                         req: reqs[i].clone(),
                         gpus: a.gpus.clone(),
