@@ -407,6 +407,7 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
                 fmt_num(tps),
                 fmt_num(took.as_secs_f64())
             );
+            report_cpu_per_task(o, tasks);
             if let Some(f) = floors {
                 let ratio = tps / f.spawn_per_s;
                 o.metric("spawn_per_s", r3(f.spawn_per_s))
@@ -465,6 +466,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
                 fmt_num(tps),
                 fmt_num(took.as_secs_f64())
             );
+            report_cpu_per_task(o, tasks);
             o.targets
                 .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
             sim.stop().await;
@@ -746,6 +748,16 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
 
 /// Milliseconds of CPU per task of one kind of process (`None`: all
 /// measured processes together), from a throughput run's `cpu_cores` and `total_s`.
+/// CPU per task of every measured process, in the metrics and the
+/// summary: on a shared VM it moves much less from run to run than
+/// throughput does, so it is what tells two runs apart.
+fn report_cpu_per_task(o: &mut Outcome, tasks: usize) {
+    if let Some(ms) = cpu_ms_per_task(&o.metrics, tasks, None) {
+        o.metric("cpu_ms_per_task", r3(ms));
+        o.summary += &format!("; CPU per task {} ms", fmt_num(ms));
+    }
+}
+
 fn cpu_ms_per_task(
     metrics: &serde_json::Map<String, serde_json::Value>,
     tasks: usize,
