@@ -85,8 +85,10 @@ impl Running {
     pub async fn finish(self) -> Vec<String> {
         match self {
             Running::Process(p) => {
-                // Whatever the leader left behind in its group goes too.
+                // Whatever the leader left behind in its group goes too,
+                // before the attempt is reported finished.
                 p.kill_group();
+                p.wait_group_gone().await;
                 Vec::new()
             }
             Running::Container(c) => c.finish().await,

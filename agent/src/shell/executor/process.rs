@@ -15,6 +15,12 @@ use tracing::debug;
 use super::guardian::Guardian;
 use crate::core::Termination;
 
+/// How long the group's other members may take to die after SIGKILL
+/// before the attempt is reported anyway (orphans are reaped by init, not
+/// by the agent), and how often to look.
+const GROUP_GONE_WAIT: Duration = Duration::from_millis(500);
+const GROUP_GONE_POLL: Duration = Duration::from_millis(2);
+
 /// What to run and where.
 #[derive(Debug)]
 pub struct ProcessSpec<'a> {
@@ -129,6 +135,30 @@ impl RunningProcess {
     /// new process, so this cannot hit an unrelated process group.
     pub fn kill_group(&self) {
         self.signal_group(libc::SIGKILL);
+    }
+
+    /// After [`RunningProcess::kill_group`]: waits until nothing in the
+    /// group is alive any more (up to `GROUP_GONE_WAIT`), so an attempt
+    /// reported finished has left no process behind to touch the slot's
+    /// next attempt. A SIGKILL takes effect when its target next runs,
+    /// which on a busy machine is not at once; a group already empty (the
+    /// usual case) costs one system call.
+    pub async fn wait_group_gone(&self) {
+        let deadline = tokio::time::Instant::now() + GROUP_GONE_WAIT;
+        while self.group_alive() {
+            if tokio::time::Instant::now() >= deadline {
+                debug!(pgid = self.pgid, "process group still alive after SIGKILL");
+                return;
+            }
+            tokio::time::sleep(GROUP_GONE_POLL).await;
+        }
+    }
+
+    /// Whether any process (a zombie not yet reaped included) is in the group.
+    fn group_alive(&self) -> bool {
+        // SAFETY: killpg takes plain integers and touches no memory of ours;
+        // signal 0 only checks that the group has a member.
+        unsafe { libc::killpg(self.pgid, 0) == 0 }
     }
 
     fn signal_group(&self, signal: libc::c_int) {
