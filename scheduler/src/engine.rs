@@ -1660,8 +1660,6 @@ impl Engine {
         // One request per agent for all the turn's assignments to it.
         let mut batches: HashMap<String, AssignBatch> = HashMap::new();
         for (run_id, send) in turn.sends {
-            let bus = self.bus.clone();
-            let tx = self.internal_tx.clone();
             match send {
                 Send::Assign(a, agent, task, traceparent) => {
                     let batch = batches.entry(agent).or_default();
@@ -1671,6 +1669,8 @@ impl Engine {
                     batch.request.traceparents.push(traceparent);
                 }
                 Send::Cancel(c, agent, task) => {
+                    let bus = self.bus.clone();
+                    let tx = self.internal_tx.clone();
                     tokio::spawn(async move {
                         let attempt = c.attempt.as_ref().map_or(0, |a| a.attempt);
                         let reason = match bus.cancel(&agent, &c).await {

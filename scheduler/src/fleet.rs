@@ -101,8 +101,17 @@ pub struct Fleet {
     /// attempts together and compares the run's id once, not once per
     /// attempt (a `memcmp` and a cache miss each: 12% of the scheduler's
     /// samples with 5,000 running, keyed by `(run, task)`).
-    allocations: BTreeMap<String, BTreeMap<usize, Allocation>>,
-    allocated: usize,
+    allocations: Allocations,
+}
+
+type Allocations = BTreeMap<String, BTreeMap<usize, Allocation>>;
+
+/// Every allocation as (run, task, allocation), a run's together. A free
+/// function, so it can walk them while an agent entry is borrowed mutably.
+fn each(allocations: &Allocations) -> impl Iterator<Item = (&String, usize, &Allocation)> {
+    allocations
+        .iter()
+        .flat_map(|(run, tasks)| tasks.iter().map(move |(t, a)| (run, *t, a)))
 }
 
 impl Fleet {
@@ -134,14 +143,11 @@ impl Fleet {
             .allocations
             .get_mut(run)
             .and_then(|t| t.insert(task, alloc));
-        match replaced {
-            // A task holds one allocation: what it held before is freed.
-            Some(old) => {
-                if let Some(a) = self.agents.get_mut(&*old.agent) {
-                    a.slot.release(&old.req, &old.gpus);
-                }
+        // A task holds one allocation: what it held before is freed.
+        if let Some(old) = replaced {
+            if let Some(a) = self.agents.get_mut(&*old.agent) {
+                a.slot.release(&old.req, &old.gpus);
             }
-            None => self.allocated += 1,
         }
     }
 
@@ -155,7 +161,6 @@ impl Fleet {
         if tasks.is_empty() {
             self.allocations.remove(run);
         }
-        self.allocated -= 1;
         if let Some(a) = self.agents.get_mut(&*alloc.agent) {
             a.slot.release(&alloc.req, &alloc.gpus);
         }
@@ -163,7 +168,7 @@ impl Fleet {
 
     /// How many attempts hold resources.
     pub fn allocated(&self) -> usize {
-        self.allocated
+        self.allocations.values().map(BTreeMap::len).sum()
     }
 
     /// One attempt's allocation.
@@ -173,20 +178,17 @@ impl Fleet {
 
     /// Every allocation as (run, task, allocation), a run's together.
     pub fn allocations(&self) -> impl Iterator<Item = (&String, usize, &Allocation)> {
-        self.allocations
-            .iter()
-            .flat_map(|(run, tasks)| tasks.iter().map(move |(t, a)| (run, *t, a)))
+        each(&self.allocations)
     }
 
     /// Allocations by run, then task.
-    pub fn allocations_by_run(&self) -> &BTreeMap<String, BTreeMap<usize, Allocation>> {
+    pub fn allocations_by_run(&self) -> &Allocations {
         &self.allocations
     }
 
     /// Forgets every allocation (before rebuilding them from etcd).
     pub fn clear_allocations(&mut self) {
         self.allocations.clear();
-        self.allocated = 0;
         for a in self.agents.values_mut() {
             a.slot.used_cpu_millis = 0;
             a.slot.used_memory_bytes = 0;
@@ -235,12 +237,9 @@ impl Fleet {
         entry.slot.labels = hb.labels.clone();
         entry.slot.cpu_millis = u64::from(hb.cpu_millis);
         entry.slot.memory_bytes = hb.memory_bytes;
-        let held: HashSet<String> = self
-            .allocations
-            .values()
-            .flat_map(BTreeMap::values)
-            .filter(|a| *a.agent == *id)
-            .flat_map(|a| a.gpus.iter().map(|(_, u)| u.clone()))
+        let held: HashSet<String> = each(&self.allocations)
+            .filter(|(_, _, a)| *a.agent == *id)
+            .flat_map(|(_, _, a)| a.gpus.iter().map(|(_, u)| u.clone()))
             .collect();
         entry.slot.gpus = hb
             .gpus
@@ -259,17 +258,15 @@ impl Fleet {
         // What the scheduler placed here that the agent no longer has.
         if restarted {
             warn!(agent = %id, "agent restarted");
-            for (run, tasks) in &self.allocations {
-                for (task, a) in tasks {
-                    if *a.agent != *id {
-                        continue;
-                    }
-                    let still_there = hb.running.iter().any(|r| {
-                        &r.run_id == run && task_of(r) == Some(*task) && r.attempt == a.attempt
-                    });
-                    if !still_there {
-                        out.lost.push((run.clone(), *task, a.attempt));
-                    }
+            for (run, task, a) in each(&self.allocations) {
+                if *a.agent != *id {
+                    continue;
+                }
+                let still_there = hb.running.iter().any(|r| {
+                    &r.run_id == run && task_of(r) == Some(task) && r.attempt == a.attempt
+                });
+                if !still_there {
+                    out.lost.push((run.clone(), task, a.attempt));
                 }
             }
         }
@@ -306,14 +303,10 @@ impl Fleet {
             a.lost = true;
             a.record.lost_at_ms = now_ms;
             a.record_dirty = true;
-            for (run, task, alloc) in self
-                .allocations
-                .iter()
-                .flat_map(|(run, tasks)| tasks.iter().map(move |(t, a)| (run, t, a)))
-            {
+            for (run, task, alloc) in each(&self.allocations) {
                 if *alloc.agent == **id {
                     let why = format!("agent `{id}` lost: no heartbeat for {}s", timeout.as_secs());
-                    lost.push(((run.clone(), *task, alloc.attempt), why));
+                    lost.push(((run.clone(), task, alloc.attempt), why));
                 }
             }
         }

@@ -120,17 +120,12 @@ impl Slots {
     /// couple of directory reads, cheap enough to do without the blocking
     /// pool. Returns the slot when it needs [`Slots::release`].
     pub fn release_if_clean(&self, slot: Slot) -> Option<Slot> {
-        match is_clean(&slot.path) {
-            Ok(true) => {
-                self.free_again(slot.index);
-                None
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.free_again(slot.index);
-                None
-            }
-            _ => Some(slot),
+        let clean = is_clean(&slot.path).unwrap_or_else(|e| e.kind() == io::ErrorKind::NotFound);
+        if !clean {
+            return Some(slot);
         }
+        self.free_again(slot.index);
+        None
     }
 
     fn free_again(&self, index: usize) {

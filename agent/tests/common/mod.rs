@@ -148,11 +148,8 @@ impl Harness {
     }
 
     pub async fn assign_raw(&self, body: Bytes) -> Result<AssignReply> {
-        let msg = self
-            .client
-            .request(naming::assign_subject(PREFIX, &self.agent_id), body)
-            .await?;
-        Ok(AssignReply::decode(msg.payload)?)
+        self.request(naming::assign_subject(PREFIX, &self.agent_id), body)
+            .await
     }
 
     /// What the scheduler sends: a turn's assignments in one request.
@@ -161,11 +158,8 @@ impl Harness {
     }
 
     pub async fn assign_batch_raw(&self, body: Bytes) -> Result<AssignBatchReply> {
-        let msg = self
-            .client
-            .request(naming::assign_batch_subject(PREFIX, &self.agent_id), body)
-            .await?;
-        Ok(AssignBatchReply::decode(msg.payload)?)
+        self.request(naming::assign_batch_subject(PREFIX, &self.agent_id), body)
+            .await
     }
 
     pub async fn cancel(&self, attempt: &AttemptRef, grace_ms: u64) -> Result<CancelReply> {
@@ -174,11 +168,18 @@ impl Harness {
             grace_ms,
         }
         .encode_to_vec();
-        let msg = self
-            .client
-            .request(naming::cancel_subject(PREFIX, &self.agent_id), body.into())
-            .await?;
-        Ok(CancelReply::decode(msg.payload)?)
+        self.request(naming::cancel_subject(PREFIX, &self.agent_id), body.into())
+            .await
+    }
+
+    /// A request to the agent, as the scheduler makes it, and its decoded reply.
+    async fn request<R: prost::Message + Default>(
+        &self,
+        subject: String,
+        body: Bytes,
+    ) -> Result<R> {
+        let msg = self.client.request(subject, body).await?;
+        Ok(R::decode(msg.payload)?)
     }
 
     /// Reads this agent's events from the start of the stream.
