@@ -11,7 +11,6 @@ use anyhow::{bail, Result};
 use drover_api::naming;
 use drover_api::pb;
 use futures::StreamExt;
-use prost::Message as _;
 
 use crate::cluster::{Bins, Cluster};
 use crate::floors::Floors;
@@ -288,10 +287,13 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
 /// Counts distinct `succeeded` events on the events subjects (a plain NATS
 /// subscriber sees what JetStream stores): done is then confirmed in etcd.
 /// Also counts `started` events: agents publish one only for an attempt
-/// still running after 50 ms, so a no-op task should have none.
+/// still running after 50 ms, so a no-op task should have none; and the
+/// messages that carried the events (an agent sends the events that are
+/// ready together in one).
 struct SuccessCounter {
     count: Arc<AtomicU64>,
     started: Arc<AtomicU64>,
+    messages: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -305,25 +307,30 @@ impl SuccessCounter {
         let count = Arc::new(AtomicU64::new(0));
         let started = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(HashSet::new()));
-        let (n, s) = (count.clone(), started.clone());
+        let messages = Arc::new(AtomicU64::new(0));
+        let (n, s, msgs) = (count.clone(), started.clone(), messages.clone());
+        let prefix = c.nats_prefix.clone();
         let task = tokio::spawn(async move {
             let _keep = client;
             while let Some(m) = sub.next().await {
-                let Ok(ev) = pb::AttemptEvent::decode(m.payload) else {
+                let Ok(events) = drover_api::events::decode(&prefix, &m.subject, m.payload) else {
                     continue;
                 };
-                if let Some(pb::attempt_event::Kind::Started(_)) = ev.kind {
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-                if let (Some(pb::attempt_event::Kind::Succeeded(_)), Some(a)) =
-                    (ev.kind, ev.attempt)
-                {
-                    let fresh = seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert((a.run_id, a.task));
-                    if fresh {
-                        n.fetch_add(1, Ordering::Relaxed);
+                msgs.fetch_add(1, Ordering::Relaxed);
+                for (ev, _) in events {
+                    if let Some(pb::attempt_event::Kind::Started(_)) = ev.kind {
+                        s.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let (Some(pb::attempt_event::Kind::Succeeded(_)), Some(a)) =
+                        (ev.kind, ev.attempt)
+                    {
+                        let fresh = seen
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert((a.run_id, a.task));
+                        if fresh {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -331,6 +338,7 @@ impl SuccessCounter {
         Ok(Self {
             count,
             started,
+            messages,
             task,
         })
     }
@@ -338,6 +346,11 @@ impl SuccessCounter {
     /// `started` events seen so far.
     fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// Messages on the events subjects seen so far.
+    fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
     }
 
     async fn wait(&self, n: u64, timeout: Duration) -> Result<()> {
@@ -391,6 +404,7 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
             scheduler_usage(o, pid, &meter).await;
             breakdown.report(o).await;
             o.metric("started_events", counter.started());
+            o.metric("event_messages", counter.messages());
             waited?;
             let state = c
                 .wait_run(&run_id, Duration::from_millis(5), Duration::from_secs(60))

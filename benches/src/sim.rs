@@ -1,9 +1,12 @@
 //! Simulated agents: they speak the agents' real NATS protocol (the subjects
 //! in `drover_api::naming`, the messages in `proto/drover/v1/agent.proto`)
-//! but run nothing. An assignment is accepted, then its `succeeded` event is
-//! published to JetStream with the same `Nats-Msg-Id` as a real agent's,
-//! awaiting the stream's ack; the attempt is reported running in heartbeats
-//! until then, as `drover-agent` does. Like a real agent's attempt that
+//! but run nothing. A batch of assignments is accepted, then the
+//! `succeeded` events of its attempts are published to JetStream in one
+//! message (one `AttemptEventBatch`, or one `AttemptEvent` for a batch of
+//! one), with the `Nats-Msg-Id` a real agent gives it, awaiting the
+//! stream's ack: a real agent's publisher sends events that are ready
+//! together in one message the same way. The attempts are reported running
+//! in heartbeats until then, as `drover-agent` does. Like a real agent's attempt that
 //! ends within `STARTED_AFTER` (50 ms), it publishes no `started` event: the
 //! final one carries the start (`started_at_ms`). What is left to measure is the scheduler, etcd
 //! and NATS, without process start-up.
@@ -50,6 +53,8 @@ pub struct SimStats {
     pub refused: AtomicU64,
     /// Attempts whose final event the stream acknowledged.
     pub finished: AtomicU64,
+    /// Of those, the ones acknowledged in a message with others.
+    pub batched: AtomicU64,
     pub publish_errors: AtomicU64,
     pub heartbeats: AtomicU64,
 }
@@ -220,7 +225,6 @@ async fn serve_assigns(
     stats: Arc<SimStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let events_subject = |i: usize| naming::events_subject(&fleet.prefix, &fleet.ids[i]);
     loop {
         let msg = tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -270,63 +274,83 @@ async fn serve_assigns(
             malformed: String::new(),
         };
         reply(&client, &msg, answer.encode_to_vec()).await;
-        for attempt in fresh {
-            stats.assigned.fetch_add(1, Ordering::Relaxed);
-            let (js, subject, running, stats) = (
-                js.clone(),
-                events_subject(agent),
-                running.clone(),
-                stats.clone(),
-            );
-            let agent_id = fleet.ids[agent].clone();
-            let started_at_ms = now_ms();
-            tokio::spawn(async move {
-                let done = Kind::Succeeded(pb::AttemptSucceeded::default());
-                let ok = publish(&js, &subject, &agent_id, &attempt, done, started_at_ms).await;
-                if let Some(set) = lock(&running).get_mut(&agent) {
-                    set.remove(&attempt);
-                }
-                if ok {
-                    stats.finished.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+        if fresh.is_empty() {
+            continue;
         }
+        // Every attempt of the batch finishes at once, so their events go
+        // in one message, as a real agent's publisher sends the events that
+        // are ready together.
+        stats
+            .assigned
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        let (js, running, stats) = (js.clone(), running.clone(), stats.clone());
+        let (prefix, agent_id) = (fleet.prefix.clone(), fleet.ids[agent].clone());
+        let started_at_ms = now_ms();
+        tokio::spawn(async move {
+            let ok = publish_succeeded(&js, &prefix, &agent_id, &fresh, started_at_ms).await;
+            if let Some(set) = lock(&running).get_mut(&agent) {
+                for attempt in &fresh {
+                    set.remove(attempt);
+                }
+            }
+            let n = fresh.len() as u64;
+            if !ok {
+                stats.publish_errors.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            stats.finished.fetch_add(n, Ordering::Relaxed);
+            if n > 1 {
+                stats.batched.fetch_add(n, Ordering::Relaxed);
+            }
+        });
     }
 }
 
-/// One attempt event, acknowledged by the stream; retried like the agent does.
-async fn publish(
+/// The `succeeded` events of `attempts`, in one message (an
+/// `AttemptEventBatch` when there are several), acknowledged by the stream;
+/// retried like the agent does.
+async fn publish_succeeded(
     js: &jetstream::Context,
-    subject: &str,
+    prefix: &str,
     agent_id: &str,
-    attempt: &pb::AttemptRef,
-    kind: Kind,
+    attempts: &[pb::AttemptRef],
     started_at_ms: u64,
 ) -> bool {
-    let name = match &kind {
-        Kind::Started(_) => "started",
-        Kind::Succeeded(_) => "succeeded",
-        Kind::Failed(_) => "failed",
+    let at_ms = now_ms();
+    let event = |attempt: &pb::AttemptRef| pb::AttemptEvent {
+        attempt: Some(attempt.clone()),
+        agent_id: agent_id.to_string(),
+        at_ms,
+        kind: Some(Kind::Succeeded(pb::AttemptSucceeded::default())),
+        started_at_ms,
     };
-    let msg_id = naming::event_msg_id(&attempt.run_id, &attempt.task, attempt.attempt, name);
-    let payload = Bytes::from(
-        pb::AttemptEvent {
-            attempt: Some(attempt.clone()),
-            agent_id: agent_id.to_string(),
-            at_ms: now_ms(),
-            kind: Some(kind),
-            started_at_ms,
-        }
-        .encode_to_vec(),
-    );
+    let ids: Vec<String> = attempts
+        .iter()
+        .map(|a| naming::event_msg_id(&a.run_id, &a.task, a.attempt, "succeeded"))
+        .collect();
+    let (subject, payload, msg_id) = match attempts {
+        [one] => (
+            naming::events_subject(prefix, agent_id),
+            event(one).encode_to_vec(),
+            ids[0].clone(),
+        ),
+        _ => (
+            naming::events_batch_subject(prefix, agent_id),
+            pb::AttemptEventBatch {
+                events: attempts.iter().map(event).collect(),
+                traceparents: Vec::new(),
+            }
+            .encode_to_vec(),
+            naming::event_batch_msg_id(ids.iter().map(String::as_str)),
+        ),
+    };
+    let payload = Bytes::from(payload);
     let mut backoff = Duration::from_millis(50);
     for _ in 0..PUBLISH_TRIES {
         let msg = PublishMessage::build()
             .payload(payload.clone())
             .message_id(&msg_id);
-        let acked = async { js.send_publish(subject.to_string(), msg).await?.await }.await;
+        let acked = async { js.send_publish(subject.clone(), msg).await?.await }.await;
         if acked.is_ok() {
             return true;
         }

@@ -101,6 +101,9 @@ async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
             .load(std::sync::atomic::Ordering::Relaxed),
         35
     );
+    // The first turn hands each agent a batch of 8 tasks: their events go
+    // back in one message each, which the scheduler must read as 8 events.
+    assert!(sim.stats.batched.load(std::sync::atomic::Ordering::Relaxed) >= 16);
 
     let channel = tonic::transport::Channel::from_shared(server)
         .unwrap()

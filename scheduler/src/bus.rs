@@ -38,6 +38,11 @@ pub struct Bus {
 pub type EventStream = pull::Stream;
 
 impl Bus {
+    /// The subject prefix every Drover subject starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
         let client = async_nats::connect(url).await.map_err(nats_err)?;
         Ok(Self {

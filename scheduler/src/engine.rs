@@ -615,7 +615,7 @@ impl Engine {
         match item {
             Item::Cmd(cmd) => self.command(cmd, now, turn),
             Item::Event(msg) => {
-                self.on_agent_event(&msg, now, turn);
+                self.on_events_message(&msg, now, turn);
                 turn.events.push(*msg);
             }
             Item::Heartbeat(msg) => self.on_heartbeat(&msg, now, turn),
@@ -1116,14 +1116,37 @@ impl Engine {
         }
     }
 
-    fn on_agent_event(&mut self, msg: &jetstream::Message, now: u64, turn: &mut Turn) {
-        let ev = match pb::AttemptEvent::decode(msg.payload.clone()) {
-            Ok(ev) => ev,
+    /// One message of the events stream: an agent's single event (its
+    /// span in the headers) or its batch of events (spans in the body).
+    fn on_events_message(&mut self, msg: &jetstream::Message, now: u64, turn: &mut Turn) {
+        let events = match drover_api::events::decode(
+            self.bus.prefix(),
+            &msg.subject,
+            msg.payload.clone(),
+        ) {
+            Ok(events) => events,
             Err(e) => {
                 warn!(subject = %msg.subject, error = %e, "undecodable event dropped");
                 return;
             }
         };
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        for (ev, traceparent) in events {
+            // Only parsed when it is logged.
+            let trace_id = debug
+                .then(|| match traceparent.as_str() {
+                    "" => propagation::span_of(&propagation::extract_nats(msg.headers.as_ref())),
+                    tp => propagation::parse_traceparent(tp),
+                })
+                .flatten()
+                .map(|sc| sc.trace_id().to_string())
+                .unwrap_or_default();
+            self.on_agent_event(ev, &trace_id, now, turn);
+        }
+    }
+
+    /// `trace_id`: the agent's attempt span's trace, for the log line.
+    fn on_agent_event(&mut self, ev: pb::AttemptEvent, trace_id: &str, now: u64, turn: &mut Turn) {
         let Some(aref) = ev.attempt else { return };
         let Some(task) = self
             .runs
@@ -1153,14 +1176,8 @@ impl Engine {
             },
             None => return,
         };
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            // The agent's attempt span, from the event's headers: joins the
-            // log line to the run's trace. Only parsed when it is logged.
-            let trace_id = propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
-                .map(|sc| sc.trace_id().to_string())
-                .unwrap_or_default();
-            debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id = %trace_id, "agent event");
-        }
+        // The agent's attempt span joins the log line to the run's trace.
+        debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id, "agent event");
         let at = if ev.at_ms > 0 { ev.at_ms } else { now };
         // Measured on the scheduler's clock only (assigned_at is its own),
         // and only for the first start of the current attempt: a

@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use drover_api::naming;
-use drover_api::pb::{attempt_event::Kind, AttemptEvent, AttemptStarted};
+use drover_api::pb::{attempt_event::Kind, AttemptEvent, AttemptEventBatch, AttemptStarted};
+use drover_telemetry::propagation;
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument, Span};
 
@@ -47,14 +48,34 @@ pub struct Abandoned {
     pub msg_id: String,
 }
 
+/// Most events in one message.
+const MAX_EVENTS: usize = 64;
+/// Most bytes of events in one message (NATS refuses over 1 MiB by
+/// default); an event larger than this still goes, alone.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Publishes this agent's attempt events.
+///
+/// One publisher task per agent sends them, one message at a time: the
+/// events that become ready while a message awaits the stream's ack go
+/// together in the next (`AttemptEventBatch`), like a database's group
+/// commit. An idle agent's event goes out at once, alone, as before; a busy
+/// agent's finishing tasks share messages, acks and the scheduler's
+/// deliveries (benches/README.md).
 #[derive(Clone)]
 pub struct EventPublisher {
-    js: jetstream::Context,
-    subject: String,
-    agent_id: String,
-    /// Turns true when retrying must stop (the shutdown deadline passed).
-    abandon: watch::Receiver<bool>,
+    agent_id: Arc<str>,
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+/// An event waiting for its message's ack.
+struct Pending {
+    event: AttemptEvent,
+    msg_id: String,
+    /// The attempt's span (the caller's when it published): W3C
+    /// traceparent, empty for none.
+    traceparent: String,
+    acked: oneshot::Sender<()>,
 }
 
 impl EventPublisher {
@@ -64,18 +85,25 @@ impl EventPublisher {
         agent_id: &str,
         abandon: watch::Receiver<bool>,
     ) -> Self {
-        EventPublisher {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let sender = Sender {
             js,
             subject: naming::events_subject(prefix, agent_id),
-            agent_id: agent_id.to_owned(),
+            batch_subject: naming::events_batch_subject(prefix, agent_id),
             abandon,
+        };
+        tokio::spawn(sender.run(pending));
+        EventPublisher {
+            agent_id: agent_id.into(),
+            queue,
         }
     }
 
     /// Publishes one event and waits for the stream's ack, retrying with
     /// backoff; only an abandon (shutdown deadline) ends the retries early.
     /// `started_at_ms`: when the attempt started (0: unknown); a started
-    /// event's own time.
+    /// event's own time. The caller's span travels with the event, so
+    /// consumers can join the run's trace.
     pub async fn publish(
         &self,
         key: &AttemptKey,
@@ -88,68 +116,152 @@ impl EventPublisher {
             Kind::Failed(_) => "failed",
         };
         let msg_id = naming::event_msg_id(&key.run_id, &key.task, key.attempt, kind_name);
-        let payload = Bytes::from(
-            AttemptEvent {
-                attempt: Some(key.to_ref()),
-                agent_id: self.agent_id.clone(),
-                at_ms: match kind {
-                    Kind::Started(_) if started_at_ms > 0 => started_at_ms,
-                    _ => now_ms(),
-                },
-                kind: Some(kind),
-                started_at_ms,
-            }
-            .encode_to_vec(),
+        let event = AttemptEvent {
+            attempt: Some(key.to_ref()),
+            agent_id: self.agent_id.to_string(),
+            at_ms: match kind {
+                Kind::Started(_) if started_at_ms > 0 => started_at_ms,
+                _ => now_ms(),
+            },
+            kind: Some(kind),
+            started_at_ms,
+        };
+        let traceparent = propagation::span_of(&propagation::current())
+            .map(|sc| propagation::traceparent(&sc))
+            .unwrap_or_default();
+        let (acked, ack) = oneshot::channel();
+        let pending = Pending {
+            event,
+            msg_id: msg_id.clone(),
+            traceparent,
+            acked,
+        };
+        // The sender drops what it gives up on (abandoned at shutdown) and
+        // is gone once the runtime is.
+        if self.queue.send(pending).is_err() || ack.await.is_err() {
+            return Err(Abandoned { msg_id });
+        }
+        debug!(
+            run = %key.run_id, task = %key.task, attempt = key.attempt,
+            event = kind_name, "event acked"
         );
+        Ok(())
+    }
+}
 
-        let mut abandon = self.abandon.clone();
+/// The agent's publisher task: one message in flight at a time.
+struct Sender {
+    js: jetstream::Context,
+    subject: String,
+    batch_subject: String,
+    /// Turns true when retrying must stop (the shutdown deadline passed).
+    abandon: watch::Receiver<bool>,
+}
+
+impl Sender {
+    async fn run(mut self, mut pending: mpsc::UnboundedReceiver<Pending>) {
+        let mut queue: Vec<Pending> = Vec::new();
+        loop {
+            if queue.is_empty() && pending.recv_many(&mut queue, MAX_EVENTS).await == 0 {
+                return; // every EventPublisher is gone
+            }
+            while queue.len() < MAX_EVENTS {
+                match pending.try_recv() {
+                    Ok(p) => queue.push(p),
+                    Err(_) => break,
+                }
+            }
+            let n = batch_len(&queue);
+            let batch: Vec<Pending> = queue.drain(..n).collect();
+            // Abandoned (false): the waiters dropped here tell each publish.
+            if self.send(&batch).await {
+                for p in batch {
+                    let _ = p.acked.send(());
+                }
+            }
+        }
+    }
+
+    /// Publishes `batch` (one event alone, else as an `AttemptEventBatch`)
+    /// until the stream acks it: true, or the agent abandons: false.
+    async fn send(&mut self, batch: &[Pending]) -> bool {
+        let (subject, payload, msg_id, headers) = match batch {
+            [one] => {
+                let mut headers = async_nats::HeaderMap::new();
+                if !one.traceparent.is_empty() {
+                    headers.insert(propagation::TRACEPARENT, one.traceparent.as_str());
+                }
+                let payload = one.event.encode_to_vec();
+                (&self.subject, payload, one.msg_id.clone(), headers)
+            }
+            _ => {
+                let payload = AttemptEventBatch {
+                    events: batch.iter().map(|p| p.event.clone()).collect(),
+                    traceparents: batch.iter().map(|p| p.traceparent.clone()).collect(),
+                }
+                .encode_to_vec();
+                let msg_id = naming::event_batch_msg_id(batch.iter().map(|p| p.msg_id.as_str()));
+                let headers = async_nats::HeaderMap::new();
+                (&self.batch_subject, payload, msg_id, headers)
+            }
+        };
+        let payload = Bytes::from(payload);
         let mut backoff = FIRST_BACKOFF;
         let mut tries = 0u32;
         loop {
-            if *abandon.borrow() {
-                return Err(Abandoned { msg_id });
+            if *self.abandon.borrow() {
+                return false;
             }
             tries += 1;
-            // The attempt's span (the caller's current one) travels with the
-            // event, so consumers can join the run's trace.
-            let mut headers = async_nats::HeaderMap::new();
-            drover_telemetry::propagation::inject_nats(
-                &drover_telemetry::propagation::current(),
-                &mut headers,
-            );
             let publish = PublishMessage::build()
-                .headers(headers)
+                .headers(headers.clone())
                 .payload(payload.clone())
                 .message_id(&msg_id);
             let result = async {
-                let ack = self.js.send_publish(self.subject.clone(), publish).await?;
+                let ack = self.js.send_publish(subject.clone(), publish).await?;
                 ack.await
             }
             .await;
             match result {
                 Ok(ack) => {
                     debug!(
-                        run = %key.run_id, task = %key.task, attempt = key.attempt,
-                        event = kind_name, seq = ack.sequence, duplicate = ack.duplicate,
-                        "event acked"
+                        msg_id,
+                        events = batch.len(),
+                        seq = ack.sequence,
+                        duplicate = ack.duplicate,
+                        "events acked"
                     );
-                    return Ok(());
+                    return true;
                 }
                 Err(e) => {
                     warn!(
-                        run = %key.run_id, task = %key.task, attempt = key.attempt,
-                        event = kind_name, tries, error = %e, retry_in = ?backoff,
-                        "publishing event failed"
+                        msg_id, events = batch.len(), tries, error = %e,
+                        retry_in = ?backoff, "publishing events failed"
                     );
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = abandon.wait_for(|a| *a) => return Err(Abandoned { msg_id }),
+                _ = self.abandon.wait_for(|a| *a) => return false,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// How many of the queued events go in the next message: up to
+/// `MAX_EVENTS` and `MAX_BATCH_BYTES`, at least one.
+fn batch_len(queue: &[Pending]) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for p in queue.iter().take(MAX_EVENTS) {
+        bytes += p.event.encoded_len() + p.traceparent.len() + 8;
+        if n > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1)
 }
 
 /// How long an attempt runs before its `started` event is published. An
@@ -253,5 +365,108 @@ impl StartNotice {
             }
         }
         self.at_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_devcluster::Server;
+    use futures::StreamExt;
+
+    const PREFIX: &str = "evtest";
+
+    async fn publisher(nats: &Server, abandon: bool) -> (jetstream::Context, EventPublisher) {
+        let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+        let js = jetstream::new(client);
+        ensure_stream(&js, PREFIX).await.unwrap();
+        let (_tx, rx) = watch::channel(abandon);
+        // The sender half may drop: the receiver keeps the last value.
+        (js.clone(), EventPublisher::new(js, PREFIX, "ag1", rx))
+    }
+
+    fn key(i: usize) -> AttemptKey {
+        AttemptKey {
+            run_id: "r1".into(),
+            task: format!("t{i}"),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_ready_together_share_messages_and_each_is_stored_once() {
+        let nats = Server::nats(None).await.unwrap();
+        let (js, events) = publisher(&nats, false).await;
+        let n = 200;
+        let succeeded = || Kind::Succeeded(Default::default());
+        let publishes = (0..n).map(|i| {
+            let (events, key) = (events.clone(), key(i));
+            async move { events.publish(&key, succeeded(), 7).await }
+        });
+        for result in futures::future::join_all(publishes).await {
+            result.unwrap();
+        }
+
+        let mut stream = js.get_stream(naming::events_stream(PREFIX)).await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages as usize;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap();
+        let mut read = consumer.messages().await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..messages {
+            let msg = read.next().await.unwrap().unwrap();
+            let id = msg
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Nats-Msg-Id")
+                .unwrap()
+                .to_string();
+            let got =
+                drover_api::events::decode(PREFIX, &msg.subject, msg.payload.clone()).unwrap();
+            assert!(got.len() <= MAX_EVENTS);
+            let ids: Vec<String> = got
+                .iter()
+                .map(|(ev, _)| {
+                    let a = ev.attempt.as_ref().unwrap();
+                    naming::event_msg_id(&a.run_id, &a.task, a.attempt, "succeeded")
+                })
+                .collect();
+            if got.len() == 1 {
+                assert_eq!(msg.subject.as_str(), naming::events_subject(PREFIX, "ag1"));
+                assert_eq!(id, ids[0]);
+            } else {
+                assert_eq!(
+                    msg.subject.as_str(),
+                    naming::events_batch_subject(PREFIX, "ag1")
+                );
+                assert_eq!(
+                    id,
+                    naming::event_batch_msg_id(ids.iter().map(String::as_str))
+                );
+            }
+            for (ev, _) in got {
+                assert_eq!((ev.agent_id.as_str(), ev.started_at_ms), ("ag1", 7));
+                tasks.push(ev.attempt.unwrap().task);
+            }
+        }
+        // Every event once, in the order they were published.
+        let want: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        assert_eq!(tasks, want);
+        // 200 events became ready at once: they cannot all have gone alone.
+        assert!(messages < n / 2, "{messages} messages for {n} events");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_publish_says_which_event() {
+        let nats = Server::nats(None).await.unwrap();
+        let (_js, events) = publisher(&nats, true).await;
+        let err = events
+            .publish(&key(3), Kind::Started(AttemptStarted {}), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.msg_id, "r1/t3/1/started");
     }
 }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -187,7 +188,10 @@ impl Harness {
         let stream = self.js.get_stream(naming::events_stream(PREFIX)).await?;
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: naming::events_subject(PREFIX, &self.agent_id),
+                // Its single events and its batches (`<subject>.batch`):
+                // nats-server 2.9 takes one filter, so the reader skips
+                // other agents'.
+                filter_subject: naming::events_wildcard(PREFIX),
                 ack_policy: consumer::AckPolicy::None,
                 ..Default::default()
             })
@@ -195,6 +199,7 @@ impl Harness {
         Ok(EventReader {
             messages: consumer.messages().await?,
             agent_id: self.agent_id.clone(),
+            read: VecDeque::new(),
         })
     }
 
@@ -320,6 +325,8 @@ pub fn sh(script: &str) -> Vec<&str> {
 pub struct EventReader {
     messages: consumer::pull::Stream,
     agent_id: String,
+    /// Events of a batch read but not returned yet.
+    read: VecDeque<Event>,
 }
 
 /// One event read back from the stream, with its `Nats-Msg-Id`.
@@ -336,6 +343,18 @@ impl Event {
     }
 }
 
+/// The `Nats-Msg-Id` an event has when it is published alone.
+fn own_msg_id(ev: &AttemptEvent) -> String {
+    let kind = match ev.kind {
+        Some(Kind::Started(_)) => "started",
+        Some(Kind::Succeeded(_)) => "succeeded",
+        Some(Kind::Failed(_)) => "failed",
+        None => "",
+    };
+    let a = ev.attempt.clone().unwrap_or_default();
+    naming::event_msg_id(&a.run_id, &a.task, a.attempt, kind)
+}
+
 impl EventReader {
     pub async fn next(&mut self) -> Result<Event> {
         self.next_within(WAIT)
@@ -343,23 +362,47 @@ impl EventReader {
             .ok_or_else(|| anyhow!("no event within {WAIT:?}"))
     }
 
-    /// The next event, or `None` if none arrives within `within`.
+    /// The next event, or `None` if none arrives within `within`. An event
+    /// of a batch has its own id as `msg_id` once the batch's id was
+    /// checked to be the one its events make.
     pub async fn next_within(&mut self, within: Duration) -> Result<Option<Event>> {
-        let msg = match tokio::time::timeout(within, self.messages.next()).await {
-            Err(_) => return Ok(None),
-            Ok(None) => bail!("event stream ended"),
-            Ok(Some(msg)) => msg.map_err(|e| anyhow!("reading events: {e}"))?,
-        };
-        let msg_id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        Ok(Some(Event {
-            event: AttemptEvent::decode(msg.payload.clone())?,
-            msg_id,
-        }))
+        let deadline = tokio::time::Instant::now() + within;
+        let single = naming::events_subject(PREFIX, &self.agent_id);
+        let batch = naming::events_batch_subject(PREFIX, &self.agent_id);
+        while self.read.is_empty() {
+            let msg = match tokio::time::timeout_at(deadline, self.messages.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("event stream ended"),
+                Ok(Some(msg)) => msg.map_err(|e| anyhow!("reading events: {e}"))?,
+            };
+            if msg.subject.as_str() != single && msg.subject.as_str() != batch {
+                continue;
+            }
+            let msg_id = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let events = drover_api::events::decode(PREFIX, &msg.subject, msg.payload.clone())?;
+            if msg.subject.as_str() == single {
+                let (event, _) = events.into_iter().next().context("no event")?;
+                self.read.push_back(Event { event, msg_id });
+                continue;
+            }
+            let ids: Vec<String> = events.iter().map(|(ev, _)| own_msg_id(ev)).collect();
+            let want = naming::event_batch_msg_id(ids.iter().map(String::as_str));
+            if events.len() < 2 || msg_id != want {
+                bail!(
+                    "batch of {} events with id `{msg_id}`, want `{want}`",
+                    events.len()
+                );
+            }
+            for ((event, _), msg_id) in events.into_iter().zip(ids) {
+                self.read.push_back(Event { event, msg_id });
+            }
+        }
+        Ok(self.read.pop_front())
     }
 
     /// Returns the final event of `attempt`, and its `started` event if one

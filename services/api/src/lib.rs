@@ -1,6 +1,7 @@
 //! The Drover contract shared by every component: the generated protobuf and
 //! gRPC code (`pb`), the YAML pipeline spec and its validation (`spec`).
 
+pub mod events;
 pub mod naming;
 pub mod spec;
 

@@ -55,6 +55,40 @@ pub fn events_subject(prefix: &str, agent_id: &str) -> String {
     format!("{prefix}.events.{agent_id}")
 }
 
+/// Agent → scheduler, JetStream: `AttemptEventBatch`, several events in
+/// one message. Agent ids are one subject token, so `<agent>.batch` cannot
+/// be another agent's single-event subject.
+pub fn events_batch_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.events.{agent_id}.batch")
+}
+
+/// Whether a message on the events stream is an `AttemptEventBatch`
+/// (else it is one `AttemptEvent`): a token after the agent's.
+pub fn is_events_batch(prefix: &str, subject: &str) -> bool {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix(".events."))
+        .is_some_and(|agent_and_more| agent_and_more.contains('.'))
+}
+
+/// `Nats-Msg-Id` of a batch of events, from its events' own ids (in order):
+/// a re-published batch is the same batch, stored once, and two different
+/// batches differ in id. The first event's id keeps it readable; the rest
+/// are folded into a 64-bit hash (within the stream's duplicate window, a
+/// collision between two batches is out of reach).
+pub fn event_batch_msg_id<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut ids = ids.into_iter();
+    let first = ids.next().unwrap_or_default();
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut n = 1usize;
+    for id in ids {
+        id.hash(&mut hasher);
+        n += 1;
+    }
+    format!("batch/{n}/{first}/{:016x}", hasher.finish())
+}
+
 /// The subjects the events stream captures.
 pub fn events_wildcard(prefix: &str) -> String {
     format!("{prefix}.events.>")
@@ -135,5 +169,43 @@ mod tests {
         let p = attempt_prefix("r1", "train", 2);
         assert_eq!(output_key(&p, "model"), "runs/r1/train.2/outputs/model");
         assert_eq!(log_key(&p), "runs/r1/train.2.log");
+    }
+
+    #[test]
+    fn a_batch_is_named_by_all_its_events() {
+        let id = event_batch_msg_id(["r/a/1/succeeded", "r/b/1/succeeded"]);
+        assert!(id.starts_with("batch/2/r/a/1/succeeded/"), "{id}");
+        // The same batch re-published keeps its id; another batch does not
+        // share it even when it starts with the same event.
+        assert_eq!(
+            id,
+            event_batch_msg_id(["r/a/1/succeeded", "r/b/1/succeeded"])
+        );
+        assert_ne!(
+            id,
+            event_batch_msg_id(["r/a/1/succeeded", "r/c/1/succeeded"])
+        );
+        assert_ne!(
+            id,
+            event_batch_msg_id(["r/a/1/succeeded", "r/b/1/succeeded", "r/c/1/failed"])
+        );
+    }
+
+    #[test]
+    fn batch_subjects_are_told_from_single_event_subjects() {
+        let batch = events_batch_subject("drover.x", "gpu-1");
+        assert!(is_events_batch("drover.x", &batch));
+        assert!(!is_events_batch(
+            "drover.x",
+            &events_subject("drover.x", "gpu-1")
+        ));
+        // An agent may be called `batch`.
+        assert!(!is_events_batch(
+            "drover.x",
+            &events_subject("drover.x", "batch")
+        ));
+        let batch = events_batch_subject("drover", "gpu-1");
+        // Both are captured by the events stream.
+        assert!(batch.starts_with(events_wildcard("drover").trim_end_matches('>')));
     }
 }
