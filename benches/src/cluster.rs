@@ -260,20 +260,37 @@ impl Cluster {
 
     /// Stops the agents (SIGTERM, then SIGKILL) so they can report and exit.
     pub async fn stop_agents(&mut self) {
-        for a in &mut self.agents {
-            if let Some(pid) = a.id() {
-                // SAFETY: a plain syscall on our own unreaped child.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
+        for a in &self.agents {
+            terminate(a);
         }
         for mut a in self.agents.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(5), a.wait())
-                .await
-                .is_err()
-            {
-                let _ = a.kill().await;
-            }
+            wait_or_kill(&mut a).await;
         }
+    }
+
+    /// Stops the scheduler the same way, after the measurement: it exports
+    /// the spans it still holds as it exits, so an OTLP receiver has them
+    /// all (a SIGKILL lost the last ~fifth of a short simulated run's).
+    pub async fn stop_scheduler(&mut self) {
+        terminate(&self.scheduler);
+        wait_or_kill(&mut self.scheduler).await;
+    }
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: a plain syscall on our own unreaped child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
+
+/// Up to 5 s for a terminated child to exit, then SIGKILL.
+async fn wait_or_kill(child: &mut Child) {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 

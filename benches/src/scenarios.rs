@@ -435,6 +435,7 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
                     .push(Target::at_least("real ÷ spawn rate", ratio, 0.7));
             }
             c.stop_agents().await;
+            c.stop_scheduler().await;
             Ok(())
         },
     )
@@ -452,7 +453,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
         o,
         &[("scheduler tasks/s", ">=", 10_000.0)],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins, &s.env).await?;
+            let mut c = Cluster::start(&s.bins, &s.env).await?;
             let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
             c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
             let yaml = specs::independent(tasks);
@@ -484,6 +485,7 @@ pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
             o.targets
                 .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
             sim.stop().await;
+            c.stop_scheduler().await;
             Ok(())
         },
     )
