@@ -51,7 +51,7 @@ pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::E
     let run = RunState {
         status: run_status(stored.record.state()),
         message: stored.record.message.clone(),
-        finished_at: stored.record.finished_at_ms,
+        finished_at: known_ms(stored.record.finished_at_ms),
     };
     RunDag::restore(defs, spec.fail_fast, run, records)
 }
@@ -128,6 +128,15 @@ fn attempt_status(s: pb::AttemptState) -> AttemptStatus {
     }
 }
 
+/// Stored and wire messages say 0 for a time not known (yet).
+fn wire_ms(at: Option<u64>) -> u64 {
+    at.unwrap_or(0)
+}
+
+fn known_ms(at: u64) -> Option<u64> {
+    (at > 0).then_some(at)
+}
+
 pub fn artifact(a: &pb::Artifact) -> Artifact {
     Artifact {
         name: a.name.clone(),
@@ -151,10 +160,10 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
         number: a.number,
         agent_id: a.agent.clone(),
         state: attempt_state(a.status) as i32,
-        ready_at_ms: a.ready_at,
+        ready_at_ms: wire_ms(a.ready_at),
         assigned_at_ms: a.assigned_at,
-        started_at_ms: a.started_at,
-        finished_at_ms: a.finished_at,
+        started_at_ms: wire_ms(a.started_at),
+        finished_at_ms: wire_ms(a.finished_at),
         exit_code: a.exit_code,
         error: a.error.clone(),
         outputs: a.outputs.iter().map(pb_artifact).collect(),
@@ -176,10 +185,10 @@ fn core_attempt(a: &pb::Attempt) -> Attempt {
         number: a.number,
         agent: a.agent_id.clone(),
         status: attempt_status(a.state()),
-        ready_at: a.ready_at_ms,
+        ready_at: known_ms(a.ready_at_ms),
         assigned_at: a.assigned_at_ms,
-        started_at: a.started_at_ms,
-        finished_at: a.finished_at_ms,
+        started_at: known_ms(a.started_at_ms),
+        finished_at: known_ms(a.finished_at_ms),
         exit_code: a.exit_code,
         error: a.error.clone(),
         outputs: a.outputs.iter().map(artifact).collect(),
@@ -197,7 +206,7 @@ pub fn task_record(t: &TaskRun) -> pb::TaskRecord {
         retry_at_ms: t.retry_at,
         retries_used: t.retries_used,
         preempting: t.preempting.clone().unwrap_or_default(),
-        ready_at_ms: t.ready_at,
+        ready_at_ms: wire_ms(t.ready_at),
     }
 }
 
@@ -209,7 +218,7 @@ pub fn task_run(r: &pb::TaskRecord) -> TaskRun {
         retry_at: r.retry_at_ms,
         retries_used: r.retries_used,
         preempting: (!r.preempting.is_empty()).then(|| r.preempting.clone()),
-        ready_at: r.ready_at_ms,
+        ready_at: known_ms(r.ready_at_ms),
     }
 }
 
@@ -219,7 +228,7 @@ pub fn run_record(base: &pb::RunRecord, dag: &RunDag) -> pb::RunRecord {
     let s = dag.run_state();
     r.state = run_state(s.status) as i32;
     r.message = s.message.clone();
-    r.finished_at_ms = s.finished_at;
+    r.finished_at_ms = wire_ms(s.finished_at);
     r
 }
 
@@ -232,7 +241,7 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
         state: run_state(s.status) as i32,
         params: record.params.clone(),
         created_at_ms: record.created_at_ms,
-        finished_at_ms: s.finished_at,
+        finished_at_ms: wire_ms(s.finished_at),
         message: s.message.clone(),
         fail_fast: spec.fail_fast,
         queue: record.queue.clone(),
@@ -281,10 +290,10 @@ mod tests {
                 number: 1,
                 agent: "a".into(),
                 status: AttemptStatus::Failed,
-                ready_at: 1,
+                ready_at: Some(1),
                 assigned_at: 1,
-                started_at: 2,
-                finished_at: 3,
+                started_at: Some(2),
+                finished_at: None,
                 exit_code: Some(4),
                 error: "exited with code 4".into(),
                 outputs: vec![Artifact {
@@ -302,7 +311,7 @@ mod tests {
             retry_at: 77,
             retries_used: 1,
             preempting: Some("room".into()),
-            ready_at: 70,
+            ready_at: Some(70),
         };
         assert_eq!(task_run(&task_record(&t)), t);
     }

@@ -2,28 +2,28 @@
 //! what it has placed on each (allocations), drain and loss state, and the
 //! per-agent record kept in etcd.
 //!
-//! No I/O here: the engine feeds heartbeats and the clock in, and carries out
-//! what comes back (lost attempts to requeue, stray attempts to cancel,
-//! records to write).
+//! No I/O and no clock here: the engine feeds heartbeats and the time in, and
+//! carries out what comes back (lost attempts to requeue, stray attempts to
+//! cancel, records to write).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drover_api::pb;
+use drover_scheduler_core::ids::{AgentId, AttemptId, AttemptNumber, RunId, TaskIndex};
 use drover_scheduler_core::placement::{AgentSlot, GpuSlot, Request};
+use drover_scheduler_core::Millis;
 use tracing::{info, warn};
 
-/// An attempt, by run id, task index and attempt number.
-pub type AttemptId = (String, usize, u32);
+use crate::engine::records::Versioned;
 
 /// Resources an attempt holds on an agent.
 #[derive(Clone, Debug)]
 pub struct Allocation {
     /// The agent's id, shared with its entry ([`Fleet::agent_id`]) when the
     /// agent is known: a walk over allocations compares pointers first.
-    pub agent: Arc<str>,
-    pub attempt: u32,
+    pub agent: AgentId,
+    pub attempt: AttemptNumber,
     pub req: Request,
     pub gpus: Vec<(u32, String)>,
     /// Admitted beyond its queue's quota: the first to be reclaimed.
@@ -32,18 +32,17 @@ pub struct Allocation {
 
 pub struct AgentEntry {
     /// The id, shared with this agent's allocations.
-    pub id: Arc<str>,
-    pub slot: AgentSlot,
+    id: AgentId,
+    slot: AgentSlot,
     /// The latest heartbeat; None until one arrives after a scheduler start.
-    pub last: Option<pb::Heartbeat>,
-    pub last_seen: Instant,
-    pub lost: bool,
-    pub drained: bool,
+    last: Option<pb::Heartbeat>,
+    /// When it was last heard from (or loaded, before any heartbeat).
+    last_seen_ms: Millis,
+    lost: bool,
+    drained: bool,
     /// Refused or missed an assignment: no new work until it heartbeats again.
-    pub suspended: bool,
-    pub record: pb::AgentRecord,
-    pub record_rev: i64,
-    pub record_dirty: bool,
+    suspended: bool,
+    record: Versioned<pb::AgentRecord>,
     /// Attempts it reported that the scheduler does not expect, as of the
     /// previous heartbeat: cancelled when seen twice in a row, so an attempt
     /// whose final event is still in flight is not cancelled for nothing.
@@ -51,23 +50,31 @@ pub struct AgentEntry {
 }
 
 impl AgentEntry {
-    fn new(record: pb::AgentRecord, rev: i64) -> Self {
+    fn new(record: Versioned<pb::AgentRecord>, now_ms: Millis) -> Self {
+        let r = record.get();
         Self {
-            id: record.id.as_str().into(),
+            id: AgentId::new(&r.id),
             slot: AgentSlot {
-                id: record.id.clone(),
+                id: r.id.clone(),
                 ..AgentSlot::default()
             },
             last: None,
-            last_seen: Instant::now(),
-            lost: record.lost_at_ms > 0,
-            drained: record.drained,
+            last_seen_ms: now_ms,
+            lost: r.lost_at_ms > 0,
+            drained: r.drained,
             suspended: false,
             record,
-            record_rev: rev,
-            record_dirty: false,
             unexpected: HashSet::new(),
         }
+    }
+
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    /// Capacity, labels and what placement has allocated on it.
+    pub fn slot(&self) -> &AgentSlot {
+        &self.slot
     }
 
     /// Can take new work.
@@ -82,6 +89,14 @@ impl AgentEntry {
             (false, false) => pb::AgentState::Ready,
         }
     }
+
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    pub fn record(&self) -> &Versioned<pb::AgentRecord> {
+        &self.record
+    }
 }
 
 /// What a heartbeat means for the attempts on that agent.
@@ -93,9 +108,18 @@ pub struct Reconcile {
     pub cancel: Vec<pb::AttemptRef>,
 }
 
+/// Agents for an admission pass ([`Fleet::admission_slots`]).
+pub struct AdmissionSlots {
+    pub slots: Vec<AgentSlot>,
+    /// Each agent's position in `slots`.
+    pub index: HashMap<String, usize>,
+    /// How many lead `slots` as schedulable.
+    pub schedulable: usize,
+}
+
 #[derive(Default)]
 pub struct Fleet {
-    pub agents: BTreeMap<String, AgentEntry>,
+    agents: BTreeMap<AgentId, AgentEntry>,
     /// By run, then task: one live attempt per task at most. The admission
     /// pass walks every allocation every turn; this way it meets each run's
     /// attempts together and compares the run's id once, not once per
@@ -104,54 +128,120 @@ pub struct Fleet {
     allocations: Allocations,
 }
 
-type Allocations = BTreeMap<String, BTreeMap<usize, Allocation>>;
+pub type Allocations = BTreeMap<RunId, BTreeMap<TaskIndex, Allocation>>;
 
 /// Every allocation as (run, task, allocation), a run's together. A free
 /// function, so it can walk them while an agent entry is borrowed mutably.
-fn each(allocations: &Allocations) -> impl Iterator<Item = (&String, usize, &Allocation)> {
+fn each(allocations: &Allocations) -> impl Iterator<Item = (&RunId, TaskIndex, &Allocation)> {
     allocations
         .iter()
         .flat_map(|(run, tasks)| tasks.iter().map(move |(t, a)| (run, *t, a)))
 }
 
 impl Fleet {
-    /// Agents known from etcd, before any heartbeat: their loss clock starts now.
-    pub fn load(&mut self, records: Vec<(pb::AgentRecord, i64)>) {
+    /// Agents known from etcd, before any heartbeat: their loss clock starts
+    /// at `now_ms`. An agent known already takes the stored record (after a
+    /// failed commit, etcd's is the one to trust) and keeps its live state.
+    pub fn load(&mut self, records: Vec<(pb::AgentRecord, i64)>, now_ms: Millis) {
         for (record, rev) in records {
-            self.agents
-                .entry(record.id.clone())
-                .or_insert_with(|| AgentEntry::new(record, rev));
+            let id = AgentId::new(&record.id);
+            match self.agents.get_mut(&id) {
+                Some(a) => {
+                    a.drained = record.drained;
+                    a.record = Versioned::stored(record, rev);
+                }
+                None => {
+                    let entry = AgentEntry::new(Versioned::stored(record, rev), now_ms);
+                    self.agents.insert(id, entry);
+                }
+            }
         }
+    }
+
+    /// An agent that holds work but has no record (its record was never
+    /// committed): known from now on, so its loss is noticed.
+    pub fn expect(&mut self, id: &str, now_ms: Millis) {
+        if !self.agents.contains_key(id) {
+            let record = pb::AgentRecord {
+                id: id.to_string(),
+                ..Default::default()
+            };
+            let entry = AgentEntry::new(Versioned::stored(record, 0), now_ms);
+            self.agents.insert(AgentId::new(id), entry);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&AgentEntry> {
+        self.agents.get(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.agents.contains_key(id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &AgentEntry> {
+        self.agents.values()
     }
 
     /// The id to put in an allocation: the agent entry's own when it is
     /// known, so allocations share it.
-    pub fn agent_id(&self, id: &str) -> Arc<str> {
+    pub fn agent_id(&self, id: &str) -> AgentId {
         self.agents
             .get(id)
-            .map_or_else(|| id.into(), |a| Arc::clone(&a.id))
+            .map_or_else(|| AgentId::new(id), |a| a.id.clone())
     }
 
-    pub fn allocate(&mut self, run: &str, task: usize, alloc: Allocation) {
-        if let Some(a) = self.agents.get_mut(&*alloc.agent) {
-            a.slot.allocate(&alloc.req, &alloc.gpus);
+    /// It refused or missed an assignment: no new work until it heartbeats.
+    pub fn suspend(&mut self, id: &str) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.suspended = true;
         }
-        if !self.allocations.contains_key(run) {
-            self.allocations.insert(run.to_string(), BTreeMap::new());
+    }
+
+    /// Drains or undrains an agent; None when there is no such agent.
+    pub fn set_drained(&mut self, id: &str, drained: bool) -> Option<()> {
+        let a = self.agents.get_mut(id)?;
+        if a.drained != drained {
+            info!(agent = %id, drained, "agent drain changed");
+            a.drained = drained;
+            a.record.modify().drained = drained;
+        }
+        Some(())
+    }
+
+    /// Agent records with a write pending.
+    pub fn unsaved_records(&self) -> impl Iterator<Item = (&AgentId, &Versioned<pb::AgentRecord>)> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| a.record.pending().is_some())
+            .map(|(id, a)| (id, &a.record))
+    }
+
+    /// The agent's record was committed at `rev`.
+    pub fn record_committed(&mut self, id: &str, rev: i64) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.record.committed(rev);
+        }
+    }
+
+    pub fn allocate(&mut self, run: &RunId, task: TaskIndex, alloc: Allocation) {
+        if let Some(a) = self.agents.get_mut(&alloc.agent) {
+            a.slot.allocate(&alloc.req, &alloc.gpus);
         }
         let replaced = self
             .allocations
-            .get_mut(run)
-            .and_then(|t| t.insert(task, alloc));
+            .entry(run.clone())
+            .or_default()
+            .insert(task, alloc);
         // A task holds one allocation: what it held before is freed.
         if let Some(old) = replaced {
-            if let Some(a) = self.agents.get_mut(&*old.agent) {
+            if let Some(a) = self.agents.get_mut(&old.agent) {
                 a.slot.release(&old.req, &old.gpus);
             }
         }
     }
 
-    pub fn release(&mut self, run: &str, task: usize) {
+    pub fn release(&mut self, run: &str, task: TaskIndex) {
         let Some(tasks) = self.allocations.get_mut(run) else {
             return;
         };
@@ -161,7 +251,7 @@ impl Fleet {
         if tasks.is_empty() {
             self.allocations.remove(run);
         }
-        if let Some(a) = self.agents.get_mut(&*alloc.agent) {
+        if let Some(a) = self.agents.get_mut(&alloc.agent) {
             a.slot.release(&alloc.req, &alloc.gpus);
         }
     }
@@ -172,12 +262,12 @@ impl Fleet {
     }
 
     /// One attempt's allocation.
-    pub fn allocation(&self, run: &str, task: usize) -> Option<&Allocation> {
+    pub fn allocation(&self, run: &str, task: TaskIndex) -> Option<&Allocation> {
         self.allocations.get(run)?.get(&task)
     }
 
     /// Every allocation as (run, task, allocation), a run's together.
-    pub fn allocations(&self) -> impl Iterator<Item = (&String, usize, &Allocation)> {
+    pub fn allocations(&self) -> impl Iterator<Item = (&RunId, TaskIndex, &Allocation)> {
         each(&self.allocations)
     }
 
@@ -201,21 +291,17 @@ impl Fleet {
     pub fn heartbeat(
         &mut self,
         hb: pb::Heartbeat,
-        now_ms: u64,
-        task_of: impl Fn(&pb::AttemptRef) -> Option<usize>,
+        now_ms: Millis,
+        task_of: impl Fn(&pb::AttemptRef) -> Option<TaskIndex>,
     ) -> Reconcile {
-        let id = hb.agent_id.clone();
+        let id = AgentId::new(&hb.agent_id);
         let entry = self.agents.entry(id.clone()).or_insert_with(|| {
-            let mut e = AgentEntry::new(
-                pb::AgentRecord {
-                    id: id.clone(),
-                    first_seen_ms: now_ms,
-                    ..Default::default()
-                },
-                0,
-            );
-            e.record_dirty = true;
-            e
+            let record = pb::AgentRecord {
+                id: hb.agent_id.clone(),
+                first_seen_ms: now_ms,
+                ..Default::default()
+            };
+            AgentEntry::new(Versioned::created(record), now_ms)
         });
         if entry.last.is_none() {
             info!(agent = %id, executors = ?hb.executors, cpu_millis = hb.cpu_millis, gpus = hb.gpus.len(), "agent connected");
@@ -223,22 +309,21 @@ impl Fleet {
         if entry.lost {
             info!(agent = %id, "lost agent is back");
             entry.lost = false;
-            entry.record.lost_at_ms = 0;
-            entry.record_dirty = true;
+            entry.record.modify().lost_at_ms = 0;
         }
-        let restarted = !entry.record.instance.is_empty() && entry.record.instance != hb.instance;
-        if entry.record.instance != hb.instance {
-            entry.record.instance = hb.instance.clone();
-            entry.record_dirty = true;
+        let known = entry.record.get().instance.as_str();
+        let restarted = !known.is_empty() && known != hb.instance;
+        if known != hb.instance {
+            entry.record.modify().instance = hb.instance.clone();
         }
-        entry.last_seen = Instant::now();
+        entry.last_seen_ms = now_ms;
         entry.suspended = false;
         entry.slot.executors = hb.executors.clone();
         entry.slot.labels = hb.labels.clone();
         entry.slot.cpu_millis = u64::from(hb.cpu_millis);
         entry.slot.memory_bytes = hb.memory_bytes;
         let held: HashSet<String> = each(&self.allocations)
-            .filter(|(_, _, a)| *a.agent == *id)
+            .filter(|(_, _, a)| a.agent.same(&entry.id))
             .flat_map(|(_, _, a)| a.gpus.iter().map(|(_, u)| u.clone()))
             .collect();
         entry.slot.gpus = hb
@@ -259,14 +344,18 @@ impl Fleet {
         if restarted {
             warn!(agent = %id, "agent restarted");
             for (run, task, a) in each(&self.allocations) {
-                if *a.agent != *id {
+                if !a.agent.same(&entry.id) {
                     continue;
                 }
                 let still_there = hb.running.iter().any(|r| {
-                    &r.run_id == run && task_of(r) == Some(task) && r.attempt == a.attempt
+                    run.as_str() == r.run_id && task_of(r) == Some(task) && r.attempt == a.attempt.0
                 });
                 if !still_there {
-                    out.lost.push((run.clone(), task, a.attempt));
+                    out.lost.push(AttemptId {
+                        run: run.clone(),
+                        task,
+                        attempt: a.attempt,
+                    });
                 }
             }
         }
@@ -275,9 +364,9 @@ impl Fleet {
         for r in reported {
             let expected = task_of(r).is_some_and(|t| {
                 self.allocations
-                    .get(&r.run_id)
+                    .get(r.run_id.as_str())
                     .and_then(|tasks| tasks.get(&t))
-                    .is_some_and(|a| *a.agent == *id && a.attempt == r.attempt)
+                    .is_some_and(|a| a.agent.same(&entry.id) && a.attempt.0 == r.attempt)
             });
             if !expected {
                 if entry.unexpected.contains(r) {
@@ -293,33 +382,29 @@ impl Fleet {
 
     /// Agents silent for longer than `timeout` become lost; returns the
     /// attempts they held.
-    pub fn expire(&mut self, timeout: Duration, now_ms: u64) -> Vec<(AttemptId, String)> {
+    pub fn expire(&mut self, timeout: Duration, now_ms: Millis) -> Vec<(AttemptId, String)> {
+        let timeout_ms = timeout.as_millis() as u64;
         let mut lost = Vec::new();
         for (id, a) in &mut self.agents {
-            if a.lost || a.last_seen.elapsed() < timeout {
+            if a.lost || now_ms.saturating_sub(a.last_seen_ms) < timeout_ms {
                 continue;
             }
             warn!(agent = %id, timeout = ?timeout, "agent lost: no heartbeat");
             a.lost = true;
-            a.record.lost_at_ms = now_ms;
-            a.record_dirty = true;
+            a.record.modify().lost_at_ms = now_ms;
             for (run, task, alloc) in each(&self.allocations) {
-                if *alloc.agent == **id {
+                if alloc.agent.same(id) {
                     let why = format!("agent `{id}` lost: no heartbeat for {}s", timeout.as_secs());
-                    lost.push(((run.clone(), task, alloc.attempt), why));
+                    let attempt = AttemptId {
+                        run: run.clone(),
+                        task,
+                        attempt: alloc.attempt,
+                    };
+                    lost.push((attempt, why));
                 }
             }
         }
         lost
-    }
-
-    /// Slots placement may use now, with their agent ids in the same order.
-    pub fn schedulable_slots(&self) -> Vec<AgentSlot> {
-        self.agents
-            .values()
-            .filter(|a| a.schedulable())
-            .map(|a| a.slot.clone())
-            .collect()
     }
 
     /// Why no agent can take work, when none is schedulable.
@@ -351,17 +436,16 @@ impl Fleet {
     /// Agents for an admission pass, and each one's index there. Agents that
     /// take no new work are included only while they hold running work (so
     /// it counts against quotas), offering no executor and no room beyond it.
-    /// The count says how many lead the list as schedulable.
-    pub fn admission_slots(&self) -> (Vec<AgentSlot>, HashMap<String, usize>, usize) {
+    pub fn admission_slots(&self) -> AdmissionSlots {
         let mut slots: Vec<AgentSlot> = Vec::new();
         let mut index = HashMap::new();
         for (id, a) in self.agents.iter().filter(|(_, a)| a.schedulable()) {
-            index.insert(id.clone(), slots.len());
+            index.insert(id.to_string(), slots.len());
             slots.push(a.slot.clone());
         }
         let schedulable = slots.len();
         for (id, a) in self.agents.iter().filter(|(_, a)| !a.schedulable()) {
-            if !self.allocations().any(|(_, _, al)| *al.agent == **id) {
+            if !self.allocations().any(|(_, _, al)| al.agent.same(id)) {
                 continue;
             }
             let mut slot = a.slot.clone();
@@ -369,18 +453,13 @@ impl Fleet {
             slot.cpu_millis = slot.used_cpu_millis;
             slot.memory_bytes = slot.used_memory_bytes;
             slot.gpus.retain(|g| g.held);
-            index.insert(id.clone(), slots.len());
+            index.insert(id.to_string(), slots.len());
             slots.push(slot);
         }
-        (slots, index, schedulable)
-    }
-
-    /// Writes placement's allocations back (placement works on copies).
-    pub fn store_slots(&mut self, slots: Vec<AgentSlot>) {
-        for slot in slots {
-            if let Some(a) = self.agents.get_mut(&slot.id) {
-                a.slot = slot;
-            }
+        AdmissionSlots {
+            slots,
+            index,
+            schedulable,
         }
     }
 
@@ -388,13 +467,13 @@ impl Fleet {
     pub fn view(
         &self,
         id: &str,
-        describe: impl Fn(&str, usize, u32) -> String,
+        describe: impl Fn(&RunId, TaskIndex, AttemptNumber) -> String,
     ) -> Option<pb::Agent> {
         let a = self.agents.get(id)?;
         let hb = a.last.clone().unwrap_or_default();
         let holders: BTreeMap<&str, String> = self
             .allocations()
-            .filter(|(_, _, al)| *al.agent == *id)
+            .filter(|(_, _, al)| al.agent.same(&a.id))
             .flat_map(|(run, task, al)| {
                 let who = describe(run, task, al.attempt);
                 al.gpus.iter().map(move |(_, u)| (u.as_str(), who.clone()))
@@ -422,7 +501,7 @@ impl Fleet {
                 .collect(),
             running_attempts: self
                 .allocations()
-                .filter(|(_, _, al)| *al.agent == *id)
+                .filter(|(_, _, al)| al.agent.same(&a.id))
                 .count() as u32,
             last_seen_ms: hb.sent_at_ms,
             driver_version: hb.driver_version.clone(),
@@ -463,17 +542,25 @@ mod tests {
         }
     }
 
-    fn task_of(r: &pb::AttemptRef) -> Option<usize> {
-        (r.run_id == "r1").then(|| r.task.trim_start_matches('t').parse().ok())?
+    fn task_of(r: &pb::AttemptRef) -> Option<TaskIndex> {
+        (r.run_id == "r1").then(|| r.task.trim_start_matches('t').parse().ok().map(TaskIndex))?
+    }
+
+    fn attempt(run: &str, task: usize, attempt: u32) -> AttemptId {
+        AttemptId::new(RunId::new(run), task, attempt)
+    }
+
+    fn schedulable(f: &Fleet) -> usize {
+        f.admission_slots().schedulable
     }
 
     fn alloc(f: &mut Fleet, task: usize, attempt: u32, gpus: bool) {
         f.allocate(
-            "r1",
-            task,
+            &RunId::new("r1"),
+            TaskIndex(task),
             Allocation {
-                agent: "a".into(),
-                attempt,
+                agent: AgentId::new("a"),
+                attempt: AttemptNumber(attempt),
                 req: Request::new("", 500, 0),
                 gpus: if gpus {
                     vec![(0, "GPU-0".into())]
@@ -486,28 +573,36 @@ mod tests {
     }
 
     #[test]
-    fn first_heartbeat_registers_and_marks_the_record_for_writing() {
+    fn first_heartbeat_registers_and_marks_the_record_for_writing() -> TestResult {
         let mut f = Fleet::default();
         let r = f.heartbeat(hb("a", "i1", &[]), 5, task_of);
         assert_eq!(r, Reconcile::default());
-        let a = &f.agents["a"];
+        let a = f.get("a").ok_or("no agent a")?;
         assert!(a.schedulable());
-        assert!(a.record_dirty);
-        assert_eq!(a.record.first_seen_ms, 5);
-        assert_eq!(a.record.instance, "i1");
-        assert_eq!(a.slot.gpus.len(), 1);
+        assert!(a.record().pending().is_some());
+        assert_eq!(a.record().get().first_seen_ms, 5);
+        assert_eq!(a.record().get().instance, "i1");
+        assert_eq!(a.slot().gpus.len(), 1);
+        assert_eq!(f.unsaved_records().count(), 1);
+        f.record_committed("a", 9);
+        assert_eq!(f.unsaved_records().count(), 0);
+        f.heartbeat(hb("a", "i1", &[]), 6, task_of);
+        assert_eq!(f.unsaved_records().count(), 0, "nothing changed");
+        Ok(())
     }
 
     #[test]
-    fn held_gpus_stay_held_across_heartbeats() {
+    fn held_gpus_stay_held_across_heartbeats() -> TestResult {
         let mut f = Fleet::default();
         f.heartbeat(hb("a", "i1", &[]), 0, task_of);
         alloc(&mut f, 0, 1, true);
         f.heartbeat(hb("a", "i1", &[("r1", "t0", 1)]), 1, task_of);
-        assert!(f.agents["a"].slot.gpus[0].held);
-        f.release("r1", 0);
-        assert!(!f.agents["a"].slot.gpus[0].held);
-        assert_eq!(f.agents["a"].slot.used_cpu_millis, 0);
+        assert!(f.get("a").ok_or("no agent a")?.slot().gpus[0].held);
+        f.release("r1", TaskIndex(0));
+        let a = f.get("a").ok_or("no agent a")?;
+        assert!(!a.slot().gpus[0].held);
+        assert_eq!(a.slot().used_cpu_millis, 0);
+        Ok(())
     }
 
     #[test]
@@ -516,36 +611,43 @@ mod tests {
         f.heartbeat(hb("a", "i1", &[]), 0, task_of);
         let mk = |f: &Fleet, agent: &str, attempt| Allocation {
             agent: f.agent_id(agent),
-            attempt,
+            attempt: AttemptNumber(attempt),
             req: Request::new("", 500, 0),
             gpus: vec![],
             borrowed: false,
         };
-        f.allocate("r2", 0, mk(&f, "a", 1));
-        f.allocate("r1", 5, mk(&f, "a", 2));
-        f.allocate("r1", 1, mk(&f, "gone", 1));
+        let (r1, r2) = (RunId::new("r1"), RunId::new("r2"));
+        f.allocate(&r2, TaskIndex(0), mk(&f, "a", 1));
+        f.allocate(&r1, TaskIndex(5), mk(&f, "a", 2));
+        f.allocate(&r1, TaskIndex(1), mk(&f, "gone", 1));
         // Placing the same task again replaces its allocation.
-        f.allocate("r1", 5, mk(&f, "a", 3));
+        f.allocate(&r1, TaskIndex(5), mk(&f, "a", 3));
         let listed: Vec<(&str, usize, u32)> = f
             .allocations()
-            .map(|(r, t, a)| (r.as_str(), t, a.attempt))
+            .map(|(r, t, a)| (r.as_str(), t.0, a.attempt.0))
             .collect();
         assert_eq!(listed, [("r1", 1, 1), ("r1", 5, 3), ("r2", 0, 1)]);
         assert_eq!(f.allocated(), 3);
-        let shared = &f.allocation("r1", 5).ok_or("no allocation")?.agent;
-        assert!(Arc::ptr_eq(shared, &f.agents["a"].id));
+        let shared = &f
+            .allocation("r1", TaskIndex(5))
+            .ok_or("no allocation")?
+            .agent;
+        assert!(shared.same(f.get("a").ok_or("no agent a")?.id()));
         assert_eq!(
-            &*f.allocation("r1", 1).ok_or("no allocation")?.agent,
+            f.allocation("r1", TaskIndex(1))
+                .ok_or("no allocation")?
+                .agent
+                .as_str(),
             "gone"
         );
 
-        f.release("r1", 5);
-        f.release("r1", 5);
-        f.release("r3", 0);
-        f.release("r1", 1);
+        f.release("r1", TaskIndex(5));
+        f.release("r1", TaskIndex(5));
+        f.release("r3", TaskIndex(0));
+        f.release("r1", TaskIndex(1));
         assert_eq!(f.allocated(), 1);
-        assert_eq!(f.allocations_by_run().keys().collect::<Vec<_>>(), ["r2"]);
-        assert_eq!(f.agents["a"].slot.used_cpu_millis, 500);
+        assert_eq!(f.allocations_by_run().keys().collect::<Vec<_>>(), [&r2]);
+        assert_eq!(f.get("a").ok_or("no agent a")?.slot().used_cpu_millis, 500);
         Ok(())
     }
 
@@ -556,7 +658,7 @@ mod tests {
         alloc(&mut f, 0, 1, false);
         alloc(&mut f, 1, 3, false);
         let r = f.heartbeat(hb("a", "i2", &[("r1", "t1", 3)]), 1, task_of);
-        assert_eq!(r.lost, vec![("r1".to_string(), 0, 1)]);
+        assert_eq!(r.lost, vec![attempt("r1", 0, 1)]);
         assert!(r.cancel.is_empty());
     }
 
@@ -590,44 +692,59 @@ mod tests {
     }
 
     #[test]
-    fn silent_agents_expire_with_their_attempts_and_come_back() {
+    fn silent_agents_expire_with_their_attempts_and_come_back() -> TestResult {
         let mut f = Fleet::default();
-        f.heartbeat(hb("a", "i1", &[]), 0, task_of);
+        f.heartbeat(hb("a", "i1", &[]), 1_000, task_of);
         alloc(&mut f, 0, 1, false);
-        assert!(f.expire(Duration::from_secs(60), 10).is_empty());
-        let lost = f.expire(Duration::ZERO, 10);
+        let timeout = Duration::from_secs(10);
+        assert!(f.expire(timeout, 10_999).is_empty(), "silent 9.999 s");
+        let lost = f.expire(timeout, 11_000);
         assert_eq!(lost.len(), 1);
-        assert_eq!(lost[0].0, ("r1".to_string(), 0, 1));
+        assert_eq!(lost[0].0, attempt("r1", 0, 1));
         assert!(lost[0].1.starts_with("agent `a` lost"));
-        assert_eq!(f.agents["a"].state(), pb::AgentState::Lost);
-        assert!(!f.agents["a"].schedulable());
-        assert!(f.expire(Duration::ZERO, 11).is_empty(), "lost once");
-        f.heartbeat(hb("a", "i1", &[]), 12, task_of);
-        assert_eq!(f.agents["a"].state(), pb::AgentState::Ready);
-        assert_eq!(f.agents["a"].record.lost_at_ms, 0);
+        let a = f.get("a").ok_or("no agent a")?;
+        assert_eq!(a.state(), pb::AgentState::Lost);
+        assert!(!a.schedulable());
+        assert_eq!(a.record().get().lost_at_ms, 11_000);
+        assert!(f.expire(timeout, 30_000).is_empty(), "lost once");
+        f.heartbeat(hb("a", "i1", &[]), 30_001, task_of);
+        let a = f.get("a").ok_or("no agent a")?;
+        assert_eq!(a.state(), pb::AgentState::Ready);
+        assert_eq!(a.record().get().lost_at_ms, 0);
+        Ok(())
     }
 
     #[test]
     fn drained_and_loaded_agents_take_no_work_until_they_heartbeat() -> TestResult {
         let mut f = Fleet::default();
-        f.load(vec![(
-            pb::AgentRecord {
-                id: "a".into(),
-                drained: true,
-                ..Default::default()
-            },
-            7,
-        )]);
-        assert!(f.schedulable_slots().is_empty());
+        f.load(
+            vec![(
+                pb::AgentRecord {
+                    id: "a".into(),
+                    drained: true,
+                    ..Default::default()
+                },
+                7,
+            )],
+            0,
+        );
+        assert_eq!(schedulable(&f), 0);
         f.heartbeat(hb("a", "i1", &[]), 0, task_of);
-        assert!(f.schedulable_slots().is_empty(), "still drained");
+        assert_eq!(schedulable(&f), 0, "still drained");
         assert_eq!(
             f.idle_reason(),
             "waiting for an agent to take work (drained: a)"
         );
-        assert_eq!(f.agents["a"].state(), pb::AgentState::Draining);
-        f.agents.get_mut("a").ok_or("no agent a")?.drained = false;
-        assert_eq!(f.schedulable_slots().len(), 1);
+        assert_eq!(
+            f.get("a").ok_or("no agent a")?.state(),
+            pb::AgentState::Draining
+        );
+        assert_eq!(f.unsaved_records().count(), 1, "its instance is stored");
+        f.record_committed("a", 8);
+        f.set_drained("a", false).ok_or("no agent a")?;
+        assert_eq!(schedulable(&f), 1);
+        assert_eq!(f.unsaved_records().count(), 1, "the drain is stored");
+        assert!(f.set_drained("nope", true).is_none());
         Ok(())
     }
 }

@@ -76,7 +76,6 @@ pub async fn serve(
         store.clone(),
         bus,
         engine::EngineOptions {
-            nats_prefix: opts.nats_prefix.clone(),
             agent_timeout: opts.agent_timeout,
             cancel_grace: opts.cancel_grace,
             preemption_grace: opts.preemption_grace,

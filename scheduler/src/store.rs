@@ -28,6 +28,7 @@ use etcd_client::{
 use prost::Message;
 
 use drover_api::pb;
+use drover_scheduler_core::ids::{AgentId, RunId, TaskIndex};
 
 use crate::error::{Result, SchedulerError};
 use crate::metrics::OpErrors;
@@ -66,6 +67,33 @@ impl Write {
         }
     }
 }
+
+/// A record the engine writes, named by what it is; [`Store::key`] turns it
+/// into its etcd key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKey {
+    Run(RunId),
+    Task {
+        run: RunId,
+        task: TaskIndex,
+        /// The key holds the task's name, not its index.
+        name: String,
+    },
+    Agent(AgentId),
+    Queue(String),
+}
+
+/// One record to write, or to delete (`value` None), and the revision etcd
+/// must still hold it at (None: it must not exist yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: RecordKey,
+    pub value: Option<Vec<u8>>,
+    pub expect: Option<i64>,
+}
+
+/// The revision each committed change was written at.
+pub type Revisions = HashMap<RecordKey, i64>;
 
 /// What start-up and recovery load: the active runs in full, and how many
 /// finished runs etcd holds by state (for the runs-by-state gauge).
@@ -122,6 +150,41 @@ impl Store {
 
     fn failed(&self, op: &'static str) -> impl FnOnce(&etcd_client::Error) + '_ {
         move |_| self.errors.inc(op)
+    }
+
+    /// The etcd key of a record the engine writes.
+    pub fn key(&self, record: &RecordKey) -> String {
+        match record {
+            RecordKey::Run(run) => self.run_key(run.as_str()),
+            RecordKey::Task { run, name, .. } => self.task_key(run.as_str(), name),
+            RecordKey::Agent(agent) => self.agent_key(agent.as_str()),
+            RecordKey::Queue(name) => self.queue_key(name),
+        }
+    }
+
+    /// Commits `groups` of changes (see [`Store::commit_writes`]) and
+    /// returns the revision each was written at, by record.
+    pub async fn commit(&self, groups: Vec<Vec<Change>>) -> Result<Revisions> {
+        let mut keys = Vec::with_capacity(groups.iter().map(Vec::len).sum());
+        let writes = groups
+            .into_iter()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|change| {
+                        let write = Write {
+                            key: self.key(&change.key),
+                            value: change.value,
+                            expect_rev: change.expect.unwrap_or(0),
+                        };
+                        keys.push(change.key);
+                        write
+                    })
+                    .collect()
+            })
+            .collect();
+        let revs = self.commit_writes(writes).await?;
+        Ok(keys.into_iter().zip(revs).collect())
     }
 
     pub fn run_key(&self, run: &str) -> String {
@@ -422,7 +485,7 @@ impl Store {
     /// so etcd never holds a run record ahead of its task records. Every
     /// transaction sent is awaited, even after a failure, so the reload that
     /// follows reads a settled store.
-    pub async fn commit(&self, groups: Vec<Vec<Write>>) -> Result<Vec<i64>> {
+    pub async fn commit_writes(&self, groups: Vec<Vec<Write>>) -> Result<Vec<i64>> {
         // (writes, holds the end of a split group)
         let mut batches: Vec<(Vec<Write>, bool)> = Vec::new();
         let mut batch: Vec<Write> = Vec::new();
@@ -523,15 +586,15 @@ mod tests {
             ..Default::default()
         };
         let revs = store
-            .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
+            .commit_writes(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
             .await?;
         // Creating it again (expecting no key) loses the compare.
         let again = store
-            .commit(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
+            .commit_writes(vec![put(store.run_key("r1"), run.encode_to_vec(), 0)])
             .await;
         assert!(matches!(again, Err(SchedulerError::Conflict)));
         let stale = store
-            .commit(vec![put(
+            .commit_writes(vec![put(
                 store.run_key("r1"),
                 run.encode_to_vec(),
                 revs[0] - 1,
@@ -546,7 +609,7 @@ mod tests {
             ..Default::default()
         };
         store
-            .commit(vec![put(
+            .commit_writes(vec![put(
                 store.task_key("r1", "a"),
                 task.encode_to_vec(),
                 0,
@@ -569,7 +632,7 @@ mod tests {
             .map(|i| Write::put(store.task_key("big", &format!("t{i}")), vec![], 0))
             .collect();
         let small = put(store.run_key("small"), vec![], 0);
-        let revs = store.commit(vec![writes, small]).await?;
+        let revs = store.commit_writes(vec![writes, small]).await?;
         assert_eq!(revs.len(), 301);
         let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
         assert_eq!(
@@ -593,7 +656,7 @@ mod tests {
         big.push(Write::put(store.run_key("big"), vec![], 0));
         let mut groups = others;
         groups.push(big);
-        let revs = store.commit(groups).await?;
+        let revs = store.commit_writes(groups).await?;
         assert_eq!(revs.len(), 304);
         let run_rev = revs[303];
         // Its record shares the last part (tasks 256..300) and is committed

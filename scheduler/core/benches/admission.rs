@@ -290,6 +290,7 @@ fn fan_out_fan_in(n: usize) -> usize {
                 Event::Succeeded {
                     task,
                     attempt,
+                    started_at: None,
                     outputs: Vec::new(),
                     log_key: String::new(),
                     log_empty: true,

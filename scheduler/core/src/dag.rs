@@ -77,12 +77,14 @@ pub struct Attempt {
     pub number: u32,
     pub agent: String,
     pub status: AttemptStatus,
-    /// When the task became Ready for this attempt (0 = unknown: a root
+    /// When the task became Ready for this attempt (None = unknown: a root
     /// task waits from the run's creation). Queue wait = ready → assigned.
-    pub ready_at: Millis,
+    pub ready_at: Option<Millis>,
     pub assigned_at: Millis,
-    pub started_at: Millis,
-    pub finished_at: Millis,
+    /// None until the agent reports the start.
+    pub started_at: Option<Millis>,
+    /// None while the attempt is live.
+    pub finished_at: Option<Millis>,
     pub exit_code: Option<i32>,
     pub error: String,
     pub outputs: Vec<Artifact>,
@@ -106,8 +108,8 @@ pub struct TaskRun {
     pub retries_used: u32,
     /// Set while the running attempt is being stopped to make room: why.
     pub preempting: Option<String>,
-    /// When the task last became Ready (0 = unknown).
-    pub ready_at: Millis,
+    /// When the task last became Ready (None = unknown).
+    pub ready_at: Option<Millis>,
 }
 
 impl TaskRun {
@@ -119,7 +121,7 @@ impl TaskRun {
             retry_at: 0,
             retries_used: 0,
             preempting: None,
-            ready_at: 0,
+            ready_at: None,
         }
     }
 
@@ -177,6 +179,9 @@ pub enum Event {
     Succeeded {
         task: usize,
         attempt: u32,
+        /// When the agent saw the attempt start, if it sent no started
+        /// event (an attempt that ends quickly reports its start here).
+        started_at: Option<Millis>,
         outputs: Vec<Artifact>,
         log_key: String,
         /// The attempt wrote nothing; no log object was stored.
@@ -185,6 +190,8 @@ pub enum Event {
     Failed {
         task: usize,
         attempt: u32,
+        /// As for `Succeeded`.
+        started_at: Option<Millis>,
         exit_code: Option<i32>,
         reason: String,
         log_key: String,
@@ -243,7 +250,8 @@ impl std::error::Error for Stale {}
 pub struct RunState {
     pub status: RunStatus,
     pub message: String,
-    pub finished_at: Millis,
+    /// None until the run ends.
+    pub finished_at: Option<Millis>,
 }
 
 impl RunState {
@@ -251,7 +259,7 @@ impl RunState {
         Self {
             status: RunStatus::Running,
             message: String::new(),
-            finished_at: 0,
+            finished_at: None,
         }
     }
 }
@@ -348,10 +356,8 @@ impl RunDag {
                         t.ready_at = dag.defs[i]
                             .deps
                             .iter()
-                            .filter_map(|&d| resolved[d].as_ref()?.current())
-                            .map(|a| a.finished_at)
-                            .max()
-                            .unwrap_or(0);
+                            .filter_map(|&d| resolved[d].as_ref()?.current()?.finished_at)
+                            .max();
                     }
                     t
                 }
@@ -399,7 +405,14 @@ impl RunDag {
         }
         if dag.unfinished == 0 && !dag.run.status.is_terminal() {
             // Crashed after the last task's commit but before the run's.
-            effects.push(dag.finish(dag.run.finished_at));
+            // It ended when its last task did.
+            let last = dag
+                .tasks
+                .iter()
+                .filter_map(|t| t.current()?.finished_at)
+                .max();
+            let at = dag.run.finished_at.or(last).unwrap_or_default();
+            effects.push(dag.finish(at));
         }
         (dag, effects)
     }
@@ -589,8 +602,8 @@ impl RunDag {
                     status: AttemptStatus::Assigned,
                     ready_at: t.ready_at,
                     assigned_at: now,
-                    started_at: 0,
-                    finished_at: 0,
+                    started_at: None,
+                    finished_at: None,
                     exit_code: None,
                     error: String::new(),
                     outputs: Vec::new(),
@@ -629,28 +642,24 @@ impl RunDag {
                 if self.tasks[task].status != TaskStatus::Assigned {
                     return Err(Stale(format!("attempt {attempt} already started")));
                 }
-                if let Some(a) = self.tasks[task].attempts.last_mut() {
-                    a.status = AttemptStatus::Running;
-                    a.started_at = now;
-                }
-                self.set_status(task, TaskStatus::Running, "");
+                self.start(task, now);
             }
             Event::Succeeded {
                 task,
                 attempt,
+                started_at,
                 outputs,
                 log_key,
                 log_empty,
             } => {
                 self.live_attempt(task, attempt)?;
+                self.infer_start(task, started_at);
                 fx.push(self.end_attempt(task, |a| {
                     a.status = AttemptStatus::Succeeded;
                     // Agents report success only for a process that exited 0.
                     a.exit_code = Some(0);
-                    a.finished_at = now;
-                    if a.started_at == 0 {
-                        a.started_at = now;
-                    }
+                    a.finished_at = Some(now);
+                    a.started_at = a.started_at.or(Some(now));
                     a.outputs = outputs;
                     a.log_key = log_key;
                     a.log_empty = log_empty;
@@ -665,7 +674,7 @@ impl RunDag {
                                 .iter()
                                 .all(|&u| self.tasks[u].status == TaskStatus::Succeeded);
                         if ready {
-                            self.tasks[d].ready_at = now;
+                            self.tasks[d].ready_at = Some(now);
                             self.set_status(d, TaskStatus::Ready, "");
                             fx.push(Effect::Ready { task: d });
                         }
@@ -675,12 +684,14 @@ impl RunDag {
             Event::Failed {
                 task,
                 attempt,
+                started_at,
                 exit_code,
                 reason,
                 log_key,
                 cancelled,
             } => {
                 self.live_attempt(task, attempt)?;
+                self.infer_start(task, started_at);
                 if let (true, Some(why)) = (cancelled, self.tasks[task].preempting.take()) {
                     self.requeue(task, AttemptStatus::Preempted, why, now, &mut fx);
                     if self.unfinished == 0 && !self.run.status.is_terminal() {
@@ -694,7 +705,7 @@ impl RunDag {
                     } else {
                         AttemptStatus::Failed
                     };
-                    a.finished_at = now;
+                    a.finished_at = Some(now);
                     a.exit_code = exit_code;
                     a.error = reason.clone();
                     a.log_key = log_key;
@@ -755,6 +766,23 @@ impl RunDag {
         Ok(fx)
     }
 
+    /// The live attempt of `task` started at `at`.
+    fn start(&mut self, task: usize, at: Millis) {
+        if let Some(a) = self.tasks[task].attempts.last_mut() {
+            a.status = AttemptStatus::Running;
+            a.started_at = Some(at);
+        }
+        self.set_status(task, TaskStatus::Running, "");
+    }
+
+    /// A final event for an attempt whose start was never reported carries
+    /// the start: recorded as if its started event had come first.
+    fn infer_start(&mut self, task: usize, started_at: Option<Millis>) {
+        if let (Some(at), TaskStatus::Assigned) = (started_at, self.tasks[task].status) {
+            self.start(task, at);
+        }
+    }
+
     /// Ends the live attempt as `status` through no fault of the task and
     /// makes the task Ready again, without using a retry.
     fn requeue(
@@ -768,12 +796,12 @@ impl RunDag {
         fx.push(self.end_attempt(task, |a| {
             a.status = status;
             a.error = reason.clone();
-            a.finished_at = now;
+            a.finished_at = Some(now);
         }));
         if self.stopping() {
             self.set_status(task, TaskStatus::Cancelled, "run stopped");
         } else {
-            self.tasks[task].ready_at = now;
+            self.tasks[task].ready_at = Some(now);
             self.set_status(task, TaskStatus::Ready, reason);
             fx.push(Effect::Ready { task });
         }
@@ -792,7 +820,7 @@ impl RunDag {
         due.into_iter()
             .map(|task| {
                 // Ready from the moment its backoff ended, however late the tick.
-                self.tasks[task].ready_at = self.tasks[task].retry_at;
+                self.tasks[task].ready_at = Some(self.tasks[task].retry_at);
                 self.set_status(task, TaskStatus::Ready, "");
                 Effect::Ready { task }
             })
@@ -854,9 +882,7 @@ impl RunDag {
             _ if all_ok => RunStatus::Succeeded,
             _ => RunStatus::Failed,
         };
-        if self.run.finished_at == 0 {
-            self.run.finished_at = now;
-        }
+        self.run.finished_at = self.run.finished_at.or(Some(now));
         self.run_dirty = true;
         Effect::Finished(self.run.status)
     }

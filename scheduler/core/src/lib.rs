@@ -5,13 +5,17 @@
 //!
 //! - [`dag`]: one run's task state machine (ready, attempts, retries, fail-fast, cancel).
 //! - [`retry`]: exponential backoff.
+//! - [`ids`]: run, agent, task and attempt identifiers.
 //! - [`placement`]: which live agent takes a ready task.
+//! - [`queue_rules`]: which changes to the set of queues are allowed.
 //! - [`admission`]: priority queues, quotas, fair sharing, borrowing, backfill
 //!   and preemption: which ready tasks start now.
 
 pub mod admission;
 pub mod dag;
+pub mod ids;
 pub mod placement;
+pub mod queue_rules;
 pub mod retry;
 
 /// Milliseconds since the Unix epoch; the shell passes the clock in.

@@ -60,6 +60,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
         Event::Succeeded {
             task,
             attempt,
+            started_at: None,
             outputs: vec![],
             log_key: "log".into(),
             log_empty: false,
@@ -69,7 +70,8 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
     .expect("the attempt is running")
 }
 
-fn start(dag: &mut RunDag, task: usize) -> u32 {
+/// Places `task` on agent `a1` at 10.
+fn assign(dag: &mut RunDag, task: usize) {
     dag.apply(
         Event::Assign {
             task,
@@ -79,6 +81,10 @@ fn start(dag: &mut RunDag, task: usize) -> u32 {
         10,
     )
     .expect("the task is Ready");
+}
+
+fn start(dag: &mut RunDag, task: usize) -> u32 {
+    assign(dag, task);
     let attempt = dag.task(task).current().expect("just assigned").number;
     dag.apply(Event::Started { task, attempt }, 11)
         .expect("the attempt was just assigned");
@@ -90,6 +96,7 @@ fn stopped(task: usize, attempt: u32) -> Event {
     Event::Failed {
         task,
         attempt,
+        started_at: None,
         exit_code: None,
         reason: "cancelled".into(),
         log_key: String::new(),
@@ -101,6 +108,7 @@ fn fail(task: usize, attempt: u32) -> Event {
     Event::Failed {
         task,
         attempt,
+        started_at: None,
         exit_code: Some(1),
         reason: "exited with code 1".into(),
         log_key: String::new(),
@@ -140,7 +148,7 @@ fn diamond_join_waits_for_both_branches() {
     let fx = run_ok(&mut dag, 3, 400);
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
     assert_eq!(dag.status(), RunStatus::Succeeded);
-    assert_eq!(dag.run_state().finished_at, 401);
+    assert_eq!(dag.run_state().finished_at, Some(401));
 }
 
 #[test]
@@ -171,6 +179,7 @@ fn attempt_records_agent_times_and_outputs() -> TestResult {
         Event::Succeeded {
             task: 0,
             attempt: 1,
+            started_at: None,
             outputs: vec![out.clone()],
             log_key: "runs/r/a.1.log".into(),
             log_empty: false,
@@ -184,7 +193,7 @@ fn attempt_records_agent_times_and_outputs() -> TestResult {
     let a = dag.task(0).current().ok_or("no current attempt")?;
     assert_eq!(
         (a.agent.as_str(), a.assigned_at, a.started_at, a.finished_at),
-        ("gpu-1", 5, 7, 9)
+        ("gpu-1", 5, Some(7), Some(9))
     );
     assert_eq!(a.outputs, vec![out]);
     assert_eq!(a.status, AttemptStatus::Succeeded);
@@ -204,6 +213,7 @@ fn events_for_old_or_unknown_attempts_are_stale() -> TestResult {
     let ok = Event::Succeeded {
         task: 0,
         attempt,
+        started_at: None,
         outputs: vec![],
         log_key: String::new(),
         log_empty: false,
@@ -256,6 +266,7 @@ fn failure_with_retries_waits_with_exponential_backoff() -> TestResult {
         Event::Succeeded {
             task: 0,
             attempt: a3,
+            started_at: None,
             outputs: vec![],
             log_key: String::new(),
             log_empty: false,
@@ -329,6 +340,7 @@ fn without_fail_fast_independent_branches_finish() -> TestResult {
         Event::Succeeded {
             task: 2,
             attempt: x,
+            started_at: None,
             outputs: vec![],
             log_key: String::new(),
             log_empty: false,
@@ -496,10 +508,10 @@ fn restore_derives_skipped_and_cancelled() {
             number: 1,
             agent: "x".into(),
             status: AttemptStatus::Failed,
-            ready_at: 0,
+            ready_at: None,
             assigned_at: 1,
-            started_at: 1,
-            finished_at: 2,
+            started_at: Some(1),
+            finished_at: Some(2),
             exit_code: Some(2),
             error: "boom".into(),
             outputs: vec![],
@@ -511,13 +523,13 @@ fn restore_derives_skipped_and_cancelled() {
         retry_at: 0,
         retries_used: 0,
         preempting: None,
-        ready_at: 0,
+        ready_at: None,
     };
     // Fail-fast run: b is downstream of the failure, c is stopped.
     let run = RunState {
         status: RunStatus::Failed,
         message: "task `a` failed: boom".into(),
-        finished_at: 3,
+        finished_at: Some(3),
     };
     let (dag, fx) = RunDag::restore(d.clone(), true, run, vec![Some(failed), None, None]);
     assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
@@ -527,7 +539,7 @@ fn restore_derives_skipped_and_cancelled() {
     let cancelled = RunState {
         status: RunStatus::Cancelled,
         message: String::new(),
-        finished_at: 3,
+        finished_at: Some(3),
     };
     let (dag, _) = RunDag::restore(d, true, cancelled, vec![None, None, None]);
     assert_eq!(status(&dag, "a"), TaskStatus::Cancelled);
@@ -702,6 +714,7 @@ fn a_preempted_task_that_finishes_first_just_succeeds() -> TestResult {
         Event::Succeeded {
             task: 0,
             attempt: a,
+            started_at: None,
             outputs: vec![],
             log_key: String::new(),
             log_empty: false,
@@ -722,12 +735,12 @@ fn attempts_record_when_their_task_became_ready() -> TestResult {
     run_ok(&mut dag, a, 100);
     assert_eq!(
         dag.task(a).current().ok_or("no current attempt")?.ready_at,
-        0
+        None
     );
     // b became ready when a succeeded (at 101), and waited until 150.
     run_ok(&mut dag, b, 150);
     let attempt = dag.task(b).current().ok_or("no current attempt")?;
-    assert_eq!((attempt.ready_at, attempt.assigned_at), (101, 150));
+    assert_eq!((attempt.ready_at, attempt.assigned_at), (Some(101), 150));
     Ok(())
 }
 
@@ -740,11 +753,11 @@ fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() -> TestRe
     assert_eq!(retry_at, 1_020);
     // The tick comes late; the task was ready when the backoff ended.
     dag.tick(5_000);
-    assert_eq!(dag.task(0).ready_at, retry_at);
+    assert_eq!(dag.task(0).ready_at, Some(retry_at));
     let attempt = start(&mut dag, 0);
     assert_eq!(
         dag.task(0).current().ok_or("no current attempt")?.ready_at,
-        retry_at
+        Some(retry_at)
     );
     dag.apply(
         Event::Lost {
@@ -754,7 +767,7 @@ fn a_retry_is_ready_when_its_backoff_ends_and_a_lost_attempt_at_once() -> TestRe
         },
         6_000,
     )?;
-    assert_eq!(dag.task(0).ready_at, 6_000);
+    assert_eq!(dag.task(0).ready_at, Some(6_000));
     Ok(())
 }
 
@@ -775,6 +788,47 @@ fn restore_derives_ready_at_from_the_last_upstream_finish() -> TestResult {
     let (restored, _) = RunDag::restore(dag.defs().to_vec(), true, RunState::new(), records);
     let d = restored.index_of("d").ok_or("no such task")?;
     assert_eq!(restored.task(d).status, TaskStatus::Ready);
-    assert_eq!(restored.task(d).ready_at, 301);
+    assert_eq!(restored.task(d).ready_at, Some(301));
+    Ok(())
+}
+
+#[test]
+fn a_final_event_carrying_the_start_records_it_as_if_started_first() -> TestResult {
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0), ("u", &[], 0)]), true);
+    assign(&mut dag, 0);
+    assign(&mut dag, 1);
+    dag.apply(
+        Event::Succeeded {
+            task: 0,
+            attempt: 1,
+            started_at: Some(12),
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: true,
+        },
+        15,
+    )?;
+    let a = dag.task(0).current().ok_or("no current attempt")?;
+    assert_eq!((a.started_at, a.finished_at), (Some(12), Some(15)));
+    // Without the start, the end is the start too (nothing better is known).
+    dag.apply(fail(1, 1), 16)?;
+    let a = dag.task(1).current().ok_or("no current attempt")?;
+    assert_eq!((a.started_at, a.finished_at), (None, Some(16)));
+    // A start already reported is not moved by the final event's.
+    let (mut dag, _) = RunDag::new(defs(&[("t", &[], 0)]), true);
+    let attempt = start(&mut dag, 0);
+    dag.apply(
+        Event::Succeeded {
+            task: 0,
+            attempt,
+            started_at: Some(3),
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: true,
+        },
+        20,
+    )?;
+    let a = dag.task(0).current().ok_or("no current attempt")?;
+    assert_eq!(a.started_at, Some(11));
     Ok(())
 }

@@ -1,0 +1,240 @@
+//! Requests from the API: submit, cancel, drain, queues, priorities — and
+//! the views they answer with.
+
+use drover_api::pb;
+use drover_scheduler_core::dag::{Event, TaskStatus};
+use drover_scheduler_core::ids::TaskIndex;
+use drover_scheduler_core::queue_rules::{self, QueueEdit, QueueFacts, QueueRefusal};
+use drover_scheduler_core::Millis;
+use tracing::info;
+
+use crate::error::SchedulerError;
+use crate::queues::DEFAULT_QUEUE;
+
+use super::handle::{Request, Response};
+use super::records::Versioned;
+use super::state::{ActiveRun, AfterCommit, Answer, EngineState, Turn};
+
+impl EngineState {
+    pub(super) fn request(&mut self, request: Request, now: Millis, turn: &mut Turn) -> Answer {
+        let after = |a| Answer::AfterCommit(a);
+        match request {
+            Request::Submit { record, spec } => {
+                if !self.queue_exists(&record.queue) {
+                    return Answer::now(Err(SchedulerError::QueueNotFound(record.queue.clone())));
+                }
+                self.add_run(*record, spec, now, turn);
+                after(AfterCommit::Done)
+            }
+            Request::Cancel { run } => {
+                if !self.runs.contains_key(&run) {
+                    return Answer::now(Ok(Response::Active(false)));
+                }
+                self.apply_to(&run, Event::Cancel, now, turn);
+                after(AfterCommit::Active)
+            }
+            Request::ListAgents => {
+                let views = self
+                    .fleet
+                    .entries()
+                    .filter_map(|a| self.agent_view(a.id().as_str()))
+                    .collect();
+                Answer::now(Ok(Response::Agents(views)))
+            }
+            Request::Drain { agent, drained } => {
+                match self.fleet.set_drained(agent.as_str(), drained) {
+                    Some(()) => after(AfterCommit::Agent(agent)),
+                    None => Answer::now(Err(SchedulerError::AgentNotFound(agent.to_string()))),
+                }
+            }
+            Request::PutQueue { queue, create } => {
+                let edit = if create {
+                    QueueEdit::Create
+                } else {
+                    QueueEdit::Update
+                };
+                let name = queue.name.clone();
+                if let Err(refusal) = self.check_queue(edit, &name) {
+                    return Answer::now(Err(refused(refusal, name)));
+                }
+                match self.queues.get_mut(&name).filter(|q| !q.is_deleted()) {
+                    Some(entry) => {
+                        info!(queue = %name, "queue updated");
+                        // Pause and resume have their own calls: an update
+                        // read before a pause must not undo it.
+                        let paused = entry.get().paused;
+                        *entry.modify() = pb::Queue { paused, ..queue };
+                    }
+                    None => {
+                        info!(queue = %name, "queue created");
+                        self.queues.insert(name.clone(), Versioned::created(queue));
+                    }
+                }
+                after(AfterCommit::Queue(name))
+            }
+            Request::SetPaused { name, paused } => {
+                if let Err(refusal) = self.check_queue(QueueEdit::SetPaused, &name) {
+                    return Answer::now(Err(refused(refusal, name)));
+                }
+                if let Some(entry) = self.queues.get_mut(&name) {
+                    if entry.get().paused != paused {
+                        info!(queue = %name, paused, "queue paused state changed");
+                        entry.modify().paused = paused;
+                    }
+                }
+                after(AfterCommit::Queue(name))
+            }
+            Request::DeleteQueue { name } => {
+                if let Err(refusal) = self.check_queue(QueueEdit::Delete, &name) {
+                    return Answer::now(Err(refused(refusal, name)));
+                }
+                if let Some(entry) = self.queues.get_mut(&name) {
+                    info!(queue = %name, "queue deleted");
+                    entry.delete();
+                }
+                after(AfterCommit::Done)
+            }
+            Request::ListQueues => {
+                let statuses = self
+                    .queues
+                    .keys()
+                    .filter_map(|name| self.queue_status(name))
+                    .collect();
+                Answer::now(Ok(Response::Queues(statuses)))
+            }
+            Request::ShowQueue { name } => {
+                let detail = self
+                    .queue_status(&name)
+                    .map(|status| {
+                        Response::QueueDetail(pb::QueueDetail {
+                            status: Some(status),
+                            pending: self.pending_list(&name),
+                        })
+                    })
+                    .ok_or(SchedulerError::QueueNotFound(name));
+                Answer::now(detail)
+            }
+            Request::SetRunPriority { run, priority } => match self.runs.get_mut(&run) {
+                Some(active) => {
+                    if active.priority() != priority {
+                        info!(run = %run, priority, "run priority changed");
+                        active.record.modify().priority = priority;
+                        turn.touched.insert(run);
+                    }
+                    after(AfterCommit::Active)
+                }
+                None => Answer::now(Ok(Response::Active(false))),
+            },
+        }
+    }
+
+    fn queue_exists(&self, name: &str) -> bool {
+        self.queues.get(name).is_some_and(|q| !q.is_deleted())
+    }
+
+    fn check_queue(&self, edit: QueueEdit, name: &str) -> Result<(), QueueRefusal> {
+        let facts = QueueFacts {
+            // A queue deleted this turn is still in etcd until the commit:
+            // creating it again waits for that.
+            exists: match edit {
+                QueueEdit::Create => self.queues.contains_key(name),
+                _ => self.queue_exists(name),
+            },
+            is_default: name == DEFAULT_QUEUE,
+            active_runs: self.runs.values().filter(|r| r.queue() == name).count(),
+        };
+        queue_rules::check(edit, facts)
+    }
+
+    /// The queue's settings with its usage now, or None if there is no such queue.
+    pub(super) fn queue_status(&self, name: &str) -> Option<pb::QueueStatus> {
+        let entry = self.queues.get(name).filter(|e| !e.is_deleted())?;
+        let mut used = pb::ResourceUsage::default();
+        let mut borrowed = pb::ResourceUsage::default();
+        let mut running = 0;
+        for (run, _, a) in self.fleet.allocations() {
+            if self.runs.get(run).is_none_or(|r| r.queue() != name) {
+                continue;
+            }
+            running += 1;
+            let add = |u: &mut pb::ResourceUsage| {
+                u.cpu_millis += a.req.cpu_millis;
+                u.memory_bytes += a.req.memory_bytes;
+                u.gpus += a.req.gpus;
+            };
+            add(&mut used);
+            if a.borrowed {
+                add(&mut borrowed);
+            }
+        }
+        // `ready` may still hold tasks that left Ready without being admitted.
+        let pending = self
+            .ready
+            .iter()
+            .filter_map(|(run, tasks)| {
+                let r = self.runs.get(run).filter(|r| r.queue() == name)?;
+                let ready = |t: &&TaskIndex| r.dag.task(t.0).status == TaskStatus::Ready;
+                Some(tasks.keys().filter(ready).count())
+            })
+            .sum::<usize>() as u32;
+        let runs = self.runs.values().filter(|r| r.queue() == name).count() as u32;
+        Some(pb::QueueStatus {
+            queue: Some(entry.get().clone()),
+            used: Some(used),
+            borrowed: Some(borrowed),
+            pending,
+            running,
+            runs,
+        })
+    }
+
+    /// Waiting tasks of a queue: those the last pass ordered, then those
+    /// still waiting for upstream tasks.
+    fn pending_list(&self, name: &str) -> Vec<pb::PendingTask> {
+        let mut list = self.board.positions(name);
+        let mut blocked: Vec<(&ActiveRun, usize)> = Vec::new();
+        for run in self.runs.values().filter(|r| r.queue() == name) {
+            for (i, t) in run.dag.tasks().iter().enumerate() {
+                if t.status == TaskStatus::Pending {
+                    blocked.push((run, i));
+                }
+            }
+        }
+        blocked.sort_by(|(a, i), (b, j)| a.serving_order(b).then(i.cmp(j)));
+        for (run, i) in blocked {
+            let deps: Vec<&str> = run.dag.defs()[i]
+                .deps
+                .iter()
+                .filter(|&&d| run.dag.task(d).status != TaskStatus::Succeeded)
+                .map(|&d| run.dag.defs()[d].name.as_str())
+                .collect();
+            list.push(pb::PendingTask {
+                position: list.len() as u32 + 1,
+                run_id: run.record.get().id.clone(),
+                task: run.dag.defs()[i].name.clone(),
+                run_priority: run.priority(),
+                waiting_for: "dependencies".into(),
+                reason: format!("waiting for {}", deps.join(", ")),
+            });
+        }
+        list
+    }
+
+    pub(super) fn agent_view(&self, id: &str) -> Option<pb::Agent> {
+        self.fleet
+            .view(id, |run, task, attempt| self.describe(run, task, attempt))
+    }
+}
+
+fn refused(refusal: QueueRefusal, name: String) -> SchedulerError {
+    match refusal {
+        QueueRefusal::NotFound => SchedulerError::QueueNotFound(name),
+        QueueRefusal::AlreadyExists => SchedulerError::QueueExists(name),
+        QueueRefusal::DefaultUndeletable => SchedulerError::FailedPrecondition(format!(
+            "the `{DEFAULT_QUEUE}` queue cannot be deleted"
+        )),
+        QueueRefusal::InUse { active_runs } => SchedulerError::FailedPrecondition(format!(
+            "queue `{name}` holds {active_runs} active run(s); cancel them or let them finish first"
+        )),
+    }
+}

@@ -1,0 +1,98 @@
+//! Loading the state from etcd: at start, and after a failed commit (when
+//! memory may hold what etcd does not). Runs come back through the DAG's
+//! own restore, which also says what to resend (assignments that may not
+//! have reached their agent, cancels still due).
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use drover_api::pb;
+use drover_scheduler_core::ids::{AttemptNumber, RunId, TaskIndex};
+use drover_scheduler_core::Millis;
+
+use crate::convert;
+use crate::fleet::Allocation;
+use crate::queues::{self, DEFAULT_QUEUE};
+use crate::store::{LoadedRuns, StoredRun};
+
+use super::records::Versioned;
+use super::state::{requests, ActiveRun, EngineState, Turn};
+
+/// Everything the engine keeps in etcd, as read.
+pub struct Stored {
+    pub queues: Vec<(pb::Queue, i64)>,
+    pub agents: Vec<(pb::AgentRecord, i64)>,
+    pub runs: LoadedRuns,
+}
+
+impl EngineState {
+    /// Replaces queues, agent records and runs with what etcd holds. Agents'
+    /// live state (their last heartbeat) is kept; their allocations are
+    /// rebuilt from the runs.
+    pub fn load(&mut self, stored: Stored, now: Millis, turn: &mut Turn) {
+        self.queues.clear();
+        for (queue, rev) in stored.queues {
+            self.queues
+                .insert(queue.name.clone(), Versioned::stored(queue, rev));
+        }
+        if !self.queues.contains_key(DEFAULT_QUEUE) {
+            info!("creating the default queue");
+            self.queues.insert(
+                DEFAULT_QUEUE.into(),
+                Versioned::created(queues::default_queue()),
+            );
+        }
+        self.fleet.load(stored.agents, now);
+        self.runs.clear();
+        self.ready.clear();
+        self.fleet.clear_allocations();
+        self.finished = stored.runs.finished;
+        info!(
+            runs = stored.runs.active.len(),
+            "loaded active runs from etcd"
+        );
+        for run in stored.runs.active {
+            self.restore_run(run, now, turn);
+        }
+    }
+
+    fn restore_run(&mut self, s: StoredRun, now: Millis, turn: &mut Turn) {
+        let (dag, fx) = convert::restore(&s);
+        let spec = Arc::clone(&s.spec);
+        let mut tasks = vec![Versioned::stored((), 0); spec.tasks.len()];
+        for (name, _, rev) in &s.tasks {
+            if let Some(i) = dag.index_of(name) {
+                tasks[i] = Versioned::stored((), *rev);
+            }
+        }
+        let id = RunId::new(&s.record.id);
+        let reqs = requests(&spec);
+        for (i, t) in dag.tasks().iter().enumerate() {
+            if let (true, Some(a)) = (t.status.is_active(), t.current()) {
+                // An agent that never comes back must still be noticed.
+                self.fleet.expect(&a.agent, now);
+                let allocation = Allocation {
+                    agent: self.fleet.agent_id(&a.agent),
+                    attempt: AttemptNumber(a.number),
+                    req: reqs[i].clone(),
+                    gpus: a.gpus.clone(),
+                    // Not stored: after a restart running work counts as within quota.
+                    borrowed: false,
+                };
+                self.fleet.allocate(&id, TaskIndex(i), allocation);
+            }
+        }
+        self.runs.insert(
+            id.clone(),
+            ActiveRun {
+                record: Versioned::stored(s.record, s.rev),
+                spec,
+                dag,
+                tasks,
+                requests: reqs,
+            },
+        );
+        self.effects(&id, fx, now, turn);
+    }
+}

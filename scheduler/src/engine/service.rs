@@ -1,0 +1,417 @@
+//! The engine's async loop: the one owner of [`EngineState`]. Each turn
+//! gathers what is waiting (requests, agent events, heartbeats, answers to
+//! assign/cancel requests, timers), feeds it to the state, commits the
+//! turn's changes to etcd in as few transactions as possible (group
+//! commit), and only then carries the turn out: assignments and cancels
+//! go to agents, the agent events are acked — once per turn: the consumer
+//! acks everything up to the turn's last event (`AckPolicy::All`) — and
+//! callers get their answers. If a commit fails, nothing is sent or acked:
+//! the loop reloads the state from etcd and applies the turn's events again
+//! (a later ack would cover them, so they are not left to redelivery).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use futures::{FutureExt, StreamExt};
+use prost::Message;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::warn;
+
+use drover_api::pb;
+use drover_scheduler_core::ids::{AgentId, AttemptId};
+use drover_scheduler_core::Millis;
+use drover_telemetry::{propagation, record};
+
+use crate::bus::Bus;
+use crate::error::{Result, SchedulerError};
+use crate::metrics::SchedulerMetrics;
+use crate::store::Store;
+
+use super::admission::WaitBoard;
+use super::handle::{Command, EngineHandle, Response};
+use super::recovery::Stored;
+use super::state::{Answer, EngineState, Input, ReplyId, Send, Turn};
+use super::EngineOptions;
+
+/// Most items one turn takes before committing.
+const MAX_BATCH: usize = 1024;
+/// How often silent agents are looked for.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// Least time between two metrics snapshots: deriving one walks every
+/// active task, which busy turns need not do each time. Idle, the liveness
+/// tick still brings a turn (and a snapshot) every second.
+const METRICS_EVERY_MS: u64 = 250;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Something that woke the loop.
+enum Item {
+    Command(Command),
+    Event(Box<jetstream::Message>),
+    Heartbeat(async_nats::Message),
+    /// What came of a request to an agent (`AssignFailed`, `CancelGone`).
+    Outcome(Input),
+    Tick,
+}
+
+pub struct Engine {
+    store: Store,
+    /// Shared with the tasks that send assignments and acks: cloning a
+    /// `Bus` clones a NATS client handle, which allocates (per assignment).
+    bus: Arc<Bus>,
+    state: EngineState,
+    changed: broadcast::Sender<String>,
+    waiting: Arc<Mutex<Arc<WaitBoard>>>,
+    outcomes_tx: mpsc::UnboundedSender<Input>,
+    outcomes: mpsc::UnboundedReceiver<Input>,
+    commands: mpsc::Receiver<Command>,
+    metrics: SchedulerMetrics,
+    metrics_at: Millis,
+    /// Callers waiting for their answer, by the id their request went in with.
+    replies: HashMap<ReplyId, oneshot::Sender<Result<Response>>>,
+    next_reply: u64,
+    /// A commit failed: reload from etcd before the next turn.
+    reload_pending: bool,
+    /// What a failed turn applied (its events), or what waited while the
+    /// reload failed: applied at the start of the next turn.
+    redo: Vec<Item>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        opts: EngineOptions,
+        metrics: SchedulerMetrics,
+    ) -> (Self, EngineHandle) {
+        let (tx, commands) = mpsc::channel(1024);
+        let (changed, _) = broadcast::channel(4096);
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Arc::new(WaitBoard::default())));
+        let handle = EngineHandle {
+            tx,
+            changed: changed.clone(),
+            waiting: waiting.clone(),
+        };
+        let engine = Self {
+            store,
+            bus: Arc::new(bus),
+            state: EngineState::new(opts, metrics.clone()),
+            changed,
+            waiting,
+            outcomes_tx,
+            outcomes,
+            commands,
+            metrics,
+            metrics_at: 0,
+            replies: HashMap::new(),
+            next_reply: 0,
+            reload_pending: false,
+            redo: Vec::new(),
+        };
+        (engine, handle)
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let mut events = self.bus.events().await?;
+        let mut heartbeats = self.bus.heartbeats().await?;
+        let mut turn = Turn::default();
+        let now = now_ms();
+        self.state.load(self.load().await?, now, &mut turn);
+        self.state.end_inputs(now, &mut turn);
+        self.finish_turn(turn, Vec::new()).await;
+        self.publish_metrics(now);
+        self.bus.ask_heartbeats().await?;
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        tokio::pin!(shutdown);
+        loop {
+            let wake = self.state.next_wakeup();
+            let first = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                // After a failed commit: reload now, not at the next message.
+                _ = std::future::ready(()), if self.reload_pending => Item::Tick,
+                Some(cmd) = self.commands.recv() => Item::Command(cmd),
+                Some(o) = self.outcomes.recv() => Item::Outcome(o),
+                ev = events.next() => match ev {
+                    Some(Ok(msg)) => Item::Event(Box::new(msg)),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "events consumer");
+                        self.bus.failed("events");
+                        continue
+                    }
+                    None => {
+                        warn!("events consumer ended; reopening");
+                        events = self.bus.events().await?;
+                        continue;
+                    }
+                },
+                Some(hb) = heartbeats.next() => Item::Heartbeat(hb),
+                _ = sleep_until_ms(wake) => Item::Tick,
+                _ = liveness.tick() => Item::Tick,
+            };
+            let mut items = vec![first];
+            while items.len() < MAX_BATCH {
+                if let Ok(c) = self.commands.try_recv() {
+                    items.push(Item::Command(c));
+                } else if let Ok(o) = self.outcomes.try_recv() {
+                    items.push(Item::Outcome(o));
+                } else if let Some(Some(Ok(m))) = events.next().now_or_never() {
+                    items.push(Item::Event(Box::new(m)));
+                } else if let Some(Some(h)) = heartbeats.next().now_or_never() {
+                    items.push(Item::Heartbeat(h));
+                } else {
+                    break;
+                }
+            }
+            let mut turn = Turn::default();
+            let now = now_ms();
+            if self.reload_pending {
+                match self.load().await {
+                    Ok(stored) => self.state.load(stored, now, &mut turn),
+                    Err(e) => {
+                        // Nothing is applied to a state etcd may not hold:
+                        // it all waits for the reload.
+                        warn!(error = %e, "reload from etcd failed; retrying");
+                        self.redo.extend(items);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+                self.reload_pending = false;
+            }
+            let mut acks = Vec::new();
+            let redo = std::mem::take(&mut self.redo);
+            for item in redo.into_iter().chain(items) {
+                self.apply(item, now, &mut turn, &mut acks);
+            }
+            self.state.end_inputs(now, &mut turn);
+            self.finish_turn(turn, acks).await;
+            self.publish_metrics(now);
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Stored> {
+        Ok(Stored {
+            queues: self.store.list_queues().await?,
+            agents: self.store.list_agents().await?,
+            runs: self.store.load_active_runs().await?,
+        })
+    }
+
+    /// Feeds one item to the state; events' messages are kept to be acked.
+    fn apply(
+        &mut self,
+        item: Item,
+        now: Millis,
+        turn: &mut Turn,
+        acks: &mut Vec<jetstream::Message>,
+    ) {
+        match item {
+            Item::Command(Command { request, reply }) => {
+                let id = ReplyId(self.next_reply);
+                self.next_reply += 1;
+                self.replies.insert(id, reply);
+                self.state.apply(Input::Request { id, request }, now, turn);
+            }
+            Item::Event(msg) => {
+                for input in self.decode_events(&msg) {
+                    self.state.apply(input, now, turn);
+                }
+                acks.push(*msg);
+            }
+            Item::Heartbeat(msg) => match pb::Heartbeat::decode(msg.payload.clone()) {
+                Ok(hb) => self.state.apply(Input::Heartbeat(hb), now, turn),
+                Err(e) => warn!(subject = %msg.subject, error = %e, "undecodable heartbeat"),
+            },
+            Item::Outcome(input) => self.state.apply(input, now, turn),
+            Item::Tick => self.state.apply(Input::Tick, now, turn),
+        }
+    }
+
+    /// One message of the events stream: an agent's single event (its
+    /// span in the headers) or its batch of events (spans in the body).
+    fn decode_events(&self, msg: &jetstream::Message) -> Vec<Input> {
+        let events = match drover_api::events::decode(
+            self.bus.prefix(),
+            &msg.subject,
+            msg.payload.clone(),
+        ) {
+            Ok(events) => events,
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "undecodable event dropped");
+                return Vec::new();
+            }
+        };
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        events
+            .into_iter()
+            .map(|(event, traceparent)| {
+                // Only parsed when it is logged.
+                let trace_id = debug
+                    .then(|| match traceparent.as_str() {
+                        "" => {
+                            propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
+                        }
+                        tp => propagation::parse_traceparent(tp),
+                    })
+                    .flatten()
+                    .map(|sc| sc.trace_id().to_string())
+                    .unwrap_or_default();
+                Input::AgentEvent { event, trace_id }
+            })
+            .collect()
+    }
+
+    /// Hands the metrics a fresh snapshot of the state gauges, at most
+    /// every `METRICS_EVERY_MS`.
+    fn publish_metrics(&mut self, now: Millis) {
+        if now.saturating_sub(self.metrics_at) < METRICS_EVERY_MS {
+            return;
+        }
+        self.metrics_at = now;
+        self.metrics.publish(self.state.metrics_snapshot());
+    }
+
+    /// Commit, then carry out; on failure the next turn reloads from etcd
+    /// and applies this turn's events again.
+    async fn finish_turn(&mut self, mut turn: Turn, acks: Vec<jetstream::Message>) {
+        let changes = self.state.changes(&turn);
+        let committed = if changes.is_empty() {
+            Ok(Default::default())
+        } else {
+            self.store.commit(changes).await
+        };
+        match committed {
+            Ok(revisions) => {
+                self.state.committed(&revisions);
+                self.carry_out(&mut turn, acks);
+                let touched = std::mem::take(&mut turn.touched);
+                for run in self.state.settle(touched) {
+                    let _ = self.changed.send(run.to_string());
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "commit failed; reloading state from etcd");
+                for (id, answer) in turn.answers {
+                    let result = match answer {
+                        // Needed nothing committed: still true.
+                        Answer::Now(result) => *result,
+                        Answer::AfterCommit(_) => Err(SchedulerError::Unavailable(e.to_string())),
+                    };
+                    if let Some(tx) = self.replies.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                // Not naked for redelivery: the next turn's ack would cover
+                // them before they came back.
+                let events = acks.into_iter().map(|m| Item::Event(Box::new(m)));
+                self.redo.extend(events);
+                self.reload_pending = true;
+            }
+        }
+    }
+
+    fn carry_out(&mut self, turn: &mut Turn, acks: Vec<jetstream::Message>) {
+        // One request per agent for all the turn's assignments to it.
+        let mut batches: HashMap<AgentId, (pb::AssignBatch, Vec<AttemptId>)> = HashMap::new();
+        for send in std::mem::take(&mut turn.sends) {
+            match send {
+                Send::Assign {
+                    agent,
+                    attempt,
+                    assignment,
+                    traceparent,
+                } => {
+                    let (request, attempts) = batches.entry(agent).or_default();
+                    attempts.push(attempt);
+                    request.assignments.push(*assignment);
+                    request.traceparents.push(traceparent.unwrap_or_default());
+                }
+                Send::Cancel {
+                    agent,
+                    request,
+                    follow_up,
+                } => {
+                    let bus = self.bus.clone();
+                    let tx = self.outcomes_tx.clone();
+                    tokio::spawn(async move {
+                        let reason = match bus.cancel(agent.as_str(), &request).await {
+                            Ok(true) => return,
+                            Ok(false) => "cancelled (the agent no longer ran it)".to_string(),
+                            Err(e) => format!("cancelled (agent `{agent}` unreachable: {e})"),
+                        };
+                        // A stray attempt needs no follow-up.
+                        if let Some(attempt) = follow_up {
+                            let _ = tx.send(Input::CancelGone { attempt, reason });
+                        }
+                    });
+                }
+            }
+        }
+        for (agent, (request, attempts)) in batches {
+            let bus = self.bus.clone();
+            let tx = self.outcomes_tx.clone();
+            tokio::spawn(async move {
+                let results = bus.assign(agent.as_str(), request).await;
+                for (attempt, result) in attempts.into_iter().zip(results) {
+                    if let Err(reason) = result {
+                        let _ = tx.send(Input::AssignFailed {
+                            attempt,
+                            agent: agent.clone(),
+                            reason,
+                        });
+                    }
+                }
+            });
+        }
+        for span in std::mem::take(&mut turn.spans) {
+            record::emit(span);
+        }
+        // One ack for the turn: the consumer acks every event up to it.
+        let last = acks
+            .into_iter()
+            .max_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+        if let Some(m) = last {
+            let bus = self.bus.clone();
+            tokio::spawn(async move {
+                if let Err(e) = m.ack().await {
+                    warn!(error = %e, "ack failed; the events will be redelivered");
+                    bus.failed("ack");
+                }
+            });
+        }
+        for (id, answer) in std::mem::take(&mut turn.answers) {
+            let result = match answer {
+                Answer::Now(result) => *result,
+                Answer::AfterCommit(after) => self.state.answer(after),
+            };
+            if let Some(tx) = self.replies.remove(&id) {
+                let _ = tx.send(result);
+            }
+        }
+        if let Some(board) = turn.board.take() {
+            if let Ok(mut w) = self.waiting.lock() {
+                *w = board;
+            }
+        }
+    }
+}
+
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(t) => {
+            let wait = t.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await
+        }
+        None => std::future::pending().await,
+    }
+}
