@@ -2,7 +2,9 @@
 //! ready task runs where, and assigns it over NATS.
 //!
 //! Shell around the pure core (`drover-scheduler-core`):
-//! - [`engine`]: the single loop that owns in-memory state, group-commits to etcd, then acts;
+//! - [`engine`]: a synchronous state (`engine::EngineState`) fed by one loop
+//!   that group-commits its changes to etcd, then acts;
+//! - [`fleet`]: the agents as the engine sees them (capacity, allocations, loss);
 //! - [`store`]: etcd keys and compare-and-swap transactions;
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
@@ -112,9 +114,17 @@ pub async fn serve(
     health
         .set_serving::<pb::queues_server::QueuesServer<grpc::Api>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    // Both versions: grpcurl before 1.8.8, older Postman and Evans speak
+    // only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| SchedulerError::Transport(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| SchedulerError::Transport(e.to_string()))?;
     let max_spec_bytes = usize::try_from(opts.max_spec_bytes).unwrap_or(usize::MAX);
     let api = grpc::Api {
@@ -129,7 +139,8 @@ pub async fn serve(
     info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::scheduler_server::SchedulerServer::new(api)
                 // Room for the YAML of the largest accepted spec; the

@@ -92,8 +92,9 @@ pub struct Change {
     pub expect: Option<i64>,
 }
 
-/// The revision each committed change was written at.
-pub type Revisions = HashMap<RecordKey, i64>;
+/// The revision each committed change was written at, in the order of the
+/// changes.
+pub type Revisions = Vec<(RecordKey, i64)>;
 
 /// What start-up and recovery load: the active runs in full, and how many
 /// finished runs etcd holds by state (for the runs-by-state gauge).

@@ -494,51 +494,6 @@ async fn unknown_runs_and_tasks_are_not_found() {
     assert_eq!(c.run_keys().await, vec![format!("{}/runs/{id}", c.prefix)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_grpc_health_and_reflection() {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-
-    let c = Cluster::without_agents().await;
-    let channel = tonic::transport::Channel::from_shared(c.server.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel.clone());
-    for service in ["", "drover.v1.Scheduler"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.status(), ServingStatus::Serving, "service `{service}`");
-    }
-
-    let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = reflection
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = resp.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("unexpected reflection answer: {msg:?}");
-    };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"drover.v1.Scheduler"), "{names:?}");
-}
-
 /// `tasks` tasks whose commands carry `pad` bytes each.
 fn padded_spec(name: &str, tasks: usize, pad: usize) -> String {
     let mut yaml = format!("name: {name}\ntasks:\n");
@@ -714,4 +669,57 @@ async fn the_explicit_ack_consumer_of_an_earlier_version_is_replaced_from_its_ac
         stream.consumer_info("scheduler").await.is_err(),
         "old consumer kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_runs_every_combination_at_most_max_parallel_at_once() {
+    let c = Cluster::start().await;
+    // The agent has room for 8 such tasks at once: only the cap holds them back.
+    let spec = r#"
+name: sweep
+tasks:
+  - name: train
+    matrix: {lr: ["0.1", "0.3", "0.9"], layers: ["1", "2"]}
+    max_parallel: 2
+    command: ["sh", "-c", "echo lr={{matrix.lr}} layers={{matrix.layers}}; sleep 0.4"]
+  - name: report
+    depends_on: [train]
+    command: ["true"]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let instances: Vec<&pb::Task> = run
+        .tasks
+        .iter()
+        .filter(|t| t.name.starts_with("train["))
+        .collect();
+    assert_eq!(instances.len(), 6, "{run:#?}");
+    let spans: Vec<(u64, u64)> = instances
+        .iter()
+        .map(|t| {
+            let a = &t.attempts[0];
+            (a.started_at_ms, a.finished_at_ms)
+        })
+        .collect();
+    // Most running at one moment: each start, against the spans it falls in.
+    let most = spans
+        .iter()
+        .map(|&(start, _)| {
+            spans
+                .iter()
+                .filter(|&&(s, f)| s <= start && start < f)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(most, 2, "{spans:?}");
+    let report = &task(&run, "report").attempts[0];
+    let last = spans.iter().map(|&(_, f)| f).max().unwrap();
+    assert!(
+        report.started_at_ms >= last,
+        "report started before train ended"
+    );
+    let log = c.logs(&id, "train[lr=0.3,layers=2]", 0).await.unwrap();
+    assert_eq!(log.trim(), "lr=0.3 layers=2");
 }

@@ -69,6 +69,9 @@ pub struct WaitBoard {
     /// (index into `runs`, task, why), in the pass's order: queues in
     /// serving order, each in the order it would admit its tasks.
     entries: Vec<(u32, TaskIndex, Wait)>,
+    /// Ready tasks held back by their task's `max_parallel`: (index into
+    /// `runs`, task, the task as written, its cap).
+    capped: Vec<(u32, TaskIndex, String, u32)>,
     /// Set when no agent takes work: said instead of "no capacity" or
     /// "unschedulable".
     idle: Option<String>,
@@ -83,12 +86,21 @@ impl WaitBoard {
             return Waiting::default();
         };
         let run = &self.runs[slot];
+        let capped = self
+            .capped
+            .iter()
+            .filter(|(s, ..)| *s as usize == slot)
+            .map(|(_, task, group, cap)| {
+                let why = format!("max_parallel: {cap} instances of `{group}` already running");
+                (task.0, (why, false))
+            });
         Waiting {
             tasks: self
                 .entries
                 .iter()
                 .filter(|(s, ..)| *s as usize == slot)
                 .map(|(_, task, wait)| (task.0, self.reason(wait)))
+                .chain(capped)
                 .collect(),
             rest: run.beyond.then(|| {
                 format!(
@@ -203,8 +215,22 @@ impl EngineState {
         let mut pending_keys: Vec<(u32, TaskIndex)> = Vec::with_capacity(n);
         let mut pending = std::mem::take(&mut self.pass_buffers.pending);
         pending.clear();
+        let mut capped = Vec::new();
         for (run_id, run, queue) in order {
             let tasks = &self.ready[run_id];
+            // Instances under a `max_parallel`: how many hold an agent, then
+            // how many this pass may add. Counting every one it offers keeps
+            // the cap even when all are admitted.
+            let mut room: Vec<u32> = run.caps.as_ref().map_or_else(Vec::new, |caps| {
+                let mut room: Vec<u32> = caps.groups.iter().map(|(_, cap)| *cap).collect();
+                let running = self.fleet.allocations_by_run().get(run_id);
+                for task in running.into_iter().flat_map(|tasks| tasks.keys()) {
+                    if let Some(g) = caps.group_of[task.0] {
+                        room[g] = room[g].saturating_sub(1);
+                    }
+                }
+                room
+            });
             board_runs.push(BoardRun {
                 id: run_id.clone(),
                 queue: run.queue().to_string(),
@@ -221,6 +247,18 @@ impl EngineState {
                 if taken[queue] >= depth {
                     board_runs[slot as usize].beyond = true;
                     break;
+                }
+                let group = run
+                    .caps
+                    .as_ref()
+                    .and_then(|c| Some((c, c.group_of[task.0]?)));
+                if let Some((caps, g)) = group {
+                    if room[g] == 0 {
+                        let (name, cap) = &caps.groups[g];
+                        capped.push((slot, *task, name.clone(), *cap));
+                        continue;
+                    }
+                    room[g] -= 1;
                 }
                 taken[queue] += 1;
                 pending.push(admission::Pending {
@@ -241,7 +279,12 @@ impl EngineState {
         }
         if pending.is_empty() {
             self.pass_buffers.pending = pending;
-            self.set_board(WaitBoard::default(), turn);
+            let board = WaitBoard {
+                runs: board_runs,
+                capped,
+                ..WaitBoard::default()
+            };
+            self.set_board(board, turn);
             return;
         }
         // Running keys borrow the allocation map's run ids; only victims are
@@ -380,6 +423,7 @@ impl EngineState {
             WaitBoard {
                 runs: board_runs,
                 entries,
+                capped,
                 idle,
                 depth,
             },

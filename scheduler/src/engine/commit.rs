@@ -69,7 +69,8 @@ impl EngineState {
 
     /// The turn's changes were committed at these revisions.
     pub fn committed(&mut self, revisions: &Revisions) {
-        for (key, &rev) in revisions {
+        for (key, rev) in revisions {
+            let rev = *rev;
             match key {
                 RecordKey::Run(run) => {
                     if let Some(r) = self.runs.get_mut(run) {

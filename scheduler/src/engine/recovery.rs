@@ -17,7 +17,7 @@ use crate::queues::{self, DEFAULT_QUEUE};
 use crate::store::{LoadedRuns, StoredRun};
 
 use super::records::Versioned;
-use super::state::{requests, ActiveRun, EngineState, Turn};
+use super::state::{requests, ActiveRun, EngineState, ParallelCaps, Turn};
 
 /// Everything the engine keeps in etcd, as read.
 pub struct Stored {
@@ -68,6 +68,7 @@ impl EngineState {
         }
         let id = RunId::new(&s.record.id);
         let reqs = requests(&spec);
+        let caps = ParallelCaps::of(&spec);
         for (i, t) in dag.tasks().iter().enumerate() {
             if let (true, Some(a)) = (t.status.is_active(), t.current()) {
                 // An agent that never comes back must still be noticed.
@@ -91,6 +92,7 @@ impl EngineState {
                 dag,
                 tasks,
                 requests: reqs,
+                caps,
             },
         );
         self.effects(&id, fx, now, turn);

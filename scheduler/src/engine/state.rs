@@ -137,6 +137,40 @@ pub(super) struct ActiveRun {
     pub tasks: Vec<Versioned<()>>,
     /// Each task's resource request, for placement.
     pub requests: Vec<Resources>,
+    /// The run's `max_parallel` caps; None when it has none.
+    pub caps: Option<ParallelCaps>,
+}
+
+/// Tasks whose instances may run only so many at once (`max_parallel` on a
+/// task with a matrix).
+pub(super) struct ParallelCaps {
+    /// By task index: the capped group it belongs to.
+    pub group_of: Vec<Option<usize>>,
+    /// By group: the task as written, and its cap.
+    pub groups: Vec<(String, u32)>,
+}
+
+impl ParallelCaps {
+    pub fn of(spec: &pb::PipelineSpec) -> Option<Self> {
+        let mut groups: Vec<(String, u32)> = Vec::new();
+        let group_of = spec
+            .tasks
+            .iter()
+            .map(|t| {
+                if t.max_parallel == 0 {
+                    return None;
+                }
+                match groups.iter().position(|(name, _)| *name == t.matrix_task) {
+                    Some(g) => Some(g),
+                    None => {
+                        groups.push((t.matrix_task.clone(), t.max_parallel));
+                        Some(groups.len() - 1)
+                    }
+                }
+            })
+            .collect();
+        (!groups.is_empty()).then_some(Self { group_of, groups })
+    }
 }
 
 impl ActiveRun {
@@ -314,6 +348,7 @@ impl EngineState {
             ActiveRun {
                 record: Versioned::created(record),
                 requests: requests(&spec),
+                caps: ParallelCaps::of(&spec),
                 spec,
                 dag,
                 tasks: vec![Versioned::stored((), 0); n],

@@ -43,7 +43,7 @@ impl MemoryStore {
     fn commit(&mut self, groups: Vec<Vec<Change>>) -> Result<Revisions, String> {
         let changes: Vec<Change> = groups.into_iter().flatten().collect();
         if changes.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
         for c in &changes {
             let now = self.records.get(&c.key).map(|(_, rev)| *rev);
@@ -55,13 +55,13 @@ impl MemoryStore {
             }
         }
         self.revision += 1;
-        let mut revs = HashMap::new();
+        let mut revs = Vec::new();
         for c in changes {
             match c.value {
                 Some(v) => drop(self.records.insert(c.key.clone(), (v, self.revision))),
                 None => drop(self.records.remove(&c.key)),
             }
-            revs.insert(c.key, self.revision);
+            revs.push((c.key, self.revision));
         }
         Ok(revs)
     }
@@ -256,7 +256,11 @@ impl Harness {
     }
 
     fn submit(&mut self, id: &str, tasks: &[(&str, &[&str])]) -> Input {
-        let spec = Arc::new(spec(id, tasks));
+        self.submit_spec(id, spec(id, tasks))
+    }
+
+    fn submit_spec(&mut self, id: &str, spec: pb::PipelineSpec) -> Input {
+        let spec = Arc::new(spec);
         self.specs.insert(id.into(), Arc::clone(&spec));
         let record = pb::RunRecord {
             id: id.into(),
@@ -264,7 +268,7 @@ impl Harness {
             created_at_ms: self.now,
             queue: "default".into(),
             name: spec.name.clone(),
-            tasks_total: tasks.len() as u32,
+            tasks_total: spec.tasks.len() as u32,
             ..Default::default()
         };
         self.request(Request::Submit {
@@ -696,17 +700,7 @@ fn a_failure_retries_after_its_backoff_and_then_fails_the_run() -> TestResult {
         limit: 1,
         backoff_ms: 1_000,
     });
-    h.specs.insert("r1".into(), Arc::new(s.clone()));
-    let record = pb::RunRecord {
-        id: "r1".into(),
-        state: pb::RunState::Running as i32,
-        queue: "default".into(),
-        ..Default::default()
-    };
-    let submit = h.request(Request::Submit {
-        record: Box::new(record),
-        spec: Arc::new(s),
-    });
+    let submit = h.submit_spec("r1", s);
     h.turn(vec![heartbeat("a1", 4, &[]), submit]);
     let log = h.turn(vec![failed("a1", "r1", "t", 1, h.now)]);
     assert!(log.assigned().is_empty(), "backing off");
@@ -874,4 +868,41 @@ fn a_commit_conflict_surfaces_as_a_wrong_expected_revision() {
     h.state.end_inputs(h.now, &mut turn);
     let groups = h.state.changes(&turn);
     assert!(h.store.commit(groups).is_err());
+}
+
+#[test]
+fn max_parallel_holds_back_instances_beyond_the_cap_and_says_why() -> TestResult {
+    let mut h = Harness::new();
+    let mut s = spec(
+        "r1",
+        &[
+            ("t[a=1]", &[]),
+            ("t[a=2]", &[]),
+            ("t[a=3]", &[]),
+            ("u", &[]),
+        ],
+    );
+    for task in &mut s.tasks[..3] {
+        task.matrix_task = "t".into();
+        task.max_parallel = 2;
+    }
+    let submit = h.submit_spec("r1", s);
+    // Room for all four: the cap, not capacity, holds the third back.
+    let log = h.turn(vec![heartbeat("a1", 8, &[]), submit]);
+    assert_eq!(
+        log.assigned(),
+        [("t[a=1]", 1, "a1"), ("t[a=2]", 1, "a1"), ("u", 1, "a1")]
+    );
+    let waiting = h.state.board.waiting("r1");
+    assert_eq!(
+        waiting.tasks.get(&2),
+        Some(&(
+            "max_parallel: 2 instances of `t` already running".to_string(),
+            false
+        ))
+    );
+    h.now += 10;
+    let log = h.turn(vec![succeeded("a1", "r1", "t[a=2]", 1, h.now)]);
+    assert_eq!(log.assigned(), [("t[a=3]", 1, "a1")]);
+    Ok(())
 }

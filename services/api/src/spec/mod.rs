@@ -24,6 +24,18 @@
 //!     node_selector: {zone: eu}  # only agents with all these labels
 //! ```
 //!
+//! A task with `matrix:` (named lists of values) runs once per combination,
+//! each instance named `<task>[<k>=<v>,…]` and seeing its values as
+//! `{{matrix.<name>}}`; `max_parallel: N` caps how many run at once, and a
+//! task that depends on it waits for every instance:
+//!
+//! ```yaml
+//!   - name: train
+//!     matrix: {lr: ["0.001", "0.03"], epochs: ["10", "30"]}
+//!     max_parallel: 2
+//!     command: [python3, train.py, --lr, "{{matrix.lr}}", --epochs, "{{matrix.epochs}}"]
+//! ```
+//!
 //! `gpu_model` (a case-insensitive substring of the GPU's name) and
 //! `gpu_memory` (the least memory each GPU must have) need at least one
 //! `gpu`. `gpu_model` and node selector values, like env values, may use
@@ -32,6 +44,7 @@
 //! Layout: `raw` is the serde side, `validate` turns it into the proto,
 //! `quantity` and `template` are the small languages inside values.
 
+mod matrix;
 mod quantity;
 mod raw;
 mod template;
@@ -42,6 +55,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+pub use matrix::MAX_INSTANCES as MAX_MATRIX_INSTANCES;
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use template::TemplateError;
 /// The label rules agents and node selectors share.
@@ -146,6 +160,8 @@ pub enum TaskError {
     InvalidFrom { input: String, from: String },
     #[error("input `{input}` comes from the task itself")]
     InputFromSelf { input: String },
+    #[error("input `{input}` comes from `{from_task}`, which has a matrix: taking every instance's output (fan-in) is not supported yet")]
+    InputFromMatrix { input: String, from_task: String },
     #[error("input `{input}` comes from unknown task `{from_task}`")]
     InputFromUnknownTask { input: String, from_task: String },
     #[error("input `{input}` comes from `{from_task}`, which has no output `{from_output}`")]

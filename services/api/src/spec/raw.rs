@@ -46,6 +46,38 @@ pub(crate) struct RawTask {
     pub image: Option<String>,
     pub node_selector: Option<BTreeMap<String, Option<String>>>,
     pub pull_policy: Option<String>,
+    pub matrix: Option<RawMatrix>,
+    pub max_parallel: Option<String>,
+}
+
+/// `matrix:` as written: names with their lists of values, in the order
+/// they were written (instance names follow it).
+#[derive(Debug, Default)]
+pub(crate) struct RawMatrix(pub Vec<(String, Option<Vec<String>>)>);
+
+impl<'de> Deserialize<'de> for RawMatrix {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawMatrix;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a matrix (a mapping of names to lists of values)")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawMatrix, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(RawMatrix(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
-//! `{{params.NAME}}` substitution. That one form is the whole language: no
-//! filters, no expressions, no escapes; `}}` on its own is plain text.
+//! `{{params.NAME}}` and, in a task with a `matrix`, `{{matrix.NAME}}`
+//! substitution. Those two forms are the whole language: no filters, no
+//! expressions, no escapes; `}}` on its own is plain text.
 
 use std::collections::BTreeMap;
 
@@ -8,18 +9,28 @@ use std::collections::BTreeMap;
 pub enum TemplateError {
     #[error("`{template}` refers to unknown param `{name}`")]
     UnknownParam { template: String, name: String },
+    #[error("`{template}` refers to `{name}`, which the task's matrix does not declare")]
+    UnknownMatrixValue { template: String, name: String },
+    #[error("`{template}` needs a `matrix` on the task")]
+    NoMatrix { template: String },
     #[error("unterminated `{{{{` in `{text}`")]
     Unterminated { text: String },
-    #[error("unsupported template `{template}` (only `{{{{params.NAME}}}}` is supported)")]
+    #[error("unsupported template `{template}` (only `{{{{params.NAME}}}}` and `{{{{matrix.NAME}}}}` are supported)")]
     Unsupported { template: String },
 }
 
-/// Replaces every `{{params.NAME}}` (spaces allowed inside the braces) in
-/// `text` with the param's value. Substituted values are not scanned again.
-pub(crate) fn substitute(
-    text: &str,
-    params: &BTreeMap<String, String>,
-) -> Result<String, TemplateError> {
+/// What templates may refer to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scope<'a> {
+    pub params: &'a BTreeMap<String, String>,
+    /// The instance's matrix values; None outside a task with a matrix.
+    pub matrix: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Replaces every `{{params.NAME}}` and `{{matrix.NAME}}` (spaces allowed
+/// inside the braces) in `text` with its value. Substituted values are not
+/// scanned again.
+pub(crate) fn substitute(text: &str, scope: Scope<'_>) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -31,19 +42,31 @@ pub(crate) fn substitute(
             });
         };
         let template = &rest[start..start + 2 + len + 2];
-        let name = after_open[..len]
-            .trim()
-            .strip_prefix("params.")
-            .filter(|name| is_param_name(name))
-            .ok_or_else(|| TemplateError::Unsupported {
+        let inner = after_open[..len].trim();
+        let reference = |prefix: &str| inner.strip_prefix(prefix).filter(|n| is_param_name(n));
+        let value = if let Some(name) = reference("params.") {
+            scope
+                .params
+                .get(name)
+                .ok_or_else(|| TemplateError::UnknownParam {
+                    template: template.to_owned(),
+                    name: name.to_owned(),
+                })?
+        } else if let Some(name) = reference("matrix.") {
+            let matrix = scope.matrix.ok_or_else(|| TemplateError::NoMatrix {
                 template: template.to_owned(),
             })?;
-        let value = params
-            .get(name)
-            .ok_or_else(|| TemplateError::UnknownParam {
+            matrix
+                .get(name)
+                .ok_or_else(|| TemplateError::UnknownMatrixValue {
+                    template: template.to_owned(),
+                    name: name.to_owned(),
+                })?
+        } else {
+            return Err(TemplateError::Unsupported {
                 template: template.to_owned(),
-                name: name.to_owned(),
-            })?;
+            });
+        };
         out.push_str(value);
         rest = &after_open[len + 2..];
     }
@@ -64,47 +87,67 @@ pub(crate) fn is_param_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn params() -> BTreeMap<String, String> {
-        [("lr", "0.1"), ("epochs", "3"), ("brace", "{{x}}")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn params() -> BTreeMap<String, String> {
+        map(&[("lr", "0.1"), ("epochs", "3"), ("brace", "{{x}}")])
+    }
+
+    fn scope(params: &BTreeMap<String, String>) -> Scope<'_> {
+        Scope {
+            params,
+            matrix: None,
+        }
     }
 
     #[test]
     fn substitutes_every_occurrence() {
         let p = params();
-        assert_eq!(substitute("{{params.lr}}", &p), Ok("0.1".to_owned()));
+        assert_eq!(substitute("{{params.lr}}", scope(&p)), Ok("0.1".to_owned()));
         assert_eq!(
-            substitute("--lr={{ params.lr }}", &p),
+            substitute("--lr={{ params.lr }}", scope(&p)),
             Ok("--lr=0.1".to_owned())
         );
         assert_eq!(
-            substitute("{{params.lr}}/{{params.epochs}}!", &p),
+            substitute("{{params.lr}}/{{params.epochs}}!", scope(&p)),
             Ok("0.1/3!".to_owned())
         );
         assert_eq!(
-            substitute("no templates }} here", &p),
+            substitute("no templates }} here", scope(&p)),
             Ok("no templates }} here".to_owned())
         );
-        assert_eq!(substitute("", &p), Ok(String::new()));
+        assert_eq!(substitute("", scope(&p)), Ok(String::new()));
         // A value that looks like a template is inserted as is, not expanded.
-        assert_eq!(substitute("{{params.brace}}", &p), Ok("{{x}}".to_owned()));
+        assert_eq!(
+            substitute("{{params.brace}}", scope(&p)),
+            Ok("{{x}}".to_owned())
+        );
     }
 
     #[test]
     fn rejects_bad_templates() {
         let p = params();
         assert_eq!(
-            substitute("x{{params.nope}}", &p).unwrap_err().to_string(),
+            substitute("x{{params.nope}}", scope(&p))
+                .unwrap_err()
+                .to_string(),
             "`{{params.nope}}` refers to unknown param `nope`"
         );
         assert_eq!(
-            substitute("--lr={{params.lr", &p).unwrap_err().to_string(),
+            substitute("--lr={{params.lr", scope(&p))
+                .unwrap_err()
+                .to_string(),
             "unterminated `{{` in `--lr={{params.lr`"
         );
         assert_eq!(
-            substitute("{{params.lr}} {{", &p).unwrap_err().to_string(),
+            substitute("{{params.lr}} {{", scope(&p))
+                .unwrap_err()
+                .to_string(),
             "unterminated `{{` in `{{params.lr}} {{`"
         );
         for bad in [
@@ -116,11 +159,40 @@ mod tests {
             "{{params.lr|upper}}",
         ] {
             assert_eq!(
-                substitute(bad, &p).unwrap_err().to_string(),
-                format!("unsupported template `{bad}` (only `{{{{params.NAME}}}}` is supported)"),
+                substitute(bad, scope(&p)).unwrap_err().to_string(),
+                format!("unsupported template `{bad}` (only `{{{{params.NAME}}}}` and `{{{{matrix.NAME}}}}` are supported)"),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn matrix_values_are_substituted_inside_a_matrix_only() {
+        let p = params();
+        let m = map(&[("lr", "0.03"), ("opt", "adam")]);
+        let inside = Scope {
+            params: &p,
+            matrix: Some(&m),
+        };
+        assert_eq!(
+            substitute(
+                "--lr={{matrix.lr}} --opt {{ matrix.opt }} x{{params.epochs}}",
+                inside
+            ),
+            Ok("--lr=0.03 --opt adam x3".to_owned())
+        );
+        assert_eq!(
+            substitute("{{matrix.nope}}", inside)
+                .unwrap_err()
+                .to_string(),
+            "`{{matrix.nope}}` refers to `nope`, which the task's matrix does not declare"
+        );
+        assert_eq!(
+            substitute("{{matrix.lr}}", scope(&p))
+                .unwrap_err()
+                .to_string(),
+            "`{{matrix.lr}}` needs a `matrix` on the task"
+        );
     }
 
     #[test]

@@ -122,6 +122,10 @@ fn example_resolves_to_the_expected_proto() {
                 image: "python:3.12-slim".into(),
                 node_selector: map(&[("zone", "eu")]),
                 pull_policy: pb::PullPolicy::IfNotPresent.into(),
+                // Not a matrix instance.
+                matrix_task: String::new(),
+                matrix: Default::default(),
+                max_parallel: 0,
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.
@@ -600,7 +604,7 @@ fn rejects_unknown_and_malformed_templates() {
     );
     assert_eq!(
         task_rejection("{name: train, command: [x, '{{lr}}']}"),
-        "task `train`: command: unsupported template `{{lr}}` (only `{{params.NAME}}` is supported)"
+        "task `train`: command: unsupported template `{{lr}}` (only `{{params.NAME}}` and `{{matrix.NAME}}` are supported)"
     );
 }
 
@@ -980,4 +984,89 @@ fn reports_the_first_problem_in_spec_order() {
     // Both tasks are broken; the earlier one is reported.
     let yaml = "name: p\ntasks:\n  - {name: a, command: []}\n  - {name: b, depends_on: [zzz], command: [x]}\n";
     assert_eq!(rejection(yaml), "task `a`: command is empty");
+}
+
+const SWEEP: &str = r#"
+name: sweep
+params: {data: "digits"}
+tasks:
+  - name: prepare
+    command: [prep, "{{params.data}}"]
+  - name: train
+    depends_on: [prepare]
+    matrix: {lr: ["0.001", "0.03", 1.0], epochs: [10, 30]}
+    max_parallel: 4
+    command: [train, --lr, "{{matrix.lr}}", --epochs, "{{ matrix.epochs }}", "{{params.data}}"]
+    env: {LR: "{{matrix.lr}}"}
+    outputs: [{name: model, path: model.json}]
+  - name: evaluate
+    depends_on: [train]
+    command: [eval]
+"#;
+
+#[test]
+fn a_matrix_expands_into_named_instances_that_downstream_waits_for() -> TestResult {
+    let spec = parse(SWEEP)?;
+    let names: Vec<&str> = spec.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "prepare",
+            "train[lr=0.001,epochs=10]",
+            "train[lr=0.001,epochs=30]",
+            "train[lr=0.03,epochs=10]",
+            "train[lr=0.03,epochs=30]",
+            "train[lr=1.0,epochs=10]",
+            "train[lr=1.0,epochs=30]",
+            "evaluate",
+        ]
+    );
+    let t = &spec.tasks[4];
+    assert_eq!(
+        t.command,
+        strings(&["train", "--lr", "0.03", "--epochs", "30", "digits"])
+    );
+    assert_eq!(t.env.get("LR").map(String::as_str), Some("0.03"));
+    assert_eq!(t.depends_on, strings(&["prepare"]));
+    assert_eq!(t.matrix_task, "train");
+    assert_eq!(t.matrix.get("epochs").map(String::as_str), Some("30"));
+    assert_eq!(t.max_parallel, 4);
+    assert_eq!(spec.tasks[0].matrix_task, "");
+    assert_eq!(spec.tasks[7].depends_on, names[1..7]);
+    Ok(())
+}
+
+#[test]
+fn matrix_mistakes_are_rejected_naming_the_task_and_field() {
+    assert_eq!(
+        task_rejection("{name: t, command: [x, '{{matrix.lr}}']}"),
+        "task `t`: command: `{{matrix.lr}}` needs a `matrix` on the task"
+    );
+    assert_eq!(
+        task_rejection("{name: t, matrix: {lr: [a]}, command: [x, '{{matrix.lrr}}']}"),
+        "task `t`: command: `{{matrix.lrr}}` refers to `lrr`, which the task's matrix does not declare"
+    );
+    assert_eq!(
+        task_rejection("{name: t, matrix: {lr: []}, command: [x]}"),
+        "task `t`: matrix.lr: needs at least one value"
+    );
+    assert_eq!(
+        task_rejection("{name: t, matrix: {lr: [a]}, max_parallel: 0, command: [x]}"),
+        "task `t`: max_parallel: must be greater than 0, got `0`"
+    );
+    assert_eq!(
+        task_rejection("{name: t, max_parallel: 2, command: [x]}"),
+        "task `t`: max_parallel: needs a matrix"
+    );
+    assert_eq!(
+        task_rejection("{name: t, matrix: [a, b], command: [x]}"),
+        "task `t`: matrix: invalid type: sequence, expected a matrix (a mapping of names to lists of values) at line 4 column 23"
+    );
+    let fan_in = with_tasks(
+        "  - {name: t, matrix: {lr: [a, b]}, command: [x], outputs: [{name: m, path: m}]}\n  - {name: u, depends_on: [t], command: [x], inputs: [{name: m, from: t/m}]}\n",
+    );
+    assert_eq!(
+        rejection(&fan_in),
+        "task `u`: input `m` comes from `t`, which has a matrix: taking every instance's output (fan-in) is not supported yet"
+    );
 }

@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
 use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
-use super::template::{is_param_name, substitute};
+use super::template::{is_param_name, substitute, Scope};
 use super::{SpecError, TaskError, MAX_PRIORITY};
 use crate::pb;
 
@@ -74,17 +75,27 @@ pub(crate) fn resolve(
                 (name.as_str(), outputs)
             })
             .collect(),
+        matrix: tasks
+            .iter()
+            .zip(&names)
+            .filter(|(task, _)| task.matrix.is_some())
+            .map(|(_, name)| name.as_str())
+            .collect(),
     };
-    let specs = tasks
+    // Each task as written resolves to its instances (one without a matrix).
+    let expanded = tasks
         .iter()
         .zip(&names)
         .map(|(task, name)| {
-            resolve_task(task, name, &graph, &params).map_err(|error| SpecError::Task {
+            resolve_instances(task, name, &graph, &params).map_err(|error| SpecError::Task {
                 task: name.clone(),
                 error,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Instances share their dependencies and inputs: the graph is checked
+    // on the tasks as written, through each one's first instance.
+    let specs: Vec<&pb::TaskSpec> = expanded.iter().filter_map(|i| i.first()).collect();
 
     // Every dependency was checked to exist, so the lookups all succeed.
     let deps: Vec<Vec<usize>> = specs
@@ -101,13 +112,13 @@ pub(crate) fn resolve(
             cycle.into_iter().map(|i| names[i].clone()).collect(),
         ));
     }
-    check_upstream(&specs, &graph, &deps)?;
+    check_upstream(&specs, &names, &graph, &deps)?;
 
     Ok(pb::PipelineSpec {
         name,
         params: params.into_iter().collect(),
         fail_fast: raw.fail_fast.unwrap_or(true),
-        tasks: specs,
+        tasks: depend_on_instances(expanded),
         queue,
         priority,
     })
@@ -118,6 +129,78 @@ struct Graph<'a> {
     index: HashMap<&'a str, usize>,
     /// Declared output names per task, as written.
     outputs: HashMap<&'a str, HashSet<&'a str>>,
+    /// Tasks with a matrix.
+    matrix: HashSet<&'a str>,
+}
+
+/// A task's instances: itself without a matrix, one per combination with.
+fn resolve_instances(
+    raw: &RawTask,
+    name: &str,
+    graph: &Graph<'_>,
+    params: &BTreeMap<String, String>,
+) -> Result<Vec<pb::TaskSpec>, TaskError> {
+    let max_parallel = match &raw.max_parallel {
+        None => 0,
+        Some(text) => positive("max_parallel", text, parse_count(text))?,
+    };
+    let Some(matrix) = &raw.matrix else {
+        if max_parallel > 0 {
+            return Err(TaskError::Needs {
+                field: "max_parallel",
+                needs: "a matrix",
+            });
+        }
+        let scope = Scope {
+            params,
+            matrix: None,
+        };
+        return Ok(vec![resolve_task(raw, name, graph, scope)?]);
+    };
+    let matrix = Matrix::parse(matrix)?;
+    matrix
+        .instances()
+        .into_iter()
+        .map(|instance| {
+            let scope = Scope {
+                params,
+                matrix: Some(&instance.values),
+            };
+            let mut spec = resolve_task(raw, name, graph, scope)?;
+            spec.name = format!("{name}{}", instance.suffix);
+            spec.matrix_task = name.to_owned();
+            spec.matrix = instance.values.into_iter().collect();
+            spec.max_parallel = max_parallel;
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// The final task list: a dependency on a task with a matrix becomes one
+/// on each of its instances.
+fn depend_on_instances(expanded: Vec<Vec<pb::TaskSpec>>) -> Vec<pb::TaskSpec> {
+    let instances: HashMap<String, Vec<String>> = expanded
+        .iter()
+        .filter_map(|group| {
+            let task = &group.first()?.matrix_task;
+            (!task.is_empty())
+                .then(|| (task.clone(), group.iter().map(|t| t.name.clone()).collect()))
+        })
+        .collect();
+    let mut tasks: Vec<pb::TaskSpec> = expanded.into_iter().flatten().collect();
+    if instances.is_empty() {
+        return tasks;
+    }
+    for task in &mut tasks {
+        if task.depends_on.iter().any(|d| instances.contains_key(d)) {
+            task.depends_on = task
+                .depends_on
+                .iter()
+                .flat_map(|d| instances.get(d).cloned().unwrap_or_else(|| vec![d.clone()]))
+                .collect();
+        }
+    }
+    tasks
 }
 
 /// Declared defaults as strings, then `overrides` on top.
@@ -172,10 +255,10 @@ fn resolve_task(
     raw: &RawTask,
     name: &str,
     graph: &Graph<'_>,
-    params: &BTreeMap<String, String>,
+    scope: Scope<'_>,
 ) -> Result<pb::TaskSpec, TaskError> {
     let template = |field: &str, text: &str| {
-        substitute(text, params).map_err(|error| TaskError::Template {
+        substitute(text, scope).map_err(|error| TaskError::Template {
             field: field.to_owned(),
             error,
         })
@@ -299,6 +382,7 @@ fn resolve_task(
         image,
         node_selector,
         pull_policy: pull_policy.into(),
+        ..Default::default()
     })
 }
 
@@ -339,6 +423,12 @@ fn resolve_inputs(
                 from_task: from_task.to_owned(),
             });
         };
+        if graph.matrix.contains(from_task) {
+            return Err(TaskError::InputFromMatrix {
+                input: name.to_owned(),
+                from_task: from_task.to_owned(),
+            });
+        }
         if !outputs.contains(from_output) {
             return Err(TaskError::InputFromUnknownOutput {
                 input: name.to_owned(),
@@ -654,11 +744,12 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
 /// Every input's producer must be reachable through `depends_on`, or the
 /// task could start before the artifact exists.
 fn check_upstream(
-    specs: &[pb::TaskSpec],
+    specs: &[&pb::TaskSpec],
+    names: &[String],
     graph: &Graph<'_>,
     deps: &[Vec<usize>],
 ) -> Result<(), SpecError> {
-    for (i, task) in specs.iter().enumerate() {
+    for (i, (task, name)) in specs.iter().zip(names).enumerate() {
         if task.inputs.is_empty() {
             continue;
         }
@@ -667,11 +758,11 @@ fn check_upstream(
             let producer = graph.index.get(input.from_task.as_str());
             if !producer.is_some_and(|&p| upstream[p]) {
                 return Err(SpecError::Task {
-                    task: task.name.clone(),
+                    task: name.clone(),
                     error: TaskError::InputNotUpstream {
                         input: input.name.clone(),
                         from_task: input.from_task.clone(),
-                        task: task.name.clone(),
+                        task: name.clone(),
                     },
                 });
             }
