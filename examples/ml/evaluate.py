@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Step 3: score every trained model on the held-out split and keep the best one.
 
-Reads  $DROVER_INPUTS/model_a, model_b, model_c, ...  (model.json files from train.py;
-                                                     every input named model_*)
-       $DROVER_INPUTS/dataset                       (the CSV from prepare.py; its "test" rows)
+Reads  $DROVER_INPUTS/models/0, 1, ...  (model.json files from every instance of train.py's sweep)
+       $DROVER_INPUTS/models.json        (which instance each file came from: index, matrix, file)
+       $DROVER_INPUTS/dataset            (the CSV from prepare.py; its "test" rows)
 Writes $DROVER_OUTPUTS/best_model.json  (a byte-for-byte copy of the winning model)
        $DROVER_OUTPUTS/metrics.json     ({"chosen": {...}, "candidates": [...], ...})
 
@@ -21,8 +21,7 @@ import shutil
 from common import N_PIXELS, evaluate, fail, input_path, inputs_dir, load_dataset, log, outputs_dir, softmax_scores, write_json
 
 
-def load_model(name, classes):
-    path = input_path(name)
+def load_model(name, path, classes):
     try:
         with open(path, encoding="utf-8") as f:
             model = json.load(f)
@@ -36,12 +35,19 @@ def load_model(name, classes):
 
 
 def main():
+    listing_path = os.path.join(inputs_dir(), "models.json")
     try:
-        names = sorted(n for n in os.listdir(inputs_dir()) if n.startswith("model_"))
-    except OSError as e:
-        fail(f"cannot list DROVER_INPUTS: {e}")
-    if not names:
-        fail(f"no model_* inputs in {inputs_dir()!r}")
+        with open(listing_path, encoding="utf-8") as f:
+            listing = json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"cannot read the list of models {listing_path!r}: {e}")
+    if not listing:
+        fail(f"no models listed in {listing_path!r}")
+    # Each model is named after its sweep values, e.g. "lr=0.03".
+    models = [
+        (",".join(f"{k}={v}" for k, v in sorted(entry["matrix"].items())), os.path.join(inputs_dir(), "models", entry["file"]))
+        for entry in listing
+    ]
 
     classes, splits = load_dataset(input_path("dataset"))
     test = splits["test"]
@@ -49,8 +55,8 @@ def main():
         fail("the dataset has no test rows")
 
     candidates = []
-    for name in names:
-        path, model, hp = load_model(name, classes)
+    for name, path in models:
+        path, model, hp = load_model(name, path, classes)
         loss, acc = evaluate(model["weights"], test)
         candidates.append(
             {
@@ -93,7 +99,7 @@ def main():
     )
 
     log(f"evaluated {len(candidates)} models on {len(test)} held-out images, {len(classes)} classes (chance {1 / len(classes):.3f})")
-    log(f"{'input':<10} {'lr':>8} {'epochs':>6} {'train_loss':>10} {'test_loss':>9} {'accuracy':>8}")
+    log(f"{'model':<10} {'lr':>8} {'epochs':>6} {'train_loss':>10} {'test_loss':>9} {'accuracy':>8}")
     for c in candidates:
         train_loss = "-" if c["train_loss"] is None else f"{c['train_loss']:.4f}"
         mark = "  <- best" if c is best else ""

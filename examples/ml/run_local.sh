@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run the train-digits pipeline by hand, without Drover, the way the engine would:
 # every task gets its own scratch working directory, a fresh DROVER_INPUTS directory
-# holding one file per declared input (named after the input) and an empty
-# DROVER_OUTPUTS directory, and an output travels to later tasks by being copied.
+# holding one file per declared input (named after the input; the sweep's models as
+# models/0, 1, 2 with models.json listing them) and an empty DROVER_OUTPUTS
+# directory, and an output travels to later tasks by being copied.
 #
 #   examples/ml/run_local.sh [WORK_DIR]        # default WORK_DIR: a new temp dir (kept)
 #   EPOCHS=5 examples/ml/run_local.sh          # quicker
@@ -17,14 +18,14 @@ EPOCHS=${EPOCHS:-30}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-# run_task TASK [INPUT_NAME=FILE ...] -- COMMAND ...
+# run_task TASK [INPUT_NAME=PATH ...] -- COMMAND ...   (a directory PATH is copied whole)
 run_task() {
   local task=$1 dir=$WORK/$1
   shift
   rm -rf "$dir"
   mkdir -p "$dir/inputs" "$dir/outputs" "$dir/scratch"
   while [[ $1 != -- ]]; do
-    cp "${1#*=}" "$dir/inputs/${1%%=*}"
+    cp -r "${1#*=}" "$dir/inputs/${1%%=*}"
     shift
   done
   shift
@@ -41,17 +42,20 @@ time {
   run_task prepare -- "$PYTHON" "$HERE/prepare.py"
   DATASET=$WORK/prepare/outputs/dataset.csv
 
+  mkdir -p "$WORK/models"
+  listing=()
+  i=0
   for lr in 0.001 0.03 1.0; do
-    run_task "train-lr-$lr" dataset="$DATASET" -- \
+    run_task "train[lr=$lr]" dataset="$DATASET" -- \
       "$PYTHON" "$HERE/train.py" --lr "$lr" --epochs "$EPOCHS"
+    cp "$WORK/train[lr=$lr]/outputs/model.json" "$WORK/models/$i"
+    listing+=("{\"index\": $i, \"matrix\": {\"lr\": \"$lr\"}, \"file\": \"$i\"}")
+    i=$((i + 1))
   done
+  (IFS=,; echo "[${listing[*]}]") >"$WORK/models.json"
 
-  run_task evaluate \
-    model_a="$WORK/train-lr-0.001/outputs/model.json" \
-    model_b="$WORK/train-lr-0.03/outputs/model.json" \
-    model_c="$WORK/train-lr-1.0/outputs/model.json" \
-    dataset="$DATASET" -- \
-    "$PYTHON" "$HERE/evaluate.py"
+  run_task evaluate models="$WORK/models" models.json="$WORK/models.json" \
+    dataset="$DATASET" -- "$PYTHON" "$HERE/evaluate.py"
 }
 
 echo "== artifacts: $WORK/evaluate/outputs/best_model.json"

@@ -273,6 +273,21 @@ impl Scheduler for Api {
         Ok(Response::new(self.read_run(&id).await?))
     }
 
+    async fn retry_run(
+        &self,
+        req: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        required("run_id", &req.run_id)?;
+        let stored = self
+            .store
+            .load_run(&req.run_id)
+            .await?
+            .ok_or_else(|| SchedulerError::RunNotFound(req.run_id.clone()))?;
+        self.engine.retry(stored, req.tasks).await?;
+        Ok(Response::new(self.read_run(&req.run_id).await?))
+    }
+
     async fn set_run_priority(
         &self,
         req: Request<pb::SetRunPriorityRequest>,

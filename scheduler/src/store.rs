@@ -104,6 +104,7 @@ pub struct LoadedRuns {
 }
 
 /// A run as stored: the run record, its spec, and task records by task name.
+#[derive(Clone, Debug)]
 pub struct StoredRun {
     pub record: pb::RunRecord,
     pub spec: Arc<pb::PipelineSpec>,

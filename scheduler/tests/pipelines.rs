@@ -723,3 +723,127 @@ tasks:
     let log = c.logs(&id, "train[lr=0.3,layers=2]", 0).await.unwrap();
     assert_eq!(log.trim(), "lr=0.3 layers=2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_from_a_matrix_gathers_every_instances_output_with_a_listing() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: fan-in
+tasks:
+  - name: train
+    matrix: {lr: ["0.1", "0.3"], layers: ["1", "2", "3"]}
+    command: ["sh", "-c", "echo {{matrix.lr}}x{{matrix.layers}} > $DROVER_OUTPUTS/model"]
+    outputs: [{name: model, path: model}]
+  - name: pick
+    depends_on: [train]
+    command: ["sh", "-c", "cd $DROVER_INPUTS && ls models && cat models/0 models/5 && cat models.json"]
+    inputs: [{name: models, from: train/model}]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let log = c.logs(&id, "pick", 0).await.unwrap();
+    let (files, rest) = log.split_at(log.find("0.1x1").expect("instance 0's model"));
+    assert_eq!(
+        files.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3", "4", "5"]
+    );
+    assert!(rest.starts_with("0.1x1\n0.3x3\n"), "{log}");
+    let listing: serde_json::Value = serde_json::from_str(&rest["0.1x1\n0.3x3\n".len()..]).unwrap();
+    assert_eq!(
+        listing[4],
+        serde_json::json!({"index": 4, "matrix": {"layers": "2", "lr": "0.3"}, "file": "4"})
+    );
+    assert_eq!(listing.as_array().map(Vec::len), Some(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reruns_only_the_failed_branch_and_keeps_what_succeeded() {
+    let c = Cluster::start().await;
+    let fixed = c.scratch.join("fixed");
+    let spec = format!(
+        r#"
+name: retry
+fail_fast: false
+tasks:
+  - name: prep
+    command: ["sh", "-c", "echo data > $DROVER_OUTPUTS/d"]
+    outputs: [{{name: d, path: d}}]
+  - name: flaky
+    depends_on: [prep]
+    command: ["sh", "-c", "test -e {fixed} || exit 3; tr a-z A-Z < $DROVER_INPUTS/d > $DROVER_OUTPUTS/out"]
+    inputs: [{{name: d, from: prep/d}}]
+    outputs: [{{name: out, path: out}}]
+  - name: after
+    depends_on: [flaky]
+    command: ["sh", "-c", "cat $DROVER_INPUTS/x > $DROVER_OUTPUTS/final"]
+    inputs: [{{name: x, from: flaky/out}}]
+    outputs: [{{name: final, path: final}}]
+  - name: other
+    command: ["true"]
+"#,
+        fixed = fixed.display()
+    );
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed, "{run:#?}");
+    assert_eq!(task(&run, "after").state(), TaskState::Skipped);
+
+    let mut client = c.client().await;
+    let retry = |tasks: &[&str]| pb::RetryRunRequest {
+        run_id: id.clone(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+    };
+    let err = client.retry_run(retry(&["nope"])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    std::fs::write(&fixed, b"").unwrap();
+    let back = client.retry_run(retry(&[])).await.unwrap().into_inner();
+    assert_ne!(back.state(), RunState::Failed);
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let attempts = |run: &pb::Run, name: &str| -> Vec<u32> {
+        task(run, name).attempts.iter().map(|a| a.number).collect()
+    };
+    assert_eq!(attempts(&run, "prep"), [1], "succeeded: not run again");
+    assert_eq!(attempts(&run, "other"), [1]);
+    assert_eq!(attempts(&run, "flaky"), [1, 2]);
+    assert_eq!(attempts(&run, "after"), [1]);
+    let out = &task(&run, "after").attempts[0].outputs[0];
+    assert_eq!(
+        std::fs::read_to_string(c.artifact(&out.key)).unwrap(),
+        "DATA\n"
+    );
+    // The first attempt's record is still there: what failed, and why.
+    assert_eq!(task(&run, "flaky").attempts[0].exit_code, Some(3));
+
+    let err = client.retry_run(retry(&[])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("--task"), "{err:?}");
+
+    // Named: that task and everything downstream of it, nothing else.
+    client.retry_run(retry(&["flaky"])).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    assert_eq!(attempts(&run, "prep"), [1]);
+    assert_eq!(attempts(&run, "flaky"), [1, 2, 3]);
+    assert_eq!(attempts(&run, "after"), [1, 2]);
+    assert_eq!(attempts(&run, "other"), [1]);
+
+    // A run still running is refused.
+    let slow = c
+        .submit("name: slow\ntasks:\n  - {name: s, command: [sleep, '30']}\n")
+        .await
+        .unwrap();
+    let req = pb::RetryRunRequest {
+        run_id: slow.clone(),
+        tasks: vec![],
+    };
+    let err = client.retry_run(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("still running"), "{err:?}");
+    client
+        .cancel_run(pb::CancelRunRequest { run_id: slow })
+        .await
+        .unwrap();
+}

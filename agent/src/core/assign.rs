@@ -12,11 +12,23 @@ use drover_api::pb::{Assignment, PullPolicy};
 use super::executor::{names, required_executor, ExecutorKind};
 use super::table::AttemptKey;
 
-/// An input to download into `inputs/<name>` before the task starts.
+/// An input to put in `inputs/` before the task starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFetch {
     pub name: String,
-    pub key: String,
+    pub source: InputSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSource {
+    /// One object, downloaded to `inputs/<name>`.
+    Object { key: String },
+    /// Every instance's output of a task with a matrix: each part to
+    /// `inputs/<name>/<file>`, and `listing` written to `inputs/<name>.json`.
+    Gathered {
+        parts: Vec<(String, String)>,
+        listing: Vec<u8>,
+    },
 }
 
 /// A declared output: `outputs/<path>` goes to `key` after the task exits 0.
@@ -160,15 +172,45 @@ fn plan(
     let mut inputs = Vec::with_capacity(assignment.inputs.len());
     for input in &assignment.inputs {
         path_component("input name", &input.name)?;
-        if !seen.insert(input.name.as_str()) {
+        if !seen.insert(input.name.clone()) {
             return Err(format!("input `{}` declared twice", input.name));
         }
-        if input.key.is_empty() {
-            return Err(format!("input `{}` has an empty key", input.name));
-        }
+        let source = if input.parts.is_empty() {
+            if input.key.is_empty() {
+                return Err(format!("input `{}` has an empty key", input.name));
+            }
+            InputSource::Object {
+                key: input.key.clone(),
+            }
+        } else {
+            // Its listing takes `<name>.json` beside it.
+            let listing = format!("{}.json", input.name);
+            if !seen.insert(listing.clone()) {
+                return Err(format!(
+                    "input `{}` collides with input `{listing}`'s listing",
+                    input.name
+                ));
+            }
+            let mut files = BTreeSet::new();
+            let mut parts = Vec::with_capacity(input.parts.len());
+            for part in &input.parts {
+                path_component("input part", &part.file)?;
+                if part.key.is_empty() || !files.insert(part.file.as_str()) {
+                    return Err(format!(
+                        "input `{}`: part `{}` has an empty key or is listed twice",
+                        input.name, part.file
+                    ));
+                }
+                parts.push((part.file.clone(), part.key.clone()));
+            }
+            InputSource::Gathered {
+                parts,
+                listing: input.listing.clone(),
+            }
+        };
         inputs.push(InputFetch {
             name: input.name.clone(),
-            key: input.key.clone(),
+            source,
         });
     }
 
@@ -239,7 +281,7 @@ fn relative_path(output: &str, path: &str) -> Result<(), String> {
 mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
-    use drover_api::pb::{AttemptRef, InputArtifact, OutputSpec, TaskSpec};
+    use drover_api::pb::{AttemptRef, InputArtifact, InputPart, OutputSpec, TaskSpec};
 
     #[test]
     fn gpu_tasks_see_exactly_their_gpus_and_others_none() {
@@ -273,6 +315,7 @@ mod tests {
             inputs: vec![InputArtifact {
                 name: "dataset".into(),
                 key: "runs/r1/prep.1/outputs/dataset".into(),
+                ..Default::default()
             }],
             artifact_prefix: "runs/r1/train.2".into(),
             gpus: vec![],
@@ -312,6 +355,36 @@ mod tests {
         assert_eq!(plan.outputs[0].key, "runs/r1/train.2/outputs/model");
         assert_eq!(plan.outputs[0].path, "model/weights.bin");
         assert_eq!(plan.inputs[0].name, "dataset");
+        assert_eq!(
+            plan.inputs[0].source,
+            InputSource::Object {
+                key: "runs/r1/prep.1/outputs/dataset".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_gathered_input_keeps_its_parts_and_listing() {
+        let mut a = assignment();
+        a.inputs.push(InputArtifact {
+            name: "models".into(),
+            parts: vec![InputPart {
+                file: "0".into(),
+                key: "runs/r1/t[x=1].1/outputs/m".into(),
+            }],
+            listing: b"[]".to_vec(),
+            ..Default::default()
+        });
+        let AssignDecision::Start(plan) = decide(&a) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(
+            plan.inputs[1].source,
+            InputSource::Gathered {
+                parts: vec![("0".into(), "runs/r1/t[x=1].1/outputs/m".into())],
+                listing: b"[]".to_vec(),
+            }
+        );
     }
 
     #[test]
@@ -382,6 +455,29 @@ mod tests {
         let mut a = assignment();
         a.artifact_prefix.clear();
         assert!(refusal(&a).contains("empty artifact prefix"));
+
+        let part = |file: &str, key: &str| InputPart {
+            file: file.into(),
+            key: key.into(),
+        };
+        let mut a = assignment();
+        a.inputs.push(InputArtifact {
+            name: "models".into(),
+            parts: vec![part("0", "k0"), part("../x", "k1")],
+            ..Default::default()
+        });
+        assert!(refusal(&a).contains("input part `../x` is not a valid file name"));
+        a.inputs[1].parts[1] = part("0", "k1");
+        assert!(
+            refusal(&a).contains("input `models`: part `0` has an empty key or is listed twice")
+        );
+        a.inputs[1].parts[1] = part("1", "k1");
+        a.inputs.push(InputArtifact {
+            name: "models.json".into(),
+            key: "k".into(),
+            ..Default::default()
+        });
+        assert!(refusal(&a).contains("input `models.json` declared twice"));
 
         let mut a = assignment();
         a.task

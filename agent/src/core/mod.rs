@@ -12,7 +12,9 @@ pub mod gpu;
 pub mod outcome;
 pub mod table;
 
-pub use assign::{decide_assign, AssignDecision, AttemptPlan, InputFetch, OutputUpload};
+pub use assign::{
+    decide_assign, AssignDecision, AttemptPlan, InputFetch, InputSource, OutputUpload,
+};
 pub use executor::ExecutorKind;
 pub use outcome::{Failure, StopCause, Termination};
 pub use table::{AttemptKey, AttemptTable};

@@ -20,8 +20,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::core::container::{self, container_spec, HostDirs, ImageAction};
 use crate::core::executor::task_env;
 use crate::core::{
-    decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, StopCause,
-    Termination,
+    decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputSource,
+    StopCause, Termination,
 };
 use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
 use crate::shell::executor::docker::FoundContainer;
@@ -469,14 +469,33 @@ async fn start(
 
     let fetch = async {
         for input in &plan.inputs {
-            let dest = inputs.join(&input.name);
-            tokio::select! {
-                fetched = ctx.store.download_file(&input.key, &dest) => {
-                    fetched.map_err(|e| Failure::agent(format!(
-                        "fetching input `{}` (key {}): {e}", input.name, input.key
-                    )))?;
+            let downloads = match &input.source {
+                InputSource::Object { key } => vec![(inputs.join(&input.name), key)],
+                InputSource::Gathered { parts, listing } => {
+                    let dir = inputs.join(&input.name);
+                    let listing_path = inputs.join(format!("{}.json", input.name));
+                    let written = async {
+                        tokio::fs::create_dir_all(&dir).await?;
+                        tokio::fs::write(&listing_path, listing).await
+                    };
+                    written.await.map_err(|e| {
+                        Failure::agent(format!("writing input `{}`: {e}", input.name))
+                    })?;
+                    parts
+                        .iter()
+                        .map(|(file, key)| (dir.join(file), key))
+                        .collect()
                 }
-                request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
+            };
+            for (dest, key) in downloads {
+                tokio::select! {
+                    fetched = ctx.store.download_file(key, &dest) => {
+                        fetched.map_err(|e| Failure::agent(format!(
+                            "fetching input `{}` (key {key}): {e}", input.name
+                        )))?;
+                    }
+                    request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
+                }
             }
         }
         Ok(())

@@ -313,6 +313,7 @@ pub fn with_input(mut a: Assignment, name: &str, key: &str) -> Assignment {
     a.inputs.push(InputArtifact {
         name: name.into(),
         key: key.into(),
+        ..Default::default()
     });
     a
 }

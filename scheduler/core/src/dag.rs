@@ -245,6 +245,26 @@ impl std::fmt::Display for Stale {
 
 impl std::error::Error for Stale {}
 
+/// Why [`RunDag::retry`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// Only a finished run can be retried.
+    NotFinished(RunStatus),
+    /// Every task succeeded and none was named.
+    AllSucceeded,
+}
+
+impl std::fmt::Display for RetryRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFinished(status) => write!(f, "the run is still {status:?}"),
+            Self::AllSucceeded => f.write_str("every task succeeded and none was named"),
+        }
+    }
+}
+
+impl std::error::Error for RetryRefusal {}
+
 /// Stored run-level state, for [`RunDag::restore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunState {
@@ -668,15 +688,8 @@ impl RunDag {
                 if !self.stopping() {
                     for k in 0..self.dependents[task].len() {
                         let d = self.dependents[task][k];
-                        let ready = self.tasks[d].status == TaskStatus::Pending
-                            && self.defs[d]
-                                .deps
-                                .iter()
-                                .all(|&u| self.tasks[u].status == TaskStatus::Succeeded);
-                        if ready {
-                            self.tasks[d].ready_at = Some(now);
-                            self.set_status(d, TaskStatus::Ready, "");
-                            fx.push(Effect::Ready { task: d });
+                        if self.tasks[d].status == TaskStatus::Pending {
+                            self.ready_if_upstream_succeeded(d, now, &mut fx);
                         }
                     }
                 }
@@ -803,6 +816,65 @@ impl RunDag {
         } else {
             self.tasks[task].ready_at = Some(now);
             self.set_status(task, TaskStatus::Ready, reason);
+            fx.push(Effect::Ready { task });
+        }
+    }
+
+    /// Brings a finished run back to Running (`drover retry`): every task
+    /// that did not succeed, every task in `rerun` and everything downstream
+    /// of those get new attempts (numbers continue from the last, retries
+    /// start over); tasks that succeeded otherwise keep their attempts and
+    /// outputs. Returns the tasks brought back and the effects (Ready tasks);
+    /// refused when the run is not finished or nothing would run.
+    pub fn retry(
+        &mut self,
+        rerun: &[usize],
+        now: Millis,
+    ) -> Result<(Vec<usize>, Vec<Effect>), RetryRefusal> {
+        if !self.run.status.is_terminal() {
+            return Err(RetryRefusal::NotFinished(self.run.status));
+        }
+        let mut again = vec![false; self.tasks.len()];
+        let mut stack: Vec<usize> = rerun.to_vec();
+        stack.extend(
+            (0..self.tasks.len()).filter(|&i| self.tasks[i].status != TaskStatus::Succeeded),
+        );
+        while let Some(i) = stack.pop() {
+            if !again[i] {
+                again[i] = true;
+                stack.extend(self.dependents[i].iter().copied());
+            }
+        }
+        let tasks: Vec<usize> = (0..self.tasks.len()).filter(|&i| again[i]).collect();
+        if tasks.is_empty() {
+            return Err(RetryRefusal::AllSucceeded);
+        }
+        self.run = RunState::new();
+        self.run_dirty = true;
+        self.failed = false;
+        for &i in &tasks {
+            let t = &mut self.tasks[i];
+            t.retries_used = 0;
+            t.retry_at = 0;
+            t.preempting = None;
+            self.set_status(i, TaskStatus::Pending, "");
+        }
+        let mut fx = Vec::new();
+        for &i in &tasks {
+            self.ready_if_upstream_succeeded(i, now, &mut fx);
+        }
+        Ok((tasks, fx))
+    }
+
+    /// `task` becomes Ready at `now` if every upstream task succeeded.
+    fn ready_if_upstream_succeeded(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
+        let deps = &self.defs[task].deps;
+        if deps
+            .iter()
+            .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
+        {
+            self.tasks[task].ready_at = Some(now);
+            self.set_status(task, TaskStatus::Ready, "");
             fx.push(Effect::Ready { task });
         }
     }

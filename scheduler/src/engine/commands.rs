@@ -2,14 +2,17 @@
 //! the views they answer with.
 
 use drover_api::pb;
-use drover_scheduler_core::dag::{Event, TaskStatus};
-use drover_scheduler_core::ids::TaskIndex;
+use std::collections::HashMap;
+
+use drover_scheduler_core::dag::{Event, RetryRefusal, TaskStatus};
+use drover_scheduler_core::ids::{RunId, TaskIndex};
 use drover_scheduler_core::queue_rules::{self, QueueEdit, QueueFacts, QueueRefusal};
 use drover_scheduler_core::Millis;
 use tracing::info;
 
 use crate::error::SchedulerError;
 use crate::queues::DEFAULT_QUEUE;
+use crate::store::StoredRun;
 
 use super::handle::{Request, Response};
 use super::records::Versioned;
@@ -125,6 +128,82 @@ impl EngineState {
                 }
                 None => Answer::now(Ok(Response::Active(false))),
             },
+            Request::Retry { stored, tasks } => match self.retry(&stored, &tasks, now, turn) {
+                Ok(()) => after(AfterCommit::Done),
+                Err(e) => Answer::now(Err(e)),
+            },
+        }
+    }
+
+    /// `drover retry`: the run as etcd holds it becomes active again, and
+    /// its DAG decides what runs again.
+    fn retry(
+        &mut self,
+        stored: &StoredRun,
+        tasks: &[String],
+        now: Millis,
+        turn: &mut Turn,
+    ) -> Result<(), SchedulerError> {
+        let id = RunId::new(&stored.record.id);
+        if self.runs.contains_key(&id) {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "run `{id}` is still running; wait for it to end or cancel it first"
+            )));
+        }
+        let names: HashMap<&str, usize> = stored
+            .spec
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let mut rerun = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Some(&i) = names.get(task.as_str()) {
+                rerun.push(i);
+                continue;
+            }
+            // A task with a matrix names all its instances.
+            let instances = stored.spec.tasks.iter().enumerate();
+            let of: Vec<usize> = instances
+                .filter(|(_, t)| t.matrix_task == *task)
+                .map(|(i, _)| i)
+                .collect();
+            if of.is_empty() {
+                return Err(SchedulerError::TaskNotFound {
+                    run: id.to_string(),
+                    task: task.clone(),
+                });
+            }
+            rerun.extend(of);
+        }
+        let state = stored.record.state();
+        let (id, fx) = self.insert_stored_run(stored.clone(), now);
+        let Some(run) = self.runs.get_mut(&id) else {
+            return Err(SchedulerError::RunNotFound(id.to_string()));
+        };
+        match run.dag.retry(&rerun, now) {
+            Ok((again, more)) => {
+                info!(run = %id, tasks = again.len(), "run retried");
+                if let Some(n) = self.finished.get_mut(&state) {
+                    *n = n.saturating_sub(1);
+                }
+                self.effects(&id, fx.into_iter().chain(more).collect(), now, turn);
+                Ok(())
+            }
+            Err(refusal) => {
+                self.runs.remove(&id);
+                Err(SchedulerError::FailedPrecondition(match refusal {
+                    RetryRefusal::NotFinished(status) => {
+                        format!(
+                            "run `{id}` is still {status:?}; wait for it to end or cancel it first"
+                        )
+                    }
+                    RetryRefusal::AllSucceeded => {
+                        format!("run `{id}` succeeded; name the tasks to run again (--task NAME)")
+                    }
+                }))
+            }
         }
     }
 

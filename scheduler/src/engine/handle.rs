@@ -9,6 +9,7 @@ use drover_api::pb;
 use drover_scheduler_core::ids::{AgentId, RunId};
 
 use crate::error::{Result, SchedulerError};
+use crate::store::StoredRun;
 
 use super::admission::{WaitBoard, Waiting};
 
@@ -50,6 +51,12 @@ pub enum Request {
     SetRunPriority {
         run: RunId,
         priority: i64,
+    },
+    /// Brings a finished run (as read from etcd) back to Running, with
+    /// these tasks run again too.
+    Retry {
+        stored: Arc<StoredRun>,
+        tasks: Vec<String>,
     },
 }
 
@@ -177,6 +184,12 @@ impl EngineHandle {
     pub async fn set_run_priority(&self, run_id: String, priority: i64) -> Result<bool> {
         let run = RunId::from(run_id);
         self.active(Request::SetRunPriority { run, priority }).await
+    }
+
+    /// Retries a finished run read from etcd (see [`Request::Retry`]).
+    pub async fn retry(&self, stored: StoredRun, tasks: Vec<String>) -> Result<()> {
+        let stored = Arc::new(stored);
+        self.done(Request::Retry { stored, tasks }).await
     }
 
     /// Ids of runs as their changes are committed.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use drover_api::pb;
+use drover_scheduler_core::dag::Effect;
 use drover_scheduler_core::ids::{AttemptNumber, RunId, TaskIndex};
 use drover_scheduler_core::Millis;
 
@@ -17,7 +18,7 @@ use crate::queues::{self, DEFAULT_QUEUE};
 use crate::store::{LoadedRuns, StoredRun};
 
 use super::records::Versioned;
-use super::state::{requests, ActiveRun, EngineState, ParallelCaps, Turn};
+use super::state::{matrix_instances, requests, ActiveRun, EngineState, ParallelCaps, Turn};
 
 /// Everything the engine keeps in etcd, as read.
 pub struct Stored {
@@ -58,6 +59,13 @@ impl EngineState {
     }
 
     fn restore_run(&mut self, s: StoredRun, now: Millis, turn: &mut Turn) {
+        let (id, fx) = self.insert_stored_run(s, now);
+        self.effects(&id, fx, now, turn);
+    }
+
+    /// Makes a stored run active again, with what its agents hold; returns
+    /// its id and the effects its restore asks for.
+    pub(super) fn insert_stored_run(&mut self, s: StoredRun, now: Millis) -> (RunId, Vec<Effect>) {
         let (dag, fx) = convert::restore(&s);
         let spec = Arc::clone(&s.spec);
         let mut tasks = vec![Versioned::stored((), 0); spec.tasks.len()];
@@ -69,6 +77,7 @@ impl EngineState {
         let id = RunId::new(&s.record.id);
         let reqs = requests(&spec);
         let caps = ParallelCaps::of(&spec);
+        let matrices = matrix_instances(&spec);
         for (i, t) in dag.tasks().iter().enumerate() {
             if let (true, Some(a)) = (t.status.is_active(), t.current()) {
                 // An agent that never comes back must still be noticed.
@@ -93,8 +102,9 @@ impl EngineState {
                 tasks,
                 requests: reqs,
                 caps,
+                matrices,
             },
         );
-        self.effects(&id, fx, now, turn);
+        (id, fx)
     }
 }

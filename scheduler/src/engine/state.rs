@@ -9,7 +9,7 @@
 //! `admission` (placing Ready tasks), `commit` (changes and revisions),
 //! `recovery` (loading from etcd) and `spans`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tracing::{debug, info};
@@ -139,6 +139,20 @@ pub(super) struct ActiveRun {
     pub requests: Vec<Resources>,
     /// The run's `max_parallel` caps; None when it has none.
     pub caps: Option<ParallelCaps>,
+    /// The instances of each task with a matrix, by the task as written.
+    pub matrices: HashMap<String, Vec<TaskIndex>>,
+}
+
+/// The instances of each task with a matrix, by the task as written.
+pub(super) fn matrix_instances(spec: &pb::PipelineSpec) -> HashMap<String, Vec<TaskIndex>> {
+    let mut instances: HashMap<String, Vec<TaskIndex>> = HashMap::new();
+    for (i, task) in spec.tasks.iter().enumerate() {
+        if !task.matrix_task.is_empty() {
+            let of = instances.entry(task.matrix_task.clone()).or_default();
+            of.push(TaskIndex(i));
+        }
+    }
+    instances
 }
 
 /// Tasks whose instances may run only so many at once (`max_parallel` on a
@@ -349,6 +363,7 @@ impl EngineState {
                 record: Versioned::created(record),
                 requests: requests(&spec),
                 caps: ParallelCaps::of(&spec),
+                matrices: matrix_instances(&spec),
                 spec,
                 dag,
                 tasks: vec![Versioned::stored((), 0); n],
@@ -505,19 +520,16 @@ impl EngineState {
         let inputs = task_spec
             .iter()
             .flat_map(|t| t.inputs.iter())
-            .filter_map(|input| {
-                let producer = run.dag.index_of(&input.from_task)?;
-                let out = run
-                    .dag
-                    .task(producer)
-                    .current()?
-                    .outputs
-                    .iter()
-                    .find(|o| o.name == input.from_output)?;
-                Some(pb::InputArtifact {
-                    name: input.name.clone(),
-                    key: out.key.clone(),
-                })
+            .filter_map(|input| match run.matrices.get(&input.from_task) {
+                Some(instances) => Some(gathered_input(run, input, instances)),
+                None => {
+                    let producer = run.dag.index_of(&input.from_task)?;
+                    Some(pb::InputArtifact {
+                        name: input.name.clone(),
+                        key: output_key(run, producer, &input.from_output)?,
+                        ..Default::default()
+                    })
+                }
             })
             .collect();
         let gpus = run
@@ -551,6 +563,41 @@ impl EngineState {
     pub(super) fn describe(&self, run: &RunId, task: TaskIndex, attempt: AttemptNumber) -> String {
         let name = self.runs.get(run).map(|r| r.task_name(task)).unwrap_or("?");
         format!("{run}/{name}/{attempt}")
+    }
+}
+
+/// Where the current attempt of `task` stored its output `name`.
+fn output_key(run: &ActiveRun, task: usize, name: &str) -> Option<String> {
+    let attempt = run.dag.task(task).current()?;
+    let output = attempt.outputs.iter().find(|o| o.name == name)?;
+    Some(output.key.clone())
+}
+
+/// An input taken from every instance of a task with a matrix: one part
+/// per instance, named by its index among the instances, and a listing of
+/// each instance's index, matrix values and file.
+fn gathered_input(
+    run: &ActiveRun,
+    input: &pb::InputSpec,
+    instances: &[TaskIndex],
+) -> pb::InputArtifact {
+    let mut parts = Vec::with_capacity(instances.len());
+    let mut listing = Vec::with_capacity(instances.len());
+    for (index, task) in instances.iter().enumerate() {
+        // Every instance is upstream and succeeded: the task is Ready only then.
+        let Some(key) = output_key(run, task.0, &input.from_output) else {
+            continue;
+        };
+        let file = index.to_string();
+        let matrix = run.spec.tasks.get(task.0).map(|t| &t.matrix);
+        listing.push(serde_json::json!({"index": index, "matrix": matrix, "file": file}));
+        parts.push(pb::InputPart { file, key });
+    }
+    pb::InputArtifact {
+        name: input.name.clone(),
+        parts,
+        listing: serde_json::to_vec_pretty(&listing).unwrap_or_default(),
+        ..Default::default()
     }
 }
 

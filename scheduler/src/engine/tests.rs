@@ -277,6 +277,31 @@ impl Harness {
         })
     }
 
+    /// A run as `Store::load_run` would read it, finished or not.
+    fn stored_run(&self, id: &str) -> Option<StoredRun> {
+        let key = RecordKey::Run(RunId::new(id));
+        let (_, rev) = self.store.records.get(&key)?;
+        let tasks = self
+            .store
+            .records
+            .iter()
+            .filter_map(|(k, (v, rev))| match k {
+                RecordKey::Task { run, name, .. } if run == id => Some((
+                    name.clone(),
+                    pb::TaskRecord::decode(v.as_slice()).ok()?,
+                    *rev,
+                )),
+                _ => None,
+            })
+            .collect();
+        Some(StoredRun {
+            record: self.run(id)?,
+            spec: Arc::clone(self.specs.get(id)?),
+            rev: *rev,
+            tasks,
+        })
+    }
+
     fn run(&self, id: &str) -> Option<pb::RunRecord> {
         self.store.decode(&RecordKey::Run(RunId::new(id)))
     }
@@ -904,5 +929,40 @@ fn max_parallel_holds_back_instances_beyond_the_cap_and_says_why() -> TestResult
     h.now += 10;
     let log = h.turn(vec![succeeded("a1", "r1", "t[a=2]", 1, h.now)]);
     assert_eq!(log.assigned(), [("t[a=3]", 1, "a1")]);
+    Ok(())
+}
+
+#[test]
+fn a_retry_brings_a_finished_run_back_and_reruns_what_failed() -> TestResult {
+    let mut h = Harness::new();
+    let submit = h.submit("r1", &[("t", &[]), ("u", &["t"]), ("v", &[])]);
+    h.turn(vec![heartbeat("a1", 4, &[]), submit]);
+    h.now += 10;
+    h.turn(vec![succeeded("a1", "r1", "v", 1, h.now)]);
+    let log = h.turn(vec![failed("a1", "r1", "t", 1, h.now)]);
+    assert_eq!(log.settled, [RunId::new("r1")]);
+    assert_eq!(h.run("r1").ok_or("run")?.state(), pb::RunState::Failed);
+
+    let stored = Arc::new(h.stored_run("r1").ok_or("r1 not stored")?);
+    let retry = h.request(Request::Retry {
+        stored: Arc::clone(&stored),
+        tasks: vec![],
+    });
+    // The same request twice in one turn: the second finds it active.
+    let again = h.request(Request::Retry {
+        stored,
+        tasks: vec![],
+    });
+    h.now += 10;
+    let log = h.turn(vec![retry, again]);
+    assert_eq!(log.answer(1), "Ok(Done)");
+    assert!(log.answer(2).contains("still running"), "{}", log.answer(2));
+    assert_eq!(log.assigned(), [("t", 2, "a1")]);
+    assert_eq!(h.run("r1").ok_or("run")?.state(), pb::RunState::Running);
+    let v = h.task("r1", "v").ok_or("v")?;
+    assert_eq!(v.attempts.len(), 1, "v succeeded: kept");
+    h.now += 10;
+    let log = h.turn(vec![succeeded("a1", "r1", "t", 2, h.now)]);
+    assert_eq!(log.assigned(), [("u", 1, "a1")]);
     Ok(())
 }

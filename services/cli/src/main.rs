@@ -102,6 +102,18 @@ enum Command {
     },
     /// Cancel a run: waiting tasks never start, running ones are stopped.
     Cancel { run: String },
+    /// Run a Failed or Cancelled run again from where it failed: tasks that
+    /// did not succeed get new attempts; succeeded ones keep their outputs.
+    Retry {
+        run: String,
+        /// Also run this succeeded task again, and everything downstream of
+        /// it (repeatable; a task with a matrix names all its instances).
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<String>,
+        /// Then follow the run until it ends, as `watch` does.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Print a task's captured stdout/stderr.
     Logs {
         run: String,
@@ -358,6 +370,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .cancel_run(pb::CancelRunRequest { run_id: run })
                 .await?
                 .into_inner();
+            println!("{} {}", r.id, output::run_state(r.state()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { run, tasks, watch } => {
+            let mut client = connect(&server).await?;
+            let r = client
+                .retry_run(pb::RetryRunRequest { run_id: run, tasks })
+                .await?
+                .into_inner();
+            if watch {
+                return follow(&mut client, r.id, Format::default()).await;
+            }
             println!("{} {}", r.id, output::run_state(r.state()));
             Ok(ExitCode::SUCCESS)
         }

@@ -832,3 +832,84 @@ fn a_final_event_carrying_the_start_records_it_as_if_started_first() -> TestResu
     assert_eq!(a.started_at, Some(11));
     Ok(())
 }
+
+#[test]
+fn retry_reruns_what_did_not_succeed_and_keeps_the_rest() -> TestResult {
+    // a → b, a → c; c fails for good (no retries), fail-fast off so b finishes.
+    let (mut dag, _) = RunDag::new(
+        defs(&[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["a"], 0),
+            ("d", &["c"], 0),
+        ]),
+        false,
+    );
+    run_ok(&mut dag, 0, 10);
+    run_ok(&mut dag, 1, 20);
+    let attempt = start(&mut dag, 2);
+    let fx = dag.apply(fail(2, attempt), 30)?;
+    assert!(fx.contains(&Effect::Finished(RunStatus::Failed)));
+    assert_eq!(dag.task(3).status, TaskStatus::Skipped);
+    assert!(dag.retry(&[], 40).is_ok());
+    // Again: the run is Running now.
+    assert!(dag.retry(&[], 41).is_err(), "only a finished run");
+    assert_eq!(dag.status(), RunStatus::Running);
+    assert_eq!(dag.run_state().finished_at, None);
+    assert_eq!(dag.task(0).status, TaskStatus::Succeeded);
+    assert_eq!(dag.task(1).status, TaskStatus::Succeeded);
+    assert_eq!(dag.task(2).status, TaskStatus::Ready);
+    assert_eq!(dag.task(3).status, TaskStatus::Pending);
+    // The new attempt's number continues from the failed one.
+    let again = start(&mut dag, 2);
+    assert_eq!(again, attempt + 1);
+    dag.apply(
+        Event::Succeeded {
+            task: 2,
+            attempt: again,
+            started_at: None,
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: true,
+        },
+        50,
+    )?;
+    let d = start(&mut dag, 3);
+    let fx = dag.apply(
+        Event::Succeeded {
+            task: 3,
+            attempt: d,
+            started_at: None,
+            outputs: vec![],
+            log_key: String::new(),
+            log_empty: true,
+        },
+        60,
+    )?;
+    assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
+    assert_eq!(dag.task(0).attempts.len(), 1, "a was not run again");
+    Ok(())
+}
+
+#[test]
+fn retry_of_named_tasks_reruns_them_and_their_downstream() -> TestResult {
+    let (mut dag, _) = RunDag::new(
+        defs(&[("a", &[], 0), ("b", &["a"], 0), ("c", &[], 0)]),
+        true,
+    );
+    run_ok(&mut dag, 0, 10);
+    run_ok(&mut dag, 1, 20);
+    run_ok(&mut dag, 2, 30);
+    assert_eq!(dag.status(), RunStatus::Succeeded);
+    assert!(dag.retry(&[], 40).is_err(), "nothing to run again");
+    dag.take_dirty();
+    let (tasks, fx) = dag.retry(&[0], 40)?;
+    assert_eq!(tasks, [0, 1]);
+    assert_eq!(fx, [Effect::Ready { task: 0 }]);
+    assert_eq!(dag.task(1).status, TaskStatus::Pending);
+    assert_eq!(dag.task(2).status, TaskStatus::Succeeded);
+    let (dirty_run, dirty) = dag.take_dirty();
+    assert!(dirty_run);
+    assert!(dirty.contains(&0) && dirty.contains(&1) && !dirty.contains(&2));
+    Ok(())
+}

@@ -160,8 +160,6 @@ pub enum TaskError {
     InvalidFrom { input: String, from: String },
     #[error("input `{input}` comes from the task itself")]
     InputFromSelf { input: String },
-    #[error("input `{input}` comes from `{from_task}`, which has a matrix: taking every instance's output (fan-in) is not supported yet")]
-    InputFromMatrix { input: String, from_task: String },
     #[error("input `{input}` comes from unknown task `{from_task}`")]
     InputFromUnknownTask { input: String, from_task: String },
     #[error("input `{input}` comes from `{from_task}`, which has no output `{from_output}`")]

@@ -1062,11 +1062,26 @@ fn matrix_mistakes_are_rejected_naming_the_task_and_field() {
         task_rejection("{name: t, matrix: [a, b], command: [x]}"),
         "task `t`: matrix: invalid type: sequence, expected a matrix (a mapping of names to lists of values) at line 4 column 23"
     );
-    let fan_in = with_tasks(
-        "  - {name: t, matrix: {lr: [a, b]}, command: [x], outputs: [{name: m, path: m}]}\n  - {name: u, depends_on: [t], command: [x], inputs: [{name: m, from: t/m}]}\n",
+    let not_upstream = with_tasks(
+        "  - {name: t, matrix: {lr: [a, b]}, command: [x], outputs: [{name: m, path: m}]}\n  - {name: u, command: [x], inputs: [{name: m, from: t/m}]}\n",
     );
     assert_eq!(
-        rejection(&fan_in),
-        "task `u`: input `m` comes from `t`, which has a matrix: taking every instance's output (fan-in) is not supported yet"
+        rejection(&not_upstream),
+        "task `u`: input `m` comes from `t`, which is not upstream of `u` (add it to depends_on)"
     );
+}
+
+#[test]
+fn an_input_from_a_task_with_a_matrix_gathers_every_instance() -> TestResult {
+    let fan_in = with_tasks(
+        "  - {name: t, matrix: {lr: [a, b]}, command: [x], outputs: [{name: m, path: m}]}\n  - {name: u, depends_on: [t], command: [x], inputs: [{name: models, from: t/m}]}\n",
+    );
+    let spec = parse(&fan_in)?;
+    let u = spec.tasks.last().ok_or("no tasks")?;
+    assert_eq!(u.depends_on, strings(&["t[lr=a]", "t[lr=b]"]));
+    assert_eq!(
+        u.inputs[0].from_task, "t",
+        "the task as written: the scheduler gathers"
+    );
+    Ok(())
 }

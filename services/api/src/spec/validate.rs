@@ -75,12 +75,6 @@ pub(crate) fn resolve(
                 (name.as_str(), outputs)
             })
             .collect(),
-        matrix: tasks
-            .iter()
-            .zip(&names)
-            .filter(|(task, _)| task.matrix.is_some())
-            .map(|(_, name)| name.as_str())
-            .collect(),
     };
     // Each task as written resolves to its instances (one without a matrix).
     let expanded = tasks
@@ -129,8 +123,6 @@ struct Graph<'a> {
     index: HashMap<&'a str, usize>,
     /// Declared output names per task, as written.
     outputs: HashMap<&'a str, HashSet<&'a str>>,
-    /// Tasks with a matrix.
-    matrix: HashSet<&'a str>,
 }
 
 /// A task's instances: itself without a matrix, one per combination with.
@@ -423,12 +415,6 @@ fn resolve_inputs(
                 from_task: from_task.to_owned(),
             });
         };
-        if graph.matrix.contains(from_task) {
-            return Err(TaskError::InputFromMatrix {
-                input: name.to_owned(),
-                from_task: from_task.to_owned(),
-            });
-        }
         if !outputs.contains(from_output) {
             return Err(TaskError::InputFromUnknownOutput {
                 input: name.to_owned(),
