@@ -69,7 +69,13 @@ enum Command {
         /// spec's `priority:`).
         #[arg(long, value_name = "N", value_parser = queue::priority, allow_negative_numbers = true)]
         priority: Option<i64>,
+        /// Validate here and print the expanded DAG (matrix instances,
+        /// resolved commands) without contacting a scheduler.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// Print the JSON Schema of the pipeline spec (for editors: see README).
+    Schema,
     /// Show a run and its tasks.
     Get {
         run: String,
@@ -296,10 +302,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             watch,
             queue,
             priority,
+            dry_run,
         } => {
             let spec_yaml = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let params = parse_params(&params)?;
+            if dry_run {
+                let mut spec = drover_api::spec::parse_spec(&spec_yaml, &params)
+                    .with_context(|| format!("{} is not a valid pipeline", file.display()))?;
+                if let Some(queue) = queue {
+                    spec.queue = queue;
+                }
+                spec.priority = priority.unwrap_or(spec.priority);
+                print!("{}", output::dry_run_table(&spec));
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut client = connect(&server).await?;
             let span = tracing::info_span!("drover submit", file = %file.display());
             let id = client
@@ -318,6 +335,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return follow(&mut client, id, Format::Table).await;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            let schema = format!("{:#}\n", drover_api::spec::json_schema());
+            // A reader that stops early (`| head`) is not an error.
+            match std::io::stdout().write_all(schema.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Get { run, output } => {
             let mut client = connect(&server).await?;

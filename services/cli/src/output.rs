@@ -421,6 +421,45 @@ pub fn agent_json(a: &pb::Agent) -> Value {
     })
 }
 
+/// `drover submit --dry-run`: the expanded DAG as the scheduler would run
+/// it, one task a line, with its resolved command.
+pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
+    let queue = if spec.queue.is_empty() {
+        "default"
+    } else {
+        spec.queue.as_str()
+    };
+    let mut out = format!(
+        "pipeline {}: {} tasks, queue {queue}, priority {} (not submitted)\n",
+        spec.name,
+        spec.tasks.len(),
+        spec.priority
+    );
+    let rows: Vec<Vec<String>> = spec
+        .tasks
+        .iter()
+        .map(|t| {
+            let after = match t.depends_on.len() {
+                0 => "-".to_string(),
+                // A sweep's instances would fill the line: say how many.
+                n if n > 4 => format!("{n} tasks"),
+                _ => t.depends_on.join(", "),
+            };
+            let runs = match t.image.as_str() {
+                "" => format!("process: {}", t.command.join(" ")),
+                image => format!("{image}: {}", t.command.join(" ")),
+            };
+            let cap = match t.max_parallel {
+                0 => String::new(),
+                n => format!(" (max_parallel {n})"),
+            };
+            vec![t.name.clone() + &cap, after, runs]
+        })
+        .collect();
+    out.push_str(&table(&["TASK", "AFTER", "RUNS"], &[false; 3], &rows));
+    out
+}
+
 /// Columns separated by two spaces, each as wide as its widest cell; `right`
 /// says which are right-aligned (numbers). The last column is not padded.
 fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {

@@ -264,3 +264,68 @@ fn help_names_every_flag_with_its_env_var() {
         .unwrap();
     assert!(out(&o).contains("[env: DROVER_DEV_DIR="), "{}", out(&o));
 }
+
+/// `drover` with no scheduler anywhere: a closed port.
+fn offline(args: &[&str], dir: &Path) -> Output {
+    Command::new(DROVER)
+        .args(args)
+        .env("DROVER_SERVER", "http://127.0.0.1:1")
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("sweep.yaml");
+    std::fs::write(
+        &spec,
+        "name: sweep\nparams: {data: d1}\ntasks:\n  - {name: prep, command: [prep, '{{params.data}}']}\n  - {name: train, depends_on: [prep], matrix: {lr: ['0.1', '0.3']}, max_parallel: 1, command: [train, '{{matrix.lr}}']}\n  - {name: eval, depends_on: [train], image: 'busybox', command: [eval]}\n",
+    )
+    .unwrap();
+    let spec = spec.display().to_string();
+    let out = offline(
+        &["submit", "--dry-run", &spec, "--param", "data=d2"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines[0],
+        "pipeline sweep: 4 tasks, queue default, priority 0 (not submitted)"
+    );
+    assert!(lines[2].starts_with("prep "), "{text}");
+    assert!(lines[2].ends_with("process: prep d2"), "{text}");
+    assert!(
+        lines[3].starts_with("train[lr=0.1] (max_parallel 1)"),
+        "{text}"
+    );
+    assert!(lines[4].ends_with("process: train 0.3"), "{text}");
+    assert!(lines[5].contains("train[lr=0.1], train[lr=0.3]"), "{text}");
+    assert!(lines[5].ends_with("busybox: eval"), "{text}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: p\ntasks:\n  - {name: t, command: [x, '{{matrix.lr}}']}\n",
+    )
+    .unwrap();
+    let out = offline(
+        &["submit", "--dry-run", &bad.display().to_string()],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("task `t`: command: `{{matrix.lr}}` needs a `matrix` on the task"),
+        "{err}"
+    );
+
+    let out = offline(&["schema"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Drover pipeline");
+    assert!(schema["$defs"]["RawTask"]["properties"]["matrix"].is_object());
+}

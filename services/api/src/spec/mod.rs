@@ -47,6 +47,7 @@
 mod matrix;
 mod quantity;
 mod raw;
+mod schema;
 mod template;
 mod validate;
 
@@ -57,6 +58,7 @@ use std::collections::BTreeMap;
 
 pub use matrix::MAX_INSTANCES as MAX_MATRIX_INSTANCES;
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
+pub use schema::json_schema;
 pub use template::TemplateError;
 /// The label rules agents and node selectors share.
 pub use validate::{is_label_key, is_label_value};

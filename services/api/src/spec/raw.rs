@@ -9,44 +9,61 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::SpecError;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a pipeline spec (a mapping with `name` and `tasks`)"
 )]
 pub(crate) struct RawSpec {
+    /// The pipeline's name: runs are named `<name>-<suffix>`.
     pub name: Option<String>,
+    /// The queue its tasks wait in (default: `default`).
     pub queue: Option<String>,
+    /// Order inside the queue, 0 to 1000000, higher first.
     pub priority: Option<String>,
+    /// Params with their defaults, used as {{params.<name>}}; `drover submit --param` overrides them.
     pub params: Option<BTreeMap<String, Option<String>>>,
+    /// A task failing for good cancels the rest (default true).
     pub fail_fast: Option<bool>,
     pub tasks: Option<Vec<RawTask>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a task (a mapping with `name` and `command`)"
 )]
 pub(crate) struct RawTask {
     pub name: Option<String>,
+    /// Tasks that must succeed first.
     pub depends_on: Option<Vec<String>>,
+    /// The program and its arguments (no shell).
     pub command: Option<Vec<String>>,
+    /// Artifacts from upstream tasks, at $DROVER_INPUTS/<name>.
     pub inputs: Option<Vec<RawInput>>,
+    /// Files under $DROVER_OUTPUTS stored after the task succeeds.
     pub outputs: Option<Vec<RawOutput>>,
     pub env: Option<BTreeMap<String, Option<String>>>,
+    /// cpu (e.g. 2, 500m), memory (e.g. 4Gi), gpu, gpu_model, gpu_memory.
     pub resources: Option<RawResources>,
+    /// limit and backoff (e.g. 5s) between attempts.
     pub retries: Option<RawRetries>,
+    /// e.g. 1h; the attempt is killed past it.
     pub timeout: Option<String>,
+    /// A container image; without one the task runs as a process.
     pub image: Option<String>,
+    /// Only agents with all these labels.
     pub node_selector: Option<BTreeMap<String, Option<String>>>,
+    /// IfNotPresent, Always or Never (needs an image).
     pub pull_policy: Option<String>,
     pub matrix: Option<RawMatrix>,
+    /// Most instances of the matrix running at once.
     pub max_parallel: Option<String>,
 }
 
@@ -54,6 +71,20 @@ pub(crate) struct RawTask {
 /// they were written (instance names follow it).
 #[derive(Debug, Default)]
 pub(crate) struct RawMatrix(pub Vec<(String, Option<Vec<String>>)>);
+
+impl JsonSchema for RawMatrix {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Matrix".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Names with lists of values: the task runs once per combination, each instance seeing its values as {{matrix.<name>}}.",
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for RawMatrix {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -80,27 +111,29 @@ impl<'de> Deserialize<'de> for RawMatrix {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "an input (a mapping with `name` and `from`)"
 )]
 pub(crate) struct RawInput {
     pub name: Option<String>,
+    /// `<task>/<output>`; from a task with a matrix, every instance's output.
     pub from: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "an output (a mapping with `name` and `path`)"
 )]
 pub(crate) struct RawOutput {
     pub name: Option<String>,
+    /// Relative to $DROVER_OUTPUTS.
     pub path: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "resources (a mapping with `cpu`, `memory`, `gpu`, `gpu_model`, `gpu_memory`)"
@@ -113,7 +146,7 @@ pub(crate) struct RawResources {
     pub gpu_memory: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "retries (a mapping with `limit` and `backoff`)"
