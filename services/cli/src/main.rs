@@ -76,6 +76,11 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline spec (for editors: see README).
     Schema,
+    /// Print a shell completion script (see README for where it goes).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show a run and its tasks.
     Get {
         run: String,
@@ -178,7 +183,7 @@ async fn main() -> ExitCode {
 fn describe(e: &anyhow::Error) -> String {
     use tonic::Code;
     let Some(s) = e.downcast_ref::<tonic::Status>() else {
-        return format!("{e:#}");
+        return causes(e);
     };
     let code = match s.code() {
         Code::InvalidArgument => "invalid argument",
@@ -192,6 +197,20 @@ fn describe(e: &anyhow::Error) -> String {
         _ => "internal error",
     };
     format!("{} ({code})", s.message())
+}
+
+/// The error and its causes, outermost first, each said once: transport
+/// errors repeat their cause in their own message, or wrap an error that
+/// says the same (`tcp connect error: tcp connect error: …`).
+fn causes(e: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !said.iter().any(|s| s.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 async fn channel(server: &str) -> Result<Channel> {
@@ -334,6 +353,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if watch {
                 return follow(&mut client, id, Format::Table).await;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "drover", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

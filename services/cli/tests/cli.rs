@@ -329,3 +329,32 @@ fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
     assert_eq!(schema["title"], "Drover pipeline");
     assert!(schema["$defs"]["RawTask"]["properties"]["matrix"].is_object());
 }
+
+#[test]
+fn an_unreachable_scheduler_is_said_once_per_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = offline(&["list"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot reach the scheduler at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.matches("tcp connect error").count(), 1, "{err}");
+}
+
+#[test]
+fn completions_for_every_shell_know_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = offline(&["completion", shell], dir.path());
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["submit", "retry", "schema", "completion"] {
+            assert!(script.contains(command), "{shell}: no `{command}`");
+        }
+    }
+    let out = offline(&["completion", "tcsh"], dir.path());
+    assert!(!out.status.success());
+}
