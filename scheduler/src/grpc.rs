@@ -273,6 +273,13 @@ impl Scheduler for Api {
         Ok(Response::new(self.read_run(&id).await?))
     }
 
+    async fn get_version(
+        &self,
+        _: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        Ok(Response::new(drover_api::version()))
+    }
+
     async fn retry_run(
         &self,
         req: Request<pb::RetryRunRequest>,

@@ -16,5 +16,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["../../proto"],
         )?;
     println!("cargo:rerun-if-changed=../../proto");
+    commit();
     Ok(())
+}
+
+/// The commit being built, for `drover version` (`unknown` outside a git
+/// checkout). Built again when HEAD moves.
+fn commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let suffix = if dirty { "-modified" } else { "" };
+    println!("cargo:rustc-env=DROVER_COMMIT={commit}{suffix}");
+    for path in ["HEAD", "refs/heads", "index"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
 }

@@ -1,6 +1,14 @@
 //! The Drover contract shared by every component: the generated protobuf and
 //! gRPC code (`pb`), the YAML pipeline spec and its validation (`spec`).
 
+/// This build: the workspace version and the commit it was built from.
+pub fn version() -> pb::VersionInfo {
+    pb::VersionInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: env!("DROVER_COMMIT").to_string(),
+    }
+}
+
 pub mod events;
 pub mod naming;
 pub mod spec;

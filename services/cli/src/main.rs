@@ -74,6 +74,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the CLI's version and, when one answers, the scheduler's.
+    Version,
     /// Print the JSON Schema of the pipeline spec (for editors: see README).
     Schema,
     /// Print a shell completion script (see README for where it goes).
@@ -197,6 +199,11 @@ fn describe(e: &anyhow::Error) -> String {
         _ => "internal error",
     };
     format!("{} ({code})", s.message())
+}
+
+/// `1` of `1.2.3`: what must match between CLI and scheduler.
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
 }
 
 /// The error and its causes, outermost first, each said once: transport
@@ -352,6 +359,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{id}");
             if watch {
                 return follow(&mut client, id, Format::Table).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            let ours = drover_api::version();
+            println!("drover {} ({})", ours.version, ours.commit);
+            let theirs = match connect(&server).await {
+                Ok(mut client) => client.get_version(pb::GetVersionRequest {}).await,
+                Err(e) => {
+                    eprintln!("scheduler: {}", causes(&e));
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            match theirs {
+                Ok(v) => {
+                    let v = v.into_inner();
+                    println!("scheduler {} ({}) at {server}", v.version, v.commit);
+                    if major(&v.version) != major(&ours.version) {
+                        eprintln!(
+                            "warning: the scheduler's major version differs from this CLI's ({} vs {})",
+                            v.version, ours.version
+                        );
+                    }
+                }
+                Err(status) => eprintln!("scheduler at {server}: {}", status.message()),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -229,7 +229,7 @@ fn failures_and_bad_input_exit_non_zero_with_clear_messages() {
 }
 
 #[test]
-fn cancel_from_the_cli() {
+fn cancel_and_version_from_the_cli() {
     let dev = Dev::start();
     let slow = dev.write(
         "slow.yaml",
@@ -252,6 +252,20 @@ fn cancel_from_the_cli() {
     let o = dev.drover(&["watch", &run]);
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).contains("Cancelled"), "{}", out(&o));
+
+    // The same build on both sides: one version and commit, no warning.
+    let o = dev.drover(&["version"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    let cli = lines[0].strip_prefix("drover ").unwrap();
+    let scheduler = lines[1].strip_prefix("scheduler ").unwrap();
+    assert!(scheduler.starts_with(cli), "{lines:?}");
+    assert!(
+        scheduler.ends_with(&format!("at {}", dev.server)),
+        "{lines:?}"
+    );
+    assert_eq!(err(&o), "");
 }
 
 #[test]
