@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The commit being built, for `drover version` (`unknown` outside a git
-/// checkout). Built again when HEAD moves.
+/// checkout; uncommitted changes are not marked). Built again when HEAD moves.
 fn commit() {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -32,11 +32,9 @@ fn commit() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    let suffix = if dirty { "-modified" } else { "" };
-    println!("cargo:rustc-env=DROVER_COMMIT={commit}{suffix}");
-    for path in ["HEAD", "refs/heads", "index"] {
+    println!("cargo:rustc-env=DROVER_COMMIT={commit}");
+    // Not the index: every `git add` would rebuild every crate.
+    for path in ["HEAD", "refs/heads"] {
         if let Some(p) = git(&["rev-parse", "--git-path", path]) {
             println!("cargo:rerun-if-changed={p}");
         }
