@@ -569,11 +569,32 @@ async fn big_specs_are_stored_in_chunks_and_over_the_limit_refused() {
     );
 }
 
+/// The events stream once the scheduler has made it and its consumer: the
+/// harness waits for the port, and the engine makes them as it starts, a
+/// moment later.
+async fn events_stream(
+    js: &async_nats::jetstream::Context,
+    c: &Cluster,
+) -> async_nats::jetstream::stream::Stream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let name = drover_api::naming::events_stream(&c.nats_prefix);
+        if let Ok(stream) = js.get_stream(name).await {
+            if stream.consumer_info("scheduler-turns").await.is_ok() {
+                return stream;
+            }
+        }
+        assert!(Instant::now() < deadline, "no events stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_stream_keeps_events_a_week_also_when_an_earlier_version_made_it() {
     use drover_api::naming;
     let mut c = Cluster::without_agents().await;
     let js = async_nats::jetstream::new(async_nats::connect(&c.nats.url).await.unwrap());
+    events_stream(&js, &c).await;
     let name = naming::events_stream(&c.nats_prefix);
     let max_age = |js: async_nats::jetstream::Context| {
         let name = name.clone();
@@ -608,10 +629,7 @@ async fn the_explicit_ack_consumer_of_an_earlier_version_is_replaced_from_its_ac
     use futures::StreamExt;
     let mut c = Cluster::without_agents().await;
     let js = async_nats::jetstream::new(async_nats::connect(&c.nats.url).await.unwrap());
-    let stream = js
-        .get_stream(naming::events_stream(&c.nats_prefix))
-        .await
-        .unwrap();
+    let stream = events_stream(&js, &c).await;
     c.kill_scheduler().await;
     stream.delete_consumer("scheduler-turns").await.unwrap();
 

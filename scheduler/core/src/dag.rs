@@ -363,14 +363,24 @@ impl RunDag {
         let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
         for &i in &order {
             let task = match slots[i].take() {
-                Some(stored) => stored,
-                None => {
+                // Pending is derived even when stored (a retried task keeps
+                // its earlier attempts): its upstream tasks may have moved
+                // on in a commit that this task's record missed.
+                Some(stored) if stored.status != TaskStatus::Pending => stored,
+                stored => {
                     let (status, message) = dag.derive(i, |d| {
                         resolved[d]
                             .as_ref()
                             .map_or(TaskStatus::Pending, |t| t.status)
                     });
-                    let mut t = TaskRun::derived(status, message);
+                    let mut t = match stored {
+                        Some(mut kept) => {
+                            kept.status = status;
+                            kept.message = message;
+                            kept
+                        }
+                        None => TaskRun::derived(status, message),
+                    };
                     if status == TaskStatus::Ready {
                         // Ready since its last upstream task finished.
                         t.ready_at = dag.defs[i]

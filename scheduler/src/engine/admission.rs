@@ -215,22 +215,8 @@ impl EngineState {
         let mut pending_keys: Vec<(u32, TaskIndex)> = Vec::with_capacity(n);
         let mut pending = std::mem::take(&mut self.pass_buffers.pending);
         pending.clear();
-        let mut capped = Vec::new();
         for (run_id, run, queue) in order {
             let tasks = &self.ready[run_id];
-            // Instances under a `max_parallel`: how many hold an agent, then
-            // how many this pass may add. Counting every one it offers keeps
-            // the cap even when all are admitted.
-            let mut room: Vec<u32> = run.caps.as_ref().map_or_else(Vec::new, |caps| {
-                let mut room: Vec<u32> = caps.groups.iter().map(|(_, cap)| *cap).collect();
-                let running = self.fleet.allocations_by_run().get(run_id);
-                for task in running.into_iter().flat_map(|tasks| tasks.keys()) {
-                    if let Some(g) = caps.group_of[task.0] {
-                        room[g] = room[g].saturating_sub(1);
-                    }
-                }
-                room
-            });
             board_runs.push(BoardRun {
                 id: run_id.clone(),
                 queue: run.queue().to_string(),
@@ -247,18 +233,6 @@ impl EngineState {
                 if taken[queue] >= depth {
                     board_runs[slot as usize].beyond = true;
                     break;
-                }
-                let group = run
-                    .caps
-                    .as_ref()
-                    .and_then(|c| Some((c, c.group_of[task.0]?)));
-                if let Some((caps, g)) = group {
-                    if room[g] == 0 {
-                        let (name, cap) = &caps.groups[g];
-                        capped.push((slot, *task, name.clone(), *cap));
-                        continue;
-                    }
-                    room[g] -= 1;
                 }
                 taken[queue] += 1;
                 pending.push(admission::Pending {
@@ -281,7 +255,6 @@ impl EngineState {
             self.pass_buffers.pending = pending;
             let board = WaitBoard {
                 runs: board_runs,
-                capped,
                 ..WaitBoard::default()
             };
             self.set_board(board, turn);
@@ -354,9 +327,38 @@ impl EngineState {
             .collect();
         drop(running_keys);
 
+        // Instances under a `max_parallel` are offered like any task, and
+        // the cap applies to what the pass admits: an instance that cannot
+        // be placed takes no room from one that can. By run slot, each
+        // group's room left (its cap less what holds an agent), filled in
+        // when the run's first capped instance is admitted.
+        let mut room: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut capped = Vec::new();
         for admit in decision.admit {
             let (slot, task) = pending_keys[admit.key];
             let run_id = &board_runs[slot as usize].id;
+            let group = self.runs.get(run_id).and_then(|run| {
+                let caps = run.caps.as_ref()?;
+                Some((caps, caps.group_of[task.0]?))
+            });
+            if let Some((caps, g)) = group {
+                let left = room.entry(slot).or_insert_with(|| {
+                    let mut left: Vec<u32> = caps.groups.iter().map(|(_, cap)| *cap).collect();
+                    let running = self.fleet.allocations_by_run().get(run_id);
+                    for held in running.into_iter().flat_map(|tasks| tasks.keys()) {
+                        if let Some(g) = caps.group_of[held.0] {
+                            left[g] = left[g].saturating_sub(1);
+                        }
+                    }
+                    left
+                });
+                if left[g] == 0 {
+                    let (name, cap) = &caps.groups[g];
+                    capped.push((slot, task, name.clone(), *cap));
+                    continue;
+                }
+                left[g] -= 1;
+            }
             let agent = agents.slots[admit.placement.agent].id.clone();
             let agent_id = self.fleet.agent_id(&agent);
             let Some(run) = self.runs.get_mut(run_id) else {

@@ -145,9 +145,17 @@ impl EngineState {
         turn: &mut Turn,
     ) -> Result<(), SchedulerError> {
         let id = RunId::new(&stored.record.id);
-        if self.runs.contains_key(&id) {
+        // Active here, or active as read (it may have ended since the read:
+        // then the caller asks again and reads it finished).
+        if self.runs.contains_key(&id) || crate::store::is_active(stored.record.state()) {
             return Err(SchedulerError::FailedPrecondition(format!(
                 "run `{id}` is still running; wait for it to end or cancel it first"
+            )));
+        }
+        let queue = &stored.record.queue;
+        if !self.queue_exists(queue) {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "run `{id}` waited in queue `{queue}`, which no longer exists; create it again to retry the run"
             )));
         }
         let names: HashMap<&str, usize> = stored
@@ -159,6 +167,12 @@ impl EngineState {
             .collect();
         let mut rerun = Vec::with_capacity(tasks.len());
         for task in tasks {
+            if task.is_empty() {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "tasks",
+                    message: "a task name is empty".into(),
+                });
+            }
             if let Some(&i) = names.get(task.as_str()) {
                 rerun.push(i);
                 continue;

@@ -50,6 +50,27 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The loop's clock: wall-clock milliseconds at start, advanced by a
+/// monotonic clock, so a step of the system clock (NTP) neither marks every
+/// agent lost at once nor hides a silent one.
+struct Clock {
+    wall_at_start: u64,
+    started: std::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall_at_start: now_ms(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.wall_at_start + self.started.elapsed().as_millis() as u64
+    }
+}
+
 /// Something that woke the loop.
 enum Item {
     Command(Command),
@@ -73,6 +94,7 @@ pub struct Engine {
     commands: mpsc::Receiver<Command>,
     metrics: SchedulerMetrics,
     metrics_at: Millis,
+    clock: Clock,
     /// Callers waiting for their answer, by the id their request went in with.
     replies: HashMap<ReplyId, oneshot::Sender<Result<Response>>>,
     next_reply: u64,
@@ -110,6 +132,7 @@ impl Engine {
             commands,
             metrics,
             metrics_at: 0,
+            clock: Clock::new(),
             replies: HashMap::new(),
             next_reply: 0,
             reload_pending: false,
@@ -123,7 +146,7 @@ impl Engine {
         let mut events = self.bus.events().await?;
         let mut heartbeats = self.bus.heartbeats().await?;
         let mut turn = Turn::default();
-        let now = now_ms();
+        let now = self.clock.now();
         self.state.load(self.load().await?, now, &mut turn);
         self.state.end_inputs(now, &mut turn);
         self.finish_turn(turn, Vec::new()).await;
@@ -132,7 +155,8 @@ impl Engine {
         let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         tokio::pin!(shutdown);
         loop {
-            let wake = self.state.next_wakeup();
+            let now = self.clock.now();
+            let wake = self.state.next_wakeup().map(|t| t.saturating_sub(now));
             let first = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -154,7 +178,7 @@ impl Engine {
                     }
                 },
                 Some(hb) = heartbeats.next() => Item::Heartbeat(hb),
-                _ = sleep_until_ms(wake) => Item::Tick,
+                _ = sleep_ms(wake) => Item::Tick,
                 _ = liveness.tick() => Item::Tick,
             };
             let mut items = vec![first];
@@ -172,7 +196,7 @@ impl Engine {
                 }
             }
             let mut turn = Turn::default();
-            let now = now_ms();
+            let now = self.clock.now();
             if self.reload_pending {
                 match self.load().await {
                     Ok(stored) => self.state.load(stored, now, &mut turn),
@@ -406,12 +430,10 @@ impl Engine {
     }
 }
 
-async fn sleep_until_ms(at: Option<u64>) {
-    match at {
-        Some(t) => {
-            let wait = t.saturating_sub(now_ms());
-            tokio::time::sleep(Duration::from_millis(wait)).await
-        }
+/// Sleeps `ms`, or forever for None.
+async fn sleep_ms(ms: Option<u64>) {
+    match ms {
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
         None => std::future::pending().await,
     }
 }

@@ -913,3 +913,22 @@ fn retry_of_named_tasks_reruns_them_and_their_downstream() -> TestResult {
     assert!(dirty.contains(&0) && dirty.contains(&1) && !dirty.contains(&2));
     Ok(())
 }
+
+#[test]
+fn a_stored_pending_task_is_derived_again_on_restore() -> TestResult {
+    // A retried task is stored Pending with its earlier attempts; its
+    // upstream task's success may be committed without it.
+    let (mut dag, _) = RunDag::new(defs(&[("a", &[], 0), ("b", &["a"], 0)]), false);
+    run_ok(&mut dag, 0, 10);
+    run_ok(&mut dag, 1, 20);
+    dag.retry(&[0], 30)?;
+    run_ok(&mut dag, 0, 40);
+    let mut b = dag.task(1).clone();
+    b.status = TaskStatus::Pending;
+    let records = vec![Some(dag.task(0).clone()), Some(b)];
+    let (restored, fx) = RunDag::restore(dag.defs().to_vec(), false, RunState::new(), records);
+    assert_eq!(restored.task(1).status, TaskStatus::Ready);
+    assert_eq!(restored.task(1).attempts.len(), 1, "its attempts are kept");
+    assert!(fx.contains(&Effect::Ready { task: 1 }));
+    Ok(())
+}
