@@ -243,8 +243,18 @@ impl Engine {
             Item::Command(Command { request, reply }) => {
                 let id = ReplyId(self.next_reply);
                 self.next_reply += 1;
-                self.replies.insert(id, reply);
                 self.state.apply(Input::Request { id, request }, now, turn);
+                // An answer that needs nothing committed (a read, a refusal)
+                // goes out now rather than after the turn's commit.
+                match turn.answers.pop() {
+                    Some((answered, Answer::Now(result))) if answered == id => {
+                        let _ = reply.send(*result);
+                    }
+                    other => {
+                        turn.answers.extend(other);
+                        self.replies.insert(id, reply);
+                    }
+                }
             }
             Item::Event(msg) => {
                 for input in self.decode_events(&msg) {
