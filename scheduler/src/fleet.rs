@@ -90,10 +90,6 @@ impl AgentEntry {
         }
     }
 
-    pub fn drained(&self) -> bool {
-        self.drained
-    }
-
     pub fn record(&self) -> &Versioned<pb::AgentRecord> {
         &self.record
     }

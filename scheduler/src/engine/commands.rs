@@ -2,8 +2,6 @@
 //! the views they answer with.
 
 use drover_api::pb;
-use std::collections::HashMap;
-
 use drover_scheduler_core::dag::{Event, RetryRefusal, TaskStatus};
 use drover_scheduler_core::ids::{RunId, TaskIndex};
 use drover_scheduler_core::queue_rules::{self, QueueEdit, QueueFacts, QueueRefusal};
@@ -158,43 +156,28 @@ impl EngineState {
                 "run `{id}` waited in queue `{queue}`, which no longer exists; create it again to retry the run"
             )));
         }
-        let names: HashMap<&str, usize> = stored
-            .spec
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect();
-        let mut rerun = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            if task.is_empty() {
-                return Err(SchedulerError::InvalidArgument {
-                    field: "tasks",
-                    message: "a task name is empty".into(),
-                });
-            }
-            if let Some(&i) = names.get(task.as_str()) {
-                rerun.push(i);
-                continue;
-            }
-            // A task with a matrix names all its instances.
-            let instances = stored.spec.tasks.iter().enumerate();
-            let of: Vec<usize> = instances
-                .filter(|(_, t)| t.matrix_task == *task)
-                .map(|(i, _)| i)
-                .collect();
-            if of.is_empty() {
-                return Err(SchedulerError::TaskNotFound {
-                    run: id.to_string(),
-                    task: task.clone(),
-                });
-            }
-            rerun.extend(of);
-        }
         let state = stored.record.state();
+        // Finished: it holds no agent, so nothing is allocated here.
         let (id, fx) = self.insert_stored_run(stored.clone(), now);
         let Some(run) = self.runs.get_mut(&id) else {
             return Err(SchedulerError::RunNotFound(id.to_string()));
+        };
+        let rerun = match tasks_named(run, tasks) {
+            Ok(rerun) => rerun,
+            Err(task) => {
+                self.runs.remove(&id);
+                return Err(if task.is_empty() {
+                    SchedulerError::InvalidArgument {
+                        field: "tasks",
+                        message: "a task name is empty".into(),
+                    }
+                } else {
+                    SchedulerError::TaskNotFound {
+                        run: id.to_string(),
+                        task,
+                    }
+                });
+            }
         };
         match run.dag.retry(&rerun, now) {
             Ok((again, more)) => {
@@ -317,6 +300,20 @@ impl EngineState {
         self.fleet
             .view(id, |run, task, attempt| self.describe(run, task, attempt))
     }
+}
+
+/// The task indices `names` stand for (a task with a matrix for all its
+/// instances), or the first name that stands for none.
+fn tasks_named(run: &ActiveRun, names: &[String]) -> Result<Vec<usize>, String> {
+    let mut tasks = Vec::with_capacity(names.len());
+    for name in names {
+        match (run.dag.index_of(name), run.matrices.get(name)) {
+            (Some(i), _) => tasks.push(i),
+            (None, Some(instances)) => tasks.extend(instances.iter().map(|t| t.0)),
+            (None, None) => return Err(name.clone()),
+        }
+    }
+    Ok(tasks)
 }
 
 fn refused(refusal: QueueRefusal, name: String) -> SchedulerError {

@@ -18,7 +18,7 @@ use crate::queues::{self, DEFAULT_QUEUE};
 use crate::store::{LoadedRuns, StoredRun};
 
 use super::records::Versioned;
-use super::state::{matrix_instances, requests, ActiveRun, EngineState, ParallelCaps, Turn};
+use super::state::{ActiveRun, EngineState, Turn};
 
 /// Everything the engine keeps in etcd, as read.
 pub struct Stored {
@@ -75,17 +75,15 @@ impl EngineState {
             }
         }
         let id = RunId::new(&s.record.id);
-        let reqs = requests(&spec);
-        let caps = ParallelCaps::of(&spec);
-        let matrices = matrix_instances(&spec);
-        for (i, t) in dag.tasks().iter().enumerate() {
+        let run = ActiveRun::new(Versioned::stored(s.record, s.rev), spec, dag, tasks);
+        for (i, t) in run.dag.tasks().iter().enumerate() {
             if let (true, Some(a)) = (t.status.is_active(), t.current()) {
                 // An agent that never comes back must still be noticed.
                 self.fleet.expect(&a.agent, now);
                 let allocation = Allocation {
                     agent: self.fleet.agent_id(&a.agent),
                     attempt: AttemptNumber(a.number),
-                    req: reqs[i].clone(),
+                    req: run.requests[i].clone(),
                     gpus: a.gpus.clone(),
                     // Not stored: after a restart running work counts as within quota.
                     borrowed: false,
@@ -93,18 +91,7 @@ impl EngineState {
                 self.fleet.allocate(&id, TaskIndex(i), allocation);
             }
         }
-        self.runs.insert(
-            id.clone(),
-            ActiveRun {
-                record: Versioned::stored(s.record, s.rev),
-                spec,
-                dag,
-                tasks,
-                requests: reqs,
-                caps,
-                matrices,
-            },
-        );
+        self.runs.insert(id.clone(), run);
         (id, fx)
     }
 }

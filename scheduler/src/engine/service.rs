@@ -216,6 +216,7 @@ impl Engine {
             for item in redo.into_iter().chain(items) {
                 self.apply(item, now, &mut turn, &mut acks);
             }
+            self.answer_now(&mut turn);
             self.state.end_inputs(now, &mut turn);
             self.finish_turn(turn, acks).await;
             self.publish_metrics(now);
@@ -231,6 +232,20 @@ impl Engine {
         })
     }
 
+    /// Answers that need nothing committed (reads, refusals) go out before
+    /// the commit; the rest wait for it.
+    fn answer_now(&mut self, turn: &mut Turn) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut turn.answers)
+            .into_iter()
+            .partition(|(_, answer)| matches!(answer, Answer::Now(_)));
+        turn.answers = later;
+        for (id, answer) in now {
+            if let (Answer::Now(result), Some(tx)) = (answer, self.replies.remove(&id)) {
+                let _ = tx.send(*result);
+            }
+        }
+    }
+
     /// Feeds one item to the state; events' messages are kept to be acked.
     fn apply(
         &mut self,
@@ -243,18 +258,8 @@ impl Engine {
             Item::Command(Command { request, reply }) => {
                 let id = ReplyId(self.next_reply);
                 self.next_reply += 1;
+                self.replies.insert(id, reply);
                 self.state.apply(Input::Request { id, request }, now, turn);
-                // An answer that needs nothing committed (a read, a refusal)
-                // goes out now rather than after the turn's commit.
-                match turn.answers.pop() {
-                    Some((answered, Answer::Now(result))) if answered == id => {
-                        let _ = reply.send(*result);
-                    }
-                    other => {
-                        turn.answers.extend(other);
-                        self.replies.insert(id, reply);
-                    }
-                }
             }
             Item::Event(msg) => {
                 for input in self.decode_events(&msg) {

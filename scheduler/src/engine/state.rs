@@ -144,7 +144,7 @@ pub(super) struct ActiveRun {
 }
 
 /// The instances of each task with a matrix, by the task as written.
-pub(super) fn matrix_instances(spec: &pb::PipelineSpec) -> HashMap<String, Vec<TaskIndex>> {
+fn matrix_instances(spec: &pb::PipelineSpec) -> HashMap<String, Vec<TaskIndex>> {
     let mut instances: HashMap<String, Vec<TaskIndex>> = HashMap::new();
     for (i, task) in spec.tasks.iter().enumerate() {
         if !task.matrix_task.is_empty() {
@@ -188,6 +188,25 @@ impl ParallelCaps {
 }
 
 impl ActiveRun {
+    /// A run with its record and DAG; what placement needs is derived from
+    /// the spec here.
+    pub fn new(
+        record: Versioned<pb::RunRecord>,
+        spec: Arc<pb::PipelineSpec>,
+        dag: RunDag,
+        tasks: Vec<Versioned<()>>,
+    ) -> Self {
+        Self {
+            record,
+            requests: requests(&spec),
+            caps: ParallelCaps::of(&spec),
+            matrices: matrix_instances(&spec),
+            spec,
+            dag,
+            tasks,
+        }
+    }
+
     pub fn queue(&self) -> &str {
         &self.record.get().queue
     }
@@ -356,19 +375,9 @@ impl EngineState {
         let (dag, fx) = RunDag::new(convert::task_defs(&spec), spec.fail_fast);
         let id = RunId::new(&record.id);
         info!(run = %id, pipeline = %spec.name, tasks = spec.tasks.len(), "run submitted");
-        let n = spec.tasks.len();
-        self.runs.insert(
-            id.clone(),
-            ActiveRun {
-                record: Versioned::created(record),
-                requests: requests(&spec),
-                caps: ParallelCaps::of(&spec),
-                matrices: matrix_instances(&spec),
-                spec,
-                dag,
-                tasks: vec![Versioned::stored((), 0); n],
-            },
-        );
+        let tasks = vec![Versioned::stored((), 0); spec.tasks.len()];
+        let run = ActiveRun::new(Versioned::created(record), spec, dag, tasks);
+        self.runs.insert(id.clone(), run);
         self.effects(&id, fx, now, turn);
     }
 
@@ -602,7 +611,7 @@ fn gathered_input(
 }
 
 /// Each task's resource request, for placement.
-pub(super) fn requests(spec: &pb::PipelineSpec) -> Vec<Resources> {
+fn requests(spec: &pb::PipelineSpec) -> Vec<Resources> {
     spec.tasks
         .iter()
         .map(|t| {

@@ -104,6 +104,18 @@ fn stopped(task: usize, attempt: u32) -> Event {
     }
 }
 
+/// The agent's report of an attempt that exited 0 and wrote nothing.
+fn succeed(task: usize, attempt: u32) -> Event {
+    Event::Succeeded {
+        task,
+        attempt,
+        started_at: None,
+        outputs: vec![],
+        log_key: String::new(),
+        log_empty: true,
+    }
+}
+
 fn fail(task: usize, attempt: u32) -> Event {
     Event::Failed {
         task,
@@ -863,29 +875,9 @@ fn retry_reruns_what_did_not_succeed_and_keeps_the_rest() -> TestResult {
     // The new attempt's number continues from the failed one.
     let again = start(&mut dag, 2);
     assert_eq!(again, attempt + 1);
-    dag.apply(
-        Event::Succeeded {
-            task: 2,
-            attempt: again,
-            started_at: None,
-            outputs: vec![],
-            log_key: String::new(),
-            log_empty: true,
-        },
-        50,
-    )?;
+    dag.apply(succeed(2, again), 50)?;
     let d = start(&mut dag, 3);
-    let fx = dag.apply(
-        Event::Succeeded {
-            task: 3,
-            attempt: d,
-            started_at: None,
-            outputs: vec![],
-            log_key: String::new(),
-            log_empty: true,
-        },
-        60,
-    )?;
+    let fx = dag.apply(succeed(3, d), 60)?;
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
     assert_eq!(dag.task(0).attempts.len(), 1, "a was not run again");
     Ok(())

@@ -11,7 +11,7 @@ use super::validate::is_label_value;
 use super::TaskError;
 
 /// Most instances one task's matrix may expand into.
-pub const MAX_INSTANCES: usize = 10_000;
+const MAX_INSTANCES: usize = 10_000;
 
 /// A validated matrix: names in the order written, each with its values.
 #[derive(Debug, PartialEq, Eq)]

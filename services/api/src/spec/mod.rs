@@ -56,7 +56,6 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-pub use matrix::MAX_INSTANCES as MAX_MATRIX_INSTANCES;
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use schema::json_schema;
 pub use template::TemplateError;
