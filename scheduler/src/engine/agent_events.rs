@@ -33,9 +33,14 @@ impl EngineState {
             return;
         };
         let attempt = aref.attempt;
+        // Stamped by the agent's clock, but never later than the scheduler
+        // took it in: what happens next (the freed room given to another
+        // task) is stamped by the scheduler's clock and must come after.
+        let stamped = if ev.at_ms > 0 { ev.at_ms } else { now };
+        let at = stamped.min(now);
         // A final event for an attempt with no started event yet carries
         // its start: agents publish none for an attempt that ends quickly.
-        let started_at = (ev.started_at_ms > 0).then_some(ev.started_at_ms);
+        let started_at = (ev.started_at_ms > 0).then_some(ev.started_at_ms.min(at));
         let core = match ev.kind {
             Some(pb::attempt_event::Kind::Started(_)) => Event::Started { task, attempt },
             Some(pb::attempt_event::Kind::Succeeded(s)) => Event::Succeeded {
@@ -59,7 +64,6 @@ impl EngineState {
         };
         // The agent's attempt span joins the log line to the run's trace.
         debug!(run = %aref.run_id, task = %aref.task, attempt, agent = %ev.agent_id, trace_id, "agent event");
-        let at = if ev.at_ms > 0 { ev.at_ms } else { now };
         // Measured on the scheduler's clock only (assigned_at is its own),
         // and only for the first start of the current attempt: a
         // redelivered event is not a second start.
@@ -72,9 +76,9 @@ impl EngineState {
         // How long it had run when the event was stamped (agent clock to
         // agent clock), so the assignment-to-start delay is the delay to
         // now less that.
-        let ran = match (&core, started_at) {
+        let ran = match (&core, ev.started_at_ms) {
             (Event::Started { .. }, _) => Some(0),
-            (_, Some(started)) => Some(at.saturating_sub(started)),
+            (_, started) if started > 0 => Some(stamped.saturating_sub(started)),
             _ => None,
         };
         self.apply_to(&run_id, core, at, turn);

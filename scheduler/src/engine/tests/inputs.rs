@@ -75,12 +75,29 @@ fn a_final_event_with_its_start_records_the_start() -> TestResult {
         return Err("not an event".into());
     };
     event.started_at_ms = 1_200;
+    h.now = 1_600;
     h.turn(vec![Input::AgentEvent { event, trace_id }]);
     let t = h.task("r1", "t").ok_or("t not stored")?;
     assert_eq!(
         (t.attempts[0].started_at_ms, t.attempts[0].finished_at_ms),
         (1_200, 1_500)
     );
+    Ok(())
+}
+
+#[test]
+fn an_event_stamped_ahead_of_the_schedulers_clock_ends_before_the_room_is_reused() -> TestResult {
+    let mut h = Harness::new();
+    // One CPU: the second task waits for the first to end.
+    let submit = h.submit("r1", &[("a", &[]), ("b", &[])]);
+    h.turn(vec![heartbeat("a1", 1, &[]), submit]);
+    h.now = 2_000;
+    let log = h.turn(vec![succeeded("a1", "r1", "a", 1, 2_001)]);
+    assert_eq!(log.assigned(), [("b", 1, "a1")]);
+    let a = h.task("r1", "a").ok_or("a not stored")?;
+    let b = h.task("r1", "b").ok_or("b not stored")?;
+    assert_eq!(a.attempts[0].finished_at_ms, 2_000);
+    assert!(a.attempts[0].finished_at_ms <= b.attempts[0].assigned_at_ms);
     Ok(())
 }
 
