@@ -317,191 +317,6 @@ impl RunDag {
         dag
     }
 
-    /// Rebuild from stored state. `records[i]` is task `i`'s stored state, if
-    /// it has one. Returns the effects to resume with: Ready tasks for
-    /// placement, and the assignments and cancels that may not have reached
-    /// their agent before a restart (agents treat repeats as no-ops).
-    pub fn restore(
-        defs: Vec<TaskDef>,
-        fail_fast: bool,
-        run: RunState,
-        records: Vec<Option<TaskRun>>,
-    ) -> (Self, Vec<Effect>) {
-        let n = defs.len();
-        let mut dependents = vec![Vec::new(); n];
-        for (i, def) in defs.iter().enumerate() {
-            for &d in &def.deps {
-                dependents[d].push(i);
-            }
-        }
-        let by_name = defs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.name.clone(), i))
-            .collect();
-        let failed = records
-            .iter()
-            .flatten()
-            .any(|r| r.status == TaskStatus::Failed);
-        let mut dag = Self {
-            defs,
-            by_name,
-            dependents,
-            tasks: Vec::with_capacity(n),
-            run,
-            fail_fast,
-            failed,
-            unfinished: 0,
-            retry_waiting: 0,
-            dirty: vec![false; n],
-            dirty_list: Vec::new(),
-            run_dirty: false,
-        };
-        let order = dag.topo_order();
-        let mut slots: Vec<Option<TaskRun>> = records;
-        slots.resize(n, None);
-        let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
-        for &i in &order {
-            let task = match slots[i].take() {
-                // Pending is derived even when stored (a retried task keeps
-                // its earlier attempts): its upstream tasks may have moved
-                // on in a commit that this task's record missed.
-                Some(stored) if stored.status != TaskStatus::Pending => stored,
-                stored => {
-                    let (status, message) = dag.derive(i, |d| {
-                        resolved[d]
-                            .as_ref()
-                            .map_or(TaskStatus::Pending, |t| t.status)
-                    });
-                    let mut t = match stored {
-                        Some(mut kept) => {
-                            kept.status = status;
-                            kept.message = message;
-                            kept
-                        }
-                        None => TaskRun::derived(status, message),
-                    };
-                    if status == TaskStatus::Ready {
-                        // Ready since its last upstream task finished.
-                        t.ready_at = dag.defs[i]
-                            .deps
-                            .iter()
-                            .filter_map(|&d| resolved[d].as_ref()?.current()?.finished_at)
-                            .max();
-                    }
-                    t
-                }
-            };
-            resolved[i] = Some(task);
-        }
-        dag.tasks = resolved
-            .into_iter()
-            .map(|t| t.unwrap_or_else(|| TaskRun::derived(TaskStatus::Pending, String::new())))
-            .collect();
-        dag.unfinished = dag.tasks.iter().filter(|t| !t.status.is_terminal()).count();
-        dag.retry_waiting = dag
-            .tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::RetryWait)
-            .count();
-
-        let mut effects = Vec::new();
-        for (i, t) in dag.tasks.iter().enumerate() {
-            let Some(a) = t.current() else {
-                if t.status == TaskStatus::Ready {
-                    effects.push(Effect::Ready { task: i });
-                }
-                continue;
-            };
-            match (t.status, dag.run.status) {
-                (TaskStatus::Ready, _) => effects.push(Effect::Ready { task: i }),
-                (s, _) if s.is_active() && t.preempting.is_some() => effects.push(Effect::Cancel {
-                    task: i,
-                    attempt: a.number,
-                    agent: a.agent.clone(),
-                }),
-                (s, RunStatus::Cancelling) if s.is_active() => effects.push(Effect::Cancel {
-                    task: i,
-                    attempt: a.number,
-                    agent: a.agent.clone(),
-                }),
-                (TaskStatus::Assigned, _) => effects.push(Effect::Assign {
-                    task: i,
-                    attempt: a.number,
-                    agent: a.agent.clone(),
-                }),
-                _ => {}
-            }
-        }
-        if dag.unfinished == 0 && !dag.run.status.is_terminal() {
-            // Crashed after the last task's commit but before the run's.
-            // It ended when its last task did.
-            let last = dag
-                .tasks
-                .iter()
-                .filter_map(|t| t.current()?.finished_at)
-                .max();
-            let at = dag.run.finished_at.or(last).unwrap_or_default();
-            effects.push(dag.finish(at));
-        }
-        (dag, effects)
-    }
-
-    /// State of a task that never had an attempt, from its upstream tasks.
-    fn derive(&self, i: usize, status_of: impl Fn(usize) -> TaskStatus) -> (TaskStatus, String) {
-        let mut all_done = true;
-        for &d in &self.defs[i].deps {
-            match status_of(d) {
-                TaskStatus::Failed | TaskStatus::Skipped => {
-                    return (
-                        TaskStatus::Skipped,
-                        format!("upstream task `{}` did not succeed", self.defs[d].name),
-                    )
-                }
-                TaskStatus::Cancelled => {
-                    return (
-                        TaskStatus::Cancelled,
-                        format!("upstream task `{}` was cancelled", self.defs[d].name),
-                    )
-                }
-                TaskStatus::Succeeded => {}
-                _ => all_done = false,
-            }
-        }
-        match self.run.status {
-            RunStatus::Cancelling | RunStatus::Cancelled => {
-                (TaskStatus::Cancelled, "run cancelled".into())
-            }
-            _ if self.failed && self.fail_fast => (TaskStatus::Skipped, "run failed fast".into()),
-            RunStatus::Running if all_done => (TaskStatus::Ready, String::new()),
-            _ => (TaskStatus::Pending, String::new()),
-        }
-    }
-
-    /// Kahn's order; tasks on a cycle (validation rejects those) come last.
-    fn topo_order(&self) -> Vec<usize> {
-        let n = self.defs.len();
-        let mut indegree: Vec<usize> = self.defs.iter().map(|d| d.deps.len()).collect();
-        let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
-        let mut head = 0;
-        while head < order.len() {
-            let i = order[head];
-            head += 1;
-            for &j in &self.dependents[i] {
-                indegree[j] -= 1;
-                if indegree[j] == 0 {
-                    order.push(j);
-                }
-            }
-        }
-        if order.len() < n {
-            let mut seen = vec![false; n];
-            order.iter().for_each(|&i| seen[i] = true);
-            order.extend((0..n).filter(|&i| !seen[i]));
-        }
-        order
-    }
-
     pub fn status(&self) -> RunStatus {
         self.run.status
     }
@@ -830,52 +645,6 @@ impl RunDag {
         }
     }
 
-    /// Brings a finished run back to Running (`drover retry`): every task
-    /// that did not succeed, every task in `rerun` and everything downstream
-    /// of those get new attempts (numbers continue from the last, retries
-    /// start over); tasks that succeeded otherwise keep their attempts and
-    /// outputs. Returns the tasks brought back and the effects (Ready tasks);
-    /// refused when the run is not finished or nothing would run.
-    pub fn retry(
-        &mut self,
-        rerun: &[usize],
-        now: Millis,
-    ) -> Result<(Vec<usize>, Vec<Effect>), RetryRefusal> {
-        if !self.run.status.is_terminal() {
-            return Err(RetryRefusal::NotFinished(self.run.status));
-        }
-        let mut again = vec![false; self.tasks.len()];
-        let mut stack: Vec<usize> = rerun.to_vec();
-        stack.extend(
-            (0..self.tasks.len()).filter(|&i| self.tasks[i].status != TaskStatus::Succeeded),
-        );
-        while let Some(i) = stack.pop() {
-            if !again[i] {
-                again[i] = true;
-                stack.extend(self.dependents[i].iter().copied());
-            }
-        }
-        let tasks: Vec<usize> = (0..self.tasks.len()).filter(|&i| again[i]).collect();
-        if tasks.is_empty() {
-            return Err(RetryRefusal::AllSucceeded);
-        }
-        self.run = RunState::new();
-        self.run_dirty = true;
-        self.failed = false;
-        for &i in &tasks {
-            let t = &mut self.tasks[i];
-            t.retries_used = 0;
-            t.retry_at = 0;
-            t.preempting = None;
-            self.set_status(i, TaskStatus::Pending, "");
-        }
-        let mut fx = Vec::new();
-        for &i in &tasks {
-            self.ready_if_upstream_succeeded(i, now, &mut fx);
-        }
-        Ok((tasks, fx))
-    }
-
     /// `task` becomes Ready at `now` if every upstream task succeeded.
     fn ready_if_upstream_succeeded(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
         let deps = &self.defs[task].deps;
@@ -887,26 +656,6 @@ impl RunDag {
             self.set_status(task, TaskStatus::Ready, "");
             fx.push(Effect::Ready { task });
         }
-    }
-
-    /// Retry timers: RetryWait tasks whose time has come become Ready.
-    pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
-        if self.stopping() || self.retry_waiting == 0 {
-            return Vec::new();
-        }
-        let due: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| {
-                self.tasks[i].status == TaskStatus::RetryWait && self.tasks[i].retry_at <= now
-            })
-            .collect();
-        due.into_iter()
-            .map(|task| {
-                // Ready from the moment its backoff ended, however late the tick.
-                self.tasks[task].ready_at = Some(self.tasks[task].retry_at);
-                self.set_status(task, TaskStatus::Ready, "");
-                Effect::Ready { task }
-            })
-            .collect()
     }
 
     /// `task` failed for good: downstream never starts; with fail_fast the
@@ -970,5 +719,7 @@ impl RunDag {
     }
 }
 
+mod rerun;
+mod restore;
 #[cfg(test)]
 mod tests;

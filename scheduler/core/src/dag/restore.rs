@@ -1,0 +1,191 @@
+//! Rebuilding a run's state machine from what etcd holds, and deriving the
+//! state of tasks that never had an attempt.
+
+use super::{Effect, RunDag, RunState, RunStatus, TaskDef, TaskRun, TaskStatus};
+
+impl RunDag {
+    /// Rebuild from stored state. `records[i]` is task `i`'s stored state, if
+    /// it has one. Returns the effects to resume with: Ready tasks for
+    /// placement, and the assignments and cancels that may not have reached
+    /// their agent before a restart (agents treat repeats as no-ops).
+    pub fn restore(
+        defs: Vec<TaskDef>,
+        fail_fast: bool,
+        run: RunState,
+        records: Vec<Option<TaskRun>>,
+    ) -> (Self, Vec<Effect>) {
+        let n = defs.len();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, def) in defs.iter().enumerate() {
+            for &d in &def.deps {
+                dependents[d].push(i);
+            }
+        }
+        let by_name = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
+        let failed = records
+            .iter()
+            .flatten()
+            .any(|r| r.status == TaskStatus::Failed);
+        let mut dag = Self {
+            defs,
+            by_name,
+            dependents,
+            tasks: Vec::with_capacity(n),
+            run,
+            fail_fast,
+            failed,
+            unfinished: 0,
+            retry_waiting: 0,
+            dirty: vec![false; n],
+            dirty_list: Vec::new(),
+            run_dirty: false,
+        };
+        let order = dag.topo_order();
+        let mut slots: Vec<Option<TaskRun>> = records;
+        slots.resize(n, None);
+        let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
+        for &i in &order {
+            let task = match slots[i].take() {
+                // Pending is derived even when stored (a retried task keeps
+                // its earlier attempts): its upstream tasks may have moved
+                // on in a commit that this task's record missed.
+                Some(stored) if stored.status != TaskStatus::Pending => stored,
+                stored => {
+                    let (status, message) = dag.derive(i, |d| {
+                        resolved[d]
+                            .as_ref()
+                            .map_or(TaskStatus::Pending, |t| t.status)
+                    });
+                    let mut t = match stored {
+                        Some(mut kept) => {
+                            kept.status = status;
+                            kept.message = message;
+                            kept
+                        }
+                        None => TaskRun::derived(status, message),
+                    };
+                    if status == TaskStatus::Ready {
+                        // Ready since its last upstream task finished.
+                        t.ready_at = dag.defs[i]
+                            .deps
+                            .iter()
+                            .filter_map(|&d| resolved[d].as_ref()?.current()?.finished_at)
+                            .max();
+                    }
+                    t
+                }
+            };
+            resolved[i] = Some(task);
+        }
+        dag.tasks = resolved
+            .into_iter()
+            .map(|t| t.unwrap_or_else(|| TaskRun::derived(TaskStatus::Pending, String::new())))
+            .collect();
+        dag.unfinished = dag.tasks.iter().filter(|t| !t.status.is_terminal()).count();
+        dag.retry_waiting = dag
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::RetryWait)
+            .count();
+
+        let mut effects = Vec::new();
+        for (i, t) in dag.tasks.iter().enumerate() {
+            let Some(a) = t.current() else {
+                if t.status == TaskStatus::Ready {
+                    effects.push(Effect::Ready { task: i });
+                }
+                continue;
+            };
+            match (t.status, dag.run.status) {
+                (TaskStatus::Ready, _) => effects.push(Effect::Ready { task: i }),
+                (s, _) if s.is_active() && t.preempting.is_some() => effects.push(Effect::Cancel {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
+                (s, RunStatus::Cancelling) if s.is_active() => effects.push(Effect::Cancel {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
+                (TaskStatus::Assigned, _) => effects.push(Effect::Assign {
+                    task: i,
+                    attempt: a.number,
+                    agent: a.agent.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if dag.unfinished == 0 && !dag.run.status.is_terminal() {
+            // Crashed after the last task's commit but before the run's.
+            // It ended when its last task did.
+            let last = dag
+                .tasks
+                .iter()
+                .filter_map(|t| t.current()?.finished_at)
+                .max();
+            let at = dag.run.finished_at.or(last).unwrap_or_default();
+            effects.push(dag.finish(at));
+        }
+        (dag, effects)
+    }
+
+    /// State of a task that never had an attempt, from its upstream tasks.
+    fn derive(&self, i: usize, status_of: impl Fn(usize) -> TaskStatus) -> (TaskStatus, String) {
+        let mut all_done = true;
+        for &d in &self.defs[i].deps {
+            match status_of(d) {
+                TaskStatus::Failed | TaskStatus::Skipped => {
+                    return (
+                        TaskStatus::Skipped,
+                        format!("upstream task `{}` did not succeed", self.defs[d].name),
+                    )
+                }
+                TaskStatus::Cancelled => {
+                    return (
+                        TaskStatus::Cancelled,
+                        format!("upstream task `{}` was cancelled", self.defs[d].name),
+                    )
+                }
+                TaskStatus::Succeeded => {}
+                _ => all_done = false,
+            }
+        }
+        match self.run.status {
+            RunStatus::Cancelling | RunStatus::Cancelled => {
+                (TaskStatus::Cancelled, "run cancelled".into())
+            }
+            _ if self.failed && self.fail_fast => (TaskStatus::Skipped, "run failed fast".into()),
+            RunStatus::Running if all_done => (TaskStatus::Ready, String::new()),
+            _ => (TaskStatus::Pending, String::new()),
+        }
+    }
+
+    /// Kahn's order; tasks on a cycle (validation rejects those) come last.
+    fn topo_order(&self) -> Vec<usize> {
+        let n = self.defs.len();
+        let mut indegree: Vec<usize> = self.defs.iter().map(|d| d.deps.len()).collect();
+        let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut head = 0;
+        while head < order.len() {
+            let i = order[head];
+            head += 1;
+            for &j in &self.dependents[i] {
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    order.push(j);
+                }
+            }
+        }
+        if order.len() < n {
+            let mut seen = vec![false; n];
+            order.iter().for_each(|&i| seen[i] = true);
+            order.extend((0..n).filter(|&i| !seen[i]));
+        }
+        order
+    }
+}
