@@ -28,6 +28,7 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
                     .collect(),
                 retry_limit: retries.limit,
                 backoff_ms: retries.backoff_ms,
+                finally: t.finally,
             }
         })
         .collect()
@@ -52,6 +53,7 @@ pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::E
         status: run_status(stored.record.state()),
         message: stored.record.message.clone(),
         finished_at: known_ms(stored.record.finished_at_ms),
+        finally_stopped: stored.record.finally_stopped,
     };
     RunDag::restore(defs, spec.fail_fast, run, records)
 }
@@ -229,6 +231,7 @@ pub fn run_record(base: &pb::RunRecord, dag: &RunDag) -> pb::RunRecord {
     r.state = run_state(s.status) as i32;
     r.message = s.message.clone();
     r.finished_at_ms = wire_ms(s.finished_at);
+    r.finally_stopped = s.finally_stopped;
     r
 }
 
@@ -260,6 +263,7 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
                 message: t.message.clone(),
                 retry_at_ms: t.retry_at,
                 unschedulable: false,
+                finally: def.finally,
             })
             .collect(),
     }

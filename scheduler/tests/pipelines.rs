@@ -259,6 +259,89 @@ tasks:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finally_runs_after_a_failure_with_the_outputs_there_are() {
+    let c = Cluster::start().await;
+    let spec = r#"
+name: cleanup
+fail_fast: false
+tasks:
+  - name: good
+    command: ["sh", "-c", "echo weights > $DROVER_OUTPUTS/model.txt"]
+    outputs: [{name: model, path: model.txt}]
+  - name: bad
+    command: ["sh", "-c", "exit 3"]
+  - name: never
+    depends_on: [bad]
+    command: ["true"]
+finally:
+  - name: summary
+    command: ["sh", "-c", "echo run $DROVER_RUN_STATE; cat $DROVER_INPUTS/model"]
+    inputs: [{name: model, from: good/model}]
+"#;
+    let id = c.submit(spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed, "{run:#?}");
+    assert_eq!(task(&run, "never").state(), TaskState::Skipped);
+    let summary = task(&run, "summary");
+    assert!(summary.finally);
+    assert_eq!(summary.state(), TaskState::Succeeded, "{run:#?}");
+    let bad_end = task(&run, "bad").attempts[0].finished_at_ms;
+    assert!(summary.attempts[0].assigned_at_ms >= bad_end);
+    let log = c.logs(&id, "summary", 1).await.unwrap();
+    assert_eq!(log, "run failed\nweights\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_runs_finally_and_a_second_cancel_stops_it() {
+    let c = Cluster::start().await;
+    let state_file = c.scratch.join("state");
+    let spec = format!(
+        r#"
+name: cancelme
+tasks:
+  - name: long
+    command: ["sleep", "60"]
+finally:
+  - name: cleanup
+    command: ["sh", "-c", "echo $DROVER_RUN_STATE > {p}; exec sleep 60"]
+"#,
+        p = state_file.display()
+    );
+    let id = c.submit(&spec).await.unwrap();
+    c.wait_for(&id, "long running", |r| {
+        task(r, "long").state() == TaskState::Running
+    })
+    .await;
+    let cancel = || async {
+        c.client()
+            .await
+            .cancel_run(pb::CancelRunRequest { run_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    cancel().await;
+    let run = c
+        .wait_for(&id, "cleanup running", |r| {
+            task(r, "cleanup").state() == TaskState::Running
+        })
+        .await;
+    assert_eq!(run.state(), RunState::Cancelling);
+    assert_eq!(task(&run, "long").state(), TaskState::Cancelled);
+    let deadline = Instant::now() + LONG;
+    while std::fs::read_to_string(&state_file).unwrap_or_default() != "cancelled\n" {
+        assert!(Instant::now() < deadline, "cleanup never wrote its state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel().await;
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Cancelled);
+    let cleanup = task(&run, "cleanup");
+    assert_eq!(cleanup.state(), TaskState::Cancelled);
+    assert_eq!(cleanup.attempts[0].state(), AttemptState::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_run() {
     let c = Cluster::start().await;
     let pid_file = c.scratch.join("pid");

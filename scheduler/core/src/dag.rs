@@ -22,6 +22,8 @@ pub struct TaskDef {
     pub deps: Vec<usize>,
     pub retry_limit: u32,
     pub backoff_ms: Millis,
+    /// Runs once every other task has ended, whatever the outcome.
+    pub finally: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -272,6 +274,8 @@ pub struct RunState {
     pub message: String,
     /// None until the run ends.
     pub finished_at: Option<Millis>,
+    /// A second cancel stopped the `finally` tasks too.
+    pub finally_stopped: bool,
 }
 
 impl RunState {
@@ -280,6 +284,7 @@ impl RunState {
             status: RunStatus::Running,
             message: String::new(),
             finished_at: None,
+            finally_stopped: false,
         }
     }
 }
@@ -300,6 +305,10 @@ pub struct RunDag {
     /// Some task failed for good.
     failed: bool,
     unfinished: usize,
+    /// Unfinished tasks, not counting `finally` ones: those start at zero.
+    main_unfinished: usize,
+    /// The last non-`finally` task just ended: the `finally` tasks are due.
+    finally_due: bool,
     /// Tasks in RetryWait: most turns have none, and then the retry-timer
     /// scans over every task are skipped.
     retry_waiting: usize,
@@ -381,9 +390,17 @@ impl RunDag {
 
     fn set_status(&mut self, i: usize, status: TaskStatus, message: impl Into<String>) {
         let t = &mut self.tasks[i];
+        let main = usize::from(!self.defs[i].finally);
         match (t.status.is_terminal(), status.is_terminal()) {
-            (false, true) => self.unfinished -= 1,
-            (true, false) => self.unfinished += 1,
+            (false, true) => {
+                self.unfinished -= 1;
+                self.main_unfinished -= main;
+                self.finally_due |= main == 1 && self.main_unfinished == 0;
+            }
+            (true, false) => {
+                self.unfinished += 1;
+                self.main_unfinished += main;
+            }
             _ => {}
         }
         let retry = TaskStatus::RetryWait;
@@ -435,7 +452,7 @@ impl RunDag {
         match event {
             Event::Assign { task, agent, gpus } => {
                 if self.tasks.get(task).map(|t| t.status) != Some(TaskStatus::Ready)
-                    || self.stopping()
+                    || self.stopping_for(task)
                 {
                     return Err(Stale(format!("task #{task} is not ready to assign")));
                 }
@@ -510,12 +527,10 @@ impl RunDag {
                     a.log_empty = log_empty;
                 }));
                 self.set_status(task, TaskStatus::Succeeded, "");
-                if !self.stopping() {
-                    for k in 0..self.dependents[task].len() {
-                        let d = self.dependents[task][k];
-                        if self.tasks[d].status == TaskStatus::Pending {
-                            self.ready_if_upstream_succeeded(d, now, &mut fx);
-                        }
+                for k in 0..self.dependents[task].len() {
+                    let d = self.dependents[task][k];
+                    if self.tasks[d].status == TaskStatus::Pending {
+                        self.ready_if_upstream_succeeded(d, now, &mut fx);
                     }
                 }
             }
@@ -532,6 +547,7 @@ impl RunDag {
                 self.infer_start(task, started_at);
                 if let (true, Some(why)) = (cancelled, self.tasks[task].preempting.take()) {
                     self.requeue(task, AttemptStatus::Preempted, why, now, &mut fx);
+                    self.start_finally(now, &mut fx);
                     if self.unfinished == 0 && !self.run.status.is_terminal() {
                         fx.push(self.finish(now));
                     }
@@ -550,9 +566,10 @@ impl RunDag {
                 }));
                 let t = &self.tasks[task];
                 let limit = self.defs[task].retry_limit;
-                if cancelled || (self.stopping() && self.run.status != RunStatus::Running) {
+                let stopping = self.stopping_for(task);
+                if cancelled || (stopping && self.stopped_by_cancel(task)) {
                     self.set_status(task, TaskStatus::Cancelled, reason);
-                } else if !self.stopping() && t.retries_used < limit {
+                } else if !stopping && t.retries_used < limit {
                     let wait = retry::backoff(self.defs[task].backoff_ms, t.retries_used);
                     let t = &mut self.tasks[task];
                     t.retries_used += 1;
@@ -588,16 +605,25 @@ impl RunDag {
                     agent,
                 });
             }
-            Event::Cancel => {
-                if self.run.status != RunStatus::Running {
-                    return Ok(fx);
+            Event::Cancel => match self.run.status {
+                RunStatus::Running => {
+                    self.run.status = RunStatus::Cancelling;
+                    self.run.message = "cancelled by user".into();
+                    self.run_dirty = true;
+                    self.stop_all(false, TaskStatus::Cancelled, "run cancelled", &mut fx);
                 }
-                self.run.status = RunStatus::Cancelling;
-                self.run.message = "cancelled by user".into();
-                self.run_dirty = true;
-                self.stop_all(TaskStatus::Cancelled, "run cancelled", &mut fx);
-            }
+                // A second cancel stops the `finally` tasks a first one left running.
+                RunStatus::Cancelling
+                    if !self.run.finally_stopped && self.unfinished > self.main_unfinished =>
+                {
+                    self.run.finally_stopped = true;
+                    self.run_dirty = true;
+                    self.stop_all(true, TaskStatus::Cancelled, "run cancelled twice", &mut fx);
+                }
+                _ => return Ok(fx),
+            },
         }
+        self.start_finally(now, &mut fx);
         if self.unfinished == 0 && !self.run.status.is_terminal() {
             fx.push(self.finish(now));
         }
@@ -636,7 +662,7 @@ impl RunDag {
             a.error = reason.clone();
             a.finished_at = Some(now);
         }));
-        if self.stopping() {
+        if self.stopping_for(task) {
             self.set_status(task, TaskStatus::Cancelled, "run stopped");
         } else {
             self.tasks[task].ready_at = Some(now);
@@ -647,6 +673,9 @@ impl RunDag {
 
     /// `task` becomes Ready at `now` if every upstream task succeeded.
     fn ready_if_upstream_succeeded(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
+        if self.stopping_for(task) || !self.may_start(task) {
+            return;
+        }
         let deps = &self.defs[task].deps;
         if deps
             .iter()
@@ -682,13 +711,23 @@ impl RunDag {
                 "run failed fast after task `{}` failed",
                 self.defs[task].name
             );
-            self.stop_all(TaskStatus::Skipped, &msg, fx);
+            self.stop_all(false, TaskStatus::Skipped, &msg, fx);
         }
     }
 
     /// Waiting tasks take `waiting_to`; running attempts are asked to stop.
-    fn stop_all(&mut self, waiting_to: TaskStatus, message: &str, fx: &mut Vec<Effect>) {
+    /// Either the `finally` tasks (a second cancel) or all the others.
+    fn stop_all(
+        &mut self,
+        finally: bool,
+        waiting_to: TaskStatus,
+        message: &str,
+        fx: &mut Vec<Effect>,
+    ) {
         for i in 0..self.tasks.len() {
+            if self.defs[i].finally != finally {
+                continue;
+            }
             match self.tasks[i].status {
                 TaskStatus::Pending | TaskStatus::Ready => self.set_status(i, waiting_to, message),
                 TaskStatus::RetryWait => self.set_status(i, TaskStatus::Cancelled, message),
@@ -719,6 +758,8 @@ impl RunDag {
     }
 }
 
+mod finally;
+pub use finally::Outcome;
 mod rerun;
 mod restore;
 #[cfg(test)]

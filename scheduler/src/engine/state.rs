@@ -525,7 +525,12 @@ impl EngineState {
         let Some(run) = self.runs.get(&attempt.run) else {
             return pb::Assignment::default();
         };
-        let task_spec = run.spec.tasks.get(attempt.task.0).cloned();
+        let mut task_spec = run.spec.tasks.get(attempt.task.0).cloned();
+        if let Some(t) = task_spec.as_mut().filter(|t| t.finally) {
+            let outcome = run.dag.outcome().as_str();
+            t.env
+                .insert(naming::RUN_STATE_ENV.to_owned(), outcome.to_owned());
+        }
         let inputs = task_spec
             .iter()
             .flat_map(|t| t.inputs.iter())

@@ -14,6 +14,11 @@ pub fn is_simulated_gpu(uuid: &str) -> bool {
     uuid.starts_with(SIMULATED_GPU_UUID_PREFIX)
 }
 
+/// The variable a `finally` task finds how the run's other tasks ended in:
+/// `succeeded`, `failed` or `cancelled`. Set by the scheduler in the
+/// assignment's env (specs may not set `DROVER_*` variables).
+pub const RUN_STATE_ENV: &str = "DROVER_RUN_STATE";
+
 /// Default NATS subject prefix.
 pub const DEFAULT_NATS_PREFIX: &str = "drover";
 

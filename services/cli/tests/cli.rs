@@ -295,7 +295,7 @@ fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
     let spec = dir.path().join("sweep.yaml");
     std::fs::write(
         &spec,
-        "name: sweep\nparams: {data: d1}\ntasks:\n  - {name: prep, command: [prep, '{{params.data}}']}\n  - {name: train, depends_on: [prep], matrix: {lr: ['0.1', '0.3']}, max_parallel: 1, command: [train, '{{matrix.lr}}']}\n  - {name: eval, depends_on: [train], image: 'busybox', command: [eval]}\n",
+        "name: sweep\nparams: {data: d1}\ntasks:\n  - {name: prep, command: [prep, '{{params.data}}']}\n  - {name: train, depends_on: [prep], matrix: {lr: ['0.1', '0.3']}, max_parallel: 1, command: [train, '{{matrix.lr}}']}\n  - {name: eval, depends_on: [train], image: 'busybox', command: [eval]}\nfinally:\n  - {name: notify, command: [notify]}\n",
     )
     .unwrap();
     let spec = spec.display().to_string();
@@ -308,7 +308,7 @@ fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     assert_eq!(
         lines[0],
-        "pipeline sweep: 4 tasks, queue default, priority 0 (not submitted)"
+        "pipeline sweep: 5 tasks, queue default, priority 0 (not submitted)"
     );
     assert!(lines[2].starts_with("prep "), "{text}");
     assert!(lines[2].ends_with("process: prep d2"), "{text}");
@@ -319,6 +319,8 @@ fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
     assert!(lines[4].ends_with("process: train 0.3"), "{text}");
     assert!(lines[5].contains("train[lr=0.1], train[lr=0.3]"), "{text}");
     assert!(lines[5].ends_with("busybox: eval"), "{text}");
+    assert!(lines[6].starts_with("notify (finally) "), "{text}");
+    assert!(lines[6].contains(" every other task "), "{text}");
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(

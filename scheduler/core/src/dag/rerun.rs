@@ -24,6 +24,11 @@ impl RunDag {
         stack.extend(
             (0..self.tasks.len()).filter(|&i| self.tasks[i].status != TaskStatus::Succeeded),
         );
+        if stack.is_empty() {
+            return Err(RetryRefusal::AllSucceeded);
+        }
+        // `finally` tasks run again after the others, whatever they did before.
+        stack.extend((0..self.tasks.len()).filter(|&i| self.defs[i].finally));
         while let Some(i) = stack.pop() {
             if !again[i] {
                 again[i] = true;
@@ -31,9 +36,6 @@ impl RunDag {
             }
         }
         let tasks: Vec<usize> = (0..self.tasks.len()).filter(|&i| again[i]).collect();
-        if tasks.is_empty() {
-            return Err(RetryRefusal::AllSucceeded);
-        }
         self.run = RunState::new();
         self.run_dirty = true;
         self.failed = false;
@@ -53,12 +55,14 @@ impl RunDag {
 
     /// Retry timers: RetryWait tasks whose time has come become Ready.
     pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
-        if self.stopping() || self.retry_waiting == 0 {
+        if self.retry_waiting == 0 {
             return Vec::new();
         }
         let due: Vec<usize> = (0..self.tasks.len())
             .filter(|&i| {
-                self.tasks[i].status == TaskStatus::RetryWait && self.tasks[i].retry_at <= now
+                self.tasks[i].status == TaskStatus::RetryWait
+                    && self.tasks[i].retry_at <= now
+                    && !self.stopping_for(i)
             })
             .collect();
         due.into_iter()

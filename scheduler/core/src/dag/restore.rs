@@ -39,12 +39,17 @@ impl RunDag {
             fail_fast,
             failed,
             unfinished: 0,
+            main_unfinished: 0,
+            finally_due: false,
             retry_waiting: 0,
             dirty: vec![false; n],
             dirty_list: Vec::new(),
             run_dirty: false,
         };
-        let order = dag.topo_order();
+        let mut order = dag.topo_order();
+        // The other tasks first: whether a `finally` task may start depends
+        // on whether they all ended (and none of them depends on it).
+        order.sort_by_key(|&i| dag.defs[i].finally);
         let mut slots: Vec<Option<TaskRun>> = records;
         slots.resize(n, None);
         let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
@@ -79,6 +84,9 @@ impl RunDag {
                     t
                 }
             };
+            if !dag.defs[i].finally && !task.status.is_terminal() {
+                dag.main_unfinished += 1;
+            }
             resolved[i] = Some(task);
         }
         dag.tasks = resolved
@@ -107,11 +115,12 @@ impl RunDag {
                     attempt: a.number,
                     agent: a.agent.clone(),
                 }),
-                (s, RunStatus::Cancelling) if s.is_active() => effects.push(Effect::Cancel {
-                    task: i,
-                    attempt: a.number,
-                    agent: a.agent.clone(),
-                }),
+                (s, RunStatus::Cancelling) if s.is_active() && dag.stopped_by_cancel(i) => effects
+                    .push(Effect::Cancel {
+                        task: i,
+                        attempt: a.number,
+                        agent: a.agent.clone(),
+                    }),
                 (TaskStatus::Assigned, _) => effects.push(Effect::Assign {
                     task: i,
                     attempt: a.number,
@@ -154,6 +163,16 @@ impl RunDag {
                 TaskStatus::Succeeded => {}
                 _ => all_done = false,
             }
+        }
+        if self.defs[i].finally {
+            // Not stopped by a first cancel or a failure: only waits for the rest.
+            return if self.run.finally_stopped {
+                (TaskStatus::Cancelled, "run cancelled twice".into())
+            } else if all_done && self.main_unfinished == 0 && !self.run.status.is_terminal() {
+                (TaskStatus::Ready, String::new())
+            } else {
+                (TaskStatus::Pending, String::new())
+            };
         }
         match self.run.status {
             RunStatus::Cancelling | RunStatus::Cancelled => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use drover_api::pb;
+use drover_api::{naming, pb};
 use drover_scheduler_core::ids::{AgentId, AttemptId, RunId};
 use drover_scheduler_core::placement::Strategy;
 use drover_scheduler_core::Millis;

@@ -1,4 +1,4 @@
-//! `max_parallel` in the admission pass, and `drover retry`.
+//! `max_parallel` in the admission pass, `drover retry`, and `finally` tasks.
 
 use super::*;
 
@@ -136,5 +136,74 @@ fn retry_refuses_an_active_run_a_missing_queue_and_an_empty_task_name() -> TestR
         0,
         "nothing held by a refused retry"
     );
+    Ok(())
+}
+
+/// The env a `finally` task was sent with.
+fn run_state_sent(log: &TurnLog) -> Vec<(String, String)> {
+    log.sends
+        .iter()
+        .filter_map(|s| match s {
+            Send::Assign { assignment, .. } => {
+                let task = assignment.task.as_ref()?;
+                let state = task.env.get(naming::RUN_STATE_ENV)?;
+                Some((task.name.clone(), state.clone()))
+            }
+            Send::Cancel { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn finally_runs_after_a_failure_told_how_the_run_went() -> TestResult {
+    let mut h = Harness::new();
+    let mut s = spec("r1", &[("t", &[]), ("u", &["t"]), ("f", &[])]);
+    s.tasks[2].finally = true;
+    let submit = h.submit_spec("r1", s);
+    let log = h.turn(vec![heartbeat("a1", 4, &[]), submit]);
+    assert_eq!(log.assigned(), [("t", 1, "a1")], "f waits for the others");
+    h.now += 10;
+    let log = h.turn(vec![failed("a1", "r1", "t", 1, h.now)]);
+    assert_eq!(log.assigned(), [("f", 1, "a1")]);
+    assert_eq!(run_state_sent(&log), [("f".into(), "failed".into())]);
+    assert_eq!(h.run("r1").ok_or("run")?.state(), pb::RunState::Running);
+    h.now += 10;
+    let log = h.turn(vec![succeeded("a1", "r1", "f", 1, h.now)]);
+    assert_eq!(log.settled, [RunId::new("r1")]);
+    assert_eq!(h.run("r1").ok_or("run")?.state(), pb::RunState::Failed);
+    Ok(())
+}
+
+#[test]
+fn a_cancelled_run_runs_finally_and_a_second_cancel_stops_it() -> TestResult {
+    let mut h = Harness::new();
+    let mut s = spec("r1", &[("t", &[]), ("f", &[])]);
+    s.tasks[1].finally = true;
+    let submit = h.submit_spec("r1", s);
+    h.turn(vec![heartbeat("a1", 4, &[]), submit]);
+    let cancel = h.request(Request::Cancel {
+        run: RunId::new("r1"),
+    });
+    let log = h.turn(vec![cancel]);
+    assert_eq!(log.cancelled().len(), 1);
+    h.now += 10;
+    let log = h.turn(vec![Input::CancelGone {
+        attempt: AttemptId::new(RunId::new("r1"), 0, 1),
+        reason: "stopped".into(),
+    }]);
+    assert_eq!(run_state_sent(&log), [("f".into(), "cancelled".into())]);
+    let again = h.request(Request::Cancel {
+        run: RunId::new("r1"),
+    });
+    let log = h.turn(vec![again]);
+    let stops = log.cancelled();
+    assert_eq!(
+        stops,
+        [(
+            AgentId::new("a1"),
+            Some(AttemptId::new(RunId::new("r1"), 1, 1))
+        )]
+    );
+    assert!(h.run("r1").ok_or("run")?.finally_stopped);
     Ok(())
 }

@@ -129,6 +129,9 @@ pub enum SpecError {
     /// `index` counts from 1.
     #[error("task #{0}: missing `name`")]
     MissingTaskName(usize),
+    /// `index` counts from 1, in the `finally` list.
+    #[error("finally task #{0}: missing `name`")]
+    MissingFinallyTaskName(usize),
     #[error("duplicate task name `{0}`")]
     DuplicateTask(String),
     /// Each task depends on the next; the last repeats the first.
@@ -153,6 +156,10 @@ pub enum TaskError {
     SelfDependency,
     #[error("depends_on: `{0}` is listed twice")]
     DuplicateDependency(String),
+    #[error("depends_on: `{0}` is a `finally` task, which runs after every other task")]
+    DependsOnFinally(String),
+    #[error("depends_on: `{0}` is not a `finally` task (`finally` tasks run after every other task and depend only on each other)")]
+    FinallyDependsOnOther(String),
     #[error("command is empty")]
     EmptyCommand,
     #[error("input `{0}` declared twice")]

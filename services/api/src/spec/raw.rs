@@ -32,6 +32,11 @@ pub(crate) struct RawSpec {
     /// A task failing for good cancels the rest (default true).
     pub fail_fast: Option<bool>,
     pub tasks: Option<Vec<RawTask>>,
+    /// Tasks that run once every other task has ended, whatever the outcome
+    /// (cleanup, notification), also after a failure or a cancel; they get
+    /// DROVER_RUN_STATE (succeeded, failed or cancelled) and may depend only
+    /// on each other.
+    pub finally: Option<Vec<RawTask>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -225,23 +230,31 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 /// `tasks[1].resources` → "task `train`: resources" (or "task #2: resources"
-/// when the task has no usable name); other paths are shown as they are.
+/// when the task has no usable name), `finally[0]` → "finally task ...";
+/// other paths are shown as they are.
 fn describe_path(path: &str, tree: &Value) -> String {
-    let Some((index, rest)) = path
-        .strip_prefix("tasks[")
-        .and_then(|p| p.split_once(']'))
-        .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest)))
-    else {
+    let Some((list, kind, index, rest)) = ["tasks", "finally"].into_iter().find_map(|list| {
+        let (i, rest) = path
+            .strip_prefix(list)?
+            .strip_prefix('[')?
+            .split_once(']')?;
+        let kind = if list == "tasks" {
+            "task"
+        } else {
+            "finally task"
+        };
+        Some((list, kind, i.parse::<usize>().ok()?, rest))
+    }) else {
         return path.to_owned();
     };
     let task = match tree
-        .get("tasks")
+        .get(list)
         .and_then(|t| t.get(index))
         .and_then(|t| t.get("name"))
     {
-        Some(Value::String(name)) if !name.is_empty() => format!("task `{name}`"),
-        Some(Value::Number(name)) => format!("task `{name}`"),
-        _ => format!("task #{}", index + 1),
+        Some(Value::String(name)) if !name.is_empty() => format!("{kind} `{name}`"),
+        Some(Value::Number(name)) => format!("{kind} `{name}`"),
+        _ => format!("{kind} #{}", index + 1),
     };
     match rest.strip_prefix('.') {
         Some(field) => format!("{task}: {field}"),

@@ -55,7 +55,14 @@ pub(crate) fn resolve(
     if tasks.is_empty() {
         return Err(SpecError::NoTasks);
     }
-    let names = task_names(&tasks)?;
+    // `finally` tasks follow the others, as one list: task `i` is one of
+    // them when `i >= main`.
+    let main = tasks.len();
+    let tasks: Vec<RawTask> = tasks
+        .into_iter()
+        .chain(raw.finally.unwrap_or_default())
+        .collect();
+    let names = task_names(&tasks, main)?;
     let graph = Graph {
         index: names
             .iter()
@@ -80,11 +87,19 @@ pub(crate) fn resolve(
     let expanded = tasks
         .iter()
         .zip(&names)
-        .map(|(task, name)| {
-            resolve_instances(task, name, &graph, &params).map_err(|error| SpecError::Task {
-                task: name.clone(),
-                error,
-            })
+        .enumerate()
+        .map(|(i, (task, name))| {
+            let mut instances =
+                resolve_instances(task, name, &graph, &params).map_err(|error| {
+                    SpecError::Task {
+                        task: name.clone(),
+                        error,
+                    }
+                })?;
+            for instance in &mut instances {
+                instance.finally = i >= main;
+            }
+            Ok(instances)
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Instances share their dependencies and inputs: the graph is checked
@@ -101,12 +116,13 @@ pub(crate) fn resolve(
                 .collect()
         })
         .collect();
+    check_finally_deps(&deps, &names, main)?;
     if let Some(cycle) = find_cycle(&deps) {
         return Err(SpecError::Cycle(
             cycle.into_iter().map(|i| names[i].clone()).collect(),
         ));
     }
-    check_upstream(&specs, &names, &graph, &deps)?;
+    check_upstream(&specs, &names, &graph, &deps, main)?;
 
     Ok(pb::PipelineSpec {
         name,
@@ -223,15 +239,17 @@ fn resolve_params(
 }
 
 /// Every task's name, checked for presence, shape and uniqueness.
-fn task_names(tasks: &[RawTask]) -> Result<Vec<String>, SpecError> {
+/// Every task's name, checked; the `finally` ones start at `main`.
+fn task_names(tasks: &[RawTask], main: usize) -> Result<Vec<String>, SpecError> {
     let mut seen = HashSet::new();
     let mut names = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
-        let name = task
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or(SpecError::MissingTaskName(i + 1))?;
+        let missing = if i < main {
+            SpecError::MissingTaskName(i + 1)
+        } else {
+            SpecError::MissingFinallyTaskName(i - main + 1)
+        };
+        let name = task.name.clone().filter(|n| !n.is_empty()).ok_or(missing)?;
         if !is_name(&name) {
             return Err(SpecError::InvalidName { kind: "task", name });
         }
@@ -727,13 +745,35 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     None
 }
 
+/// `finally` tasks (from `main` on) run after every other task: they may
+/// depend only on each other, and no other task may depend on them.
+fn check_finally_deps(deps: &[Vec<usize>], names: &[String], main: usize) -> Result<(), SpecError> {
+    for (i, task_deps) in deps.iter().enumerate() {
+        let finally = i >= main;
+        if let Some(&d) = task_deps.iter().find(|&&d| (d >= main) != finally) {
+            let dep = names[d].clone();
+            return Err(SpecError::Task {
+                task: names[i].clone(),
+                error: if finally {
+                    TaskError::FinallyDependsOnOther(dep)
+                } else {
+                    TaskError::DependsOnFinally(dep)
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Every input's producer must be reachable through `depends_on`, or the
-/// task could start before the artifact exists.
+/// task could start before the artifact exists. A `finally` task (from
+/// `main` on) starts after every other task, so any of those may produce it.
 fn check_upstream(
     specs: &[&pb::TaskSpec],
     names: &[String],
     graph: &Graph<'_>,
     deps: &[Vec<usize>],
+    main: usize,
 ) -> Result<(), SpecError> {
     for (i, (task, name)) in specs.iter().zip(names).enumerate() {
         if task.inputs.is_empty() {
@@ -742,7 +782,8 @@ fn check_upstream(
         let upstream = reachable(i, deps);
         for input in &task.inputs {
             let producer = graph.index.get(input.from_task.as_str());
-            if !producer.is_some_and(|&p| upstream[p]) {
+            let before = |p: usize| upstream[p] || (i >= main && p < main);
+            if !producer.is_some_and(|&p| before(p)) {
                 return Err(SpecError::Task {
                     task: name.clone(),
                     error: TaskError::InputNotUpstream {

@@ -82,7 +82,7 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     let width = run
         .tasks
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| shown_name(&t.name, t.finally).len())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -116,7 +116,7 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         let _ = writeln!(
             out,
             "{:<width$}  {:<10}  {:>8}  {:<16}  {:>8}  {}",
-            t.name,
+            shown_name(&t.name, t.finally),
             task_state(t.state()),
             t.attempts.len(),
             agent,
@@ -125,6 +125,15 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         );
     }
     out
+}
+
+/// A task's name as tables show it: `finally` tasks marked.
+fn shown_name(name: &str, finally: bool) -> String {
+    if finally {
+        format!("{name} (finally)")
+    } else {
+        name.to_owned()
+    }
 }
 
 pub fn run_json(run: &pb::Run) -> Value {
@@ -145,6 +154,7 @@ pub fn run_json(run: &pb::Run) -> Value {
             "name": t.name,
             "state": json_name(&task_state(t.state())),
             "depends_on": t.depends_on,
+            "finally": t.finally,
             "message": t.message,
             "retry_at_ms": t.retry_at_ms,
             "unschedulable": t.unschedulable,
@@ -233,6 +243,7 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
         .iter()
         .map(|t| {
             let after = match t.depends_on.len() {
+                0 if t.finally => "every other task".to_string(),
                 0 => "-".to_string(),
                 // A sweep's instances would fill the line: say how many.
                 n if n > 4 => format!("{n} tasks"),
@@ -246,7 +257,7 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
                 0 => String::new(),
                 n => format!(" (max_parallel {n})"),
             };
-            vec![t.name.clone() + &cap, after, runs]
+            vec![shown_name(&t.name, t.finally) + &cap, after, runs]
         })
         .collect();
     out.push_str(&table(&["TASK", "AFTER", "RUNS"], &[false; 3], &rows));

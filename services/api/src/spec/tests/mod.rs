@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::pb;
 
+mod finally;
 mod matrix;
 mod rejections;
 
@@ -130,6 +131,7 @@ fn example_resolves_to_the_expected_proto() {
                 matrix_task: String::new(),
                 matrix: Default::default(),
                 max_parallel: 0,
+                finally: false,
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.

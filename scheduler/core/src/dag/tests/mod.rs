@@ -15,6 +15,7 @@ fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
             deps: deps.iter().map(|d| idx(d)).collect(),
             retry_limit: *limit,
             backoff_ms: 1_000,
+            finally: false,
         })
         .collect()
 }
@@ -542,6 +543,7 @@ fn restore_derives_skipped_and_cancelled() {
         status: RunStatus::Failed,
         message: "task `a` failed: boom".into(),
         finished_at: Some(3),
+        ..RunState::new()
     };
     let (dag, fx) = RunDag::restore(d.clone(), true, run, vec![Some(failed), None, None]);
     assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
@@ -552,6 +554,7 @@ fn restore_derives_skipped_and_cancelled() {
         status: RunStatus::Cancelled,
         message: String::new(),
         finished_at: Some(3),
+        ..RunState::new()
     };
     let (dag, _) = RunDag::restore(d, true, cancelled, vec![None, None, None]);
     assert_eq!(status(&dag, "a"), TaskStatus::Cancelled);
@@ -604,6 +607,7 @@ fn wide_fan_out_becomes_ready_together() {
             deps: if deps.is_empty() { vec![] } else { vec![0] },
             retry_limit: 0,
             backoff_ms: 0,
+            finally: false,
         })
         .collect();
     let (mut dag, _) = RunDag::new(d, true);
@@ -924,3 +928,5 @@ fn a_stored_pending_task_is_derived_again_on_restore() -> TestResult {
     assert!(fx.contains(&Effect::Ready { task: 1 }));
     Ok(())
 }
+
+mod finally;
