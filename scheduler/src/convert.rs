@@ -29,6 +29,7 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
                 retry_limit: retries.limit,
                 backoff_ms: retries.backoff_ms,
                 finally: t.finally,
+                conditional: !t.when.is_empty(),
             }
         })
         .collect()
@@ -145,6 +146,7 @@ pub fn artifact(a: &pb::Artifact) -> Artifact {
         key: a.key.clone(),
         sha256: a.sha256.clone(),
         size: a.size,
+        result: a.result.as_ref().map(|r| r.to_vec()),
     }
 }
 
@@ -154,6 +156,7 @@ fn pb_artifact(a: &Artifact) -> pb::Artifact {
         key: a.key.clone(),
         sha256: a.sha256.clone(),
         size: a.size,
+        result: a.result.clone(),
     }
 }
 
@@ -221,6 +224,8 @@ pub fn task_run(r: &pb::TaskRecord) -> TaskRun {
         retries_used: r.retries_used,
         preempting: (!r.preempting.is_empty()).then(|| r.preempting.clone()),
         ready_at: known_ms(r.ready_at_ms),
+        // Only a task decided by its `when:` is stored without an attempt.
+        decided: r.attempts.is_empty(),
     }
 }
 
@@ -305,6 +310,7 @@ mod tests {
                     key: "k".into(),
                     sha256: "s".into(),
                     size: 9,
+                    result: Some(b"{\"accuracy\": 0.9}".to_vec()),
                 }],
                 log_key: "l".into(),
                 // Round-trips even where it would not occur (a failed attempt).
@@ -316,8 +322,21 @@ mod tests {
             retries_used: 1,
             preempting: Some("room".into()),
             ready_at: Some(70),
+            decided: false,
         };
         assert_eq!(task_run(&task_record(&t)), t);
+        // A task stored without an attempt was decided by its `when:`.
+        let skipped = TaskRun {
+            status: TaskStatus::Skipped,
+            attempts: vec![],
+            message: "when: false was false".into(),
+            retry_at: 0,
+            retries_used: 0,
+            preempting: None,
+            ready_at: None,
+            decided: true,
+        };
+        assert_eq!(task_run(&task_record(&skipped)), skipped);
     }
 
     #[test]

@@ -341,6 +341,85 @@ finally:
     assert_eq!(cleanup.attempts[0].state(), AttemptState::Cancelled);
 }
 
+const GATED: &str = r#"
+name: gate
+params: {min: "0.9"}
+tasks:
+  - name: evaluate
+    command: ["sh", "-c", "echo '{\"accuracy\": 0.85}' > $DROVER_OUTPUTS/metrics.json"]
+    outputs: [{name: metrics, path: metrics.json, result: true}]
+  - name: register
+    depends_on: [evaluate]
+    when: "tasks.evaluate.outputs.metrics.accuracy >= double(params.min)"
+    command: ["true"]
+  - name: announce
+    depends_on: [register]
+    command: ["true"]
+  - name: report
+    depends_on: [evaluate]
+    when: "tasks.evaluate.outputs.metrics.accuracy >= 0.8"
+    command: ["true"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_when_skips_the_task_and_its_downstream_and_a_true_one_runs() {
+    let c = Cluster::start().await;
+    let id = c.submit(GATED).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let result = task(&run, "evaluate").attempts[0].outputs[0].result.clone();
+    assert_eq!(result.as_deref(), Some(&b"{\"accuracy\": 0.85}\n"[..]));
+    let register = task(&run, "register");
+    assert_eq!(register.state(), TaskState::Skipped);
+    assert_eq!(
+        register.message,
+        "when: tasks.evaluate.outputs.metrics.accuracy >= double(params.min) was false"
+    );
+    assert!(register.attempts.is_empty());
+    assert_eq!(task(&run, "announce").state(), TaskState::Skipped);
+    assert_eq!(task(&run, "report").state(), TaskState::Succeeded);
+
+    // A lower bar: the same pipeline registers and announces.
+    let id = c.submit_with(GATED, &[("min", "0.8")]).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(task(&run, "register").state(), TaskState::Succeeded);
+    assert_eq!(task(&run, "announce").state(), TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_when_that_fails_at_run_time_fails_the_task_and_a_big_result_fails_its_producer() {
+    let c = Cluster::start().await;
+    let spec = GATED.replace("metrics.accuracy >= 0.8", "metrics.f1 >= 0.8");
+    assert_ne!(spec, GATED);
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed, "{run:#?}");
+    let report = task(&run, "report");
+    assert_eq!(report.state(), TaskState::Failed);
+    assert!(
+        report
+            .message
+            .starts_with("when: tasks.evaluate.outputs.metrics.f1 >= 0.8: ")
+            && report.message.contains("f1"),
+        "{}",
+        report.message
+    );
+
+    let spec = GATED.replace(
+        r#"echo '{\"accuracy\": 0.85}' > $DROVER_OUTPUTS/metrics.json"#,
+        "head -c 70000 /dev/zero > $DROVER_OUTPUTS/metrics.json",
+    );
+    assert_ne!(spec, GATED);
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    let evaluate = task(&run, "evaluate");
+    assert_eq!(evaluate.state(), TaskState::Failed);
+    assert_eq!(
+        evaluate.message,
+        "output `metrics` at outputs/metrics.json is declared `result: true` but has 70000 bytes (at most 65536)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_run() {
     let c = Cluster::start().await;

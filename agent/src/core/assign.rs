@@ -37,6 +37,8 @@ pub struct OutputUpload {
     pub name: String,
     pub path: String,
     pub key: String,
+    /// Declared `result: true`: its content goes back with the success.
+    pub result: bool,
 }
 
 /// A validated assignment.
@@ -226,6 +228,7 @@ fn plan(
             name: output.name.clone(),
             path: output.path.clone(),
             key: naming::output_key(prefix, &output.name),
+            result: output.result,
         });
     }
 
@@ -307,6 +310,7 @@ mod tests {
                 outputs: vec![OutputSpec {
                     name: "model".into(),
                     path: "model/weights.bin".into(),
+                    result: true,
                 }],
                 env: [("B".to_owned(), "2".to_owned()), ("A".into(), "1".into())].into(),
                 timeout_ms: 1500,
@@ -354,6 +358,7 @@ mod tests {
         assert_eq!(plan.log_key, "runs/r1/train.2.log");
         assert_eq!(plan.outputs[0].key, "runs/r1/train.2/outputs/model");
         assert_eq!(plan.outputs[0].path, "model/weights.bin");
+        assert!(plan.outputs[0].result);
         assert_eq!(plan.inputs[0].name, "dataset");
         assert_eq!(
             plan.inputs[0].source,

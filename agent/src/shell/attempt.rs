@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptSucceeded};
+use drover_api::spec::condition;
 use drover_artifacts::Store;
 use drover_telemetry::{propagation, Context};
 use prost::Message as _;
@@ -21,7 +22,7 @@ use crate::core::container::{self, container_spec, HostDirs, ImageAction};
 use crate::core::executor::task_env;
 use crate::core::{
     decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputSource,
-    StopCause, Termination,
+    OutputUpload, StopCause, Termination,
 };
 use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
 use crate::shell::executor::docker::FoundContainer;
@@ -659,8 +660,8 @@ async fn upload_outputs(
     for output in &plan.outputs {
         let shown = format!("{OUTPUTS_DIR}/{}", output.path);
         let path = outputs.join(&output.path);
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) if meta.is_file() => {}
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => meta.len(),
             Ok(_) => {
                 return Err(Failure::after_success(format!(
                     "declared output `{}` at {shown} is not a regular file",
@@ -679,7 +680,12 @@ async fn upload_outputs(
                     output.name
                 )))
             }
-        }
+        };
+        let result = if output.result {
+            Some(read_result(output, &path, size, &shown).await?)
+        } else {
+            None
+        };
         let info = ctx
             .store
             .upload_file(&output.key, &path)
@@ -695,9 +701,30 @@ async fn upload_outputs(
             key: info.key,
             sha256: info.sha256,
             size: info.size,
+            result,
         });
     }
     Ok(uploaded)
+}
+
+/// The content of an output declared `result: true`, if small enough to go
+/// back with the attempt's success (and be stored with its record).
+async fn read_result(
+    output: &OutputUpload,
+    path: &Path,
+    size: u64,
+    shown: &str,
+) -> Result<Vec<u8>, Failure> {
+    let most = condition::MAX_RESULT_BYTES;
+    if size > most as u64 {
+        return Err(Failure::after_success(format!(
+            "output `{}` at {shown} is declared `result: true` but has {size} bytes (at most {most})",
+            output.name
+        )));
+    }
+    tokio::fs::read(path).await.map_err(|e| {
+        Failure::after_success(format!("reading output `{}` at {shown}: {e}", output.name))
+    })
 }
 
 /// How supervising ended.

@@ -304,6 +304,7 @@ pub fn with_output(mut a: Assignment, name: &str, path: &str) -> Assignment {
         task.outputs.push(OutputSpec {
             name: name.into(),
             path: path.into(),
+            result: false,
         });
     }
     a

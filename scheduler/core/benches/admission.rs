@@ -253,6 +253,7 @@ fn fan_out_fan_in(n: usize) -> usize {
             retry_limit: 0,
             backoff_ms: 1_000,
             finally: false,
+            conditional: false,
         })
         .collect();
     let (mut dag, mut fx) = RunDag::new(defs, false);

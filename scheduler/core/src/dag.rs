@@ -24,6 +24,9 @@ pub struct TaskDef {
     pub backoff_ms: Millis,
     /// Runs once every other task has ended, whatever the outcome.
     pub finally: bool,
+    /// Has a `when:` condition: once its upstream tasks succeeded, the shell
+    /// evaluates it ([`Effect::Evaluate`]) before the task becomes Ready.
+    pub conditional: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +75,8 @@ pub struct Artifact {
     pub key: String,
     pub sha256: String,
     pub size: u64,
+    /// The content, for an output declared `result: true`.
+    pub result: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +117,9 @@ pub struct TaskRun {
     pub preempting: Option<String>,
     /// When the task last became Ready (None = unknown).
     pub ready_at: Option<Millis>,
+    /// Skipped or failed by its `when:` before any attempt: stored although
+    /// it never ran, so a read of the finished run shows why.
+    pub decided: bool,
 }
 
 impl TaskRun {
@@ -124,6 +132,7 @@ impl TaskRun {
             retries_used: 0,
             preempting: None,
             ready_at: None,
+            decided: false,
         }
     }
 
@@ -134,7 +143,7 @@ impl TaskRun {
 
     /// Whether this state must be stored; otherwise it is derivable.
     pub fn needs_record(&self) -> bool {
-        !self.attempts.is_empty()
+        !self.attempts.is_empty() || self.decided
     }
 }
 
@@ -209,6 +218,22 @@ pub enum Event {
     },
     /// The user cancelled the run.
     Cancel,
+    /// What a task's `when:` condition said, asked for by [`Effect::Evaluate`].
+    Condition {
+        task: usize,
+        verdict: Verdict,
+    },
+}
+
+/// The outcome of a `when:` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// True: the task becomes Ready.
+    Run,
+    /// False: the task and its downstream are skipped, the run goes on.
+    Skip { reason: String },
+    /// It could not be evaluated: the task fails.
+    Fail { reason: String },
 }
 
 /// What the shell must do once the state change is committed.
@@ -228,6 +253,9 @@ pub enum Effect {
     },
     /// `task` became Ready: hand it to placement.
     Ready { task: usize },
+    /// Every upstream task of `task` succeeded: evaluate its `when:` and
+    /// answer with [`Event::Condition`].
+    Evaluate { task: usize },
     /// An attempt on `agent` ended: its resources are free again.
     Released { task: usize, agent: String },
     /// The run reached a terminal state.
@@ -622,6 +650,7 @@ impl RunDag {
                 }
                 _ => return Ok(fx),
             },
+            Event::Condition { task, verdict } => self.decide(task, verdict, now, &mut fx)?,
         }
         self.start_finally(now, &mut fx);
         if self.unfinished == 0 && !self.run.status.is_terminal() {
@@ -681,6 +710,10 @@ impl RunDag {
             .iter()
             .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
         {
+            if self.defs[task].conditional {
+                fx.push(Effect::Evaluate { task });
+                return;
+            }
             self.tasks[task].ready_at = Some(now);
             self.set_status(task, TaskStatus::Ready, "");
             fx.push(Effect::Ready { task });
@@ -746,7 +779,13 @@ impl RunDag {
     }
 
     fn finish(&mut self, now: Millis) -> Effect {
-        let all_ok = self.tasks.iter().all(|t| t.status == TaskStatus::Succeeded);
+        // Tasks skipped by a failure set `failed`; the others were skipped
+        // by a `when:`, which does not fail the run.
+        let all_ok = !self.failed
+            && self
+                .tasks
+                .iter()
+                .all(|t| matches!(t.status, TaskStatus::Succeeded | TaskStatus::Skipped));
         self.run.status = match self.run.status {
             RunStatus::Cancelling => RunStatus::Cancelled,
             _ if all_ok => RunStatus::Succeeded,
@@ -758,6 +797,7 @@ impl RunDag {
     }
 }
 
+mod condition;
 mod finally;
 pub use finally::Outcome;
 mod rerun;

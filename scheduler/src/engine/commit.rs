@@ -30,8 +30,9 @@ impl EngineState {
             let mut group = Vec::new();
             for t in tasks {
                 let state = run.dag.task(t);
-                // A task with no attempt is derived from its upstream tasks.
-                if !state.needs_record() {
+                // A task with no attempt is derived from its upstream tasks;
+                // one stored before (a retried `when:` skip) is kept in step.
+                if !state.needs_record() && !run.tasks[t].exists() {
                     continue;
                 }
                 run.tasks[t].mark();

@@ -25,6 +25,7 @@ mod admission;
 mod agent_events;
 mod commands;
 mod commit;
+mod conditions;
 pub mod handle;
 pub mod records;
 mod recovery;

@@ -47,6 +47,11 @@ impl<T> Versioned<T> {
         }
     }
 
+    /// Whether etcd holds it.
+    pub fn exists(&self) -> bool {
+        self.rev.is_some()
+    }
+
     pub fn get(&self) -> &T {
         &self.value
     }

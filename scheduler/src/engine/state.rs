@@ -406,6 +406,13 @@ impl EngineState {
         turn.touched.insert(run_id.clone());
         for e in fx {
             match e {
+                Effect::Evaluate { task } => {
+                    let Some(run) = self.runs.get(run_id) else {
+                        continue;
+                    };
+                    let verdict = super::conditions::verdict(run, task);
+                    self.apply_to(run_id, Event::Condition { task, verdict }, now, turn);
+                }
                 Effect::Ready { task } => {
                     let tasks = match self.ready.get_mut(run_id) {
                         Some(tasks) => tasks,

@@ -44,6 +44,7 @@ impl RunDag {
             t.retries_used = 0;
             t.retry_at = 0;
             t.preempting = None;
+            t.decided = false;
             self.set_status(i, TaskStatus::Pending, "");
         }
         let mut fx = Vec::new();

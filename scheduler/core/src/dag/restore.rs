@@ -102,6 +102,10 @@ impl RunDag {
 
         let mut effects = Vec::new();
         for (i, t) in dag.tasks.iter().enumerate() {
+            if dag.awaits_verdict(i) {
+                effects.push(Effect::Evaluate { task: i });
+                continue;
+            }
             let Some(a) = t.current() else {
                 if t.status == TaskStatus::Ready {
                     effects.push(Effect::Ready { task: i });
@@ -148,10 +152,16 @@ impl RunDag {
         let mut all_done = true;
         for &d in &self.defs[i].deps {
             match status_of(d) {
-                TaskStatus::Failed | TaskStatus::Skipped => {
+                TaskStatus::Failed => {
                     return (
                         TaskStatus::Skipped,
                         format!("upstream task `{}` did not succeed", self.defs[d].name),
+                    )
+                }
+                TaskStatus::Skipped => {
+                    return (
+                        TaskStatus::Skipped,
+                        format!("upstream task `{}` was skipped", self.defs[d].name),
                     )
                 }
                 TaskStatus::Cancelled => {
@@ -168,7 +178,11 @@ impl RunDag {
             // Not stopped by a first cancel or a failure: only waits for the rest.
             return if self.run.finally_stopped {
                 (TaskStatus::Cancelled, "run cancelled twice".into())
-            } else if all_done && self.main_unfinished == 0 && !self.run.status.is_terminal() {
+            } else if all_done
+                && self.main_unfinished == 0
+                && !self.run.status.is_terminal()
+                && !self.defs[i].conditional
+            {
                 (TaskStatus::Ready, String::new())
             } else {
                 (TaskStatus::Pending, String::new())
@@ -179,7 +193,10 @@ impl RunDag {
                 (TaskStatus::Cancelled, "run cancelled".into())
             }
             _ if self.failed && self.fail_fast => (TaskStatus::Skipped, "run failed fast".into()),
-            RunStatus::Running if all_done => (TaskStatus::Ready, String::new()),
+            // A condition is evaluated first (`Effect::Evaluate`).
+            RunStatus::Running if all_done && !self.defs[i].conditional => {
+                (TaskStatus::Ready, String::new())
+            }
             _ => (TaskStatus::Pending, String::new()),
         }
     }

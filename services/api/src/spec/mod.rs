@@ -44,6 +44,7 @@
 //! Layout: `raw` is the serde side, `validate` turns it into the proto,
 //! `quantity` and `template` are the small languages inside values.
 
+pub mod condition;
 mod matrix;
 mod quantity;
 mod raw;

@@ -68,6 +68,10 @@ pub(crate) struct RawTask {
     /// IfNotPresent, Always or Never (needs an image).
     pub pull_policy: Option<String>,
     pub matrix: Option<RawMatrix>,
+    /// A CEL expression, evaluated once the upstream tasks succeeded; false
+    /// skips the task and its downstream. Sees params, matrix and
+    /// tasks.<task>.outputs.<output> (outputs declared `result: true`).
+    pub when: Option<String>,
     /// Most instances of the matrix running at once.
     pub max_parallel: Option<String>,
 }
@@ -136,6 +140,9 @@ pub(crate) struct RawOutput {
     pub name: Option<String>,
     /// Relative to $DROVER_OUTPUTS.
     pub path: Option<String>,
+    /// At most 64 KiB, sent back with the task's success so that `when:`
+    /// conditions downstream can read it (as JSON if it parses, else text).
+    pub result: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::condition;
 use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
 use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
@@ -301,6 +302,15 @@ fn resolve_task(
         return Err(TaskError::EmptyCommand);
     }
 
+    let when = raw.when.clone().unwrap_or_default();
+    if raw.when.is_some() {
+        let checked = match when.trim() {
+            "" => Err("empty expression".to_owned()),
+            expr => condition::check(expr, scope.matrix.is_some()),
+        };
+        checked.map_err(|message| invalid("when", message))?;
+    }
+
     let inputs = resolve_inputs(raw.inputs.as_deref().unwrap_or_default(), name, graph)?;
     let outputs = resolve_outputs(raw.outputs.as_deref().unwrap_or_default())?;
 
@@ -392,6 +402,7 @@ fn resolve_task(
         image,
         node_selector,
         pull_policy: pull_policy.into(),
+        when,
         ..Default::default()
     })
 }
@@ -484,6 +495,7 @@ fn resolve_outputs(raw: &[RawOutput]) -> Result<Vec<pb::OutputSpec>, TaskError> 
         outputs.push(pb::OutputSpec {
             name: name.to_owned(),
             path: path.to_owned(),
+            result: output.result.unwrap_or(false),
         });
     }
     Ok(outputs)

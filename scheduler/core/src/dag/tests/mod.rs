@@ -16,6 +16,7 @@ fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
             retry_limit: *limit,
             backoff_ms: 1_000,
             finally: false,
+            conditional: false,
         })
         .collect()
 }
@@ -187,6 +188,7 @@ fn attempt_records_agent_times_and_outputs() -> TestResult {
         key: "runs/r/a.1/outputs/dataset".into(),
         sha256: "ab".into(),
         size: 3,
+        result: None,
     };
     let fx = dag.apply(
         Event::Succeeded {
@@ -537,6 +539,7 @@ fn restore_derives_skipped_and_cancelled() {
         retries_used: 0,
         preempting: None,
         ready_at: None,
+        decided: false,
     };
     // Fail-fast run: b is downstream of the failure, c is stopped.
     let run = RunState {
@@ -608,6 +611,7 @@ fn wide_fan_out_becomes_ready_together() {
             retry_limit: 0,
             backoff_ms: 0,
             finally: false,
+            conditional: false,
         })
         .collect();
     let (mut dag, _) = RunDag::new(d, true);
@@ -929,4 +933,5 @@ fn a_stored_pending_task_is_derived_again_on_restore() -> TestResult {
     Ok(())
 }
 
+mod condition;
 mod finally;

@@ -10,6 +10,7 @@ use crate::pb;
 mod finally;
 mod matrix;
 mod rejections;
+mod when;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -85,6 +86,7 @@ fn example_resolves_to_the_expected_proto() {
                 outputs: vec![pb::OutputSpec {
                     name: "dataset".into(),
                     path: "dataset.csv".into(),
+                    result: false,
                 }],
                 env: BTreeMap::new(),
                 resources: Some(pb::Resources {
@@ -132,6 +134,7 @@ fn example_resolves_to_the_expected_proto() {
                 matrix: Default::default(),
                 max_parallel: 0,
                 finally: false,
+                when: String::new(),
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.
