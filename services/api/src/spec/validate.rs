@@ -51,6 +51,14 @@ pub(crate) fn resolve(
         Some(text) => parse_priority(text).map_err(SpecError::InvalidPriority)?,
     };
     let params = resolve_params(raw.params.unwrap_or_default(), overrides)?;
+    let code = match raw.code {
+        Some(code) if code.trim().is_empty() => {
+            return Err(SpecError::InvalidCode(
+                "is empty (name a directory relative to the spec file, e.g. `.`)".to_owned(),
+            ))
+        }
+        code => code.unwrap_or_default(),
+    };
     let tasks = raw.tasks.unwrap_or_default();
     if tasks.is_empty() {
         return Err(SpecError::NoTasks);
@@ -107,6 +115,21 @@ pub(crate) fn resolve(
         ));
     }
     check_upstream(&specs, &names, &graph, &deps)?;
+    if code.is_empty() {
+        let with_workdir = specs
+            .iter()
+            .zip(&names)
+            .find(|(t, _)| !t.workdir.is_empty());
+        if let Some((_, task)) = with_workdir {
+            return Err(SpecError::Task {
+                task: task.clone(),
+                error: TaskError::Needs {
+                    field: "workdir",
+                    needs: "the pipeline's `code`",
+                },
+            });
+        }
+    }
 
     Ok(pb::PipelineSpec {
         name,
@@ -115,6 +138,8 @@ pub(crate) fn resolve(
         tasks: depend_on_instances(expanded),
         queue,
         priority,
+        code,
+        code_sha256: String::new(),
     })
 }
 
@@ -361,6 +386,18 @@ fn resolve_task(
         }
     };
 
+    let workdir = match raw.workdir.as_deref() {
+        None => String::new(),
+        Some(written) => normalise_output_path(written).ok_or_else(|| {
+            invalid(
+                "workdir",
+                format!(
+                    "`{written}` must be a relative path inside the code snapshot, without `..`"
+                ),
+            )
+        })?,
+    };
+
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -374,6 +411,7 @@ fn resolve_task(
         image,
         node_selector,
         pull_policy: pull_policy.into(),
+        workdir,
         ..Default::default()
     })
 }

@@ -70,6 +70,9 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     if !run.trace_id.is_empty() {
         let _ = writeln!(out, "Trace:     {}", run.trace_id);
     }
+    if !run.code_sha256.is_empty() {
+        let _ = writeln!(out, "Code:      sha256:{}", run.code_sha256);
+    }
     if !run.params.is_empty() {
         let mut params: Vec<_> = run.params.iter().collect();
         params.sort();
@@ -141,6 +144,7 @@ pub fn run_json(run: &pb::Run) -> Value {
         "priority": run.priority,
         "trace_id": run.trace_id,
         "root_span_id": run.root_span_id,
+        "code_sha256": run.code_sha256,
         "tasks": run.tasks.iter().map(|t| json!({
             "name": t.name,
             "state": json_name(&task_state(t.state())),
@@ -238,10 +242,13 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
                 n if n > 4 => format!("{n} tasks"),
                 _ => t.depends_on.join(", "),
             };
-            let runs = match t.image.as_str() {
+            let mut runs = match t.image.as_str() {
                 "" => format!("process: {}", t.command.join(" ")),
                 image => format!("{image}: {}", t.command.join(" ")),
             };
+            if !t.workdir.is_empty() {
+                runs.push_str(&format!(" (in {})", t.workdir));
+            }
             let cap = match t.max_parallel {
                 0 => String::new(),
                 n => format!(" (max_parallel {n})"),
