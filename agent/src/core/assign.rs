@@ -378,6 +378,37 @@ mod tests {
     }
 
     #[test]
+    fn a_code_snapshot_is_planned_with_its_workdir_and_checked() {
+        let sha = "0f".repeat(32);
+        let with = |code: &str, workdir: &str| {
+            let mut a = assignment();
+            a.code_sha256 = code.to_owned();
+            if let Some(task) = a.task.as_mut() {
+                task.workdir = workdir.to_owned();
+            }
+            a
+        };
+        let AssignDecision::Start(plan) = decide(&with(&sha, "tools/bin")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(
+            plan.code,
+            Some(CodePlan {
+                sha256: sha.clone(),
+                workdir: "tools/bin".into()
+            })
+        );
+        let AssignDecision::Start(plan) = decide(&assignment()) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.code, None);
+        assert!(refusal(&with("ABC", "")).ends_with("code snapshot `ABC` is not a sha256"));
+        assert!(refusal(&with("", "src")).ends_with("workdir `src` without a code snapshot"));
+        assert!(refusal(&with(&sha, "../up"))
+            .ends_with("workdir `../up` must be a relative path without `..`"));
+    }
+
+    #[test]
     fn a_valid_assignment_becomes_a_plan() {
         let AssignDecision::Start(plan) = decide(&assignment()) else {
             panic!("expected a plan");

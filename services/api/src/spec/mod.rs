@@ -50,6 +50,7 @@
 //! Layout: `raw` is the serde side, `validate` turns it into the proto,
 //! `quantity` and `template` are the small languages inside values.
 
+mod code;
 mod matrix;
 mod quantity;
 mod raw;

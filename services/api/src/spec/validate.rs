@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::code;
 use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
 use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
@@ -51,14 +52,7 @@ pub(crate) fn resolve(
         Some(text) => parse_priority(text).map_err(SpecError::InvalidPriority)?,
     };
     let params = resolve_params(raw.params.unwrap_or_default(), overrides)?;
-    let code = match raw.code {
-        Some(code) if code.trim().is_empty() => {
-            return Err(SpecError::InvalidCode(
-                "is empty (name a directory relative to the spec file, e.g. `.`)".to_owned(),
-            ))
-        }
-        code => code.unwrap_or_default(),
-    };
+    let code = code::resolve_code(raw.code)?;
     let tasks = raw.tasks.unwrap_or_default();
     if tasks.is_empty() {
         return Err(SpecError::NoTasks);
@@ -115,21 +109,7 @@ pub(crate) fn resolve(
         ));
     }
     check_upstream(&specs, &names, &graph, &deps)?;
-    if code.is_empty() {
-        let with_workdir = specs
-            .iter()
-            .zip(&names)
-            .find(|(t, _)| !t.workdir.is_empty());
-        if let Some((_, task)) = with_workdir {
-            return Err(SpecError::Task {
-                task: task.clone(),
-                error: TaskError::Needs {
-                    field: "workdir",
-                    needs: "the pipeline's `code`",
-                },
-            });
-        }
-    }
+    code::check_workdirs(&code, &specs, &names)?;
 
     Ok(pb::PipelineSpec {
         name,
@@ -386,18 +366,7 @@ fn resolve_task(
         }
     };
 
-    let workdir = match raw.workdir.as_deref() {
-        None => String::new(),
-        Some(written) => normalise_output_path(written).ok_or_else(|| {
-            invalid(
-                "workdir",
-                format!(
-                    "`{written}` must be a relative path inside the code snapshot, without `..`"
-                ),
-            )
-        })?,
-    };
-
+    let workdir = code::resolve_workdir(raw.workdir.as_deref())?;
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -704,7 +673,7 @@ fn is_env_name(name: &str) -> bool {
 
 /// The path with `.` and empty components dropped, or `None` if it is empty,
 /// absolute, or climbs out with `..`.
-fn normalise_output_path(path: &str) -> Option<String> {
+pub(super) fn normalise_output_path(path: &str) -> Option<String> {
     if path.starts_with('/') || path.contains('\0') {
         return None;
     }
