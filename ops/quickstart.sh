@@ -51,7 +51,7 @@ fi
 set -a; . "$data/dev.env"; set +a
 
 echo "== submitting examples/ml/pipeline.yaml"
-run=$("$drover" submit examples/ml/pipeline.yaml --param code="$root/examples/ml")
+run=$("$drover" submit examples/ml/pipeline.yaml)
 echo "run: $run"
 status=0
 "$drover" watch "$run" || status=$?

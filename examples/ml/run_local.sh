@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the train-digits pipeline by hand, without Drover, the way the engine would:
-# every task gets its own scratch working directory, a fresh DROVER_INPUTS directory
+# every task runs in the code directory (this folder, `code: .` in pipeline.yaml; the
+# engine's copy is read-only, so nothing is written there), a fresh DROVER_INPUTS directory
 # holding one file per declared input (named after the input; the sweep's models as
 # models/0, 1, 2 with models.json listing them) and an empty DROVER_OUTPUTS
 # directory, and an output travels to later tasks by being copied.
@@ -23,7 +24,7 @@ run_task() {
   local task=$1 dir=$WORK/$1
   shift
   rm -rf "$dir"
-  mkdir -p "$dir/inputs" "$dir/outputs" "$dir/scratch"
+  mkdir -p "$dir/inputs" "$dir/outputs"
   while [[ $1 != -- ]]; do
     cp -r "${1#*=}" "$dir/inputs/${1%%=*}"
     shift
@@ -31,15 +32,15 @@ run_task() {
   shift
   echo "== $task: $*"
   (
-    cd "$dir/scratch"
-    DROVER_RUN_ID=local DROVER_TASK=$task DROVER_ATTEMPT=1 \
-      DROVER_INPUTS=$dir/inputs DROVER_OUTPUTS=$dir/outputs "$@"
+    cd "$HERE"
+    DROVER_RUN_ID=local DROVER_TASK=$task DROVER_ATTEMPT=1 DROVER_CODE=$HERE \
+      DROVER_INPUTS=$dir/inputs DROVER_OUTPUTS=$dir/outputs PYTHONDONTWRITEBYTECODE=1 "$@"
   )
 }
 
 TIMEFORMAT='== all steps: %Rs wall, %Us user + %Ss sys CPU'
 time {
-  run_task prepare -- "$PYTHON" "$HERE/prepare.py"
+  run_task prepare -- "$PYTHON" prepare.py
   DATASET=$WORK/prepare/outputs/dataset.csv
 
   mkdir -p "$WORK/models"
@@ -47,7 +48,7 @@ time {
   i=0
   for lr in 0.001 0.03 1.0; do
     run_task "train[lr=$lr]" dataset="$DATASET" -- \
-      "$PYTHON" "$HERE/train.py" --lr "$lr" --epochs "$EPOCHS"
+      "$PYTHON" train.py --lr "$lr" --epochs "$EPOCHS"
     cp "$WORK/train[lr=$lr]/outputs/model.json" "$WORK/models/$i"
     listing+=("{\"index\": $i, \"matrix\": {\"lr\": \"$lr\"}, \"file\": \"$i\"}")
     i=$((i + 1))
@@ -55,7 +56,7 @@ time {
   (IFS=,; echo "[${listing[*]}]") >"$WORK/models.json"
 
   run_task evaluate models="$WORK/models" models.json="$WORK/models.json" \
-    dataset="$DATASET" -- "$PYTHON" "$HERE/evaluate.py"
+    dataset="$DATASET" -- "$PYTHON" evaluate.py
 }
 
 echo "== artifacts: $WORK/evaluate/outputs/best_model.json"

@@ -256,6 +256,7 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
         priority: record.priority,
         trace_id: record.trace_id.clone(),
         root_span_id: record.root_span_id.clone(),
+        code_sha256: spec.code_sha256.clone(),
         tasks: spec
             .tasks
             .iter()

@@ -29,6 +29,8 @@ pub struct Api {
     pub artifacts: drover_artifacts::Store,
     /// Largest encoded spec accepted (`--max-spec-bytes`).
     pub max_spec_bytes: usize,
+    /// Largest code snapshot accepted (`--max-code-bytes`).
+    pub max_code_bytes: u64,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -127,8 +129,10 @@ impl Scheduler for Api {
         };
         let root_span_id = drover_telemetry::record::new_span_id();
         let req = req.into_inner();
-        let spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
+        let mut spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
+        spec.code_sha256 =
+            crate::code::for_submit(&self.artifacts, &spec.code, &req.code_sha256).await?;
         let queue = [req.queue.as_str(), spec.queue.as_str()]
             .into_iter()
             .find(|q| !q.is_empty())
@@ -317,6 +321,23 @@ impl Scheduler for Api {
             .into());
         }
         Ok(Response::new(self.read_run(&req.run_id).await?))
+    }
+
+    async fn stat_code(
+        &self,
+        req: Request<pb::CodeRef>,
+    ) -> Result<Response<pb::CodeStatus>, Status> {
+        let status =
+            crate::code::stat(&self.artifacts, self.max_code_bytes, &req.into_inner()).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn put_code(
+        &self,
+        req: Request<tonic::Streaming<pb::CodeChunk>>,
+    ) -> Result<Response<pb::CodeRef>, Status> {
+        let code = crate::code::put(&self.artifacts, self.max_code_bytes, req.into_inner()).await?;
+        Ok(Response::new(code))
     }
 
     type GetLogsStream = BoxStream<pb::LogChunk>;

@@ -8,6 +8,7 @@
 //! - [`store`]: etcd keys and compare-and-swap transactions;
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
+//! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
@@ -17,6 +18,7 @@
 //! from the recorded timestamps once their end is committed.
 
 pub mod bus;
+pub mod code;
 pub mod convert;
 pub mod engine;
 pub mod error;
@@ -132,6 +134,7 @@ pub async fn serve(
         store,
         artifacts,
         max_spec_bytes,
+        max_code_bytes: opts.max_code_bytes,
     };
     let agents_api = pb::agents_server::AgentsServer::new(api.clone());
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());

@@ -16,6 +16,9 @@ pub const DEFAULT_PASS_DEPTH: u32 = 4096;
 /// `--max-spec-bytes`' default, 64Mi.
 pub const DEFAULT_MAX_SPEC_BYTES: u64 = 64 << 20;
 
+/// `--max-code-bytes`' default, 256Mi.
+pub const DEFAULT_MAX_CODE_BYTES: u64 = 256 << 20;
+
 fn bytes_arg(s: &str) -> Result<u64, String> {
     drover_api::spec::parse_memory(s)
 }
@@ -68,6 +71,10 @@ pub struct SchedulerOptions {
     /// chunks, so this is not bound by etcd's request limit.
     #[arg(long, env = "DROVER_MAX_SPEC_BYTES", default_value_t = DEFAULT_MAX_SPEC_BYTES, value_parser = bytes_arg)]
     pub max_spec_bytes: u64,
+    /// Largest code snapshot (`code:` packed as a tar) accepted, e.g. 256Mi.
+    /// The scheduler holds one upload in memory while it checks its sha256.
+    #[arg(long, env = "DROVER_MAX_CODE_BYTES", default_value_t = DEFAULT_MAX_CODE_BYTES, value_parser = bytes_arg)]
+    pub max_code_bytes: u64,
     /// How many Ready tasks of each queue a full admission pass looks at, in
     /// queue order (like Slurm's default_queue_depth); the rest keep their
     /// places and wait. Full passes run at most every 250 ms; the turns

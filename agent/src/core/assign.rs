@@ -41,6 +41,15 @@ pub struct OutputUpload {
     pub result: bool,
 }
 
+/// The run's code snapshot, as an attempt uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePlan {
+    /// Lowercase hex; the object is `code/<sha256>.tar`.
+    pub sha256: String,
+    /// Working directory relative to the snapshot's root; empty: the root.
+    pub workdir: String,
+}
+
 /// A validated assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptPlan {
@@ -65,6 +74,9 @@ pub struct AttemptPlan {
     /// W3C `traceparent` the task's own spans go under (the agent's execute
     /// span, else the scheduler's attempt span); set by the shell at start.
     pub traceparent: Option<String>,
+    /// Unpacked read-only at `$DROVER_CODE`, the task's working directory
+    /// (or its `workdir` inside it).
+    pub code: Option<CodePlan>,
 }
 
 /// The environment that confines a task to its GPUs. CUDA numbers devices in
@@ -232,6 +244,31 @@ fn plan(
         });
     }
 
+    let code = match assignment.code_sha256.as_str() {
+        "" if task.workdir.is_empty() => None,
+        "" => {
+            return Err(format!(
+                "workdir `{}` without a code snapshot",
+                task.workdir
+            ))
+        }
+        sha256 if !naming::is_sha256(sha256) => {
+            return Err(format!("code snapshot `{sha256}` is not a sha256"))
+        }
+        sha256 => {
+            if !task.workdir.is_empty() && !is_inside(&task.workdir) {
+                return Err(format!(
+                    "workdir `{}` must be a relative path without `..`",
+                    task.workdir
+                ));
+            }
+            Some(CodePlan {
+                sha256: sha256.to_owned(),
+                workdir: task.workdir.clone(),
+            })
+        }
+    };
+
     Ok(AttemptPlan {
         key,
         executor,
@@ -247,6 +284,7 @@ fn plan(
         cpu_millis: task.resources.as_ref().map_or(0, |r| r.cpu_millis),
         memory_bytes: task.resources.as_ref().map_or(0, |r| r.memory_bytes),
         traceparent: None,
+        code,
     })
 }
 
@@ -263,21 +301,26 @@ fn path_component(what: &str, value: &str) -> Result<(), String> {
 
 /// An output path must stay inside `outputs/`.
 fn relative_path(output: &str, path: &str) -> Result<(), String> {
-    let ok = !path.is_empty()
-        && !path.contains('\0')
-        && Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        && Path::new(path)
-            .components()
-            .any(|c| matches!(c, Component::Normal(_)));
-    if ok {
+    if is_inside(path) {
         Ok(())
     } else {
         Err(format!(
             "output `{output}` path `{path}` must be a relative path inside outputs/"
         ))
     }
+}
+
+/// A relative path with at least one name and no `..`: it stays inside the
+/// directory it is joined to.
+fn is_inside(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\0')
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && Path::new(path)
+            .components()
+            .any(|c| matches!(c, Component::Normal(_)))
 }
 
 #[cfg(test)]
@@ -323,6 +366,7 @@ mod tests {
             }],
             artifact_prefix: "runs/r1/train.2".into(),
             gpus: vec![],
+            code_sha256: String::new(),
         }
     }
 
@@ -335,6 +379,37 @@ mod tests {
             AssignDecision::Refuse(r) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_code_snapshot_is_planned_with_its_workdir_and_checked() {
+        let sha = "0f".repeat(32);
+        let with = |code: &str, workdir: &str| {
+            let mut a = assignment();
+            a.code_sha256 = code.to_owned();
+            if let Some(task) = a.task.as_mut() {
+                task.workdir = workdir.to_owned();
+            }
+            a
+        };
+        let AssignDecision::Start(plan) = decide(&with(&sha, "tools/bin")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(
+            plan.code,
+            Some(CodePlan {
+                sha256: sha.clone(),
+                workdir: "tools/bin".into()
+            })
+        );
+        let AssignDecision::Start(plan) = decide(&assignment()) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.code, None);
+        assert!(refusal(&with("ABC", "")).ends_with("code snapshot `ABC` is not a sha256"));
+        assert!(refusal(&with("", "src")).ends_with("workdir `src` without a code snapshot"));
+        assert!(refusal(&with(&sha, "../up"))
+            .ends_with("workdir `../up` must be a relative path without `..`"));
     }
 
     #[test]

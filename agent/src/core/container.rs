@@ -27,6 +27,8 @@ pub const LABEL_WORK_DIR: &str = "drover.work-dir";
 pub const INPUTS_MOUNT: &str = "/drover/inputs";
 pub const OUTPUTS_MOUNT: &str = "/drover/outputs";
 pub const WORK_MOUNT: &str = "/drover/work";
+/// The run's code snapshot (read-only), also the working directory.
+pub const CODE_MOUNT: &str = "/drover/code";
 
 /// Longest container name the agent makes (Docker has no hard limit, people
 /// have to read them).
@@ -48,6 +50,8 @@ pub struct HostDirs<'a> {
     pub inputs: &'a Path,
     pub outputs: &'a Path,
     pub work: &'a Path,
+    /// The unpacked code snapshot, when the plan has one.
+    pub code: Option<&'a Path>,
 }
 
 /// Everything the agent asks Docker for when it creates a task's container.
@@ -213,7 +217,7 @@ pub fn key_from_labels(labels: &HashMap<String, String>) -> Result<AttemptKey, S
 /// their host indices). Simulated GPUs get no device, so their host indices stay.
 pub fn container_env(plan: &AttemptPlan, agent_id: &str) -> Vec<String> {
     let real = real_gpu_uuids(plan).len();
-    let mut env = task_env(plan, agent_id, INPUTS_MOUNT, OUTPUTS_MOUNT);
+    let mut env = task_env(plan, agent_id, INPUTS_MOUNT, OUTPUTS_MOUNT, CODE_MOUNT);
     if real > 0 {
         let ordinals: Vec<String> = (0..real).map(|i| i.to_string()).collect();
         for (name, value) in &mut env {
@@ -253,6 +257,21 @@ pub fn container_spec(
         Some((program, args)) => (vec![program.clone()], args.to_vec()),
         None => (Vec::new(), Vec::new()),
     };
+    let mut mounts = vec![
+        mount(dirs.inputs, INPUTS_MOUNT, true),
+        mount(dirs.outputs, OUTPUTS_MOUNT, false),
+        mount(dirs.work, WORK_MOUNT, false),
+    ];
+    let working_dir = match (&plan.code, dirs.code) {
+        (Some(code), Some(source)) => {
+            mounts.push(mount(source, CODE_MOUNT, true));
+            match code.workdir.as_str() {
+                "" => CODE_MOUNT.to_owned(),
+                workdir => format!("{CODE_MOUNT}/{workdir}"),
+            }
+        }
+        _ => WORK_MOUNT.to_owned(),
+    };
     ContainerSpec {
         name: container_name(agent_id, &plan.key),
         image: image_reference(&plan.image),
@@ -260,12 +279,8 @@ pub fn container_spec(
         cmd,
         env: container_env(plan, agent_id),
         labels: labels(agent_id, dirs.root, &plan.key),
-        working_dir: WORK_MOUNT.to_owned(),
-        mounts: vec![
-            mount(dirs.inputs, INPUTS_MOUNT, true),
-            mount(dirs.outputs, OUTPUTS_MOUNT, false),
-            mount(dirs.work, WORK_MOUNT, false),
-        ],
+        working_dir,
+        mounts,
         nano_cpus: (plan.cpu_millis > 0).then(|| i64::from(plan.cpu_millis) * 1_000_000),
         memory: (plan.memory_bytes > 0)
             .then(|| i64::try_from(plan.memory_bytes).unwrap_or(i64::MAX)),
@@ -307,6 +322,7 @@ mod tests {
             cpu_millis: 1500,
             memory_bytes: 2 << 30,
             traceparent: Some(TP.into()),
+            code: None,
         }
     }
 
@@ -327,8 +343,36 @@ mod tests {
             inputs: &i,
             outputs: &o,
             work: &w,
+            code: Some(Path::new("/w/_code/abc")),
         };
         container_spec(plan, "gpu-1", dirs, "none")
+    }
+
+    #[test]
+    fn a_code_snapshot_is_mounted_read_only_and_is_the_working_directory() {
+        let mut p = plan(vec![]);
+        let without = spec(&p);
+        assert_eq!(without.working_dir, WORK_MOUNT);
+        assert!(without.mounts.iter().all(|m| m.target != CODE_MOUNT));
+        assert!(!without.env.iter().any(|e| e.starts_with("DROVER_CODE=")));
+
+        p.code = Some(crate::core::CodePlan {
+            sha256: "ab".repeat(32),
+            workdir: String::new(),
+        });
+        let with = spec(&p);
+        assert_eq!(with.working_dir, CODE_MOUNT);
+        assert!(with.mounts.contains(&BindMount {
+            source: PathBuf::from("/w/_code/abc"),
+            target: CODE_MOUNT.to_owned(),
+            read_only: true,
+        }));
+        assert!(with.env.contains(&format!("DROVER_CODE={CODE_MOUNT}")));
+
+        if let Some(code) = p.code.as_mut() {
+            code.workdir = "tools/bin".to_owned();
+        }
+        assert_eq!(spec(&p).working_dir, "/drover/code/tools/bin");
     }
 
     #[test]

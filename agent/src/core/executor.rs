@@ -82,14 +82,16 @@ pub fn required_executor(task: &TaskSpec) -> &'static str {
 }
 
 /// What a task sees, whatever runs it: the plan's own environment (task env
-/// and GPU variables), then the `DROVER_*` variables, with `inputs` and
-/// `outputs` as the task itself sees those directories (host paths for a
-/// process, mount points inside a container).
+/// and GPU variables), then the `DROVER_*` variables, with `inputs`,
+/// `outputs` and `code` (the code snapshot, when the plan has one) as the
+/// task itself sees those directories (host paths for a process, mount
+/// points inside a container).
 pub fn task_env(
     plan: &AttemptPlan,
     agent_id: &str,
     inputs: &str,
     outputs: &str,
+    code: &str,
 ) -> Vec<(String, String)> {
     let key = &plan.key;
     let mut env = plan.env.clone();
@@ -101,6 +103,9 @@ pub fn task_env(
         ("DROVER_INPUTS".to_owned(), inputs.to_owned()),
         ("DROVER_OUTPUTS".to_owned(), outputs.to_owned()),
     ]);
+    if plan.code.is_some() {
+        env.push(("DROVER_CODE".to_owned(), code.to_owned()));
+    }
     if let Some(tp) = &plan.traceparent {
         // W3C's name for it in an environment: OTel SDKs in the task pick it up.
         env.push(("TRACEPARENT".to_owned(), tp.clone()));

@@ -13,7 +13,7 @@ pub mod outcome;
 pub mod table;
 
 pub use assign::{
-    decide_assign, AssignDecision, AttemptPlan, InputFetch, InputSource, OutputUpload,
+    decide_assign, AssignDecision, AttemptPlan, CodePlan, InputFetch, InputSource, OutputUpload,
 };
 pub use executor::ExecutorKind;
 pub use outcome::{Failure, StopCause, Termination};

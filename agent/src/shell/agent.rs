@@ -21,6 +21,7 @@ use crate::core::container::{started_with_work_dir, LABEL_WORK_DIR};
 use crate::core::{decide_assign, AssignDecision, AttemptKey, ExecutorKind, StopCause};
 use crate::options::{AgentConfig, AgentOptions};
 use crate::shell::attempt::{self, AttemptContext};
+use crate::shell::code::{CodeCache, CODE_DIR};
 use crate::shell::events::{self, EventPublisher};
 use crate::shell::executor::{DockerExecutor, Guardian};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
@@ -108,6 +109,12 @@ impl Service {
             None
         };
         let store = drover_artifacts::open(&cfg.artifacts).await?;
+        let code = CodeCache::open(&cfg.work_dir, store.clone()).map_err(|source| {
+            AgentError::WorkDir {
+                path: cfg.work_dir.join(CODE_DIR),
+                source,
+            }
+        })?;
         tokio::fs::create_dir_all(&cfg.work_dir)
             .await
             .map_err(|source| AgentError::WorkDir {
@@ -172,6 +179,7 @@ impl Service {
             docker,
             guardian,
             slots,
+            code,
             metrics,
         });
         let service = Service {

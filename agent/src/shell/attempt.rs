@@ -24,6 +24,7 @@ use crate::core::{
     decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputSource,
     OutputUpload, StopCause, Termination,
 };
+use crate::shell::code::CodeCache;
 use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
 use crate::shell::executor::docker::FoundContainer;
 use crate::shell::executor::{
@@ -65,6 +66,8 @@ pub struct AttemptContext {
     pub guardian: Option<Arc<Guardian>>,
     /// Process attempts' working directories; set with `guardian`.
     pub slots: Option<Arc<Slots>>,
+    /// Code snapshots unpacked on this agent.
+    pub code: CodeCache,
     pub metrics: AgentMetrics,
 }
 
@@ -508,6 +511,15 @@ async fn start(
         n => info_span!("fetch inputs", inputs = n),
     };
     fetch.instrument(span).await?;
+    let code = match &plan.code {
+        None => None,
+        Some(code) => tokio::select! {
+            fetched = ctx.code.ensure(&code.sha256).instrument(info_span!("fetch code")) => {
+                Some(fetched.map_err(Failure::agent)?)
+            }
+            request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
+        },
+    };
     if let Some(request) = stop.borrow().as_ref() {
         return Err(Failure::stopped(&request.cause));
     }
@@ -526,17 +538,34 @@ async fn start(
             let Some(guardian) = ctx.guardian.as_ref() else {
                 return Err(Failure::agent("the process executor is not enabled"));
             };
+            let code_dir = code.as_deref().unwrap_or(Path::new(""));
             let env = task_env(
                 plan,
                 &ctx.agent_id,
                 &inputs.to_string_lossy(),
                 &outputs.to_string_lossy(),
+                &code_dir.to_string_lossy(),
             );
+            let cwd = match &plan.code {
+                None => dir.to_owned(),
+                Some(c) if c.workdir.is_empty() => code_dir.to_owned(),
+                Some(c) => {
+                    let cwd = code_dir.join(&c.workdir);
+                    if !cwd.is_dir() {
+                        return Err(Failure::agent(format!(
+                            "workdir `{}` is not a directory of the code snapshot",
+                            c.workdir
+                        )));
+                    }
+                    cwd
+                }
+            };
             let spec = ProcessSpec {
                 command: &plan.command,
-                cwd: dir,
+                cwd: &cwd,
                 env,
                 log,
+                read_only: code.as_deref(),
             };
             let process = RunningProcess::spawn(spec, guardian).map_err(|e| {
                 ctx.metrics.executor_error(ExecutorKind::Process);
@@ -574,6 +603,7 @@ async fn start(
                 inputs: &inputs,
                 outputs: &outputs,
                 work: &work,
+                code: code.as_deref(),
             };
             let spec = container_spec(plan, &ctx.agent_id, dirs, docker.network());
             let action = ImageAction::for_policy(plan.pull_policy);

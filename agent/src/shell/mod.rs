@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod attempt;
+pub mod code;
 pub mod events;
 pub mod executor;
 pub mod gpu;

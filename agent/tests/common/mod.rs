@@ -289,6 +289,7 @@ pub fn assignment(attempt: &AttemptRef, command: &[&str]) -> Assignment {
         inputs: vec![],
         artifact_prefix: naming::attempt_prefix(&attempt.run_id, &attempt.task, attempt.attempt),
         gpus: vec![],
+        code_sha256: String::new(),
     }
 }
 

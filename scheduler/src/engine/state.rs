@@ -577,6 +577,7 @@ impl EngineState {
             task: task_spec,
             inputs,
             gpus,
+            code_sha256: run.spec.code_sha256.clone(),
         }
     }
 

@@ -320,6 +320,7 @@ impl Cluster {
                 params: Default::default(),
                 queue: queue.into(),
                 priority: Some(priority),
+                ..Default::default()
             })
             .await?;
         Ok(r.into_inner().run_id)

@@ -159,9 +159,34 @@ pub fn log_key(attempt_prefix: &str) -> String {
     format!("{attempt_prefix}.log")
 }
 
+/// Object-store key of a code snapshot: one object per content, shared by
+/// every run that packs the same files.
+pub fn code_key(sha256: &str) -> String {
+    format!("code/{sha256}.tar")
+}
+
+/// Whether `value` is a sha256 as Drover writes it: 64 lowercase hex digits
+/// (it becomes part of an object key and a directory name on agents).
+pub fn is_sha256(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_keys_take_only_lowercase_sha256() {
+        let sha = "0123456789abcdef".repeat(4);
+        assert!(is_sha256(&sha));
+        assert_eq!(code_key(&sha), format!("code/{sha}.tar"));
+        assert!(!is_sha256(&sha.to_uppercase()));
+        assert!(!is_sha256(&sha[1..]));
+        assert!(!is_sha256(&format!("../{}", &sha[3..])));
+    }
 
     #[test]
     fn stream_name_has_no_dots() {

@@ -8,6 +8,8 @@
 //! Cloud schemes need the matching `object_store` cargo feature (`aws`, `gcp`,
 //! `azure`); without it [`open`] says so instead of failing later.
 
+pub mod snapshot;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,7 +76,7 @@ impl ArtifactError {
         }
     }
 
-    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         ArtifactError::Io {
             action,
             path: path.to_owned(),
@@ -310,6 +312,16 @@ impl Store {
             .boxed())
     }
 
+    /// Whether an object is stored under `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, ArtifactError> {
+        let location = self.location(key)?;
+        match self.inner.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(ArtifactError::store(key, e)),
+        }
+    }
+
     /// Reads the whole object at `key` (small objects only).
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, ArtifactError> {
         let location = self.location(key)?;
@@ -325,7 +337,12 @@ impl Store {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex sha256 of `bytes`, as [`ArtifactInfo::sha256`] has it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         // Writing to a String cannot fail.

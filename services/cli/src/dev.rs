@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// agent's on 127.0.0.1:7072 (what ops/prometheus/prometheus.yml scrapes).
     #[arg(long, env = "DROVER_DEV_METRICS")]
     metrics: bool,
+    /// Largest code snapshot the scheduler accepts (e.g. 256Mi).
+    #[arg(long, env = "DROVER_MAX_CODE_BYTES", default_value_t = drover_scheduler::options::DEFAULT_MAX_CODE_BYTES, value_parser = drover_api::spec::parse_memory)]
+    max_code_bytes: u64,
 }
 
 /// `--metrics` addresses: the targets of ops/prometheus/prometheus.yml.
@@ -81,6 +84,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         preemption_grace: Duration::from_secs(10),
         placement: Default::default(),
         max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
+        max_code_bytes: args.max_code_bytes,
         pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
         metrics_listen: scheduler_metrics,
     };

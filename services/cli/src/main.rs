@@ -2,6 +2,7 @@
 //! administer priority queues, and `drover dev`, a whole local cluster in one
 //! command.
 
+mod code;
 mod dev;
 mod output;
 mod queue;
@@ -230,7 +231,7 @@ async fn channel(server: &str) -> Result<Channel> {
         })
 }
 
-type Client = SchedulerClient<
+pub(crate) type Client = SchedulerClient<
     tonic::service::interceptor::InterceptedService<
         Channel,
         fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
@@ -340,10 +341,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     spec.queue = queue;
                 }
                 spec.priority = priority.unwrap_or(spec.priority);
+                // Offline: checked against the scheduler's default limit.
+                let packed = code::pack(
+                    &file,
+                    &spec,
+                    drover_scheduler::options::DEFAULT_MAX_CODE_BYTES,
+                )?;
                 print!("{}", output::dry_run_table(&spec));
+                if let Some(packed) = packed {
+                    println!("{} (not uploaded)", code::describe(&packed));
+                }
                 return Ok(ExitCode::SUCCESS);
             }
+            // A spec that does not parse here is left for the scheduler to
+            // refuse, with the same message; one that does may have `code:`.
+            let packed = match drover_api::spec::parse_spec(&spec_yaml, &params) {
+                Ok(spec) => code::pack(&file, &spec, u64::MAX)?,
+                Err(_) => None,
+            };
             let mut client = connect(&server).await?;
+            let code_sha256 = match packed {
+                Some(packed) => code::upload(&mut client, packed).await?,
+                None => String::new(),
+            };
             let span = tracing::info_span!("drover submit", file = %file.display());
             let id = client
                 .submit_run(pb::SubmitRunRequest {
@@ -351,6 +371,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     params,
                     queue: queue.unwrap_or_default(),
                     priority,
+                    code_sha256,
                 })
                 .instrument(span)
                 .await?

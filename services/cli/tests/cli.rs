@@ -15,12 +15,18 @@ struct Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_with(&[])
+    }
+
+    /// `drover dev` with more of its environment (its flags' variables).
+    fn start_with(env: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let child = Command::new(DROVER)
             .args(["dev", "--data-dir"])
             .arg(dir.path().join("state"))
             .env("DROVER_AGENT_ID", "cli-agent")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -373,4 +379,240 @@ fn completions_for_every_shell_know_the_commands() {
     }
     let out = offline(&["completion", "tcsh"], dir.path());
     assert!(!out.status.success());
+}
+
+/// Writes `files` (path, content) under `root`, creating directories.
+fn write_tree(root: &Path, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// The objects under `code/` in the dev cluster's artifact store.
+fn code_objects(dev: &Dev) -> Vec<String> {
+    let dir = dev.dir.path().join("state/artifacts/code");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `drover submit FILE --watch` that must succeed; returns the run's JSON.
+fn submit_ok(dev: &Dev, spec: &str) -> serde_json::Value {
+    let o = dev.drover(&["submit", spec, "--watch"]);
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}\ndev log:\n{}",
+        out(&o),
+        err(&o),
+        log_of(dev.dir.path())
+    );
+    let run = out(&o).lines().next().unwrap().to_string();
+    let o = dev.drover(&["get", &run, "-o", "json"]);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+const CODE_CHECK: &str = r#"set -e
+[ "$(pwd -P)" = "$(cd "$DROVER_CODE" && pwd -P)" ] || { echo "cwd $(pwd) is not $DROVER_CODE"; exit 3; }
+cat tool.txt
+cat "$DROVER_CODE/sub/inner.txt"
+[ ! -e debug.log ] || { echo "gitignored file packed"; exit 4; }
+[ ! -e secret ] || { echo "droverignored dir packed"; exit 5; }
+if touch new-file 2>/dev/null; then echo "snapshot dir writable"; exit 6; fi
+if (echo x >> tool.txt) 2>/dev/null; then echo "snapshot file writable"; exit 7; fi
+echo read-only
+"#;
+
+#[test]
+fn code_snapshots_reach_every_task_read_only_and_are_stored_once() {
+    let dev = Dev::start();
+    let proj = dev.dir.path().join("proj");
+    write_tree(
+        &proj,
+        &[
+            ("src/tool.txt", "tool v1\n"),
+            ("src/sub/inner.txt", "inner file\n"),
+            ("src/.gitignore", "*.log\n"),
+            ("src/debug.log", "not packed\n"),
+            ("src/.droverignore", "secret/\n"),
+            ("src/secret/key", "not packed either\n"),
+            ("check.sh", CODE_CHECK),
+        ],
+    );
+    let spec = proj.join("pipeline.yaml");
+    let yaml = format!(
+        "name: coded\ncode: src\ntasks:\n  - name: check\n    command: [sh, -c, {check}]\n  - name: inside\n    workdir: sub\n    command: [sh, -c, 'cat inner.txt && pwd']\n",
+        check = serde_json::to_string(CODE_CHECK).unwrap()
+    );
+    std::fs::write(&spec, yaml).unwrap();
+    let spec = spec.display().to_string();
+
+    // Offline, the dry run says what would be uploaded.
+    let o = offline(&["submit", "--dry-run", &spec], dev.dir.path());
+    assert!(o.status.success(), "{}", err(&o));
+    let dry = out(&o);
+    assert!(
+        dry.contains("(not uploaded)") && dry.contains("code: src"),
+        "{dry}"
+    );
+    assert!(code_objects(&dev).is_empty(), "a dry run uploads nothing");
+
+    let first = submit_ok(&dev, &spec);
+    let digest = first["code_sha256"].as_str().unwrap().to_string();
+    assert_eq!(digest.len(), 64, "{first:#}");
+    assert!(dry.contains(&format!("sha256 {digest}")), "{dry}");
+    assert_eq!(code_objects(&dev), vec![format!("{digest}.tar")]);
+    let run = first["id"].as_str().unwrap();
+    let log = out(&dev.drover(&["logs", run, "check"]));
+    assert_eq!(log, "tool v1\ninner file\nread-only\n");
+    let log = out(&dev.drover(&["logs", run, "inside"]));
+    assert!(
+        log.starts_with("inner file\n") && log.trim_end().ends_with("/sub"),
+        "{log}"
+    );
+    assert!(out(&dev.drover(&["get", run])).contains(&format!("Code:      sha256:{digest}")));
+
+    // Same files: same digest, still one object.
+    let again = submit_ok(&dev, &spec);
+    assert_eq!(again["code_sha256"], digest.as_str());
+    assert_ne!(again["id"], first["id"]);
+    assert_eq!(code_objects(&dev), vec![format!("{digest}.tar")]);
+
+    // A changed file: a new digest, a second object, the new content.
+    std::fs::write(proj.join("src/tool.txt"), "tool v2\n").unwrap();
+    let changed = submit_ok(&dev, &spec);
+    let new_digest = changed["code_sha256"].as_str().unwrap().to_string();
+    assert_ne!(new_digest, digest);
+    assert_eq!(code_objects(&dev).len(), 2);
+    let log = out(&dev.drover(&["logs", changed["id"].as_str().unwrap(), "check"]));
+    assert!(log.starts_with("tool v2\n"), "{log}");
+}
+
+/// Runs in the dev cluster, for the tests that check nothing was written.
+fn run_count(dev: &Dev) -> usize {
+    let o = dev.drover(&["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn bad_code_input_is_refused_naming_the_field_and_nothing_is_written() {
+    let dev = Dev::start_with(&[("DROVER_MAX_CODE_BYTES", "64Ki")]);
+    let proj = dev.dir.path().join("proj");
+    write_tree(&proj, &[("small/a.txt", "a\n")]);
+    std::fs::create_dir_all(proj.join("big")).unwrap();
+    // Incompressible or not, a tar holds every byte: 100 KiB is over 64 KiB.
+    std::fs::write(proj.join("big/blob"), vec![b'x'; 100 << 10]).unwrap();
+    let spec = |name: &str, code: &str, extra: &str| {
+        let path = proj.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: {name}\ncode: {code}\ntasks:\n  - {{name: t, command: [true]{extra}}}\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+
+    // The CLI's own checks: exit 2 and one line on stderr.
+    let refusal = |spec: &str| {
+        let o = dev.drover(&["submit", spec]);
+        assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+        err(&o).trim().to_owned()
+    };
+    let e = refusal(&spec("missing", "nope", ""));
+    assert!(
+        e.starts_with("error: code: `nope` is not a directory (looked for `")
+            && e.contains("proj/nope"),
+        "{e}"
+    );
+
+    let e = refusal(&spec("big", "big", ""));
+    assert!(
+        e.starts_with("error: code: `big` packs to ")
+            && e.contains("the scheduler accepts at most 65536 (--max-code-bytes)"),
+        "{e}"
+    );
+
+    assert_eq!(
+        refusal(&spec("nodir", "small", ", workdir: sub")),
+        "error: task `t`: workdir: `sub` is not a directory in code `small`"
+    );
+
+    // Straight to the API: a snapshot the store does not have, no snapshot
+    // for a spec with `code:`, an upload over the limit or not matching its sha256.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = dev.server.clone();
+    let yaml = "name: direct\ncode: small\ntasks:\n  - {name: t, command: [true]}\n";
+    let (unknown, missing, over, wrong) = rt.block_on(async move {
+        use drover_api::pb;
+        let mut client = pb::scheduler_client::SchedulerClient::connect(server)
+            .await
+            .unwrap();
+        let submit = |code_sha256: String| pb::SubmitRunRequest {
+            spec_yaml: yaml.to_owned(),
+            code_sha256,
+            ..Default::default()
+        };
+        let unknown = client
+            .submit_run(submit("ab".repeat(32)))
+            .await
+            .unwrap_err();
+        let missing = client.submit_run(submit(String::new())).await.unwrap_err();
+        let put = |sha256: String, size_bytes: u64, data: Vec<u8>| {
+            futures::stream::iter(vec![pb::CodeChunk {
+                code: Some(pb::CodeRef { sha256, size_bytes }),
+                data,
+            }])
+        };
+        let over = client
+            .put_code(put("cd".repeat(32), 1 << 20, vec![]))
+            .await
+            .unwrap_err();
+        let wrong = client
+            .put_code(put("ef".repeat(32), 3, b"abc".to_vec()))
+            .await
+            .unwrap_err();
+        (unknown, missing, over, wrong)
+    });
+    assert_eq!(unknown.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        unknown.message(),
+        format!(
+            "code_sha256: snapshot `{}` is not in the artifact store (upload it with PutCode first)",
+            "ab".repeat(32)
+        )
+    );
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    assert!(
+        missing.message().starts_with(
+            "code_sha256: the spec has `code: small` but the request names no snapshot"
+        ),
+        "{}",
+        missing.message()
+    );
+    assert_eq!(over.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        over.message(),
+        "code.size_bytes: the snapshot is 1048576 bytes; at most 65536 are accepted (--max-code-bytes)"
+    );
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+    assert!(
+        wrong.message().starts_with(&format!(
+            "code.sha256: `{}` does not match the uploaded bytes",
+            "ef".repeat(32)
+        )),
+        "{}",
+        wrong.message()
+    );
+
+    assert!(code_objects(&dev).is_empty(), "{:?}", code_objects(&dev));
+    assert_eq!(run_count(&dev), 0);
 }

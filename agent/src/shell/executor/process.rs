@@ -31,6 +31,9 @@ pub struct ProcessSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Receives both stdout and stderr; opened for appending.
     pub log: std::fs::File,
+    /// A directory (the code snapshot) to make read-only for the task, even
+    /// for root, where the agent can: see [`read_only_mount`].
+    pub read_only: Option<&'a Path>,
 }
 
 /// The task's command could not be started.
@@ -79,7 +82,11 @@ impl RunningProcess {
             .kill_on_drop(true);
         // No `pre_exec` hook (a `PR_SET_PDEATHSIG` there made std fork the
         // whole agent per task): std can `posix_spawn`, and the guardian
-        // covers an agent crash instead.
+        // covers an agent crash instead. Only a root agent's task with a code
+        // snapshot pays for one, to get its read-only mount.
+        if let Some(dir) = spec.read_only {
+            read_only_mount(&mut cmd, dir, spec.cwd).map_err(err)?;
+        }
         let child = cmd.spawn().map_err(err)?;
         // `id()` is `Some` until the child has been reaped, and nothing has
         // waited on it yet.
@@ -186,6 +193,81 @@ impl Drop for RunningProcess {
         // exited, or just above).
         self.guardian.forget(self.pgid);
     }
+}
+
+/// For an agent running as root (which can write to any file whatever its
+/// mode): the task starts in a mount namespace of its own where `dir` is a
+/// read-only bind mount, gone with the task. Elsewhere the snapshot's modes
+/// (0444/0555) are what keeps the task from writing, and a kernel that
+/// refuses the namespace leaves it at that too.
+fn read_only_mount(cmd: &mut Command, dir: &Path, cwd: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let c_path = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))
+    };
+    let (dir, cwd, root) = (c_path(dir)?, c_path(cwd)?, c_path(Path::new("/"))?);
+    // A remount must keep the flags the mount underneath has locked.
+    let flags = locked_mount_flags(&dir)?;
+    // SAFETY: the hook runs between fork and exec and only makes system
+    // calls on memory prepared here (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Ok(());
+            }
+            let null = std::ptr::null();
+            let steps = [
+                (null, root.as_ptr(), libc::MS_REC | libc::MS_PRIVATE),
+                (dir.as_ptr(), dir.as_ptr(), libc::MS_BIND | libc::MS_REC),
+                (
+                    null,
+                    dir.as_ptr(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+                ),
+            ];
+            for (source, target, flags) in steps {
+                if libc::mount(source, target, null, flags, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // std changed into `cwd` before this hook: again, now through
+            // the read-only mount.
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The `nosuid`, `nodev`, `noexec` and atime flags of the mount holding `dir`.
+fn locked_mount_flags(dir: &std::ffi::CStr) -> io::Result<libc::c_ulong> {
+    // SAFETY: statvfs writes only into the struct it is given.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is a valid C string and `st` a valid out pointer.
+    if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pairs = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(pairs
+        .into_iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |acc, (_, ms_flag)| acc | ms_flag))
 }
 
 /// How an exit status reads as a termination the agent did not cause.

@@ -36,6 +36,12 @@
 //!     command: [python3, train.py, --lr, "{{matrix.lr}}", --epochs, "{{matrix.epochs}}"]
 //! ```
 //!
+//! `code: <dir>` (relative to the spec file) is packed by `drover submit`
+//! into a snapshot every task gets read-only at `$DROVER_CODE`, which is also
+//! its working directory; a task's `workdir: <path>` is relative to the
+//! snapshot. The parser keeps the path as written: only the CLI, which has
+//! the directory, resolves it.
+//!
 //! `gpu_model` (a case-insensitive substring of the GPU's name) and
 //! `gpu_memory` (the least memory each GPU must have) need at least one
 //! `gpu`. `gpu_model` and node selector values, like env values, may use
@@ -44,6 +50,7 @@
 //! Layout: `raw` is the serde side, `validate` turns it into the proto,
 //! `quantity` and `template` are the small languages inside values.
 
+mod code;
 pub mod condition;
 mod matrix;
 mod quantity;
@@ -111,6 +118,9 @@ pub enum SpecError {
     MissingName,
     #[error("spec has no tasks")]
     NoTasks,
+    /// `code:` given but unusable; the message says why.
+    #[error("code: {0}")]
+    InvalidCode(String),
     #[error("queue: invalid queue name `{0}` ({QUEUE_NAME_RULE})")]
     InvalidQueueName(String),
     /// The message comes from [`parse_priority`].

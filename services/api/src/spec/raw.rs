@@ -31,6 +31,10 @@ pub(crate) struct RawSpec {
     pub params: Option<BTreeMap<String, Option<String>>>,
     /// A task failing for good cancels the rest (default true).
     pub fail_fast: Option<bool>,
+    /// A directory, relative to this file, that `drover submit` packs (honouring
+    /// .gitignore and .droverignore) and every task gets read-only at $DROVER_CODE,
+    /// also its working directory.
+    pub code: Option<String>,
     pub tasks: Option<Vec<RawTask>>,
     /// Tasks that run once every other task has ended, whatever the outcome
     /// (cleanup, notification), also after a failure or a cancel; they get
@@ -74,6 +78,8 @@ pub(crate) struct RawTask {
     pub when: Option<String>,
     /// Most instances of the matrix running at once.
     pub max_parallel: Option<String>,
+    /// Working directory inside the code snapshot (default: its root); needs `code`.
+    pub workdir: Option<String>,
 }
 
 /// `matrix:` as written: names with their lists of values, in the order

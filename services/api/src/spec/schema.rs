@@ -66,6 +66,7 @@ mod tests {
             "matrix",
             "max_parallel",
             "resources",
+            "workdir",
         ] {
             assert!(fields.contains(&field), "{field} not in {fields:?}");
         }
@@ -73,6 +74,13 @@ mod tests {
         assert_eq!(
             types,
             &serde_json::json!(["string", "null", "number", "boolean"])
+        );
+        assert!(
+            schema["properties"]["code"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("$DROVER_CODE")),
+            "{:#}",
+            schema["properties"]["code"]
         );
         let matrix = &schema["$defs"]["Matrix"];
         assert_eq!(matrix["additionalProperties"]["type"], "array");

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::code;
 use super::condition;
 use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
@@ -52,6 +53,7 @@ pub(crate) fn resolve(
         Some(text) => parse_priority(text).map_err(SpecError::InvalidPriority)?,
     };
     let params = resolve_params(raw.params.unwrap_or_default(), overrides)?;
+    let code = code::resolve_code(raw.code)?;
     let tasks = raw.tasks.unwrap_or_default();
     if tasks.is_empty() {
         return Err(SpecError::NoTasks);
@@ -124,6 +126,7 @@ pub(crate) fn resolve(
         ));
     }
     check_upstream(&specs, &names, &graph, &deps, main)?;
+    code::check_workdirs(&code, &specs, &names)?;
 
     Ok(pb::PipelineSpec {
         name,
@@ -132,6 +135,8 @@ pub(crate) fn resolve(
         tasks: depend_on_instances(expanded),
         queue,
         priority,
+        code,
+        code_sha256: String::new(),
     })
 }
 
@@ -389,6 +394,7 @@ fn resolve_task(
         }
     };
 
+    let workdir = code::resolve_workdir(raw.workdir.as_deref())?;
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -403,6 +409,7 @@ fn resolve_task(
         node_selector,
         pull_policy: pull_policy.into(),
         when,
+        workdir,
         ..Default::default()
     })
 }
@@ -696,7 +703,7 @@ fn is_env_name(name: &str) -> bool {
 
 /// The path with `.` and empty components dropped, or `None` if it is empty,
 /// absolute, or climbs out with `..`.
-fn normalise_output_path(path: &str) -> Option<String> {
+pub(super) fn normalise_output_path(path: &str) -> Option<String> {
     if path.starts_with('/') || path.contains('\0') {
         return None;
     }

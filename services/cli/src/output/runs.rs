@@ -70,6 +70,9 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     if !run.trace_id.is_empty() {
         let _ = writeln!(out, "Trace:     {}", run.trace_id);
     }
+    if !run.code_sha256.is_empty() {
+        let _ = writeln!(out, "Code:      sha256:{}", run.code_sha256);
+    }
     if !run.params.is_empty() {
         let mut params: Vec<_> = run.params.iter().collect();
         params.sort();
@@ -150,33 +153,49 @@ pub fn run_json(run: &pb::Run) -> Value {
         "priority": run.priority,
         "trace_id": run.trace_id,
         "root_span_id": run.root_span_id,
-        "tasks": run.tasks.iter().map(|t| json!({
-            "name": t.name,
-            "state": json_name(&task_state(t.state())),
-            "depends_on": t.depends_on,
-            "finally": t.finally,
-            "message": t.message,
-            "retry_at_ms": t.retry_at_ms,
-            "unschedulable": t.unschedulable,
-            "attempts": t.attempts.iter().map(|a| json!({
-                "number": a.number,
-                "agent_id": a.agent_id,
-                "state": json_name(&attempt_state(a.state())),
-                "ready_at_ms": a.ready_at_ms,
-                "assigned_at_ms": a.assigned_at_ms,
-                "started_at_ms": a.started_at_ms,
-                "finished_at_ms": a.finished_at_ms,
-                "exit_code": a.exit_code,
-                "error": a.error,
-                "log_key": a.log_key,
-                "log_empty": a.log_empty,
-                "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
-                "outputs": a.outputs.iter().map(|o| json!({
-                    "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
+        "code_sha256": run.code_sha256,
+        "tasks": run.tasks.iter().map(task_json).collect::<Vec<_>>(),
+    })
+}
+
+fn task_json(t: &pb::Task) -> Value {
+    json!({
+        "name": t.name,
+        "state": json_name(&task_state(t.state())),
+        "depends_on": t.depends_on,
+        "finally": t.finally,
+        "message": t.message,
+        "retry_at_ms": t.retry_at_ms,
+        "unschedulable": t.unschedulable,
+        "attempts": t.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
+    })
+}
+
+fn attempt_json(a: &pb::Attempt) -> Value {
+    json!({
+        "number": a.number,
+        "agent_id": a.agent_id,
+        "state": json_name(&attempt_state(a.state())),
+        "ready_at_ms": a.ready_at_ms,
+        "assigned_at_ms": a.assigned_at_ms,
+        "started_at_ms": a.started_at_ms,
+        "finished_at_ms": a.finished_at_ms,
+        "exit_code": a.exit_code,
+        "error": a.error,
+        "log_key": a.log_key,
+        "log_empty": a.log_empty,
+        "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
+        "outputs": a.outputs.iter().map(|o| json!({
+            "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,
+            "result": o.result.as_deref().map(result_json),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A `result: true` output as JSON shows it: parsed if it is JSON, else text.
+fn result_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).trim_end().to_owned()))
 }
 
 pub fn summary_json(r: &pb::RunSummary) -> Value {
@@ -249,10 +268,13 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
                 n if n > 4 => format!("{n} tasks"),
                 _ => t.depends_on.join(", "),
             };
-            let runs = match t.image.as_str() {
+            let mut runs = match t.image.as_str() {
                 "" => format!("process: {}", t.command.join(" ")),
                 image => format!("{image}: {}", t.command.join(" ")),
             };
+            if !t.workdir.is_empty() {
+                runs.push_str(&format!(" (in {})", t.workdir));
+            }
             let cap = match t.max_parallel {
                 0 => String::new(),
                 n => format!(" (max_parallel {n})"),

@@ -135,11 +135,15 @@ fn example_resolves_to_the_expected_proto() {
                 max_parallel: 0,
                 finally: false,
                 when: String::new(),
+                // No `code:`: the scratch directory.
+                workdir: String::new(),
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.
         queue: String::new(),
         priority: 0,
+        code: String::new(),
+        code_sha256: String::new(),
     };
     assert_eq!(parse(EXAMPLE), Ok(expected));
 }
@@ -365,3 +369,32 @@ fn transitive_upstream_is_enough() -> TestResult {
 }
 
 // --- YAML shape -------------------------------------------------------------
+
+#[test]
+fn code_and_workdir_are_kept_as_written_and_checked() -> TestResult {
+    let spec = parse(
+        "name: p\ncode: ../src\ntasks:\n  - {name: t, command: [x], workdir: ./tools//bin/}\n  - {name: u, command: [x]}\n",
+    )?;
+    assert_eq!(spec.code, "../src");
+    assert_eq!(spec.code_sha256, "", "only the scheduler sets the digest");
+    assert_eq!(spec.tasks[0].workdir, "tools/bin");
+    assert_eq!(spec.tasks[1].workdir, "");
+
+    assert_eq!(
+        rejection("name: p\ncode: ''\ntasks:\n  - {name: t, command: [x]}\n"),
+        "code: is empty (name a directory relative to the spec file, e.g. `.`)"
+    );
+    assert_eq!(
+        rejection("name: p\ntasks:\n  - {name: t, command: [x], workdir: src}\n"),
+        "task `t`: workdir: needs the pipeline's `code`"
+    );
+    for bad in ["/abs", "../up", "a/../../b"] {
+        assert_eq!(
+            rejection(&format!(
+                "name: p\ncode: .\ntasks:\n  - {{name: t, command: [x], workdir: '{bad}'}}\n"
+            )),
+            format!("task `t`: workdir: `{bad}` must be a relative path inside the code snapshot, without `..`")
+        );
+    }
+    Ok(())
+}
