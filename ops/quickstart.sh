@@ -61,6 +61,9 @@ echo
 echo
 echo "== evaluate's log"
 "$drover" logs "$run" evaluate || true
+echo "== register (runs only if the model is accurate enough) and summary (finally)"
+"$drover" logs "$run" register || true
+"$drover" logs "$run" summary || true
 
 if [ "$status" = 0 ]; then
   echo "== chosen model and metrics (from the artifact store)"
