@@ -328,6 +328,23 @@ fn dry_run_prints_the_expanded_dag_and_schema_the_spec_without_a_scheduler() {
     assert!(lines[6].starts_with("notify (finally) "), "{text}");
     assert!(lines[6].contains(" every other task "), "{text}");
 
+    // A condition adds a WHEN column.
+    let gated = dir.path().join("gated.yaml");
+    std::fs::write(
+        &gated,
+        "name: gated\ntasks:\n  - {name: a, command: [a]}\n  - {name: b, depends_on: [a], when: 'params.x == \"1\"', command: [b]}\nparams: {x: '1'}\n",
+    )
+    .unwrap();
+    let out = offline(
+        &["submit", "--dry-run", &gated.display().to_string()],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert!(lines[1].contains(" WHEN "), "{text}");
+    assert!(lines[3].contains(r#"params.x == "1""#), "{text}");
+
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,

@@ -282,7 +282,22 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
             vec![shown_name(&t.name, t.finally) + &cap, after, runs]
         })
         .collect();
-    out.push_str(&table(&["TASK", "AFTER", "RUNS"], &[false; 3], &rows));
+    // Conditions only when there are some: most pipelines have none.
+    if spec.tasks.iter().any(|t| !t.when.is_empty()) {
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .zip(&spec.tasks)
+            .map(|(mut row, t)| {
+                let when = if t.when.is_empty() { "-" } else { &t.when };
+                row.insert(2, when.to_owned());
+                row
+            })
+            .collect();
+        let headers = ["TASK", "AFTER", "WHEN", "RUNS"];
+        out.push_str(&table(&headers, &[false; 4], &rows));
+    } else {
+        out.push_str(&table(&["TASK", "AFTER", "RUNS"], &[false; 3], &rows));
+    }
     out
 }
 
