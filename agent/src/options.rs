@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_api::naming::DEFAULT_NATS_PREFIX;
-use drover_api::spec::{parse_cpu, parse_duration, parse_memory};
+use drover_api::spec::{parse_cpu, parse_memory};
 
 use crate::core::capacity::{self, CapacityConfig, CapacityRequest};
 use crate::core::executor::{self, ExecutorKind};
@@ -121,7 +121,7 @@ pub struct AgentOptions {
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map(Duration::from_millis)
+    drover_api::duration::parse(s)
 }
 
 /// [`AgentOptions`] after `validate`: every value usable as is.

@@ -7,7 +7,7 @@ use drover_scheduler_core::placement::Strategy;
 
 /// Parses "10s", "500ms", "1h30m" into a Duration (clap value parser).
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
-    drover_api::spec::parse_duration(s).map(Duration::from_millis)
+    drover_api::duration::parse(s)
 }
 
 /// `--pass-depth`'s default.

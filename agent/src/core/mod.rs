@@ -6,7 +6,6 @@
 pub mod assign;
 pub mod capacity;
 pub mod container;
-pub mod duration;
 pub mod executor;
 pub mod gpu;
 pub mod outcome;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use drover_api::pb::AttemptFailed;
 
-use super::duration::format_duration;
+use drover_api::duration::format as format_duration;
 
 /// Why the agent stopped a running attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

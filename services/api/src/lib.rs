@@ -9,6 +9,7 @@ pub fn version() -> pb::VersionInfo {
     }
 }
 
+pub mod duration;
 pub mod events;
 pub mod naming;
 pub mod spec;

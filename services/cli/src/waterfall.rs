@@ -467,7 +467,7 @@ mod tests {
         assert_eq!(bar("eval #1"), "                ▒███");
         assert!(row("slow #2").starts_with('*'));
         assert!(row("fast #1").starts_with(' '));
-        assert!(row("slow #1").contains("2.0s / 1.0s"), "{}", row("slow #1"));
+        assert!(row("slow #1").contains("2s / 1s"), "{}", row("slow #1"));
         assert!(text.contains("Critical path (*): prep → slow → eval"));
         assert!(text.contains("Trace:  4bf92f3577b34da6a3ce929d0e0e4736"));
         Ok(())

@@ -98,7 +98,7 @@ pub enum DockerError {
     #[error("pulling image `{image}`: {reason}")]
     Pull { image: String, reason: String },
 
-    #[error("pulling image `{image}`: not done after {}", crate::core::duration::format_duration(*after))]
+    #[error("pulling image `{image}`: not done after {}", drover_api::duration::format(*after))]
     PullTimeout { image: String, after: Duration },
 
     #[error("inspecting image `{image}`: {reason}")]

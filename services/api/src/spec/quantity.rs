@@ -4,60 +4,13 @@
 //! Every error is a complete lowercase sentence naming the bad value, so the
 //! CLI can show it as is after a flag name and the spec validator after a field.
 
-const DURATION_HINT: &str = "use e.g. 500ms, 5s, 1m, 1h30m";
 const MEMORY_HINT: &str = "use e.g. 512Mi, 4Gi, 1G";
 const CPU_HINT: &str = "use e.g. 500m, 0.5, 2";
 
-/// `"1h"`, `"90m"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2m30s"` → milliseconds.
-///
-/// A duration is one or more `<digits><unit>` parts with units `h`, `m`, `s`,
-/// `ms`, each used at most once and from largest to smallest. A bare `0` is
-/// accepted; any other number needs a unit.
+/// A duration in milliseconds, as [`crate::duration::parse`] reads it
+/// (`500ms`, `30s`, `1h30m`, `7d`).
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let text = s.trim();
-    let invalid = || format!("invalid duration `{s}` ({DURATION_HINT})");
-    if text.is_empty() {
-        return Err(format!("empty duration ({DURATION_HINT})"));
-    }
-    if text == "0" {
-        return Ok(0);
-    }
-    let too_large = || format!("duration `{s}` is too large");
-    let mut total: u64 = 0;
-    // Rank of the previous unit; each part must use a strictly smaller unit.
-    let mut last_rank = usize::MAX;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit_end = rest[digits_end..]
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .map_or(rest.len(), |i| digits_end + i);
-        let (digits, unit) = (&rest[..digits_end], &rest[digits_end..unit_end]);
-        if digits.is_empty() {
-            return Err(invalid());
-        }
-        let (rank, unit_ms) = match unit {
-            "h" => (3, 3_600_000),
-            "m" => (2, 60_000),
-            "s" => (1, 1_000),
-            "ms" => (0, 1),
-            _ => return Err(invalid()),
-        };
-        if rank >= last_rank {
-            return Err(invalid());
-        }
-        last_rank = rank;
-        // Only ASCII digits remain, so a parse failure can only be an overflow.
-        let n: u64 = digits.parse().map_err(|_| too_large())?;
-        total = n
-            .checked_mul(unit_ms)
-            .and_then(|ms| total.checked_add(ms))
-            .ok_or_else(too_large)?;
-        rest = &rest[unit_end..];
-    }
-    Ok(total)
+    crate::duration::parse_ms(s)
 }
 
 /// `"4Gi"`, `"512Mi"`, `"1G"`, `"1500M"`, `"1024"`, `"1.5Gi"` → bytes.
@@ -194,51 +147,6 @@ fn parse_or_zero(digits: &str) -> Result<u128, std::num::ParseIntError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1h"), Ok(3_600_000));
-        assert_eq!(parse_duration("90m"), Ok(5_400_000));
-        assert_eq!(parse_duration("30s"), Ok(30_000));
-        assert_eq!(parse_duration("500ms"), Ok(500));
-        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration("2m30s"), Ok(150_000));
-        assert_eq!(parse_duration("1h2m3s4ms"), Ok(3_723_004));
-        assert_eq!(parse_duration("0"), Ok(0));
-        assert_eq!(parse_duration("0s"), Ok(0));
-        assert_eq!(parse_duration(" 5s "), Ok(5_000));
-    }
-
-    #[test]
-    fn bad_durations() {
-        let hint = "(use e.g. 500ms, 5s, 1m, 1h30m)";
-        for bad in [
-            "5x", "5", "-5s", "s", "1.5h", "1h 30m", "30m1h", "1m1m", "5S", "ms5", "1d",
-        ] {
-            assert_eq!(
-                parse_duration(bad),
-                Err(format!("invalid duration `{bad}` {hint}")),
-                "{bad}"
-            );
-        }
-        assert_eq!(parse_duration(""), Err(format!("empty duration {hint}")));
-        assert_eq!(parse_duration("  "), Err(format!("empty duration {hint}")));
-        // u64::MAX ms is ~5.8e8 years; anything past it must not wrap.
-        assert_eq!(parse_duration("18446744073709551615ms"), Ok(u64::MAX));
-        for big in [
-            "18446744073709551616ms",
-            "5124095576030432h",
-            "99999999999999999999999h",
-            "18446744073709551s616ms",
-        ] {
-            assert_eq!(
-                parse_duration(big),
-                Err(format!("duration `{big}` is too large")),
-                "{big}"
-            );
-        }
-        assert_eq!(parse_duration("18446744073709551s615ms"), Ok(u64::MAX));
-    }
 
     #[test]
     fn memory() {

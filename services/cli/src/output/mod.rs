@@ -60,14 +60,9 @@ pub(super) fn json_name(pretty: &str) -> String {
     out
 }
 
-/// Milliseconds as `1.2s`, `3m04s`, `1h02m`.
+/// Milliseconds as `1s200ms`, `3m4s`, `1h2m`, `2d3h`.
 pub fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{:.1}s", ms as f64 / 1000.0),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
+    drover_api::duration::format_rounded(ms)
 }
 
 /// Unix milliseconds as `2026-11-22 07:40:01 UTC`.

@@ -18,9 +18,9 @@ fn state_names_read_well() {
 
 #[test]
 fn durations_and_dates() {
-    assert_eq!(duration(1_234), "1.2s");
-    assert_eq!(duration(184_000), "3m04s");
-    assert_eq!(duration(3_720_000), "1h02m");
+    assert_eq!(duration(1_234), "1s200ms");
+    assert_eq!(duration(184_000), "3m4s");
+    assert_eq!(duration(3_720_000), "1h2m");
     assert_eq!(timestamp(0), "-");
     assert_eq!(timestamp(1_795_334_401_000), "2026-11-22 08:00:01 UTC");
     assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00 UTC");

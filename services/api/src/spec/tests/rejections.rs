@@ -596,7 +596,7 @@ fn rejects_bad_retries_and_timeouts() {
     let task = |fields: &str| task_rejection(&format!("{{name: train, command: [x], {fields}}}"));
     assert_eq!(
         task("retries: {limit: 2, backoff: 5x}"),
-        "task `train`: retries.backoff: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m)"
+        "task `train`: retries.backoff: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m, 7d)"
     );
     assert_eq!(
         task("retries: {limit: 101}"),
@@ -612,7 +612,7 @@ fn rejects_bad_retries_and_timeouts() {
     );
     assert_eq!(
         task("timeout: 5x"),
-        "task `train`: timeout: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m)"
+        "task `train`: timeout: invalid duration `5x` (use e.g. 500ms, 5s, 1m, 1h30m, 7d)"
     );
     assert_eq!(
         task("timeout: 0s"),
