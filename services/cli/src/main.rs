@@ -9,13 +9,15 @@ mod queue;
 mod waterfall;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -24,6 +26,7 @@ use drover_api::pb::agents_client::AgentsClient;
 use drover_api::pb::queues_client::QueuesClient;
 use drover_api::pb::scheduler_client::SchedulerClient;
 
+use output::progress;
 use queue::{QueueCommand, RunCommand};
 
 #[derive(Parser)]
@@ -514,17 +517,36 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
         .await?
         .into_inner();
     let mut last: Option<pb::Run> = None;
+    // On a terminal: a live summary line, with lines only for what went
+    // wrong; on a pipe, a line per change as before.
+    let live = matches!(format, Format::Table) && std::io::stdout().is_terminal();
+    let bar = live.then(|| {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        bar
+    });
     while let Some(run) = stream.next().await {
         let run = run?;
-        match format {
-            Format::Json => println!("{}", output::run_json(&run)),
-            Format::Table => {
-                for line in output::changes(last.as_ref(), &run) {
+        match (format, &bar) {
+            (Format::Json, _) => println!("{}", output::run_json(&run)),
+            (Format::Table, None) => {
+                for (_, line) in output::changes(last.as_ref(), &run) {
                     println!("{}  {line}", output::clock(now_ms()));
                 }
             }
+            (Format::Table, Some(bar)) => {
+                for (state, line) in output::changes(last.as_ref(), &run) {
+                    if progress::notable(state) {
+                        bar.println(format!("{}  {line}", output::clock(now_ms())));
+                    }
+                }
+                bar.set_message(progress::summary_line(&run, now_ms()));
+            }
         }
         last = Some(run);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let run = last.ok_or_else(|| anyhow!("the scheduler closed the watch without a run"))?;
     if let Format::Table = format {

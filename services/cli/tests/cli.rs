@@ -121,6 +121,13 @@ fn submit_watch_get_logs_list_and_ctrl_c() {
         stdout.contains("greet") && stdout.contains("Succeeded"),
         "{stdout}"
     );
+    // On a pipe: a line per change, no live summary (no carriage returns or
+    // terminal escapes).
+    assert!(
+        !stdout.contains('\r') && !stdout.contains('\x1b'),
+        "{stdout:?}"
+    );
+    assert!(!stdout.contains(" succeeded · "), "{stdout}");
 
     let o = dev.drover(&["get", &run, "-o", "json"]);
     assert!(o.status.success(), "{}", err(&o));

@@ -2,6 +2,7 @@
 //! times and tables here; one file per kind of thing shown.
 
 mod agents;
+pub mod progress;
 mod queues;
 mod runs;
 #[cfg(test)]

@@ -302,11 +302,15 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
 }
 
 /// Lines describing what changed between two snapshots of a run (for `watch`).
-pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<String> {
+/// Each with the task's new state.
+pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<(pb::TaskState, String)> {
     let mut lines = Vec::new();
     let width = after.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4);
-    for t in &after.tasks {
-        let prev = before.and_then(|b| b.tasks.iter().find(|p| p.name == t.name));
+    for (i, t) in after.tasks.iter().enumerate() {
+        // Tasks keep their order from one snapshot to the next.
+        let prev = before
+            .and_then(|b| b.tasks.get(i))
+            .filter(|p| p.name == t.name);
         let same = prev.is_some_and(|p| p.state == t.state && p.attempts.len() == t.attempts.len());
         if same || (prev.is_none() && t.state() == pb::TaskState::Pending) {
             continue;
@@ -322,12 +326,13 @@ pub fn changes(before: Option<&pb::Run>, after: &pb::Run) -> Vec<String> {
                 .unwrap_or_default(),
             _ => task_message(t),
         };
-        lines.push(format!(
+        let line = format!(
             "{:<width$}  {:<10}  {}",
             t.name,
             task_state(t.state()),
             detail
-        ));
+        );
+        lines.push((t.state(), line));
     }
     lines
 }

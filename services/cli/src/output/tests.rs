@@ -310,9 +310,11 @@ fn a_ready_task_after_preemption_says_why() {
     };
     let lines = changes(Some(&before), &preempted_run());
     assert_eq!(lines.len(), 1);
+    let (state, line) = &lines[0];
+    assert_eq!(*state, pb::TaskState::Ready);
     assert!(
-        lines[0].contains("Ready")
-            && lines[0].contains("preempted for a task of higher-priority queue `prod`"),
+        line.contains("Ready")
+            && line.contains("preempted for a task of higher-priority queue `prod`"),
         "{lines:?}"
     );
 }
@@ -372,5 +374,7 @@ fn watch_prints_only_changes() {
     run.tasks[0].state = pb::TaskState::Failed as i32;
     run.tasks[0].message = "exited with code 3".into();
     let lines = changes(Some(&before), &run);
-    assert!(lines[0].contains("Failed") && lines[0].contains("exited with code 3"));
+    let (state, line) = &lines[0];
+    assert_eq!(*state, pb::TaskState::Failed);
+    assert!(line.contains("Failed") && line.contains("exited with code 3"));
 }
