@@ -41,6 +41,12 @@ async fn follow(
     (chunks, Instant::now())
 }
 
+/// The next chunk of a stream, `None` at its end.
+async fn next(stream: &mut tonic::Streaming<pb::LogChunk>) -> Option<pb::LogChunk> {
+    let next = tokio::time::timeout(Duration::from_secs(30), stream.next());
+    next.await.expect("no chunk in 30 s").map(Result::unwrap)
+}
+
 /// The followed bytes of each (task, attempt), in order.
 fn by_attempt(chunks: &[(Instant, pb::LogChunk)]) -> BTreeMap<(String, u32), String> {
     let mut out: BTreeMap<(String, u32), String> = BTreeMap::new();
@@ -212,4 +218,38 @@ async fn follow_requests_are_checked() {
     let e = client.get_logs(ask(&run, "a", 2)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert!(e.message().starts_with("attempt: 2"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_lost_with_its_agent_ends_where_live_output_stopped_and_the_next_follows() {
+    let mut c = Cluster::with_scheduler_args(&["--agent-timeout", "1s"]).await;
+    c.add_agent("agent-1").await;
+    let run = c
+        .submit("name: lost\ntasks:\n  - name: slow\n    command: [\"sh\", \"-c\", \"echo a; sleep 2; echo b\"]\n")
+        .await
+        .unwrap();
+    let mut stream = c.log_stream(&run, "slow", 0, true).await.unwrap();
+    let mut chunks = Vec::new();
+    while !chunks
+        .iter()
+        .any(|(_, c): &(Instant, pb::LogChunk)| c.data == b"a\n")
+    {
+        let chunk = next(&mut stream).await.expect("ended before `a`");
+        chunks.push((Instant::now(), chunk));
+    }
+    // The machine dies while the task sleeps; another one takes the task.
+    c.kill_agent("agent-1");
+    c.add_agent("agent-2").await;
+    while let Some(chunk) = next(&mut stream).await {
+        chunks.push((Instant::now(), chunk));
+    }
+
+    let r = c.get(&run).await;
+    let attempts = &task(&r, "slow").attempts;
+    assert_eq!(attempts.len(), 2, "{r:#?}");
+    assert_eq!(attempts[0].state(), pb::AttemptState::Lost);
+    let followed = by_attempt(&chunks);
+    assert_eq!(followed[&("slow".to_string(), 1)], "a\n");
+    assert_eq!(followed[&("slow".to_string(), 2)], "a\nb\n");
+    assert_eq!(c.logs(&run, "slow", 2).await.unwrap(), "a\nb\n");
 }

@@ -49,9 +49,9 @@ pub enum Next {
     /// The attempt ended without a stored log (it printed nothing, or was
     /// lost with its agent): [`TaskFollow::drained`].
     NoStoredLog,
-    /// The attempt runs (or is about to) on `agent`: read what it wrote
-    /// so far there, then take live chunks.
-    Live { agent: String },
+    /// The attempt runs (or is about to) on `agent`: once `started`, read
+    /// what it wrote so far there; take live chunks.
+    Live { agent: String, started: bool },
     /// Wait for the task's next attempt, or for its end.
     Wait,
     /// Nothing more comes for this task.
@@ -136,6 +136,7 @@ impl TaskFollow {
             return match current {
                 Some(a) if !attempt_ended(a.state()) => Next::Live {
                     agent: a.agent_id.clone(),
+                    started: a.state() == pb::AttemptState::Running,
                 },
                 Some(a) if !a.log_key.is_empty() && !a.log_empty => Next::Stored {
                     key: a.log_key.clone(),
@@ -216,7 +217,8 @@ mod tests {
             [
                 Next::Follow { attempt: 1 },
                 Next::Live {
-                    agent: "agent-1".into()
+                    agent: "agent-1".into(),
+                    started: true
                 }
             ]
         );
@@ -252,7 +254,8 @@ mod tests {
                 Next::Stored { key: "k1".into() },
                 Next::Follow { attempt: 2 },
                 Next::Live {
-                    agent: "agent-2".into()
+                    agent: "agent-2".into(),
+                    started: false
                 }
             ]
         );

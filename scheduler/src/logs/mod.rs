@@ -28,6 +28,7 @@
 pub mod follow;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, Subscriber};
@@ -104,7 +105,8 @@ pub struct Follower {
     api: Api,
     live: Subscriber,
     changes: broadcast::Receiver<String>,
-    run: pb::Run,
+    /// The run as last read.
+    run: Arc<pb::Run>,
     /// `None`: every task of the run.
     only: Option<String>,
     tasks: HashMap<String, TaskFollow>,
@@ -148,7 +150,7 @@ impl Follower {
             api: api.clone(),
             live,
             changes,
-            run,
+            run: Arc::new(run),
             only: task.map(str::to_owned),
             tasks: HashMap::new(),
             tx,
@@ -167,47 +169,57 @@ impl Follower {
 
     async fn follow(&mut self) -> Result<(), Stop> {
         let run_id = self.run.id.clone();
+        // Whether the run was read since the tasks were last advanced.
+        let mut read = true;
         loop {
-            if self.advance().await? {
+            if read && self.advance().await? {
                 return Ok(());
             }
             tokio::select! {
                 () = self.tx.closed() => return Err(Stop::Gone),
                 msg = self.live.next() => match msg {
-                    Some(msg) => self.on_chunk(&msg.payload).await?,
+                    Some(msg) => {
+                        if self.on_chunk(&msg.payload).await? {
+                            return Ok(());
+                        }
+                        read = false;
+                    }
                     None => {
                         return Err(SchedulerError::Nats("live log subscription closed".into()).into())
                     }
                 },
                 changed = self.changes.recv() => match changed {
-                    Ok(id) if id != run_id => continue,
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.run = self.api.read_run(&run_id).await?,
+                    Ok(id) if id != run_id => read = false,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        self.reread().await?;
+                        read = true;
+                    }
                     Err(RecvError::Closed) => return Err(SchedulerError::ShuttingDown.into()),
                 },
             }
         }
     }
 
+    async fn reread(&mut self) -> Result<(), Stop> {
+        self.run = Arc::new(self.api.read_run(&self.run.id).await?);
+        Ok(())
+    }
+
     /// Takes every followed task as far as the run as last read allows;
     /// true when all of them are done.
     async fn advance(&mut self) -> Result<bool, Stop> {
-        let active = crate::store::is_active(self.run.state());
+        let run = Arc::clone(&self.run);
+        let active = crate::store::is_active(run.state());
         let mut all_done = true;
-        let tasks = std::mem::take(&mut self.run.tasks);
-        let advanced = async {
-            for task in &tasks {
-                if self.only.as_ref().is_some_and(|only| *only != task.name) {
-                    continue;
-                }
-                if !self.advance_task(task, active).await? {
-                    all_done = false;
-                }
+        for task in &run.tasks {
+            if self.only.as_ref().is_some_and(|only| *only != task.name) {
+                continue;
             }
-            Ok::<_, Stop>(())
+            if !self.advance_task(task, active).await? {
+                all_done = false;
+            }
         }
-        .await;
-        self.run.tasks = tasks;
-        advanced.map(|()| all_done)
+        Ok(all_done)
     }
 
     /// One task's steps ([`TaskFollow::next`]); true when it is done.
@@ -230,9 +242,11 @@ impl Follower {
                     self.follow_of(name)?.drained();
                 }
                 Next::NoStoredLog => follow.drained(),
-                Next::Live { agent } => {
+                Next::Live { agent, started } => {
                     follow.agent = agent;
-                    if !follow.caught_up {
+                    // Before its started event the agent may still fetch
+                    // inputs; live chunks (or a gap in them) say when it prints.
+                    if started && !follow.caught_up {
                         let caught_up = self.catch_up(name, None).await?;
                         self.follow_of(name)?.caught_up = caught_up;
                     }
@@ -252,39 +266,43 @@ impl Follower {
         })
     }
 
-    /// A live chunk from the subscription.
-    async fn on_chunk(&mut self, payload: &[u8]) -> Result<(), Stop> {
+    /// A live chunk from the subscription; true when every followed task
+    /// is done (a chunk of an attempt not seen yet has the run read again
+    /// and its tasks advanced first).
+    async fn on_chunk(&mut self, payload: &[u8]) -> Result<bool, Stop> {
         let chunk = match pb::LiveLogChunk::decode(payload) {
             Ok(chunk) => chunk,
             Err(e) => {
                 debug!(error = %e, "malformed live log chunk ignored");
-                return Ok(());
+                return Ok(false);
             }
         };
         // Another run or task whose names share the subject.
         let Some(attempt) = chunk.attempt.filter(|a| a.run_id == self.run.id) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(follow) = self.tasks.get(&attempt.task) else {
-            return Ok(());
+            return Ok(false);
         };
         if attempt.attempt > follow.attempt {
             // An attempt the last read did not show yet.
-            self.run = self.api.read_run(&self.run.id).await?;
-            self.advance().await?;
+            self.reread().await?;
+            if self.advance().await? {
+                return Ok(true);
+            }
         }
         let name = attempt.task;
         let Some(follow) = self.tasks.get(&name) else {
-            return Ok(());
+            return Ok(false);
         };
         if !follow.takes_live(attempt.attempt) {
-            return Ok(());
+            return Ok(false);
         }
         let mut take = follow::take(follow.sent, chunk.offset, chunk.data.len());
         if let Take::Gap { missing } = take {
             if !self.catch_up(&name, Some(missing.end)).await? {
                 self.follow_of(&name)?.live_broken = true;
-                return Ok(());
+                return Ok(false);
             }
             take = follow::take(self.follow_of(&name)?.sent, chunk.offset, chunk.data.len());
         }
@@ -293,7 +311,7 @@ impl Follower {
             data.drain(..from);
             self.send(&name, attempt.attempt, data).await?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reads the running attempt's log from its agent, from what was sent
