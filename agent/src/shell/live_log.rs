@@ -97,19 +97,25 @@ impl LiveLogs {
             open: Arc::clone(&self.open),
             key: key.clone(),
         };
+        tokio::pin!(work);
+        // Both polled: a publish waiting on NATS never holds up the
+        // attempt's supervision (its timeout, a cancel, its end).
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = self.tail(key, &file) => work.await,
+        }
+    }
+
+    /// Publishes what the log gains, every tick, for as long as it is polled.
+    async fn tail(&self, key: &AttemptKey, file: &File) {
         let subject = naming::logs_subject(&self.prefix, &key.run_id, &key.task);
         let mut published = 0;
         let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tokio::pin!(work);
         loop {
-            tokio::select! {
-                biased;
-                out = &mut work => return out,
-                _ = tick.tick() => {
-                    published = self.publish_new(key, &file, &subject, published).await;
-                }
-            }
+            tick.tick().await;
+            published = self.publish_new(key, file, &subject, published).await;
         }
     }
 
