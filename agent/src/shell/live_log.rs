@@ -8,7 +8,10 @@
 //! output), so every executor is covered the same way, the hot path of
 //! capturing output is untouched, and the object uploaded when the attempt
 //! ends holds the same bytes at the same offsets. Tailing starts only a
-//! tick after the task started: a task shorter than that publishes nothing.
+//! tick after the task started: a task shorter than that opens nothing and
+//! publishes nothing. A request before that tick finds the attempt not
+//! running yet; its first chunk starts at offset 0, so a reader misses
+//! nothing.
 //! Nothing is retained: a chunk nobody subscribed to is dropped by NATS.
 
 use std::collections::HashMap;
@@ -82,6 +85,24 @@ impl LiveLogs {
     /// Runs `work` (the attempt's task, from started to gone) while
     /// publishing what `log_path` gains, and answering requests for it.
     pub async fn during<F: Future>(&self, key: &AttemptKey, log_path: &Path, work: F) -> F::Output {
+        tokio::pin!(work);
+        // Both polled: a publish waiting on NATS never holds up the
+        // attempt's supervision (its timeout, a cancel, its end).
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = self.tail(key, log_path) => work.await,
+        }
+    }
+
+    /// From the first tick on, for as long as it is polled: keeps the log
+    /// readable by requests and publishes what it gains every tick.
+    /// Returns only when the log cannot be opened.
+    async fn tail(&self, key: &AttemptKey, log_path: &Path) {
+        let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A task that ends sooner costs no more than this timer.
+        tick.tick().await;
         // The read handle, not the path: a request answered after the
         // attempt ended still reads this attempt's file, never the next
         // attempt's in a reused directory.
@@ -89,7 +110,7 @@ impl LiveLogs {
             Ok(file) => Arc::new(file),
             Err(e) => {
                 warn!(attempt = %key, path = %log_path.display(), error = %e, "cannot open the log to follow it live");
-                return work.await;
+                return;
             }
         };
         lock(&self.open).insert(key.clone(), Arc::clone(&file));
@@ -97,25 +118,11 @@ impl LiveLogs {
             open: Arc::clone(&self.open),
             key: key.clone(),
         };
-        tokio::pin!(work);
-        // Both polled: a publish waiting on NATS never holds up the
-        // attempt's supervision (its timeout, a cancel, its end).
-        tokio::select! {
-            biased;
-            out = &mut work => out,
-            () = self.tail(key, &file) => work.await,
-        }
-    }
-
-    /// Publishes what the log gains, every tick, for as long as it is polled.
-    async fn tail(&self, key: &AttemptKey, file: &File) {
         let subject = naming::logs_subject(&self.prefix, &key.run_id, &key.task);
         let mut published = 0;
-        let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            published = self.publish_new(key, &file, &subject, published).await;
             tick.tick().await;
-            published = self.publish_new(key, file, &subject, published).await;
         }
     }
 
