@@ -5,8 +5,9 @@
 //!   failure. No I/O; unit-tested.
 //! * `shell` — the I/O around it: NATS (assign/cancel request-reply — the
 //!   scheduler sends each turn's assignments to an agent as one batch —,
-//!   heartbeats, JetStream events), the object store, process groups and
-//!   Docker containers.
+//!   heartbeats, JetStream events, live logs: what a running attempt's log
+//!   file gains, published every 100 ms, and the log so far on request),
+//!   the object store, process groups and Docker containers.
 //!
 //! Tracing: each attempt is an `agent attempt` span (with `fetch inputs`,
 //! `pull image`, `execute`, `upload outputs` under it) whose parent is the

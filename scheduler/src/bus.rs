@@ -52,6 +52,11 @@ impl Bus {
         })
     }
 
+    /// The connection, for what the engine does not own (live logs).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
     /// Counts failed calls in `errors`, by operation.
     pub fn with_errors(mut self, errors: OpErrors) -> Self {
         self.errors = errors;

@@ -27,6 +27,8 @@ pub struct Api {
     pub engine: EngineHandle,
     pub store: Store,
     pub artifacts: drover_artifacts::Store,
+    /// Agents' live logs, for `GetLogs` with `follow`.
+    pub live_logs: crate::logs::LiveLogSource,
     /// Largest encoded spec accepted (`--max-spec-bytes`).
     pub max_spec_bytes: usize,
     /// Largest code snapshot accepted (`--max-code-bytes`).
@@ -51,8 +53,18 @@ fn new_run_id(pipeline: &str) -> String {
     format!("{pipeline}-{}", &u[..8])
 }
 
+/// A log the artifact store could not give.
+pub(crate) fn log_error(e: drover_artifacts::ArtifactError) -> SchedulerError {
+    match e {
+        drover_artifacts::ArtifactError::NotFound { key } => {
+            SchedulerError::LogNotFound(format!("log `{key}` is missing from the artifact store"))
+        }
+        other => SchedulerError::Artifacts(other.to_string()),
+    }
+}
+
 impl Api {
-    async fn read_run(&self, run_id: &str) -> Result<pb::Run> {
+    pub(crate) async fn read_run(&self, run_id: &str) -> Result<pb::Run> {
         let stored = self
             .store
             .load_run(run_id)
@@ -76,6 +88,28 @@ impl Api {
             }
         }
         Ok(run)
+    }
+
+    /// `GetLogs` with `follow` (see [`crate::logs`]).
+    async fn follow_logs(
+        &self,
+        req: pb::GetLogsRequest,
+    ) -> Result<Response<BoxStream<pb::LogChunk>>, Status> {
+        if req.attempt != 0 {
+            return Err(SchedulerError::InvalidArgument {
+                field: "attempt",
+                message: format!(
+                    "{} cannot be combined with follow, which starts at the latest attempt",
+                    req.attempt
+                ),
+            }
+            .into());
+        }
+        let task = Some(req.task.as_str()).filter(|t| !t.is_empty());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let follower = crate::logs::Follower::open(self, &req.run_id, task, tx).await?;
+        tokio::spawn(follower.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     /// The log key of `attempt` of `task` (0 = the latest with a log), and
@@ -348,6 +382,9 @@ impl Scheduler for Api {
     ) -> Result<Response<Self::GetLogsStream>, Status> {
         let req = req.into_inner();
         required("run_id", &req.run_id)?;
+        if req.follow {
+            return self.follow_logs(req).await;
+        }
         required("task", &req.task)?;
         let (key, empty) = self.log_key(&req.run_id, &req.task, req.attempt).await?;
         if empty {
@@ -357,15 +394,11 @@ impl Scheduler for Api {
             .artifacts
             .get_bytes_stream(&key)
             .await
-            .map_err(|e| match e {
-                drover_artifacts::ArtifactError::NotFound { key } => SchedulerError::LogNotFound(
-                    format!("log `{key}` is missing from the artifact store"),
-                ),
-                other => SchedulerError::Artifacts(other.to_string()),
-            })?;
+            .map_err(log_error)?;
         let chunks = stream.map(|r| {
             r.map(|data| pb::LogChunk {
                 data: data.to_vec(),
+                ..Default::default()
             })
             .map_err(|e| Status::from(SchedulerError::Artifacts(e.to_string())))
         });

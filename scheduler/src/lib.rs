@@ -9,6 +9,7 @@
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
+//! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
 //! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod logs;
 pub mod metrics;
 pub mod options;
 pub mod queues;
@@ -73,6 +75,7 @@ pub async fn serve(
     let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
         .await?
         .with_errors(metrics.nats_errors.clone());
+    let live_logs = logs::LiveLogSource::new(bus.client(), &opts.nats_prefix);
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
         .map_err(|e| SchedulerError::Config(e.to_string()))?;
@@ -133,6 +136,7 @@ pub async fn serve(
         engine: handle,
         store,
         artifacts,
+        live_logs,
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
     };

@@ -25,6 +25,7 @@ use crate::shell::code::{CodeCache, CODE_DIR};
 use crate::shell::events::{self, EventPublisher};
 use crate::shell::executor::{DockerExecutor, Guardian};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
+use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::AgentMetrics;
 use crate::shell::registry::{Registry, StopRequest};
 use crate::shell::slots::{Slots, SLOTS_DIR};
@@ -84,6 +85,7 @@ struct Service {
     assigns: Subscriber,
     assign_batches: Subscriber,
     cancels: Subscriber,
+    log_requests: Subscriber,
     registry: Registry,
     ctx: Arc<AttemptContext>,
     abandon: watch::Sender<bool>,
@@ -163,6 +165,7 @@ impl Service {
         let assign_batches =
             subscribe(naming::assign_batch_subject(&cfg.nats_prefix, &cfg.id)).await?;
         let cancels = subscribe(naming::cancel_subject(&cfg.nats_prefix, &cfg.id)).await?;
+        let log_requests = subscribe(naming::live_log_subject(&cfg.nats_prefix, &cfg.id)).await?;
 
         let registry = Registry::default();
         let (metrics, metrics_registry) =
@@ -173,6 +176,7 @@ impl Service {
             work_dir: cfg.work_dir.clone(),
             store,
             events: EventPublisher::new(js, &cfg.nats_prefix, &cfg.id, abandon_rx),
+            live: LiveLogs::new(client.clone(), &cfg.nats_prefix),
             registry: registry.clone(),
             kill_grace: cfg.kill_grace,
             executors: cfg.executors.clone(),
@@ -188,6 +192,7 @@ impl Service {
             assigns,
             assign_batches,
             cancels,
+            log_requests,
             registry,
             ctx,
             abandon,
@@ -248,6 +253,16 @@ impl Service {
                         subject: naming::cancel_subject(&self.cfg.nats_prefix, &self.cfg.id),
                     }),
                 },
+                msg = self.log_requests.next() => match msg {
+                    // Off the loop: a read of the file must not hold up assignments.
+                    Some(msg) => {
+                        let live = self.ctx.live.clone();
+                        tokio::spawn(async move { live.answer(msg).await });
+                    }
+                    None => break Err(AgentError::SubscriptionClosed {
+                        subject: naming::live_log_subject(&self.cfg.nats_prefix, &self.cfg.id),
+                    }),
+                },
                 Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
                     if let Err(e) = joined {
                         error!(error = %e, "attempt task ended abnormally");
@@ -261,6 +276,7 @@ impl Service {
         let _ = self.assigns.unsubscribe().await;
         let _ = self.assign_batches.unsubscribe().await;
         let _ = self.cancels.unsubscribe().await;
+        let _ = self.log_requests.unsubscribe().await;
         self.stop_attempts(&mut attempts).await;
         let _ = heartbeat_stop.send(true);
         if let Err(e) = heartbeat.await {

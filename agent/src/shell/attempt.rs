@@ -31,6 +31,7 @@ use crate::shell::executor::{
     DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
 };
 use crate::shell::host::now_ms;
+use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
 use crate::shell::slots::{self, Slot, Slots};
@@ -55,6 +56,8 @@ pub struct AttemptContext {
     pub work_dir: PathBuf,
     pub store: Store,
     pub events: EventPublisher,
+    /// Publishes running attempts' logs as they grow.
+    pub live: LiveLogs,
     pub registry: Registry,
     /// SIGTERM → SIGKILL grace for timeouts.
     pub kill_grace: Duration,
@@ -181,7 +184,7 @@ async fn run_attempt(
         .await;
         match started {
             Ok((running, execute)) => {
-                run_to_end(
+                let to_end = run_to_end(
                     &ctx,
                     &plan,
                     (running, execute),
@@ -189,8 +192,8 @@ async fn run_attempt(
                     &dir,
                     &log_path,
                     &mut stop,
-                )
-                .await
+                );
+                ctx.live.during(&key, &log_path, to_end).await
             }
             Err(failure) => Outcome::Finished(Err(failure)),
         }
@@ -247,7 +250,8 @@ async fn adopt_attempt(
                 let running = Running::Container(container);
                 let execute = info_span!("execute", adopted = true);
                 let running = (running, execute);
-                run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop).await
+                let to_end = run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop);
+                ctx.live.during(&key, &log_path, to_end).await
             }
             Err(e) => {
                 ctx.metrics.executor_error(ExecutorKind::Docker);

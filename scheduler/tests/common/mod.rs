@@ -403,17 +403,25 @@ impl Cluster {
         }
     }
 
+    /// `GetLogs` of `task` (empty: the whole run, with `follow`).
+    pub async fn log_stream(
+        &self,
+        run: &str,
+        task: &str,
+        attempt: u32,
+        follow: bool,
+    ) -> Result<tonic::Streaming<pb::LogChunk>, tonic::Status> {
+        let request = pb::GetLogsRequest {
+            run_id: run.into(),
+            task: task.into(),
+            attempt,
+            follow,
+        };
+        Ok(self.client().await.get_logs(request).await?.into_inner())
+    }
+
     pub async fn logs(&self, run: &str, task: &str, attempt: u32) -> Result<String, tonic::Status> {
-        let mut s = self
-            .client()
-            .await
-            .get_logs(pb::GetLogsRequest {
-                run_id: run.into(),
-                task: task.into(),
-                attempt,
-            })
-            .await?
-            .into_inner();
+        let mut s = self.log_stream(run, task, attempt, false).await?;
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
             out.extend(c?.data);

@@ -55,6 +55,44 @@ pub fn heartbeat_now_subject(prefix: &str) -> String {
     format!("{prefix}.agents.heartbeat-now")
 }
 
+/// Scheduler → agent request/reply: `LiveLogRequest` → `LiveLogReply`,
+/// the log of a running attempt so far.
+pub fn live_log_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.agent.{agent_id}.log")
+}
+
+/// Agent → whoever follows, core NATS: `LiveLogChunk`s of a running
+/// attempt of `task`. Run and task names may hold `.` (and matrix
+/// instances `[`, `=`, `,`), so each is made one subject token; two names
+/// may then share a subject, and readers go by the chunk's own attempt.
+pub fn logs_subject(prefix: &str, run_id: &str, task: &str) -> String {
+    format!(
+        "{prefix}.logs.{}.{}",
+        subject_token(run_id),
+        subject_token(task)
+    )
+}
+
+/// Every task's `LiveLogChunk`s of a run.
+pub fn logs_run_wildcard(prefix: &str, run_id: &str) -> String {
+    format!("{prefix}.logs.{}.*", subject_token(run_id))
+}
+
+/// `name` as one NATS subject token: `.`, the wildcards and whitespace
+/// become `_` (an empty name `_` too).
+fn subject_token(name: &str) -> String {
+    if name.is_empty() {
+        return "_".to_owned();
+    }
+    name.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' => '_',
+            c if c.is_whitespace() => '_',
+            c => c,
+        })
+        .collect()
+}
+
 /// Agent → scheduler, JetStream: `AttemptEvent`.
 pub fn events_subject(prefix: &str, agent_id: &str) -> String {
     format!("{prefix}.events.{agent_id}")
@@ -218,6 +256,21 @@ mod tests {
         assert_ne!(
             id,
             event_batch_msg_id(["r/a/1/succeeded", "r/b/1/succeeded", "r/c/1/failed"])
+        );
+    }
+
+    #[test]
+    fn log_subjects_have_one_token_per_run_and_task() {
+        let s = logs_subject("drover.x", "digits.v2-1a2b3c4d", "train[lr=0.03]");
+        assert_eq!(s, "drover.x.logs.digits_v2-1a2b3c4d.train[lr=0_03]");
+        assert_eq!(logs_subject("p", "r", ""), "p.logs.r._");
+        assert_eq!(logs_subject("p", "r", "a *>b"), "p.logs.r.a___b");
+        // The run's wildcard covers every task's subject, and only its own run's.
+        let wildcard = logs_run_wildcard("drover.x", "digits.v2-1a2b3c4d");
+        assert_eq!(wildcard, "drover.x.logs.digits_v2-1a2b3c4d.*");
+        assert_eq!(
+            s.rsplit_once('.').map(|(head, _)| head),
+            wildcard.strip_suffix(".*")
         );
     }
 

@@ -322,6 +322,44 @@ impl Store {
         }
     }
 
+    /// Opens the object at `key` from byte `offset` on (nothing when
+    /// `offset` is its size), as a stream of chunks. A missing key is
+    /// reported here as [`ArtifactError::NotFound`], before any chunk.
+    pub async fn get_bytes_stream_from(
+        &self,
+        key: &str,
+        offset: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, ArtifactError>>, ArtifactError> {
+        if offset == 0 {
+            return self.get_bytes_stream(key).await;
+        }
+        let location = self.location(key)?;
+        // From the byte before `offset`, dropped below: a range starting
+        // at the object's end is refused, and asking the size first would
+        // cost another round trip.
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Offset(offset - 1)),
+            ..Default::default()
+        };
+        let result = self
+            .inner
+            .get_opts(&location, options)
+            .await
+            .map_err(|e| ArtifactError::store(key, e))?;
+        let key = key.to_owned();
+        let mut skip = 1usize;
+        Ok(result
+            .into_stream()
+            .map_err(move |e| ArtifactError::store(&key, e))
+            .map_ok(move |mut chunk| {
+                let dropped = skip.min(chunk.len());
+                skip -= dropped;
+                chunk.split_off(dropped)
+            })
+            .try_filter(|chunk| std::future::ready(!chunk.is_empty()))
+            .boxed())
+    }
+
     /// Reads the whole object at `key` (small objects only).
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, ArtifactError> {
         let location = self.location(key)?;

@@ -141,3 +141,31 @@ async fn memory_url_works_through_parse_url() -> anyhow::Result<()> {
     assert_eq!(store.get_bytes("k").await?, Bytes::from_static(b"v"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stream_from_an_offset_has_the_rest_and_nothing_at_the_end() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(tmp.path())).await?;
+    store
+        .put_bytes("log", Bytes::from_static(b"0123456789"))
+        .await?;
+    for (offset, rest) in [
+        (0, &b"0123456789"[..]),
+        (1, b"123456789"),
+        (7, b"789"),
+        (10, b""),
+    ] {
+        let chunks: Vec<Bytes> = store
+            .get_bytes_stream_from("log", offset)
+            .await?
+            .try_collect()
+            .await?;
+        assert_eq!(chunks.concat(), rest, "from {offset}");
+        assert!(chunks.iter().all(|c| !c.is_empty()), "from {offset}");
+    }
+    assert!(matches!(
+        store.get_bytes_stream_from("missing", 3).await,
+        Err(ArtifactError::NotFound { .. })
+    ));
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 mod code;
 mod dev;
+mod logs;
 mod output;
 mod queue;
 mod waterfall;
@@ -131,13 +132,20 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Print a task's captured stdout/stderr.
+    /// Print a task's captured stdout/stderr; `-f` follows it live.
     Logs {
         run: String,
-        task: String,
+        /// The task (with `-f`, leave it out to follow every task of the
+        /// run, each line prefixed with its task).
+        #[arg(required_unless_present = "follow")]
+        task: Option<String>,
         /// Attempt number (default: the latest with a log).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "follow")]
         attempt: u32,
+        /// Follow the log while the task runs, and its later attempts, until
+        /// the task (or, without TASK, the run) ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Change a run after submitting it.
     #[command(subcommand)]
@@ -490,20 +498,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{} {}", r.id, output::run_state(r.state()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { run, task, attempt } => {
+        Command::Logs {
+            run,
+            task,
+            attempt,
+            follow,
+        } => {
             let mut client = connect(&server).await?;
+            let mut printer = logs::FollowPrinter::new(task.is_none());
             let mut stream = client
                 .get_logs(pb::GetLogsRequest {
                     run_id: run,
-                    task,
+                    task: task.unwrap_or_default(),
                     attempt,
+                    follow,
                 })
                 .await?
                 .into_inner();
             let mut stdout = std::io::stdout().lock();
             while let Some(chunk) = stream.next().await {
-                stdout.write_all(&chunk?.data)?;
+                let chunk = chunk?;
+                if follow {
+                    stdout.write_all(&printer.chunk(&chunk))?;
+                    // Read as it comes, also through a pipe.
+                    stdout.flush()?;
+                } else {
+                    stdout.write_all(&chunk.data)?;
+                }
             }
+            stdout.write_all(&printer.finish())?;
             stdout.flush()?;
             Ok(ExitCode::SUCCESS)
         }

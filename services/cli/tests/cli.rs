@@ -66,6 +66,13 @@ impl Dev {
         p.display().to_string()
     }
 
+    /// Writes a spec to `name` and submits it; returns the run id.
+    fn submit(&self, name: &str, yaml: &str) -> String {
+        let o = self.drover(&["submit", &self.write(name, yaml)]);
+        assert!(o.status.success(), "{}", err(&o));
+        out(&o).trim().to_string()
+    }
+
     /// Ctrl-C, as a user would; returns whether it exited cleanly.
     fn interrupt(&mut self) -> bool {
         // SAFETY: signalling our own child, which has not been reaped.
@@ -244,12 +251,10 @@ fn failures_and_bad_input_exit_non_zero_with_clear_messages() {
 #[test]
 fn cancel_and_version_from_the_cli() {
     let dev = Dev::start();
-    let slow = dev.write(
+    let run = dev.submit(
         "slow.yaml",
         "name: slow\ntasks:\n  - name: wait\n    command: [\"sleep\", \"60\"]\n",
     );
-    let o = dev.drover(&["submit", &slow]);
-    let run = out(&o).trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = dev.drover(&["get", &run, "-o", "json"]);
@@ -639,4 +644,65 @@ fn bad_code_input_is_refused_naming_the_field_and_nothing_is_written() {
 
     assert!(code_objects(&dev).is_empty(), "{:?}", code_objects(&dev));
     assert_eq!(run_count(&dev), 0);
+}
+
+#[test]
+fn logs_follow_prints_lines_as_they_come_and_exits_when_the_run_ends() {
+    use std::io::BufRead as _;
+    const TICK: &str = r#"
+name: tick
+tasks:
+  - {name: after, depends_on: [count], command: ["sh", "-c", "echo done"]}
+  - {name: count, command: ["sh", "-c", "for i in 1 2 3 4; do echo n=$i; sleep 1; done"]}
+"#;
+    let dev = Dev::start();
+    let run = dev.submit("tick.yaml", TICK);
+
+    // The whole run, read line by line as the CLI prints it.
+    let mut child = Command::new(DROVER)
+        .args(["logs", "-f", &run])
+        .env("DROVER_SERVER", &dev.server)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send((Instant::now(), line.unwrap()));
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{:?}", child.stderr.take());
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        text,
+        [
+            "count | n=1",
+            "count | n=2",
+            "count | n=3",
+            "count | n=4",
+            "after | done"
+        ]
+    );
+    // `n=2` came while `count` still ran, seconds before the run ended.
+    let (n2, end) = (lines[1].0, lines[4].0);
+    assert!(
+        end.duration_since(n2) > Duration::from_millis(1500),
+        "n=2 came {:?} before the end",
+        end.duration_since(n2)
+    );
+
+    // One task of the finished run: its bytes as they are, and the CLI exits.
+    let o = dev.drover(&["logs", "-f", &run, "count"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "n=1\nn=2\nn=3\nn=4\n");
+    let o = dev.drover(&["logs", "-f", &run, "count", "--attempt", "1"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("--attempt"), "{}", err(&o));
 }

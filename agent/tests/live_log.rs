@@ -1,0 +1,86 @@
+//! Live logs from a real agent on a real nats-server: what a running
+//! attempt's log gains is published with its offset, and the log so far is
+//! read back on request, only while the attempt runs.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use common::*;
+use drover_api::naming;
+use drover_api::pb::{attempt_event::Kind, AttemptRef, LiveLogChunk, LiveLogReply, LiveLogRequest};
+use futures::StreamExt;
+use prost::Message as _;
+
+async fn read(
+    h: &Harness,
+    attempt: &AttemptRef,
+    offset: u64,
+    max_bytes: u32,
+) -> Result<LiveLogReply> {
+    let request = LiveLogRequest {
+        attempt: Some(attempt.clone()),
+        offset,
+        max_bytes,
+    };
+    let subject = naming::live_log_subject(PREFIX, &h.agent_id);
+    let reply = h
+        .client
+        .request(subject, Bytes::from(request.encode_to_vec()))
+        .await?;
+    Ok(LiveLogReply::decode(reply.payload)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_attempts_log_is_published_as_it_grows_and_read_back_on_request() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let attempt = attempt_ref("r1", "talk.v2", 1);
+    // A dot in the task name: still one subject token.
+    let mut live = h
+        .client
+        .subscribe(naming::logs_subject(PREFIX, "r1", "talk.v2"))
+        .await?;
+    let script = "echo one; sleep 0.6; echo two; sleep 0.6; printf three";
+    let reply = h.assign(&assignment(&attempt, &sh(script))).await?;
+    assert!(reply.accepted, "{}", reply.reason);
+
+    // The first chunk comes while the task sleeps after `one`.
+    let first = tokio::time::timeout(Duration::from_secs(5), live.next()).await?;
+    let Some(first) = first else {
+        bail!("subscription ended")
+    };
+    let first = LiveLogChunk::decode(first.payload)?;
+    assert_eq!(first.attempt.as_ref(), Some(&attempt));
+    assert_eq!(first.offset, 0);
+    assert!(first.data.starts_with(b"one\n"), "{:?}", first.data);
+    let so_far = read(&h, &attempt, 0, 1 << 20).await?;
+    assert!(so_far.running);
+    assert!(so_far.data.starts_with(b"one\n"), "{:?}", so_far.data);
+    let part = read(&h, &attempt, 2, 2).await?;
+    assert_eq!(part.data, b"e\n");
+    let other = read(&h, &attempt_ref("r1", "talk.v2", 2), 0, 100).await?;
+    assert!(!other.running && other.data.is_empty());
+
+    let fin = events.final_event(&attempt).await?;
+    let Kind::Succeeded(ok) = fin.kind() else {
+        bail!("expected success, got {fin:?}");
+    };
+    let stored = h.store.get_bytes(&ok.log_key).await?;
+    assert_eq!(stored, Bytes::from_static(b"one\ntwo\nthree"));
+    // Chunks follow each other byte for byte, and agree with the stored log.
+    let mut published = first.data;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), live.next()).await {
+        let chunk = LiveLogChunk::decode(msg.payload)?;
+        assert_eq!(chunk.offset, published.len() as u64);
+        published.extend(chunk.data);
+    }
+    assert!(stored.starts_with(&published), "{published:?}");
+    assert!(published.len() >= b"one\ntwo\n".len(), "{published:?}");
+    // Ended: its log is the stored one now.
+    let after = read(&h, &attempt, 0, 100).await?;
+    assert!(!after.running && after.data.is_empty());
+    Ok(())
+}
