@@ -544,12 +544,27 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
     // wrong; on a pipe, a line per change as before.
     let live = matches!(format, Format::Table) && std::io::stdout().is_terminal();
     let bar = live.then(|| {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        // A spinner's style: `{spinner} {msg}`, the message being the summary.
+        let bar = ProgressBar::new_spinner();
+        bar.set_draw_target(ProgressDrawTarget::stdout());
         bar.enable_steady_tick(Duration::from_millis(250));
         bar
     });
-    while let Some(run) = stream.next().await {
-        let run = run?;
+    // The summary's elapsed time moves on between snapshots too.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let run = tokio::select! {
+            next = stream.next() => match next {
+                Some(run) => run?,
+                None => break,
+            },
+            _ = refresh.tick(), if bar.is_some() => {
+                if let (Some(bar), Some(run)) = (&bar, &last) {
+                    bar.set_message(progress::summary_line(run, now_ms()));
+                }
+                continue;
+            }
+        };
         match (format, &bar) {
             (Format::Json, _) => println!("{}", output::run_json(&run)),
             (Format::Table, None) => {
