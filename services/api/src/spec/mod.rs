@@ -52,6 +52,7 @@
 
 mod code;
 pub mod condition;
+mod for_each;
 mod matrix;
 mod quantity;
 mod raw;
@@ -66,7 +67,7 @@ use std::collections::BTreeMap;
 
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use schema::json_schema;
-pub use template::TemplateError;
+pub use template::{has_item_template, substitute_item, TemplateError};
 /// The label rules agents and node selectors share.
 pub use validate::{is_label_key, is_label_value};
 /// The queue and priority rules the spec, the scheduler and the CLI share.
