@@ -254,6 +254,7 @@ fn fan_out_fan_in(n: usize) -> usize {
             backoff_ms: 1_000,
             finally: false,
             conditional: false,
+            for_each: false,
         })
         .collect();
     let (mut dag, mut fx) = RunDag::new(defs, false);
