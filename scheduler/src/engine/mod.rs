@@ -26,6 +26,7 @@ mod agent_events;
 mod commands;
 mod commit;
 mod conditions;
+mod for_each;
 pub mod handle;
 pub mod records;
 mod recovery;
@@ -37,6 +38,7 @@ pub mod state;
 mod tests;
 
 pub use admission::{WaitBoard, Waiting};
+pub use for_each::ListRead;
 pub use handle::{EngineHandle, Request, Response};
 pub use recovery::Stored;
 pub use service::{now_ms, Engine};

@@ -58,7 +58,7 @@ impl RunDag {
 
     /// Whether `task` waits for its list: Pending, `for_each`, not yet
     /// expanded, free to start, every upstream task succeeded.
-    pub(super) fn awaits_expansion(&self, task: usize) -> bool {
+    pub fn awaits_expansion(&self, task: usize) -> bool {
         task < self.tasks.len()
             && self.tasks[task].status == TaskStatus::Pending
             && self.defs[task].for_each
