@@ -18,6 +18,14 @@ pub fn chain(n: usize) -> String {
     y
 }
 
+/// A producer writing a list (the simulated agents store it) and one no-op
+/// `for_each` task over it: its instances are the run's other tasks.
+pub fn map() -> String {
+    format!(
+        "name: bench-map\ntasks:\n  - {{name: list, {NO_OP}, outputs: [{{name: items, path: items.json}}]}}\n  - {{name: work, {NO_OP}, depends_on: [list], for_each: {{from: list/items}}}}\n"
+    )
+}
+
 /// `n` tasks with no dependencies.
 pub fn independent(n: usize) -> String {
     let mut y = String::from("name: bench-flat\ntasks:\n");

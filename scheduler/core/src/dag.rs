@@ -9,6 +9,10 @@
 //! upstream tasks and the run's state. [`RunDag::restore`] derives those, so
 //! submitting a run writes one key rather than one per task, and restart and
 //! read paths share one derivation.
+//!
+//! A `for_each` task grows the DAG at run time (`for_each`): its instances
+//! are appended after the static tasks, and only their count is run-level
+//! state.
 
 use std::collections::HashMap;
 
@@ -851,6 +855,7 @@ mod condition;
 mod finally;
 mod for_each;
 pub use finally::Outcome;
+pub use for_each::instance_name;
 mod rerun;
 mod restore;
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! - [`service`]: the async loop around it ([`Engine`]): gathers inputs,
 //!   commits each turn's changes to etcd, then carries the turn out.
 //! - [`handle`]: [`EngineHandle`], the gRPC layer's way in.
-//! - `commands`, `agent_events`, `admission`, `commit`, `recovery`, `spans`:
+//! - `commands`, `agent_events`, `admission`, `commit`, `recovery`, `spans`,
+//!   `conditions`, `for_each` (reading and expanding `for_each` lists):
 //!   the state's work by concern; [`records`]: the versioned record every
 //!   write to etcd goes through.
 //!
