@@ -104,6 +104,12 @@ mod tests {
         assert_eq!(join.depends_on.len(), 100);
         let (_, small) = fan_dag(10, 100);
         assert_eq!(small, 102, "at least one whole block");
+        let m = parse(&map());
+        let from = m.tasks[1].for_each.as_ref().ok_or("no for_each")?;
+        assert_eq!(
+            (from.from_task.as_str(), from.from_output.as_str()),
+            ("list", "items")
+        );
         Ok(())
     }
 }
