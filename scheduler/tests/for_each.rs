@@ -37,7 +37,7 @@ async fn a_map_runs_once_per_item_and_a_downstream_task_gathers_every_instance()
     depends_on: [list]
     for_each: {from: list/items}
     max_parallel: 2
-    command: ["sh", "-c", "echo got {{item}}; echo {{item}}-done > $DROVER_OUTPUTS/out"]
+    command: ["sh", "-c", "echo got {{item}} $ITEM; echo {{item}}-done > $DROVER_OUTPUTS/out; sleep 0.3"]
     env: {ITEM: "<{{ item }}>"}
     outputs: [{name: out, path: out}]
   - name: gather
@@ -57,7 +57,26 @@ async fn a_map_runs_once_per_item_and_a_downstream_task_gathers_every_instance()
     assert_eq!(task(&run, "work").state(), TaskState::Succeeded);
     assert!(task(&run, "work").attempts.is_empty());
     assert_eq!(task(&run, "work").message, "3 instances succeeded");
-    assert_eq!(c.logs(&id, "work[1]", 0).await.unwrap(), "got b\n");
+    assert_eq!(c.logs(&id, "work[1]", 0).await.unwrap(), "got b <b>\n");
+    let spans: Vec<(u64, u64)> = ["work[0]", "work[1]", "work[2]"]
+        .iter()
+        .map(|n| {
+            let a = &task(&run, n).attempts[0];
+            (a.started_at_ms, a.finished_at_ms)
+        })
+        .collect();
+    // Most running at one moment: each start, against the spans it falls in.
+    let most = spans
+        .iter()
+        .map(|&(start, _)| {
+            spans
+                .iter()
+                .filter(|&&(s, f)| s <= start && start < f)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "max_parallel: 2 exceeded: {spans:?}");
     let gather = &task(&run, "gather").attempts[0];
     let last = ["work[0]", "work[1]", "work[2]"]
         .iter()
