@@ -215,6 +215,50 @@ async fn a_failed_instance_fails_the_map_and_skips_its_downstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_the_failed_instance_again_with_its_item() {
+    let c = Cluster::start().await;
+    let marker = c.scratch.join("failed-once");
+    let spec = with_list(
+        "flaky",
+        r#"["ok", "flaky", "ok"]"#,
+        &format!(
+            r#"
+  - name: work
+    depends_on: [list]
+    for_each: {{from: list/items}}
+    command: ["sh", "-c", "echo {{{{item}}}}; test {{{{item}}}} = ok || test -e {m} || {{ touch {m}; exit 3; }}"]
+  - name: after
+    depends_on: [work]
+    command: ["true"]
+"#,
+            m = marker.display()
+        ),
+    );
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Failed, "{run:#?}");
+    assert_eq!(run.tasks.len(), 6, "{run:#?}");
+    assert_eq!(task(&run, "work[1]").state(), TaskState::Failed);
+    let back = c
+        .client()
+        .await
+        .retry_run(pb::RetryRunRequest {
+            run_id: id.clone(),
+            tasks: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.state(), RunState::Running);
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    assert_eq!(task(&run, "work[1]").attempts.len(), 2);
+    assert_eq!(task(&run, "work[0]").attempts.len(), 1, "kept its success");
+    assert_eq!(c.logs(&id, "work[1]", 2).await.unwrap(), "flaky\n");
+    assert_eq!(task(&run, "after").state(), TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_killed_mid_map_reads_the_list_again_and_finishes() {
     let mut c = Cluster::start().await;
     let count = c.scratch.join("count");

@@ -146,6 +146,10 @@ fn a_failed_instance_fails_its_task_and_retry_runs_it_again() -> TestResult {
     let (again, fx) = dag.retry(&[], 20).map_err(|e| e.to_string())?;
     assert!(again.contains(&4) && again.contains(&1) && !again.contains(&5));
     assert_eq!(fx, [Effect::Ready { task: 4 }]);
+    assert_eq!(dag.run_state().expansions, [(1, 2)]);
+    let (back, _) = restored(&dag);
+    assert_eq!(status(&back, "map[0]"), TaskStatus::Ready);
+    assert_eq!(status(&back, "map[1]"), TaskStatus::Succeeded);
     let fx = run_ok(&mut dag, 4, 21);
     assert!(fx.contains(&Effect::Ready { task: 2 }));
     let fx = run_ok(&mut dag, 2, 22);
