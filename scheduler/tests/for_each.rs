@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{task, Cluster};
+use common::{most_at_once, task, Cluster};
 use drover_api::pb::{self, RunState, TaskState};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -65,17 +65,7 @@ async fn a_map_runs_once_per_item_and_a_downstream_task_gathers_every_instance()
             (a.started_at_ms, a.finished_at_ms)
         })
         .collect();
-    // Most running at one moment: each start, against the spans it falls in.
-    let most = spans
-        .iter()
-        .map(|&(start, _)| {
-            spans
-                .iter()
-                .filter(|&&(s, f)| s <= start && start < f)
-                .count()
-        })
-        .max()
-        .unwrap();
+    let most = most_at_once(&spans);
     assert!(most <= 2, "max_parallel: 2 exceeded: {spans:?}");
     let gather = &task(&run, "gather").attempts[0];
     let last = ["work[0]", "work[1]", "work[2]"]
