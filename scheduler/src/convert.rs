@@ -305,6 +305,7 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
                     retry_at_ms: t.retry_at,
                     unschedulable: false,
                     finally: def.finally,
+                    item: String::new(),
                 })
             })
             .collect(),

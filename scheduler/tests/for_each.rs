@@ -57,6 +57,8 @@ async fn a_map_runs_once_per_item_and_a_downstream_task_gathers_every_instance()
     assert_eq!(task(&run, "work").state(), TaskState::Succeeded);
     assert!(task(&run, "work").attempts.is_empty());
     assert_eq!(task(&run, "work").message, "3 instances succeeded");
+    let items: Vec<&str> = run.tasks.iter().map(|t| t.item.as_str()).collect();
+    assert_eq!(items, ["", "", "", "a", "b", "c"]);
     assert_eq!(c.logs(&id, "work[1]", 0).await.unwrap(), "got b <b>\n");
     let spans: Vec<(u64, u64)> = ["work[0]", "work[1]", "work[2]"]
         .iter()
@@ -105,6 +107,7 @@ async fn object_items_fill_their_fields_and_zero_items_succeed_at_once() {
     assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
     assert_eq!(c.logs(&id, "work[0]", 0).await.unwrap(), "x=1\n");
     assert_eq!(c.logs(&id, "work[1]", 0).await.unwrap(), "y=2.5\n");
+    assert_eq!(task(&run, "work[1]").item, r#"{"n":2.5,"name":"y"}"#);
 
     let spec = with_list(
         "empty",
