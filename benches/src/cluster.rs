@@ -186,6 +186,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The file:// artifact store's root.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.dir.join("artifacts")
+    }
+
     pub async fn client(&self) -> Result<SchedulerClient<Channel>> {
         Ok(SchedulerClient::connect(self.server.clone())
             .await?

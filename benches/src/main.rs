@@ -21,6 +21,8 @@ enum Scenario {
     Hop,
     Real,
     Sim,
+    /// A `for_each` over a list, on simulated agents.
+    Map,
     Scale,
     Fleet,
     /// Throughput with OTLP trace export off and on.
@@ -233,6 +235,17 @@ async fn main() -> Result<()> {
             outcomes.push(scenarios::sim_throughput(&settings, n).await);
             show(outcomes.last().unwrap_or(&machine()));
         }
+    }
+    if wants(Scenario::Map) {
+        // One size: 10,000 items, as the static run it is compared with.
+        let n = cli
+            .sim_tasks
+            .first()
+            .copied()
+            .unwrap_or(if q { 2_000 } else { 10_000 });
+        eprintln!("for_each map, SIMULATED agents: {n} items");
+        outcomes.push(scenarios::map_throughput(&settings, n).await);
+        show(outcomes.last().unwrap_or(&machine()));
     }
     if wants(Scenario::Scale) {
         let n = pick(cli.scale_tasks, 100_000, 10_000, q);

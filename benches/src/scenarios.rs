@@ -16,7 +16,7 @@ use crate::cluster::{Bins, Cluster};
 use crate::floors::Floors;
 use crate::procstat::{self, CpuMeter};
 use crate::report::{fmt_num, Outcome, Target};
-use crate::sim::{SimOptions, Simulator};
+use crate::sim::{SimOptions, SimOutputs, Simulator};
 use crate::specs;
 use crate::stats::{r3, rate, Summary};
 
@@ -54,6 +54,7 @@ impl Settings {
             cpu_millis: self.sim_cpus * 1000,
             memory_bytes: 1 << 40,
             heartbeat_interval: interval,
+            outputs: None,
         }
     }
 }
@@ -184,6 +185,19 @@ async fn succeeded(
         bail!("run ended {state:?}");
     }
     Ok(took)
+}
+
+/// `drover get` of a run (GetRun), and how long it took.
+async fn timed_get(c: &Cluster, run_id: &str) -> Result<(pb::Run, Duration)> {
+    let mut client = c.client().await?;
+    let t = Instant::now();
+    let run = client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok((run, t.elapsed()))
 }
 
 /// [`submit`]; when refused, the scheduler's usage and the breakdown so far
@@ -442,50 +456,154 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
     .await
 }
 
+/// A run on simulated agents, finished.
+struct SimRun {
+    cluster: Cluster,
+    sim: Simulator,
+    run_id: String,
+    submit: Duration,
+    /// Submit to the run recorded Succeeded.
+    took: Duration,
+}
+
+impl SimRun {
+    /// Starts a cluster with simulated agents (whose attempts store
+    /// `outputs` for their declared outputs), submits `yaml` and waits for
+    /// its `tasks` to succeed; the scheduler's usage and the breakdown go to `o`.
+    async fn start(
+        s: &Settings,
+        o: &mut Outcome,
+        outputs: Option<Vec<u8>>,
+        yaml: String,
+        tasks: usize,
+    ) -> Result<Self> {
+        let c = Cluster::start(&s.bins, &s.env).await?;
+        let mut opts = s.sim(&c, s.sim_agents, Duration::from_secs(2));
+        opts.outputs = outputs.map(|content| SimOutputs {
+            dir: c.artifacts_dir(),
+            content: Arc::new(content),
+        });
+        let sim = Simulator::start(opts).await?;
+        c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
+        o.param("spec_bytes", yaml.len());
+        let pid = c.scheduler_pid()?;
+        let meter = CpuMeter::start(pid)?;
+        let mut breakdown = Breakdown::start(&c).await;
+        let t = Instant::now();
+        let (run_id, submit) = submit_or_report(&c, yaml, o, pid, &meter, &mut breakdown).await?;
+        let finished = sim.wait_finished(tasks as u64, s.timeout).await;
+        scheduler_usage(o, pid, &meter).await;
+        breakdown.report(o).await;
+        let took = succeeded(&c, &sim, finished, tasks, &run_id, s.timeout, t).await?;
+        Ok(Self {
+            cluster: c,
+            sim,
+            run_id,
+            submit,
+            took,
+        })
+    }
+
+    /// Reports throughput against its target, then stops the cluster.
+    async fn end(mut self, o: &mut Outcome, tasks: usize, tps: f64) {
+        o.metric("tasks_per_s", r3(tps))
+            .metric("total_s", r3(self.took.as_secs_f64()))
+            .metric(
+                "publish_errors",
+                self.sim.stats.publish_errors.load(Ordering::Relaxed),
+            );
+        report_cpu_per_task(o, tasks);
+        o.targets
+            .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
+        self.sim.stop().await;
+        self.cluster.stop_scheduler().await;
+    }
+}
+
+/// The outcome of a throughput scenario on simulated agents.
+fn sim_outcome(s: &Settings, scenario: &str, size: (&str, usize)) -> Outcome {
+    let mut o = Outcome::new(scenario, true);
+    o.param(size.0, size.1)
+        .param("simulated_agents", s.sim_agents)
+        .param("cpus_per_agent", s.sim_cpus);
+    o
+}
+
 /// Independent tasks on simulated agents: the scheduler, etcd and NATS path
 /// without process start-up.
 pub async fn sim_throughput(s: &Settings, tasks: usize) -> Outcome {
-    let mut o = Outcome::new(&format!("throughput-scheduler-{tasks}"), true);
-    o.param("tasks", tasks)
-        .param("simulated_agents", s.sim_agents)
-        .param("cpus_per_agent", s.sim_cpus);
+    let o = sim_outcome(
+        s,
+        &format!("throughput-scheduler-{tasks}"),
+        ("tasks", tasks),
+    );
     guarded(
         o,
         &[("scheduler tasks/s", ">=", 10_000.0)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins, &s.env).await?;
-            let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
-            c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
-            let yaml = specs::independent(tasks);
-            o.param("spec_bytes", yaml.len());
-            let pid = c.scheduler_pid()?;
-            let meter = CpuMeter::start(pid)?;
-            let mut breakdown = Breakdown::start(&c).await;
-            let t = Instant::now();
-            let (run_id, submit_took) =
-                submit_or_report(&c, yaml, o, pid, &meter, &mut breakdown).await?;
-            o.metric("submit_s", r3(submit_took.as_secs_f64()));
-            let finished = sim.wait_finished(tasks as u64, s.timeout).await;
-            scheduler_usage(o, pid, &meter).await;
-            breakdown.report(o).await;
-            let took = succeeded(&c, &sim, finished, tasks, &run_id, s.timeout, t).await?;
-            let tps = rate(tasks as u64, took);
-            o.metric("tasks_per_s", r3(tps))
-                .metric("total_s", r3(took.as_secs_f64()))
-                .metric(
-                    "publish_errors",
-                    sim.stats.publish_errors.load(Ordering::Relaxed),
-                );
+            let run = SimRun::start(s, o, None, specs::independent(tasks), tasks).await?;
+            let (_, get_took) = timed_get(&run.cluster, &run.run_id).await?;
+            let tps = rate(tasks as u64, run.took);
+            o.metric("submit_s", r3(run.submit.as_secs_f64()))
+                .metric("get_ms", r3(get_took.as_secs_f64() * 1000.0));
             o.summary = format!(
                 "{} tasks/s ({} s)",
                 fmt_num(tps),
-                fmt_num(took.as_secs_f64())
+                fmt_num(run.took.as_secs_f64())
             );
-            report_cpu_per_task(o, tasks);
-            o.targets
-                .push(Target::at_least("scheduler tasks/s", tps, 10_000.0));
-            sim.stop().await;
-            c.stop_scheduler().await;
+            run.end(o, tasks, tps).await;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A `for_each` over `items` no-op instances on simulated agents, next to
+/// `throughput-scheduler-N`'s static tasks: the expansion (the producer's
+/// end to its first instance's assignment: reading and checking the list,
+/// growing the DAG, the first admission), throughput, and `drover get` of
+/// the finished run.
+pub async fn map_throughput(s: &Settings, items: usize) -> Outcome {
+    let o = sim_outcome(s, &format!("throughput-map-{items}"), ("items", items));
+    guarded(
+        o,
+        &[("scheduler tasks/s", ">=", 10_000.0)],
+        async |o: &mut Outcome| {
+            let list = serde_json::to_vec(&(0..items).collect::<Vec<usize>>())?;
+            let tasks = items + 1;
+            let run = SimRun::start(s, o, Some(list), specs::map(), tasks).await?;
+            let (view, get_took) = timed_get(&run.cluster, &run.run_id).await?;
+            let instances: Vec<&pb::Attempt> = view
+                .tasks
+                .iter()
+                .filter(|t| t.name.starts_with("work["))
+                .filter_map(|t| t.attempts.first())
+                .collect();
+            if instances.len() != items {
+                bail!("{} instances in the run, not {items}", instances.len());
+            }
+            let produced = view
+                .tasks
+                .iter()
+                .find(|t| t.name == "list")
+                .and_then(|t| t.attempts.first())
+                .map_or(0, |a| a.finished_at_ms);
+            let first = instances.iter().map(|a| a.assigned_at_ms).min();
+            let last = instances.iter().map(|a| a.finished_at_ms).max();
+            let (first, last) = (first.unwrap_or(0), last.unwrap_or(0));
+            let expansion_ms = first.saturating_sub(produced);
+            let tps = rate(tasks as u64, run.took);
+            let spread = Duration::from_millis(last.saturating_sub(first).max(1));
+            o.metric("expansion_ms", expansion_ms)
+                .metric("instances_per_s", r3(rate(items as u64, spread)))
+                .metric("get_ms", r3(get_took.as_secs_f64() * 1000.0));
+            o.summary = format!(
+                "{} tasks/s ({} s); expansion {expansion_ms} ms; get {} ms",
+                fmt_num(tps),
+                fmt_num(run.took.as_secs_f64()),
+                fmt_num(get_took.as_secs_f64() * 1000.0)
+            );
+            run.end(o, tasks, tps).await;
             Ok(())
         },
     )

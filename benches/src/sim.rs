@@ -44,6 +44,42 @@ pub struct SimOptions {
     pub cpu_millis: u32,
     pub memory_bytes: u64,
     pub heartbeat_interval: Duration,
+    /// Declared outputs are stored with this content (None: outputs are
+    /// not stored, as no task reads them).
+    pub outputs: Option<SimOutputs>,
+}
+
+/// What simulated attempts store for their declared outputs: the same
+/// content for each (a `for_each` list, say), in a file:// artifact store.
+#[derive(Debug, Clone)]
+pub struct SimOutputs {
+    /// The artifact store's root directory.
+    pub dir: std::path::PathBuf,
+    pub content: Arc<Vec<u8>>,
+}
+
+impl SimOutputs {
+    /// Stores the assignment's declared outputs; their artifacts.
+    fn store(&self, assignment: &pb::Assignment) -> Vec<pb::Artifact> {
+        let Some(task) = &assignment.task else {
+            return Vec::new();
+        };
+        task.outputs
+            .iter()
+            .filter_map(|o| {
+                let key = naming::output_key(&assignment.artifact_prefix, &o.name);
+                let path = self.dir.join(&key);
+                std::fs::create_dir_all(path.parent()?).ok()?;
+                std::fs::write(&path, self.content.as_slice()).ok()?;
+                Some(pb::Artifact {
+                    name: o.name.clone(),
+                    key,
+                    size: self.content.len() as u64,
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
 }
 
 /// Counters the scenarios read while the simulator runs.
@@ -94,6 +130,7 @@ impl Simulator {
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_assigns(
             client.clone(),
+            opts.outputs.clone(),
             js,
             fleet.clone(),
             assigns,
@@ -216,8 +253,10 @@ async fn reply(client: &async_nats::Client, msg: &async_nats::Message, body: Vec
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_assigns(
     client: async_nats::Client,
+    outputs: Option<SimOutputs>,
     js: jetstream::Context,
     fleet: Arc<Fleet>,
     mut assigns: async_nats::Subscriber,
@@ -247,7 +286,14 @@ async fn serve_assigns(
         };
         let mut replies = Vec::with_capacity(batch.assignments.len());
         let mut fresh = Vec::new();
+        let mut stored: HashMap<pb::AttemptRef, Vec<pb::Artifact>> = HashMap::new();
         for assignment in batch.assignments {
+            if let Some(outputs) = &outputs {
+                let artifacts = outputs.store(&assignment);
+                if let (false, Some(attempt)) = (artifacts.is_empty(), &assignment.attempt) {
+                    stored.insert(attempt.clone(), artifacts);
+                }
+            }
             let Some(attempt) = assignment.attempt else {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 replies.push(pb::AssignReply {
@@ -287,7 +333,8 @@ async fn serve_assigns(
         let (prefix, agent_id) = (fleet.prefix.clone(), fleet.ids[agent].clone());
         let started_at_ms = now_ms();
         tokio::spawn(async move {
-            let ok = publish_succeeded(&js, &prefix, &agent_id, &fresh, started_at_ms).await;
+            let ok =
+                publish_succeeded(&js, &prefix, &agent_id, &fresh, &stored, started_at_ms).await;
             if let Some(set) = lock(&running).get_mut(&agent) {
                 for attempt in &fresh {
                     set.remove(attempt);
@@ -314,6 +361,7 @@ async fn publish_succeeded(
     prefix: &str,
     agent_id: &str,
     attempts: &[pb::AttemptRef],
+    outputs: &HashMap<pb::AttemptRef, Vec<pb::Artifact>>,
     started_at_ms: u64,
 ) -> bool {
     let at_ms = now_ms();
@@ -321,7 +369,10 @@ async fn publish_succeeded(
         attempt: Some(attempt.clone()),
         agent_id: agent_id.to_string(),
         at_ms,
-        kind: Some(Kind::Succeeded(pb::AttemptSucceeded::default())),
+        kind: Some(Kind::Succeeded(pb::AttemptSucceeded {
+            outputs: outputs.get(attempt).cloned().unwrap_or_default(),
+            ..Default::default()
+        })),
         started_at_ms,
     };
     let ids: Vec<String> = attempts
@@ -457,6 +508,7 @@ mod tests {
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             heartbeat_interval: Duration::from_secs(2),
+            outputs: None,
         });
         assert_eq!(fleet.agent_of("b.1.agent.sim-00002.assign"), Some(2));
         assert_eq!(fleet.agent_of("b.1.agent.sim-00003.assign"), None);

@@ -18,6 +18,14 @@ pub fn chain(n: usize) -> String {
     y
 }
 
+/// A producer writing a list (the simulated agents store it) and one no-op
+/// `for_each` task over it: its instances are the run's other tasks.
+pub fn map() -> String {
+    format!(
+        "name: bench-map\ntasks:\n  - {{name: list, {NO_OP}, outputs: [{{name: items, path: items.json}}]}}\n  - {{name: work, {NO_OP}, depends_on: [list], for_each: {{from: list/items}}}}\n"
+    )
+}
+
 /// `n` tasks with no dependencies.
 pub fn independent(n: usize) -> String {
     let mut y = String::from("name: bench-flat\ntasks:\n");
@@ -96,6 +104,12 @@ mod tests {
         assert_eq!(join.depends_on.len(), 100);
         let (_, small) = fan_dag(10, 100);
         assert_eq!(small, 102, "at least one whole block");
+        let m = parse(&map());
+        let from = m.tasks[1].for_each.as_ref().ok_or("no for_each")?;
+        assert_eq!(
+            (from.from_task.as_str(), from.from_output.as_str()),
+            ("list", "items")
+        );
         Ok(())
     }
 }

@@ -80,6 +80,7 @@ async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
         cpu_millis: 1000,
         memory_bytes: 1 << 30,
         heartbeat_interval: Duration::from_millis(200),
+        outputs: None,
     })
     .await
     .unwrap();

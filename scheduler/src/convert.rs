@@ -30,6 +30,7 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
                 backoff_ms: retries.backoff_ms,
                 finally: t.finally,
                 conditional: !t.when.is_empty(),
+                for_each: t.for_each.is_some(),
             }
         })
         .collect()
@@ -44,9 +45,30 @@ pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::E
         .enumerate()
         .map(|(i, d)| (d.name.as_str(), i))
         .collect();
-    let mut records: Vec<Option<TaskRun>> = vec![None; defs.len()];
+    // Instances follow the static tasks, in the order their tasks expanded.
+    let mut expansions = Vec::new();
+    let mut first: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    let mut total = defs.len();
+    for e in &stored.record.expansions {
+        if let Some(&task) = index.get(e.task.as_str()) {
+            let count = e.count as usize;
+            expansions.push((task, count));
+            first.insert(e.task.as_str(), (total, count));
+            total += count;
+        }
+    }
+    let position = |name: &str| -> Option<usize> {
+        if let Some(&i) = index.get(name) {
+            return Some(i);
+        }
+        let (task, k) = name.strip_suffix(']')?.rsplit_once('[')?;
+        let k: usize = k.parse().ok()?;
+        let &(at, count) = first.get(task)?;
+        (k < count).then_some(at + k)
+    };
+    let mut records: Vec<Option<TaskRun>> = vec![None; total];
     for (name, rec, _) in &stored.tasks {
-        if let Some(&i) = index.get(name.as_str()) {
+        if let Some(i) = position(name) {
             records[i] = Some(task_run(rec));
         }
     }
@@ -55,6 +77,7 @@ pub fn restore(stored: &StoredRun) -> (RunDag, Vec<drover_scheduler_core::dag::E
         message: stored.record.message.clone(),
         finished_at: known_ms(stored.record.finished_at_ms),
         finally_stopped: stored.record.finally_stopped,
+        expansions,
     };
     RunDag::restore(defs, spec.fail_fast, run, records)
 }
@@ -237,6 +260,14 @@ pub fn run_record(base: &pb::RunRecord, dag: &RunDag) -> pb::RunRecord {
     r.message = s.message.clone();
     r.finished_at_ms = wire_ms(s.finished_at);
     r.finally_stopped = s.finally_stopped;
+    r.expansions = s
+        .expansions
+        .iter()
+        .map(|&(task, count)| pb::Expansion {
+            task: dag.defs()[task].name.clone(),
+            count: count as u32,
+        })
+        .collect();
     r
 }
 
@@ -257,19 +288,25 @@ pub fn run_view(record: &pb::RunRecord, spec: &pb::PipelineSpec, dag: &RunDag) -
         trace_id: record.trace_id.clone(),
         root_span_id: record.root_span_id.clone(),
         code_sha256: spec.code_sha256.clone(),
-        tasks: spec
-            .tasks
+        tasks: dag
+            .tasks()
             .iter()
-            .zip(dag.tasks())
-            .map(|(def, t)| pb::Task {
-                name: def.name.clone(),
-                state: task_state(t.status) as i32,
-                depends_on: def.depends_on.clone(),
-                attempts: t.attempts.iter().map(pb_attempt).collect(),
-                message: t.message.clone(),
-                retry_at_ms: t.retry_at,
-                unschedulable: false,
-                finally: def.finally,
+            .enumerate()
+            .filter_map(|(i, t)| {
+                // A `for_each` instance is described by its task.
+                let of = dag.instance_of(i).map_or(i, |(group, _)| group);
+                let def = spec.tasks.get(of)?;
+                Some(pb::Task {
+                    name: dag.defs()[i].name.clone(),
+                    state: task_state(t.status) as i32,
+                    depends_on: def.depends_on.clone(),
+                    attempts: t.attempts.iter().map(pb_attempt).collect(),
+                    message: t.message.clone(),
+                    retry_at_ms: t.retry_at,
+                    unschedulable: false,
+                    finally: def.finally,
+                    item: String::new(),
+                })
             })
             .collect(),
     }

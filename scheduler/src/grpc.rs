@@ -72,6 +72,7 @@ impl Api {
             .ok_or_else(|| SchedulerError::RunNotFound(run_id.to_string()))?;
         let (dag, _) = convert::restore(&stored);
         let mut run = convert::run_view(&stored.record, &stored.spec, &dag);
+        self.show_items(&stored.spec, &dag, &mut run).await;
         // Why Ready tasks wait lives in the engine's memory, not in etcd.
         let mut waiting = self.engine.waiting(run_id);
         for (i, t) in run.tasks.iter_mut().enumerate() {
@@ -110,6 +111,50 @@ impl Api {
         let follower = crate::logs::Follower::open(self, &req.run_id, task, tx).await?;
         tokio::spawn(follower.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// Each `for_each` instance's item, from its task's list (read again:
+    /// only the item count is stored); left out when it cannot be read.
+    async fn show_items(
+        &self,
+        spec: &pb::PipelineSpec,
+        dag: &drover_scheduler_core::dag::RunDag,
+        run: &mut pb::Run,
+    ) {
+        for &(task, count) in &dag.run_state().expansions {
+            let (Some(from), Some(range)) = (
+                spec.tasks.get(task).and_then(|t| t.for_each.as_ref()),
+                dag.instances(task),
+            ) else {
+                continue;
+            };
+            let key = dag.index_of(&from.from_task).and_then(|p| {
+                let attempt = dag.task(p).current()?;
+                let output = attempt
+                    .outputs
+                    .iter()
+                    .find(|o| o.name == from.from_output)?;
+                Some(output.key.clone())
+            });
+            let Some(key) = key.filter(|_| count > 0) else {
+                continue;
+            };
+            let output = format!("{}/{}", from.from_task, from.from_output);
+            let items = match self.artifacts.get_bytes(&key).await {
+                Ok(bytes) => crate::engine::parse_list(&bytes, &output),
+                Err(e) => Err(e.to_string()),
+            };
+            match items {
+                Ok(items) => {
+                    for (i, item) in range.zip(&items) {
+                        if let Some(t) = run.tasks.get_mut(i) {
+                            t.item = crate::engine::item_text(item);
+                        }
+                    }
+                }
+                Err(e) => warn!(run = %run.id, error = %e, "for_each items not shown"),
+            }
+        }
     }
 
     /// The log key of `attempt` of `task` (0 = the latest with a log), and

@@ -81,6 +81,7 @@ pub async fn serve(
         .map_err(|e| SchedulerError::Config(e.to_string()))?;
     let (engine, handle) = engine::Engine::new(
         store.clone(),
+        artifacts.clone(),
         bus,
         engine::EngineOptions {
             agent_timeout: opts.agent_timeout,

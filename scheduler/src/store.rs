@@ -1,7 +1,9 @@
 //! etcd access: key layout, loading runs, and compare-and-swap commits.
 //!
 //! Keys under the configured prefix:
-//! - `<prefix>/runs/<run-id>` → `RunRecord` (small; never the spec)
+//! - `<prefix>/runs/<run-id>` → `RunRecord` (small; never the spec; with
+//!   the item count of each expanded `for_each` task, which is all a
+//!   restart needs to append its instances again)
 //! - `<prefix>/specs/<run-id>/<000000>` → the resolved spec, an encoded
 //!   `PipelineSpec` in chunks of at most [`SPEC_CHUNK_BYTES`], written once
 //!   before the run record (the commit point) and never changed

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pid, task, Cluster};
+use common::{alive, most_at_once, read_pid, task, Cluster};
 use drover_api::pb::{self, AttemptState, RunState, TaskState};
 use sha2::{Digest, Sha256};
 
@@ -882,17 +882,7 @@ tasks:
             (a.started_at_ms, a.finished_at_ms)
         })
         .collect();
-    // Most running at one moment: each start, against the spans it falls in.
-    let most = spans
-        .iter()
-        .map(|&(start, _)| {
-            spans
-                .iter()
-                .filter(|&&(s, f)| s <= start && start < f)
-                .count()
-        })
-        .max()
-        .unwrap();
+    let most = most_at_once(&spans);
     assert_eq!(most, 2, "{spans:?}");
     let report = &task(&run, "report").attempts[0];
     let last = spans.iter().map(|&(_, f)| f).max().unwrap();

@@ -254,16 +254,51 @@ fn fan_out_fan_in(n: usize) -> usize {
             backoff_ms: 1_000,
             finally: false,
             conditional: false,
+            for_each: false,
         })
         .collect();
-    let (mut dag, mut fx) = RunDag::new(defs, false);
+    let (dag, fx) = RunDag::new(defs, false);
+    run_to_end(dag, fx, 0)
+}
+
+/// One list task, one `for_each` task over its `n` items, one join.
+fn for_each_map(n: usize) -> usize {
+    let def = |name: &str, deps: Vec<usize>, for_each: bool| TaskDef {
+        name: name.into(),
+        deps,
+        retry_limit: 0,
+        backoff_ms: 1_000,
+        finally: false,
+        conditional: false,
+        for_each,
+    };
+    let defs = vec![
+        def("list", vec![], false),
+        def("work", vec![0], true),
+        def("join", vec![1], false),
+    ];
+    let (dag, fx) = RunDag::new(defs, false);
+    run_to_end(dag, fx, n)
+}
+
+/// Runs every Ready task to success (a `for_each` task expands into
+/// `items` instances); returns the events applied.
+fn run_to_end(mut dag: RunDag, mut fx: Vec<Effect>, items: usize) -> usize {
     let mut ready = Vec::new();
     let mut applied = 0;
     let mut now = 1;
     loop {
-        for e in fx.drain(..) {
-            if let Effect::Ready { task } = e {
-                ready.push(task);
+        while let Some(e) = fx.pop() {
+            match e {
+                Effect::Ready { task } => ready.push(task),
+                Effect::Expand { task } => {
+                    let more = dag
+                        .apply(Event::Expanded { task, count: items }, now)
+                        .expect("the task waits for its list");
+                    fx.extend(more);
+                    applied += 1;
+                }
+                _ => {}
             }
         }
         let Some(task) = ready.pop() else { break };
@@ -311,6 +346,9 @@ fn bench_dag(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("fan_out_fan_in/10000", |b| {
         b.iter(|| fan_out_fan_in(black_box(10_000)))
+    });
+    group.bench_function("for_each/10000", |b| {
+        b.iter(|| for_each_map(black_box(10_000)))
     });
     group.finish();
 }

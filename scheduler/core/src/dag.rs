@@ -9,6 +9,10 @@
 //! upstream tasks and the run's state. [`RunDag::restore`] derives those, so
 //! submitting a run writes one key rather than one per task, and restart and
 //! read paths share one derivation.
+//!
+//! A `for_each` task grows the DAG at run time (`for_each`): its instances
+//! are appended after the static tasks, and only their count is run-level
+//! state.
 
 use std::collections::HashMap;
 
@@ -27,6 +31,10 @@ pub struct TaskDef {
     /// Has a `when:` condition: once its upstream tasks succeeded, the shell
     /// evaluates it ([`Effect::Evaluate`]) before the task becomes Ready.
     pub conditional: bool,
+    /// Has `for_each`: once its upstream tasks succeeded, the shell reads
+    /// the list ([`Effect::Expand`]) and the task becomes a group of
+    /// instances ([`Event::Expanded`]).
+    pub for_each: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -223,6 +231,16 @@ pub enum Event {
         task: usize,
         verdict: Verdict,
     },
+    /// A `for_each` task's list has `count` items, asked for by [`Effect::Expand`].
+    Expanded {
+        task: usize,
+        count: usize,
+    },
+    /// A `for_each` task's list could not be read: the task fails.
+    ExpandFailed {
+        task: usize,
+        reason: String,
+    },
 }
 
 /// The outcome of a `when:` condition.
@@ -256,6 +274,9 @@ pub enum Effect {
     /// Every upstream task of `task` succeeded: evaluate its `when:` and
     /// answer with [`Event::Condition`].
     Evaluate { task: usize },
+    /// Every upstream task of the `for_each` task `task` succeeded: read
+    /// its list and answer with [`Event::Expanded`] or [`Event::ExpandFailed`].
+    Expand { task: usize },
     /// An attempt on `agent` ended: its resources are free again.
     Released { task: usize, agent: String },
     /// The run reached a terminal state.
@@ -304,6 +325,9 @@ pub struct RunState {
     pub finished_at: Option<Millis>,
     /// A second cancel stopped the `finally` tasks too.
     pub finally_stopped: bool,
+    /// `for_each` tasks expanded so far (task, item count), in order: their
+    /// instances follow the static tasks in that order.
+    pub expansions: Vec<(usize, usize)>,
 }
 
 impl RunState {
@@ -313,6 +337,7 @@ impl RunState {
             message: String::new(),
             finished_at: None,
             finally_stopped: false,
+            expansions: Vec::new(),
         }
     }
 }
@@ -343,6 +368,10 @@ pub struct RunDag {
     dirty: Vec<bool>,
     dirty_list: Vec<usize>,
     run_dirty: bool,
+    /// By task: the `for_each` task it is an instance of.
+    instance_of: Vec<Option<usize>>,
+    /// Expanded `for_each` tasks and their instances.
+    groups: HashMap<usize, for_each::Group>,
 }
 
 impl RunDag {
@@ -437,9 +466,14 @@ impl RunDag {
             (true, false) => self.retry_waiting -= 1,
             _ => {}
         }
+        let succeeded = TaskStatus::Succeeded;
+        let change = (t.status == succeeded, status == succeeded);
         t.status = status;
         t.message = message.into();
         self.touch(i);
+        if change.0 != change.1 {
+            self.count_instance(i, change.1);
+        }
     }
 
     /// Current attempt of `task` if it is `attempt` and still live.
@@ -651,6 +685,15 @@ impl RunDag {
                 _ => return Ok(fx),
             },
             Event::Condition { task, verdict } => self.decide(task, verdict, now, &mut fx)?,
+            Event::Expanded { task, count } => self.expand(task, count, now, &mut fx)?,
+            Event::ExpandFailed { task, reason } => {
+                if !self.awaits_expansion(task) {
+                    return Err(Stale(format!("task #{task} is not waiting for its list")));
+                }
+                self.tasks[task].decided = true;
+                self.set_status(task, TaskStatus::Failed, reason.clone());
+                self.fail(task, &reason, &mut fx);
+            }
         }
         self.start_finally(now, &mut fx);
         if self.unfinished == 0 && !self.run.status.is_terminal() {
@@ -710,8 +753,18 @@ impl RunDag {
             .iter()
             .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
         {
+            if let Some(group) = self.groups.get(&task) {
+                if group.left == 0 {
+                    self.complete_group(task, now, fx);
+                }
+                return;
+            }
             if self.defs[task].conditional {
                 fx.push(Effect::Evaluate { task });
+                return;
+            }
+            if self.defs[task].for_each {
+                fx.push(Effect::Expand { task });
                 return;
             }
             self.tasks[task].ready_at = Some(now);
@@ -728,6 +781,7 @@ impl RunDag {
             self.run.message = format!("task `{}` failed: {reason}", self.defs[task].name);
             self.run_dirty = true;
         }
+        let task = self.fail_group(task, reason);
         let mut stack = self.dependents[task].clone();
         while let Some(d) = stack.pop() {
             if matches!(
@@ -799,7 +853,9 @@ impl RunDag {
 
 mod condition;
 mod finally;
+mod for_each;
 pub use finally::Outcome;
+pub use for_each::instance_name;
 mod rerun;
 mod restore;
 #[cfg(test)]

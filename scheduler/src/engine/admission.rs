@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use drover_api::pb;
 use drover_scheduler_core::admission::{self, Wait};
-use drover_scheduler_core::dag::{Event, TaskStatus};
+use drover_scheduler_core::dag::{instance_name, Event, TaskStatus};
 use drover_scheduler_core::ids::{AgentId, AttemptNumber, RunId, TaskIndex};
 use drover_scheduler_core::Millis;
 
@@ -56,8 +56,25 @@ struct BoardRun {
     priority: i64,
     /// For task names.
     spec: Arc<pb::PipelineSpec>,
+    /// For the names of `for_each` instances, which follow the spec's
+    /// tasks: each expanded task's first instance, count and name.
+    expansions: Vec<(usize, usize, String)>,
     /// Some of its Ready tasks were past the pass's depth.
     beyond: bool,
+}
+
+impl BoardRun {
+    /// The name of task `task`: from the spec, or a `for_each` instance's.
+    fn task_name(&self, task: usize) -> String {
+        if let Some(t) = self.spec.tasks.get(task) {
+            return t.name.clone();
+        }
+        self.expansions
+            .iter()
+            .find(|(first, count, _)| (*first..first + count).contains(&task))
+            .map(|(first, _, name)| instance_name(name, task - first))
+            .unwrap_or_default()
+    }
 }
 
 /// Why each Ready task waits, as the last admission pass decided, kept as
@@ -131,12 +148,7 @@ impl WaitBoard {
             list.push(pb::PendingTask {
                 position: list.len() as u32 + 1,
                 run_id: run.id.to_string(),
-                task: run
-                    .spec
-                    .tasks
-                    .get(task.0)
-                    .map(|t| t.name.clone())
-                    .unwrap_or_default(),
+                task: run.task_name(task.0),
                 run_priority: run.priority,
                 waiting_for: wait.kind().into(),
                 reason: self.reason(wait).0,
@@ -222,6 +234,16 @@ impl EngineState {
                 queue: run.queue().to_string(),
                 priority: run.priority(),
                 spec: Arc::clone(&run.spec),
+                expansions: run
+                    .dag
+                    .run_state()
+                    .expansions
+                    .iter()
+                    .filter_map(|&(task, count)| {
+                        let first = run.dag.instances(task)?.start;
+                        Some((first, count, run.task_name(TaskIndex(task)).to_owned()))
+                    })
+                    .collect(),
                 beyond: false,
             });
             let slot = (board_runs.len() - 1) as u32;

@@ -308,7 +308,11 @@ fn tasks_named(run: &ActiveRun, names: &[String]) -> Result<Vec<usize>, String> 
     let mut tasks = Vec::with_capacity(names.len());
     for name in names {
         match (run.dag.index_of(name), run.matrices.get(name)) {
-            (Some(i), _) => tasks.push(i),
+            (Some(i), _) => {
+                tasks.push(i);
+                // A `for_each` task names all its instances too.
+                tasks.extend(run.dag.instances(i).into_iter().flatten());
+            }
             (None, Some(instances)) => tasks.extend(instances.iter().map(|t| t.0)),
             (None, None) => return Err(name.clone()),
         }

@@ -7,7 +7,8 @@
 //! - [`service`]: the async loop around it ([`Engine`]): gathers inputs,
 //!   commits each turn's changes to etcd, then carries the turn out.
 //! - [`handle`]: [`EngineHandle`], the gRPC layer's way in.
-//! - `commands`, `agent_events`, `admission`, `commit`, `recovery`, `spans`:
+//! - `commands`, `agent_events`, `admission`, `commit`, `recovery`, `spans`,
+//!   `conditions`, `for_each` (reading and expanding `for_each` lists):
 //!   the state's work by concern; [`records`]: the versioned record every
 //!   write to etcd goes through.
 //!
@@ -26,6 +27,7 @@ mod agent_events;
 mod commands;
 mod commit;
 mod conditions;
+mod for_each;
 pub mod handle;
 pub mod records;
 mod recovery;
@@ -37,6 +39,7 @@ pub mod state;
 mod tests;
 
 pub use admission::{WaitBoard, Waiting};
+pub use for_each::{item_text, parse_list, ListRead};
 pub use handle::{EngineHandle, Request, Response};
 pub use recovery::Stored;
 pub use service::{now_ms, Engine};

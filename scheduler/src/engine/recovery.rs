@@ -68,7 +68,7 @@ impl EngineState {
     pub(super) fn insert_stored_run(&mut self, s: StoredRun, now: Millis) -> (RunId, Vec<Effect>) {
         let (dag, fx) = convert::restore(&s);
         let spec = Arc::clone(&s.spec);
-        let mut tasks = vec![Versioned::stored((), 0); spec.tasks.len()];
+        let mut tasks = vec![Versioned::stored((), 0); dag.tasks().len()];
         for (name, _, rev) in &s.tasks {
             if let Some(i) = dag.index_of(name) {
                 tasks[i] = Versioned::stored((), *rev);

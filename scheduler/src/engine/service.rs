@@ -83,6 +83,8 @@ enum Item {
 
 pub struct Engine {
     store: Store,
+    /// Where `for_each` lists are read from.
+    artifacts: drover_artifacts::Store,
     /// Shared with the tasks that send assignments and acks: cloning a
     /// `Bus` clones a NATS client handle, which allocates (per assignment).
     bus: Arc<Bus>,
@@ -108,6 +110,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         store: Store,
+        artifacts: drover_artifacts::Store,
         bus: Bus,
         opts: EngineOptions,
         metrics: SchedulerMetrics,
@@ -123,6 +126,7 @@ impl Engine {
         };
         let engine = Self {
             store,
+            artifacts,
             bus: Arc::new(bus),
             state: EngineState::new(opts, metrics.clone()),
             changed,
@@ -412,6 +416,14 @@ impl Engine {
                 }
             });
         }
+        for read in std::mem::take(&mut turn.lists) {
+            let artifacts = self.artifacts.clone();
+            let tx = self.outcomes_tx.clone();
+            tokio::spawn(async move {
+                let result = read_list(&artifacts, &read).await;
+                let _ = tx.send(Input::list(read, result));
+            });
+        }
         for span in std::mem::take(&mut turn.spans) {
             record::emit(span);
         }
@@ -440,6 +452,32 @@ impl Engine {
         if let Some(board) = turn.board.take() {
             if let Ok(mut w) = self.waiting.lock() {
                 *w = board;
+            }
+        }
+    }
+}
+
+/// Reads a `for_each` list. A list read again after a restart is retried
+/// (its task already expanded: failing it is no longer an option); a first
+/// read's failure fails the task.
+async fn read_list(
+    artifacts: &drover_artifacts::Store,
+    read: &super::ListRead,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match artifacts.get_bytes(&read.key).await {
+            Ok(bytes) => return Ok(bytes.to_vec()),
+            Err(e) if read.reload => {
+                warn!(run = %read.run, key = %read.key, error = %e, "reading a for_each list again; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "for_each: output `{}` could not be read: {e}",
+                    read.output
+                ))
             }
         }
     }

@@ -62,6 +62,11 @@ pub enum Input {
         attempt: AttemptId,
         reason: String,
     },
+    /// A `for_each` list read from the artifact store, or why it could not be.
+    List {
+        read: super::for_each::ListRead,
+        result: std::result::Result<Vec<u8>, String>,
+    },
     /// Time passed: timers (retries, liveness, the full admission pass).
     Tick,
 }
@@ -120,6 +125,8 @@ pub struct Turn {
     pub answers: Vec<(ReplyId, Answer)>,
     /// Why Ready tasks wait, when a pass changed it: for `drover get`.
     pub board: Option<Arc<WaitBoard>>,
+    /// `for_each` lists to read from the artifact store once committed.
+    pub lists: Vec<super::for_each::ListRead>,
     /// Runs this turn changed: their changes are collected, and watchers
     /// told once committed.
     pub(super) touched: BTreeSet<RunId>,
@@ -141,6 +148,11 @@ pub(super) struct ActiveRun {
     pub caps: Option<ParallelCaps>,
     /// The instances of each task with a matrix, by the task as written.
     pub matrices: HashMap<String, Vec<TaskIndex>>,
+    /// The items of each expanded `for_each` task, once read.
+    pub items: HashMap<usize, Arc<Vec<serde_json::Value>>>,
+    /// By `for_each` task: assignments of its instances (task, attempt,
+    /// agent) waiting for its items to be read again.
+    pub waiting_items: HashMap<usize, Vec<(usize, u32, String)>>,
 }
 
 /// The instances of each task with a matrix, by the task as written.
@@ -171,7 +183,8 @@ impl ParallelCaps {
             .tasks
             .iter()
             .map(|t| {
-                if t.max_parallel == 0 {
+                // A `for_each` task never runs itself; its instances are capped.
+                if t.max_parallel == 0 || t.for_each.is_some() {
                     return None;
                 }
                 match groups.iter().position(|(name, _)| *name == t.matrix_task) {
@@ -185,6 +198,18 @@ impl ParallelCaps {
             .collect();
         (!groups.is_empty()).then_some(Self { group_of, groups })
     }
+
+    /// Task `task` belongs to `group` (the task as written), capped at `cap`.
+    fn push(&mut self, group: &str, cap: u32) {
+        let g = match self.groups.iter().position(|(name, _)| name == group) {
+            Some(g) => g,
+            None => {
+                self.groups.push((group.to_owned(), cap));
+                self.groups.len() - 1
+            }
+        };
+        self.group_of.push(Some(g));
+    }
 }
 
 impl ActiveRun {
@@ -196,7 +221,7 @@ impl ActiveRun {
         dag: RunDag,
         tasks: Vec<Versioned<()>>,
     ) -> Self {
-        Self {
+        let mut run = Self {
             record,
             requests: requests(&spec),
             caps: ParallelCaps::of(&spec),
@@ -204,7 +229,57 @@ impl ActiveRun {
             spec,
             dag,
             tasks,
+            items: HashMap::new(),
+            waiting_items: HashMap::new(),
+        };
+        run.grow();
+        run
+    }
+
+    /// `for_each` instances the DAG appended get what placement needs: the
+    /// request and cap of their task.
+    pub fn grow(&mut self) {
+        for i in self.requests.len()..self.dag.tasks().len() {
+            let group = self.dag.instance_of(i).map(|(g, _)| g);
+            let spec = group.and_then(|g| self.spec.tasks.get(g));
+            self.requests.push(
+                spec.map(request)
+                    .unwrap_or_else(|| request(&Default::default())),
+            );
+            if self.tasks.len() == i {
+                self.tasks.push(Versioned::stored((), 0));
+            }
+            let cap = spec.map_or(0, |t| t.max_parallel);
+            match (&mut self.caps, spec) {
+                (Some(caps), Some(t)) if cap > 0 => caps.push(&t.name, cap),
+                (Some(caps), _) => caps.group_of.push(None),
+                (None, Some(t)) if cap > 0 => {
+                    let mut caps = ParallelCaps {
+                        group_of: vec![None; i],
+                        groups: Vec::new(),
+                    };
+                    caps.push(&t.name, cap);
+                    self.caps = Some(caps);
+                }
+                (None, _) => {}
+            }
         }
+    }
+
+    /// Task `task`'s spec: as submitted, or for a `for_each` instance its
+    /// task's with the item substituted (None while its items are not in
+    /// memory).
+    pub fn task_spec(&self, task: usize) -> Option<std::borrow::Cow<'_, pb::TaskSpec>> {
+        if let Some(t) = self.spec.tasks.get(task) {
+            return Some(std::borrow::Cow::Borrowed(t));
+        }
+        let (group, k) = self.dag.instance_of(task)?;
+        let item = self.items.get(&group)?.get(k)?;
+        let spec = self.spec.tasks.get(group)?;
+        // Every item was checked to render when the task expanded.
+        super::for_each::render(spec, self.task_name(TaskIndex(task)), item)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     }
 
     pub fn queue(&self) -> &str {
@@ -289,6 +364,7 @@ impl EngineState {
             Input::CancelGone { attempt, reason } => {
                 self.on_cancel_gone(attempt, reason, now, turn)
             }
+            Input::List { read, result } => self.on_list(read, result, now, turn),
             Input::Tick => {}
         }
     }
@@ -406,6 +482,7 @@ impl EngineState {
         turn.touched.insert(run_id.clone());
         for e in fx {
             match e {
+                Effect::Expand { task } => self.read_list(run_id, task, now, turn),
                 Effect::Evaluate { task } => {
                     let Some(run) = self.runs.get(run_id) else {
                         continue;
@@ -425,15 +502,16 @@ impl EngineState {
                     attempt,
                     agent,
                 } => {
-                    let attempt = AttemptId::new(run_id.clone(), task, attempt);
-                    let assignment = Box::new(self.assignment(&attempt));
-                    let traceparent = self.traceparent(&attempt);
-                    turn.sends.push(Send::Assign {
-                        agent: self.fleet.agent_id(&agent),
-                        attempt,
-                        assignment,
-                        traceparent,
-                    });
+                    let attempt_id = AttemptId::new(run_id.clone(), task, attempt);
+                    match self.assign_send(&attempt_id, &agent) {
+                        Some(send) => turn.sends.push(send),
+                        None => {
+                            let group = self.runs.get(run_id).and_then(|r| r.dag.instance_of(task));
+                            if let Some((group, _)) = group {
+                                self.defer_assign(run_id, group, (task, attempt, agent), turn);
+                            }
+                        }
+                    }
                 }
                 Effect::Cancel {
                     task,
@@ -516,7 +594,7 @@ impl EngineState {
 
     /// The attempt span's context, derived from the run's stored trace id
     /// (the same after a restart).
-    fn traceparent(&self, attempt: &AttemptId) -> Option<String> {
+    pub(super) fn traceparent(&self, attempt: &AttemptId) -> Option<String> {
         let run = self.runs.get(&attempt.run)?;
         let trace_id = &run.record.get().trace_id;
         let name = run.task_name(attempt.task);
@@ -526,13 +604,14 @@ impl EngineState {
     }
 
     /// The message an agent needs to run an attempt: the resolved task, where
-    /// each input sits in the object store, and the GPUs it was given.
-    fn assignment(&self, attempt: &AttemptId) -> pb::Assignment {
+    /// each input sits in the object store, and the GPUs it was given. None
+    /// for a `for_each` instance whose items are not in memory.
+    pub(super) fn assignment(&self, attempt: &AttemptId) -> Option<pb::Assignment> {
         let aref = self.attempt_ref(attempt);
         let Some(run) = self.runs.get(&attempt.run) else {
-            return pb::Assignment::default();
+            return Some(pb::Assignment::default());
         };
-        let mut task_spec = run.spec.tasks.get(attempt.task.0).cloned();
+        let mut task_spec = Some(run.task_spec(attempt.task.0)?.into_owned());
         if let Some(t) = task_spec.as_mut().filter(|t| t.finally) {
             let outcome = run.dag.outcome().as_str();
             t.env
@@ -545,6 +624,10 @@ impl EngineState {
                 Some(instances) => Some(gathered_input(run, input, instances)),
                 None => {
                     let producer = run.dag.index_of(&input.from_task)?;
+                    if let Some(instances) = run.dag.instances(producer) {
+                        let instances: Vec<TaskIndex> = instances.map(TaskIndex).collect();
+                        return Some(gathered_input(run, input, &instances));
+                    }
                     Some(pb::InputArtifact {
                         name: input.name.clone(),
                         key: output_key(run, producer, &input.from_output)?,
@@ -567,7 +650,7 @@ impl EngineState {
                     .collect()
             })
             .unwrap_or_default();
-        pb::Assignment {
+        Some(pb::Assignment {
             artifact_prefix: naming::attempt_prefix(
                 attempt.run.as_str(),
                 &aref.task,
@@ -578,7 +661,7 @@ impl EngineState {
             inputs,
             gpus,
             code_sha256: run.spec.code_sha256.clone(),
-        }
+        })
     }
 
     /// `run/task/attempt`, for the agent view's GPU holders.
@@ -589,15 +672,16 @@ impl EngineState {
 }
 
 /// Where the current attempt of `task` stored its output `name`.
-fn output_key(run: &ActiveRun, task: usize, name: &str) -> Option<String> {
+pub(super) fn output_key(run: &ActiveRun, task: usize, name: &str) -> Option<String> {
     let attempt = run.dag.task(task).current()?;
     let output = attempt.outputs.iter().find(|o| o.name == name)?;
     Some(output.key.clone())
 }
 
-/// An input taken from every instance of a task with a matrix: one part
-/// per instance, named by its index among the instances, and a listing of
-/// each instance's index, matrix values and file.
+/// An input taken from every instance of a task with a matrix or
+/// `for_each`: one part per instance, named by its index among the
+/// instances, and a listing of each instance's index, matrix values (for
+/// `for_each`, `item`) and file.
 fn gathered_input(
     run: &ActiveRun,
     input: &pb::InputSpec,
@@ -611,7 +695,10 @@ fn gathered_input(
             continue;
         };
         let file = index.to_string();
-        let matrix = run.spec.tasks.get(task.0).map(|t| &t.matrix);
+        let matrix = match run.spec.tasks.get(task.0) {
+            Some(t) => serde_json::json!(t.matrix),
+            None => serde_json::json!(run.task_spec(task.0).map(|t| t.matrix.clone())),
+        };
         listing.push(serde_json::json!({"index": index, "matrix": matrix, "file": file}));
         parts.push(pb::InputPart { file, key });
     }
@@ -625,13 +712,12 @@ fn gathered_input(
 
 /// Each task's resource request, for placement.
 fn requests(spec: &pb::PipelineSpec) -> Vec<Resources> {
-    spec.tasks
-        .iter()
-        .map(|t| {
-            let r = t.resources.clone().unwrap_or_default();
-            Resources::new(&t.image, u64::from(r.cpu_millis), r.memory_bytes)
-                .with_gpus(r.gpu, &r.gpu_model, r.gpu_memory_bytes)
-                .with_selector(t.node_selector.clone())
-        })
-        .collect()
+    spec.tasks.iter().map(request).collect()
+}
+
+fn request(t: &pb::TaskSpec) -> Resources {
+    let r = t.resources.clone().unwrap_or_default();
+    Resources::new(&t.image, u64::from(r.cpu_millis), r.memory_bytes)
+        .with_gpus(r.gpu, &r.gpu_model, r.gpu_memory_bytes)
+        .with_selector(t.node_selector.clone())
 }

@@ -503,6 +503,21 @@ pub async fn http_get(url: &str) -> std::io::Result<(u16, String, String)> {
     Ok((status, content_type, body.to_string()))
 }
 
+/// Most of `spans` (start, end) running at one moment: each start, against
+/// the spans it falls in.
+pub fn most_at_once(spans: &[(u64, u64)]) -> usize {
+    spans
+        .iter()
+        .map(|&(start, _)| {
+            spans
+                .iter()
+                .filter(|&&(s, f)| s <= start && start < f)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn task<'a>(run: &'a pb::Run, name: &str) -> &'a pb::Task {
     run.tasks
         .iter()

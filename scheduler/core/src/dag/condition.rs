@@ -22,6 +22,8 @@ impl RunDag {
             )));
         }
         match verdict {
+            // The list is read first; the task stays Pending meanwhile.
+            Verdict::Run if self.defs[task].for_each => fx.push(Effect::Expand { task }),
             Verdict::Run => {
                 self.tasks[task].ready_at = Some(now);
                 self.set_status(task, TaskStatus::Ready, "");
@@ -58,6 +60,7 @@ impl RunDag {
     pub(super) fn awaits_verdict(&self, task: usize) -> bool {
         self.tasks[task].status == TaskStatus::Pending
             && self.defs[task].conditional
+            && !self.groups.contains_key(&task)
             && !self.stopping_for(task)
             && self.may_start(task)
             && self.defs[task]

@@ -36,7 +36,12 @@ impl RunDag {
             }
         }
         let tasks: Vec<usize> = (0..self.tasks.len()).filter(|&i| again[i]).collect();
-        self.run = RunState::new();
+        // The instances of expanded `for_each` tasks stay.
+        let expansions = std::mem::take(&mut self.run.expansions);
+        self.run = RunState {
+            expansions,
+            ..RunState::new()
+        };
         self.run_dirty = true;
         self.failed = false;
         for &i in &tasks {

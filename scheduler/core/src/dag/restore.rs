@@ -8,14 +8,16 @@ impl RunDag {
     /// it has one. Returns the effects to resume with: Ready tasks for
     /// placement, and the assignments and cancels that may not have reached
     /// their agent before a restart (agents treat repeats as no-ops).
+    /// `defs` are the static tasks; the instances of the `for_each` tasks in
+    /// `run.expansions` are appended after them, and `records` covers both.
     pub fn restore(
         defs: Vec<TaskDef>,
         fail_fast: bool,
         run: RunState,
         records: Vec<Option<TaskRun>>,
     ) -> (Self, Vec<Effect>) {
-        let n = defs.len();
-        let mut dependents = vec![Vec::new(); n];
+        let statics = defs.len();
+        let mut dependents = vec![Vec::new(); statics];
         for (i, def) in defs.iter().enumerate() {
             for &d in &def.deps {
                 dependents[d].push(i);
@@ -26,6 +28,7 @@ impl RunDag {
             .enumerate()
             .map(|(i, d)| (d.name.clone(), i))
             .collect();
+        let expansions = run.expansions.clone();
         let failed = records
             .iter()
             .flatten()
@@ -34,7 +37,7 @@ impl RunDag {
             defs,
             by_name,
             dependents,
-            tasks: Vec::with_capacity(n),
+            tasks: Vec::with_capacity(statics),
             run,
             fail_fast,
             failed,
@@ -42,10 +45,18 @@ impl RunDag {
             main_unfinished: 0,
             finally_due: false,
             retry_waiting: 0,
-            dirty: vec![false; n],
+            dirty: vec![false; statics],
             dirty_list: Vec::new(),
             run_dirty: false,
+            instance_of: vec![None; statics],
+            groups: Default::default(),
         };
+        for (task, count) in expansions {
+            if task < statics && dag.defs[task].for_each && !dag.groups.contains_key(&task) {
+                dag.append_instances(task, count);
+            }
+        }
+        let n = dag.defs.len();
         let mut order = dag.topo_order();
         // The other tasks first: whether a `finally` task may start depends
         // on whether they all ended (and none of them depends on it).
@@ -54,16 +65,23 @@ impl RunDag {
         slots.resize(n, None);
         let mut resolved: Vec<Option<TaskRun>> = vec![None; n];
         for &i in &order {
+            let group = dag.derive_group(i, |d| {
+                resolved[d]
+                    .as_ref()
+                    .map_or(TaskStatus::Pending, |t| t.status)
+            });
             let task = match slots[i].take() {
                 // Pending is derived even when stored (a retried task keeps
                 // its earlier attempts): its upstream tasks may have moved
                 // on in a commit that this task's record missed.
                 Some(stored) if stored.status != TaskStatus::Pending => stored,
                 stored => {
-                    let (status, message) = dag.derive(i, |d| {
-                        resolved[d]
-                            .as_ref()
-                            .map_or(TaskStatus::Pending, |t| t.status)
+                    let (status, message) = group.unwrap_or_else(|| {
+                        dag.derive(i, |d| {
+                            resolved[d]
+                                .as_ref()
+                                .map_or(TaskStatus::Pending, |t| t.status)
+                        })
                     });
                     let mut t = match stored {
                         Some(mut kept) => {
@@ -99,11 +117,21 @@ impl RunDag {
             .iter()
             .filter(|t| t.status == TaskStatus::RetryWait)
             .count();
+        let tasks = &dag.tasks;
+        for g in dag.groups.values_mut() {
+            g.left = (g.first..g.first + g.count)
+                .filter(|&i| tasks[i].status != TaskStatus::Succeeded)
+                .count();
+        }
 
         let mut effects = Vec::new();
         for (i, t) in dag.tasks.iter().enumerate() {
             if dag.awaits_verdict(i) {
                 effects.push(Effect::Evaluate { task: i });
+                continue;
+            }
+            if dag.awaits_expansion(i) {
+                effects.push(Effect::Expand { task: i });
                 continue;
             }
             let Some(a) = t.current() else {
@@ -182,6 +210,7 @@ impl RunDag {
                 && self.main_unfinished == 0
                 && !self.run.status.is_terminal()
                 && !self.defs[i].conditional
+                && !self.defs[i].for_each
             {
                 (TaskStatus::Ready, String::new())
             } else {
@@ -194,26 +223,37 @@ impl RunDag {
             }
             _ if self.failed && self.fail_fast => (TaskStatus::Skipped, "run failed fast".into()),
             // A condition is evaluated first (`Effect::Evaluate`).
-            RunStatus::Running if all_done && !self.defs[i].conditional => {
+            // A `for_each` task is expanded first (`Effect::Expand`).
+            RunStatus::Running
+                if all_done && !self.defs[i].conditional && !self.defs[i].for_each =>
+            {
                 (TaskStatus::Ready, String::new())
             }
             _ => (TaskStatus::Pending, String::new()),
         }
     }
 
-    /// Kahn's order; tasks on a cycle (validation rejects those) come last.
+    /// Kahn's order over the static tasks, each group's instances just
+    /// before it (their dependencies are the group's); tasks on a cycle
+    /// (validation rejects those) come last.
     fn topo_order(&self) -> Vec<usize> {
         let n = self.defs.len();
         let mut indegree: Vec<usize> = self.defs.iter().map(|d| d.deps.len()).collect();
-        let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let is_static = |i: usize| self.instance_of[i].is_none();
+        let mut queue: Vec<usize> = (0..n)
+            .filter(|&i| indegree[i] == 0 && is_static(i))
+            .collect();
+        let mut order = Vec::with_capacity(n);
         let mut head = 0;
-        while head < order.len() {
-            let i = order[head];
+        while head < queue.len() {
+            let i = queue[head];
             head += 1;
+            order.extend(self.instances(i).into_iter().flatten());
+            order.push(i);
             for &j in &self.dependents[i] {
                 indegree[j] -= 1;
                 if indegree[j] == 0 {
-                    order.push(j);
+                    queue.push(j);
                 }
             }
         }

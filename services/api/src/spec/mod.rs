@@ -36,6 +36,19 @@
 //!     command: [python3, train.py, --lr, "{{matrix.lr}}", --epochs, "{{matrix.epochs}}"]
 //! ```
 //!
+//! A task with `for_each: {from: <task>/<output>}` runs once per element of
+//! the JSON array that upstream output holds, known only at run time: here
+//! the reference is checked and `{{item}}` / `{{item.<field>}}` in command
+//! and env values are kept as written, for the scheduler to substitute per
+//! instance (`substitute_item`):
+//!
+//! ```yaml
+//!   - name: process
+//!     depends_on: [list]
+//!     for_each: {from: list/shards}
+//!     command: [python3, process.py, "{{item}}"]
+//! ```
+//!
 //! `code: <dir>` (relative to the spec file) is packed by `drover submit`
 //! into a snapshot every task gets read-only at `$DROVER_CODE`, which is also
 //! its working directory; a task's `workdir: <path>` is relative to the
@@ -52,6 +65,7 @@
 
 mod code;
 pub mod condition;
+mod for_each;
 mod matrix;
 mod quantity;
 mod raw;
@@ -66,7 +80,7 @@ use std::collections::BTreeMap;
 
 pub use quantity::{parse_cpu, parse_duration, parse_memory};
 pub use schema::json_schema;
-pub use template::TemplateError;
+pub use template::{has_item_template, substitute_item, TemplateError};
 /// The label rules agents and node selectors share.
 pub use validate::{is_label_key, is_label_value};
 /// The queue and priority rules the spec, the scheduler and the CLI share.

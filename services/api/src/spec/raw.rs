@@ -80,6 +80,19 @@ pub(crate) struct RawTask {
     pub max_parallel: Option<String>,
     /// Working directory inside the code snapshot (default: its root); needs `code`.
     pub workdir: Option<String>,
+    /// Run once per element of the JSON array an upstream output holds.
+    pub for_each: Option<RawForEach>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "for_each (a mapping with `from: <task>/<output>`)"
+)]
+pub(crate) struct RawForEach {
+    /// `<task>/<output>`: an upstream output holding a JSON array; each
+    /// instance sees its element as {{item}} (or {{item.<field>}}).
+    pub from: Option<String>,
 }
 
 /// `matrix:` as written: names with their lists of values, in the order

@@ -1,6 +1,9 @@
 //! `{{params.NAME}}` and, in a task with a `matrix`, `{{matrix.NAME}}`
-//! substitution. Those two forms are the whole language: no filters, no
-//! expressions, no escapes; `}}` on its own is plain text.
+//! substitution; in a task with `for_each`, `{{item}}` and
+//! `{{item.FIELD}}` are kept as written at submit and substituted per
+//! instance at run time ([`substitute_item`]). Those forms are the whole
+//! language: no filters, no expressions, no escapes; `}}` on its own is
+//! plain text.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +20,12 @@ pub enum TemplateError {
     Unterminated { text: String },
     #[error("unsupported template `{template}` (only `{{{{params.NAME}}}}` and `{{{{matrix.NAME}}}}` are supported)")]
     Unsupported { template: String },
+    #[error("`{template}` needs `for_each` on the task")]
+    NoForEach { template: String },
+    #[error("`{template}` needs an object item, got `{item}`")]
+    ItemNotObject { template: String, item: String },
+    #[error("`{template}`: the item has no field `{field}`")]
+    NoItemField { template: String, field: String },
 }
 
 /// What templates may refer to.
@@ -25,6 +34,17 @@ pub(crate) struct Scope<'a> {
     pub params: &'a BTreeMap<String, String>,
     /// The instance's matrix values; None outside a task with a matrix.
     pub matrix: Option<&'a BTreeMap<String, String>>,
+    /// The task has `for_each`: `{{item…}}` is kept for the instances.
+    pub for_each: bool,
+}
+
+/// `{{item}}` or `{{item.FIELD}}` (spaces allowed inside the braces): the
+/// field, or Some("") for the whole item.
+fn item_reference(inner: &str) -> Option<&str> {
+    if inner == "item" {
+        return Some("");
+    }
+    inner.strip_prefix("item.").filter(|f| is_param_name(f))
 }
 
 /// Replaces every `{{params.NAME}}` and `{{matrix.NAME}}` (spaces allowed
@@ -44,6 +64,16 @@ pub(crate) fn substitute(text: &str, scope: Scope<'_>) -> Result<String, Templat
         let template = &rest[start..start + 2 + len + 2];
         let inner = after_open[..len].trim();
         let reference = |prefix: &str| inner.strip_prefix(prefix).filter(|n| is_param_name(n));
+        if item_reference(inner).is_some() {
+            if !scope.for_each {
+                return Err(TemplateError::NoForEach {
+                    template: template.to_owned(),
+                });
+            }
+            out.push_str(template);
+            rest = &after_open[len + 2..];
+            continue;
+        }
         let value = if let Some(name) = reference("params.") {
             scope
                 .params
@@ -74,6 +104,66 @@ pub(crate) fn substitute(text: &str, scope: Scope<'_>) -> Result<String, Templat
     Ok(out)
 }
 
+/// Replaces `{{item}}` (the item: a string as is, anything else as JSON)
+/// and `{{item.FIELD}}` (a field of an object item, likewise) in text
+/// that params and matrix substitution already went through; other
+/// `{{…}}` text is left as it is.
+pub fn substitute_item(text: &str, item: &serde_json::Value) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after_open = &rest[start + 2..];
+        let Some(len) = after_open.find("}}") else {
+            break;
+        };
+        let template = &rest[start..start + 2 + len + 2];
+        out.push_str(&rest[..start]);
+        rest = &after_open[len + 2..];
+        let Some(field) = item_reference(after_open[..len].trim()) else {
+            out.push_str(template);
+            continue;
+        };
+        let value = if field.is_empty() {
+            item
+        } else {
+            let object = item
+                .as_object()
+                .ok_or_else(|| TemplateError::ItemNotObject {
+                    template: template.to_owned(),
+                    item: item.to_string(),
+                })?;
+            object
+                .get(field)
+                .ok_or_else(|| TemplateError::NoItemField {
+                    template: template.to_owned(),
+                    field: field.to_owned(),
+                })?
+        };
+        match value {
+            serde_json::Value::String(s) => out.push_str(s),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Whether `text` has an `{{item}}` or `{{item.FIELD}}` template.
+pub fn has_item_template(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after_open = &rest[start + 2..];
+        let Some(len) = after_open.find("}}") else {
+            return false;
+        };
+        if item_reference(after_open[..len].trim()).is_some() {
+            return true;
+        }
+        rest = &after_open[len + 2..];
+    }
+    false
+}
+
 /// `[A-Za-z_][A-Za-z0-9_-]*`: what may follow `params.` in a template.
 pub(crate) fn is_param_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -102,6 +192,7 @@ mod tests {
         Scope {
             params,
             matrix: None,
+            for_each: false,
         }
     }
 
@@ -173,6 +264,7 @@ mod tests {
         let inside = Scope {
             params: &p,
             matrix: Some(&m),
+            for_each: false,
         };
         assert_eq!(
             substitute(
@@ -193,6 +285,49 @@ mod tests {
                 .to_string(),
             "`{{matrix.lr}}` needs a `matrix` on the task"
         );
+    }
+
+    #[test]
+    fn item_templates_are_kept_at_submit_and_substituted_per_instance() {
+        let p = params();
+        let mapped = Scope {
+            params: &p,
+            matrix: None,
+            for_each: true,
+        };
+        assert_eq!(
+            substitute("--lr={{params.lr}} {{ item }} {{item.x}}", mapped),
+            Ok("--lr=0.1 {{ item }} {{item.x}}".to_owned())
+        );
+        assert_eq!(
+            substitute("{{item}}", scope(&p)).unwrap_err().to_string(),
+            "`{{item}}` needs `for_each` on the task"
+        );
+        let s = serde_json::json!("a b");
+        assert_eq!(substitute_item("x={{ item }}", &s), Ok("x=a b".to_owned()));
+        let n = serde_json::json!(3);
+        assert_eq!(substitute_item("{{item}}", &n), Ok("3".to_owned()));
+        let o = serde_json::json!({"lr": 0.1, "name": "a"});
+        assert_eq!(
+            substitute_item("{{item.name}}:{{item.lr}} {{x}}", &o),
+            Ok("a:0.1 {{x}}".to_owned())
+        );
+        assert_eq!(
+            substitute_item("{{item}}", &o),
+            Ok(r#"{"lr":0.1,"name":"a"}"#.to_owned())
+        );
+        assert_eq!(
+            substitute_item("{{item.nope}}", &o)
+                .unwrap_err()
+                .to_string(),
+            "`{{item.nope}}`: the item has no field `nope`"
+        );
+        assert_eq!(
+            substitute_item("{{item.x}}", &s).unwrap_err().to_string(),
+            "`{{item.x}}` needs an object item, got `\"a b\"`"
+        );
+        assert!(has_item_template("a {{ item.x }}"));
+        assert!(!has_item_template("a {{params.x}}"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::code;
 use super::condition;
+use super::for_each;
 use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
 use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
@@ -126,6 +127,7 @@ pub(crate) fn resolve(
         ));
     }
     check_upstream(&specs, &names, &graph, &deps, main)?;
+    for_each::check_producers(&specs, &names, &deps, main)?;
     code::check_workdirs(&code, &specs, &names)?;
 
     Ok(pb::PipelineSpec {
@@ -141,10 +143,10 @@ pub(crate) fn resolve(
 }
 
 /// What a task may refer to in other tasks.
-struct Graph<'a> {
-    index: HashMap<&'a str, usize>,
+pub(super) struct Graph<'a> {
+    pub index: HashMap<&'a str, usize>,
     /// Declared output names per task, as written.
-    outputs: HashMap<&'a str, HashSet<&'a str>>,
+    pub outputs: HashMap<&'a str, HashSet<&'a str>>,
 }
 
 /// A task's instances: itself without a matrix, one per combination with.
@@ -158,16 +160,30 @@ fn resolve_instances(
         None => 0,
         Some(text) => positive("max_parallel", text, parse_count(text))?,
     };
+    if let Some(raw_for_each) = &raw.for_each {
+        let from = for_each::resolve(raw_for_each, raw.matrix.is_some(), name, graph)?;
+        let scope = Scope {
+            params,
+            matrix: None,
+            for_each: true,
+        };
+        let mut spec = resolve_task(raw, name, graph, scope)?;
+        for_each::check_templates(&spec)?;
+        spec.for_each = Some(from);
+        spec.max_parallel = max_parallel;
+        return Ok(vec![spec]);
+    }
     let Some(matrix) = &raw.matrix else {
         if max_parallel > 0 {
             return Err(TaskError::Needs {
                 field: "max_parallel",
-                needs: "a matrix",
+                needs: "a matrix or for_each",
             });
         }
         let scope = Scope {
             params,
             matrix: None,
+            for_each: false,
         };
         return Ok(vec![resolve_task(raw, name, graph, scope)?]);
     };
@@ -179,6 +195,7 @@ fn resolve_instances(
             let scope = Scope {
                 params,
                 matrix: Some(&instance.values),
+                for_each: false,
             };
             let mut spec = resolve_task(raw, name, graph, scope)?;
             spec.name = format!("{name}{}", instance.suffix);
@@ -818,7 +835,7 @@ fn check_upstream(
 }
 
 /// Which tasks `start` depends on, directly or transitively.
-fn reachable(start: usize, deps: &[Vec<usize>]) -> Vec<bool> {
+pub(super) fn reachable(start: usize, deps: &[Vec<usize>]) -> Vec<bool> {
     let mut seen = vec![false; deps.len()];
     let mut todo = deps[start].clone();
     while let Some(node) = todo.pop() {

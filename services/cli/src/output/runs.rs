@@ -85,7 +85,7 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     let width = run
         .tasks
         .iter()
-        .map(|t| shown_name(&t.name, t.finally).len())
+        .map(|t| shown_name(t).len())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -119,7 +119,7 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         let _ = writeln!(
             out,
             "{:<width$}  {:<10}  {:>8}  {:<16}  {:>8}  {}",
-            shown_name(&t.name, t.finally),
+            shown_name(t),
             task_state(t.state()),
             t.attempts.len(),
             agent,
@@ -130,12 +130,31 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
     out
 }
 
-/// A task's name as tables show it: `finally` tasks marked.
-fn shown_name(name: &str, finally: bool) -> String {
+/// A task's name with `finally` tasks marked.
+fn finally_name(name: &str, finally: bool) -> String {
     if finally {
         format!("{name} (finally)")
     } else {
         name.to_owned()
+    }
+}
+
+/// Most characters of a `for_each` item a table shows.
+const ITEM_WIDTH: usize = 24;
+
+/// A task's name as tables show it: `finally` tasks marked, `for_each`
+/// instances with their item.
+fn shown_name(t: &pb::Task) -> String {
+    if t.finally {
+        finally_name(&t.name, true)
+    } else if !t.item.is_empty() {
+        let mut item: String = t.item.chars().take(ITEM_WIDTH).collect();
+        if item.len() < t.item.len() {
+            item.push('…');
+        }
+        format!("{} ({item})", t.name)
+    } else {
+        t.name.clone()
     }
 }
 
@@ -159,7 +178,7 @@ pub fn run_json(run: &pb::Run) -> Value {
 }
 
 fn task_json(t: &pb::Task) -> Value {
-    json!({
+    let mut v = json!({
         "name": t.name,
         "state": json_name(&task_state(t.state())),
         "depends_on": t.depends_on,
@@ -168,7 +187,11 @@ fn task_json(t: &pb::Task) -> Value {
         "retry_at_ms": t.retry_at_ms,
         "unschedulable": t.unschedulable,
         "attempts": t.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
-    })
+    });
+    if let (false, Some(o)) = (t.item.is_empty(), v.as_object_mut()) {
+        o.insert("item".into(), json!(t.item));
+    }
+    v
 }
 
 fn attempt_json(a: &pb::Attempt) -> Value {
@@ -275,11 +298,17 @@ pub fn dry_run_table(spec: &pb::PipelineSpec) -> String {
             if !t.workdir.is_empty() {
                 runs.push_str(&format!(" (in {})", t.workdir));
             }
-            let cap = match t.max_parallel {
+            let mut cap = match t.max_parallel {
                 0 => String::new(),
                 n => format!(" (max_parallel {n})"),
             };
-            vec![shown_name(&t.name, t.finally) + &cap, after, runs]
+            if let Some(from) = &t.for_each {
+                cap.push_str(&format!(
+                    " (for_each {}/{})",
+                    from.from_task, from.from_output
+                ));
+            }
+            vec![finally_name(&t.name, t.finally) + &cap, after, runs]
         })
         .collect();
     // Conditions only when there are some: most pipelines have none.

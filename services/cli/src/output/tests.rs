@@ -378,3 +378,36 @@ fn watch_prints_only_changes() {
     assert_eq!(*state, pb::TaskState::Failed);
     assert!(line.contains("Failed") && line.contains("exited with code 3"));
 }
+
+#[test]
+fn for_each_instances_show_their_item() -> TestResult {
+    let instance = |name: &str, item: &str| pb::Task {
+        name: name.into(),
+        state: pb::TaskState::Succeeded as i32,
+        item: item.into(),
+        ..Default::default()
+    };
+    let run = pb::Run {
+        tasks: vec![
+            instance("work", ""),
+            instance("work[0]", "shard-a"),
+            instance("work[1]", r#"{"path": "a/very/long/path/to/a/shard.csv"}"#),
+        ],
+        ..Default::default()
+    };
+    let text = run_table(&run, 0);
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .map(str::to_owned)
+    };
+    assert!(line("work[0] (shard-a) ").is_some(), "{text}");
+    assert!(
+        line(r#"work[1] ({"path": "a/very/long/pa…) "#).is_some(),
+        "{text}"
+    );
+    let v = run_json(&run);
+    assert_eq!(v["tasks"][1]["item"], "shard-a");
+    assert!(v["tasks"][0].get("item").is_none(), "{v}");
+    Ok(())
+}

@@ -17,6 +17,7 @@ fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
             backoff_ms: 1_000,
             finally: false,
             conditional: false,
+            for_each: false,
         })
         .collect()
 }
@@ -612,6 +613,7 @@ fn wide_fan_out_becomes_ready_together() {
             backoff_ms: 0,
             finally: false,
             conditional: false,
+            for_each: false,
         })
         .collect();
     let (mut dag, _) = RunDag::new(d, true);
@@ -935,3 +937,4 @@ fn a_stored_pending_task_is_derived_again_on_restore() -> TestResult {
 
 mod condition;
 mod finally;
+mod for_each;

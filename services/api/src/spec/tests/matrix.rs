@@ -72,7 +72,7 @@ fn matrix_mistakes_are_rejected_naming_the_task_and_field() {
     );
     assert_eq!(
         task_rejection("{name: t, max_parallel: 2, command: [x]}"),
-        "task `t`: max_parallel: needs a matrix"
+        "task `t`: max_parallel: needs a matrix or for_each"
     );
     assert_eq!(
         task_rejection("{name: t, matrix: [a, b], command: [x]}"),

@@ -8,6 +8,7 @@ use super::*;
 use crate::pb;
 
 mod finally;
+mod for_each;
 mod matrix;
 mod rejections;
 mod when;
@@ -131,6 +132,7 @@ fn example_resolves_to_the_expected_proto() {
                 pull_policy: pb::PullPolicy::IfNotPresent.into(),
                 // Not a matrix instance.
                 matrix_task: String::new(),
+                for_each: None,
                 matrix: Default::default(),
                 max_parallel: 0,
                 finally: false,
