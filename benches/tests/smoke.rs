@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use drover_api::pb;
 use drover_bench::floors::{self, FloorSizes};
-use drover_bench::sim::{SimOptions, Simulator, SIMULATED_LABEL};
+use drover_bench::sim::{SimOptions, SimOutputs, Simulator, SIMULATED_LABEL};
 use drover_bench::specs;
 use drover_devcluster::Server;
 
@@ -49,6 +49,7 @@ async fn run_to_end(server: &str, yaml: String) -> pb::Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
+    const MAP_ITEMS: usize = 10_000;
     let etcd = Server::etcd(None).await.unwrap();
     let nats = Server::nats(None).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -80,7 +81,14 @@ async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
         cpu_millis: 1000,
         memory_bytes: 1 << 30,
         heartbeat_interval: Duration::from_millis(200),
-        outputs: None,
+        // What a declared output holds: the map's list below (the other
+        // specs declare none).
+        outputs: Some(SimOutputs {
+            dir: tmp.path().to_path_buf(),
+            content: std::sync::Arc::new(
+                serde_json::to_vec(&(0..MAP_ITEMS).collect::<Vec<usize>>()).unwrap(),
+            ),
+        }),
     })
     .await
     .unwrap();
@@ -96,11 +104,18 @@ async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
         assert!(a.agent_id.starts_with("sim-"), "{t:#?}");
         assert!(a.started_at_ms > 0 && a.finished_at_ms >= a.started_at_ms);
     }
+    // A for_each over 10,000 items: one instance each, then the run ends.
+    let map = run_to_end(&server, specs::map()).await;
+    assert_eq!(map.state(), pb::RunState::Succeeded, "{:?}", map.message);
+    assert_eq!(map.tasks.len(), 2 + MAP_ITEMS);
+    assert!(map.tasks[2..]
+        .iter()
+        .all(|t| t.state() == pb::TaskState::Succeeded));
     assert_eq!(
         sim.stats
             .finished
             .load(std::sync::atomic::Ordering::Relaxed),
-        35
+        35 + 1 + MAP_ITEMS as u64
     );
     // The first turn hands each agent a batch of 8 tasks: their events go
     // back in one message each, which the scheduler must read as 8 events.
