@@ -570,17 +570,8 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
             "task `a`: resources.memory: invalid quantity `4GB` (use e.g. 512Mi, 4Gi, 1G)",
         ),
     ];
-    let mut client = c.client().await;
     for (yaml, want) in cases {
-        let err = client
-            .submit_run(pb::SubmitRunRequest {
-                spec_yaml: yaml.to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{yaml}");
-        assert_eq!(err.message(), *want, "{yaml}");
+        c.assert_refused(yaml, want).await;
     }
     let err = c
         .submit_with(
@@ -594,14 +585,7 @@ async fn invalid_specs_are_rejected_and_nothing_is_written() {
         err.message(),
         "param `nope` is not declared in the spec's params"
     );
-    // Nothing of any run: no run record, task record or spec chunk.
-    let keys = c.etcd_keys().await;
-    assert!(
-        !keys
-            .iter()
-            .any(|k| k.contains("/runs/") || k.contains("/tasks/") || k.contains("/specs/")),
-        "{keys:?}"
-    );
+    c.assert_no_run_written().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

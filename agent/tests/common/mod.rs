@@ -378,6 +378,13 @@ impl EventReader {
             let msg = match tokio::time::timeout_at(deadline, self.messages.next()).await {
                 Err(_) => return Ok(None),
                 Ok(None) => bail!("event stream ended"),
+                // A heartbeat the server sent late (a loaded machine) is
+                // not a lost event: the pull goes on.
+                Ok(Some(Err(e)))
+                    if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat =>
+                {
+                    continue
+                }
                 Ok(Some(msg)) => msg.map_err(|e| anyhow!("reading events: {e}"))?,
             };
             if msg.subject.as_str() != single && msg.subject.as_str() != batch {

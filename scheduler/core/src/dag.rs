@@ -743,16 +743,31 @@ impl RunDag {
         }
     }
 
+    /// Whether every upstream task of `task` succeeded.
+    fn upstream_succeeded(&self, task: usize) -> bool {
+        self.defs[task]
+            .deps
+            .iter()
+            .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
+    }
+
+    /// Whether `task`, still Pending and not expanded, could start now: free
+    /// to start and every upstream task succeeded. What it waits for then
+    /// (a verdict, a list) depends on its kind.
+    fn pending_and_free(&self, task: usize) -> bool {
+        self.tasks[task].status == TaskStatus::Pending
+            && !self.groups.contains_key(&task)
+            && !self.stopping_for(task)
+            && self.may_start(task)
+            && self.upstream_succeeded(task)
+    }
+
     /// `task` becomes Ready at `now` if every upstream task succeeded.
     fn ready_if_upstream_succeeded(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
         if self.stopping_for(task) || !self.may_start(task) {
             return;
         }
-        let deps = &self.defs[task].deps;
-        if deps
-            .iter()
-            .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
-        {
+        if self.upstream_succeeded(task) {
             if let Some(group) = self.groups.get(&task) {
                 if group.left == 0 {
                     self.complete_group(task, now, fx);

@@ -430,6 +430,32 @@ impl Cluster {
     }
 
     /// Every etcd key under this cluster's prefix.
+    /// Submits `yaml` and expects it refused with InvalidArgument and `want`.
+    pub async fn assert_refused(&self, yaml: &str, want: &str) {
+        let err = self
+            .client()
+            .await
+            .submit_run(pb::SubmitRunRequest {
+                spec_yaml: yaml.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{yaml}");
+        assert_eq!(err.message(), want, "{yaml}");
+    }
+
+    /// Nothing of any run is in etcd: no run record, task record or spec chunk.
+    pub async fn assert_no_run_written(&self) {
+        let keys = self.etcd_keys().await;
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.contains("/runs/") || k.contains("/tasks/") || k.contains("/specs/")),
+            "{keys:?}"
+        );
+    }
+
     pub async fn etcd_keys(&self) -> Vec<String> {
         let mut client = etcd_client::Client::connect([&self.etcd.url], None)
             .await

@@ -58,14 +58,6 @@ impl RunDag {
     /// Whether `task` waits for its condition to be evaluated: Pending,
     /// conditional, free to start, with every upstream task succeeded.
     pub(super) fn awaits_verdict(&self, task: usize) -> bool {
-        self.tasks[task].status == TaskStatus::Pending
-            && self.defs[task].conditional
-            && !self.groups.contains_key(&task)
-            && !self.stopping_for(task)
-            && self.may_start(task)
-            && self.defs[task]
-                .deps
-                .iter()
-                .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
+        self.defs[task].conditional && self.pending_and_free(task)
     }
 }

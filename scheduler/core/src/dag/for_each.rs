@@ -59,16 +59,7 @@ impl RunDag {
     /// Whether `task` waits for its list: Pending, `for_each`, not yet
     /// expanded, free to start, every upstream task succeeded.
     pub fn awaits_expansion(&self, task: usize) -> bool {
-        task < self.tasks.len()
-            && self.tasks[task].status == TaskStatus::Pending
-            && self.defs[task].for_each
-            && !self.groups.contains_key(&task)
-            && !self.stopping_for(task)
-            && self.may_start(task)
-            && self.defs[task]
-                .deps
-                .iter()
-                .all(|&d| self.tasks[d].status == TaskStatus::Succeeded)
+        task < self.tasks.len() && self.defs[task].for_each && self.pending_and_free(task)
     }
 
     /// The list of `task` has `count` items: its instances become Ready.
