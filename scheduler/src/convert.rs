@@ -2,7 +2,8 @@
 
 use drover_api::pb;
 use drover_scheduler_core::dag::{
-    Artifact, Attempt, AttemptStatus, RunDag, RunState, RunStatus, TaskDef, TaskRun, TaskStatus,
+    Artifact, Attempt, AttemptSource, AttemptStatus, RunDag, RunState, RunStatus, TaskDef, TaskRun,
+    TaskStatus,
 };
 
 use crate::store::StoredRun;
@@ -203,13 +204,28 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
             .map(|(index, uuid)| pb::GpuRef {
                 index: *index,
                 uuid: uuid.clone(),
+                ..Default::default()
             })
             .collect(),
+        image_digest: a.image_digest.clone(),
+        cache_key: a.cache_key.clone().unwrap_or_default(),
+        cached_from: a.cached_from.as_ref().map(|s| pb::AttemptSource {
+            run_id: s.run.clone(),
+            task: s.task.clone(),
+            attempt: s.attempt,
+        }),
     }
 }
 
 fn core_attempt(a: &pb::Attempt) -> Attempt {
     Attempt {
+        image_digest: a.image_digest.clone(),
+        cache_key: (!a.cache_key.is_empty()).then(|| a.cache_key.clone()),
+        cached_from: a.cached_from.as_ref().map(|s| AttemptSource {
+            run: s.run_id.clone(),
+            task: s.task.clone(),
+            attempt: s.attempt,
+        }),
         number: a.number,
         agent: a.agent_id.clone(),
         status: attempt_status(a.state()),
@@ -334,6 +350,9 @@ mod tests {
         let t = TaskRun {
             status: TaskStatus::RetryWait,
             attempts: vec![Attempt {
+                image_digest: String::new(),
+                cache_key: None,
+                cached_from: None,
                 number: 1,
                 agent: "a".into(),
                 status: AttemptStatus::Failed,

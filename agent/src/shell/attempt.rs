@@ -384,6 +384,7 @@ async fn conclude(
                 outputs,
                 log_key,
                 log_empty,
+                ..Default::default()
             });
             (event, TaskOutcome::Succeeded)
         }

@@ -589,6 +589,7 @@ pub fn with_gpus(mut a: Assignment, gpus: &[(u32, &str)]) -> Assignment {
         .map(|(index, uuid)| GpuRef {
             index: *index,
             uuid: (*uuid).to_owned(),
+            ..Default::default()
         })
         .collect();
     a

@@ -306,6 +306,7 @@ fn run_to_end(mut dag: RunDag, mut fx: Vec<Effect>, items: usize) -> usize {
         let assigned = dag
             .apply(
                 Event::Assign {
+                    cache_key: None,
                     task,
                     agent: "agent-1".into(),
                     gpus: Vec::new(),
@@ -325,6 +326,7 @@ fn run_to_end(mut dag: RunDag, mut fx: Vec<Effect>, items: usize) -> usize {
         fx = dag
             .apply(
                 Event::Succeeded {
+                    image_digest: String::new(),
                     task,
                     attempt,
                     started_at: None,

@@ -108,6 +108,21 @@ pub struct Attempt {
     pub log_empty: bool,
     /// GPUs given to the attempt: (agent's NVML index, UUID).
     pub gpus: Vec<(u32, String)>,
+    /// The image the agent ran, as `sha256:…` (empty: not a container, or
+    /// not reported).
+    pub image_digest: String,
+    /// The attempt's cache key (lowercase hex); None: not cacheable.
+    pub cache_key: Option<String>,
+    /// Never ran: its result is this earlier attempt's, whose key matched.
+    pub cached_from: Option<AttemptSource>,
+}
+
+/// One attempt of one task of one run, named as a user reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptSource {
+    pub run: String,
+    pub task: String,
+    pub attempt: u32,
 }
 
 /// A task's changing state: what the shell stores once it has an attempt.
@@ -178,6 +193,8 @@ pub enum Event {
         task: usize,
         agent: String,
         gpus: Vec<(u32, String)>,
+        /// The attempt's cache key, recorded with it.
+        cache_key: Option<String>,
     },
     /// The agent refused the assignment or never answered. Not a retry.
     AssignFailed {
@@ -205,6 +222,8 @@ pub enum Event {
         log_key: String,
         /// The attempt wrote nothing; no log object was stored.
         log_empty: bool,
+        /// The image that ran (`sha256:…`; empty for a process).
+        image_digest: String,
     },
     Failed {
         task: usize,
@@ -512,7 +531,12 @@ impl RunDag {
     pub fn apply(&mut self, event: Event, now: Millis) -> Result<Vec<Effect>, Stale> {
         let mut fx = Vec::new();
         match event {
-            Event::Assign { task, agent, gpus } => {
+            Event::Assign {
+                task,
+                agent,
+                gpus,
+                cache_key,
+            } => {
                 if self.tasks.get(task).map(|t| t.status) != Some(TaskStatus::Ready)
                     || self.stopping_for(task)
                 {
@@ -534,6 +558,9 @@ impl RunDag {
                     log_key: String::new(),
                     log_empty: false,
                     gpus,
+                    image_digest: String::new(),
+                    cache_key,
+                    cached_from: None,
                 });
                 self.set_status(task, TaskStatus::Assigned, "");
                 fx.push(Effect::Assign {
@@ -575,6 +602,7 @@ impl RunDag {
                 outputs,
                 log_key,
                 log_empty,
+                image_digest,
             } => {
                 self.live_attempt(task, attempt)?;
                 self.infer_start(task, started_at);
@@ -587,6 +615,7 @@ impl RunDag {
                     a.outputs = outputs;
                     a.log_key = log_key;
                     a.log_empty = log_empty;
+                    a.image_digest = image_digest;
                 }));
                 self.set_status(task, TaskStatus::Succeeded, "");
                 for k in 0..self.dependents[task].len() {

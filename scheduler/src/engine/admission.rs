@@ -387,6 +387,7 @@ impl EngineState {
                 continue;
             };
             let ev = Event::Assign {
+                cache_key: None,
                 task: task.0,
                 agent,
                 gpus: admit.placement.gpus.clone(),

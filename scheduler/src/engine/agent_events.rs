@@ -44,6 +44,7 @@ impl EngineState {
         let core = match ev.kind {
             Some(pb::attempt_event::Kind::Started(_)) => Event::Started { task, attempt },
             Some(pb::attempt_event::Kind::Succeeded(s)) => Event::Succeeded {
+                image_digest: s.image_digest,
                 task,
                 attempt,
                 started_at,

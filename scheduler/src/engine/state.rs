@@ -646,6 +646,7 @@ impl EngineState {
                     .map(|(index, uuid)| pb::GpuRef {
                         index: *index,
                         uuid: uuid.clone(),
+                        ..Default::default()
                     })
                     .collect()
             })

@@ -78,6 +78,10 @@ enum Command {
         /// resolved commands) without contacting a scheduler.
         #[arg(long)]
         dry_run: bool,
+        /// Run every task: take no result from the step cache (the run's
+        /// results are still recorded for later runs).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Print the CLI's version and, when one answers, the scheduler's.
     Version,
@@ -341,6 +345,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             queue,
             priority,
             dry_run,
+            no_cache,
         } => {
             let spec_yaml = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -383,6 +388,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     queue: queue.unwrap_or_default(),
                     priority,
                     code_sha256,
+                    no_cache,
                 })
                 .instrument(span)
                 .await?

@@ -46,6 +46,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
     let fx = dag
         .apply(
             Event::Assign {
+                cache_key: None,
                 task,
                 agent: "a1".into(),
                 gpus: vec![],
@@ -61,6 +62,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
         .expect("the attempt was just assigned");
     dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task,
             attempt,
             started_at: None,
@@ -77,6 +79,7 @@ fn run_ok(dag: &mut RunDag, task: usize, now: Millis) -> Vec<Effect> {
 fn assign(dag: &mut RunDag, task: usize) {
     dag.apply(
         Event::Assign {
+            cache_key: None,
             task,
             agent: "a1".into(),
             gpus: vec![],
@@ -110,6 +113,7 @@ fn stopped(task: usize, attempt: u32) -> Event {
 /// The agent's report of an attempt that exited 0 and wrote nothing.
 fn succeed(task: usize, attempt: u32) -> Event {
     Event::Succeeded {
+        image_digest: String::new(),
         task,
         attempt,
         started_at: None,
@@ -171,6 +175,7 @@ fn attempt_records_agent_times_and_outputs() -> TestResult {
     let (mut dag, _) = diamond(true);
     dag.apply(
         Event::Assign {
+            cache_key: None,
             task: 0,
             agent: "gpu-1".into(),
             gpus: vec![],
@@ -193,6 +198,7 @@ fn attempt_records_agent_times_and_outputs() -> TestResult {
     };
     let fx = dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 0,
             attempt: 1,
             started_at: None,
@@ -227,6 +233,7 @@ fn events_for_old_or_unknown_attempts_are_stale() -> TestResult {
     assert!(dag.apply(fail(99, 1), 20).is_err(), "no such task");
     // A duplicate success after the first is ignored.
     let ok = Event::Succeeded {
+        image_digest: String::new(),
         task: 0,
         attempt,
         started_at: None,
@@ -244,6 +251,7 @@ fn events_for_old_or_unknown_attempts_are_stale() -> TestResult {
 fn cannot_assign_a_task_that_is_not_ready() {
     let (mut dag, _) = diamond(true);
     let e = Event::Assign {
+        cache_key: None,
         task: 3,
         agent: "a1".into(),
         gpus: vec![],
@@ -280,6 +288,7 @@ fn failure_with_retries_waits_with_exponential_backoff() -> TestResult {
     let a3 = start(&mut dag, 0);
     let fx = dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 0,
             attempt: a3,
             started_at: None,
@@ -354,6 +363,7 @@ fn without_fail_fast_independent_branches_finish() -> TestResult {
     assert_eq!(status(&dag, "b"), TaskStatus::Skipped);
     let fx = dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 2,
             attempt: x,
             started_at: None,
@@ -427,6 +437,7 @@ fn refused_assignment_returns_task_to_ready_without_using_a_retry() -> TestResul
     let (mut dag, _) = diamond(true);
     dag.apply(
         Event::Assign {
+            cache_key: None,
             task: 0,
             agent: "a1".into(),
             gpus: vec![],
@@ -445,6 +456,7 @@ fn refused_assignment_returns_task_to_ready_without_using_a_retry() -> TestResul
     assert_eq!(dag.task(0).retries_used, 0);
     let fx = dag.apply(
         Event::Assign {
+            cache_key: None,
             task: 0,
             agent: "a2".into(),
             gpus: vec![],
@@ -479,6 +491,7 @@ fn restore_derives_unstored_tasks_and_resends_unconfirmed_work() -> TestResult {
     run_ok(&mut dag, 0, 1);
     dag.apply(
         Event::Assign {
+            cache_key: None,
             task: 1,
             agent: "a1".into(),
             gpus: vec![],
@@ -521,6 +534,9 @@ fn restore_derives_skipped_and_cancelled() {
     let failed = TaskRun {
         status: TaskStatus::Failed,
         attempts: vec![Attempt {
+            image_digest: String::new(),
+            cache_key: None,
+            cached_from: None,
             number: 1,
             agent: "x".into(),
             status: AttemptStatus::Failed,
@@ -734,6 +750,7 @@ fn a_preempted_task_that_finishes_first_just_succeeds() -> TestResult {
     )?;
     let fx = dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 0,
             attempt: a,
             started_at: None,
@@ -821,6 +838,7 @@ fn a_final_event_carrying_the_start_records_it_as_if_started_first() -> TestResu
     assign(&mut dag, 1);
     dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 0,
             attempt: 1,
             started_at: Some(12),
@@ -841,6 +859,7 @@ fn a_final_event_carrying_the_start_records_it_as_if_started_first() -> TestResu
     let attempt = start(&mut dag, 0);
     dag.apply(
         Event::Succeeded {
+            image_digest: String::new(),
             task: 0,
             attempt,
             started_at: Some(3),

@@ -139,6 +139,8 @@ fn example_resolves_to_the_expected_proto() {
                 when: String::new(),
                 // No `code:`: the scratch directory.
                 workdir: String::new(),
+                // No `cache:`: the default (off here: no outputs).
+                cache: None,
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.
