@@ -174,7 +174,7 @@ pub fn artifact(a: &pb::Artifact) -> Artifact {
     }
 }
 
-fn pb_artifact(a: &Artifact) -> pb::Artifact {
+pub fn pb_artifact(a: &Artifact) -> pb::Artifact {
     pb::Artifact {
         name: a.name.clone(),
         key: a.key.clone(),

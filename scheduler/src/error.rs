@@ -26,6 +26,8 @@ pub enum SchedulerError {
     TaskNotFound { run: String, task: String },
     #[error("{0}")]
     LogNotFound(String),
+    #[error("cache entry `{0}` not found")]
+    CacheEntryNotFound(String),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("nats: {0}")]
@@ -60,7 +62,8 @@ impl From<SchedulerError> for tonic::Status {
             | SchedulerError::QueueNotFound(_)
             | SchedulerError::AgentNotFound(_)
             | SchedulerError::TaskNotFound { .. }
-            | SchedulerError::LogNotFound(_) => Code::NotFound,
+            | SchedulerError::LogNotFound(_)
+            | SchedulerError::CacheEntryNotFound(_) => Code::NotFound,
             SchedulerError::Conflict => Code::Aborted,
             SchedulerError::Etcd(_)
             | SchedulerError::Nats(_)

@@ -251,6 +251,7 @@ impl Scheduler for Api {
             trace_id,
             root_span_id,
             trace_parent_span_id,
+            no_cache: req.no_cache,
             ..Default::default()
         };
         let span = tracing::info_span!("submit run", run = %run_id);
@@ -417,6 +418,47 @@ impl Scheduler for Api {
     ) -> Result<Response<pb::CodeRef>, Status> {
         let code = crate::code::put(&self.artifacts, self.max_code_bytes, req.into_inner()).await?;
         Ok(Response::new(code))
+    }
+
+    async fn list_cache(
+        &self,
+        req: Request<pb::ListCacheRequest>,
+    ) -> Result<Response<pb::ListCacheResponse>, Status> {
+        let entries = self.engine.list_cache(req.into_inner().task).await?;
+        Ok(Response::new(pb::ListCacheResponse { entries }))
+    }
+
+    async fn forget_cache(
+        &self,
+        req: Request<pb::ForgetCacheRequest>,
+    ) -> Result<Response<pb::ForgetCacheResponse>, Status> {
+        let req = req.into_inner();
+        let forgotten = match (req.key.is_empty(), req.run_id.is_empty()) {
+            (false, true) => {
+                let key = req.key.to_ascii_lowercase();
+                if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(SchedulerError::InvalidArgument {
+                        field: "key",
+                        message: format!("`{}` is not a cache key (64 hex digits)", req.key),
+                    }
+                    .into());
+                }
+                let n = self.engine.forget_cache(key.clone(), String::new()).await?;
+                if n == 0 {
+                    return Err(SchedulerError::CacheEntryNotFound(key).into());
+                }
+                n
+            }
+            (true, false) => self.engine.forget_cache(String::new(), req.run_id).await?,
+            _ => {
+                return Err(SchedulerError::InvalidArgument {
+                    field: "key",
+                    message: "give exactly one of key and run_id".to_owned(),
+                }
+                .into())
+            }
+        };
+        Ok(Response::new(pb::ForgetCacheResponse { forgotten }))
     }
 
     type GetLogsStream = BoxStream<pb::LogChunk>;

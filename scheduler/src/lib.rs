@@ -89,6 +89,7 @@ pub async fn serve(
             preemption_grace: opts.preemption_grace,
             pass_depth: opts.pass_depth as usize,
             placement: opts.placement,
+            cache_ttl: opts.cache_ttl,
         },
         metrics,
     );

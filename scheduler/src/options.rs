@@ -10,6 +10,9 @@ pub fn duration_arg(s: &str) -> Result<Duration, String> {
     drover_api::duration::parse(s)
 }
 
+/// `--cache-ttl`'s default (as its flag writes it: 30d).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// `--pass-depth`'s default.
 pub const DEFAULT_PASS_DEPTH: u32 = 4096;
 
@@ -81,6 +84,10 @@ pub struct SchedulerOptions {
     /// between look at the first 256 only. Bounds a turn's cost with a huge backlog.
     #[arg(long, env = "DROVER_PASS_DEPTH", default_value_t = DEFAULT_PASS_DEPTH, value_parser = clap::value_parser!(u32).range(1..))]
     pub pass_depth: u32,
+    /// How long a step-cache entry is kept (results older than this are
+    /// run again); a task's `cache: {max_age}` can only ask for less.
+    #[arg(long, env = "DROVER_CACHE_TTL", default_value = "30d", value_parser = duration_arg)]
+    pub cache_ttl: Duration,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,

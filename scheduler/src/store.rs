@@ -83,6 +83,8 @@ pub enum RecordKey {
     },
     Agent(AgentId),
     Queue(String),
+    /// A step-cache entry, by its key.
+    Cache(String),
 }
 
 /// One record to write, or to delete (`value` None), and the revision etcd
@@ -163,6 +165,7 @@ impl Store {
             RecordKey::Task { run, name, .. } => self.task_key(run.as_str(), name),
             RecordKey::Agent(agent) => self.agent_key(agent.as_str()),
             RecordKey::Queue(name) => self.queue_key(name),
+            RecordKey::Cache(key) => format!("{}/cache/{key}", self.prefix),
         }
     }
 
@@ -362,6 +365,11 @@ impl Store {
             .iter()
             .map(|kv| Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision())))
             .collect()
+    }
+
+    /// Every step-cache entry, with its revision.
+    pub async fn list_cache(&self) -> Result<Vec<(pb::CacheEntry, i64)>> {
+        self.list("cache", "list_cache").await
     }
 
     pub fn agent_key(&self, agent: &str) -> String {

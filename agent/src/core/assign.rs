@@ -451,6 +451,7 @@ mod tests {
             parts: vec![InputPart {
                 file: "0".into(),
                 key: "runs/r1/t[x=1].1/outputs/m".into(),
+                ..Default::default()
             }],
             listing: b"[]".to_vec(),
             ..Default::default()
@@ -539,6 +540,7 @@ mod tests {
         let part = |file: &str, key: &str| InputPart {
             file: file.into(),
             key: key.into(),
+            ..Default::default()
         };
         let mut a = assignment();
         a.inputs.push(InputArtifact {

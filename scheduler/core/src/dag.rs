@@ -260,6 +260,15 @@ pub enum Event {
         task: usize,
         reason: String,
     },
+    /// A Ready task's cache key matched `from`'s successful attempt: it
+    /// succeeds with that attempt's outputs, without running.
+    Cached {
+        task: usize,
+        key: String,
+        from: AttemptSource,
+        outputs: Vec<Artifact>,
+        image_digest: String,
+    },
 }
 
 /// The outcome of a `when:` condition.
@@ -617,13 +626,7 @@ impl RunDag {
                     a.log_empty = log_empty;
                     a.image_digest = image_digest;
                 }));
-                self.set_status(task, TaskStatus::Succeeded, "");
-                for k in 0..self.dependents[task].len() {
-                    let d = self.dependents[task][k];
-                    if self.tasks[d].status == TaskStatus::Pending {
-                        self.ready_if_upstream_succeeded(d, now, &mut fx);
-                    }
-                }
+                self.succeed(task, now, &mut fx);
             }
             Event::Failed {
                 task,
@@ -715,6 +718,13 @@ impl RunDag {
             },
             Event::Condition { task, verdict } => self.decide(task, verdict, now, &mut fx)?,
             Event::Expanded { task, count } => self.expand(task, count, now, &mut fx)?,
+            Event::Cached {
+                task,
+                key,
+                from,
+                outputs,
+                image_digest,
+            } => self.take_cached(task, key, from, outputs, image_digest, now, &mut fx)?,
             Event::ExpandFailed { task, reason } => {
                 if !self.awaits_expansion(task) {
                     return Err(Stale(format!("task #{task} is not waiting for its list")));
@@ -792,6 +802,17 @@ impl RunDag {
     }
 
     /// `task` becomes Ready at `now` if every upstream task succeeded.
+    /// `task` succeeded: its dependents may be Ready now.
+    fn succeed(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
+        self.set_status(task, TaskStatus::Succeeded, "");
+        for k in 0..self.dependents[task].len() {
+            let d = self.dependents[task][k];
+            if self.tasks[d].status == TaskStatus::Pending {
+                self.ready_if_upstream_succeeded(d, now, fx);
+            }
+        }
+    }
+
     fn ready_if_upstream_succeeded(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
         if self.stopping_for(task) || !self.may_start(task) {
             return;
@@ -895,6 +916,7 @@ impl RunDag {
     }
 }
 
+mod cached;
 mod condition;
 mod finally;
 mod for_each;

@@ -4,6 +4,7 @@
 //! and then carry out. That keeps it fast to unit-test and to benchmark.
 //!
 //! - [`dag`]: one run's task state machine (ready, attempts, retries, fail-fast, cancel).
+//! - [`cache`]: the step cache's key and policy.
 //! - [`retry`]: exponential backoff.
 //! - [`ids`]: run, agent, task and attempt identifiers.
 //! - [`placement`]: which live agent takes a ready task.
@@ -12,6 +13,7 @@
 //!   and preemption: which ready tasks start now.
 
 pub mod admission;
+pub mod cache;
 pub mod dag;
 pub mod ids;
 pub mod placement;

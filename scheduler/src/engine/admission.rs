@@ -94,13 +94,23 @@ pub struct WaitBoard {
     idle: Option<String>,
     /// The pass's depth per queue.
     depth: usize,
+    /// Ready tasks waiting for an identical attempt's result: (run, task, why).
+    identical: Vec<(RunId, usize, String)>,
 }
 
 impl WaitBoard {
     /// What `drover get` shows for the run's waiting tasks.
     pub fn waiting(&self, run_id: &str) -> Waiting {
+        let identical = self
+            .identical
+            .iter()
+            .filter(|(r, ..)| r.as_str() == run_id)
+            .map(|(_, task, why)| (*task, (why.clone(), false)));
         let Some(slot) = self.runs.iter().position(|r| r.id == *run_id) else {
-            return Waiting::default();
+            return Waiting {
+                tasks: identical.collect(),
+                rest: None,
+            };
         };
         let run = &self.runs[slot];
         let capped = self
@@ -118,6 +128,7 @@ impl WaitBoard {
                 .filter(|(s, ..)| *s as usize == slot)
                 .map(|(_, task, wait)| (task.0, self.reason(wait)))
                 .chain(capped)
+                .chain(identical)
                 .collect(),
             rest: run.beyond.then(|| {
                 format!(
@@ -387,7 +398,7 @@ impl EngineState {
                 continue;
             };
             let ev = Event::Assign {
-                cache_key: None,
+                cache_key: run.cache_keys.get(&task.0).cloned(),
                 task: task.0,
                 agent,
                 gpus: admit.placement.gpus.clone(),
@@ -451,15 +462,17 @@ impl EngineState {
                 capped,
                 idle,
                 depth,
+                identical: Vec::new(),
             },
             turn,
         );
     }
 
     /// The last pass's waits, for `drover get` and `queue show`.
-    fn set_board(&mut self, board: WaitBoard, turn: &mut Turn) {
+    fn set_board(&mut self, mut board: WaitBoard, turn: &mut Turn) {
         // Up to date now (also when nothing waits: no full pass is due then).
         self.board_stale = false;
+        board.identical = self.cache.waits();
         let board = Arc::new(board);
         self.board = Arc::clone(&board);
         turn.board = Some(board);

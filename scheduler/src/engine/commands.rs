@@ -130,6 +130,14 @@ impl EngineState {
                 Ok(()) => after(AfterCommit::Done),
                 Err(e) => Answer::now(Err(e)),
             },
+            Request::ListCache { task } => {
+                Answer::now(Ok(Response::CacheEntries(self.cache.list(&task))))
+            }
+            Request::ForgetCache { key, run } => {
+                let n = self.cache.forget_matching(&key, &run);
+                info!(forgotten = n, "cache entries forgotten");
+                after(AfterCommit::Forgotten(n))
+            }
         }
     }
 

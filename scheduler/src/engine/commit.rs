@@ -65,6 +65,10 @@ impl EngineState {
             };
             groups.extend(queue.change(key, encode).map(|c| vec![c]));
         }
+        let cache = self.cache.changes();
+        if !cache.is_empty() {
+            groups.push(cache);
+        }
         groups
     }
 
@@ -88,6 +92,7 @@ impl EngineState {
                     }
                 }
                 RecordKey::Agent(id) => self.fleet.record_committed(id.as_str(), rev),
+                RecordKey::Cache(key) => self.cache.committed(key, rev),
                 RecordKey::Queue(name) => {
                     let deleted = self
                         .queues

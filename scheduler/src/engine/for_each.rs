@@ -268,7 +268,8 @@ fn list_source(run: &ActiveRun, task: usize) -> Result<(String, String), String>
     let key = run
         .dag
         .index_of(&from.from_task)
-        .and_then(|p| super::state::output_key(run, p, &from.from_output))
+        .and_then(|p| super::state::output(run, p, &from.from_output))
+        .map(|o| o.key)
         .ok_or_else(|| format!("for_each: output `{output}` was not stored"))?;
     Ok((key, output))
 }

@@ -58,6 +58,15 @@ pub enum Request {
         stored: Arc<StoredRun>,
         tasks: Vec<String>,
     },
+    /// The step cache's entries (only `task`'s when not empty).
+    ListCache {
+        task: String,
+    },
+    /// Deletes the cache entry `key`, or every entry `run` made.
+    ForgetCache {
+        key: String,
+        run: String,
+    },
 }
 
 /// The engine's answer to a [`Request`].
@@ -71,6 +80,9 @@ pub enum Response {
     Queue(pb::Queue),
     Queues(Vec<pb::QueueStatus>),
     QueueDetail(pb::QueueDetail),
+    CacheEntries(Vec<pb::CacheEntry>),
+    /// How many cache entries were deleted.
+    Forgotten(u32),
 }
 
 /// A request with the channel its answer goes back on.
@@ -190,6 +202,21 @@ impl EngineHandle {
     pub async fn retry(&self, stored: StoredRun, tasks: Vec<String>) -> Result<()> {
         let stored = Arc::new(stored);
         self.done(Request::Retry { stored, tasks }).await
+    }
+
+    pub async fn list_cache(&self, task: String) -> Result<Vec<pb::CacheEntry>> {
+        match self.call(Request::ListCache { task }).await? {
+            Response::CacheEntries(entries) => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes the entry `key`, or every entry `run` made; returns how many.
+    pub async fn forget_cache(&self, key: String, run: String) -> Result<u32> {
+        match self.call(Request::ForgetCache { key, run }).await? {
+            Response::Forgotten(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Ids of runs as their changes are committed.

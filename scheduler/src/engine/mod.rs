@@ -8,7 +8,7 @@
 //!   commits each turn's changes to etcd, then carries the turn out.
 //! - [`handle`]: [`EngineHandle`], the gRPC layer's way in.
 //! - `commands`, `agent_events`, `admission`, `commit`, `recovery`, `spans`,
-//!   `conditions`, `for_each` (reading and expanding `for_each` lists):
+//!   `conditions`, `cache` (the step cache), `for_each` (reading and expanding `for_each` lists):
 //!   the state's work by concern; [`records`]: the versioned record every
 //!   write to etcd goes through.
 //!
@@ -24,6 +24,7 @@ use drover_scheduler_core::placement::Strategy;
 
 mod admission;
 mod agent_events;
+mod cache;
 mod commands;
 mod commit;
 mod conditions;
@@ -58,4 +59,6 @@ pub struct EngineOptions {
     /// waiting — while only as many tasks as there is room for can start.
     /// The rest keep their places; backfill looks no deeper than this either.
     pub pass_depth: usize,
+    /// How long step-cache entries are kept.
+    pub cache_ttl: Duration,
 }

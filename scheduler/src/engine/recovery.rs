@@ -25,6 +25,7 @@ pub struct Stored {
     pub queues: Vec<(pb::Queue, i64)>,
     pub agents: Vec<(pb::AgentRecord, i64)>,
     pub runs: LoadedRuns,
+    pub cache: Vec<(pb::CacheEntry, i64)>,
 }
 
 impl EngineState {
@@ -45,6 +46,7 @@ impl EngineState {
             );
         }
         self.fleet.load(stored.agents, now);
+        self.cache.load(stored.cache);
         self.runs.clear();
         self.ready.clear();
         self.fleet.clear_allocations();
@@ -89,6 +91,9 @@ impl EngineState {
                     borrowed: false,
                 };
                 self.fleet.allocate(&id, TaskIndex(i), allocation);
+                if let Some(key) = &a.cache_key {
+                    self.reclaim(&id, TaskIndex(i), key);
+                }
             }
         }
         self.runs.insert(id.clone(), run);

@@ -233,6 +233,7 @@ impl Engine {
             queues: self.store.list_queues().await?,
             agents: self.store.list_agents().await?,
             runs: self.store.load_active_runs().await?,
+            cache: self.store.list_cache().await?,
         })
     }
 

@@ -16,6 +16,8 @@ pub(super) fn attempt_span(run: &ActiveRun, task: TaskIndex) -> Option<RecordedS
     let name = run.task_name(task);
     let trace_id = &record.trace_id;
     let start = match (a.ready_at, a.number) {
+        // Served from the cache: it took no time.
+        _ if a.cached_from.is_some() => a.assigned_at,
         (Some(t), _) => t,
         // A root task waits from the run's creation.
         (None, 1) => record.created_at_ms,
@@ -40,6 +42,13 @@ pub(super) fn attempt_span(run: &ActiveRun, task: TaskIndex) -> Option<RecordedS
                 .join(","),
         ),
     ];
+    if let Some(from) = &a.cached_from {
+        attributes.push(KeyValue::new("drover.cached", true));
+        attributes.push(KeyValue::new(
+            "drover.cached_from",
+            format!("{}/{}/{}", from.run, from.task, from.attempt),
+        ));
+    }
     if let Some(code) = a.exit_code {
         attributes.push(KeyValue::new("drover.exit_code", i64::from(code)));
     }

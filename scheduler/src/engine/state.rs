@@ -28,6 +28,7 @@ use crate::fleet::Fleet;
 use crate::metrics::{SchedulerMetrics, Snapshot};
 
 use super::admission::{PassBuffers, WaitBoard};
+use super::cache::StepCache;
 use super::handle::{Request, Response};
 use super::records::Versioned;
 use super::{spans, EngineOptions};
@@ -114,6 +115,8 @@ pub enum AfterCommit {
     Agent(AgentId),
     /// The queue's settings as they are then.
     Queue(String),
+    /// How many cache entries a forget deleted.
+    Forgotten(u32),
 }
 
 /// What one turn owes the world once its changes are committed.
@@ -153,6 +156,8 @@ pub(super) struct ActiveRun {
     /// By `for_each` task: assignments of its instances (task, attempt,
     /// agent) waiting for its items to be read again.
     pub waiting_items: HashMap<usize, Vec<(usize, u32, String)>>,
+    /// By Ready task: the cache key it was looked up with.
+    pub cache_keys: HashMap<usize, String>,
 }
 
 /// The instances of each task with a matrix, by the task as written.
@@ -231,6 +236,7 @@ impl ActiveRun {
             tasks,
             items: HashMap::new(),
             waiting_items: HashMap::new(),
+            cache_keys: HashMap::new(),
         };
         run.grow();
         run
@@ -326,11 +332,13 @@ pub struct EngineState {
     pub(super) pass_buffers: PassBuffers,
     /// In-memory counters and histograms (admission and start latency).
     pub(super) metrics: SchedulerMetrics,
+    pub(super) cache: StepCache,
 }
 
 impl EngineState {
     pub fn new(opts: EngineOptions, metrics: SchedulerMetrics) -> Self {
         Self {
+            cache: StepCache::new(opts.cache_ttl.as_millis() as Millis),
             opts,
             runs: BTreeMap::new(),
             fleet: Fleet::default(),
@@ -374,6 +382,7 @@ impl EngineState {
     pub fn end_inputs(&mut self, now: Millis, turn: &mut Turn) {
         self.tick(now, turn);
         self.expire_agents(now, turn);
+        self.serve_from_cache(now, turn);
         self.place(now, turn);
     }
 
@@ -384,7 +393,8 @@ impl EngineState {
             .board_stale
             .then_some(self.full_pass_at + super::admission::FULL_PASS_EVERY_MS);
         let runs = self.runs.values().filter_map(|r| r.dag.next_wakeup());
-        runs.chain(full_pass).min()
+        let lookups = self.cache.due().then_some(0);
+        runs.chain(full_pass).chain(lookups).min()
     }
 
     /// Once the turn is committed: the answer to a request that waited.
@@ -392,6 +402,7 @@ impl EngineState {
         match after {
             AfterCommit::Done => Ok(Response::Done),
             AfterCommit::Active => Ok(Response::Active(true)),
+            AfterCommit::Forgotten(n) => Ok(Response::Forgotten(n)),
             AfterCommit::Agent(id) => self
                 .agent_view(id.as_str())
                 .map(Response::Agent)
@@ -490,13 +501,7 @@ impl EngineState {
                     let verdict = super::conditions::verdict(run, task);
                     self.apply_to(run_id, Event::Condition { task, verdict }, now, turn);
                 }
-                Effect::Ready { task } => {
-                    let tasks = match self.ready.get_mut(run_id) {
-                        Some(tasks) => tasks,
-                        None => self.ready.entry(run_id.clone()).or_default(),
-                    };
-                    tasks.entry(TaskIndex(task)).or_insert(now);
-                }
+                Effect::Ready { task } => self.became_ready(run_id, task, now),
                 Effect::Assign {
                     task,
                     attempt,
@@ -535,6 +540,7 @@ impl EngineState {
                 }
                 Effect::Released { task, .. } => {
                     self.fleet.release(run_id.as_str(), TaskIndex(task));
+                    self.remember_result(run_id, task, now);
                     // Built only when exported: otherwise a no-op tracer
                     // would take it, after its attributes were formatted.
                     let span = drover_telemetry::exporting()
@@ -618,24 +624,9 @@ impl EngineState {
                 .insert(naming::RUN_STATE_ENV.to_owned(), outcome.to_owned());
         }
         let inputs = task_spec
-            .iter()
-            .flat_map(|t| t.inputs.iter())
-            .filter_map(|input| match run.matrices.get(&input.from_task) {
-                Some(instances) => Some(gathered_input(run, input, instances)),
-                None => {
-                    let producer = run.dag.index_of(&input.from_task)?;
-                    if let Some(instances) = run.dag.instances(producer) {
-                        let instances: Vec<TaskIndex> = instances.map(TaskIndex).collect();
-                        return Some(gathered_input(run, input, &instances));
-                    }
-                    Some(pb::InputArtifact {
-                        name: input.name.clone(),
-                        key: output_key(run, producer, &input.from_output)?,
-                        ..Default::default()
-                    })
-                }
-            })
-            .collect();
+            .as_ref()
+            .map(|t| run.inputs(t))
+            .unwrap_or_default();
         let gpus = run
             .dag
             .task(attempt.task.0)
@@ -672,11 +663,44 @@ impl EngineState {
     }
 }
 
-/// Where the current attempt of `task` stored its output `name`.
-pub(super) fn output_key(run: &ActiveRun, task: usize, name: &str) -> Option<String> {
+/// The output `name` of the current attempt of `task`.
+pub(super) fn output(run: &ActiveRun, task: usize, name: &str) -> Option<pb::Artifact> {
     let attempt = run.dag.task(task).current()?;
     let output = attempt.outputs.iter().find(|o| o.name == name)?;
-    Some(output.key.clone())
+    Some(pb::Artifact {
+        name: output.name.clone(),
+        key: output.key.clone(),
+        sha256: output.sha256.clone(),
+        size: output.size,
+        result: None,
+    })
+}
+
+impl ActiveRun {
+    /// Where each input of `spec` (one of this run's tasks, Ready) is in
+    /// the object store, with its sha256.
+    pub(super) fn inputs(&self, spec: &pb::TaskSpec) -> Vec<pb::InputArtifact> {
+        spec.inputs
+            .iter()
+            .filter_map(|input| match self.matrices.get(&input.from_task) {
+                Some(instances) => Some(gathered_input(self, input, instances)),
+                None => {
+                    let producer = self.dag.index_of(&input.from_task)?;
+                    if let Some(instances) = self.dag.instances(producer) {
+                        let instances: Vec<TaskIndex> = instances.map(TaskIndex).collect();
+                        return Some(gathered_input(self, input, &instances));
+                    }
+                    let output = output(self, producer, &input.from_output)?;
+                    Some(pb::InputArtifact {
+                        name: input.name.clone(),
+                        key: output.key,
+                        sha256: output.sha256,
+                        ..Default::default()
+                    })
+                }
+            })
+            .collect()
+    }
 }
 
 /// An input taken from every instance of a task with a matrix or
@@ -692,7 +716,7 @@ fn gathered_input(
     let mut listing = Vec::with_capacity(instances.len());
     for (index, task) in instances.iter().enumerate() {
         // Every instance is upstream and succeeded: the task is Ready only then.
-        let Some(key) = output_key(run, task.0, &input.from_output) else {
+        let Some(output) = output(run, task.0, &input.from_output) else {
             continue;
         };
         let file = index.to_string();
@@ -701,7 +725,11 @@ fn gathered_input(
             None => serde_json::json!(run.task_spec(task.0).map(|t| t.matrix.clone())),
         };
         listing.push(serde_json::json!({"index": index, "matrix": matrix, "file": file}));
-        parts.push(pb::InputPart { file, key });
+        parts.push(pb::InputPart {
+            file,
+            key: output.key,
+            sha256: output.sha256,
+        });
     }
     pb::InputArtifact {
         name: input.name.clone(),

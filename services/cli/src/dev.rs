@@ -86,6 +86,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
         max_code_bytes: args.max_code_bytes,
         pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
+        cache_ttl: drover_scheduler::options::DEFAULT_CACHE_TTL,
         metrics_listen: scheduler_metrics,
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(

@@ -2,6 +2,7 @@
 //! administer priority queues, and `drover dev`, a whole local cluster in one
 //! command.
 
+mod cache;
 mod code;
 mod dev;
 mod logs;
@@ -160,6 +161,9 @@ enum Command {
     /// Inspect and operate the fleet of agents.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The step cache: list entries, forget them.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
     Dev(dev::DevArgs),
 }
@@ -332,6 +336,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd.check()?;
             let client = QueuesClient::new(channel(&server).await?);
             queue::run_queue(client, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache(cmd) => {
+            cache::run(SchedulerClient::new(channel(&server).await?), cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(cmd) => {

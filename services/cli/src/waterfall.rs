@@ -27,6 +27,8 @@ pub struct Bar {
     pub started: u64,
     pub end: u64,
     pub critical: bool,
+    /// Served from the cache: the attempt whose result it took.
+    pub cached_from: Option<String>,
 }
 
 impl Bar {
@@ -120,16 +122,27 @@ pub fn build(run: &pb::Run, now_ms: u64) -> Waterfall {
             } else {
                 now_ms
             };
+            let cached_from = a.cached_from.as_ref().map(crate::output::source_name);
             bars.push(Bar {
                 task: t.name.clone(),
                 attempt: a.number,
                 agent: a.agent_id.clone(),
-                state: attempt_state(a.state()),
-                ready: ready_at(run, &t.attempts, i),
+                state: if cached_from.is_some() {
+                    "cached".to_owned()
+                } else {
+                    attempt_state(a.state())
+                },
+                // Served at once: no wait, no run time.
+                ready: if cached_from.is_some() {
+                    a.assigned_at_ms
+                } else {
+                    ready_at(run, &t.attempts, i)
+                },
                 assigned: a.assigned_at_ms,
                 started: a.started_at_ms,
                 end: end.max(a.assigned_at_ms),
                 critical: critical.contains(&ti),
+                cached_from,
             });
         }
     }
@@ -247,6 +260,10 @@ pub fn render(w: &Waterfall, width: usize) -> String {
         } else {
             "-".into()
         };
+        let agent = match &b.cached_from {
+            Some(from) => format!("from {from}"),
+            None => b.agent.clone(),
+        };
         let _ = writeln!(
             out,
             "{mark} {label:<lw$}  {:<sw$}  |{}|  {} / {}  {}",
@@ -254,7 +271,7 @@ pub fn render(w: &Waterfall, width: usize) -> String {
             bar_cells(w, b, width),
             duration(b.queue_wait()),
             run,
-            b.agent
+            agent
         );
     }
     for (name, state) in &w.idle {
@@ -286,6 +303,7 @@ pub fn to_json(w: &Waterfall) -> Value {
             "queue_wait_ms": b.queue_wait(),
             "run_ms": b.run_time(),
             "critical": b.critical,
+            "cached_from": b.cached_from,
         })).collect::<Vec<_>>(),
         "not_run": w.idle.iter().map(|(n, s)| json!({"task": n, "state": s})).collect::<Vec<_>>(),
     })

@@ -23,6 +23,7 @@ use super::*;
 use crate::metrics::SchedulerMetrics;
 use crate::store::{Change, LoadedRuns, RecordKey, Revisions, StoredRun};
 
+mod cache;
 mod inputs;
 mod replay;
 mod sweeps_and_retries;
@@ -36,6 +37,7 @@ fn options() -> EngineOptions {
         preemption_grace: Duration::from_secs(30),
         placement: Strategy::BinPack,
         pass_depth: 1000,
+        cache_ttl: crate::options::DEFAULT_CACHE_TTL,
     }
 }
 
@@ -82,6 +84,7 @@ impl MemoryStore {
         let mut queues = Vec::new();
         let mut agents = Vec::new();
         let mut runs = Vec::new();
+        let mut cache = Vec::new();
         let mut finished = BTreeMap::new();
         for (key, (value, rev)) in &self.records {
             match key {
@@ -118,6 +121,10 @@ impl MemoryStore {
                         tasks,
                     });
                 }
+                RecordKey::Cache(_) => cache.push((
+                    pb::CacheEntry::decode(value.as_slice()).unwrap_or_default(),
+                    *rev,
+                )),
                 RecordKey::Task { .. } => {}
             }
         }
@@ -128,6 +135,7 @@ impl MemoryStore {
                 active: runs,
                 finished,
             },
+            cache,
         }
     }
 }

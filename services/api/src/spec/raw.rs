@@ -82,6 +82,65 @@ pub(crate) struct RawTask {
     pub workdir: Option<String>,
     /// Run once per element of the JSON array an upstream output holds.
     pub for_each: Option<RawForEach>,
+    pub cache: Option<RawCache>,
+}
+
+/// `cache:` as written: `true`/`false`, or settings (which turn it on).
+#[derive(Debug)]
+pub(crate) enum RawCache {
+    Switch(bool),
+    Settings(RawCacheSettings),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "cache settings (a mapping with `version` and `max_age`)"
+)]
+pub(crate) struct RawCacheSettings {
+    /// Part of the cache key: change it to stop reusing earlier results.
+    pub version: Option<String>,
+    /// Reuse only results at most this old (e.g. 7d).
+    pub max_age: Option<String>,
+}
+
+impl JsonSchema for RawCache {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cache".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let settings = generator.subschema_for::<RawCacheSettings>();
+        schemars::json_schema!({
+            "description": "Whether the task's results are reused when its cache key matches: true, false, or settings. Default: on for a task with outputs.",
+            "oneOf": [{"type": "boolean"}, settings]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCache {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Cache;
+        impl<'de> serde::de::Visitor<'de> for Cache {
+            type Value = RawCache;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cache (true, false, or a mapping with `version` and `max_age`)")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawCache, E> {
+                Ok(RawCache::Switch(on))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawCache, A::Error> {
+                let settings = RawCacheSettings::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawCache::Settings(settings))
+            }
+        }
+        deserializer.deserialize_any(Cache)
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -11,7 +11,7 @@ use super::condition;
 use super::for_each;
 use super::matrix::Matrix;
 use super::quantity::{parse_count, parse_cpu, parse_duration, parse_memory};
-use super::raw::{RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
+use super::raw::{RawCache, RawInput, RawOutput, RawResources, RawRetries, RawSpec, RawTask};
 use super::template::{is_param_name, substitute, Scope};
 use super::{SpecError, TaskError, MAX_PRIORITY};
 use crate::pb;
@@ -412,6 +412,7 @@ fn resolve_task(
     };
 
     let workdir = code::resolve_workdir(raw.workdir.as_deref())?;
+    let cache = raw.cache.as_ref().map(resolve_cache).transpose()?;
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -427,7 +428,34 @@ fn resolve_task(
         pull_policy: pull_policy.into(),
         when,
         workdir,
+        cache,
         ..Default::default()
+    })
+}
+
+fn resolve_cache(raw: &RawCache) -> Result<pb::CachePolicy, TaskError> {
+    let settings = match raw {
+        RawCache::Switch(on) => {
+            let mode = if *on {
+                pb::CacheMode::On
+            } else {
+                pb::CacheMode::Off
+            };
+            return Ok(pb::CachePolicy {
+                mode: mode.into(),
+                ..Default::default()
+            });
+        }
+        RawCache::Settings(settings) => settings,
+    };
+    let max_age_ms = match &settings.max_age {
+        None => 0,
+        Some(text) => positive("cache.max_age", text, parse_duration(text))?,
+    };
+    Ok(pb::CachePolicy {
+        mode: pb::CacheMode::On.into(),
+        version: settings.version.clone().unwrap_or_default(),
+        max_age_ms,
     })
 }
 

@@ -13,7 +13,9 @@ pub use queues::{
     queue_detail_json, queue_detail_table, queue_settings, queue_state, queue_status_json,
     queues_table,
 };
-pub use runs::{changes, dry_run_table, list_table, run_json, run_table, summary_json};
+pub use runs::{
+    changes, dry_run_table, list_table, run_json, run_table, source_name, summary_json,
+};
 
 use std::fmt::Write as _;
 
@@ -135,6 +137,21 @@ pub(super) fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> S
         out.push('\n');
     }
     out
+}
+
+/// A size for people: `512 B`, `2.0 KiB`, `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 pub(super) fn gib(bytes: u64) -> String {

@@ -99,7 +99,9 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         let agent = last.map_or_else(
             || "-".to_string(),
             |a| {
-                if a.gpus.is_empty() {
+                if a.cached_from.is_some() {
+                    "(cached)".to_owned()
+                } else if a.gpus.is_empty() {
                     a.agent_id.clone()
                 } else {
                     let idx: Vec<String> = a.gpus.iter().map(|g| g.index.to_string()).collect();
@@ -111,6 +113,9 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
             .and_then(attempt_elapsed)
             .map_or_else(|| "-".to_string(), duration);
         let mut msg = task_message(t);
+        if let (Some(from), true) = (last.and_then(|a| a.cached_from.as_ref()), msg.is_empty()) {
+            msg = format!("cached from {}", source_name(from));
+        }
         if let Some(code) = last.and_then(|a| a.exit_code).filter(|c| *c != 0) {
             if !msg.contains("code") {
                 msg = format!("exit code {code}; {msg}");
@@ -128,6 +133,11 @@ pub fn run_table(run: &pb::Run, now_ms: u64) -> String {
         );
     }
     out
+}
+
+/// An attempt as `run/task/attempt`.
+pub fn source_name(s: &pb::AttemptSource) -> String {
+    format!("{}/{}/{}", s.run_id, s.task, s.attempt)
 }
 
 /// A task's name with `finally` tasks marked.
@@ -207,6 +217,11 @@ fn attempt_json(a: &pb::Attempt) -> Value {
         "error": a.error,
         "log_key": a.log_key,
         "log_empty": a.log_empty,
+        "image_digest": a.image_digest,
+        "cache_key": a.cache_key,
+        "cached_from": a.cached_from.as_ref().map(|s| json!({
+            "run_id": s.run_id, "task": s.task, "attempt": s.attempt,
+        })),
         "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
         "outputs": a.outputs.iter().map(|o| json!({
             "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,

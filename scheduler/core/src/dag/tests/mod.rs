@@ -954,6 +954,7 @@ fn a_stored_pending_task_is_derived_again_on_restore() -> TestResult {
     Ok(())
 }
 
+mod cached;
 mod condition;
 mod finally;
 mod for_each;

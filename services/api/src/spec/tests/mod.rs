@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::pb;
 
+mod cache;
 mod finally;
 mod for_each;
 mod matrix;
