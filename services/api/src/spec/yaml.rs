@@ -8,8 +8,8 @@
 //! be labelled with that task's name, and the errors are ours to word:
 //! serde's own `invalid type: sequence, expected a string` with the path and
 //! the node's line and column. It is built from the parser's events, not
-//! through serde-saphyr's `Spanned`, which costs twice the parse on a
-//! 100,000-task spec.
+//! through serde-saphyr's `Spanned<T>`, whose serde round trip per node
+//! would dominate the parse of a large spec.
 //!
 //! A plain scalar keeps its text as written (`0.5`, `1.50`, `true`, `0777`
 //! all reach a string field unchanged); only a bool field reads `true` /
@@ -22,8 +22,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Tag};
 
-/// Collections nested deeper than this are refused (serde_yaml's limit): the
-/// checks below recurse.
+/// Collections nested deeper than this are refused (a spec needs six):
+/// reading, sizing and dropping the tree recurse.
 const MAX_DEPTH: usize = 128;
 
 /// Where a node starts, 1-based.
@@ -42,7 +42,7 @@ impl Pos {
     }
 
     /// ` at line L column C`, or nothing at the very start of the file,
-    /// where it would add nothing (as serde_yaml did).
+    /// where it would add nothing.
     fn suffix(at: Option<Pos>) -> String {
         match at {
             Some(at) if at != (Pos { line: 1, column: 1 }) => {
@@ -449,7 +449,7 @@ impl de::Error for Error {
     }
 }
 
-/// Reads one node with serde_yaml's text semantics: any scalar's text goes
+/// Reads one node the way a spec's fields want it: any scalar's text goes
 /// to a string, `true`/`false` to a bool, a null to `None`.
 ///
 /// Errors without a position get the node's from the caller (`SeqDe`,
