@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command};
+use serde_json::Value;
 
 /// The flag (and its `DROVER_CONFIG` variable) naming the file.
 pub const CONFIG_FLAG: &str = "config";
@@ -109,20 +110,16 @@ fn file_args(cmd: &Command, m: &ArgMatches, path: &Path) -> Result<Vec<OsString>
         path: path.into(),
         reason,
     };
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| bad_yaml(e.to_string()))?;
+    let doc: Option<Value> = serde_saphyr::from_str_with_options(&text, yaml_options())
+        .map_err(|e| bad_yaml(yaml_message(&e)))?;
     let map = match doc {
-        serde_yaml::Value::Mapping(map) => map,
+        Some(Value::Object(map)) => map,
         // An empty file is an empty configuration.
-        serde_yaml::Value::Null => return Ok(Vec::new()),
-        _ => return Err(bad_yaml("the top level is not a mapping".into())),
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(_) => return Err(bad_yaml("the top level is not a mapping".into())),
     };
     let mut out = Vec::new();
     for (key, value) in map {
-        let key = match key {
-            serde_yaml::Value::String(k) => k,
-            other => return Err(bad_yaml(format!("key {other:?} is not a string"))),
-        };
         let long = key.replace('_', "-");
         let arg = cmd
             .get_arguments()
@@ -147,14 +144,14 @@ fn file_args(cmd: &Command, m: &ArgMatches, path: &Path) -> Result<Vec<OsString>
         let flag = format!("--{long}");
         if matches!(arg.get_action(), ArgAction::SetTrue) {
             match value {
-                serde_yaml::Value::Bool(true) => out.push(flag.into()),
-                serde_yaml::Value::Bool(false) => {}
+                Value::Bool(true) => out.push(flag.into()),
+                Value::Bool(false) => {}
                 _ => return Err(bad("expected true or false")),
             }
             continue;
         }
         let values = match value {
-            serde_yaml::Value::Sequence(items) => items
+            Value::Array(items) => items
                 .into_iter()
                 .map(scalar)
                 .collect::<Option<Vec<_>>>()
@@ -176,12 +173,35 @@ fn file_args(cmd: &Command, m: &ArgMatches, path: &Path) -> Result<Vec<OsString>
     Ok(out)
 }
 
-fn scalar(v: serde_yaml::Value) -> Option<String> {
+fn scalar(v: Value) -> Option<String> {
     match v {
-        serde_yaml::Value::String(s) => Some(s),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// YAML 1.2 (`yes`/`no` are strings, not booleans), a key twice is an
+/// error, and `0755` or `1_000` stay text for the flag's own parser.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
+    options.with_snippet = false;
+    options
+}
+
+/// A parser error as `<message> at line L column C`.
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    use serde_saphyr::MessageFormatter;
+    let message = serde_saphyr::UserMessageFormatter.format_message(error);
+    match error.location() {
+        Some(at) if at.line() > 0 => {
+            format!("{message} at line {} column {}", at.line(), at.column())
+        }
+        _ => message.into_owned(),
     }
 }
 

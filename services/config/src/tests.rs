@@ -158,3 +158,53 @@ fn malformed_files_name_the_file_and_key() -> TestResult {
     );
     Ok(())
 }
+
+/// The message `yaml` as a config file is refused with.
+fn file_error(yaml: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let f = file(yaml);
+    let path = f.path().to_str().ok_or("temp path not UTF-8")?;
+    match parse(&["--config", path]) {
+        Ok(opts) => Err(format!("accepted: {opts:?}").into()),
+        Err(e) => Ok(e.to_string().replace(path, "FILE")),
+    }
+}
+
+#[test]
+fn yaml_1_1_booleans_are_not_booleans() -> TestResult {
+    // YAML 1.2: only true/false (any case) are booleans.
+    for word in ["yes", "no", "on", "off"] {
+        assert_eq!(
+            file_error(&format!("artifacts: file:///a\nverbose: {word}\n"))?,
+            "--config FILE: key `verbose`: expected true or false"
+        );
+    }
+    let f = file("artifacts: file:///a\nverbose: True\n");
+    let opts = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?])?;
+    assert!(opts.verbose);
+    Ok(())
+}
+
+#[test]
+fn numbers_with_leading_zeros_or_underscores_stay_as_written() -> TestResult {
+    // `0755` is not octal (YAML 1.2) nor 755: the flag's parser sees the text.
+    let f = file("artifacts: '0'\nnats: 0755\nlabel: [1_000, 0x10, 1.50]\n");
+    let opts = parse(&["--config", f.path().to_str().ok_or("temp path not UTF-8")?])?;
+    assert_eq!(opts.nats, "0755");
+    // Other numbers are read as numbers, as before.
+    assert_eq!(opts.labels, ["1_000", "16", "1.5"]);
+    Ok(())
+}
+
+#[test]
+fn bad_yaml_is_refused_with_its_line_and_column() -> TestResult {
+    assert_eq!(
+        file_error("artifacts: [a\n")?,
+        "--config FILE: not a YAML mapping of flag names to values: unclosed bracket '[' at line 1 column 12"
+    );
+    let msg = file_error("nats: a\nnats: b\n")?;
+    assert!(
+        msg.contains("duplicate") && msg.contains("nats") && msg.contains("at line 2 column 1"),
+        "{msg}"
+    );
+    Ok(())
+}

@@ -60,8 +60,9 @@
 //! `gpu`. `gpu_model` and node selector values, like env values, may use
 //! `{{params.x}}`.
 //!
-//! Layout: `raw` is the serde side, `validate` turns it into the proto,
-//! `quantity` and `template` are the small languages inside values.
+//! Layout: `yaml` reads the text into a tree, `raw` is the serde side,
+//! `validate` turns it into the proto, `quantity` and `template` are the
+//! small languages inside values.
 
 mod code;
 pub mod condition;
@@ -72,6 +73,7 @@ mod raw;
 mod schema;
 mod template;
 mod validate;
+mod yaml;
 
 #[cfg(test)]
 mod tests;

@@ -2,17 +2,17 @@
 //! optional so the validator (not serde) reports what is missing, and every
 //! struct closed with `deny_unknown_fields` so a typo is an error.
 //!
-//! Leaf values are `String`s: serde_yaml hands a plain scalar's text to a
-//! string field unchanged, so `cpu: 0.5`, `lr: 1.50`, `debug: true` and
-//! `--epochs, 10` arrive exactly as written, while a sequence or mapping
-//! where a scalar belongs is a type error.
+//! Leaf values are `String`s: the YAML tree (`super::yaml`) hands a plain
+//! scalar's text to a string field unchanged, so `cpu: 0.5`, `lr: 1.50`,
+//! `debug: true` and `--epochs, 10` arrive exactly as written, while a
+//! sequence or mapping where a scalar belongs is a type error.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_yaml::Value;
 
+use super::yaml::{self, Kind, Node, Segment, Value};
 use super::SpecError;
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -249,60 +249,24 @@ pub(crate) struct RawRetries {
 /// Decodes `yaml` into the raw structs, turning serde's errors into
 /// messages that name the task rather than its index.
 pub(crate) fn decode(yaml: &str) -> Result<RawSpec, SpecError> {
-    // Untyped first: it reports syntax errors and duplicate keys (a typed
-    // decode would meet a type error first, or let a later key win), and it
-    // lets a typed error at `tasks[1]` be labelled with that task's name.
-    let tree: Value = serde_yaml::from_str(yaml).map_err(|e| SpecError::Yaml(e.to_string()))?;
-    if tree.is_null() {
+    let Some(root) = yaml::parse(yaml).map_err(SpecError::Yaml)? else {
         // An empty file: let the validator say what is missing.
         return Ok(RawSpec::default());
-    }
-    // Typed from the tree: no second pass over the text, which is half the
-    // cost of a 100,000-task spec. It is stricter than decoding the text (a
-    // plain `0.1` is a number in the tree, not a string), so anything it
-    // refuses is decoded from the text again: same result, same errors.
-    if let Ok(spec) = RawSpec::deserialize(&tree) {
-        return Ok(spec);
-    }
-    serde_yaml::from_str(yaml).map_err(|e| schema_error(&e, &tree))
+    };
+    root.deserialize().map_err(|e| schema_error(e, &root))
 }
 
-/// serde_yaml renders an error as `[<path>: ]<message>[ at line L column C]`,
-/// with no structured access to the path. The split below only needs to be
-/// right for paths made of our field names and `[index]`: a `params`/`env`
-/// key that looks nothing like a path stays inside the message, and one
-/// containing `: ` is split but rendered back the same.
-fn schema_error(error: &serde_yaml::Error, tree: &Value) -> SpecError {
-    let full = error.to_string();
-    let mut text = full.as_str();
-    let mut location = "";
-    if let Some(loc) = error.location() {
-        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-        if let Some(stripped) = text.strip_suffix(suffix.as_str()) {
-            text = stripped;
-            location = &full[stripped.len()..];
-        }
-    }
-    let (path, message) = match text.split_once(": ") {
-        Some((path, message)) if !path.is_empty() && path.chars().all(is_path_char) => {
-            (path, message)
-        }
-        _ => ("", text),
-    };
-    let message = match unknown_field(message) {
+fn schema_error(error: yaml::Error, root: &Node) -> SpecError {
+    let message = match unknown_field(&error.message) {
         // The field is all the user needs; the expected list is long and
         // grows with the format.
         Some(field) => format!("unknown field `{field}`"),
-        None => format!("{message}{location}"),
+        None => format!("{}{}", error.message, error.location()),
     };
     SpecError::Schema {
-        at: describe_path(path, tree),
+        at: describe_path(&error.path, root),
         message,
     }
-}
-
-fn is_path_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')
 }
 
 /// The field name in serde's "unknown field `x`, expected ..." message.
@@ -317,34 +281,32 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// `tasks[1].resources` → "task `train`: resources" (or "task #2: resources"
 /// when the task has no usable name), `finally[0]` → "finally task ...";
 /// other paths are shown as they are.
-fn describe_path(path: &str, tree: &Value) -> String {
-    let Some((list, kind, index, rest)) = ["tasks", "finally"].into_iter().find_map(|list| {
-        let (i, rest) = path
-            .strip_prefix(list)?
-            .strip_prefix('[')?
-            .split_once(']')?;
-        let kind = if list == "tasks" {
-            "task"
-        } else {
-            "finally task"
-        };
-        Some((list, kind, i.parse::<usize>().ok()?, rest))
-    }) else {
-        return path.to_owned();
+fn describe_path(path: &[Segment], root: &Node) -> String {
+    let (list, kind, index, rest) = match path {
+        [Segment::Key(list), Segment::Index(index), rest @ ..] if list == "tasks" => {
+            (list, "task", *index, rest)
+        }
+        [Segment::Key(list), Segment::Index(index), rest @ ..] if list == "finally" => {
+            (list, "finally task", *index, rest)
+        }
+        _ => return yaml::render_path(path),
     };
-    let task = match tree
+    let name = root
         .get(list)
-        .and_then(|t| t.get(index))
-        .and_then(|t| t.get("name"))
-    {
-        Some(Value::String(name)) if !name.is_empty() => format!("{kind} `{name}`"),
-        Some(Value::Number(name)) => format!("{kind} `{name}`"),
+        .and_then(|tasks| match &tasks.value {
+            Value::Seq(items) => items.get(index),
+            _ => None,
+        })
+        .and_then(|task| task.get("name"));
+    let task = match name.map(|n| &n.value) {
+        Some(Value::Scalar(Kind::String | Kind::Number, name)) if !name.is_empty() => {
+            format!("{kind} `{name}`")
+        }
         _ => format!("{kind} #{}", index + 1),
     };
-    match rest.strip_prefix('.') {
-        Some(field) => format!("{task}: {field}"),
-        None if rest.is_empty() => task,
-        // `tasks[1][0]` cannot come from these structs; keep it verbatim.
-        None => format!("{task}: {rest}"),
+    if rest.is_empty() {
+        task
+    } else {
+        format!("{task}: {}", yaml::render_path(rest))
     }
 }

@@ -363,6 +363,44 @@ tasks:
     Ok(())
 }
 
+/// YAML 1.2, as the README says: no octal, no YAML 1.1 booleans, aliases
+/// but no merge keys.
+#[test]
+fn yaml_1_2_decides_what_a_value_is() -> TestResult {
+    let yaml = r#"
+name: p
+fail_fast: False
+tasks:
+  - name: a
+    command: [chmod, 0755, x, yes, off, 0x1F]
+    env: {MODE: 0o755, ON: on}
+    resources: &small {cpu: 1, memory: 1Gi}
+    outputs: [{name: o, path: o, result: TRUE}]
+  - name: b
+    command: [x]
+    resources: *small
+"#;
+    let spec = parse(yaml)?;
+    assert!(!spec.fail_fast);
+    let (a, b) = (&spec.tasks[0], &spec.tasks[1]);
+    assert_eq!(
+        a.command,
+        strings(&["chmod", "0755", "x", "yes", "off", "0x1F"])
+    );
+    assert_eq!(a.env, map(&[("MODE", "0o755"), ("ON", "on")]));
+    assert!(a.outputs[0].result);
+    assert_eq!(b.resources, a.resources);
+    assert_eq!(
+        rejection("name: p\nfail_fast: yes\ntasks: []\n"),
+        "fail_fast: invalid type: string \"yes\", expected a boolean at line 2 column 12"
+    );
+    assert_eq!(
+        task_rejection("{name: t, command: [x], <<: {image: y}}"),
+        "task `t`: unknown field `<<`"
+    );
+    Ok(())
+}
+
 #[test]
 fn transitive_upstream_is_enough() -> TestResult {
     let yaml = with_tasks(

@@ -4,9 +4,14 @@ use super::*;
 
 #[test]
 fn rejects_invalid_yaml() {
+    // The parser's own words, with the position of the unclosed `[`.
     assert_eq!(
         rejection("name: [p\n"),
-        "invalid yaml: did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 7"
+        "invalid yaml: unclosed bracket '[' at line 1 column 7"
+    );
+    assert_eq!(
+        rejection("name: p\ntasks:\n  - name: a\n   command: [x]\n"),
+        "invalid yaml: while parsing a block collection, did not find expected '-' indicator at line 4 column 4"
     );
     assert_eq!(
         rejection("name: p\nname: q\n"),
@@ -154,9 +159,14 @@ fn rejects_bad_queue_names() {
 
 #[test]
 fn rejects_bad_priorities() {
-    // Beyond i64 still reads as out of range (quoted: serde_yaml refuses
-    // integers beyond u64 while reading the document).
-    for priority in ["-1", "1000001", "10000000000000", "'99999999999999999999'"] {
+    // Beyond i64 still reads as out of range, quoted or not.
+    for priority in [
+        "-1",
+        "1000001",
+        "10000000000000",
+        "'99999999999999999999'",
+        "99999999999999999999",
+    ] {
         let shown = priority.trim_matches('\'');
         assert_eq!(
             top_rejection(&format!("priority: {priority}")),
