@@ -23,6 +23,10 @@ enum Scenario {
     Sim,
     /// A `for_each` over a list, on simulated agents.
     Map,
+    /// A run served wholly from the step cache, on simulated agents.
+    Cached,
+    /// Real throughput with every task keyed and its cache entry written.
+    RealKeyed,
     Scale,
     Fleet,
     /// Throughput with OTLP trace export off and on.
@@ -220,6 +224,12 @@ async fn main() -> Result<()> {
         outcomes.push(scenarios::real_throughput(&settings, n, floors.as_ref()).await);
         show(outcomes.last().unwrap_or(&machine()));
     }
+    if wants(Scenario::RealKeyed) {
+        let n = pick(cli.real_tasks, 10_000, 1_000, q);
+        eprintln!("throughput on real agents, every task keyed: {n} tasks");
+        outcomes.push(scenarios::real_throughput_keyed(&settings, n, floors.as_ref()).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
     if wants(Scenario::Sim) {
         let sizes = if cli.sim_tasks.is_empty() {
             if q {
@@ -245,6 +255,16 @@ async fn main() -> Result<()> {
             .unwrap_or(if q { 2_000 } else { 10_000 });
         eprintln!("for_each map, SIMULATED agents: {n} items");
         outcomes.push(scenarios::map_throughput(&settings, n).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Cached) {
+        let n = cli
+            .sim_tasks
+            .first()
+            .copied()
+            .unwrap_or(if q { 2_000 } else { 10_000 });
+        eprintln!("fully cached run, SIMULATED agents: {n} tasks");
+        outcomes.push(scenarios::cached_throughput(&settings, n).await);
         show(outcomes.last().unwrap_or(&machine()));
     }
     if wants(Scenario::Scale) {

@@ -140,11 +140,17 @@ async fn scheduler_usage(o: &mut Outcome, pid: u32, meter: &CpuMeter) {
 
 /// Submits a spec; the error is the scheduler's answer when it refuses.
 async fn submit(cluster: &Cluster, yaml: String) -> Result<(String, Duration)> {
+    submit_run(cluster, yaml, false).await
+}
+
+/// [`submit`], taking nothing from the step cache when `no_cache`.
+async fn submit_run(cluster: &Cluster, yaml: String, no_cache: bool) -> Result<(String, Duration)> {
     let mut client = cluster.client().await?;
     let t = Instant::now();
     let r = client
         .submit_run(pb::SubmitRunRequest {
             spec_yaml: yaml,
+            no_cache,
             ..Default::default()
         })
         .await;
@@ -390,8 +396,25 @@ impl Drop for SuccessCounter {
 
 /// Independent no-op tasks on real agents: submit to the run recorded
 /// Succeeded in etcd.
+/// [`real_throughput`] with every task cached (`cache: true`, a key of its
+/// own) in a `--no-cache` run: each task's key is computed and its entry
+/// written, none is served, so the difference to `throughput-real` is what
+/// the step cache costs a run of tasks that all miss.
+pub async fn real_throughput_keyed(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
+    real(s, tasks, floors, true).await
+}
+
 pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
-    let mut o = Outcome::new("throughput-real", false);
+    real(s, tasks, floors, false).await
+}
+
+async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) -> Outcome {
+    let name = if keyed {
+        "throughput-real-keyed"
+    } else {
+        "throughput-real"
+    };
+    let mut o = Outcome::new(name, false);
     o.param("tasks", tasks)
         .param("agents", s.real_agents)
         .param("cpus_per_agent", s.real_cpus)
@@ -407,12 +430,16 @@ pub async fn real_throughput(s: &Settings, tasks: usize, floors: Option<&Floors>
             c.wait_agents(s.real_agents, Duration::from_secs(30))
                 .await?;
             let counter = SuccessCounter::start(&c).await?;
-            let yaml = specs::independent(tasks);
+            let yaml = if keyed {
+                specs::independent_cached(tasks)
+            } else {
+                specs::independent(tasks)
+            };
             let pid = c.scheduler_pid()?;
             let meter = CpuMeter::start(pid)?;
             let mut breakdown = Breakdown::start(&c).await;
             let t = Instant::now();
-            let (run_id, submit_took) = submit(&c, yaml).await?;
+            let (run_id, submit_took) = submit_run(&c, yaml, keyed).await?;
             o.metric("submit_s", r3(submit_took.as_secs_f64()));
             let waited = counter.wait(tasks as u64, s.timeout).await;
             scheduler_usage(o, pid, &meter).await;
@@ -604,6 +631,55 @@ pub async fn map_throughput(s: &Settings, items: usize) -> Outcome {
                 fmt_num(get_took.as_secs_f64() * 1000.0)
             );
             run.end(o, tasks, tps).await;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// `tasks` cached tasks run once on simulated agents, then submitted again:
+/// the second run is served wholly from the step cache (no attempt reaches
+/// an agent); its submit-to-Succeeded time and rate.
+pub async fn cached_throughput(s: &Settings, tasks: usize) -> Outcome {
+    let o = sim_outcome(s, &format!("throughput-cached-{tasks}"), ("tasks", tasks));
+    guarded(
+        o,
+        &[("cached tasks/s", ">=", 10_000.0)],
+        async |o: &mut Outcome| {
+            let yaml = specs::independent_cached(tasks);
+            let first = SimRun::start(s, o, None, yaml.clone(), tasks).await?;
+            let ran = first.sim.stats.finished.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let (run_id, submit_took) = submit(&first.cluster, yaml).await?;
+            let state = first
+                .cluster
+                .wait_run(&run_id, Duration::from_millis(1), s.timeout)
+                .await?;
+            let took = t.elapsed();
+            if state != pb::RunState::Succeeded {
+                bail!("the cached run ended {state:?}");
+            }
+            let again = first.sim.stats.finished.load(Ordering::Relaxed) - ran;
+            if again != 0 {
+                bail!("{again} tasks of the cached run reached an agent");
+            }
+            let tps = rate(tasks as u64, took);
+            o.metric("first_run_tasks_per_s", r3(rate(tasks as u64, first.took)))
+                .metric("cached_submit_s", r3(submit_took.as_secs_f64()))
+                .metric("cached_total_ms", r3(took.as_secs_f64() * 1000.0))
+                .metric("cached_tasks_per_s", r3(tps));
+            o.summary = format!(
+                "cached run: {} tasks/s ({} ms, submit {} ms); first run {} tasks/s",
+                fmt_num(tps),
+                fmt_num(took.as_secs_f64() * 1000.0),
+                fmt_num(submit_took.as_secs_f64() * 1000.0),
+                fmt_num(rate(tasks as u64, first.took))
+            );
+            o.targets
+                .push(Target::at_least("cached tasks/s", tps, 10_000.0));
+            let mut first = first;
+            first.sim.stop().await;
+            first.cluster.stop_scheduler().await;
             Ok(())
         },
     )

@@ -26,6 +26,19 @@ pub fn map() -> String {
     )
 }
 
+/// `n` tasks with no dependencies, each cached (`cache: true`) under a key
+/// of its own (the command names the task).
+pub fn independent_cached(n: usize) -> String {
+    let mut y = String::from("name: bench-cached\ntasks:\n");
+    for i in 0..n {
+        let _ = writeln!(
+            y,
+            "  - {{name: t{i:06}, command: [\"true\", \"{i:06}\"], cache: true}}"
+        );
+    }
+    y
+}
+
 /// `n` tasks with no dependencies.
 pub fn independent(n: usize) -> String {
     let mut y = String::from("name: bench-flat\ntasks:\n");
