@@ -124,6 +124,10 @@ echo released
         panic!("expected success, got {fin:?}");
     };
     assert_eq!(ok.log_key, "runs/r1/train.1.log");
+    // The id of the image the container was created from: what ran.
+    let image_id = docker.inspect_image(&image).await?.id.unwrap_or_default();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    assert_eq!(ok.image_digest, image_id);
     assert_eq!(ok.outputs.len(), 1);
     let model = &ok.outputs[0];
     assert_eq!(model.name, "model");

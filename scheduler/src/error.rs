@@ -26,6 +26,9 @@ pub enum SchedulerError {
     TaskNotFound { run: String, task: String },
     #[error("{0}")]
     LogNotFound(String),
+    /// Something else asked for is not there; the message names it.
+    #[error("{0}")]
+    NotFound(String),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("nats: {0}")]
@@ -60,7 +63,8 @@ impl From<SchedulerError> for tonic::Status {
             | SchedulerError::QueueNotFound(_)
             | SchedulerError::AgentNotFound(_)
             | SchedulerError::TaskNotFound { .. }
-            | SchedulerError::LogNotFound(_) => Code::NotFound,
+            | SchedulerError::LogNotFound(_)
+            | SchedulerError::NotFound(_) => Code::NotFound,
             SchedulerError::Conflict => Code::Aborted,
             SchedulerError::Etcd(_)
             | SchedulerError::Nats(_)

@@ -390,7 +390,7 @@ impl EngineState {
                 cache_key: None,
                 task: task.0,
                 agent,
-                gpus: admit.placement.gpus.clone(),
+                gpus: agents.slots[admit.placement.agent].given_gpus(&admit.placement.gpus),
             };
             match run.dag.apply(ev, now) {
                 Ok(fx) => {
