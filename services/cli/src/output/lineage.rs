@@ -2,7 +2,7 @@
 //! attempt once; a producer reached again says so) or as JSON (the nodes
 //! flat, referring to each other by index, as the scheduler sends them).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
@@ -12,9 +12,20 @@ use drover_api::pb;
 use super::{duration, timestamp};
 
 /// The readable tree: each root, then its inputs' producers nested under it.
+/// An input with the same content as an output asked about says so (the
+/// example's best model is a copy of one trained model: this names it).
 pub fn lineage_table(l: &pb::GetLineageResponse) -> String {
+    let asked = l
+        .roots
+        .iter()
+        .filter_map(|&r| l.nodes.get(r as usize))
+        .flat_map(|n| &n.outputs)
+        .filter(|o| l.output.is_empty() || o.name == l.output)
+        .map(|o| (o.sha256.clone(), o.name.clone()))
+        .collect();
     let mut p = Printer {
         l,
+        asked,
         shown: HashSet::new(),
         out: String::new(),
         run: l
@@ -37,6 +48,8 @@ pub fn lineage_table(l: &pb::GetLineageResponse) -> String {
 
 struct Printer<'a> {
     l: &'a pb::GetLineageResponse,
+    /// The roots' outputs asked about, by sha256.
+    asked: HashMap<String, String>,
     shown: HashSet<u32>,
     out: String,
     /// The roots' run: other runs are named where they appear.
@@ -135,6 +148,9 @@ impl Printer<'_> {
                     "{pad}  {} #{}  sha256:{}",
                     part.task, part.attempt, part.sha256
                 );
+                if let Some(name) = self.asked.get(&part.sha256) {
+                    let _ = write!(self.out, "  (same content as {name})");
+                }
                 match part.node {
                     Some(p) => self.producer(p, &format!("{pad}    ")),
                     None => self.out.push('\n'),
@@ -292,13 +308,15 @@ mod tests {
             ],
             output: String::new(),
         };
+        let mut l = l;
+        l.nodes[0].outputs[0].sha256 = "b-sha".into();
         let text = lineage_table(&l);
         assert!(
             text.starts_with("d #1  run r1\n  command  sh -c 'echo '\\''hi'\\'' > x'\n"),
             "{text}"
         );
         assert!(
-            text.contains("\n  input    in ← b/out\n    b #1  sha256:b-sha\n      command  "),
+            text.contains("\n  input    in ← b/out\n    b #1  sha256:b-sha  (same content as out)\n      command  "),
             "{text}"
         );
         assert!(
