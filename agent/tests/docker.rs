@@ -484,6 +484,9 @@ async fn a_restarted_agent_adopts_its_containers() -> Result<()> {
         panic!("{ev:?}")
     };
     assert_eq!(ok.outputs.len(), 1);
+    // An adopted container reports the image it ran, as one started here.
+    let image_id = docker.inspect_image(&image).await?.id.unwrap_or_default();
+    assert_eq!(ok.image_digest, image_id);
     assert_eq!(ok.outputs[0].sha256, sha256_hex(b"model\n"));
     assert_eq!(
         h.store.get_bytes(&ok.outputs[0].key).await?,
