@@ -419,3 +419,88 @@ fn a_digest_is_found_in_a_successful_attempt_of_the_run() {
     );
     assert_eq!(find_output("r9", &tasks, "nope"), None);
 }
+
+const FOR_EACH: &str = r#"
+name: shards
+tasks:
+  - {name: list, command: [list], outputs: [{name: shards, path: l.json}]}
+  - name: process
+    depends_on: [list]
+    for_each: {from: list/shards}
+    command: [process, "{{item}}"]
+    outputs: [{name: stats, path: s.json}]
+  - name: merge
+    depends_on: [process]
+    command: [merge]
+    inputs: [{name: stats, from: process/stats}]
+"#;
+
+/// [`FOR_EACH`] finished, its list `["a", "b"]` read (or not: `items`).
+fn for_each_run(items: bool) -> Runs {
+    let spec = drover_api::spec::parse_spec(FOR_EACH, &BTreeMap::new()).expect("valid spec");
+    let tasks = [
+        ("list", ok(1, 1, 2, &[("shards", "l")])),
+        ("process[0]", ok(1, 3, 4, &[("stats", "s0")])),
+        ("process[1]", ok(1, 3, 5, &[("stats", "s1")])),
+        ("merge", ok(1, 6, 7, &[])),
+    ];
+    let stored = StoredRun {
+        record: pb::RunRecord {
+            id: "f1".into(),
+            state: pb::RunState::Succeeded as i32,
+            expansions: vec![pb::Expansion {
+                task: "process".into(),
+                count: 2,
+            }],
+            ..Default::default()
+        },
+        spec: Arc::new(spec),
+        rev: 1,
+        tasks: tasks
+            .into_iter()
+            .map(|(name, a)| (name.to_owned(), record(vec![a]), 1))
+            .collect(),
+    };
+    let (dag, _) = convert::restore(&stored);
+    let lists = if items {
+        HashMap::from([(1, vec![serde_json::json!("a"), serde_json::json!("b")])])
+    } else {
+        HashMap::new()
+    };
+    runs(vec![LineageRun::new(
+        stored.record,
+        stored.spec,
+        dag,
+        lists,
+    )])
+}
+
+#[test]
+fn for_each_instances_show_their_item_in_the_command_they_ran() -> TestResult {
+    let runs = for_each_run(true);
+    let roots = roots_of(&runs, "f1", "merge", None)?;
+    let resp = assemble(&runs, &roots, "", DEFAULT_DEPTH).response;
+    let merge = node(&resp, resp.roots.first().copied());
+    let parts = &merge.inputs[0].parts;
+    let names: Vec<&str> = parts.iter().map(|p| p.task.as_str()).collect();
+    assert_eq!(names, ["process[0]", "process[1]"]);
+    let second = node(&resp, parts[1].node);
+    assert_eq!(second.command, ["process", "b"]);
+    assert_eq!(second.matrix.get("item").map(String::as_str), Some("b"));
+    assert!(second.note.is_empty(), "{}", second.note);
+    // The task as written stands for its instances.
+    assert_eq!(roots_of(&runs, "f1", "process", Some("stats"))?.len(), 2);
+
+    // A list that cannot be read any more: the command as written, said so.
+    let runs = for_each_run(false);
+    let resp = assemble(&runs, &roots, "", DEFAULT_DEPTH).response;
+    let merge = node(&resp, resp.roots.first().copied());
+    let first = node(&resp, merge.inputs[0].parts[0].node);
+    assert_eq!(first.command, ["process", "{{item}}"]);
+    assert!(
+        first.note.contains("for_each list could not be read"),
+        "{}",
+        first.note
+    );
+    Ok(())
+}

@@ -207,7 +207,7 @@ fn attempt_json(a: &pb::Attempt) -> Value {
         "error": a.error,
         "log_key": a.log_key,
         "log_empty": a.log_empty,
-        "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
+        "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "model": g.model})).collect::<Vec<_>>(),
         "outputs": a.outputs.iter().map(|o| json!({
             "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,
             "result": o.result.as_deref().map(result_json),
