@@ -132,8 +132,13 @@ impl Printer<'_> {
                 src.task, src.attempt, src.run_id
             );
             self.line(pad, "cached", &from);
-            if let Some(s) = n.source {
-                self.producer(s, &format!("{pad}  "));
+            if let Some(source) = n
+                .source
+                .and_then(|s| l.nodes.get(s as usize).map(|n| (s, n)))
+            {
+                let (s, node) = source;
+                let _ = write!(self.out, "{pad}  {} #{}", node.task, node.attempt);
+                self.producer(s, &format!("{pad}    "));
             }
         }
         for input in &n.inputs {
@@ -355,6 +360,26 @@ mod tests {
         );
         assert!(
             text.ends_with("  input    in ← a/out\n    a #1  sha256:a-sha\n"),
+            "{text}"
+        );
+
+        // A cached result: where it came from, shown beneath.
+        let mut cached = l.clone();
+        cached.roots = vec![4];
+        let mut hit = node("d", vec![]);
+        hit.run_id = "r2".into();
+        hit.agent_id = String::new();
+        hit.cached_from = Some(pb::AttemptSource {
+            run_id: "r1".into(),
+            task: "d".into(),
+            attempt: 1,
+        });
+        hit.source = Some(0);
+        cached.nodes.push(hit);
+        let text = lineage_table(&cached);
+        assert!(text.contains("  agent    none\n"), "{text}");
+        assert!(
+            text.contains("  cached   d #1 of run r1 (the result was reused, not run again)\n    d #1  run r1\n      command  sh"),
             "{text}"
         );
 
