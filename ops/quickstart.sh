@@ -79,6 +79,8 @@ print("chosen model:", json.dumps(chosen))
 print("best_model:  ", outs["best_model"]["key"], "sha256", outs["best_model"]["sha256"][:16])
 print("metrics.json:", json.dumps(metrics, indent=2)[:1500])
 ' "$data"
+  echo "== lineage of the best model (dataset, code, learning rates, agents, times)"
+  "$drover" lineage "$run" evaluate best_model || true
 fi
 
 if [ "$keep" = 1 ]; then

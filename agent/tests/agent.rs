@@ -52,6 +52,7 @@ echo "to stderr" >&2
         panic!("expected success, got {fin:?}");
     };
     assert_eq!(ok.log_key, "runs/r1/train.1.log");
+    assert_eq!(ok.image_digest, "", "a process runs no image");
     assert_eq!(ok.outputs.len(), 2);
 
     let model = &ok.outputs[0];

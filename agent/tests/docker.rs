@@ -124,6 +124,10 @@ echo released
         panic!("expected success, got {fin:?}");
     };
     assert_eq!(ok.log_key, "runs/r1/train.1.log");
+    // The id of the image the container was created from: what ran.
+    let image_id = docker.inspect_image(&image).await?.id.unwrap_or_default();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    assert_eq!(ok.image_digest, image_id);
     assert_eq!(ok.outputs.len(), 1);
     let model = &ok.outputs[0];
     assert_eq!(model.name, "model");
@@ -480,6 +484,9 @@ async fn a_restarted_agent_adopts_its_containers() -> Result<()> {
         panic!("{ev:?}")
     };
     assert_eq!(ok.outputs.len(), 1);
+    // An adopted container reports the image it ran, as one started here.
+    let image_id = docker.inspect_image(&image).await?.id.unwrap_or_default();
+    assert_eq!(ok.image_digest, image_id);
     assert_eq!(ok.outputs[0].sha256, sha256_hex(b"model\n"));
     assert_eq!(
         h.store.get_bytes(&ok.outputs[0].key).await?,

@@ -2,8 +2,8 @@
 
 use drover_api::pb;
 use drover_scheduler_core::dag::{
-    Artifact, Attempt, AttemptSource, AttemptStatus, RunDag, RunState, RunStatus, TaskDef, TaskRun,
-    TaskStatus,
+    Artifact, Attempt, AttemptSource, AttemptStatus, GivenGpu, RunDag, RunState, RunStatus,
+    TaskDef, TaskRun, TaskStatus,
 };
 
 use crate::store::StoredRun;
@@ -184,6 +184,22 @@ pub fn pb_artifact(a: &Artifact) -> pb::Artifact {
     }
 }
 
+pub fn gpu_ref(g: &GivenGpu) -> pb::GpuRef {
+    pb::GpuRef {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        model: g.model.clone(),
+    }
+}
+
+pub fn attempt_source(s: &AttemptSource) -> pb::AttemptSource {
+    pb::AttemptSource {
+        run_id: s.run.clone(),
+        task: s.task.clone(),
+        attempt: s.attempt,
+    }
+}
+
 fn pb_attempt(a: &Attempt) -> pb::Attempt {
     pb::Attempt {
         number: a.number,
@@ -198,22 +214,10 @@ fn pb_attempt(a: &Attempt) -> pb::Attempt {
         outputs: a.outputs.iter().map(pb_artifact).collect(),
         log_key: a.log_key.clone(),
         log_empty: a.log_empty,
-        gpus: a
-            .gpus
-            .iter()
-            .map(|(index, uuid)| pb::GpuRef {
-                index: *index,
-                uuid: uuid.clone(),
-                ..Default::default()
-            })
-            .collect(),
+        gpus: a.gpus.iter().map(gpu_ref).collect(),
         image_digest: a.image_digest.clone(),
         cache_key: a.cache_key.clone().unwrap_or_default(),
-        cached_from: a.cached_from.as_ref().map(|s| pb::AttemptSource {
-            run_id: s.run.clone(),
-            task: s.task.clone(),
-            attempt: s.attempt,
-        }),
+        cached_from: a.cached_from.as_ref().map(attempt_source),
     }
 }
 
@@ -238,7 +242,15 @@ fn core_attempt(a: &pb::Attempt) -> Attempt {
         outputs: a.outputs.iter().map(artifact).collect(),
         log_key: a.log_key.clone(),
         log_empty: a.log_empty,
-        gpus: a.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect(),
+        gpus: a
+            .gpus
+            .iter()
+            .map(|g| GivenGpu {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                model: g.model.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -372,7 +384,11 @@ mod tests {
                 log_key: "l".into(),
                 // Round-trips even where it would not occur (a failed attempt).
                 log_empty: true,
-                gpus: vec![(1, "GPU-1".into())],
+                gpus: vec![GivenGpu {
+                    index: 1,
+                    uuid: "GPU-1".into(),
+                    model: "NVIDIA A100-SXM4-80GB".into(),
+                }],
             }],
             message: "retry".into(),
             retry_at: 77,

@@ -26,8 +26,9 @@ pub enum SchedulerError {
     TaskNotFound { run: String, task: String },
     #[error("{0}")]
     LogNotFound(String),
-    #[error("cache entry `{0}` not found")]
-    CacheEntryNotFound(String),
+    /// Something else asked for is not there; the message names it.
+    #[error("{0}")]
+    NotFound(String),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("nats: {0}")]
@@ -63,7 +64,7 @@ impl From<SchedulerError> for tonic::Status {
             | SchedulerError::AgentNotFound(_)
             | SchedulerError::TaskNotFound { .. }
             | SchedulerError::LogNotFound(_)
-            | SchedulerError::CacheEntryNotFound(_) => Code::NotFound,
+            | SchedulerError::NotFound(_) => Code::NotFound,
             SchedulerError::Conflict => Code::Aborted,
             SchedulerError::Etcd(_)
             | SchedulerError::Nats(_)

@@ -121,11 +121,28 @@ impl Api {
         dag: &drover_scheduler_core::dag::RunDag,
         run: &mut pb::Run,
     ) {
+        for (task, items) in self.for_each_items(spec, dag).await {
+            let Some(range) = dag.instances(task) else {
+                continue;
+            };
+            for (i, item) in range.zip(&items) {
+                if let Some(t) = run.tasks.get_mut(i) {
+                    t.item = crate::engine::item_text(item);
+                }
+            }
+        }
+    }
+
+    /// The items of each expanded `for_each` task, by task, read again
+    /// from its producer's output; a list that cannot be read is left out.
+    pub(crate) async fn for_each_items(
+        &self,
+        spec: &pb::PipelineSpec,
+        dag: &drover_scheduler_core::dag::RunDag,
+    ) -> std::collections::HashMap<usize, Vec<serde_json::Value>> {
+        let mut lists = std::collections::HashMap::new();
         for &(task, count) in &dag.run_state().expansions {
-            let (Some(from), Some(range)) = (
-                spec.tasks.get(task).and_then(|t| t.for_each.as_ref()),
-                dag.instances(task),
-            ) else {
+            let Some(from) = spec.tasks.get(task).and_then(|t| t.for_each.as_ref()) else {
                 continue;
             };
             let key = dag.index_of(&from.from_task).and_then(|p| {
@@ -146,15 +163,12 @@ impl Api {
             };
             match items {
                 Ok(items) => {
-                    for (i, item) in range.zip(&items) {
-                        if let Some(t) = run.tasks.get_mut(i) {
-                            t.item = crate::engine::item_text(item);
-                        }
-                    }
+                    lists.insert(task, items);
                 }
-                Err(e) => warn!(run = %run.id, error = %e, "for_each items not shown"),
+                Err(e) => warn!(output = %output, error = %e, "for_each items not read"),
             }
         }
+        lists
     }
 
     /// The log key of `attempt` of `task` (0 = the latest with a log), and
@@ -445,7 +459,9 @@ impl Scheduler for Api {
                 }
                 let n = self.engine.forget_cache(key.clone(), String::new()).await?;
                 if n == 0 {
-                    return Err(SchedulerError::CacheEntryNotFound(key).into());
+                    return Err(
+                        SchedulerError::NotFound(format!("cache entry `{key}` not found")).into(),
+                    );
                 }
                 n
             }
@@ -490,6 +506,13 @@ impl Scheduler for Api {
             .map_err(|e| Status::from(SchedulerError::Artifacts(e.to_string())))
         });
         Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn get_lineage(
+        &self,
+        req: Request<pb::GetLineageRequest>,
+    ) -> Result<Response<pb::GetLineageResponse>, Status> {
+        Ok(Response::new(self.lineage(&req.into_inner()).await?))
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`store`]: etcd keys and compare-and-swap transactions;
 //! - [`bus`]: NATS subjects, the JetStream events consumer, agent requests;
 //! - [`grpc`]: the public API; [`convert`]: protobuf ↔ core types;
+//! - [`lineage`]: `GetLineage`, the tree of attempts behind an artifact;
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
 //! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod lineage;
 pub mod logs;
 pub mod metrics;
 pub mod options;

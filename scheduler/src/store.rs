@@ -460,6 +460,12 @@ impl Store {
             .collect()
     }
 
+    /// The task records of `run` as they are now, by task name.
+    pub async fn task_records(&self, run: &str) -> Result<Vec<(String, pb::TaskRecord, i64)>> {
+        // Revision 0: the latest.
+        self.load_tasks(run, 0).await
+    }
+
     /// Loads every run that is not finished yet, and counts the rest.
     pub async fn load_active_runs(&self) -> Result<LoadedRuns> {
         let mut active = Vec::new();

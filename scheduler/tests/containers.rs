@@ -67,6 +67,34 @@ tasks:
     assert_eq!(breaks.state(), TaskState::Failed);
     assert_eq!(breaks.attempts[0].exit_code, Some(3));
     assert!(c.logs(&id, "breaks", 0).await.unwrap().starts_with("bad\n"));
+
+    // Lineage names the image and the id of the image each container ran.
+    let inspect = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .unwrap();
+    let image_id = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    assert!(image_id.starts_with("sha256:"), "{inspect:?}");
+    let lineage = c
+        .client()
+        .await
+        .get_lineage(drover_api::pb::GetLineageRequest {
+            run_id: id.clone(),
+            task: "use".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lineage.nodes.len(), 2, "{lineage:#?}");
+    for node in &lineage.nodes {
+        assert_eq!(
+            (node.image.as_str(), node.image_digest.as_str()),
+            (image.as_str(), image_id.as_str()),
+            "{}",
+            node.task
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

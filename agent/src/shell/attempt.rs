@@ -104,11 +104,19 @@ impl WorkDir {
 
 /// How executing an attempt ended.
 enum Outcome {
-    /// Report this (`Ok`: the uploaded outputs of a successful attempt).
-    Finished(Result<Vec<Artifact>, Failure>),
+    /// Report this.
+    Finished(Result<Produced, Failure>),
     /// Its container was left running as the agent shuts down: no final
     /// event; the next agent start adopts it.
     Detached,
+}
+
+/// What a successful attempt reports.
+struct Produced {
+    /// The declared outputs, uploaded.
+    outputs: Vec<Artifact>,
+    /// The image that ran (`sha256:…`); empty for a process.
+    image_digest: String,
 }
 
 /// The agent's span for one attempt, a child of the scheduler's attempt span
@@ -378,13 +386,13 @@ async fn conclude(
     };
 
     let (final_event, outcome) = match (result, log_key) {
-        (Ok(outputs), Ok(log_key)) => {
-            info!(run = %run, task = %task, attempt, outputs = outputs.len(), "succeeded");
+        (Ok(produced), Ok(log_key)) => {
+            info!(run = %run, task = %task, attempt, outputs = produced.outputs.len(), "succeeded");
             let event = Kind::Succeeded(AttemptSucceeded {
-                outputs,
+                outputs: produced.outputs,
                 log_key,
                 log_empty,
-                ..Default::default()
+                image_digest: produced.image_digest,
             });
             (event, TaskOutcome::Succeeded)
         }
@@ -659,6 +667,7 @@ async fn run_to_end(
             return Outcome::Detached;
         }
     };
+    let image_digest = running.image_digest();
     for note in running.finish().instrument(execute.clone()).await {
         note_in_log(log_path, &note).await;
     }
@@ -678,11 +687,13 @@ async fn run_to_end(
         0 => Span::none(),
         n => info_span!("upload outputs", outputs = n),
     };
-    Outcome::Finished(
-        upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR))
-            .instrument(upload)
-            .await,
-    )
+    let outputs = upload_outputs(ctx, plan, &dir.join(OUTPUTS_DIR))
+        .instrument(upload)
+        .await;
+    Outcome::Finished(outputs.map(|outputs| Produced {
+        outputs,
+        image_digest,
+    }))
 }
 
 /// The declared outputs of a successful attempt, uploaded.

@@ -106,8 +106,8 @@ pub struct Attempt {
     pub log_key: String,
     /// Nothing was written: no object is stored under `log_key`.
     pub log_empty: bool,
-    /// GPUs given to the attempt: (agent's NVML index, UUID).
-    pub gpus: Vec<(u32, String)>,
+    /// GPUs given to the attempt.
+    pub gpus: Vec<GivenGpu>,
     /// The image the agent ran, as `sha256:…` (empty: not a container, or
     /// not reported).
     pub image_digest: String,
@@ -115,6 +115,16 @@ pub struct Attempt {
     pub cache_key: Option<String>,
     /// Never ran: its result is this earlier attempt's, whose key matched.
     pub cached_from: Option<AttemptSource>,
+}
+
+/// One GPU given to an attempt, as the agent reported it when placed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GivenGpu {
+    /// The agent's NVML index.
+    pub index: u32,
+    pub uuid: String,
+    /// The model NVML names (empty: unknown, e.g. a record from before).
+    pub model: String,
 }
 
 /// One attempt of one task of one run, named as a user reads it.
@@ -192,7 +202,7 @@ pub enum Event {
     Assign {
         task: usize,
         agent: String,
-        gpus: Vec<(u32, String)>,
+        gpus: Vec<GivenGpu>,
         /// The attempt's cache key, recorded with it.
         cache_key: Option<String>,
     },

@@ -207,6 +207,23 @@ impl AgentSlot {
         }
     }
 
+    /// The GPUs `placed` names (NVML index, UUID), with their models.
+    pub fn given_gpus(&self, placed: &[(u32, String)]) -> Vec<crate::dag::GivenGpu> {
+        placed
+            .iter()
+            .map(|(index, uuid)| crate::dag::GivenGpu {
+                index: *index,
+                uuid: uuid.clone(),
+                model: self
+                    .gpus
+                    .iter()
+                    .find(|g| g.uuid == *uuid)
+                    .map(|g| g.name.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Gives `req`'s resources and these GPUs back.
     pub fn release(&mut self, req: &Request, gpus: &[(u32, String)]) {
         self.used_cpu_millis = self.used_cpu_millis.saturating_sub(req.cpu_millis);

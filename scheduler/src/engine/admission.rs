@@ -401,7 +401,7 @@ impl EngineState {
                 cache_key: run.cache_keys.get(&task.0).cloned(),
                 task: task.0,
                 agent,
-                gpus: admit.placement.gpus.clone(),
+                gpus: agents.slots[admit.placement.agent].given_gpus(&admit.placement.gpus),
             };
             match run.dag.apply(ev, now) {
                 Ok(fx) => {

@@ -40,7 +40,7 @@ pub mod state;
 mod tests;
 
 pub use admission::{WaitBoard, Waiting};
-pub use for_each::{item_text, parse_list, ListRead};
+pub use for_each::{item_text, parse_list, render, ListRead};
 pub use handle::{EngineHandle, Request, Response};
 pub use recovery::Stored;
 pub use service::{now_ms, Engine};

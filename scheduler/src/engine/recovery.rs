@@ -86,7 +86,7 @@ impl EngineState {
                     agent: self.fleet.agent_id(&a.agent),
                     attempt: AttemptNumber(a.number),
                     req: run.requests[i].clone(),
-                    gpus: a.gpus.clone(),
+                    gpus: a.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect(),
                     // Not stored: after a restart running work counts as within quota.
                     borrowed: false,
                 };

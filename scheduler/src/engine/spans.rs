@@ -37,7 +37,7 @@ pub(super) fn attempt_span(run: &ActiveRun, task: TaskIndex) -> Option<RecordedS
             "drover.gpus",
             a.gpus
                 .iter()
-                .map(|(_, uuid)| uuid.as_str())
+                .map(|g| g.uuid.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
         ),

@@ -631,16 +631,7 @@ impl EngineState {
             .dag
             .task(attempt.task.0)
             .current()
-            .map(|a| {
-                a.gpus
-                    .iter()
-                    .map(|(index, uuid)| pb::GpuRef {
-                        index: *index,
-                        uuid: uuid.clone(),
-                        ..Default::default()
-                    })
-                    .collect()
-            })
+            .map(|a| a.gpus.iter().map(convert::gpu_ref).collect())
             .unwrap_or_default();
         Some(pb::Assignment {
             artifact_prefix: naming::attempt_prefix(

@@ -152,6 +152,30 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// The tree behind an artifact: the attempt that produced it (command,
+    /// image and digest, code, params, matrix values, agent, GPUs, times)
+    /// and, recursively, the producers of its inputs.
+    Lineage {
+        /// The run (leave out with --sha256).
+        #[arg(required_unless_present = "sha256")]
+        run: Option<String>,
+        /// The producing task; a task with a matrix or for_each as written
+        /// stands for all its instances.
+        #[arg(required_unless_present = "sha256")]
+        task: Option<String>,
+        /// One of the task's outputs (default: all of them).
+        #[arg(value_name = "OUTPUT")]
+        artifact: Option<String>,
+        /// Instead of RUN TASK: the output with this sha256 (the newest
+        /// run's; scans stored runs, newest first).
+        #[arg(long, value_name = "DIGEST", conflicts_with_all = ["run", "task", "artifact"])]
+        sha256: Option<String>,
+        /// Levels of inputs to follow (0: the scheduler's default, 32).
+        #[arg(long, default_value_t = 0)]
+        depth: u32,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
     /// Change a run after submitting it.
     #[command(subcommand)]
     Run(RunCommand),
@@ -405,6 +429,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{id}");
             if watch {
                 return follow(&mut client, id, Format::Table).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lineage {
+            run,
+            task,
+            artifact,
+            sha256,
+            depth,
+            output,
+        } => {
+            let lineage = connect(&server)
+                .await?
+                .get_lineage(pb::GetLineageRequest {
+                    run_id: run.unwrap_or_default(),
+                    task: task.unwrap_or_default(),
+                    output: artifact.unwrap_or_default(),
+                    sha256: sha256.unwrap_or_default(),
+                    max_depth: depth,
+                })
+                .await?
+                .into_inner();
+            match output {
+                Format::Table => print!("{}", output::lineage_table(&lineage)),
+                Format::Json => println!("{:#}", output::lineage_json(&lineage)),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -402,7 +402,7 @@ fn completions_for_every_shell_know_the_commands() {
         let out = offline(&["completion", shell], dir.path());
         assert!(out.status.success(), "{shell}: {out:?}");
         let script = String::from_utf8_lossy(&out.stdout);
-        for command in ["submit", "retry", "schema", "completion"] {
+        for command in ["submit", "retry", "schema", "completion", "lineage"] {
             assert!(script.contains(command), "{shell}: no `{command}`");
         }
     }
@@ -705,4 +705,96 @@ tasks:
     let o = dev.drover(&["logs", "-f", &run, "count", "--attempt", "1"]);
     assert!(!o.status.success());
     assert!(err(&o).contains("--attempt"), "{}", err(&o));
+}
+
+#[test]
+fn lineage_prints_the_tree_behind_an_output_as_a_tree_and_as_json() {
+    let dev = Dev::start();
+    let proj = dev.dir.path().join("lineage");
+    write_tree(&proj, &[("src/data.txt", "1,2,3\n")]);
+    let spec = proj.join("pipeline.yaml");
+    std::fs::write(
+        &spec,
+        r#"name: lin
+code: src
+tasks:
+  - {name: prepare, command: [sh, -c, 'cp data.txt $DROVER_OUTPUTS/dataset.csv'], outputs: [{name: dataset, path: dataset.csv}]}
+  - name: train
+    depends_on: [prepare]
+    matrix: {lr: ["0.1", "0.3"]}
+    command: [sh, -c, 'echo "lr={{matrix.lr}}" | cat $DROVER_INPUTS/dataset - > $DROVER_OUTPUTS/model']
+    inputs: [{name: dataset, from: prepare/dataset}]
+    outputs: [{name: model, path: model}]
+  - {name: evaluate, depends_on: [train], command: [sh, -c, 'cp $DROVER_INPUTS/models/1 $DROVER_OUTPUTS/best'],
+     inputs: [{name: models, from: train/model}], outputs: [{name: best_model, path: best}]}
+"#,
+    )
+    .unwrap();
+    let run = submit_ok(&dev, &spec.display().to_string());
+    let id = run["id"].as_str().unwrap();
+    let code = run["code_sha256"].as_str().unwrap();
+    let prepare = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "prepare")
+        .unwrap();
+    let dataset = prepare["attempts"][0]["outputs"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(dataset.len(), 64, "{prepare:#}");
+
+    let o = dev.drover(&["lineage", id, "evaluate", "best_model"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let tree = out(&o);
+    assert!(tree.starts_with("evaluate #1  run "), "{tree}");
+    assert!(
+        tree.contains(&format!("  code     sha256:{code}\n")),
+        "{tree}"
+    );
+    assert!(tree.contains("  agent    cli-agent\n"), "{tree}");
+    assert!(
+        tree.contains("\n  input    models ← train/model\n    train[lr=0.1] #1  sha256:"),
+        "{tree}"
+    );
+    assert!(tree.contains("      matrix   lr=0.3\n"), "{tree}");
+    assert!(
+        tree.contains(&format!("        prepare #1  sha256:{dataset}\n")),
+        "{tree}"
+    );
+    assert!(
+        tree.contains(&format!(
+            "        prepare #1  sha256:{dataset}  (shown above)\n"
+        )),
+        "{tree}"
+    );
+
+    let o = dev.drover(&["lineage", id, "evaluate", "-o", "json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{v:#}");
+    let root = &nodes[v["roots"][0].as_u64().unwrap() as usize];
+    assert_eq!(root["task"], "evaluate");
+    assert_eq!(root["code_sha256"], code);
+    let part = &root["inputs"][0]["parts"][1];
+    let train = &nodes[part["node"].as_u64().unwrap() as usize];
+    assert_eq!(train["matrix"]["lr"], "0.3");
+    assert_eq!(train["inputs"][0]["parts"][0]["sha256"], dataset.as_str());
+
+    let o = dev.drover(&["lineage", "--sha256", &dataset, "-o", "json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["output"], "dataset");
+    assert_eq!(v["nodes"][0]["task"], "prepare");
+
+    let o = dev.drover(&["lineage", id, "evaluate", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        err(&o).trim(),
+        format!("error: task `evaluate` of run `{id}` has no output `nope` (it declares: best_model) (not found)")
+    );
+    let o = dev.drover(&["lineage", id, "--sha256", &dataset]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses RUN with --sha256");
 }

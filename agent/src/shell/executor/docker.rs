@@ -297,6 +297,7 @@ impl DockerExecutor {
             name,
             logs: Some(logs),
             oom_killed: false,
+            image_id: String::new(),
             stop_on_shutdown: self.config.stop_on_shutdown,
         }
     }
@@ -387,12 +388,21 @@ pub struct RunningContainer {
     /// Copies the container's output into the attempt's log until it exits.
     logs: Option<JoinHandle<()>>,
     oom_killed: bool,
+    /// The id (`sha256:…`) of the image the container was created from,
+    /// once inspected after it exited: what ran, whatever its tag says now.
+    image_id: String,
     stop_on_shutdown: bool,
 }
 
 impl RunningContainer {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The image that ran (`sha256:…`), known once [`Self::wait`] returned;
+    /// empty if the engine did not say.
+    pub fn image_id(&self) -> &str {
+        &self.image_id
     }
 
     /// Whether an agent shutdown should stop it (else it is left running).
@@ -427,6 +437,7 @@ impl RunningContainer {
         match self.docker.inspect_container(&self.id, None).await {
             Ok(info) => {
                 self.oom_killed = info.state.and_then(|s| s.oom_killed).unwrap_or(false);
+                self.image_id = info.image.unwrap_or_default();
             }
             Err(e) => {
                 debug!(container = %self.name, error = %describe(&e), "inspect after exit failed")

@@ -70,6 +70,15 @@ impl Running {
         }
     }
 
+    /// The image that ran (`sha256:…`) once the task ended; empty for a
+    /// process.
+    pub fn image_digest(&self) -> String {
+        match self {
+            Running::Process(_) => String::new(),
+            Running::Container(c) => c.image_id().to_owned(),
+        }
+    }
+
     /// Whether an agent shutdown leaves this task running (a container, unless
     /// `--docker-stop-on-shutdown`) rather than stopping it.
     pub fn survives_shutdown(&self) -> bool {

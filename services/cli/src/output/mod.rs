@@ -2,6 +2,7 @@
 //! times and tables here; one file per kind of thing shown.
 
 mod agents;
+mod lineage;
 pub mod progress;
 mod queues;
 mod runs;
@@ -9,6 +10,7 @@ mod runs;
 mod tests;
 
 pub use agents::{agent_json, agents_table};
+pub use lineage::{lineage_json, lineage_table};
 pub use queues::{
     queue_detail_json, queue_detail_table, queue_settings, queue_state, queue_status_json,
     queues_table,

@@ -222,7 +222,7 @@ fn attempt_json(a: &pb::Attempt) -> Value {
         "cached_from": a.cached_from.as_ref().map(|s| json!({
             "run_id": s.run_id, "task": s.task, "attempt": s.attempt,
         })),
-        "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid})).collect::<Vec<_>>(),
+        "gpus": a.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "model": g.model})).collect::<Vec<_>>(),
         "outputs": a.outputs.iter().map(|o| json!({
             "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size,
             "result": o.result.as_deref().map(result_json),
