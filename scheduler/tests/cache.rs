@@ -90,6 +90,23 @@ async fn a_pipeline_submitted_again_is_served_from_the_cache() {
         );
     }
 
+    // Lineage of a cached result leads to the attempt that ran.
+    let lineage = c
+        .client()
+        .await
+        .get_lineage(pb::GetLineageRequest {
+            run_id: second.id.clone(),
+            task: "d".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let root = &lineage.nodes[lineage.roots[0] as usize];
+    assert_eq!(root.cached_from.as_ref().unwrap().run_id, first.id);
+    let source = &lineage.nodes[root.source.unwrap() as usize];
+    assert_eq!((source.run_id.as_str(), source.agent_id.as_str()), (first.id.as_str(), "agent-1"));
+
     // A changed command runs that task again; what reads its output runs
     // again only if the bytes changed (here they did not).
     let changed = DIAMOND.replace(
