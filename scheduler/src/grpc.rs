@@ -173,7 +173,25 @@ impl Api {
 
     /// The log key of `attempt` of `task` (0 = the latest with a log), and
     /// whether that log is empty (then no object was stored).
+    /// The log of an attempt (0: the latest with one): its key and whether
+    /// it is empty. A result served from the cache has the log of the
+    /// attempt that made it.
     async fn log_key(&self, run_id: &str, task: &str, attempt: u32) -> Result<(String, bool)> {
+        match self.attempt_log(run_id, task, attempt).await? {
+            Log::Stored { key, empty } => Ok((key, empty)),
+            Log::Cached(from) => match self
+                .attempt_log(&from.run_id, &from.task, from.attempt)
+                .await?
+            {
+                Log::Stored { key, empty } => Ok((key, empty)),
+                Log::Cached(_) => Err(SchedulerError::LogNotFound(format!(
+                    "task `{task}` was served from the cache, and so was its source"
+                ))),
+            },
+        }
+    }
+
+    async fn attempt_log(&self, run_id: &str, task: &str, attempt: u32) -> Result<Log> {
         let run = self.read_run(run_id).await?;
         let t = run.tasks.iter().find(|t| t.name == task).ok_or_else(|| {
             SchedulerError::TaskNotFound {
@@ -182,12 +200,22 @@ impl Api {
             }
         })?;
         let found = if attempt == 0 {
-            t.attempts.iter().rev().find(|a| !a.log_key.is_empty())
+            t.attempts
+                .iter()
+                .rev()
+                .find(|a| !a.log_key.is_empty() || a.cached_from.is_some())
         } else {
             t.attempts.iter().find(|a| a.number == attempt)
         };
         match found {
-            Some(a) if !a.log_key.is_empty() => Ok((a.log_key.clone(), a.log_empty)),
+            Some(a) if !a.log_key.is_empty() => Ok(Log::Stored {
+                key: a.log_key.clone(),
+                empty: a.log_empty,
+            }),
+            Some(pb::Attempt {
+                cached_from: Some(from),
+                ..
+            }) => Ok(Log::Cached(from.clone())),
             Some(a) => Err(SchedulerError::LogNotFound(format!(
                 "task `{task}` attempt {} has no log yet (state {:?})",
                 a.number,
@@ -203,6 +231,16 @@ impl Api {
             ))),
         }
     }
+}
+
+/// Where an attempt's log is.
+enum Log {
+    Stored {
+        key: String,
+        empty: bool,
+    },
+    /// Served from the cache: the log is this attempt's.
+    Cached(pb::AttemptSource),
 }
 
 #[tonic::async_trait]

@@ -14,7 +14,7 @@ const DIAMOND: &str = r#"
 name: diamond
 tasks:
   - name: a
-    command: ["sh", "-c", "echo hello > $DROVER_OUTPUTS/a.txt"]
+    command: ["sh", "-c", "echo hello > $DROVER_OUTPUTS/a.txt; echo a-ran"]
     outputs: [{name: text, path: a.txt}]
   - name: b
     depends_on: [a]
@@ -90,6 +90,9 @@ async fn a_pipeline_submitted_again_is_served_from_the_cache() {
         );
     }
 
+    // A cached task's log is the log of the attempt that made its result.
+    assert_eq!(c.logs(&second.id, "a", 0).await.unwrap().trim(), "a-ran");
+
     // Lineage of a cached result leads to the attempt that ran.
     let lineage = c
         .client()
@@ -105,7 +108,10 @@ async fn a_pipeline_submitted_again_is_served_from_the_cache() {
     let root = &lineage.nodes[lineage.roots[0] as usize];
     assert_eq!(root.cached_from.as_ref().unwrap().run_id, first.id);
     let source = &lineage.nodes[root.source.unwrap() as usize];
-    assert_eq!((source.run_id.as_str(), source.agent_id.as_str()), (first.id.as_str(), "agent-1"));
+    assert_eq!(
+        (source.run_id.as_str(), source.agent_id.as_str()),
+        (first.id.as_str(), "agent-1")
+    );
 
     // A changed command runs that task again; what reads its output runs
     // again only if the bytes changed (here they did not).
