@@ -30,11 +30,18 @@ pub fn task_defs(spec: &pb::PipelineSpec) -> Vec<TaskDef> {
                 retry_limit: retries.limit,
                 backoff_ms: retries.backoff_ms,
                 finally: t.finally,
-                conditional: !t.when.is_empty(),
+                conditional: !t.when.is_empty() && !item_condition(t),
                 for_each: t.for_each.is_some(),
+                item_condition: item_condition(t),
             }
         })
         .collect()
+}
+
+/// A `for_each` task whose condition names `item`: each instance's is
+/// evaluated, not the task's.
+fn item_condition(t: &pb::TaskSpec) -> bool {
+    t.for_each.is_some() && !t.when.is_empty() && drover_api::spec::condition::uses_item(&t.when)
 }
 
 /// Rebuilds a run's state machine from what etcd holds.

@@ -293,6 +293,53 @@ async fn a_scheduler_killed_mid_map_reads_the_list_again_and_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_on_item_skips_only_the_instances_it_is_false_for() {
+    let c = Cluster::start().await;
+    let spec = with_list(
+        "filtered",
+        r#"[{"shard": "a", "rows": 1}, {"shard": "b", "rows": 5}, {"shard": "c", "rows": 0}]"#,
+        r#"
+  - name: work
+    depends_on: [list]
+    for_each: {from: list/items}
+    when: "item.rows > 0 && item.shard != 'c'"
+    command: ["sh", "-c", "echo {{item.shard}} > $DROVER_OUTPUTS/out"]
+    outputs: [{name: out, path: out}]
+  - name: gather
+    depends_on: [work]
+    command: ["sh", "-c", "cat $DROVER_INPUTS/outs/*"]
+    inputs: [{name: outs, from: work/out}]
+"#,
+    );
+    let id = c.submit(&spec).await.unwrap();
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let states: Vec<(&str, TaskState)> = ["work[0]", "work[1]", "work[2]"]
+        .iter()
+        .map(|n| (*n, task(&run, n).state()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("work[0]", TaskState::Succeeded),
+            ("work[1]", TaskState::Succeeded),
+            ("work[2]", TaskState::Skipped)
+        ]
+    );
+    assert_eq!(
+        task(&run, "work[2]").message,
+        "when: item.rows > 0 && item.shard != 'c' was false"
+    );
+    assert_eq!(
+        task(&run, "work").message,
+        "2 instances succeeded, 1 skipped by their condition"
+    );
+    // What follows the map runs, with the outputs of the instances that ran.
+    assert_eq!(task(&run, "gather").state(), TaskState::Succeeded);
+    assert_eq!(c.logs(&id, "gather", 0).await.unwrap(), "a\nb\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_for_each_specs_are_rejected_and_nothing_is_written() {
     let c = Cluster::start().await;
     let base = "name: x\ntasks:\n  - name: list\n    command: [\"true\"]\n    outputs: [{name: items, path: items}]\n";

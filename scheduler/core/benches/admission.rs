@@ -255,6 +255,7 @@ fn fan_out_fan_in(n: usize) -> usize {
             finally: false,
             conditional: false,
             for_each: false,
+            item_condition: false,
         })
         .collect();
     let (dag, fx) = RunDag::new(defs, false);
@@ -271,6 +272,7 @@ fn for_each_map(n: usize) -> usize {
         finally: false,
         conditional: false,
         for_each,
+        item_condition: false,
     };
     let defs = vec![
         def("list", vec![], false),

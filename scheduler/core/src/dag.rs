@@ -35,6 +35,10 @@ pub struct TaskDef {
     /// the list ([`Effect::Expand`]) and the task becomes a group of
     /// instances ([`Event::Expanded`]).
     pub for_each: bool,
+    /// A `for_each` task whose condition names `item`: each instance's is
+    /// evaluated instead of the task's, and an instance it skips counts as
+    /// done for the task (what follows still runs).
+    pub item_condition: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -504,8 +508,11 @@ impl RunDag {
             (true, false) => self.retry_waiting -= 1,
             _ => {}
         }
-        let succeeded = TaskStatus::Succeeded;
-        let change = (t.status == succeeded, status == succeeded);
+        // An instance skipped by its own condition is done, like a success.
+        let instance = self.instance_of.get(i).is_some_and(Option::is_some);
+        let done =
+            |s: TaskStatus| s == TaskStatus::Succeeded || (instance && s == TaskStatus::Skipped);
+        let change = (done(t.status), done(status));
         t.status = status;
         t.message = message.into();
         self.touch(i);

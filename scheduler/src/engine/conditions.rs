@@ -9,12 +9,20 @@ use drover_scheduler_core::dag::Verdict;
 
 use super::state::ActiveRun;
 
-/// What `task`'s condition says.
-pub(super) fn verdict(run: &ActiveRun, task: usize) -> Verdict {
-    let Some(spec) = run.spec.tasks.get(task) else {
-        return Verdict::Fail {
-            reason: format!("no task #{task}"),
-        };
+/// What `task`'s condition says; None for a `for_each` instance whose
+/// items are not in memory (after a restart: read again first).
+pub(super) fn verdict(run: &ActiveRun, task: usize) -> Option<Verdict> {
+    let (spec, item) = match run.spec.tasks.get(task) {
+        Some(spec) => (spec, None),
+        None => {
+            let Some((group, k)) = run.dag.instance_of(task) else {
+                return Some(Verdict::Fail {
+                    reason: format!("no task #{task}"),
+                });
+            };
+            let item = run.items.get(&group)?.get(k)?;
+            (run.spec.tasks.get(group)?, Some(item))
+        }
     };
     let expr = spec.when.as_str();
     let mut inputs = Inputs {
@@ -29,6 +37,7 @@ pub(super) fn verdict(run: &ActiveRun, task: usize) -> Verdict {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
+        item,
         ..Inputs::default()
     };
     let defs = run.dag.defs();
@@ -52,7 +61,7 @@ pub(super) fn verdict(run: &ActiveRun, task: usize) -> Verdict {
             }
         }
     }
-    match condition::evaluate(expr, &inputs) {
+    Some(match condition::evaluate(expr, &inputs) {
         Ok(true) => Verdict::Run,
         Ok(false) => Verdict::Skip {
             reason: format!("when: {expr} was false"),
@@ -60,5 +69,5 @@ pub(super) fn verdict(run: &ActiveRun, task: usize) -> Verdict {
         Err(e) => Verdict::Fail {
             reason: format!("when: {expr}: {e}"),
         },
-    }
+    })
 }

@@ -113,7 +113,36 @@ fn check_items(spec: &pb::TaskSpec, items: &[serde_json::Value]) -> Result<(), S
     Ok(())
 }
 
+/// What an instance waits to do until its task's items are in memory.
+#[derive(Clone, Debug)]
+pub(super) enum Deferred {
+    /// Send the assignment of this attempt.
+    Assign {
+        task: usize,
+        attempt: u32,
+        agent: String,
+    },
+    /// Evaluate its condition (one that names `item`).
+    Evaluate { task: usize },
+}
+
 impl EngineState {
+    /// The DAG asks for `task`'s condition: evaluated now, or once its
+    /// `for_each` items are back in memory.
+    pub(super) fn evaluate(&mut self, run_id: &RunId, task: usize, now: Millis, turn: &mut Turn) {
+        let Some(run) = self.runs.get(run_id) else {
+            return;
+        };
+        match super::conditions::verdict(run, task) {
+            Some(verdict) => self.apply_to(run_id, Event::Condition { task, verdict }, now, turn),
+            None => {
+                if let Some((group, _)) = run.dag.instance_of(task) {
+                    self.defer(run_id, group, Deferred::Evaluate { task }, turn);
+                }
+            }
+        }
+    }
+
     /// The DAG asks for `task`'s list: read its producer's output.
     pub(super) fn read_list(&mut self, run_id: &RunId, task: usize, now: Millis, turn: &mut Turn) {
         let Some(run) = self.runs.get(run_id) else {
@@ -146,7 +175,7 @@ impl EngineState {
         let items = result.and_then(|bytes| parse_list(&bytes, &read.output));
         if read.reload {
             match items {
-                Ok(items) => self.items_loaded(&read.run, read.task, items, turn),
+                Ok(items) => self.items_loaded(&read.run, read.task, items, now, turn),
                 Err(e) => {
                     warn!(run = %read.run, error = %e, "for_each list unreadable after restart")
                 }
@@ -187,12 +216,13 @@ impl EngineState {
     }
 
     /// The items of an earlier expansion are back: send the assignments
-    /// that waited for them.
+    /// and evaluate the conditions that waited for them.
     fn items_loaded(
         &mut self,
         run_id: &RunId,
         task: usize,
         items: Vec<serde_json::Value>,
+        now: Millis,
         turn: &mut Turn,
     ) {
         let Some(run) = self.runs.get_mut(run_id) else {
@@ -200,7 +230,18 @@ impl EngineState {
         };
         run.items.insert(task, Arc::new(items));
         let waiting = run.waiting_items.remove(&task).unwrap_or_default();
-        for (instance, attempt, agent) in waiting {
+        for deferred in waiting {
+            let (instance, attempt, agent) = match deferred {
+                Deferred::Evaluate { task } => {
+                    self.evaluate(run_id, task, now, turn);
+                    continue;
+                }
+                Deferred::Assign {
+                    task,
+                    attempt,
+                    agent,
+                } => (task, attempt, agent),
+            };
             let still = self.runs.get(run_id).is_some_and(|run| {
                 let live = run.dag.task(instance);
                 live.status == TaskStatus::Assigned
@@ -215,20 +256,20 @@ impl EngineState {
         }
     }
 
-    /// An assignment of an instance whose items are not in memory (after a
-    /// restart): it waits for them, and they are read (once).
-    pub(super) fn defer_assign(
+    /// What the DAG asks of an instance whose items are not in memory
+    /// (after a restart): it waits for them, and they are read (once).
+    pub(super) fn defer(
         &mut self,
         run_id: &RunId,
         group: usize,
-        attempt: (usize, u32, String),
+        deferred: Deferred,
         turn: &mut Turn,
     ) {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
         let first = !run.waiting_items.contains_key(&group);
-        run.waiting_items.entry(group).or_default().push(attempt);
+        run.waiting_items.entry(group).or_default().push(deferred);
         if !first {
             return;
         }

@@ -153,9 +153,9 @@ pub(super) struct ActiveRun {
     pub matrices: HashMap<String, Vec<TaskIndex>>,
     /// The items of each expanded `for_each` task, once read.
     pub items: HashMap<usize, Arc<Vec<serde_json::Value>>>,
-    /// By `for_each` task: assignments of its instances (task, attempt,
-    /// agent) waiting for its items to be read again.
-    pub waiting_items: HashMap<usize, Vec<(usize, u32, String)>>,
+    /// By `for_each` task: what its instances wait to do until its items
+    /// are read again (after a restart).
+    pub waiting_items: HashMap<usize, Vec<super::for_each::Deferred>>,
     /// By Ready task: the cache key it was looked up with.
     pub cache_keys: HashMap<usize, String>,
 }
@@ -494,13 +494,7 @@ impl EngineState {
         for e in fx {
             match e {
                 Effect::Expand { task } => self.read_list(run_id, task, now, turn),
-                Effect::Evaluate { task } => {
-                    let Some(run) = self.runs.get(run_id) else {
-                        continue;
-                    };
-                    let verdict = super::conditions::verdict(run, task);
-                    self.apply_to(run_id, Event::Condition { task, verdict }, now, turn);
-                }
+                Effect::Evaluate { task } => self.evaluate(run_id, task, now, turn),
                 Effect::Ready { task } => self.became_ready(run_id, task, now),
                 Effect::Assign {
                     task,
@@ -513,7 +507,12 @@ impl EngineState {
                         None => {
                             let group = self.runs.get(run_id).and_then(|r| r.dag.instance_of(task));
                             if let Some((group, _)) = group {
-                                self.defer_assign(run_id, group, (task, attempt, agent), turn);
+                                let deferred = super::for_each::Deferred::Assign {
+                                    task,
+                                    attempt,
+                                    agent,
+                                };
+                                self.defer(run_id, group, deferred, turn);
                             }
                         }
                     }

@@ -32,7 +32,11 @@ impl RunDag {
             Verdict::Skip { reason } => {
                 self.tasks[task].decided = true;
                 self.set_status(task, TaskStatus::Skipped, reason);
-                self.skip_downstream(task);
+                match self.instance_of.get(task).copied().flatten() {
+                    // An instance: done, and its task may be complete now.
+                    Some(group) => self.ready_if_upstream_succeeded(group, now, fx),
+                    None => self.skip_downstream(task),
+                }
             }
             Verdict::Fail { reason } => {
                 self.tasks[task].decided = true;

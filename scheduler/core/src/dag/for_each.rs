@@ -31,9 +31,11 @@ pub(super) fn instance_def(def: &TaskDef, k: usize) -> TaskDef {
         retry_limit: def.retry_limit,
         backoff_ms: def.backoff_ms,
         finally: def.finally,
-        // The task's own condition was evaluated before it expanded.
-        conditional: false,
+        // The task's own condition was evaluated before it expanded,
+        // unless it names `item`: then each instance's is.
+        conditional: def.item_condition,
         for_each: false,
+        item_condition: false,
     }
 }
 
@@ -85,8 +87,13 @@ impl RunDag {
         self.unfinished += count;
         self.main_unfinished += main * count;
         for i in first..first + count {
-            self.tasks[i].ready_at = Some(now);
-            fx.push(Effect::Ready { task: i });
+            if self.defs[i].conditional {
+                self.tasks[i].status = TaskStatus::Pending;
+                fx.push(Effect::Evaluate { task: i });
+            } else {
+                self.tasks[i].ready_at = Some(now);
+                fx.push(Effect::Ready { task: i });
+            }
         }
         Ok(())
     }
@@ -117,14 +124,15 @@ impl RunDag {
         first
     }
 
-    /// Every instance of `task` succeeded: so did it.
+    /// Every instance of `task` succeeded (or was skipped by its
+    /// condition): so did it.
     pub(super) fn complete_group(&mut self, task: usize, now: Millis, fx: &mut Vec<Effect>) {
+        let skipped = self.instances(task).map_or(0, |r| {
+            r.filter(|&i| self.tasks[i].status == TaskStatus::Skipped)
+                .count()
+        });
         let count = self.groups.get(&task).map_or(0, |g| g.count);
-        let msg = match count {
-            0 => "no items".to_owned(),
-            1 => "1 instance succeeded".to_owned(),
-            n => format!("{n} instances succeeded"),
-        };
+        let msg = group_message(count, skipped);
         self.set_status(task, TaskStatus::Succeeded, msg);
         for k in 0..self.dependents[task].len() {
             let d = self.dependents[task][k];
@@ -170,6 +178,7 @@ impl RunDag {
     ) -> Option<(TaskStatus, String)> {
         let range = self.instances(task)?;
         let mut all = true;
+        let mut skipped = 0;
         for i in range.clone() {
             match status_of(i) {
                 TaskStatus::Failed => {
@@ -177,15 +186,25 @@ impl RunDag {
                     return Some((TaskStatus::Failed, msg));
                 }
                 TaskStatus::Succeeded => {}
+                TaskStatus::Skipped => skipped += 1,
                 _ => all = false,
             }
         }
-        all.then(|| {
-            let msg = match range.len() {
-                0 => "no items".to_owned(),
-                n => format!("{n} instances succeeded"),
-            };
-            (TaskStatus::Succeeded, msg)
-        })
+        all.then(|| (TaskStatus::Succeeded, group_message(range.len(), skipped)))
+    }
+}
+
+/// What a completed group says: how many instances succeeded, and how many
+/// their condition skipped.
+fn group_message(count: usize, skipped: usize) -> String {
+    let succeeded = count - skipped;
+    let ran = match (count, succeeded) {
+        (0, _) => return "no items".to_owned(),
+        (_, 1) => "1 instance succeeded".to_owned(),
+        (_, n) => format!("{n} instances succeeded"),
+    };
+    match skipped {
+        0 => ran,
+        n => format!("{ran}, {n} skipped by their condition"),
     }
 }

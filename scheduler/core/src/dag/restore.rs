@@ -120,7 +120,9 @@ impl RunDag {
         let tasks = &dag.tasks;
         for g in dag.groups.values_mut() {
             g.left = (g.first..g.first + g.count)
-                .filter(|&i| tasks[i].status != TaskStatus::Succeeded)
+                .filter(|&i| {
+                    !matches!(tasks[i].status, TaskStatus::Succeeded | TaskStatus::Skipped)
+                })
                 .count();
         }
 

@@ -3,8 +3,11 @@
 //! the task's upstream tasks have succeeded.
 //!
 //! A condition sees `params` (strings), `matrix` (the instance's values,
-//! strings) and `tasks.<task>.outputs.<output>`: the outputs its upstream
-//! tasks declared `result: true`, parsed as JSON if they parse, else text.
+//! strings), `item` (a `for_each` instance's element, as JSON) and
+//! `tasks.<task>.outputs.<output>`: the outputs its upstream tasks declared
+//! `result: true`, parsed as JSON if they parse, else text. A `for_each`
+//! task's condition that names `item` is evaluated for each instance;
+//! otherwise once, before the task expands.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use cel::{Context, Program, Value};
 
 /// The variables a condition may name.
-const VARIABLES: [&str; 3] = ["params", "matrix", "tasks"];
+const VARIABLES: [&str; 4] = ["params", "matrix", "tasks", "item"];
 
 /// Longest expression accepted: a condition is a line, not a program.
 pub const MAX_LEN: usize = 1_000;
@@ -21,21 +24,31 @@ pub const MAX_LEN: usize = 1_000;
 pub const MAX_RESULT_BYTES: usize = 64 * 1024;
 
 /// Checks that `expr` compiles and names only variables it will have
-/// (`matrix` only on a task with a matrix).
-pub fn check(expr: &str, has_matrix: bool) -> Result<(), String> {
+/// (`matrix` only on a task with a matrix, `item` only with `for_each`).
+pub fn check(expr: &str, has_matrix: bool, has_item: bool) -> Result<(), String> {
     let program = compile(expr)?;
     let references = program.references();
     for name in references.variables() {
         if !VARIABLES.contains(&name) {
+            let item = if has_item { ", item" } else { "" };
             return Err(format!(
-                "unknown variable `{name}` (use params, matrix or tasks)"
+                "unknown variable `{name}` (use params, matrix{item} or tasks)"
             ));
         }
         if name == "matrix" && !has_matrix {
             return Err("`matrix` is used but the task has no matrix".to_owned());
         }
+        if name == "item" && !has_item {
+            return Err("`item` is used but the task has no for_each".to_owned());
+        }
     }
     Ok(())
+}
+
+/// Whether `expr` names `item` (then a `for_each` task's instances are
+/// each evaluated). False for an expression that does not compile.
+pub fn uses_item(expr: &str) -> bool {
+    compile(expr).is_ok_and(|p| p.references().variables().contains(&"item"))
 }
 
 /// What a condition is evaluated over.
@@ -45,6 +58,8 @@ pub struct Inputs<'a> {
     pub matrix: BTreeMap<&'a str, &'a str>,
     /// Task → output → the output's content.
     pub results: BTreeMap<&'a str, BTreeMap<&'a str, &'a [u8]>>,
+    /// A `for_each` instance's element.
+    pub item: Option<&'a serde_json::Value>,
 }
 
 /// Evaluates `expr`: true or false, or why it could not say.
@@ -69,6 +84,10 @@ pub fn evaluate(expr: &str, inputs: &Inputs<'_>) -> Result<bool, String> {
         ("params", serde_json::json!(inputs.params)),
         ("matrix", serde_json::json!(inputs.matrix)),
         ("tasks", serde_json::Value::Object(tasks)),
+        (
+            "item",
+            inputs.item.cloned().unwrap_or(serde_json::Value::Null),
+        ),
     ];
     for (name, value) in variables {
         context
@@ -159,17 +178,39 @@ mod tests {
 
     #[test]
     fn check_rejects_what_cannot_compile_or_names_unknown_variables() {
-        assert!(check("params.x == 'a' && tasks.t.outputs.o > 3", false).is_ok());
-        assert!(check("params.x ==", false).is_err());
+        assert!(check("params.x == 'a' && tasks.t.outputs.o > 3", false, false).is_ok());
+        assert!(check("params.x ==", false, false).is_err());
         assert_eq!(
-            check("foo > 1", false),
+            check("foo > 1", false, false),
             Err("unknown variable `foo` (use params, matrix or tasks)".to_owned())
         );
         assert_eq!(
-            check("matrix.lr == '0.1'", false),
+            check("foo > 1", false, true),
+            Err("unknown variable `foo` (use params, matrix, item or tasks)".to_owned())
+        );
+        assert_eq!(
+            check("matrix.lr == '0.1'", false, false),
             Err("`matrix` is used but the task has no matrix".to_owned())
         );
-        assert!(check("matrix.lr == '0.1'", true).is_ok());
-        assert!(check(&"a".repeat(MAX_LEN + 1), false).is_err());
+        assert!(check("matrix.lr == '0.1'", true, false).is_ok());
+        assert_eq!(
+            check("item.size > 3", false, false),
+            Err("`item` is used but the task has no for_each".to_owned())
+        );
+        assert!(check("item.size > 3", false, true).is_ok());
+        assert!(check(&"a".repeat(MAX_LEN + 1), false, false).is_err());
+    }
+
+    #[test]
+    fn item_is_the_instance_element_as_json() {
+        let item = serde_json::json!({"shard": "b", "rows": 10});
+        let mut i = inputs(&[]);
+        i.item = Some(&item);
+        assert_eq!(evaluate("item.rows > 5 && item.shard == 'b'", &i), Ok(true));
+        let text = serde_json::json!("skip-me");
+        i.item = Some(&text);
+        assert_eq!(evaluate("item != 'skip-me'", &i), Ok(false));
+        assert!(uses_item("item != 'x'"));
+        assert!(!uses_item("params.x == 'item'"));
     }
 }

@@ -328,7 +328,7 @@ fn resolve_task(
     if raw.when.is_some() {
         let checked = match when.trim() {
             "" => Err("empty expression".to_owned()),
-            expr => condition::check(expr, scope.matrix.is_some()),
+            expr => condition::check(expr, scope.matrix.is_some(), scope.for_each),
         };
         checked.map_err(|message| invalid("when", message))?;
     }

@@ -1,7 +1,7 @@
 use super::*;
 
 /// `list` → `map` (for_each) → `after`, plus an unrelated `other`.
-fn mapped(fail_fast: bool) -> (RunDag, Vec<Effect>) {
+fn mapped_defs() -> Vec<TaskDef> {
     let mut d = defs(&[
         ("list", &[], 0),
         ("map", &["list"], 0),
@@ -9,7 +9,11 @@ fn mapped(fail_fast: bool) -> (RunDag, Vec<Effect>) {
         ("other", &[], 0),
     ]);
     d[1].for_each = true;
-    RunDag::new(d, fail_fast)
+    d
+}
+
+fn mapped(fail_fast: bool) -> (RunDag, Vec<Effect>) {
+    RunDag::new(mapped_defs(), fail_fast)
 }
 
 fn records(dag: &RunDag) -> Vec<Option<TaskRun>> {
@@ -211,5 +215,92 @@ fn a_conditional_for_each_task_is_evaluated_then_expanded() -> TestResult {
     assert!(!fx.iter().any(|e| matches!(e, Effect::Evaluate { .. })));
     let fx = run_ok(&mut dag, 2, 4);
     assert!(fx.contains(&Effect::Finished(RunStatus::Succeeded)));
+    Ok(())
+}
+
+/// [`mapped`] with a condition on `map` that names `item`.
+fn mapped_per_item() -> RunDag {
+    let mut d = mapped_defs();
+    d[1].item_condition = true;
+    RunDag::new(d, true).0
+}
+
+#[test]
+fn an_item_condition_is_asked_per_instance_and_skips_only_that_instance() -> TestResult {
+    let mut dag = mapped_per_item();
+    run_ok(&mut dag, 0, 1);
+    let fx = dag.apply(Event::Expanded { task: 1, count: 3 }, 5)?;
+    assert_eq!(
+        fx,
+        [
+            Effect::Evaluate { task: 4 },
+            Effect::Evaluate { task: 5 },
+            Effect::Evaluate { task: 6 }
+        ]
+    );
+    let skip = Verdict::Skip {
+        reason: "when: item > 1 was false".into(),
+    };
+    dag.apply(
+        Event::Condition {
+            task: 4,
+            verdict: skip.clone(),
+        },
+        6,
+    )?;
+    assert_eq!(dag.task(4).status, TaskStatus::Skipped);
+    // The task and what follows it are not skipped with the instance.
+    assert_eq!(status(&dag, "map"), TaskStatus::Pending);
+    assert_eq!(status(&dag, "after"), TaskStatus::Pending);
+    let fx = dag.apply(
+        Event::Condition {
+            task: 5,
+            verdict: Verdict::Run,
+        },
+        6,
+    )?;
+    assert_eq!(fx, [Effect::Ready { task: 5 }]);
+    dag.apply(
+        Event::Condition {
+            task: 6,
+            verdict: skip,
+        },
+        6,
+    )?;
+    run_ok(&mut dag, 5, 7);
+    assert_eq!(status(&dag, "map"), TaskStatus::Succeeded);
+    assert_eq!(
+        dag.task(1).message,
+        "1 instance succeeded, 2 skipped by their condition"
+    );
+    assert_eq!(status(&dag, "after"), TaskStatus::Ready);
+
+    // A restore derives the same, and asks again for what was not decided.
+    let (again, _) = restored(&dag);
+    assert_eq!(again.task(1).status, TaskStatus::Succeeded);
+    assert_eq!(again.task(4).status, TaskStatus::Skipped);
+    Ok(())
+}
+
+#[test]
+fn undecided_instances_are_asked_again_after_a_restore() -> TestResult {
+    let mut dag = mapped_per_item();
+    run_ok(&mut dag, 0, 1);
+    dag.apply(Event::Expanded { task: 1, count: 2 }, 5)?;
+    dag.apply(
+        Event::Condition {
+            task: 4,
+            verdict: Verdict::Skip {
+                reason: "no".into(),
+            },
+        },
+        6,
+    )?;
+    let (again, fx) = restored(&dag);
+    assert_eq!(
+        fx,
+        [Effect::Ready { task: 3 }, Effect::Evaluate { task: 5 }]
+    );
+    assert_eq!(again.task(5).status, TaskStatus::Pending);
     Ok(())
 }

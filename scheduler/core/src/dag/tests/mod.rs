@@ -18,6 +18,7 @@ fn defs(spec: &[(&str, &[&str], u32)]) -> Vec<TaskDef> {
             finally: false,
             conditional: false,
             for_each: false,
+            item_condition: false,
         })
         .collect()
 }
@@ -630,6 +631,7 @@ fn wide_fan_out_becomes_ready_together() {
             finally: false,
             conditional: false,
             for_each: false,
+            item_condition: false,
         })
         .collect();
     let (mut dag, _) = RunDag::new(d, true);
