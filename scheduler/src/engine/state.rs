@@ -628,9 +628,11 @@ impl EngineState {
                         let instances: Vec<TaskIndex> = instances.map(TaskIndex).collect();
                         return Some(gathered_input(run, input, &instances));
                     }
+                    let (key, sha256) = output_of(run, producer, &input.from_output)?;
                     Some(pb::InputArtifact {
                         name: input.name.clone(),
-                        key: output_key(run, producer, &input.from_output)?,
+                        key,
+                        sha256,
                         ..Default::default()
                     })
                 }
@@ -673,9 +675,15 @@ impl EngineState {
 
 /// Where the current attempt of `task` stored its output `name`.
 pub(super) fn output_key(run: &ActiveRun, task: usize, name: &str) -> Option<String> {
+    output_of(run, task, name).map(|(key, _)| key)
+}
+
+/// Where the current attempt of `task` stored its output `name`, and the
+/// content's sha256 (the agent that fetches it checks it).
+fn output_of(run: &ActiveRun, task: usize, name: &str) -> Option<(String, String)> {
     let attempt = run.dag.task(task).current()?;
     let output = attempt.outputs.iter().find(|o| o.name == name)?;
-    Some(output.key.clone())
+    Some((output.key.clone(), output.sha256.clone()))
 }
 
 /// An input taken from every instance of a task with a matrix or
@@ -691,7 +699,7 @@ fn gathered_input(
     let mut listing = Vec::with_capacity(instances.len());
     for (index, task) in instances.iter().enumerate() {
         // Every instance is upstream and succeeded: the task is Ready only then.
-        let Some(key) = output_key(run, task.0, &input.from_output) else {
+        let Some((key, sha256)) = output_of(run, task.0, &input.from_output) else {
             continue;
         };
         let file = index.to_string();
@@ -700,7 +708,7 @@ fn gathered_input(
             None => serde_json::json!(run.task_spec(task.0).map(|t| t.matrix.clone())),
         };
         listing.push(serde_json::json!({"index": index, "matrix": matrix, "file": file}));
-        parts.push(pb::InputPart { file, key });
+        parts.push(pb::InputPart { file, key, sha256 });
     }
     pb::InputArtifact {
         name: input.name.clone(),
