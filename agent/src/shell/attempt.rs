@@ -684,18 +684,18 @@ async fn run_to_end(
 
 /// Why an input could not be fetched, naming it and the task that produced it.
 fn fetch_failure(input: &InputFetch, object: &StoredObject, error: &ArtifactError) -> String {
-    let (name, task) = (&input.name, &input.from_task);
+    let artifact = match input.from_task.as_str() {
+        "" => format!("artifact {}", input.name),
+        task => format!("artifact {} from {task}", input.name),
+    };
     match error {
         ArtifactError::Corrupt { want, got, .. } => {
-            format!("artifact {name} from {task} is corrupt: sha256 {want} != {got}")
+            format!("{artifact} is corrupt: sha256 {want} != {got}")
         }
         ArtifactError::NotFound { key } => {
-            format!("artifact {name} from {task} is missing from the store ({key})")
+            format!("{artifact} is missing from the store ({key})")
         }
-        other => format!(
-            "fetching artifact {name} from {task} (key {}): {other}",
-            object.key
-        ),
+        other => format!("fetching {artifact} (key {}): {other}", object.key),
     }
 }
 
