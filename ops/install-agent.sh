@@ -264,8 +264,8 @@ if [ -z "$binary" ]; then
   binary=${CARGO_TARGET_DIR:-$repo/target}/release/drover-agent
   if [ ! -e "$binary" ]; then
     build=(cargo build --release --bin drover-agent)
-    # s3://, gs:// and az:// stores are behind the agent's `cloud` feature.
-    [ "$artifacts_scheme" = file ] || build+=(--features drover-agent/cloud)
+    # gs:// and az:// stores are behind the agent's `cloud` feature (s3:// is built in).
+    case "$artifacts_scheme" in gs | az | azure | abfs | abfss | adl) build+=(--features drover-agent/cloud) ;; esac
     if ((dry_run)); then
       say "would build it: (cd $repo && ${build[*]})"
       binary=""

@@ -4,7 +4,20 @@
 # Docker (the agent's default executor) and a static busybox (the docker
 # tests build their image from it, no registry needed).
 # Shared by ops/quickstart.sh and ops/test.sh.
+#
+# --with-garage (ops/test.sh): also Garage, the S3 server the tests of S3
+# stores start, built once with cargo into a cache directory
+# (${XDG_CACHE_HOME:-$HOME/.cache}/drover/garage; about 11 minutes on 2 cores)
+# and reused from there; the tests find it there, or at $DROVER_GARAGE.
 set -euo pipefail
+
+with_garage=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-garage) with_garage=true ;;
+    *) echo "usage: $0 [--with-garage]" >&2; exit 2 ;;
+  esac
+done
 
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
@@ -29,4 +42,14 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo not found; install Rust (https://rustup.rs) and re-run" >&2
   exit 1
+fi
+
+if $with_garage; then
+  garage_version=2.5.0
+  garage_root="${XDG_CACHE_HOME:-$HOME/.cache}/drover/garage"
+  garage="$garage_root/bin/garage"
+  if ! { [ -x "$garage" ] && "$garage" --version 2>/dev/null | grep -qF "$garage_version"; }; then
+    echo "building garage $garage_version into $garage_root (once; about 11 minutes on 2 cores)"
+    cargo install garage --locked --version "$garage_version" --root "$garage_root" --quiet
+  fi
 fi

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit tests and the integration
-# tests (which start their own etcd and nats-server on free loopback ports).
+# tests (which start their own etcd, nats-server and Garage S3 server on free
+# loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ops/install-deps.sh
+ops/install-deps.sh --with-garage
+# Where install-deps.sh caches it: the S3 tests start this Garage.
+export DROVER_GARAGE="${DROVER_GARAGE:-${XDG_CACHE_HOME:-$HOME/.cache}/drover/garage/bin/garage}"
 
 # The docker executor's tests need a Docker engine: start one unless one
 # answers (or is starting) already; a running engine is left alone.

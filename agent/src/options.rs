@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use drover_api::naming::DEFAULT_NATS_PREFIX;
 use drover_api::spec::{parse_cpu, parse_memory};
+use drover_artifacts::{RetryPolicy, StoreOptions};
 
 use crate::core::capacity::{self, CapacityConfig, CapacityRequest};
 use crate::core::executor::{self, ExecutorKind};
@@ -22,8 +23,24 @@ pub struct AgentOptions {
     pub nats: String,
 
     /// Object store for artifacts and logs: file:///dir, s3://bucket/prefix, gs://…, az://…
+    /// (S3 credentials, endpoint and region from the AWS_* variables).
     #[arg(long, env = "DROVER_ARTIFACTS")]
     pub artifacts: String,
+
+    /// How long one object-store request is retried (with exponential
+    /// backoff) while the store is unreachable or answers 5xx, before the
+    /// attempt that needs it fails (e.g. 3m, 30s).
+    #[arg(long, env = "DROVER_ARTIFACTS_RETRY_TIMEOUT", default_value = "3m", value_parser = duration_arg)]
+    pub artifacts_retry_timeout: Duration,
+
+    /// Most retries of one object-store request within --artifacts-retry-timeout.
+    #[arg(long, env = "DROVER_ARTIFACTS_MAX_RETRIES", default_value_t = RetryPolicy::DEFAULT_MAX_RETRIES)]
+    pub artifacts_max_retries: usize,
+
+    /// Object-store settings over those of the environment (`AWS_ENDPOINT`,
+    /// …), for an agent embedded in another program (tests, `drover dev`).
+    #[arg(skip)]
+    pub artifacts_settings: Vec<(String, String)>,
 
     /// This agent's id in subjects and heartbeats [default: the host name, dots as dashes].
     #[arg(long, env = "DROVER_AGENT_ID")]
@@ -129,6 +146,7 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 pub struct AgentConfig {
     pub nats: String,
     pub artifacts: String,
+    pub store: StoreOptions,
     pub id: String,
     pub executors: Vec<ExecutorKind>,
     /// Absolute.
@@ -148,6 +166,9 @@ impl AgentOptions {
         AgentOptions {
             nats: nats.into(),
             artifacts: artifacts.into(),
+            artifacts_retry_timeout: RetryPolicy::DEFAULT_TIMEOUT,
+            artifacts_max_retries: RetryPolicy::DEFAULT_MAX_RETRIES,
+            artifacts_settings: Vec::new(),
             id: None,
             executors: vec![ExecutorKind::Docker.name().to_owned()],
             work_dir: PathBuf::from("/var/lib/drover/work"),
@@ -206,6 +227,11 @@ impl AgentOptions {
                 "--artifacts (DROVER_ARTIFACTS) is empty".to_owned(),
             ));
         }
+        if self.artifacts_retry_timeout.is_zero() {
+            return Err(invalid(
+                "--artifacts-retry-timeout must be more than 0".to_owned(),
+            ));
+        }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid(
                 "--heartbeat-interval must be more than 0".to_owned(),
@@ -220,6 +246,13 @@ impl AgentOptions {
         Ok(AgentConfig {
             nats: self.nats.clone(),
             artifacts: self.artifacts.clone(),
+            store: StoreOptions {
+                settings: self.artifacts_settings.clone(),
+                retry: RetryPolicy {
+                    max_retries: self.artifacts_max_retries,
+                    timeout: self.artifacts_retry_timeout,
+                },
+            },
             id,
             executors,
             work_dir,
@@ -295,6 +328,34 @@ mod tests {
         assert_eq!(cfg.kill_grace, Duration::from_secs(10));
         assert_eq!(cfg.nats_prefix, "drover");
         assert!(cfg.work_dir.is_absolute());
+        assert_eq!(cfg.store.retry, RetryPolicy::default());
+        assert!(cfg.store.settings.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn the_store_retry_window_parses_and_zero_is_refused() -> TestResult {
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "--artifacts=s3://bucket/prefix",
+            "--id=a1",
+            "--artifacts-retry-timeout=5s",
+            "--artifacts-max-retries=40",
+        ])?;
+        let cfg = cli.opts.validate()?;
+        let want = RetryPolicy {
+            max_retries: 40,
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(cfg.store.retry, want);
+
+        let mut opts = cli.opts;
+        opts.artifacts_retry_timeout = Duration::ZERO;
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--artifacts-retry-timeout must be more than 0"),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -526,7 +526,26 @@ async fn agent_side_failures_name_what_failed() -> Result<()> {
     };
     assert_eq!(
         failed.reason,
-        format!("fetching input `dataset` (key {missing}): artifact `{missing}` not found")
+        format!("artifact dataset from prep is missing from the store ({missing})")
+    );
+
+    // Stored bytes that are not what their producer uploaded: refused
+    // before the task runs.
+    let a = attempt_ref("r1", "corrupt", 1);
+    let key = "runs/r0/prep.1/outputs/other";
+    h.store.put_bytes(key, "changed".into()).await?;
+    let want = drover_artifacts::sha256_hex(b"original");
+    let mut corrupt = with_input(assignment(&a, &["true"]), "dataset", key);
+    corrupt.inputs[0].sha256 = want.clone();
+    assert!(h.assign(&corrupt).await?.accepted);
+    let fin = events.final_event(&a).await?;
+    let Kind::Failed(failed) = fin.kind() else {
+        panic!("{fin:?}")
+    };
+    let got = drover_artifacts::sha256_hex(b"changed");
+    assert_eq!(
+        failed.reason,
+        format!("artifact dataset from prep is corrupt: sha256 {want} != {got}")
     );
 
     let a = attempt_ref("r1", "nooutput", 1);

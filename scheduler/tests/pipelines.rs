@@ -14,29 +14,7 @@ const LONG: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diamond_dag_passes_artifacts_along() {
     let c = Cluster::start().await;
-    let spec = r#"
-name: diamond
-params: {greeting: hello}
-tasks:
-  - name: a
-    command: ["sh", "-c", "echo '{{params.greeting}}' > $DROVER_OUTPUTS/a.txt; echo a-ran"]
-    outputs: [{name: text, path: a.txt}]
-  - name: b
-    depends_on: [a]
-    command: ["sh", "-c", "tr a-z A-Z < $DROVER_INPUTS/in > $DROVER_OUTPUTS/b.txt"]
-    inputs: [{name: in, from: a/text}]
-    outputs: [{name: text, path: b.txt}]
-  - name: c
-    depends_on: [a]
-    command: ["sh", "-c", "rev < $DROVER_INPUTS/in > $DROVER_OUTPUTS/c.txt"]
-    inputs: [{name: in, from: a/text}]
-    outputs: [{name: text, path: c.txt}]
-  - name: d
-    depends_on: [b, c]
-    command: ["sh", "-c", "cat $DROVER_INPUTS/upper $DROVER_INPUTS/reversed > $DROVER_OUTPUTS/d.txt; echo run=$DROVER_RUN_ID task=$DROVER_TASK attempt=$DROVER_ATTEMPT"]
-    inputs: [{name: upper, from: b/text}, {name: reversed, from: c/text}]
-    outputs: [{name: joined, path: d.txt}]
-"#;
+    let spec = common::DIAMOND;
     let id = c
         .submit_with(spec, &[("greeting", "drover")])
         .await

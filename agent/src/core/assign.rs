@@ -16,19 +16,44 @@ use super::table::AttemptKey;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFetch {
     pub name: String,
+    /// The task that produced it, as the task's spec says (for messages;
+    /// empty when the spec does not name it).
+    pub from_task: String,
     pub source: InputSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputSource {
     /// One object, downloaded to `inputs/<name>`.
-    Object { key: String },
+    Object(StoredObject),
     /// Every instance's output of a task with a matrix: each part to
     /// `inputs/<name>/<file>`, and `listing` written to `inputs/<name>.json`.
     Gathered {
-        parts: Vec<(String, String)>,
+        parts: Vec<(String, StoredObject)>,
         listing: Vec<u8>,
     },
+}
+
+/// An object in the store and the sha256 its content must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    /// Lowercase hex; empty: unknown (recorded before sha256s were sent), not checked.
+    pub sha256: String,
+}
+
+impl StoredObject {
+    fn new(input: &str, key: &str, sha256: &str) -> Result<Self, String> {
+        if !sha256.is_empty() && !naming::is_sha256(sha256) {
+            return Err(format!(
+                "input `{input}`: sha256 `{sha256}` is not a sha256"
+            ));
+        }
+        Ok(StoredObject {
+            key: key.to_owned(),
+            sha256: sha256.to_owned(),
+        })
+    }
 }
 
 /// A declared output: `outputs/<path>` goes to `key` after the task exits 0.
@@ -193,9 +218,7 @@ fn plan(
             if input.key.is_empty() {
                 return Err(format!("input `{}` has an empty key", input.name));
             }
-            InputSource::Object {
-                key: input.key.clone(),
-            }
+            InputSource::Object(StoredObject::new(&input.name, &input.key, &input.sha256)?)
         } else {
             // Its listing takes `<name>.json` beside it.
             let listing = format!("{}.json", input.name);
@@ -215,15 +238,23 @@ fn plan(
                         input.name, part.file
                     ));
                 }
-                parts.push((part.file.clone(), part.key.clone()));
+                let object = StoredObject::new(&input.name, &part.key, &part.sha256)?;
+                parts.push((part.file.clone(), object));
             }
             InputSource::Gathered {
                 parts,
                 listing: input.listing.clone(),
             }
         };
+        let from_task = task
+            .inputs
+            .iter()
+            .find(|i| i.name == input.name)
+            .map(|i| i.from_task.clone())
+            .unwrap_or_default();
         inputs.push(InputFetch {
             name: input.name.clone(),
+            from_task,
             source,
         });
     }
@@ -327,7 +358,10 @@ fn is_inside(path: &str) -> bool {
 mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
     use super::*;
-    use drover_api::pb::{AttemptRef, InputArtifact, InputPart, OutputSpec, TaskSpec};
+    use drover_api::pb::{AttemptRef, InputArtifact, InputPart, InputSpec, OutputSpec, TaskSpec};
+
+    /// A well-formed sha256 (lowercase hex).
+    const SHA: &str = "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447";
 
     #[test]
     fn gpu_tasks_see_exactly_their_gpus_and_others_none() {
@@ -357,11 +391,17 @@ mod tests {
                 }],
                 env: [("B".to_owned(), "2".to_owned()), ("A".into(), "1".into())].into(),
                 timeout_ms: 1500,
+                inputs: vec![InputSpec {
+                    name: "dataset".into(),
+                    from_task: "prep".into(),
+                    from_output: "dataset".into(),
+                }],
                 ..Default::default()
             }),
             inputs: vec![InputArtifact {
                 name: "dataset".into(),
                 key: "runs/r1/prep.1/outputs/dataset".into(),
+                sha256: SHA.into(),
                 ..Default::default()
             }],
             artifact_prefix: "runs/r1/train.2".into(),
@@ -435,11 +475,13 @@ mod tests {
         assert_eq!(plan.outputs[0].path, "model/weights.bin");
         assert!(plan.outputs[0].result);
         assert_eq!(plan.inputs[0].name, "dataset");
+        assert_eq!(plan.inputs[0].from_task, "prep");
         assert_eq!(
             plan.inputs[0].source,
-            InputSource::Object {
-                key: "runs/r1/prep.1/outputs/dataset".into()
-            }
+            InputSource::Object(StoredObject {
+                key: "runs/r1/prep.1/outputs/dataset".into(),
+                sha256: SHA.into(),
+            })
         );
     }
 
@@ -451,7 +493,7 @@ mod tests {
             parts: vec![InputPart {
                 file: "0".into(),
                 key: "runs/r1/t[x=1].1/outputs/m".into(),
-                ..Default::default()
+                sha256: String::new(),
             }],
             listing: b"[]".to_vec(),
             ..Default::default()
@@ -462,10 +504,28 @@ mod tests {
         assert_eq!(
             plan.inputs[1].source,
             InputSource::Gathered {
-                parts: vec![("0".into(), "runs/r1/t[x=1].1/outputs/m".into())],
+                parts: vec![(
+                    "0".into(),
+                    StoredObject {
+                        key: "runs/r1/t[x=1].1/outputs/m".into(),
+                        sha256: String::new(),
+                    }
+                )],
                 listing: b"[]".to_vec(),
             }
         );
+    }
+
+    #[test]
+    fn an_input_sha256_is_a_sha256_or_empty() {
+        let mut a = assignment();
+        a.inputs[0].sha256 = "ABC".into();
+        assert!(refusal(&a).ends_with("input `dataset`: sha256 `ABC` is not a sha256"));
+        a.inputs[0].sha256 = String::new();
+        let AssignDecision::Start(plan) = decide(&a) else {
+            panic!("expected a plan");
+        };
+        assert!(matches!(&plan.inputs[0].source, InputSource::Object(o) if o.sha256.is_empty()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod table;
 
 pub use assign::{
     decide_assign, AssignDecision, AttemptPlan, CodePlan, InputFetch, InputSource, OutputUpload,
+    StoredObject,
 };
 pub use executor::ExecutorKind;
 pub use outcome::{Failure, StopCause, Termination};

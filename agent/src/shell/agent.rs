@@ -110,7 +110,7 @@ impl Service {
         } else {
             None
         };
-        let store = drover_artifacts::open(&cfg.artifacts).await?;
+        let store = drover_artifacts::open_with(&cfg.artifacts, &cfg.store).await?;
         let code = CodeCache::open(&cfg.work_dir, store.clone()).map_err(|source| {
             AgentError::WorkDir {
                 path: cfg.work_dir.join(CODE_DIR),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use drover_api::pb::{attempt_event::Kind, Artifact, Assignment, AttemptSucceeded};
 use drover_api::spec::condition;
-use drover_artifacts::Store;
+use drover_artifacts::{ArtifactError, Store};
 use drover_telemetry::{propagation, Context};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
@@ -21,8 +21,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::core::container::{self, container_spec, HostDirs, ImageAction};
 use crate::core::executor::task_env;
 use crate::core::{
-    decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputSource,
-    OutputUpload, StopCause, Termination,
+    decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputFetch,
+    InputSource, OutputUpload, StopCause, StoredObject, Termination,
 };
 use crate::shell::code::CodeCache;
 use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
@@ -487,7 +487,7 @@ async fn start(
     let fetch = async {
         for input in &plan.inputs {
             let downloads = match &input.source {
-                InputSource::Object { key } => vec![(inputs.join(&input.name), key)],
+                InputSource::Object(object) => vec![(inputs.join(&input.name), object)],
                 InputSource::Gathered { parts, listing } => {
                     let dir = inputs.join(&input.name);
                     let listing_path = inputs.join(format!("{}.json", input.name));
@@ -500,16 +500,14 @@ async fn start(
                     })?;
                     parts
                         .iter()
-                        .map(|(file, key)| (dir.join(file), key))
+                        .map(|(file, object)| (dir.join(file), object))
                         .collect()
                 }
             };
-            for (dest, key) in downloads {
+            for (dest, object) in downloads {
                 tokio::select! {
-                    fetched = ctx.store.download_file(key, &dest) => {
-                        fetched.map_err(|e| Failure::agent(format!(
-                            "fetching input `{}` (key {key}): {e}", input.name
-                        )))?;
+                    fetched = ctx.store.download_verified(&object.key, &dest, &object.sha256) => {
+                        fetched.map_err(|e| Failure::agent(fetch_failure(input, object, &e)))?;
                     }
                     request = stop_requested(stop) => return Err(Failure::stopped(&request.cause)),
                 }
@@ -694,6 +692,23 @@ async fn run_to_end(
         outputs,
         image_digest,
     }))
+}
+
+/// Why an input could not be fetched, naming it and the task that produced it.
+fn fetch_failure(input: &InputFetch, object: &StoredObject, error: &ArtifactError) -> String {
+    let artifact = match input.from_task.as_str() {
+        "" => format!("artifact {}", input.name),
+        task => format!("artifact {} from {task}", input.name),
+    };
+    match error {
+        ArtifactError::Corrupt { want, got, .. } => {
+            format!("{artifact} is corrupt: sha256 {want} != {got}")
+        }
+        ArtifactError::NotFound { key } => {
+            format!("{artifact} is missing from the store ({key})")
+        }
+        other => format!("fetching {artifact} (key {}): {other}", object.key),
+    }
 }
 
 /// The declared outputs of a successful attempt, uploaded.

@@ -1,6 +1,6 @@
 //! Code snapshots on the agent: each one is fetched once per sha256 from
-//! `code/<sha256>.tar` in the object store, checked against its sha256,
-//! unpacked read-only into a temporary directory and renamed to
+//! `code/<sha256>.tar` in the object store, checked against its sha256 as
+//! it streams to disk, unpacked read-only into a temporary directory and renamed to
 //! `<work-dir>/_code/<sha256>/`, where every later attempt of any run with
 //! the same code finds it. Snapshots stay there (content-addressed, so a
 //! stale one cannot exist); removing `_code/` while the agent is stopped
@@ -41,8 +41,11 @@ impl CodeCache {
             let partial = path
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().contains(PARTIAL));
-            if partial {
+            if partial && path.is_dir() {
                 remove(&path);
+            } else if partial {
+                // A downloaded tar not unpacked yet.
+                let _ = std::fs::remove_file(&path);
             }
         }
         Ok(CodeCache {
@@ -77,28 +80,36 @@ impl CodeCache {
 
     async fn fetch(&self, sha256: &str, dir: &Path) -> Result<(), String> {
         let key = code_key(sha256);
-        let bytes = self.store.get_bytes(&key).await.map_err(|e| match e {
-            ArtifactError::NotFound { .. } => {
-                format!("code snapshot `{sha256}` is not in the artifact store (key {key})")
-            }
-            other => format!("fetching code snapshot `{sha256}`: {other}"),
-        })?;
         let n = self.next_partial.fetch_add(1, Ordering::Relaxed);
         let partial = self.root.join(format!("{sha256}{PARTIAL}{n}"));
+        // Streamed to disk and checked on the way: a snapshot is never held
+        // in memory whole, and a corrupt one is never unpacked.
+        let tar = self.root.join(format!("{sha256}{PARTIAL}{n}.tar"));
+        self.store
+            .download_verified(&key, &tar, sha256)
+            .await
+            .map_err(|e| match e {
+                ArtifactError::NotFound { .. } => {
+                    format!("code snapshot `{sha256}` is missing from the store ({key})")
+                }
+                ArtifactError::Corrupt { want, got, .. } => {
+                    format!("code snapshot `{sha256}` is corrupt: sha256 {want} != {got}")
+                }
+                other => format!("fetching code snapshot `{sha256}`: {other}"),
+            })?;
         let (sha256, dir) = (sha256.to_owned(), dir.to_owned());
         let unpacked = tokio::task::spawn_blocking(move || {
-            let actual = drover_artifacts::sha256_hex(&bytes);
-            if actual != sha256 {
-                return Err(format!(
-                    "code snapshot `{sha256}`: the stored object's sha256 is `{actual}`"
-                ));
-            }
-            let result = snapshot::unpack(bytes.as_ref(), &partial)
-                .map_err(|e| format!("unpacking code snapshot `{sha256}`: {e}"))
+            let result = std::fs::File::open(&tar)
+                .map_err(|e| format!("opening code snapshot `{}`: {e}", tar.display()))
+                .and_then(|file| {
+                    snapshot::unpack(std::io::BufReader::new(file), &partial)
+                        .map_err(|e| format!("unpacking code snapshot `{sha256}`: {e}"))
+                })
                 .and_then(|()| {
                     std::fs::rename(&partial, &dir)
                         .map_err(|e| format!("moving code snapshot into `{}`: {e}", dir.display()))
                 });
+            let _ = std::fs::remove_file(&tar);
             if result.is_err() {
                 remove(&partial);
             } else {

@@ -313,12 +313,20 @@ pub fn with_output(mut a: Assignment, name: &str, path: &str) -> Assignment {
     a
 }
 
+/// Adds input `name` at `key`, produced by task `prep` (as the task's spec says).
 pub fn with_input(mut a: Assignment, name: &str, key: &str) -> Assignment {
     a.inputs.push(InputArtifact {
         name: name.into(),
         key: key.into(),
         ..Default::default()
     });
+    if let Some(task) = a.task.as_mut() {
+        task.inputs.push(drover_api::pb::InputSpec {
+            name: name.into(),
+            from_task: "prep".into(),
+            from_output: name.into(),
+        });
+    }
     a
 }
 

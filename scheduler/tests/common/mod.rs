@@ -1,6 +1,7 @@
 //! Test harness: real etcd and nats-server (child processes on free loopback
 //! ports, temp dirs, killed on drop), the real `drover-scheduler` binary, and
-//! in-process agents with the process executor and a `file://` artifact store.
+//! in-process agents with the process executor and a `file://` artifact store
+//! (or another store, e.g. a Garage S3 bucket, with `with_store`).
 //! Each cluster uses its own etcd prefix and NATS subject prefix, so tests
 //! stay apart even if they shared servers.
 
@@ -22,6 +23,32 @@ use tonic::transport::Channel;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// a → (b, c) → d, passing files along; submitted with `greeting=drover`,
+/// d's output `joined` reads "DROVER\nrevord\n".
+pub const DIAMOND: &str = r#"
+name: diamond
+params: {greeting: hello}
+tasks:
+  - name: a
+    command: ["sh", "-c", "echo '{{params.greeting}}' > $DROVER_OUTPUTS/a.txt; echo a-ran"]
+    outputs: [{name: text, path: a.txt}]
+  - name: b
+    depends_on: [a]
+    command: ["sh", "-c", "tr a-z A-Z < $DROVER_INPUTS/in > $DROVER_OUTPUTS/b.txt"]
+    inputs: [{name: in, from: a/text}]
+    outputs: [{name: text, path: b.txt}]
+  - name: c
+    depends_on: [a]
+    command: ["sh", "-c", "rev < $DROVER_INPUTS/in > $DROVER_OUTPUTS/c.txt"]
+    inputs: [{name: in, from: a/text}]
+    outputs: [{name: text, path: c.txt}]
+  - name: d
+    depends_on: [b, c]
+    command: ["sh", "-c", "cat $DROVER_INPUTS/upper $DROVER_INPUTS/reversed > $DROVER_OUTPUTS/d.txt; echo run=$DROVER_RUN_ID task=$DROVER_TASK attempt=$DROVER_ATTEMPT"]
+    inputs: [{name: upper, from: b/text}, {name: reversed, from: c/text}]
+    outputs: [{name: joined, path: d.txt}]
+"#;
+
 pub struct Cluster {
     pub etcd: Server,
     pub nats: Server,
@@ -41,6 +68,9 @@ pub struct Cluster {
     scheduler_args: Vec<String>,
     /// Extra environment of the scheduler process (e.g. OTEL_* variables).
     scheduler_env: Vec<(String, String)>,
+    /// Object-store settings (`AWS_*`): the scheduler's environment and
+    /// every agent's `artifacts_settings`.
+    store_settings: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -125,6 +155,20 @@ impl Cluster {
 
     /// No agents yet; the scheduler gets these extra flags and environment.
     pub async fn with_scheduler(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::build(args, env, None).await
+    }
+
+    /// No agents yet; artifacts and logs go to the store at `url`, reached
+    /// with `settings` (e.g. a Garage bucket's `AWS_*` variables).
+    pub async fn with_store(url: &str, settings: Vec<(String, String)>) -> Self {
+        Self::build(&[], &[], Some((url.to_owned(), settings))).await
+    }
+
+    async fn build(
+        args: &[&str],
+        env: &[(&str, &str)],
+        store: Option<(String, Vec<(String, String)>)>,
+    ) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}x{n}", std::process::id());
         let tmp = tempfile::tempdir().unwrap();
@@ -134,12 +178,16 @@ impl Cluster {
         let etcd = Server::etcd(None).await.unwrap();
         let nats = Server::nats(None).await.unwrap();
         let listen = free_port().unwrap();
+        let (artifacts, store_settings) = match store {
+            Some((url, settings)) => (url, settings),
+            None => (format!("file://{}", artifacts_dir.display()), Vec::new()),
+        };
         let mut c = Self {
             etcd,
             nats,
             prefix: format!("/{tag}"),
             nats_prefix: tag,
-            artifacts: format!("file://{}", artifacts_dir.display()),
+            artifacts,
             artifacts_dir,
             scratch,
             server: format!("http://127.0.0.1:{listen}"),
@@ -152,6 +200,7 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            store_settings,
             _tmp: tmp,
         };
         c.start_scheduler().await;
@@ -180,6 +229,7 @@ impl Cluster {
             .args(["--preemption-grace", "1s"])
             .args(&self.scheduler_args)
             .env("RUST_LOG", "info,drover_scheduler=debug")
+            .envs(self.store_settings.iter().cloned())
             .envs(self.scheduler_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -249,6 +299,7 @@ impl Cluster {
         opts.nats_prefix = self.nats_prefix.clone();
         opts.heartbeat_interval = Duration::from_millis(200);
         opts.kill_grace = Duration::from_secs(2);
+        opts.artifacts_settings = self.store_settings.clone();
         configure(&mut opts);
         let old = self.agents.insert(id.to_string(), AgentProc::spawn(opts));
         assert!(old.is_none(), "agent {id} already runs");

@@ -5,10 +5,18 @@
 //! under the URL's path and moves files in and out with streaming I/O — a
 //! file is never held in memory whole, and its sha256 is computed on the way.
 //!
-//! Cloud schemes need the matching `object_store` cargo feature (`aws`, `gcp`,
-//! `azure`); without it [`open`] says so instead of failing later.
+//! S3 is always built in; `gs://` and `az://` need this crate's `cloud`
+//! feature, and without it [`open`] says so instead of failing later.
+//!
+//! A download can be checked against the sha256 recorded at upload
+//! ([`Store::download_verified`]): the content is hashed as it streams to
+//! disk, and a file that does not match is removed and reported as
+//! [`ArtifactError::Corrupt`], so nothing downstream ever reads it.
 
+mod open;
 pub mod snapshot;
+
+pub use open::{open, open_with, RetryPolicy, StoreOptions};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,12 +24,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use url::Url;
 
 /// Read size when streaming a file into the store.
 const CHUNK_SIZE: usize = 1024 * 1024;
@@ -44,6 +50,15 @@ pub enum ArtifactError {
     /// No object under that key.
     #[error("artifact `{key}` not found")]
     NotFound { key: String },
+
+    /// The object's content does not hash to the sha256 recorded for it
+    /// (lowercase hex both).
+    #[error("artifact `{key}` is corrupt: sha256 {want} != {got}")]
+    Corrupt {
+        key: String,
+        want: String,
+        got: String,
+    },
 
     /// A local file could not be read or written.
     #[error("{action} `{}`: {source}", path.display())]
@@ -110,66 +125,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("url", &self.url).finish()
     }
-}
-
-/// Opens the object store named by `url`; cloud backends read their
-/// credentials and settings from the process environment (`AWS_*`,
-/// `GOOGLE_*`, `AZURE_*`), as `object_store` documents.
-pub async fn open(url: &str) -> Result<Store, ArtifactError> {
-    open_with_options(url, std::env::vars().collect::<Vec<_>>()).await
-}
-
-/// Opens the object store named by `url` with explicit backend options
-/// (e.g. `("aws_region", "eu-west-1")`); unknown keys are ignored.
-pub async fn open_with_options<I, K, V>(url: &str, options: I) -> Result<Store, ArtifactError>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: AsRef<str>,
-    V: Into<String>,
-{
-    let parsed = Url::parse(url).map_err(|e| ArtifactError::InvalidUrl {
-        url: url.to_owned(),
-        reason: format!("{e} (a local directory is written file:///abs/dir)"),
-    })?;
-    let (scheme, _) =
-        ObjectStoreScheme::parse(&parsed).map_err(|e| ArtifactError::UnsupportedScheme {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-
-    if scheme == ObjectStoreScheme::Local {
-        let dir = parsed
-            .to_file_path()
-            .map_err(|()| ArtifactError::InvalidUrl {
-                url: url.to_owned(),
-                reason: "a file url must name an absolute local directory".to_owned(),
-            })?;
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| ArtifactError::io("creating store directory", &dir, e))?;
-        let local =
-            LocalFileSystem::new_with_prefix(&dir).map_err(|e| ArtifactError::InvalidUrl {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
-        return Ok(Store {
-            inner: Arc::new(local.with_automatic_cleanup(true)),
-            prefix: ObjectPath::default(),
-            url: url.to_owned(),
-        });
-    }
-
-    let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| {
-        ArtifactError::UnsupportedScheme {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(Store {
-        inner: Arc::from(store),
-        prefix,
-        url: url.to_owned(),
-    })
 }
 
 impl Store {
@@ -262,6 +217,28 @@ impl Store {
     /// directories are created), returning the number of bytes written.
     /// A partially written file is removed on failure.
     pub async fn download_file(&self, key: &str, dest: &Path) -> Result<u64, ArtifactError> {
+        self.download(key, dest, None).await
+    }
+
+    /// As [`Store::download_file`], and the content must hash to `sha256`
+    /// (lowercase hex; empty: unknown, not checked): else the file is
+    /// removed and the error is [`ArtifactError::Corrupt`].
+    pub async fn download_verified(
+        &self,
+        key: &str,
+        dest: &Path,
+        sha256: &str,
+    ) -> Result<u64, ArtifactError> {
+        self.download(key, dest, Some(sha256).filter(|s| !s.is_empty()))
+            .await
+    }
+
+    async fn download(
+        &self,
+        key: &str,
+        dest: &Path,
+        want: Option<&str>,
+    ) -> Result<u64, ArtifactError> {
         let mut stream = self.get_bytes_stream(key).await?;
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
@@ -272,9 +249,13 @@ impl Store {
             .await
             .map_err(|e| ArtifactError::io("creating", dest, e))?;
         let copied = async {
+            let mut hasher = want.map(|_| Sha256::new());
             let mut size = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| ArtifactError::io("writing", dest, e))?;
@@ -283,6 +264,16 @@ impl Store {
             file.flush()
                 .await
                 .map_err(|e| ArtifactError::io("writing", dest, e))?;
+            if let (Some(want), Some(hasher)) = (want, hasher) {
+                let got = hex(&hasher.finalize());
+                if !got.eq_ignore_ascii_case(want) {
+                    return Err(ArtifactError::Corrupt {
+                        key: key.to_owned(),
+                        want: want.to_owned(),
+                        got,
+                    });
+                }
+            }
             Ok(size)
         }
         .await;
@@ -310,6 +301,15 @@ impl Store {
             .into_stream()
             .map_err(move |e| ArtifactError::store(&key, e))
             .boxed())
+    }
+
+    /// Removes the object at `key`; removing one that is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
+        let location = self.location(key)?;
+        match self.inner.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(ArtifactError::store(key, e)),
+        }
     }
 
     /// Whether an object is stored under `key`.

@@ -125,9 +125,9 @@ async fn bad_keys_and_urls_are_refused() -> anyhow::Result<()> {
     );
     assert!(err.to_string().contains("ftp://host/dir"), "{err}");
 
-    // s3 needs the `aws` feature, which this build does not enable.
-    let err = open("s3://bucket/prefix").await.unwrap_err();
-    assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+    // A bucket is required; S3 itself is always built in.
+    let err = open("s3:///prefix").await.unwrap_err();
+    assert!(err.to_string().contains("s3:///prefix"), "{err}");
 
     let err = open("not a url").await.unwrap_err();
     assert!(matches!(err, ArtifactError::InvalidUrl { .. }), "{err}");
@@ -167,5 +167,103 @@ async fn a_stream_from_an_offset_has_the_rest_and_nothing_at_the_end() -> anyhow
         store.get_bytes_stream_from("missing", 3).await,
         Err(ArtifactError::NotFound { .. })
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_verified_download_matches_or_is_removed_as_corrupt() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&file_url(&tmp.path().join("store"))).await?;
+    let src = tmp.path().join("data");
+    std::fs::write(&src, b"the real bytes")?;
+    let info = store.upload_file("out/data", &src).await?;
+
+    let dest = tmp.path().join("in/data");
+    assert_eq!(
+        store
+            .download_verified("out/data", &dest, &info.sha256)
+            .await?,
+        14
+    );
+    assert_eq!(std::fs::read(&dest)?, b"the real bytes");
+
+    // Other bytes under the same key: refused, and nothing left on disk.
+    store
+        .put_bytes("out/data", Bytes::from_static(b"other bytes"))
+        .await?;
+    let dest = tmp.path().join("in/again");
+    let err = store
+        .download_verified("out/data", &dest, &info.sha256)
+        .await
+        .unwrap_err();
+    let got = drover_artifacts::sha256_hex(b"other bytes");
+    match &err {
+        ArtifactError::Corrupt { key, want, got: g } => {
+            assert_eq!(key, "out/data");
+            assert_eq!(want, &info.sha256);
+            assert_eq!(g, &got);
+        }
+        other => panic!("not Corrupt: {other}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "artifact `out/data` is corrupt: sha256 {} != {got}",
+            info.sha256
+        )
+    );
+    assert!(!dest.exists(), "a corrupt download was left at {dest:?}");
+
+    // An unknown sha256 (a record from before it was kept) is not checked.
+    assert_eq!(store.download_verified("out/data", &dest, "").await?, 11);
+
+    // A missing object is NotFound, not Corrupt.
+    store.delete("out/data").await?;
+    assert!(!store.exists("out/data").await?);
+    store.delete("out/data").await?;
+    let err = store
+        .download_verified("out/data", &tmp.path().join("in/gone"), &info.sha256)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ArtifactError::NotFound { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_s3_store_is_retried_for_the_window_then_fails() -> anyhow::Result<()> {
+    use drover_artifacts::{open_with, RetryPolicy, StoreOptions};
+    use std::time::{Duration, Instant};
+    // A port nothing listens on: every connection is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let settings = [
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_REGION", "garage".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "GK0123456789abcdef01234567".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "0".repeat(64)),
+    ];
+    let options = StoreOptions {
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        retry: RetryPolicy {
+            max_retries: 100,
+            timeout: Duration::from_secs(2),
+        },
+    };
+    let store = open_with("s3://bucket/prefix", &options).await?;
+    let src = tempfile::NamedTempFile::new()?;
+    std::fs::write(src.path(), b"x")?;
+    let started = Instant::now();
+    let err = store.upload_file("k", src.path()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "failed after {took:?}: {err}"
+    );
+    assert!(err.to_string().contains("retries"), "{err}");
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Real etcd and nats-server as child processes on free loopback ports, each
 //! with its own data directory, killed when dropped. `drover dev` runs its
-//! local cluster on these, and the integration tests use the same code.
+//! local cluster on these, and the integration tests use the same code
+//! (and [`garage`], a real S3 server, for the tests of S3 stores).
 
 pub mod docker;
+pub mod garage;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
