@@ -78,6 +78,8 @@ tasks:
   - name: produce
     command: ["sh", "-c", "echo two > $DROVER_OUTPUTS/data"]
     outputs: [{{name: data, path: data}}]
+    # Each run its own object (the second would take the first's from the cache).
+    cache: false
   - name: gate
     command: ["sh", "-c", "while [ ! -e {go} ]; do sleep 0.05; done"]
   - name: consume
