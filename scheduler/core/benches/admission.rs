@@ -357,5 +357,42 @@ fn bench_dag(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_admission, bench_dag);
+/// The step cache's key of a task like the example's `train` instance: a
+/// six-argument command, two env values, one input, one output.
+fn bench_cache_key(c: &mut Criterion) {
+    use drover_scheduler_core::cache::{InputDigest, KeyInput, OutputDecl};
+    let command: Vec<String> = ["python3", "train.py", "--lr", "0.03", "--epochs", "30"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let env = [("PYTHONUNBUFFERED", "1"), ("SEED", "7")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sha = "a".repeat(64);
+    c.bench_function("cache_key/task", |b| {
+        b.iter(|| {
+            KeyInput {
+                command: &command,
+                env: &env,
+                image: "",
+                workdir: "",
+                inputs: vec![InputDigest::One {
+                    name: "dataset",
+                    sha256: &sha,
+                }],
+                code_sha256: &sha,
+                outputs: vec![OutputDecl {
+                    name: "model",
+                    path: "model.json",
+                    result: false,
+                }],
+                version: "",
+            }
+            .key()
+        })
+    });
+}
+
+criterion_group!(benches, bench_admission, bench_dag, bench_cache_key);
 criterion_main!(benches);
