@@ -411,3 +411,69 @@ fn for_each_instances_show_their_item() -> TestResult {
     assert!(v["tasks"][0].get("item").is_none(), "{v}");
     Ok(())
 }
+
+fn cached_run() -> pb::Run {
+    pb::Run {
+        id: "digits-2".into(),
+        created_at_ms: 1_000,
+        finished_at_ms: 1_005,
+        tasks: vec![pb::Task {
+            name: "train".into(),
+            state: pb::TaskState::Succeeded as i32,
+            attempts: vec![pb::Attempt {
+                number: 1,
+                state: pb::AttemptState::Succeeded as i32,
+                assigned_at_ms: 1_004,
+                started_at_ms: 1_004,
+                finished_at_ms: 1_004,
+                ready_at_ms: 1_001,
+                cache_key: "ab".repeat(32),
+                cached_from: Some(pb::AttemptSource {
+                    run_id: "digits-1".into(),
+                    task: "train".into(),
+                    attempt: 2,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn get_and_trace_show_a_cached_task_and_where_it_came_from() -> TestResult {
+    let run = cached_run();
+    let text = run_table(&run, 2_000);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("train"))
+        .ok_or("no train line")?;
+    assert!(line.contains("(cached)"), "{line}");
+    assert!(line.ends_with("cached from digits-1/train/2"), "{line}");
+    let v = run_json(&run);
+    assert_eq!(
+        v["tasks"][0]["attempts"][0]["cached_from"]["run_id"],
+        "digits-1"
+    );
+
+    // A zero-length bar marked cached, with its source where the agent goes.
+    let w = crate::waterfall::build(&run, 2_000);
+    let bar = &w.bars[0];
+    assert_eq!(
+        (bar.state.as_str(), bar.ready, bar.end),
+        ("cached", 1_004, 1_004)
+    );
+    assert_eq!(bar.queue_wait() + bar.run_time(), 0);
+    let drawn = crate::waterfall::render(&w, 40);
+    let row = drawn
+        .lines()
+        .find(|l| l.contains("train #1"))
+        .ok_or("no row")?;
+    assert!(row.ends_with("from digits-1/train/2"), "{row}");
+    assert_eq!(
+        crate::waterfall::to_json(&w)["attempts"][0]["cached_from"],
+        "digits-1/train/2"
+    );
+    Ok(())
+}
