@@ -190,6 +190,11 @@ impl EngineState {
         match run.dag.retry(&rerun, now) {
             Ok((again, more)) => {
                 info!(run = %id, tasks = again.len(), "run retried");
+                // Tasks named to run again must run, not take the result
+                // they made before from the cache; nor what follows them.
+                if !rerun.is_empty() {
+                    run.record.modify().no_cache = true;
+                }
                 if let Some(n) = self.finished.get_mut(&state) {
                     *n = n.saturating_sub(1);
                 }

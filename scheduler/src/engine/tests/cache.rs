@@ -255,6 +255,25 @@ fn max_age_and_the_ttl_bound_what_is_reused() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn a_retry_that_names_a_task_runs_it_rather_than_taking_its_old_result() -> TestResult {
+    let mut h = Harness::new();
+    let submit = h.submit_spec("r1", with_outputs("r1"));
+    h.turn(vec![heartbeat("a1", 4, &[]), submit]);
+    run_through(&mut h, "r1");
+    let stored = Arc::new(h.stored_run("r1").ok_or("r1 not stored")?);
+    let retry = h.request(Request::Retry {
+        stored,
+        tasks: vec!["a".into()],
+    });
+    let log = h.turn(vec![retry]);
+    assert_eq!(log.assigned(), [("a", 2, "a1")]);
+    h.now += 10;
+    let log = h.turn(vec![wrote("r1", "a", 2, "aa", h.now)]);
+    assert_eq!(log.assigned(), [("b", 2, "a1")]);
+    Ok(())
+}
+
 impl Harness {
     fn request_list(&mut self, task: &str) -> Input {
         self.request(Request::ListCache { task: task.into() })
