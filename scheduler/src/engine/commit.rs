@@ -65,10 +65,10 @@ impl EngineState {
             };
             groups.extend(queue.change(key, encode).map(|c| vec![c]));
         }
-        let cache = self.cache.changes();
-        if !cache.is_empty() {
-            groups.push(cache);
-        }
+        // Each entry alone: they are independent, so they fill the turn's
+        // transactions' room rather than forming a group that is split
+        // (and committed in order) when a turn ends many tasks.
+        groups.extend(self.cache.changes().into_iter().map(|c| vec![c]));
         groups
     }
 
