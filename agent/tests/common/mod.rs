@@ -31,7 +31,7 @@ pub const PREFIX: &str = "t";
 pub const KILL_GRACE: Duration = Duration::from_millis(300);
 /// How long a test waits for what should come: generous, because a loaded
 /// two-core CI machine runs the docker tests next to every other test.
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 pub struct Harness {
     pub client: async_nats::Client,
@@ -200,6 +200,7 @@ impl Harness {
             .await?;
         Ok(EventReader {
             messages: consumer.messages().await?,
+            consumer,
             agent_id: self.agent_id.clone(),
             read: VecDeque::new(),
         })
@@ -336,6 +337,7 @@ pub fn sh(script: &str) -> Vec<&str> {
 }
 
 pub struct EventReader {
+    consumer: consumer::PullConsumer,
     messages: consumer::pull::Stream,
     agent_id: String,
     /// Events of a batch read but not returned yet.
@@ -386,12 +388,15 @@ impl EventReader {
             let msg = match tokio::time::timeout_at(deadline, self.messages.next()).await {
                 Err(_) => return Ok(None),
                 Ok(None) => bail!("event stream ended"),
-                // A heartbeat the server sent late (a loaded machine) is
-                // not a lost event: the pull goes on.
+                // A heartbeat missed (the test did not read for a while, or
+                // a loaded machine) is not a lost event, but the pull that
+                // missed it may deliver nothing more: pull again from the
+                // consumer, which keeps its place.
                 Ok(Some(Err(e)))
                     if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat =>
                 {
-                    continue
+                    self.messages = self.consumer.messages().await?;
+                    continue;
                 }
                 Ok(Some(msg)) => msg.map_err(|e| anyhow!("reading events: {e}"))?,
             };
