@@ -5,33 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{task, Cluster};
+use common::{task, Cluster, DIAMOND};
 use drover_api::pb::{self, RunState, TaskState};
 
 const LONG: Duration = Duration::from_secs(60);
-
-const DIAMOND: &str = r#"
-name: diamond
-tasks:
-  - name: a
-    command: ["sh", "-c", "echo hello > $DROVER_OUTPUTS/a.txt; echo a-ran"]
-    outputs: [{name: text, path: a.txt}]
-  - name: b
-    depends_on: [a]
-    command: ["sh", "-c", "tr a-z A-Z < $DROVER_INPUTS/in > $DROVER_OUTPUTS/b.txt"]
-    inputs: [{name: in, from: a/text}]
-    outputs: [{name: text, path: b.txt}]
-  - name: c
-    depends_on: [a]
-    command: ["sh", "-c", "rev < $DROVER_INPUTS/in > $DROVER_OUTPUTS/c.txt"]
-    inputs: [{name: in, from: a/text}]
-    outputs: [{name: text, path: c.txt}]
-  - name: d
-    depends_on: [b, c]
-    command: ["sh", "-c", "cat $DROVER_INPUTS/upper $DROVER_INPUTS/reversed > $DROVER_OUTPUTS/d.txt"]
-    inputs: [{name: upper, from: b/text}, {name: reversed, from: c/text}]
-    outputs: [{name: joined, path: d.txt}]
-"#;
 
 /// Which tasks ran on an agent (the rest were served from the cache), by name.
 fn ran(run: &pb::Run) -> Vec<&str> {

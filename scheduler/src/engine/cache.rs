@@ -414,8 +414,8 @@ impl EngineState {
         }
     }
 
-    /// An attempt of `task` ended: a success that ran (not itself served
-    /// from the cache) becomes an entry.
+    /// An attempt of `task` ended: its claim goes, and a success that ran
+    /// (not itself served from the cache) becomes an entry.
     pub(super) fn remember_result(&mut self, run_id: &RunId, task: usize, now: Millis) {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
@@ -425,6 +425,14 @@ impl EngineState {
         let Some(a) = t.current() else {
             return;
         };
+        // The attempt no longer stands for its key: its claim goes (waiters
+        // find the entry, or look the key up again).
+        if let Some(key) = &a.cache_key {
+            let ours = (run_id.clone(), TaskIndex(task));
+            if self.cache.claims.get(key) == Some(&ours) {
+                self.cache.claims.remove(key);
+            }
+        }
         let (AttemptStatus::Succeeded, None, Some(key)) =
             (a.status, &a.cached_from, a.cache_key.as_ref())
         else {
