@@ -94,7 +94,25 @@ pub struct SchedulerOptions {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7071) [default: off].
     #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub api_security: ApiSecurityOptions,
+    #[command(flatten)]
+    pub nats_security: NatsSecurityOptions,
+    #[command(flatten)]
+    pub etcd_security: EtcdSecurityOptions,
 }
+
+/// Who may reach the gRPC API and how: TLS and tokens.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ApiSecurityOptions {}
+
+/// The scheduler's own NATS identity and NATS over TLS.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NatsSecurityOptions {}
+
+/// etcd over TLS and etcd users.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EtcdSecurityOptions {}
 
 impl SchedulerOptions {
     /// Checks what clap cannot: a prefix etcd keys can hang off.

@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../../proto/drover/v1/scheduler.proto",
                 "../../proto/drover/v1/agent.proto",
                 "../../proto/drover/v1/store.proto",
+                "../../proto/drover/v1/auth.proto",
+                "../../proto/drover/v1/enroll.proto",
             ],
             &["../../proto"],
         )?;

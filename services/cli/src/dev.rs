@@ -88,6 +88,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
         cache_ttl: drover_scheduler::options::DEFAULT_CACHE_TTL,
         metrics_listen: scheduler_metrics,
+        api_security: Default::default(),
+        nats_security: Default::default(),
+        etcd_security: Default::default(),
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(
         scheduler_opts,

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod garage;
+pub mod pki;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
