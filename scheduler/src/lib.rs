@@ -63,7 +63,11 @@ pub async fn serve(
         None => None,
     };
     let (metrics, registry) = metrics::SchedulerMetrics::new();
-    let store = store::Store::connect(&opts.etcd, &opts.prefix)
+    let etcd_options = opts
+        .etcd_security
+        .connect_options(&opts.etcd)
+        .map_err(SchedulerError::Config)?;
+    let store = store::Store::connect_with(&opts.etcd, &opts.prefix, etcd_options)
         .await?
         .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone());
     // Before serving: no submit of ours can be between its spec and its run.

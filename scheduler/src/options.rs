@@ -1,6 +1,7 @@
 //! `drover-scheduler` options: defaults, then `DROVER_*` environment, then flags.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_scheduler_core::placement::Strategy;
@@ -112,7 +113,84 @@ pub struct NatsSecurityOptions {}
 
 /// etcd over TLS and etcd users.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct EtcdSecurityOptions {}
+pub struct EtcdSecurityOptions {
+    /// CA certificate (PEM) etcd's server certificate is checked against;
+    /// needed for `https://` endpoints.
+    #[arg(long, env = "DROVER_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd started with
+    /// `--client-cert-auth`; with --etcd-key.
+    #[arg(long, env = "DROVER_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "DROVER_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, for an etcd with authentication enabled (see README for a
+    /// role limited to --prefix).
+    #[arg(long, env = "DROVER_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password; prefer DROVER_ETCD_PASSWORD or the config
+    /// file to the command line, which other users of the machine can read.
+    #[arg(long, env = "DROVER_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+}
+
+impl EtcdSecurityOptions {
+    /// The client options these flags ask for, certificates read; an error
+    /// names the flag at fault.
+    pub fn connect_options(
+        &self,
+        endpoints: &[String],
+    ) -> Result<Option<etcd_client::ConnectOptions>, String> {
+        let tls = endpoints.iter().any(|e| e.starts_with("https://"));
+        if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+            if tls || self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+                return Err(format!(
+                    "--etcd: `{plain}` is not https:// while TLS is asked for (--etcd-ca/--etcd-cert or another https:// endpoint); use https:// for every endpoint"
+                ));
+            }
+        }
+        let mut options = etcd_client::ConnectOptions::new();
+        if tls {
+            let read = |flag: &str, path: &PathBuf| {
+                std::fs::read(path).map_err(|e| format!("{flag}: reading {}: {e}", path.display()))
+            };
+            let Some(ca) = &self.etcd_ca else {
+                return Err("--etcd-ca: needed for https:// endpoints (the CA that signed etcd's certificate)".into());
+            };
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-ca", ca)?));
+            match (&self.etcd_cert, &self.etcd_key) {
+                (Some(cert), Some(key)) => {
+                    config = config.identity(etcd_client::Identity::from_pem(
+                        read("--etcd-cert", cert)?,
+                        read("--etcd-key", key)?,
+                    ));
+                }
+                (None, None) => {}
+                (Some(_), None) => return Err("--etcd-cert: needs --etcd-key".into()),
+                (None, Some(_)) => return Err("--etcd-key: needs --etcd-cert".into()),
+            }
+            options = options.with_tls(config);
+        }
+        match (&self.etcd_user, &self.etcd_password) {
+            (Some(user), Some(password)) => {
+                options = options
+                    .with_user(user.as_str(), password.as_str())
+                    .with_auto_token_refresh(true);
+            }
+            (None, None) => {}
+            (Some(user), None) => {
+                return Err(format!(
+                    "--etcd-user `{user}`: needs --etcd-password (or DROVER_ETCD_PASSWORD)"
+                ))
+            }
+            (None, Some(_)) => return Err("--etcd-password: needs --etcd-user".into()),
+        }
+        let secured = tls || self.etcd_user.is_some();
+        Ok(secured.then_some(options))
+    }
+}
 
 impl SchedulerOptions {
     /// Checks what clap cannot: a prefix etcd keys can hang off.

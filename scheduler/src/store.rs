@@ -132,7 +132,16 @@ const CACHED_SPECS: usize = 64;
 
 impl Store {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let client = Client::connect(endpoints, None).await?;
+        Self::connect_with(endpoints, prefix, None).await
+    }
+
+    /// [`Store::connect`] with TLS and a user ([`crate::options::EtcdSecurityOptions`]).
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        options: Option<etcd_client::ConnectOptions>,
+    ) -> Result<Self> {
+        let client = Client::connect(endpoints, options).await?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),

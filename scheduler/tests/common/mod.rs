@@ -164,7 +164,22 @@ impl Cluster {
         Self::build(&[], &[], Some((url.to_owned(), settings))).await
     }
 
+    /// No agents yet; on this etcd (e.g. one on TLS) with these scheduler
+    /// flags and environment.
+    pub async fn with_etcd(etcd: Server, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::build_on(Some(etcd), args, env, None).await
+    }
+
     async fn build(
+        args: &[&str],
+        env: &[(&str, &str)],
+        store: Option<(String, Vec<(String, String)>)>,
+    ) -> Self {
+        Self::build_on(None, args, env, store).await
+    }
+
+    async fn build_on(
+        etcd: Option<Server>,
         args: &[&str],
         env: &[(&str, &str)],
         store: Option<(String, Vec<(String, String)>)>,
@@ -175,7 +190,10 @@ impl Cluster {
         let artifacts_dir = tmp.path().join("artifacts");
         let scratch = tmp.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap();
-        let etcd = Server::etcd(None).await.unwrap();
+        let etcd = match etcd {
+            Some(etcd) => etcd,
+            None => Server::etcd(None).await.unwrap(),
+        };
         let nats = Server::nats(None).await.unwrap();
         let listen = free_port().unwrap();
         let (artifacts, store_settings) = match store {
@@ -213,6 +231,14 @@ impl Cluster {
         let mut c = Self::with_scheduler_args(&["--metrics-listen", &addr]).await;
         c.metrics_url = Some(format!("http://{addr}/metrics"));
         c
+    }
+
+    /// More flags and environment for the scheduler's next start.
+    pub fn add_scheduler_args(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        self.scheduler_args
+            .extend(args.iter().map(|a| a.to_string()));
+        self.scheduler_env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     }
 
     /// Starts the `drover-scheduler` binary and waits until it answers.

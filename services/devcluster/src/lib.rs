@@ -4,6 +4,7 @@
 //! (and [`garage`], a real S3 server, for the tests of S3 stores).
 
 pub mod docker;
+pub mod etcd_auth;
 pub mod garage;
 pub mod pki;
 
@@ -175,15 +176,22 @@ pub struct Server {
 impl Server {
     /// A single-member etcd cluster with its data under `data_dir` (a temp dir when `None`).
     pub async fn etcd(data_dir: Option<&Path>) -> Result<Self> {
-        on_free_ports("etcd", || Self::etcd_once(data_dir)).await
+        on_free_ports("etcd", || Self::etcd_once(data_dir, None)).await
     }
 
-    async fn etcd_once(data_dir: Option<&Path>) -> Result<Self> {
+    /// The same over TLS: `https://` with `pki`'s server certificate, and
+    /// client certificates signed by its CA required (`--client-cert-auth`).
+    pub async fn etcd_tls(data_dir: Option<&Path>, pki: &pki::DevPki) -> Result<Self> {
+        on_free_ports("etcd", || Self::etcd_once(data_dir, Some(pki))).await
+    }
+
+    async fn etcd_once(data_dir: Option<&Path>, tls: Option<&pki::DevPki>) -> Result<Self> {
         let dir = DataDir::new(data_dir)?;
         let (client, peer) = (free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--name",
             "drover",
             "--data-dir",
@@ -206,9 +214,30 @@ impl Server {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Over TLS the client port needs a certificate, so readiness is
+        // probed on a plain-HTTP metrics port (it serves /health too).
+        let health_port = match tls {
+            None => client,
+            Some(pki) => {
+                let metrics = free_port()?;
+                let path = |p: PathBuf| p.to_string_lossy().into_owned();
+                args.extend([
+                    "--cert-file".into(),
+                    path(pki.server_cert()),
+                    "--key-file".into(),
+                    path(pki.server_key()),
+                    "--trusted-ca-file".into(),
+                    path(pki.ca()),
+                    "--client-cert-auth".into(),
+                    "--listen-metrics-urls".into(),
+                    format!("http://127.0.0.1:{metrics}"),
+                ]);
+                metrics
+            }
+        };
         let log = dir.path().join("etcd.log");
         let mut child = spawn("etcd", &args, &log, "etcd-server")?;
-        wait_ready(&mut child, "etcd", &log, || etcd_healthy(client)).await?;
+        wait_ready(&mut child, "etcd", &log, || etcd_healthy(health_port)).await?;
         Ok(Self {
             url,
             child,
