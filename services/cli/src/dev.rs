@@ -41,6 +41,10 @@ pub struct DevArgs {
     /// Largest code snapshot the scheduler accepts (e.g. 256Mi).
     #[arg(long, env = "DROVER_MAX_CODE_BYTES", default_value_t = drover_scheduler::options::DEFAULT_MAX_CODE_BYTES, value_parser = drover_api::spec::parse_memory)]
     max_code_bytes: u64,
+    /// Everything on, as on a real network: TLS with a CA made under the
+    /// data dir, etcd authentication (see README, "Running on a real network").
+    #[arg(long, env = "DROVER_DEV_SECURE")]
+    secure: bool,
 }
 
 /// `--metrics` addresses: the targets of ops/prometheus/prometheus.yml.
@@ -51,7 +55,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)?;
-    let etcd = Server::etcd(Some(&dir.join("etcd"))).await?;
+    let prefix = "/drover";
+    let secure = if args.secure {
+        Some(crate::dev_secure::Secure::prepare(&dir)?)
+    } else {
+        None
+    };
+    let (etcd, etcd_security) = match &secure {
+        Some(secure) => {
+            let (etcd, user) = secure.etcd(&dir.join("etcd"), prefix).await?;
+            (etcd, secure.etcd_options(&user))
+        }
+        None => (
+            Server::etcd(Some(&dir.join("etcd"))).await?,
+            Default::default(),
+        ),
+    };
     let nats = Server::nats(Some(&dir.join("nats"))).await?;
     let artifacts = format!("file://{}", dir.join("artifacts").display());
 
@@ -76,7 +95,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         listen: addr,
         etcd: vec![etcd.url.clone()],
         nats: nats.url.clone(),
-        prefix: "/drover".into(),
+        prefix: prefix.into(),
         artifacts: artifacts.clone(),
         nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
         agent_timeout: Duration::from_secs(10),
@@ -90,7 +109,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         metrics_listen: scheduler_metrics,
         api_security: Default::default(),
         nats_security: Default::default(),
-        etcd_security: Default::default(),
+        etcd_security,
     };
     let mut scheduler = tokio::spawn(drover_scheduler::serve(
         scheduler_opts,

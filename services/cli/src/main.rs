@@ -5,6 +5,7 @@
 mod cache;
 mod code;
 mod dev;
+mod dev_secure;
 mod logs;
 mod output;
 mod queue;
