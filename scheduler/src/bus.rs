@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use prost::Message;
 
 use crate::error::{Result, SchedulerError};
+use crate::leader::Leadership;
 use crate::metrics::OpErrors;
 
 /// How long an agent has to answer an assign or cancel request.
@@ -33,6 +34,8 @@ pub struct Bus {
     client: async_nats::Client,
     prefix: String,
     errors: OpErrors,
+    /// Requests to agents go out only while this process may act as leader.
+    leadership: Option<Leadership>,
 }
 
 pub type EventStream = pull::Stream;
@@ -49,12 +52,27 @@ impl Bus {
             client,
             prefix: prefix.to_string(),
             errors: OpErrors::default(),
+            leadership: None,
         })
     }
 
     /// The connection, for what the engine does not own (live logs).
     pub fn client(&self) -> async_nats::Client {
         self.client.clone()
+    }
+
+    /// Sends nothing to agents unless `leadership` allows it.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// Err when this process must not send (checked right before sending).
+    fn may_send(&self) -> Result<()> {
+        match &self.leadership {
+            Some(l) if !l.may_act() => Err(SchedulerError::NotLeader),
+            _ => Ok(()),
+        }
     }
 
     /// Counts failed calls in `errors`, by operation.
@@ -103,7 +121,15 @@ impl Bus {
             .await
             .map_err(nats_err)?;
         let has = |n: &str| names.iter().any(|x| x == n);
-        let deliver_policy = if !has(CONSUMER) && has(EXPLICIT_CONSUMER) {
+        let deliver_policy = if has(CONSUMER) {
+            // A new term takes the consumer over: what an earlier leader
+            // pulled and never acked comes again now, not after ACK_WAIT.
+            let old = stream.consumer_info(CONSUMER).await.map_err(nats_err)?;
+            stream.delete_consumer(CONSUMER).await.map_err(nats_err)?;
+            DeliverPolicy::ByStartSequence {
+                start_sequence: old.ack_floor.stream_sequence + 1,
+            }
+        } else if has(EXPLICIT_CONSUMER) {
             // Everything up to its ack floor is done; events acked out of
             // order above it come again, and the engine ignores them as stale.
             let old = stream
@@ -150,6 +176,7 @@ impl Bus {
 
     /// Asks every agent for a heartbeat now (a fresh scheduler knows none).
     pub async fn ask_heartbeats(&self) -> Result<()> {
+        self.may_send()?;
         let r = self
             .client
             .publish(naming::heartbeat_now_subject(&self.prefix), Bytes::new())
@@ -167,6 +194,7 @@ impl Bus {
         body: Bytes,
     ) -> Result<R> {
         let r = async {
+            self.may_send()?;
             let request = self.client.request_with_headers(subject, headers, body);
             let msg = tokio::time::timeout(REQUEST_TIMEOUT, request)
                 .await

@@ -42,6 +42,10 @@ pub enum SchedulerError {
     Corrupt { key: String, reason: String },
     #[error("scheduler is shutting down")]
     ShuttingDown,
+    /// This process's leadership is gone (a fenced transaction failed or
+    /// its lease expired): it must stop acting at once.
+    #[error("not the leader any more")]
+    NotLeader,
     #[error("{0}")]
     Unavailable(String),
     #[error("invalid configuration: {0}")]
@@ -70,6 +74,7 @@ impl From<SchedulerError> for tonic::Status {
             | SchedulerError::Nats(_)
             | SchedulerError::Artifacts(_)
             | SchedulerError::ShuttingDown
+            | SchedulerError::NotLeader
             | SchedulerError::Unavailable(_) => Code::Unavailable,
             SchedulerError::Corrupt { .. } | SchedulerError::Transport(_) => Code::Internal,
         };

@@ -20,12 +20,14 @@
 //! from the recorded timestamps once their end is committed.
 
 pub mod bus;
+pub mod cluster;
 pub mod code;
 pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod leader;
 pub mod lineage;
 pub mod logs;
 pub mod metrics;
@@ -38,6 +40,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tracing::info;
 
 use drover_api::pb;
@@ -67,25 +70,20 @@ pub async fn serve(
         .etcd_security
         .connect_options(&opts.etcd)
         .map_err(SchedulerError::Config)?;
+    let leadership = leader::Leadership::default();
     let store = store::Store::connect_with(&opts.etcd, &opts.prefix, etcd_options)
         .await?
-        .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone());
-    // Before serving: no submit of ours can be between its spec and its run.
-    let orphans = store.delete_orphan_specs().await?;
-    if orphans > 0 {
-        tracing::info!(
-            runs = orphans,
-            "deleted specs of submits that never completed"
-        );
-    }
+        .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone())
+        .with_leadership(leadership.clone());
     let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
         .await?
-        .with_errors(metrics.nats_errors.clone());
+        .with_errors(metrics.nats_errors.clone())
+        .with_leadership(leadership.clone());
     let live_logs = logs::LiveLogSource::new(bus.client(), &opts.nats_prefix);
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
         .map_err(|e| SchedulerError::Config(e.to_string()))?;
-    let (engine, handle) = engine::Engine::new(
+    let (mut engine, handle) = engine::Engine::new(
         store.clone(),
         artifacts.clone(),
         bus,
@@ -98,6 +96,7 @@ pub async fn serve(
             cache_ttl: opts.cache_ttl,
         },
         metrics,
+        leadership.clone(),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -108,7 +107,31 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut engine_task = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, false).await;
+    let scheduler_id = opts.scheduler_id();
+    let election = leader::ElectionOptions {
+        id: scheduler_id.clone(),
+        address: opts.advertised(
+            listener
+                .local_addr()
+                .map_err(|e| SchedulerError::Transport(e.to_string()))?,
+        ),
+        lease: opts.leader_lease,
+    };
+    let mut engine_task = {
+        let (store, leadership, stop) = (store.clone(), leadership.clone(), stop_rx.clone());
+        let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while leading.changed().await.is_ok() {
+                let now = *leading.borrow_and_update();
+                set_health(&health, now).await;
+            }
+        });
+        tokio::spawn(async move {
+            leader::run(store, election, leadership, &mut engine, stop, leading_tx).await
+        })
+    };
     if let Some(listener) = metrics_listener {
         tokio::spawn(drover_metrics::serve(
             listener,
@@ -117,16 +140,6 @@ pub async fn serve(
         ));
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::scheduler_server::SchedulerServer<grpc::Api>>()
-        .await;
-    health
-        .set_serving::<pb::agents_server::AgentsServer<grpc::Api>>()
-        .await;
-    health
-        .set_serving::<pb::queues_server::QueuesServer<grpc::Api>>()
-        .await;
     // Both versions: grpcurl before 1.8.8, older Postman and Evans speak
     // only v1alpha.
     let reflection = || {
@@ -148,7 +161,17 @@ pub async fn serve(
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
     };
-    let agents_api = pb::agents_server::AgentsServer::new(api.clone());
+    // A standby refuses every Drover call, naming the leader.
+    let refuse = move |req: tonic::Request<()>| match leadership.refusal() {
+        Some(status) => Err(status),
+        None => Ok(req),
+    };
+    let intercepted = |svc| InterceptedService::new(svc, refuse.clone());
+    let cluster_api = pb::cluster_server::ClusterServer::new(cluster::ClusterApi {
+        store: api.store.clone(),
+        id: scheduler_id,
+    });
+    let agents_api = intercepted(pb::agents_server::AgentsServer::new(api.clone()));
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());
     let addr = listener.local_addr().ok();
     info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
@@ -156,14 +179,16 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             pb::scheduler_server::SchedulerServer::new(api)
                 // Room for the YAML of the largest accepted spec; the
                 // spec's own limit is checked after parsing.
                 .max_decoding_message_size(max_spec_bytes.saturating_mul(4).max(4 << 20)),
-        )
+            refuse.clone(),
+        ))
         .add_service(agents_api)
-        .add_service(queues_api)
+        .add_service(InterceptedService::new(queues_api, refuse))
+        .add_service(cluster_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {
         r = server => r.map_err(|e| SchedulerError::Transport(e.to_string()))?,
@@ -177,5 +202,21 @@ pub async fn serve(
     match engine_task.await {
         Ok(res) => res,
         Err(e) => Err(SchedulerError::Transport(format!("engine task: {e}"))),
+    }
+}
+
+/// Health of the Drover services: SERVING on the leader, NOT_SERVING on a
+/// standby, so load balancers send clients to the leader.
+async fn set_health(health: &tonic_health::server::HealthReporter, leading: bool) {
+    use pb::scheduler_server::SchedulerServer;
+    use pb::{agents_server::AgentsServer, queues_server::QueuesServer};
+    if leading {
+        health.set_serving::<SchedulerServer<grpc::Api>>().await;
+        health.set_serving::<AgentsServer<grpc::Api>>().await;
+        health.set_serving::<QueuesServer<grpc::Api>>().await;
+    } else {
+        health.set_not_serving::<SchedulerServer<grpc::Api>>().await;
+        health.set_not_serving::<AgentsServer<grpc::Api>>().await;
+        health.set_not_serving::<QueuesServer<grpc::Api>>().await;
     }
 }

@@ -92,6 +92,19 @@ pub struct SchedulerOptions {
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     #[arg(long, env = "DROVER_CANCEL_GRACE", default_value = "10s", value_parser = duration_arg)]
     pub cancel_grace: Duration,
+    /// This scheduler's name among several sharing --etcd and --prefix
+    /// [default: hostname-pid].
+    #[arg(long, env = "DROVER_SCHEDULER_ID")]
+    pub id: Option<String>,
+    /// The address clients are sent to when this scheduler leads (a
+    /// standby answers with it) [default: http://LISTEN, the hostname when
+    /// --listen is 0.0.0.0 or ::].
+    #[arg(long, env = "DROVER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The leader's lease in etcd: a leader that dies is replaced within
+    /// about this long (etcd counts whole seconds, at least 2 s).
+    #[arg(long, env = "DROVER_LEADER_LEASE", default_value = "3s", value_parser = duration_arg)]
+    pub leader_lease: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7071) [default: off].
     #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -193,6 +206,31 @@ impl EtcdSecurityOptions {
 }
 
 impl SchedulerOptions {
+    /// `--id`, or this machine's hostname and the process id.
+    pub fn scheduler_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "scheduler".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// `--advertise`, or the address `listen` (the bound address) is reached at.
+    pub fn advertised(&self, listen: SocketAddr) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if listen.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("http://{host}:{}", listen.port())
+        } else {
+            format!("http://{listen}")
+        }
+    }
+
     /// Checks what clap cannot: a prefix etcd keys can hang off.
     pub fn validate(&self) -> Result<(), String> {
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
@@ -210,6 +248,12 @@ impl SchedulerOptions {
             return Err(format!(
                 "--nats-prefix: `{}` must be letters, digits, `-`, `_` or `.`",
                 self.nats_prefix
+            ));
+        }
+        if self.leader_lease < Duration::from_secs(2) {
+            return Err(format!(
+                "--leader-lease: {:?} is under etcd's shortest lease, 2s",
+                self.leader_lease
             ));
         }
         if self.etcd.is_empty() {

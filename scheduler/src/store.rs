@@ -33,10 +33,12 @@ use drover_api::pb;
 use drover_scheduler_core::ids::{AgentId, RunId, TaskIndex};
 
 use crate::error::{Result, SchedulerError};
+use crate::leader::{Fence, Leadership};
 use crate::metrics::OpErrors;
 
-/// etcd's default `--max-txn-ops`.
-pub const MAX_TXN_OPS: usize = 128;
+/// Writes per transaction: etcd's default `--max-txn-ops` (128, which
+/// counts compares too) less the leadership fence's compare.
+pub const MAX_TXN_OPS: usize = 127;
 
 /// Largest spec chunk: under etcd's default 1.5 MiB request limit with room
 /// for the key and the transaction around it.
@@ -125,6 +127,9 @@ pub struct Store {
     specs: Arc<Mutex<HashMap<String, Arc<pb::PipelineSpec>>>>,
     errors: OpErrors,
     conflicts: prometheus_client::metrics::counter::Counter,
+    /// When set, every transaction is fenced on this process's leadership
+    /// (see [`crate::leader`]); unset in tests of the store alone.
+    leadership: Option<Leadership>,
 }
 
 /// Specs kept by [`Store::load_spec`]; the cache starts over past this.
@@ -148,7 +153,52 @@ impl Store {
             specs: Arc::default(),
             errors: OpErrors::default(),
             conflicts: Default::default(),
+            leadership: None,
         })
+    }
+
+    /// Fences every transaction on `leadership`: none commits unless this
+    /// process still holds the election key it won.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// The etcd client, for the election.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The compare that fences a transaction, if this store is fenced;
+    /// Err(NotLeader) when it is fenced and this process does not lead.
+    fn fence(&self) -> Result<Option<Fence>> {
+        match &self.leadership {
+            None => Ok(None),
+            Some(l) => l.fence().map(Some).ok_or(SchedulerError::NotLeader),
+        }
+    }
+
+    /// A failed fenced transaction: NotLeader if the fence no longer holds
+    /// (read from the transaction's failure branch), else a conflict.
+    fn failed_txn(&self, fence: &Option<Fence>, resp: &etcd_client::TxnResponse) -> SchedulerError {
+        let Some(fence) = fence else {
+            return SchedulerError::Conflict;
+        };
+        let held = resp.op_responses().into_iter().any(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().iter().any(|kv| {
+                kv.key() == fence.key.as_slice() && kv.create_revision() == fence.revision
+            }),
+            _ => false,
+        });
+        if held {
+            SchedulerError::Conflict
+        } else {
+            SchedulerError::NotLeader
+        }
     }
 
     /// Counts failed calls in `errors` (by operation) and lost
@@ -221,16 +271,16 @@ impl Store {
             .enumerate()
             .map(|(i, chunk)| {
                 let key = format!("{prefix}{i:06}");
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, chunk, None)]);
                 let mut kv = self.client.kv_client();
                 async move {
+                    let fence = self.fence()?;
+                    let compares = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+                    let txn = fenced(compares, &fence, vec![TxnOp::put(key, chunk, None)]);
                     let resp = kv.txn(txn).await.inspect_err(self.failed("put_spec"))?;
                     if resp.succeeded() {
                         Ok(())
                     } else {
-                        Err(SchedulerError::Conflict)
+                        Err(self.failed_txn(&fence, &resp))
                     }
                 }
             });
@@ -575,19 +625,41 @@ impl Store {
                 None => TxnOp::delete(w.key, None),
             });
         }
+        let fence = self.fence()?;
         let resp = self
             .client
             .kv_client()
-            .txn(Txn::new().when(compares).and_then(puts))
+            .txn(fenced(compares, &fence, puts))
             .await
             .inspect_err(self.failed("commit"))?;
         if !resp.succeeded() {
-            self.conflicts.inc();
-            return Err(SchedulerError::Conflict);
+            let e = self.failed_txn(&fence, &resp);
+            if matches!(e, SchedulerError::Conflict) {
+                self.conflicts.inc();
+            }
+            return Err(e);
         }
         let rev = resp.header().map_or(0, |h| h.revision());
         Ok(vec![rev; n])
     }
+}
+
+/// A transaction doing `ops` if `compares` hold, plus the fence's compare
+/// when there is one (and a read of the election key on failure, to tell a
+/// lost fence from a conflict).
+fn fenced(mut compares: Vec<Compare>, fence: &Option<Fence>, ops: Vec<TxnOp>) -> Txn {
+    let Some(fence) = fence else {
+        return Txn::new().when(compares).and_then(ops);
+    };
+    compares.push(Compare::create_revision(
+        fence.key.clone(),
+        CompareOp::Equal,
+        fence.revision,
+    ));
+    Txn::new()
+        .when(compares)
+        .and_then(ops)
+        .or_else([TxnOp::get(fence.key.clone(), None)])
 }
 
 pub fn is_active(state: pb::RunState) -> bool {

@@ -26,6 +26,7 @@ use drover_telemetry::{propagation, record};
 
 use crate::bus::Bus;
 use crate::error::{Result, SchedulerError};
+use crate::leader::Leadership;
 use crate::metrics::SchedulerMetrics;
 use crate::store::Store;
 
@@ -105,6 +106,11 @@ pub struct Engine {
     /// What a failed turn applied (its events), or what waited while the
     /// reload failed: applied at the start of the next turn.
     redo: Vec<Item>,
+    opts: EngineOptions,
+    /// Nothing is sent or acked unless this process leads (see [`crate::leader`]).
+    leadership: Leadership,
+    /// Leadership was lost during the term: it ends at once.
+    deposed: bool,
 }
 
 impl Engine {
@@ -114,6 +120,7 @@ impl Engine {
         bus: Bus,
         opts: EngineOptions,
         metrics: SchedulerMetrics,
+        leadership: Leadership,
     ) -> (Self, EngineHandle) {
         let (tx, commands) = mpsc::channel(1024);
         let (changed, _) = broadcast::channel(4096);
@@ -128,7 +135,7 @@ impl Engine {
             store,
             artifacts,
             bus: Arc::new(bus),
-            state: EngineState::new(opts, metrics.clone()),
+            state: EngineState::new(opts.clone(), metrics.clone()),
             changed,
             waiting,
             outcomes_tx,
@@ -141,12 +148,52 @@ impl Engine {
             next_reply: 0,
             reload_pending: false,
             redo: Vec::new(),
+            opts,
+            leadership,
+            deposed: false,
         };
         (engine, handle)
     }
 
-    /// Runs until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    /// Forgets everything of a term that ended (leadership lost or given
+    /// up): its state, what it had to redo, and the callers still waiting,
+    /// who are told to go to the leader. The next term loads from etcd.
+    pub fn step_down(&mut self) {
+        self.state = EngineState::new(self.opts.clone(), self.metrics.clone());
+        self.redo.clear();
+        self.reload_pending = false;
+        self.deposed = false;
+        let gone = || {
+            Err(SchedulerError::Unavailable(
+                "not the leader any more; retry".into(),
+            ))
+        };
+        for (_, tx) in self.replies.drain() {
+            let _ = tx.send(gone());
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            let _ = cmd.reply.send(gone());
+        }
+    }
+
+    /// Leads until `shutdown` resolves; Err(NotLeader) as soon as
+    /// leadership is found lost. Everything is loaded from etcd first, as
+    /// on a restart.
+    pub async fn run_term(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        // Answers to the last term's requests go to a channel nobody reads.
+        (self.outcomes_tx, self.outcomes) = mpsc::unbounded_channel();
+        // Only the leader submits, and a new term starts with none in
+        // flight: a spec without its run is left by a submit that died.
+        let orphans = self.store.delete_orphan_specs().await?;
+        if orphans > 0 {
+            tracing::info!(
+                runs = orphans,
+                "deleted specs of submits that never completed"
+            );
+        }
         let mut events = self.bus.events().await?;
         let mut heartbeats = self.bus.heartbeats().await?;
         let mut turn = Turn::default();
@@ -155,6 +202,9 @@ impl Engine {
         self.state.end_inputs(now, &mut turn);
         self.finish_turn(turn, Vec::new()).await;
         self.publish_metrics(now);
+        if self.deposed {
+            return Err(SchedulerError::NotLeader);
+        }
         self.bus.ask_heartbeats().await?;
         let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         tokio::pin!(shutdown);
@@ -224,6 +274,9 @@ impl Engine {
             self.state.end_inputs(now, &mut turn);
             self.finish_turn(turn, acks).await;
             self.publish_metrics(now);
+            if self.deposed {
+                return Err(SchedulerError::NotLeader);
+            }
         }
         Ok(())
     }
@@ -334,6 +387,11 @@ impl Engine {
         } else {
             self.store.commit(changes).await
         };
+        // Paused past the lease (or fenced out): not one send or ack.
+        let committed = match committed {
+            Ok(_) if !self.leadership.may_act() => Err(SchedulerError::NotLeader),
+            other => other,
+        };
         match committed {
             Ok(revisions) => {
                 self.state.committed(&revisions);
@@ -341,6 +399,15 @@ impl Engine {
                 let touched = std::mem::take(&mut turn.touched);
                 for run in self.state.settle(touched) {
                     let _ = self.changed.send(run.to_string());
+                }
+            }
+            Err(SchedulerError::NotLeader) => {
+                warn!("leadership lost: nothing of this turn is sent or acked");
+                self.deposed = true;
+                for (_, tx) in self.replies.drain() {
+                    let _ = tx.send(Err(SchedulerError::Unavailable(
+                        "not the leader any more; retry".into(),
+                    )));
                 }
             }
             Err(e) => {
@@ -434,7 +501,11 @@ impl Engine {
             .max_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
         if let Some(m) = last {
             let bus = self.bus.clone();
+            let leadership = self.leadership.clone();
             tokio::spawn(async move {
+                if !leadership.may_act() {
+                    return;
+                }
                 if let Err(e) = m.ack().await {
                     warn!(error = %e, "ack failed; the events will be redelivered");
                     bus.failed("ack");

@@ -136,6 +136,24 @@ impl Drop for AgentProc {
     }
 }
 
+/// Whether the scheduler at `server` answers and leads (health SERVING).
+pub async fn leads(server: &str) -> bool {
+    let Ok(channel) = Channel::from_shared(server.to_owned())
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "drover.v1.Scheduler".into(),
+    };
+    health.check(request).await.is_ok_and(|r| {
+        r.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
+    })
+}
+
 impl Cluster {
     /// etcd, NATS, the scheduler and one agent.
     pub async fn start() -> Self {
@@ -253,6 +271,7 @@ impl Cluster {
             .args(["--artifacts", &self.artifacts])
             .args(["--cancel-grace", "2s"])
             .args(["--preemption-grace", "1s"])
+            .args(["--id", "scheduler-1"])
             .args(&self.scheduler_args)
             .env("RUST_LOG", "info,drover_scheduler=debug")
             .envs(self.store_settings.iter().cloned())
@@ -265,12 +284,7 @@ impl Cluster {
             .unwrap();
         self.scheduler = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Channel::from_shared(self.server.clone())
-            .unwrap()
-            .connect()
-            .await
-            .is_err()
-        {
+        while !leads(&self.server).await {
             assert!(
                 Instant::now() < deadline,
                 "scheduler did not start:\n{}",
