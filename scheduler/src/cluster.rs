@@ -25,6 +25,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         for s in &mut schedulers {
             if let Some(l) = leader.as_ref().filter(|l| l.id == s.id) {
                 s.leader_since_ms = l.leader_since_ms;
+                s.leader_revision = l.leader_revision;
             }
         }
         schedulers.sort_by(|a, b| a.id.cmp(&b.id));

@@ -212,6 +212,7 @@ pub async fn run(
             address: opts.address.clone(),
             started_at_ms,
             leader_since_ms: 0,
+            leader_revision: 0,
         };
         let presence = format!("{}{}", presence_prefix(store.prefix()), opts.id);
         let put = client
@@ -256,6 +257,7 @@ pub async fn run(
             continue;
         };
         record.leader_since_ms = now_ms();
+        record.leader_revision = leader_key.rev();
         let fence = Fence {
             key: leader_key.key().to_vec(),
             revision: leader_key.rev(),

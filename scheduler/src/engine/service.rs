@@ -468,7 +468,9 @@ impl Engine {
                 }
             }
         }
-        for (agent, (request, attempts)) in batches {
+        let term = self.leadership.fence().map_or(0, |f| f.revision);
+        for (agent, (mut request, attempts)) in batches {
+            request.leader_revision = term;
             let bus = self.bus.clone();
             let tx = self.outcomes_tx.clone();
             tokio::spawn(async move {

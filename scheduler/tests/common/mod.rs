@@ -251,6 +251,37 @@ impl Cluster {
         c
     }
 
+    /// Starts a `drover-scheduler` process named `id` on `listen` with this
+    /// cluster's flags (another one is a standby), logging to `log`.
+    pub fn spawn_scheduler(&self, id: &str, listen: u16, log: &Path) -> Child {
+        let log = std::fs::File::create(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--etcd", &self.etcd.url])
+            .args(["--nats", &self.nats.url])
+            .args(["--prefix", &self.prefix])
+            .args(["--nats-prefix", &self.nats_prefix])
+            .args(["--artifacts", &self.artifacts])
+            .args(["--cancel-grace", "2s"])
+            .args(["--preemption-grace", "1s"])
+            .args(["--id", id])
+            .args(&self.scheduler_args)
+            .env("RUST_LOG", "info,drover_scheduler=debug")
+            .envs(self.store_settings.iter().cloned())
+            .envs(self.scheduler_env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// The directory logs and scratch files of this cluster go to.
+    pub fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
     /// More flags and environment for the scheduler's next start.
     pub fn add_scheduler_args(&mut self, args: &[&str], env: &[(&str, &str)]) {
         self.scheduler_args
@@ -261,27 +292,8 @@ impl Cluster {
 
     /// Starts the `drover-scheduler` binary and waits until it answers.
     pub async fn start_scheduler(&mut self) {
-        let log = std::fs::File::create(self._tmp.path().join("scheduler.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.listen)])
-            .args(["--etcd", &self.etcd.url])
-            .args(["--nats", &self.nats.url])
-            .args(["--prefix", &self.prefix])
-            .args(["--nats-prefix", &self.nats_prefix])
-            .args(["--artifacts", &self.artifacts])
-            .args(["--cancel-grace", "2s"])
-            .args(["--preemption-grace", "1s"])
-            .args(["--id", "scheduler-1"])
-            .args(&self.scheduler_args)
-            .env("RUST_LOG", "info,drover_scheduler=debug")
-            .envs(self.store_settings.iter().cloned())
-            .envs(self.scheduler_env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let log = self._tmp.path().join("scheduler.log");
+        let child = self.spawn_scheduler("scheduler-1", self.listen, &log);
         self.scheduler = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !leads(&self.server).await {
@@ -309,6 +321,11 @@ impl Cluster {
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         // USER_HZ is 100 on Linux.
         Duration::from_millis(ticks * 10)
+    }
+
+    /// The scheduler process, for a test that manages it from now on.
+    pub fn take_scheduler(&mut self) -> Option<Child> {
+        self.scheduler.take()
     }
 
     pub async fn kill_scheduler(&mut self) {
