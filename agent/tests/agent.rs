@@ -419,6 +419,7 @@ async fn a_batch_of_assignments_gets_one_reply_each_in_order() -> Result<()> {
             assignment(&a, &sh("echo a")),
         ],
         traceparents: Vec::new(),
+        leader_revision: 0,
     };
     let reply = h.assign_batch(&batch).await?;
     let answers: Vec<(bool, &str)> = reply
@@ -459,6 +460,36 @@ async fn a_batch_of_assignments_gets_one_reply_each_in_order() -> Result<()> {
         .await?;
     assert!(reply.replies.is_empty());
     assert!(!reply.malformed.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_from_a_deposed_leader_is_refused_once_a_later_term_was_seen() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut events = h.events().await?;
+    let batch = |task: &str, term: i64| AssignBatch {
+        assignments: vec![assignment(&attempt_ref("r1", task, 1), &["true"])],
+        traceparents: Vec::new(),
+        leader_revision: term,
+    };
+    let reply = h.assign_batch(&batch("new", 7)).await?;
+    assert!(reply.replies[0].accepted, "{reply:?}");
+    let reply = h.assign_batch(&batch("stale", 5)).await?;
+    assert!(reply.replies.is_empty(), "{reply:?}");
+    assert_eq!(
+        reply.malformed,
+        "sent by a deposed leader (term 5 is older than the current one)"
+    );
+    // The same term and later ones still go through.
+    let reply = h.assign_batch(&batch("same", 7)).await?;
+    assert!(reply.replies[0].accepted, "{reply:?}");
+    let mut ran = Vec::new();
+    for _ in 0..2 {
+        let ev = events.next().await?;
+        ran.push(ev.event.attempt.map(|a| a.task).unwrap_or_default());
+    }
+    ran.sort();
+    assert_eq!(ran, ["new", "same"]);
     Ok(())
 }
 

@@ -89,6 +89,9 @@ struct Service {
     registry: Registry,
     ctx: Arc<AttemptContext>,
     abandon: watch::Sender<bool>,
+    /// The highest leader term (election revision) an assignment batch
+    /// came with: a batch from an earlier term is a deposed leader's.
+    leader_term: std::sync::atomic::AtomicI64,
 }
 
 impl Service {
@@ -196,6 +199,7 @@ impl Service {
             registry,
             ctx,
             abandon,
+            leader_term: Default::default(),
         };
         Ok((service, metrics_registry))
     }
@@ -306,6 +310,16 @@ impl Service {
     /// came alone; one reply each, in order.
     async fn on_assign_batch(&self, msg: Message, attempts: &mut JoinSet<()>) {
         let reply = match AssignBatch::decode(msg.payload.clone()) {
+            Ok(batch) if !self.current_term(batch.leader_revision) => {
+                warn!(agent = %self.cfg.id, term = batch.leader_revision, "assignments from a deposed leader refused");
+                AssignBatchReply {
+                    replies: Vec::new(),
+                    malformed: format!(
+                        "sent by a deposed leader (term {} is older than the current one)",
+                        batch.leader_revision
+                    ),
+                }
+            }
             Ok(batch) => {
                 let mut traceparents = batch.traceparents.into_iter();
                 let replies = batch
@@ -333,6 +347,13 @@ impl Service {
             }
         };
         self.reply(&msg, reply.encode_to_vec()).await;
+    }
+
+    /// Whether a batch of leader term `term` may be taken (0: a sender that
+    /// does not say), remembering the highest term seen.
+    fn current_term(&self, term: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        term == 0 || self.leader_term.fetch_max(term, Ordering::AcqRel) <= term
     }
 
     /// Starts an assignment (or recognises it as one already known), or
