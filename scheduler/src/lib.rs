@@ -11,7 +11,8 @@
 //! - [`lineage`]: `GetLineage`, the tree of attempts behind an artifact;
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
-//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
+//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`;
+//! - [`auth`]: API tokens and roles, the auth layer, the API's TLS.
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
 //! run's trace and root span ids at submit (joining the caller's
@@ -19,6 +20,7 @@
 //! attempt's context with its assignment and emits attempt and run spans
 //! from the recorded timestamps once their end is committed.
 
+pub mod auth;
 pub mod bus;
 pub mod code;
 pub mod convert;
@@ -62,10 +64,19 @@ pub async fn serve(
         ),
         None => None,
     };
+    let tls = auth::tls::server_config(&opts.api_security)?;
+    let auth_mode = opts.api_security.auth_mode(opts.listen);
     let (metrics, registry) = metrics::SchedulerMetrics::new();
+    let refusals = metrics.api_refused.clone();
     let store = store::Store::connect(&opts.etcd, &opts.prefix)
         .await?
         .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone());
+    // Loaded before serving: a token created earlier works from the first call.
+    let tokens = auth::Tokens::new(&store);
+    let tokens_rev = tokens.load().await?;
+    if let Some(path) = &opts.api_security.bootstrap_token_file {
+        auth::bootstrap_file(&tokens, path).await?;
+    }
     // Before serving: no submit of ours can be between its spec and its run.
     let orphans = store.delete_orphan_specs().await?;
     if orphans > 0 {
@@ -105,6 +116,11 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut engine_task = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+    tokio::spawn(
+        tokens
+            .clone()
+            .keep_current(tokens_rev, stopped(stop_rx.clone())),
+    );
     if let Some(listener) = metrics_listener {
         tokio::spawn(drover_metrics::serve(
             listener,
@@ -122,6 +138,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<pb::queues_server::QueuesServer<grpc::Api>>()
+        .await;
+    health
+        .set_serving::<pb::tokens_server::TokensServer<auth::service::TokensApi>>()
         .await;
     // Both versions: grpcurl before 1.8.8, older Postman and Evans speak
     // only v1alpha.
@@ -143,12 +162,29 @@ pub async fn serve(
         live_logs,
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
+        refusals: refusals.clone(),
     };
     let agents_api = pb::agents_server::AgentsServer::new(api.clone());
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());
     let addr = listener.local_addr().ok();
-    info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
-    let server = tonic::transport::Server::builder()
+    info!(
+        listen = ?addr,
+        prefix = %opts.prefix,
+        nats_prefix = %opts.nats_prefix,
+        tls = tls.is_some(),
+        mtls = opts.api_security.client_ca.is_some(),
+        auth = ?auth_mode,
+        tokens = tokens.table().len(),
+        "scheduler serving"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| SchedulerError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let server = builder
+        .layer(auth::AuthLayer::new(auth_mode, tokens.table().clone(), refusals))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -160,6 +196,9 @@ pub async fn serve(
         )
         .add_service(agents_api)
         .add_service(queues_api)
+        .add_service(pb::tokens_server::TokensServer::new(
+            auth::service::TokensApi { tokens },
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {
         r = server => r.map_err(|e| SchedulerError::Transport(e.to_string()))?,

@@ -10,6 +10,7 @@
 //! - `<prefix>/tasks/<run-id>/<task>` → `TaskRecord`, only once the task has an attempt
 //! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
 //! - `<prefix>/queues/<name>` → `QueueRecord`
+//! - `<prefix>/tokens/<name>` → `TokenRecord` (API tokens, see `crate::auth`)
 //!
 //! Specs are kept apart so that a run of 100,000 tasks is neither one etcd
 //! value (etcd refuses requests over 1.5 MiB) nor rewritten with every
@@ -156,6 +157,16 @@ impl Store {
 
     fn failed(&self, op: &'static str) -> impl FnOnce(&etcd_client::Error) + '_ {
         move |_| self.errors.inc(op)
+    }
+
+    /// The etcd client, for the records kept outside the engine (API tokens).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix every record of this scheduler hangs off.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The etcd key of a record the engine writes.
