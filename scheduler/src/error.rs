@@ -59,9 +59,7 @@ impl From<SchedulerError> for tonic::Status {
             SchedulerError::InvalidSpec(_)
             | SchedulerError::InvalidArgument { .. }
             | SchedulerError::Config(_) => Code::InvalidArgument,
-            SchedulerError::QueueExists(_) | SchedulerError::TokenExists(_) => {
-                Code::AlreadyExists
-            }
+            SchedulerError::QueueExists(_) | SchedulerError::TokenExists(_) => Code::AlreadyExists,
             SchedulerError::FailedPrecondition(_) => Code::FailedPrecondition,
             SchedulerError::RunNotFound(_)
             | SchedulerError::QueueNotFound(_)

@@ -184,7 +184,11 @@ pub async fn serve(
             .map_err(|e| SchedulerError::Config(format!("--tls-cert/--tls-key: {e}")))?;
     }
     let server = builder
-        .layer(auth::AuthLayer::new(auth_mode, tokens.table().clone(), refusals))
+        .layer(auth::AuthLayer::new(
+            auth_mode,
+            tokens.table().clone(),
+            refusals,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

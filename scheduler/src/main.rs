@@ -19,7 +19,11 @@ struct Cli {
 /// drover-scheduler bootstrap-token: creates an admin API token straight in
 /// etcd (no scheduler needs to run) and prints it, or writes it to --out.
 #[derive(clap::Parser)]
-#[command(name = "drover-scheduler bootstrap-token", version)]
+#[command(
+    name = "drover-scheduler bootstrap-token",
+    bin_name = "drover-scheduler bootstrap-token",
+    version
+)]
 struct BootstrapCli {
     /// etcd endpoints, comma-separated (the scheduler's --etcd).
     #[arg(
@@ -54,7 +58,11 @@ async fn main() -> anyhow::Result<()> {
         return bootstrap_token(clap::Parser::parse_from(args)).await;
     }
     let cli: Cli = drover_config::parse();
-    cli.opts.validate().map_err(anyhow::Error::msg)?;
+    if let Err(e) = cli.opts.validate() {
+        // One line, like a bad flag: no backtrace, whatever RUST_BACKTRACE says.
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let listener = tokio::net::TcpListener::bind(cli.opts.listen)
         .await
         .with_context(|| format!("binding --listen {}", cli.opts.listen))?;

@@ -112,7 +112,11 @@ impl TokenTable {
 
     /// How many tokens are known.
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).by_hash.len()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_hash
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -233,7 +237,9 @@ impl Tokens {
             .await?;
         self.table.remove(name);
         if resp.deleted() == 0 {
-            return Err(SchedulerError::NotFound(format!("token `{name}` not found")));
+            return Err(SchedulerError::NotFound(format!(
+                "token `{name}` not found"
+            )));
         }
         Ok(())
     }

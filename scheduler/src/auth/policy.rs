@@ -75,7 +75,9 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (expected admin, operator, submitter or viewer)"))
+            .ok_or_else(|| {
+                format!("unknown role `{s}` (expected admin, operator, submitter or viewer)")
+            })
     }
 }
 

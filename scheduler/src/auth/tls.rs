@@ -10,7 +10,8 @@ use crate::error::{Result, SchedulerError};
 use crate::options::ApiSecurityOptions;
 
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| SchedulerError::Config(format!("{flag} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| SchedulerError::Config(format!("{flag} {}: {e}", path.display())))
 }
 
 /// PEM that holds at least one certificate, checked here so that the

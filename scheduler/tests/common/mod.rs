@@ -190,7 +190,15 @@ impl Cluster {
             artifacts,
             artifacts_dir,
             scratch,
-            server: format!("http://127.0.0.1:{listen}"),
+            // With --tls-cert the API speaks TLS only.
+            server: format!(
+                "{}://127.0.0.1:{listen}",
+                if args.contains(&"--tls-cert") {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
             metrics_url: None,
             listen,
             scheduler: None,
@@ -239,12 +247,7 @@ impl Cluster {
             .unwrap();
         self.scheduler = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Channel::from_shared(self.server.clone())
-            .unwrap()
-            .connect()
-            .await
-            .is_err()
-        {
+        while !self.answers().await {
             assert!(
                 Instant::now() < deadline,
                 "scheduler did not start:\n{}",
@@ -252,6 +255,21 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether the scheduler's port takes connections (a plain TCP connect
+    /// when it speaks TLS: the test's own client brings the certificates).
+    async fn answers(&self) -> bool {
+        if self.server.starts_with("https://") {
+            return tokio::net::TcpStream::connect(("127.0.0.1", self.listen))
+                .await
+                .is_ok();
+        }
+        Channel::from_shared(self.server.clone())
+            .unwrap()
+            .connect()
+            .await
+            .is_ok()
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.

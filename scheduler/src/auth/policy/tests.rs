@@ -16,11 +16,17 @@ fn roles_cover_their_own_writes_and_every_read() {
         (SUBMIT, [true, false, true, false]),
         ("/drover.v1.Scheduler/CancelRun", [true, false, true, false]),
         ("/drover.v1.Scheduler/PutCode", [true, false, true, false]),
-        ("/drover.v1.Scheduler/SetRunPriority", [true, true, false, false]),
+        (
+            "/drover.v1.Scheduler/SetRunPriority",
+            [true, true, false, false],
+        ),
         ("/drover.v1.Agents/DrainAgent", [true, true, false, false]),
         ("/drover.v1.Queues/PauseQueue", [true, true, false, false]),
         ("/drover.v1.Queues/CreateQueue", [true, false, false, false]),
-        ("/drover.v1.Scheduler/ForgetCache", [true, false, false, false]),
+        (
+            "/drover.v1.Scheduler/ForgetCache",
+            [true, false, false, false],
+        ),
         ("/drover.v1.Tokens/CreateToken", [true, false, false, false]),
         ("/drover.v1.Scheduler/GetRun", [true, true, true, true]),
         ("/drover.v1.Scheduler/GetLogs", [true, true, true, true]),
@@ -66,13 +72,19 @@ fn health_and_reflection_are_open() {
         Needed::Open
     );
     // A look-alike prefix is not the health service.
-    assert_eq!(needed("/grpc.health.v1.HealthX/Check"), Needed::Role(Role::Admin));
+    assert_eq!(
+        needed("/grpc.health.v1.HealthX/Check"),
+        Needed::Role(Role::Admin)
+    );
 }
 
 #[test]
 fn a_role_refusal_names_the_role_the_action_and_what_it_needs() {
     let err = authorize(&caller(Role::Viewer, &[]), SUBMIT).unwrap_err();
-    assert_eq!(err.to_string(), "role viewer may not SubmitRun (needs submitter)");
+    assert_eq!(
+        err.to_string(),
+        "role viewer may not SubmitRun (needs submitter)"
+    );
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(err.reason(), "role");
 }
@@ -171,5 +183,5 @@ fn names_and_queue_limits_are_checked() {
 #[test]
 fn metric_labels_are_known_methods_or_other() {
     assert_eq!(method_label(SUBMIT), SUBMIT);
-    assert_eq!(method_label("/x.Y/" ), "other");
+    assert_eq!(method_label("/x.Y/"), "other");
 }
