@@ -235,7 +235,8 @@ fn describe(e: &anyhow::Error) -> String {
         Code::Aborted => "aborted, retry",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
-        Code::PermissionDenied | Code::Unauthenticated => "permission denied",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "unauthenticated",
         _ => "internal error",
     };
     format!("{} ({code})", s.message())
