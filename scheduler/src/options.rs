@@ -219,3 +219,79 @@ impl SchedulerOptions {
         self.api_security.validate(self.listen)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(f: impl FnOnce(&mut ApiSecurityOptions)) -> ApiSecurityOptions {
+        let mut o = ApiSecurityOptions::default();
+        f(&mut o);
+        o
+    }
+
+    const LOOPBACK: &str = "127.0.0.1:7070";
+    const ANY: &str = "0.0.0.0:7070";
+
+    fn check(o: &ApiSecurityOptions, listen: &str) -> Result<(), String> {
+        o.validate(listen.parse().unwrap())
+    }
+
+    fn tls(o: &mut ApiSecurityOptions) {
+        o.tls_cert = Some("server.pem".into());
+        o.tls_key = Some("server-key.pem".into());
+    }
+
+    #[test]
+    fn auth_defaults_to_none_on_loopback_and_tokens_elsewhere() {
+        let o = ApiSecurityOptions::default();
+        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::None);
+        assert_eq!(o.auth_mode("[::1]:7070".parse().unwrap()), AuthMode::None);
+        assert_eq!(o.auth_mode(ANY.parse().unwrap()), AuthMode::Tokens);
+        let o = api(|o| o.auth = Some(AuthMode::Tokens));
+        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::Tokens);
+    }
+
+    #[test]
+    fn loopback_needs_nothing_and_elsewhere_needs_tls_and_tokens_or_insecure() {
+        assert_eq!(check(&ApiSecurityOptions::default(), LOOPBACK), Ok(()));
+        assert_eq!(
+            check(&ApiSecurityOptions::default(), ANY),
+            Err("refusing to serve the API on 0.0.0.0:7070 without TLS: add --tls-cert and --tls-key, or pass --insecure to serve it open anyway".into())
+        );
+        assert_eq!(check(&api(tls), ANY), Ok(()));
+        let open = api(|o| {
+            tls(o);
+            o.auth = Some(AuthMode::None);
+        });
+        assert!(check(&open, ANY).unwrap_err().contains("without tokens"));
+        let neither = api(|o| o.auth = Some(AuthMode::None));
+        assert!(check(&neither, ANY)
+            .unwrap_err()
+            .contains("without TLS and tokens"));
+        assert_eq!(check(&api(|o| o.insecure = true), ANY), Ok(()));
+    }
+
+    #[test]
+    fn flags_that_need_each_other_are_named() {
+        let cert_only = api(|o| o.tls_cert = Some("c".into()));
+        assert_eq!(
+            check(&cert_only, LOOPBACK),
+            Err("--tls-cert needs --tls-key".into())
+        );
+        let key_only = api(|o| o.tls_key = Some("k".into()));
+        assert_eq!(
+            check(&key_only, LOOPBACK),
+            Err("--tls-key needs --tls-cert".into())
+        );
+        let ca_only = api(|o| o.client_ca = Some("ca".into()));
+        assert!(check(&ca_only, LOOPBACK)
+            .unwrap_err()
+            .starts_with("--client-ca needs"));
+        let bootstrap = api(|o| o.bootstrap_token_file = Some("t".into()));
+        assert_eq!(
+            check(&bootstrap, LOOPBACK),
+            Err("--bootstrap-token-file needs --auth tokens".into())
+        );
+    }
+}

@@ -564,8 +564,37 @@ async fn an_open_api_off_loopback_is_refused_unless_insecure() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without tokens"));
 
-    // With --insecure it serves (and says so once it does).
+    // A PEM file that holds no certificate is named with its flag.
     let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.display().to_string();
+    let out = scheduler(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &junk,
+            "--tls-key",
+            &junk,
+        ],
+        &etcd.url,
+        &nats.url,
+    )
+    .env("RUST_BACKTRACE", "0")
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--tls-cert {junk}: no certificate in this PEM file"
+        )),
+        "{err}"
+    );
+
+    // With --insecure it serves (and says so once it does).
     let log = dir.path().join("scheduler.log");
     let file = std::fs::File::create(&log).unwrap();
     let mut child = scheduler(
