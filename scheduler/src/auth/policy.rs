@@ -182,6 +182,8 @@ pub enum Refusal {
     Expired { name: String },
     #[error("role {role} may not {action} (needs {needed})")]
     Role {
+        /// The token's name, for the log.
+        name: String,
         role: Role,
         action: String,
         needed: Role,
@@ -220,7 +222,9 @@ impl Refusal {
     /// The token's name, when the refusal knows it.
     pub fn token_name(&self) -> Option<&str> {
         match self {
-            Refusal::Expired { name } | Refusal::Queue { name, .. } => Some(name),
+            Refusal::Expired { name }
+            | Refusal::Role { name, .. }
+            | Refusal::Queue { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -280,6 +284,7 @@ pub fn authorize(caller: &Caller, path: &str) -> Result<(), Refusal> {
         Needed::Open => Ok(()),
         Needed::Role(needed) if caller.role.covers(needed) => Ok(()),
         Needed::Role(needed) => Err(Refusal::Role {
+            name: caller.name.clone(),
             role: caller.role,
             action: action(path).to_string(),
             needed,

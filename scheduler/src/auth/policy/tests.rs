@@ -87,6 +87,7 @@ fn a_role_refusal_names_the_role_the_action_and_what_it_needs() {
     );
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(err.reason(), "role");
+    assert_eq!(err.token_name(), Some("ci"));
 }
 
 #[test]
