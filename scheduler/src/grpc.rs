@@ -17,6 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use drover_api::pb;
 use drover_api::pb::scheduler_server::Scheduler;
 
+use crate::auth::Who;
 use crate::convert;
 use crate::engine::{now_ms, EngineHandle};
 use crate::error::{Result, SchedulerError};
@@ -33,7 +34,14 @@ pub struct Api {
     pub max_spec_bytes: usize,
     /// Largest code snapshot accepted (`--max-code-bytes`).
     pub max_code_bytes: u64,
+    /// Logs and counts calls refused for a token's queue limit.
+    pub refusals: crate::auth::Refusals,
 }
+
+// The methods whose queue limits handlers check (their metric labels).
+const SUBMIT_RUN: &str = "/drover.v1.Scheduler/SubmitRun";
+const CANCEL_RUN: &str = "/drover.v1.Scheduler/CancelRun";
+const RETRY_RUN: &str = "/drover.v1.Scheduler/RetryRun";
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -259,6 +267,7 @@ impl Scheduler for Api {
             None => (drover_telemetry::record::new_trace_id(), String::new()),
         };
         let root_span_id = drover_telemetry::record::new_span_id();
+        let who = Who::of(&req);
         let req = req.into_inner();
         let mut spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
             .map_err(SchedulerError::from)?;
@@ -278,6 +287,8 @@ impl Scheduler for Api {
             }
             .into());
         }
+        self.refusals
+            .check_queue(&who, SUBMIT_RUN, "submit to", &queue)?;
         let priority = crate::queues::check_priority(req.priority.unwrap_or(spec.priority))?;
         let run_id = new_run_id(&spec.name);
         let size = prost::Message::encoded_len(&spec);
@@ -402,8 +413,14 @@ impl Scheduler for Api {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let who = Who::of(&req);
         let id = req.into_inner().run_id;
         required("run_id", &id)?;
+        if who.limited() {
+            let run = self.read_run(&id).await?;
+            self.refusals
+                .check_queue(&who, CANCEL_RUN, "cancel in", &run.queue)?;
+        }
         // Not active here: unknown (NotFound from the read) or already finished (no-op).
         self.engine.cancel(id.clone()).await?;
         Ok(Response::new(self.read_run(&id).await?))
@@ -420,6 +437,7 @@ impl Scheduler for Api {
         &self,
         req: Request<pb::RetryRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let who = Who::of(&req);
         let req = req.into_inner();
         required("run_id", &req.run_id)?;
         let stored = self
@@ -427,6 +445,8 @@ impl Scheduler for Api {
             .load_run(&req.run_id)
             .await?
             .ok_or_else(|| SchedulerError::RunNotFound(req.run_id.clone()))?;
+        self.refusals
+            .check_queue(&who, RETRY_RUN, "retry in", &stored.record.queue)?;
         self.engine.retry(stored, req.tasks).await?;
         Ok(Response::new(self.read_run(&req.run_id).await?))
     }

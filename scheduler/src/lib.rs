@@ -11,7 +11,8 @@
 //! - [`lineage`]: `GetLineage`, the tree of attempts behind an artifact;
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
-//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
+//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`;
+//! - [`auth`]: API tokens and roles, the auth layer, the API's TLS.
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
 //! run's trace and root span ids at submit (joining the caller's
@@ -19,6 +20,7 @@
 //! attempt's context with its assignment and emits attempt and run spans
 //! from the recorded timestamps once their end is committed.
 
+pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod code;
@@ -65,7 +67,10 @@ pub async fn serve(
         ),
         None => None,
     };
+    let tls = auth::tls::server_config(&opts.api_security)?;
+    let auth_mode = opts.api_security.auth_mode(opts.listen);
     let (metrics, registry) = metrics::SchedulerMetrics::new();
+    let refusals = metrics.api_refused.clone();
     let etcd_options = opts
         .etcd_security
         .connect_options(&opts.etcd)
@@ -75,6 +80,12 @@ pub async fn serve(
         .await?
         .with_metrics(metrics.etcd_errors.clone(), metrics.etcd_conflicts.clone())
         .with_leadership(leadership.clone());
+    // Loaded before serving: a token created earlier works from the first call.
+    let tokens = auth::Tokens::new(&store);
+    let tokens_rev = tokens.load().await?;
+    if let Some(path) = &opts.api_security.bootstrap_token_file {
+        auth::bootstrap_file(&tokens, path).await?;
+    }
     let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
         .await?
         .with_errors(metrics.nats_errors.clone())
@@ -132,6 +143,11 @@ pub async fn serve(
             leader::run(store, election, leadership, &mut engine, stop, leading_tx).await
         })
     };
+    tokio::spawn(
+        tokens
+            .clone()
+            .keep_current(tokens_rev, stopped(stop_rx.clone())),
+    );
     if let Some(listener) = metrics_listener {
         tokio::spawn(drover_metrics::serve(
             listener,
@@ -160,6 +176,7 @@ pub async fn serve(
         live_logs,
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
+        refusals: refusals.clone(),
     };
     // A standby refuses every Drover call, naming the leader.
     let refuse = move |req: tonic::Request<()>| match leadership.refusal() {
@@ -174,8 +191,28 @@ pub async fn serve(
     let agents_api = intercepted(pb::agents_server::AgentsServer::new(api.clone()));
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());
     let addr = listener.local_addr().ok();
-    info!(listen = ?addr, prefix = %opts.prefix, nats_prefix = %opts.nats_prefix, "scheduler serving");
-    let server = tonic::transport::Server::builder()
+    info!(
+        listen = ?addr,
+        prefix = %opts.prefix,
+        nats_prefix = %opts.nats_prefix,
+        tls = tls.is_some(),
+        mtls = opts.api_security.client_ca.is_some(),
+        auth = ?auth_mode,
+        tokens = tokens.table().len(),
+        "scheduler serving"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| SchedulerError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let server = builder
+        .layer(auth::AuthLayer::new(
+            auth_mode,
+            tokens.table().clone(),
+            refusals,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -187,7 +224,11 @@ pub async fn serve(
             refuse.clone(),
         ))
         .add_service(agents_api)
-        .add_service(InterceptedService::new(queues_api, refuse))
+        .add_service(InterceptedService::new(queues_api, refuse.clone()))
+        .add_service(InterceptedService::new(
+            pb::tokens_server::TokensServer::new(auth::service::TokensApi { tokens }),
+            refuse,
+        ))
         .add_service(cluster_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {
@@ -208,15 +249,21 @@ pub async fn serve(
 /// Health of the Drover services: SERVING on the leader, NOT_SERVING on a
 /// standby, so load balancers send clients to the leader.
 async fn set_health(health: &tonic_health::server::HealthReporter, leading: bool) {
-    use pb::scheduler_server::SchedulerServer;
     use pb::{agents_server::AgentsServer, queues_server::QueuesServer};
+    use pb::{scheduler_server::SchedulerServer, tokens_server::TokensServer};
     if leading {
         health.set_serving::<SchedulerServer<grpc::Api>>().await;
         health.set_serving::<AgentsServer<grpc::Api>>().await;
         health.set_serving::<QueuesServer<grpc::Api>>().await;
+        health
+            .set_serving::<TokensServer<auth::service::TokensApi>>()
+            .await;
     } else {
         health.set_not_serving::<SchedulerServer<grpc::Api>>().await;
         health.set_not_serving::<AgentsServer<grpc::Api>>().await;
         health.set_not_serving::<QueuesServer<grpc::Api>>().await;
+        health
+            .set_not_serving::<TokensServer<auth::service::TokensApi>>()
+            .await;
     }
 }

@@ -85,6 +85,8 @@ pub struct SchedulerMetrics {
     /// Commits that lost a compare-and-swap (another writer, or stale state).
     pub etcd_conflicts: Counter,
     pub nats_errors: OpErrors,
+    /// API calls refused (no, bad or expired token; role; queue limit).
+    pub api_refused: crate::auth::Refusals,
     admission_latency: Family<QueueLabel, Histogram>,
     assign_to_start_latency: Family<QueueLabel, Histogram>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -96,6 +98,7 @@ impl Default for SchedulerMetrics {
             etcd_errors: OpErrors::with_ops(&ETCD_OPS),
             etcd_conflicts: Counter::default(),
             nats_errors: OpErrors::with_ops(&NATS_OPS),
+            api_refused: Default::default(),
             admission_latency: Family::new_with_constructor(latency_histogram),
             assign_to_start_latency: Family::new_with_constructor(latency_histogram),
             snapshot: Arc::default(),
@@ -134,6 +137,11 @@ impl SchedulerMetrics {
             "nats_errors",
             "Failed NATS calls, by operation (an agent refusing work is not one)",
             m.nats_errors.0.clone(),
+        );
+        r.register(
+            "api_refused",
+            "gRPC calls refused by reason (missing_token, malformed_token, invalid_token, expired_token, role, queue) and method",
+            m.api_refused.0.clone(),
         );
         r.register_collector(Box::new(SnapshotCollector(Arc::clone(&m.snapshot))));
         (m, r)

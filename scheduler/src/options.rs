@@ -118,7 +118,85 @@ pub struct SchedulerOptions {
 
 /// Who may reach the gRPC API and how: TLS and tokens.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct ApiSecurityOptions {}
+pub struct ApiSecurityOptions {
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", env = "DROVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", env = "DROVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Also require a client certificate signed by this CA (mutual TLS).
+    #[arg(long, value_name = "PEM", env = "DROVER_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// `tokens`: every call needs `authorization: Bearer <token>`; `none`:
+    /// anyone who reaches the port may do anything [default: none on a
+    /// loopback --listen, tokens otherwise].
+    #[arg(long, value_enum, env = "DROVER_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// At start, if no admin token exists, create one and write it to FILE
+    /// (mode 0600).
+    #[arg(long, value_name = "FILE", env = "DROVER_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Serve a non-loopback --listen without TLS or without tokens anyway.
+    #[arg(long, env = "DROVER_INSECURE")]
+    pub insecure: bool,
+}
+
+/// How API callers are authenticated.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anyone who reaches the port may do anything.
+    None,
+    /// Bearer tokens with roles (`drover token create`).
+    Tokens,
+}
+
+impl ApiSecurityOptions {
+    /// `--auth`, or its default for `listen`: none on loopback, tokens elsewhere.
+    pub fn auth_mode(&self, listen: SocketAddr) -> AuthMode {
+        self.auth.unwrap_or(if listen.ip().is_loopback() {
+            AuthMode::None
+        } else {
+            AuthMode::Tokens
+        })
+    }
+
+    /// Whether the API is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Flags that need each other, and the refusal to serve an open API off
+    /// loopback (unless --insecure).
+    pub fn validate(&self, listen: SocketAddr) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            _ => {}
+        }
+        if self.client_ca.is_some() && !self.tls() {
+            return Err("--client-ca needs --tls-cert and --tls-key".into());
+        }
+        let tokens = self.auth_mode(listen) == AuthMode::Tokens;
+        if self.bootstrap_token_file.is_some() && !tokens {
+            return Err("--bootstrap-token-file needs --auth tokens".into());
+        }
+        if listen.ip().is_loopback() || self.insecure || (self.tls() && tokens) {
+            return Ok(());
+        }
+        let (missing, add) = match (self.tls(), tokens) {
+            (false, false) => (
+                "TLS and tokens",
+                "add --tls-cert and --tls-key and drop --auth none",
+            ),
+            (false, true) => ("TLS", "add --tls-cert and --tls-key"),
+            _ => ("tokens", "drop --auth none (tokens are the default here)"),
+        };
+        Err(format!(
+            "refusing to serve the API on {listen} without {missing}: {add}, or pass --insecure to serve it open anyway"
+        ))
+    }
+}
 
 /// The scheduler's own NATS identity and NATS over TLS.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -259,6 +337,82 @@ impl SchedulerOptions {
         if self.etcd.is_empty() {
             return Err("--etcd: at least one endpoint is needed".into());
         }
-        Ok(())
+        self.api_security.validate(self.listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(f: impl FnOnce(&mut ApiSecurityOptions)) -> ApiSecurityOptions {
+        let mut o = ApiSecurityOptions::default();
+        f(&mut o);
+        o
+    }
+
+    const LOOPBACK: &str = "127.0.0.1:7070";
+    const ANY: &str = "0.0.0.0:7070";
+
+    fn check(o: &ApiSecurityOptions, listen: &str) -> Result<(), String> {
+        o.validate(listen.parse().unwrap())
+    }
+
+    fn tls(o: &mut ApiSecurityOptions) {
+        o.tls_cert = Some("server.pem".into());
+        o.tls_key = Some("server-key.pem".into());
+    }
+
+    #[test]
+    fn auth_defaults_to_none_on_loopback_and_tokens_elsewhere() {
+        let o = ApiSecurityOptions::default();
+        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::None);
+        assert_eq!(o.auth_mode("[::1]:7070".parse().unwrap()), AuthMode::None);
+        assert_eq!(o.auth_mode(ANY.parse().unwrap()), AuthMode::Tokens);
+        let o = api(|o| o.auth = Some(AuthMode::Tokens));
+        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::Tokens);
+    }
+
+    #[test]
+    fn loopback_needs_nothing_and_elsewhere_needs_tls_and_tokens_or_insecure() {
+        assert_eq!(check(&ApiSecurityOptions::default(), LOOPBACK), Ok(()));
+        assert_eq!(
+            check(&ApiSecurityOptions::default(), ANY),
+            Err("refusing to serve the API on 0.0.0.0:7070 without TLS: add --tls-cert and --tls-key, or pass --insecure to serve it open anyway".into())
+        );
+        assert_eq!(check(&api(tls), ANY), Ok(()));
+        let open = api(|o| {
+            tls(o);
+            o.auth = Some(AuthMode::None);
+        });
+        assert!(check(&open, ANY).unwrap_err().contains("without tokens"));
+        let neither = api(|o| o.auth = Some(AuthMode::None));
+        assert!(check(&neither, ANY)
+            .unwrap_err()
+            .contains("without TLS and tokens"));
+        assert_eq!(check(&api(|o| o.insecure = true), ANY), Ok(()));
+    }
+
+    #[test]
+    fn flags_that_need_each_other_are_named() {
+        let cert_only = api(|o| o.tls_cert = Some("c".into()));
+        assert_eq!(
+            check(&cert_only, LOOPBACK),
+            Err("--tls-cert needs --tls-key".into())
+        );
+        let key_only = api(|o| o.tls_key = Some("k".into()));
+        assert_eq!(
+            check(&key_only, LOOPBACK),
+            Err("--tls-key needs --tls-cert".into())
+        );
+        let ca_only = api(|o| o.client_ca = Some("ca".into()));
+        assert!(check(&ca_only, LOOPBACK)
+            .unwrap_err()
+            .starts_with("--client-ca needs"));
+        let bootstrap = api(|o| o.bootstrap_token_file = Some("t".into()));
+        assert_eq!(
+            check(&bootstrap, LOOPBACK),
+            Err("--bootstrap-token-file needs --auth tokens".into())
+        );
     }
 }

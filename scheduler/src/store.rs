@@ -10,6 +10,7 @@
 //! - `<prefix>/tasks/<run-id>/<task>` → `TaskRecord`, only once the task has an attempt
 //! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
 //! - `<prefix>/queues/<name>` → `QueueRecord`
+//! - `<prefix>/tokens/<name>` → `TokenRecord` (API tokens, see `crate::auth`)
 //!
 //! Specs are kept apart so that a run of 100,000 tasks is neither one etcd
 //! value (etcd refuses requests over 1.5 MiB) nor rewritten with every
@@ -164,15 +165,6 @@ impl Store {
         self
     }
 
-    /// The etcd client, for the election.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The compare that fences a transaction, if this store is fenced;
     /// Err(NotLeader) when it is fenced and this process does not lead.
     fn fence(&self) -> Result<Option<Fence>> {
@@ -215,6 +207,16 @@ impl Store {
 
     fn failed(&self, op: &'static str) -> impl FnOnce(&etcd_client::Error) + '_ {
         move |_| self.errors.inc(op)
+    }
+
+    /// The etcd client, for what is kept outside the engine (API tokens, the election).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix every record of this scheduler hangs off.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The etcd key of a record the engine writes.
@@ -737,7 +739,7 @@ mod tests {
         assert_eq!(
             distinct.len(),
             3,
-            "300 + 1 writes need 3 transactions of <= 128"
+            "300 + 1 writes need 3 transactions of <= MAX_TXN_OPS"
         );
         Ok(())
     }
@@ -758,12 +760,14 @@ mod tests {
         let revs = store.commit_writes(groups).await?;
         assert_eq!(revs.len(), 304);
         let run_rev = revs[303];
-        // Its record shares the last part (tasks 256..300) and is committed
-        // after the other parts, whatever order the concurrent ones took.
-        assert!(revs[3..259].iter().all(|&r| r < run_rev), "{revs:?}");
-        assert!(revs[259..303].iter().all(|&r| r == run_rev), "{revs:?}");
+        // Its record shares the last part (the tasks after two full
+        // transactions) and is committed after the other parts, whatever
+        // order the concurrent ones took.
+        let last = 3 + 2 * MAX_TXN_OPS;
+        assert!(revs[3..last].iter().all(|&r| r < run_rev), "{revs:?}");
+        assert!(revs[last..303].iter().all(|&r| r == run_rev), "{revs:?}");
         let distinct: std::collections::BTreeSet<_> = revs.iter().collect();
-        assert_eq!(distinct.len(), 4, "3 small + 128 + 128 + 44+1: {revs:?}");
+        assert_eq!(distinct.len(), 4, "3 small + 2 full + the rest: {revs:?}");
         Ok(())
     }
 }

@@ -138,13 +138,17 @@ impl Drop for AgentProc {
 
 /// Whether the scheduler at `server` answers and leads (health SERVING).
 pub async fn leads(server: &str) -> bool {
-    let Ok(channel) = Channel::from_shared(server.to_owned())
+    match Channel::from_shared(server.to_owned())
         .unwrap()
         .connect()
         .await
-    else {
-        return false;
-    };
+    {
+        Ok(channel) => serving(channel).await,
+        Err(_) => false,
+    }
+}
+
+async fn serving(channel: Channel) -> bool {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let request = tonic_health::pb::HealthCheckRequest {
         service: "drover.v1.Scheduler".into(),
@@ -226,7 +230,15 @@ impl Cluster {
             artifacts,
             artifacts_dir,
             scratch,
-            server: format!("http://127.0.0.1:{listen}"),
+            // With --tls-cert the API speaks TLS only.
+            server: format!(
+                "{}://127.0.0.1:{listen}",
+                if args.contains(&"--tls-cert") {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
             metrics_url: None,
             listen,
             scheduler: None,
@@ -296,13 +308,50 @@ impl Cluster {
         let child = self.spawn_scheduler("scheduler-1", self.listen, &log);
         self.scheduler = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !leads(&self.server).await {
+        while !self.answers().await {
             assert!(
                 Instant::now() < deadline,
                 "scheduler did not start:\n{}",
                 self.scheduler_log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the scheduler's port takes connections (a plain TCP connect
+    /// when it speaks TLS: the test's own client brings the certificates).
+    /// Whether the scheduler answers and leads. Over TLS, with the dev CA
+    /// next to its `--tls-cert` (and its client certificate for mTLS).
+    async fn answers(&self) -> bool {
+        if !self.server.starts_with("https://") {
+            return leads(&self.server).await;
+        }
+        let arg = |flag: &str| {
+            let at = self.scheduler_args.iter().position(|a| a == flag)?;
+            self.scheduler_args.get(at + 1).map(PathBuf::from)
+        };
+        let Some(dir) = arg("--tls-cert").and_then(|c| c.parent().map(Path::to_path_buf)) else {
+            return false;
+        };
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+            .domain_name("localhost");
+        if arg("--client-ca").is_some() {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("client.pem"),
+                read("client-key.pem"),
+            ));
+        }
+        let Ok(endpoint) = Channel::from_shared(self.server.clone())
+            .unwrap()
+            .tls_config(tls)
+        else {
+            return false;
+        };
+        match endpoint.connect().await {
+            Ok(channel) => serving(channel).await,
+            Err(_) => false,
         }
     }
 

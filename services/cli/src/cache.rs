@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use clap::{ArgGroup, Subcommand};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use drover_api::pb;
 use drover_api::pb::scheduler_client::SchedulerClient;
 
+use crate::connect::Svc;
 use crate::output::{bytes, source_name, timestamp};
 use crate::Format;
 
@@ -35,7 +35,7 @@ pub enum CacheCommand {
     },
 }
 
-pub async fn run(mut client: SchedulerClient<Channel>, cmd: CacheCommand) -> Result<()> {
+pub async fn run(mut client: SchedulerClient<Svc>, cmd: CacheCommand) -> Result<()> {
     match cmd {
         CacheCommand::List { task, output } => {
             let entries = client

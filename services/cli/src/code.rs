@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use drover_api::pb;
 use drover_artifacts::snapshot::{self, Snapshot, SnapshotError};
 
-use crate::Client;
+use crate::connect::Client;
 
 /// Most a snapshot may pack to on this machine, whatever the scheduler
 /// accepts: it is held in memory while it is hashed and sent.

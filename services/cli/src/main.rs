@@ -4,11 +4,13 @@
 
 mod cache;
 mod code;
+mod connect;
 mod dev;
 mod dev_secure;
 mod logs;
 mod output;
 mod queue;
+mod token;
 mod waterfall;
 
 use std::collections::BTreeMap;
@@ -21,14 +23,11 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget};
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use drover_api::pb;
-use drover_api::pb::agents_client::AgentsClient;
-use drover_api::pb::queues_client::QueuesClient;
-use drover_api::pb::scheduler_client::SchedulerClient;
 
+use connect::Client;
 use output::progress;
 use queue::{QueueCommand, RunCommand};
 
@@ -39,14 +38,8 @@ use queue::{QueueCommand, RunCommand};
     about = "Drover: ML pipelines on your GPU machines"
 )]
 struct Cli {
-    /// Scheduler gRPC address.
-    #[arg(
-        long,
-        env = "DROVER_SERVER",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    server: String,
+    #[command(flatten)]
+    conn: connect::ConnectArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -189,6 +182,9 @@ enum Command {
     /// The step cache: list entries, forget them.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// API tokens: create (shown once), list, revoke (admin token needed).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
     Dev(dev::DevArgs),
 }
@@ -240,7 +236,8 @@ fn describe(e: &anyhow::Error) -> String {
         Code::Aborted => "aborted, retry",
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline exceeded",
-        Code::PermissionDenied | Code::Unauthenticated => "permission denied",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "unauthenticated",
         _ => "internal error",
     };
     format!("{} ({code})", s.message())
@@ -263,35 +260,6 @@ fn causes(e: &anyhow::Error) -> String {
         }
     }
     said.join(": ")
-}
-
-async fn channel(server: &str) -> Result<Channel> {
-    Channel::from_shared(server.to_string())
-        .map_err(|e| anyhow!("--server `{server}`: {e}"))?
-        .connect()
-        .await
-        .with_context(|| {
-            format!("cannot reach the scheduler at {server} (set --server or DROVER_SERVER)")
-        })
-}
-
-pub(crate) type Client = SchedulerClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-    >,
->;
-
-/// A Scheduler client that sends the current span's trace context with each
-/// call, so a traced `drover submit` becomes the run's parent.
-async fn connect(server: &str) -> Result<Client> {
-    let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
-        drover_telemetry::propagation::grpc_interceptor;
-    // A run of 100,000 tasks is tens of MiB as one `Run` message.
-    Ok(
-        SchedulerClient::with_interceptor(channel(server).await?, inject)
-            .max_decoding_message_size(512 << 20),
-    )
 }
 
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
@@ -320,11 +288,16 @@ fn succeeded(run: &pb::Run) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let server = cli.server;
+    let conn = cli.conn;
+    let server = conn.server.clone();
     match cli.command {
         Command::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(cmd) => {
+            token::run(connect::tokens(&conn).await?, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent(cmd) => {
-            let mut client = AgentsClient::new(channel(&server).await?);
+            let mut client = connect::agents(&conn).await?;
             match cmd {
                 AgentCommand::List { output } => {
                     let agents = client
@@ -359,16 +332,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Queue(cmd) => {
             cmd.check()?;
-            let client = QueuesClient::new(channel(&server).await?);
+            let client = connect::queues(&conn).await?;
             queue::run_queue(client, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache(cmd) => {
-            cache::run(SchedulerClient::new(channel(&server).await?), cmd).await?;
+            cache::run(connect::scheduler(&conn).await?, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(cmd) => {
-            queue::run_run(SchedulerClient::new(channel(&server).await?), cmd).await?;
+            queue::run_run(connect::scheduler(&conn).await?, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit {
@@ -408,7 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(spec) => code::pack(&file, &spec, u64::MAX)?,
                 Err(_) => None,
             };
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let code_sha256 = match packed {
                 Some(packed) => code::upload(&mut client, packed).await?,
                 None => String::new(),
@@ -441,7 +414,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             depth,
             output,
         } => {
-            let lineage = connect(&server)
+            let lineage = connect::scheduler(&conn)
                 .await?
                 .get_lineage(pb::GetLineageRequest {
                     run_id: run.unwrap_or_default(),
@@ -461,7 +434,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Version => {
             let ours = drover_api::version();
             println!("drover {} ({})", ours.version, ours.commit);
-            let theirs = match connect(&server).await {
+            let theirs = match connect::scheduler(&conn).await {
                 Ok(mut client) => client.get_version(pb::GetVersionRequest {}).await,
                 Err(e) => {
                     eprintln!("scheduler: {}", causes(&e));
@@ -497,7 +470,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Get { run, output } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let r = client
                 .get_run(pb::GetRunRequest { run_id: run })
                 .await?
@@ -509,7 +482,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { output } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let runs = client
                 .list_runs(pb::ListRunsRequest {})
                 .await?
@@ -525,7 +498,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace { run, output, width } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let r = client
                 .get_run(pb::GetRunRequest { run_id: run })
                 .await?
@@ -538,11 +511,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { run, output } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             follow(&mut client, run, output).await
         }
         Command::Cancel { run } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let r = client
                 .cancel_run(pb::CancelRunRequest { run_id: run })
                 .await?
@@ -551,7 +524,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { run, tasks, watch } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let r = client
                 .retry_run(pb::RetryRunRequest { run_id: run, tasks })
                 .await?
@@ -568,7 +541,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             attempt,
             follow,
         } => {
-            let mut client = connect(&server).await?;
+            let mut client = connect::scheduler(&conn).await?;
             let mut printer = logs::FollowPrinter::new(task.is_none());
             let mut stream = client
                 .get_logs(pb::GetLogsRequest {

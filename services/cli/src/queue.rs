@@ -6,7 +6,6 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::Channel;
 
 use drover_api::pb;
 use drover_api::pb::queues_client::QueuesClient;
@@ -15,6 +14,7 @@ use drover_api::spec::{
     is_queue_name, parse_cpu, parse_memory, parse_priority, MAX_PRIORITY, QUEUE_NAME_RULE,
 };
 
+use crate::connect::Svc;
 use crate::output;
 use crate::Format;
 
@@ -201,7 +201,7 @@ impl QueueCommand {
     }
 }
 
-pub async fn run_queue(mut client: QueuesClient<Channel>, cmd: QueueCommand) -> Result<()> {
+pub async fn run_queue(mut client: QueuesClient<Svc>, cmd: QueueCommand) -> Result<()> {
     let queue_ref = |name: String| pb::QueueRef { name };
     match cmd {
         QueueCommand::Create { name, settings } => {
@@ -264,7 +264,7 @@ pub async fn run_queue(mut client: QueuesClient<Channel>, cmd: QueueCommand) -> 
     Ok(())
 }
 
-pub async fn run_run(mut client: SchedulerClient<Channel>, cmd: RunCommand) -> Result<()> {
+pub async fn run_run(mut client: SchedulerClient<Svc>, cmd: RunCommand) -> Result<()> {
     match cmd {
         RunCommand::Priority { run, priority } => {
             let r = client

@@ -108,7 +108,7 @@ pub(super) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Columns separated by two spaces, each as wide as its widest cell; `right`
 /// says which are right-aligned (numbers). The last column is not padded.
-pub(super) fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
