@@ -56,6 +56,14 @@ pub enum AgentError {
     #[error("connecting to NATS at `{url}`: {reason}")]
     Connect { url: String, reason: String },
 
+    #[error(transparent)]
+    NatsIdentity(#[from] drover_api::nats_connect::NatsConnectError),
+
+    /// The server refused what this agent's identity asked for: it was
+    /// enrolled under another id, or nats-server's config lacks its entry.
+    #[error("NATS refused agent `{agent}`: {violations}; the agent's --id must be the id its --nats-creds were enrolled for, and nats-server's config must hold that agent's entry (`drover nats-config`)")]
+    NatsPermissions { agent: String, violations: String },
+
     /// The docker executor is enabled and Docker does not answer (or listing
     /// this agent's containers failed).
     #[error("docker executor: {0}")]

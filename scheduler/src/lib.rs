@@ -11,7 +11,8 @@
 //! - [`lineage`]: `GetLineage`, the tree of attempts behind an artifact;
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
-//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`.
+//! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`;
+//! - [`enroll`]: agents' NATS identities and nats-server's authorization block.
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
 //! run's trace and root span ids at submit (joining the caller's
@@ -23,6 +24,7 @@ pub mod bus;
 pub mod code;
 pub mod convert;
 pub mod engine;
+pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
@@ -74,9 +76,20 @@ pub async fn serve(
             "deleted specs of submits that never completed"
         );
     }
-    let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
-        .await?
-        .with_errors(metrics.nats_errors.clone());
+    let nats_admin = enroll::NatsAdmin {
+        nats_prefix: opts.nats_prefix.clone(),
+        scheduler_public_key: opts
+            .nats_security
+            .public_key()
+            .map_err(SchedulerError::Config)?,
+    };
+    let bus = bus::Bus::connect(
+        &opts.nats,
+        &opts.nats_prefix,
+        &opts.nats_security.identity(),
+    )
+    .await?
+    .with_errors(metrics.nats_errors.clone());
     let live_logs = logs::LiveLogSource::new(bus.client(), &opts.nats_prefix);
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
@@ -143,6 +156,7 @@ pub async fn serve(
         live_logs,
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
+        nats_admin,
     };
     let agents_api = pb::agents_server::AgentsServer::new(api.clone());
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());

@@ -52,6 +52,12 @@ pub const NATS_OPS: [&str; 6] = [
     "heartbeats",
 ];
 
+/// Why an agent's message was dropped, in `drover_scheduler_events_rejected_total{reason}`:
+/// an event for an attempt assigned to another agent than the one whose
+/// subject carried it; an event naming another agent than its subject; a
+/// heartbeat naming another agent than its subject.
+pub const REJECT_REASONS: [&str; 3] = ["not_assigned", "agent_mismatch", "heartbeat_mismatch"];
+
 type OpLabel = [(&'static str, &'static str); 1];
 type QueueLabel = [(&'static str, String); 1];
 
@@ -85,6 +91,8 @@ pub struct SchedulerMetrics {
     /// Commits that lost a compare-and-swap (another writer, or stale state).
     pub etcd_conflicts: Counter,
     pub nats_errors: OpErrors,
+    /// Agents' messages dropped for coming from the wrong agent, by reason.
+    events_rejected: Family<OpLabel, Counter>,
     admission_latency: Family<QueueLabel, Histogram>,
     assign_to_start_latency: Family<QueueLabel, Histogram>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -96,6 +104,13 @@ impl Default for SchedulerMetrics {
             etcd_errors: OpErrors::with_ops(&ETCD_OPS),
             etcd_conflicts: Counter::default(),
             nats_errors: OpErrors::with_ops(&NATS_OPS),
+            events_rejected: {
+                let family = Family::<OpLabel, Counter>::default();
+                for reason in REJECT_REASONS {
+                    family.get_or_create_owned(&[("reason", reason)]);
+                }
+                family
+            },
             admission_latency: Family::new_with_constructor(latency_histogram),
             assign_to_start_latency: Family::new_with_constructor(latency_histogram),
             snapshot: Arc::default(),
@@ -135,6 +150,11 @@ impl SchedulerMetrics {
             "Failed NATS calls, by operation (an agent refusing work is not one)",
             m.nats_errors.0.clone(),
         );
+        r.register(
+            "events_rejected",
+            "Agent events and heartbeats dropped because they came from another agent than the one they concern, by reason",
+            m.events_rejected.clone(),
+        );
         r.register_collector(Box::new(SnapshotCollector(Arc::clone(&m.snapshot))));
         (m, r)
     }
@@ -149,6 +169,13 @@ impl SchedulerMetrics {
         self.assign_to_start_latency
             .get_or_create(&[("queue", queue.to_string())])
             .observe(ms as f64 / 1000.0);
+    }
+
+    /// Counts a message dropped for `reason` (one of [`REJECT_REASONS`]).
+    pub fn reject(&self, reason: &'static str) {
+        self.events_rejected
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Replaces the state gauges with `snapshot`.
