@@ -6,8 +6,9 @@
 //!
 //! * agent `<id>` publishes its heartbeat (`<p>.heartbeat.<id>`), its events
 //!   (`<p>.events.<id>`, `<p>.events.<id>.batch`, acked by JetStream on its
-//!   inbox), its live log chunks (`<p>.logs.<id>.>`) and reads the events
-//!   stream's info (`$JS.API.STREAM.INFO.<stream>`); it subscribes to its own
+//!   inbox), its live log chunks (`<p>.logs.<id>.>`), reads the events
+//!   stream's info (`$JS.API.STREAM.INFO.<stream>`) and echoes to its own
+//!   inbox (how it checks the server took its subscriptions); it subscribes to its own
 //!   assign/assigns/cancel/log request subjects, to the scheduler's
 //!   "heartbeat now", and to its own inboxes (`_INBOX.<p>.agent.<id>.>`);
 //!   it answers requests through `allow_responses` (a reply subject it was
@@ -15,7 +16,7 @@
 //! * the scheduler sends requests to every agent's request subjects, asks for
 //!   heartbeats, manages the events stream and its own durable consumer
 //!   (create, info, update, pull, ack — nothing else on the JetStream API),
-//!   and subscribes to heartbeats, live logs and its own inboxes.
+//!   may echo to its own inbox, and subscribes to heartbeats, live logs and its own inboxes.
 //!
 //! Each identity has its own inbox prefix, so agent `a1` cannot subscribe to
 //! the replies meant for `a2` or the scheduler. Nothing here does I/O.
@@ -74,6 +75,7 @@ pub fn agent_permissions(prefix: &str, agent_id: &str) -> Permissions {
             naming::events_batch_subject(prefix, agent_id),
             naming::logs_agent_wildcard(prefix, agent_id),
             format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("{}.>", agent_inbox_prefix(prefix, agent_id)),
         ],
         subscribe: vec![
             naming::assign_subject(prefix, agent_id),
@@ -112,6 +114,7 @@ pub fn scheduler_permissions(prefix: &str) -> Permissions {
             js(&format!("CONSUMER.DELETE.{stream}.{old}")),
             js(&format!("CONSUMER.MSG.NEXT.{stream}.{consumer}")),
             format!("$JS.ACK.{stream}.{consumer}.>"),
+            format!("{}.>", scheduler_inbox_prefix(prefix)),
         ],
         subscribe: vec![
             naming::heartbeat_wildcard(prefix),
