@@ -53,7 +53,7 @@ async fn an_agent_holding_a1s_identity_cannot_use_a2s_subjects() -> TestResult {
         None,
         &NatsSettings {
             authorization: Some(block),
-            tls: None,
+            ..NatsSettings::default()
         },
     )
     .await?;
