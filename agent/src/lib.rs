@@ -9,6 +9,13 @@
 //!   file gains, published every 100 ms, and the log so far on request),
 //!   the object store, process groups and Docker containers.
 //!
+//! NATS identity: with `--nats-creds` the agent connects as the NKey it was
+//! enrolled with (`drover agent enroll`), on its own inbox prefix, and may
+//! use only its own subjects ([`drover_api::nats_auth::agent_permissions`]);
+//! it then leaves creating the events stream to the scheduler, and stops at
+//! start when the server refuses one of its subscriptions (an id that is not
+//! the enrolled one).
+//!
 //! Tracing: each attempt is an `agent attempt` span (with `fetch inputs`,
 //! `pull image`, `execute`, `upload outputs` under it) whose parent is the
 //! scheduler's attempt span, taken from the assignment's `traceparent` (in

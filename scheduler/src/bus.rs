@@ -1,5 +1,8 @@
 //! NATS side of the scheduler: the events stream and its durable consumer,
-//! heartbeats, and assign/cancel requests to agents.
+//! heartbeats, and assign/cancel requests to agents. It connects with the
+//! scheduler's own identity (`--nats-creds`) and inbox prefix; what that
+//! identity may do is [`drover_api::nats_auth::scheduler_permissions`], so a
+//! new subject or JetStream call here needs a grant there.
 
 use std::time::Duration;
 

@@ -35,11 +35,13 @@ pub async fn enroll(
     let public_key = r.agent.map(|a| a.public_key).unwrap_or_default();
     let Some(dir) = out else {
         print!("{creds}");
-        println!(
-            "# nats-server: add this entry to `authorization.users` (public key {public_key}),"
-        );
-        println!("# or use the whole block of `drover nats-config`; then reload nats-server.");
-        print!("{}", r.user_entry);
+        if r.authorization.is_empty() {
+            println!("# nats-server: add this entry (public key {public_key}) to `authorization.users`, then reload it.");
+            print!("{}", r.user_entry);
+        } else {
+            println!("# nats-server: the authorization block, with this agent (public key {public_key}); reload it after.");
+            print!("{}", r.authorization);
+        }
         return Ok(());
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
