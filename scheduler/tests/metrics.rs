@@ -332,8 +332,8 @@ async fn scheduler_and_agent_metrics_follow_a_run() {
 
 /// Item: events are checked, not trusted. An event for an attempt held by
 /// `a1`, published on `a2`'s subject (as a2 could, with its own identity),
-/// is dropped and counted; so is one on a2's subject naming a1. The task
-/// stays running, and a1's own event then ends it.
+/// is dropped and counted; so is one on a2's subject naming a1, and a
+/// heartbeat on a2's subject naming a1. The task stays running on a1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_from_an_agent_not_holding_the_attempt_is_dropped_and_counted() {
     use drover_api::{naming, pb};
@@ -380,6 +380,20 @@ async fn an_event_from_an_agent_not_holding_the_attempt_is_dropped_and_counted()
             .await
             .unwrap();
     }
+    // A heartbeat naming a1 (a restarted a1 running nothing, which would
+    // lose its attempt) on a2's subject.
+    let forged_heartbeat = pb::Heartbeat {
+        agent_id: "a1".into(),
+        instance: "forged".into(),
+        cpu_millis: 1000,
+        ..Default::default()
+    };
+    js.publish(
+        naming::heartbeat_subject(&c.nats_prefix, "a2"),
+        forged_heartbeat.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
     let rejected = |s: &Scrape, reason| {
         value(
             s,
@@ -387,11 +401,12 @@ async fn an_event_from_an_agent_not_holding_the_attempt_is_dropped_and_counted()
             &[("reason", reason)],
         )
     };
-    let scrape = wait_scrape(&scheduler, "both forged events counted", |s| {
-        rejected(s, "not_assigned") == Some(1.0) && rejected(s, "agent_mismatch") == Some(1.0)
+    wait_scrape(&scheduler, "the forged events and heartbeat counted", |s| {
+        rejected(s, "not_assigned") == Some(1.0)
+            && rejected(s, "agent_mismatch") == Some(1.0)
+            && rejected(s, "heartbeat_mismatch") == Some(1.0)
     })
     .await;
-    assert_eq!(rejected(&scrape, "heartbeat_mismatch"), Some(0.0));
     let r = c.get(&run).await;
     assert_eq!(r.state(), RunState::Running, "{r:#?}");
     assert_eq!(r.tasks[0].state(), pb::TaskState::Running, "{r:#?}");
