@@ -120,6 +120,8 @@ async fn an_agent_holding_a1s_identity_cannot_use_a2s_subjects() -> TestResult {
     nats_synced(&a1).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let errors = a1_errors.take().join("\n");
+    // nats-server logs each refusal too (what the pipeline test relies on).
+    assert!(nats.nats_log().contains("Violation"), "{}", nats.nats_log());
     for refused in [
         format!(
             "Publish to \"{}\"",
@@ -263,6 +265,29 @@ async fn a_pipeline_runs_with_an_enrolled_agent_on_authorized_nats_over_tls() ->
         .all(|t| t.attempts.iter().all(|a| a.agent_id == "a1")));
     // A live log followed over NATS works under the permissions too.
     assert!(c.logs(&run, "d", 1).await?.contains("task=d"));
+    // Following a running task's log: the scheduler asks a1 for the log so
+    // far (a1 answers through allow_responses) and reads a1's live chunks.
+    let spec =
+        "name: live\ntasks:\n  - name: t\n    command: [sh, -c, 'echo one; sleep 1.5; echo two']\n";
+    let live = c.submit(spec).await?;
+    c.wait_for(&live, "t running", |r| {
+        r.tasks[0].state() == pb::TaskState::Running
+    })
+    .await;
+    let mut follow = c.log_stream(&live, "t", 0, true).await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), follow.next())
+        .await?
+        .ok_or("follow ended at once")??;
+    assert_eq!(
+        c.get(&live).await.state(),
+        pb::RunState::Running,
+        "not live"
+    );
+    let mut followed = String::from_utf8_lossy(&first.data).into_owned();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), follow.next()).await? {
+        followed.push_str(&String::from_utf8_lossy(&chunk?.data));
+    }
+    assert_eq!(followed, "one\ntwo\n");
     let log = c.nats.nats_log();
     assert!(
         !log.contains("Violation"),
