@@ -8,6 +8,12 @@
 #   sudo ops/install-agent.sh --nats nats://10.0.0.2:4222 \
 #     --artifacts s3://ml-artifacts/drover --label zone=eu --label tier=gold
 #
+# With its own NATS identity (`drover agent enroll ID --out DIR` on an admin
+# machine) and NATS over TLS:
+#
+#   sudo ops/install-agent.sh --id gpu-1 --nats tls://nats.internal:4222 \
+#     --nats-creds gpu-1.nkey --nats-ca nats-ca.pem --artifacts s3://ml-artifacts/drover
+#
 # Run with --help for every option.
 set -euo pipefail
 
@@ -18,6 +24,8 @@ unit_src="$repo/ops/systemd/drover-agent.service"
 bin_path=/usr/local/bin/drover-agent
 env_dir=/etc/drover
 env_path=$env_dir/agent.env
+creds_path=$env_dir/nats.nkey
+ca_path=$env_dir/nats-ca.pem
 unit_path=/etc/systemd/system/drover-agent.service
 service=drover-agent
 
@@ -43,7 +51,12 @@ required:
 options:
   --label KEY=VALUE   a label tasks can select with node_selector; repeatable
   --executors LIST    comma-separated: docker, process (default: docker)
-  --id ID             agent id (default: the host name, dots as dashes)
+  --id ID             agent id (default: the host name, dots as dashes); with
+                      --nats-creds, the id the credentials were enrolled for
+  --nats-creds FILE   the agent's NATS credentials (`drover agent enroll ID --out DIR`
+                      writes DIR/ID.nkey); installed as /etc/drover/nats.nkey, mode 0600
+  --nats-ca FILE      CA certificate (PEM) of a NATS server over TLS (tls:// URLs);
+                      installed as /etc/drover/nats-ca.pem
   --binary PATH       drover-agent to install (default: target/release/drover-agent
                       if present, else built with cargo build --release)
   --work-dir DIR      where tasks get their working directories
@@ -80,6 +93,8 @@ binary=""
 work_dir=/var/lib/drover/work
 root=""
 dry_run=0
+nats_creds=""
+nats_ca=""
 
 while (($#)); do
   arg=$1
@@ -90,7 +105,7 @@ while (($#)); do
       value=${arg#*=}
       arg=${arg%%=*}
       ;;
-    --nats | --artifacts | --label | --executors | --id | --binary | --work-dir | --root)
+    --nats | --artifacts | --label | --executors | --id | --binary | --work-dir | --root | --nats-creds | --nats-ca)
       (($#)) || usage_error "$arg needs a value"
       value=$1
       shift
@@ -105,6 +120,8 @@ while (($#)); do
     --binary) binary=$value ;;
     --work-dir) work_dir=$value ;;
     --root) root=$value ;;
+    --nats-creds) nats_creds=$value ;;
+    --nats-ca) nats_ca=$value ;;
     --dry-run) dry_run=1 ;;
     -h | --help)
       usage
@@ -190,6 +207,17 @@ work_dir=${work_dir%/}
 
 if [ -n "$binary" ]; then
   { [ -f "$binary" ] && [ -x "$binary" ]; } || usage_error "--binary: \`$binary\` is not an executable file"
+fi
+
+if [ -n "$nats_creds" ]; then
+  { [ -f "$nats_creds" ] && [ -r "$nats_creds" ]; } || usage_error "--nats-creds: \`$nats_creds\` is not a readable file"
+  grep -qE '^(SU[A-Z2-7]+|-----BEGIN NATS USER JWT-----)' "$nats_creds" ||
+    usage_error "--nats-creds: \`$nats_creds\` holds no NKey seed (a line starting with SU) nor NATS user JWT"
+fi
+if [ -n "$nats_ca" ]; then
+  { [ -f "$nats_ca" ] && [ -r "$nats_ca" ]; } || usage_error "--nats-ca: \`$nats_ca\` is not a readable file"
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$nats_ca" ||
+    usage_error "--nats-ca: \`$nats_ca\` is not a PEM certificate"
 fi
 
 if [ -n "$root" ]; then
@@ -342,10 +370,15 @@ install_file - "$env_path" 0640 "settings" <<EOF
 DROVER_NATS=$nats
 DROVER_ARTIFACTS=$artifacts
 ${labels_csv:+DROVER_LABELS=$labels_csv
+}${nats_creds:+DROVER_NATS_CREDS=$creds_path
+}${nats_ca:+DROVER_NATS_CA=$ca_path
 }DROVER_EXECUTORS=$executors
 DROVER_AGENT_ID=$agent_id
 DROVER_WORK_DIR=$work_dir
 EOF
+# The seed is the agent's secret: readable by root (the agent's user) only.
+[ -z "$nats_creds" ] || install_file "$nats_creds" "$creds_path" 0600 "NATS credentials"
+[ -z "$nats_ca" ] || install_file "$nats_ca" "$ca_path" 0644 "NATS CA"
 install_file "$unit_src" "$unit_path" 0644 "systemd unit"
 
 if [ ! -d "$root$work_dir" ]; then

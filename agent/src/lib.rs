@@ -9,6 +9,13 @@
 //!   file gains, published every 100 ms, and the log so far on request),
 //!   the object store, process groups and Docker containers.
 //!
+//! NATS identity: with `--nats-creds` the agent connects as the NKey it was
+//! enrolled with (`drover agent enroll`), on its own inbox prefix, and may
+//! use only its own subjects ([`drover_api::nats_auth::agent_permissions`]);
+//! it then leaves creating the events stream to the scheduler, and stops at
+//! start when the server refuses one of its subscriptions (an id that is not
+//! the enrolled one).
+//!
 //! Tracing: each attempt is an `agent attempt` span (with `fetch inputs`,
 //! `pull image`, `execute`, `upload outputs` under it) whose parent is the
 //! scheduler's attempt span, taken from the assignment's `traceparent` (in
@@ -55,6 +62,14 @@ pub enum AgentError {
 
     #[error("connecting to NATS at `{url}`: {reason}")]
     Connect { url: String, reason: String },
+
+    #[error(transparent)]
+    NatsIdentity(#[from] drover_api::nats_connect::NatsConnectError),
+
+    /// The server refused what this agent's identity asked for: it was
+    /// enrolled under another id, or nats-server's config lacks its entry.
+    #[error("NATS refused agent `{agent}`: {violations}; the agent's --id must be the id its --nats-creds were enrolled for, and nats-server's config must hold that agent's entry (`drover nats-config`)")]
+    NatsPermissions { agent: String, violations: String },
 
     /// The docker executor is enabled and Docker does not answer (or listing
     /// this agent's containers failed).

@@ -22,6 +22,17 @@ pub struct AgentOptions {
     #[arg(long, env = "DROVER_NATS", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
 
+    /// This agent's NATS identity: the NKey seed file `drover agent enroll`
+    /// wrote (or a `.creds` file). The server's permissions then hold the
+    /// agent to the subjects of the id it was enrolled as.
+    #[arg(long, value_name = "FILE", env = "DROVER_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// CA certificate (PEM) of a NATS server over TLS (`tls://` URLs)
+    /// [default: the system's roots].
+    #[arg(long, value_name = "FILE", env = "DROVER_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+
     /// Object store for artifacts and logs: file:///dir, s3://bucket/prefix, gs://…, az://…
     /// (S3 credentials, endpoint and region from the AWS_* variables).
     #[arg(long, env = "DROVER_ARTIFACTS")]
@@ -145,6 +156,7 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub nats: String,
+    pub nats_identity: drover_api::nats_connect::NatsIdentity,
     pub artifacts: String,
     pub store: StoreOptions,
     pub id: String,
@@ -165,6 +177,8 @@ impl AgentOptions {
     pub fn new(nats: impl Into<String>, artifacts: impl Into<String>) -> Self {
         AgentOptions {
             nats: nats.into(),
+            nats_creds: None,
+            nats_ca: None,
             artifacts: artifacts.into(),
             artifacts_retry_timeout: RetryPolicy::DEFAULT_TIMEOUT,
             artifacts_max_retries: RetryPolicy::DEFAULT_MAX_RETRIES,
@@ -245,6 +259,10 @@ impl AgentOptions {
         })?;
         Ok(AgentConfig {
             nats: self.nats.clone(),
+            nats_identity: drover_api::nats_connect::NatsIdentity {
+                creds: self.nats_creds.clone(),
+                ca: self.nats_ca.clone(),
+            },
             artifacts: self.artifacts.clone(),
             store: StoreOptions {
                 settings: self.artifacts_settings.clone(),

@@ -41,7 +41,7 @@ async fn a_running_attempts_log_is_published_as_it_grows_and_read_back_on_reques
     // A dot in the task name: still one subject token.
     let mut live = h
         .client
-        .subscribe(naming::logs_subject(PREFIX, "r1", "talk.v2"))
+        .subscribe(naming::logs_subject(PREFIX, &h.agent_id, "r1", "talk.v2"))
         .await?;
     let script = "echo one; sleep 0.6; echo two; sleep 0.6; printf three";
     let reply = h.assign(&assignment(&attempt, &sh(script))).await?;

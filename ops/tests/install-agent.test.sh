@@ -138,6 +138,28 @@ grep -qx 'DROVER_EXECUTORS=process' "$bare/etc/drover/agent.env" || fail "no DRO
 grep -q '^DROVER_AGENT_ID=[^.]\+$' "$bare/etc/drover/agent.env" || fail "default agent id is not a subject token"
 pass "no labels"
 
+# --- NATS identity and TLS: the seed installed 0600, the CA beside it, both in agent.env ---
+secure=$tmp/secure
+mkdir "$secure"
+printf '# NATS NKey seed of drover agent gpu-1\nSUAMLK2ZNL35WSMW37E7UD4VZ7ELPKW7DHC3BWBSD2GCZ7IUQQXZIORRBU\n' >"$tmp/gpu-1.nkey"
+printf -- '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' >"$tmp/ca.pem"
+secure_args=(--nats tls://nats.internal:4222 --artifacts file:///d --executors process --id gpu-1
+  --binary "$tmp/drover-agent" --root "$secure" --nats-creds "$tmp/gpu-1.nkey" --nats-ca "$tmp/ca.pem")
+run "${secure_args[@]}"
+expect_rc 0
+expect_out "installed /etc/drover/nats.nkey (NATS credentials)"
+[ "$(stat -c %a "$secure/etc/drover/nats.nkey")" = 600 ] || fail "seed mode $(stat -c %a "$secure/etc/drover/nats.nkey")"
+cmp -s "$tmp/gpu-1.nkey" "$secure/etc/drover/nats.nkey" || fail "seed differs"
+cmp -s "$tmp/ca.pem" "$secure/etc/drover/nats-ca.pem" || fail "CA differs"
+grep -qx 'DROVER_NATS_CREDS=/etc/drover/nats.nkey' "$secure/etc/drover/agent.env" || fail "no DROVER_NATS_CREDS"
+grep -qx 'DROVER_NATS_CA=/etc/drover/nats-ca.pem' "$secure/etc/drover/agent.env" || fail "no DROVER_NATS_CA"
+run "${secure_args[@]}"
+expect_out "nothing changed"
+run "${secure_args[@]}" --nats-creds "$tmp/ca.pem"
+expect_rc 2
+expect_out "holds no NKey seed"
+pass "NATS credentials and CA"
+
 # --- argument errors: exit 2, a clear message, nothing written ---------------------------
 empty=$tmp/empty
 mkdir "$empty"

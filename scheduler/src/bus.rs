@@ -1,5 +1,8 @@
 //! NATS side of the scheduler: the events stream and its durable consumer,
-//! heartbeats, and assign/cancel requests to agents.
+//! heartbeats, and assign/cancel requests to agents. It connects with the
+//! scheduler's own identity (`--nats-creds`) and inbox prefix; what that
+//! identity may do is [`drover_api::nats_auth::scheduler_permissions`], so a
+//! new subject or JetStream call here needs a grant there.
 
 use std::time::Duration;
 
@@ -20,11 +23,11 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The scheduler's durable consumer of the events stream. Acking an event
 /// acks every earlier one (`AckPolicy::All`): one ack per turn rather than
 /// one per event (benches/README.md).
-const CONSUMER: &str = "scheduler-turns";
+const CONSUMER: &str = drover_api::nats_auth::SCHEDULER_CONSUMER;
 /// The consumer of versions that acked every event (`AckPolicy::Explicit`;
 /// a consumer's ack policy cannot be changed): replaced on start by
 /// `CONSUMER`, starting after its ack floor.
-const EXPLICIT_CONSUMER: &str = "scheduler";
+const EXPLICIT_CONSUMER: &str = drover_api::nats_auth::SCHEDULER_OLD_CONSUMER;
 
 fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
     SchedulerError::Nats(e.to_string())
@@ -46,8 +49,28 @@ impl Bus {
         &self.prefix
     }
 
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let client = async_nats::connect(url).await.map_err(nats_err)?;
+    /// Connects as `identity` (none: anonymously), with the scheduler's own
+    /// inbox prefix (its NATS permissions allow it no other).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        identity: &drover_api::nats_connect::NatsIdentity,
+    ) -> Result<Self> {
+        let (options, _errors) = drover_api::nats_connect::options(
+            identity,
+            "drover-scheduler",
+            &drover_api::nats_auth::scheduler_inbox_prefix(prefix),
+        )
+        .map_err(|e| SchedulerError::Config(e.to_string()))?;
+        let client = options.connect(url).await.map_err(|e| {
+            let e = e.to_string();
+            match drover_api::nats_connect::is_auth_refusal(&e) {
+                true => nats_err(format!(
+                    "{e} (is --nats-creds the scheduler's, and its entry in nats-server's config?)"
+                )),
+                false => nats_err(e),
+            }
+        })?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),

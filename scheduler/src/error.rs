@@ -19,8 +19,9 @@ pub enum SchedulerError {
     QueueNotFound(String),
     #[error("queue `{0}` already exists")]
     QueueExists(String),
-    #[error("token `{0}` already exists")]
-    TokenExists(String),
+    /// Something to create is there already; the message names it.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The request conflicts with the state (e.g. deleting a queue in use).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -63,7 +64,9 @@ impl From<SchedulerError> for tonic::Status {
             SchedulerError::InvalidSpec(_)
             | SchedulerError::InvalidArgument { .. }
             | SchedulerError::Config(_) => Code::InvalidArgument,
-            SchedulerError::QueueExists(_) | SchedulerError::TokenExists(_) => Code::AlreadyExists,
+            SchedulerError::QueueExists(_) | SchedulerError::AlreadyExists(_) => {
+                Code::AlreadyExists
+            }
             SchedulerError::FailedPrecondition(_) => Code::FailedPrecondition,
             SchedulerError::RunNotFound(_)
             | SchedulerError::QueueNotFound(_)

@@ -36,6 +36,8 @@ pub struct Api {
     pub max_code_bytes: u64,
     /// Logs and counts calls refused for a token's queue limit.
     pub refusals: crate::auth::Refusals,
+    /// Agents' NATS identities (`EnrollAgent`, `GetNatsConfig`).
+    pub nats_admin: crate::enroll::NatsAdmin,
 }
 
 // The methods whose queue limits handlers check (their metric labels).
@@ -600,6 +602,28 @@ impl pb::agents_server::Agents for Api {
         let id = req.into_inner().agent_id;
         required("agent_id", &id)?;
         Ok(Response::new(self.engine.drain(id, false).await?))
+    }
+
+    async fn enroll_agent(
+        &self,
+        req: Request<pb::EnrollAgentRequest>,
+    ) -> Result<Response<pb::EnrollAgentResponse>, Status> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let enrolled = self
+            .nats_admin
+            .enroll(&self.store, req.into_inner(), now_ms)
+            .await?;
+        tracing::info!(agent = %enrolled.agent.as_ref().map(|a| a.agent_id.as_str()).unwrap_or_default(), "agent enrolled for NATS");
+        Ok(Response::new(enrolled))
+    }
+
+    async fn get_nats_config(
+        &self,
+        _req: Request<pb::GetNatsConfigRequest>,
+    ) -> Result<Response<pb::GetNatsConfigResponse>, Status> {
+        Ok(Response::new(self.nats_admin.config(&self.store).await?))
     }
 }
 

@@ -12,7 +12,10 @@
 //! - [`code`]: code snapshots, stored once per sha256 in the artifact store;
 //! - [`logs`]: `GetLogs` with `follow`, from agents' live logs to the stored log;
 //! - [`metrics`]: Prometheus metrics, served on `--metrics-listen`;
-//! - [`auth`]: API tokens and roles, the auth layer, the API's TLS.
+//! - [`auth`]: API tokens and roles, the auth layer, the API's TLS;
+//! - [`enroll`]: agents' NATS identities and nats-server's authorization block;
+//! - [`leader`]: the election among schedulers and the fencing of what the
+//!   leader does; [`cluster`]: `GetClusterStatus` (`drover status`).
 //!
 //! Every run is one trace (design in `drover_telemetry`): [`grpc`] picks the
 //! run's trace and root span ids at submit (joining the caller's
@@ -26,6 +29,7 @@ pub mod cluster;
 pub mod code;
 pub mod convert;
 pub mod engine;
+pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
@@ -86,10 +90,21 @@ pub async fn serve(
     if let Some(path) = &opts.api_security.bootstrap_token_file {
         auth::bootstrap_file(&tokens, path).await?;
     }
-    let bus = bus::Bus::connect(&opts.nats, &opts.nats_prefix)
-        .await?
-        .with_errors(metrics.nats_errors.clone())
-        .with_leadership(leadership.clone());
+    let nats_admin = enroll::NatsAdmin {
+        nats_prefix: opts.nats_prefix.clone(),
+        scheduler_public_key: opts
+            .nats_security
+            .public_key()
+            .map_err(SchedulerError::Config)?,
+    };
+    let bus = bus::Bus::connect(
+        &opts.nats,
+        &opts.nats_prefix,
+        &opts.nats_security.identity(),
+    )
+    .await?
+    .with_errors(metrics.nats_errors.clone())
+    .with_leadership(leadership.clone());
     let live_logs = logs::LiveLogSource::new(bus.client(), &opts.nats_prefix);
     let artifacts = drover_artifacts::open(&opts.artifacts)
         .await
@@ -177,6 +192,7 @@ pub async fn serve(
         max_spec_bytes,
         max_code_bytes: opts.max_code_bytes,
         refusals: refusals.clone(),
+        nats_admin,
     };
     // A standby refuses every Drover call, naming the leader.
     let refuse = move |req: tonic::Request<()>| match leadership.refusal() {

@@ -5,7 +5,9 @@ use anyhow::Context;
 #[command(
     name = "drover-scheduler",
     version,
-    after_help = "The first admin API token: `drover-scheduler bootstrap-token --help`."
+    after_help = "Set-up tools that need no running scheduler, before any flag: \
+                  `drover-scheduler bootstrap-token --help`, `nats-identity --help`, \
+                  `nats-config --help`."
 )]
 struct Cli {
     /// YAML file of flag values (keys are flag names); the environment and
@@ -16,15 +18,9 @@ struct Cli {
     opts: drover_scheduler::SchedulerOptions,
 }
 
-/// drover-scheduler bootstrap-token: creates an admin API token straight in
-/// etcd (no scheduler needs to run) and prints it, or writes it to --out.
-#[derive(clap::Parser)]
-#[command(
-    name = "drover-scheduler bootstrap-token",
-    bin_name = "drover-scheduler bootstrap-token",
-    version
-)]
-struct BootstrapCli {
+/// How the set-up tools reach etcd: the scheduler's own flags.
+#[derive(clap::Args)]
+struct EtcdArgs {
     /// etcd endpoints, comma-separated (the scheduler's --etcd).
     #[arg(
         long,
@@ -38,24 +34,64 @@ struct BootstrapCli {
     prefix: String,
     #[command(flatten)]
     etcd_security: drover_scheduler::options::EtcdSecurityOptions,
-    /// The token's name [default: admin-<8 hex>].
-    #[arg(long)]
-    name: Option<String>,
-    /// Write the token to FILE (mode 0600) instead of printing it.
-    #[arg(long, value_name = "FILE")]
-    out: Option<std::path::PathBuf>,
 }
 
-const BOOTSTRAP: &str = "bootstrap-token";
+impl EtcdArgs {
+    async fn store(&self) -> anyhow::Result<drover_scheduler::store::Store> {
+        let options = self
+            .etcd_security
+            .connect_options(&self.etcd)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(drover_scheduler::store::Store::connect_with(&self.etcd, &self.prefix, options).await?)
+    }
+}
+
+/// Set-up tools, parsed apart from the server's flags (which require an
+/// artifact store).
+#[derive(clap::Parser)]
+#[command(name = "drover-scheduler", version)]
+enum Tool {
+    /// Creates an admin API token straight in etcd (no scheduler needs to
+    /// run) and prints it, or writes it to --out.
+    BootstrapToken {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The token's name [default: admin-<8 hex>].
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the token to FILE (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Creates the scheduler's NATS identity: writes its NKey seed to FILE
+    /// (mode 0600; an existing file is kept) and prints its public key.
+    NatsIdentity {
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Prints nats-server's `authorization` block for the scheduler
+    /// (--nats-creds) and every agent enrolled in etcd, without NATS.
+    NatsConfig {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Prefix of every NATS subject.
+        #[arg(long, env = "DROVER_NATS_PREFIX", default_value = drover_api::naming::DEFAULT_NATS_PREFIX)]
+        nats_prefix: String,
+        #[command(flatten)]
+        security: drover_scheduler::options::NatsSecurityOptions,
+    },
+}
+
+const TOOLS: [&str; 3] = ["bootstrap-token", "nats-identity", "nats-config"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = drover_telemetry::init("drover-scheduler", "info");
-    // A subcommand of its own parser: it needs none of serving's required flags.
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == BOOTSTRAP) {
-        args.remove(1);
-        return bootstrap_token(clap::Parser::parse_from(args)).await;
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| TOOLS.contains(&a.as_str()))
+    {
+        return tool(clap::Parser::parse()).await;
     }
     let cli: Cli = drover_config::parse();
     if let Err(e) = cli.opts.validate() {
@@ -70,25 +106,37 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bootstrap_token(cli: BootstrapCli) -> anyhow::Result<()> {
-    let etcd_options = cli
-        .etcd_security
-        .connect_options(&cli.etcd)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let store =
-        drover_scheduler::store::Store::connect_with(&cli.etcd, &cli.prefix, etcd_options).await?;
-    let token = drover_scheduler::auth::create_token(
-        &store,
-        drover_scheduler::auth::NewToken::admin(cli.name),
-    )
-    .await?;
-    match cli.out {
-        Some(path) => {
-            drover_scheduler::auth::write_token_file(&path, &token)
-                .with_context(|| format!("--out {}", path.display()))?;
-            eprintln!("admin token written to {}", path.display());
+async fn tool(tool: Tool) -> anyhow::Result<()> {
+    match tool {
+        Tool::BootstrapToken { etcd, name, out } => {
+            let token = drover_scheduler::auth::create_token(
+                &etcd.store().await?,
+                drover_scheduler::auth::NewToken::admin(name),
+            )
+            .await?;
+            match out {
+                Some(path) => {
+                    drover_scheduler::auth::write_token_file(&path, &token)
+                        .with_context(|| format!("--out {}", path.display()))?;
+                    eprintln!("admin token written to {}", path.display());
+                }
+                None => println!("{token}"),
+            }
         }
-        None => println!("{token}"),
+        Tool::NatsIdentity { out } => {
+            let key = drover_scheduler::enroll::create_identity(&out)?;
+            println!("{key}");
+        }
+        Tool::NatsConfig {
+            etcd,
+            nats_prefix,
+            security,
+        } => {
+            let store = etcd.store().await?;
+            let block =
+                drover_scheduler::enroll::offline_config(&store, &nats_prefix, &security).await?;
+            print!("{block}");
+        }
     }
     Ok(())
 }

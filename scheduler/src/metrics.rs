@@ -52,6 +52,12 @@ pub const NATS_OPS: [&str; 6] = [
     "heartbeats",
 ];
 
+/// Why an agent's message was dropped, in `drover_scheduler_events_rejected_total{reason}`:
+/// an event for an attempt assigned to another agent than the one whose
+/// subject carried it; an event naming another agent than its subject; a
+/// heartbeat naming another agent than its subject.
+pub const REJECT_REASONS: [&str; 3] = ["not_assigned", "agent_mismatch", "heartbeat_mismatch"];
+
 type OpLabel = [(&'static str, &'static str); 1];
 type QueueLabel = [(&'static str, String); 1];
 
@@ -87,6 +93,8 @@ pub struct SchedulerMetrics {
     pub nats_errors: OpErrors,
     /// API calls refused (no, bad or expired token; role; queue limit).
     pub api_refused: crate::auth::Refusals,
+    /// Agents' messages dropped for coming from the wrong agent, by reason.
+    events_rejected: Family<OpLabel, Counter>,
     admission_latency: Family<QueueLabel, Histogram>,
     assign_to_start_latency: Family<QueueLabel, Histogram>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -99,6 +107,13 @@ impl Default for SchedulerMetrics {
             etcd_conflicts: Counter::default(),
             nats_errors: OpErrors::with_ops(&NATS_OPS),
             api_refused: Default::default(),
+            events_rejected: {
+                let family = Family::<OpLabel, Counter>::default();
+                for reason in REJECT_REASONS {
+                    family.get_or_create_owned(&[("reason", reason)]);
+                }
+                family
+            },
             admission_latency: Family::new_with_constructor(latency_histogram),
             assign_to_start_latency: Family::new_with_constructor(latency_histogram),
             snapshot: Arc::default(),
@@ -143,6 +158,11 @@ impl SchedulerMetrics {
             "gRPC calls refused by reason (missing_token, malformed_token, invalid_token, expired_token, role, queue) and method",
             m.api_refused.0.clone(),
         );
+        r.register(
+            "events_rejected",
+            "Agent events and heartbeats dropped because they came from another agent than the one they concern, by reason",
+            m.events_rejected.clone(),
+        );
         r.register_collector(Box::new(SnapshotCollector(Arc::clone(&m.snapshot))));
         (m, r)
     }
@@ -157,6 +177,13 @@ impl SchedulerMetrics {
         self.assign_to_start_latency
             .get_or_create(&[("queue", queue.to_string())])
             .observe(ms as f64 / 1000.0);
+    }
+
+    /// Counts a message dropped for `reason` (one of [`REJECT_REASONS`]).
+    pub fn reject(&self, reason: &'static str) {
+        self.events_rejected
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Replaces the state gauges with `snapshot`.

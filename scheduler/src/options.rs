@@ -200,7 +200,42 @@ impl ApiSecurityOptions {
 
 /// The scheduler's own NATS identity and NATS over TLS.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct NatsSecurityOptions {}
+pub struct NatsSecurityOptions {
+    /// The scheduler's NATS identity: an NKey seed file (`drover-scheduler
+    /// nats-identity --out FILE` makes one) or a `.creds` file. Its public
+    /// key goes into `drover nats-config`'s block [default: none].
+    #[arg(long, value_name = "FILE", env = "DROVER_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of a NATS server over TLS (`tls://` URLs)
+    /// [default: the system's roots].
+    #[arg(long, value_name = "FILE", env = "DROVER_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+}
+
+impl NatsSecurityOptions {
+    pub fn identity(&self) -> drover_api::nats_connect::NatsIdentity {
+        drover_api::nats_connect::NatsIdentity {
+            creds: self.nats_creds.clone(),
+            ca: self.nats_ca.clone(),
+        }
+    }
+
+    /// The public key of `--nats-creds`' NKey seed; None without one, or
+    /// for a `.creds` file (its permissions come from its JWT, not this block).
+    pub fn public_key(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.nats_creds else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--nats-creds `{}`: {e}", path.display()))?;
+        if text.contains("BEGIN NATS USER JWT") {
+            return Ok(None);
+        }
+        let seed = drover_api::nats_connect::parse_seed(&text)
+            .map_err(|e| format!("--nats-creds `{}`: {e}", path.display()))?;
+        drover_api::nats_connect::public_key(&seed).map(Some)
+    }
+}
 
 /// etcd over TLS and etcd users.
 #[derive(clap::Args, Clone, Debug, Default)]

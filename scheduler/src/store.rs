@@ -11,6 +11,8 @@
 //! - `<prefix>/agents/<agent-id>` → `AgentRecord` (drain state, loss, last instance)
 //! - `<prefix>/queues/<name>` → `QueueRecord`
 //! - `<prefix>/tokens/<name>` → `TokenRecord` (API tokens, see `crate::auth`)
+//! - `<prefix>/nats/agents/<agent-id>` → `EnrolledAgent` (the public key of
+//!   the agent's NATS identity; written by `EnrollAgent` only)
 //!
 //! Specs are kept apart so that a run of 100,000 tasks is neither one etcd
 //! value (etcd refuses requests over 1.5 MiB) nor rewritten with every
@@ -440,6 +442,37 @@ impl Store {
     /// Every agent record, with its revision.
     pub async fn list_agents(&self) -> Result<Vec<(pb::AgentRecord, i64)>> {
         self.list("agents", "list_agents").await
+    }
+
+    /// Stores an enrolled agent's identity; Ok(false) when the agent is
+    /// enrolled already and `replace` is false (nothing written).
+    pub async fn put_enrolled_agent(
+        &self,
+        agent: &pb::EnrolledAgent,
+        replace: bool,
+    ) -> Result<bool> {
+        let key = format!("{}/nats/agents/{}", self.prefix, agent.agent_id);
+        let put = TxnOp::put(key.clone(), agent.encode_to_vec(), None);
+        let txn = match replace {
+            true => Txn::new().and_then(vec![put]),
+            false => Txn::new()
+                .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then(vec![put]),
+        };
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .inspect_err(self.failed("put_enrolled_agent"))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Every enrolled agent, by id.
+    pub async fn list_enrolled_agents(&self) -> Result<Vec<pb::EnrolledAgent>> {
+        let agents: Vec<(pb::EnrolledAgent, i64)> =
+            self.list("nats/agents", "list_enrolled_agents").await?;
+        Ok(agents.into_iter().map(|(a, _)| a).collect())
     }
 
     fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {

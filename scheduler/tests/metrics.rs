@@ -329,3 +329,91 @@ async fn scheduler_and_agent_metrics_follow_a_run() {
         "histograms start again from zero"
     );
 }
+
+/// Item: events are checked, not trusted. An event for an attempt held by
+/// `a1`, published on `a2`'s subject (as a2 could, with its own identity),
+/// is dropped and counted; so is one on a2's subject naming a1, and a
+/// heartbeat on a2's subject naming a1. The task stays running on a1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_an_agent_not_holding_the_attempt_is_dropped_and_counted() {
+    use drover_api::{naming, pb};
+    use prost::Message as _;
+
+    let mut c = Cluster::with_metrics().await;
+    let scheduler = c.metrics_url.clone().expect("started with metrics");
+    c.add_agent("a1").await;
+    let run = c
+        .submit("name: held\ntasks:\n  - name: t\n    command: [\"sleep\", \"30\"]\n")
+        .await
+        .unwrap();
+    c.wait_for(&run, "t running on a1", |r| {
+        r.tasks
+            .iter()
+            .any(|t| t.state() == pb::TaskState::Running && t.attempts[0].agent_id == "a1")
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(&c.nats.url).await.unwrap());
+    let forged = |agent: &str, kind: &str| {
+        let event = pb::AttemptEvent {
+            attempt: Some(pb::AttemptRef {
+                run_id: run.clone(),
+                task: "t".into(),
+                attempt: 1,
+            }),
+            agent_id: agent.into(),
+            at_ms: 1,
+            kind: Some(pb::attempt_event::Kind::Succeeded(Default::default())),
+            started_at_ms: 0,
+        };
+        let headers = async_nats::HeaderMap::from_iter([(
+            "Nats-Msg-Id".parse().unwrap(),
+            format!("forged/{kind}").parse().unwrap(),
+        )]);
+        (headers, bytes::Bytes::from(event.encode_to_vec()))
+    };
+    let subject = naming::events_subject(&c.nats_prefix, "a2");
+    for (agent, kind) in [("a2", "not_assigned"), ("a1", "agent_mismatch")] {
+        let (headers, body) = forged(agent, kind);
+        js.publish_with_headers(subject.clone(), headers, body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A heartbeat naming a1 (a restarted a1 running nothing, which would
+    // lose its attempt) on a2's subject.
+    let forged_heartbeat = pb::Heartbeat {
+        agent_id: "a1".into(),
+        instance: "forged".into(),
+        cpu_millis: 1000,
+        ..Default::default()
+    };
+    js.publish(
+        naming::heartbeat_subject(&c.nats_prefix, "a2"),
+        forged_heartbeat.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+    let rejected = |s: &Scrape, reason| {
+        value(
+            s,
+            "drover_scheduler_events_rejected_total",
+            &[("reason", reason)],
+        )
+    };
+    wait_scrape(&scheduler, "the forged events and heartbeat counted", |s| {
+        rejected(s, "not_assigned") == Some(1.0)
+            && rejected(s, "agent_mismatch") == Some(1.0)
+            && rejected(s, "heartbeat_mismatch") == Some(1.0)
+    })
+    .await;
+    let r = c.get(&run).await;
+    assert_eq!(r.state(), RunState::Running, "{r:#?}");
+    assert_eq!(r.tasks[0].state(), pb::TaskState::Running, "{r:#?}");
+    assert!(
+        c.scheduler_log()
+            .contains("the attempt is not assigned to the agent that sent it"),
+        "{}",
+        c.scheduler_log()
+    );
+}

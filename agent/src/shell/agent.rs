@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
-use drover_api::naming;
 use drover_api::pb::{
     AssignBatch, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply,
 };
+use drover_api::{naming, nats_auth, nats_connect};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;
@@ -94,6 +94,39 @@ struct Service {
     leader_term: std::sync::atomic::AtomicI64,
 }
 
+/// Fails when the server refused any of the subscriptions made so far: a
+/// permissions violation arrives asynchronously, so this waits until the
+/// server has answered everything sent before (its echo on our own inbox)
+/// and a moment for the error callback.
+async fn refused_subjects(
+    client: &Client,
+    errors: &nats_connect::ServerErrors,
+    agent: &str,
+) -> Result<(), AgentError> {
+    let synced = async {
+        let inbox = client.new_inbox();
+        let mut echo = client.subscribe(inbox.clone()).await.ok()?;
+        client.publish(inbox, Bytes::new()).await.ok()?;
+        let got = echo.next().await;
+        let _ = echo.unsubscribe().await;
+        got
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), synced).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let violations: Vec<String> = errors
+        .take()
+        .into_iter()
+        .filter(|e| nats_connect::is_permissions_violation(e))
+        .collect();
+    match violations.is_empty() {
+        true => Ok(()),
+        false => Err(AgentError::NatsPermissions {
+            agent: agent.to_owned(),
+            violations: violations.join("; "),
+        }),
+    }
+}
+
 impl Service {
     /// Connects everything; also returns the metrics registry to serve.
     async fn connect(
@@ -141,16 +174,25 @@ impl Service {
             None => None,
         };
 
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("drover-agent {}", cfg.id))
+        let (options, server_errors) = nats_connect::options(
+            &cfg.nats_identity,
+            &format!("drover-agent {}", cfg.id),
+            &nats_auth::agent_inbox_prefix(&cfg.nats_prefix, &cfg.id),
+        )?;
+        let client = options
             .connect(cfg.nats.as_str())
             .await
             .map_err(|e| AgentError::Connect {
                 url: cfg.nats.clone(),
-                reason: e.to_string(),
+                reason: match nats_connect::is_auth_refusal(&e.to_string()) {
+                    true => format!("{e} (is --nats-creds this agent's, and its entry in nats-server's config?)"),
+                    false => e.to_string(),
+                },
             })?;
         let js = async_nats::jetstream::new(client.clone());
-        events::ensure_stream(&js, &cfg.nats_prefix).await?;
+        // With an identity, the agent may not create the stream: the scheduler does.
+        let may_create = cfg.nats_identity.creds.is_none();
+        events::ensure_stream(&js, &cfg.nats_prefix, may_create).await?;
 
         let subscribe = |subject: String| {
             let client = client.clone();
@@ -169,6 +211,7 @@ impl Service {
             subscribe(naming::assign_batch_subject(&cfg.nats_prefix, &cfg.id)).await?;
         let cancels = subscribe(naming::cancel_subject(&cfg.nats_prefix, &cfg.id)).await?;
         let log_requests = subscribe(naming::live_log_subject(&cfg.nats_prefix, &cfg.id)).await?;
+        refused_subjects(&client, &server_errors, &cfg.id).await?;
 
         let registry = Registry::default();
         let (metrics, metrics_registry) =
@@ -179,7 +222,7 @@ impl Service {
             work_dir: cfg.work_dir.clone(),
             store,
             events: EventPublisher::new(js, &cfg.nats_prefix, &cfg.id, abandon_rx),
-            live: LiveLogs::new(client.clone(), &cfg.nats_prefix),
+            live: LiveLogs::new(client.clone(), &cfg.nats_prefix, &cfg.id),
             registry: registry.clone(),
             kill_grace: cfg.kill_grace,
             executors: cfg.executors.clone(),

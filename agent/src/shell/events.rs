@@ -24,10 +24,22 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Gets, or creates, the events stream. The scheduler creates the same
-/// configuration, so whichever side comes first wins and both agree.
-pub async fn ensure_stream(js: &jetstream::Context, prefix: &str) -> Result<(), AgentError> {
+/// configuration, so whichever side comes first wins and both agree. An
+/// agent with its own NATS identity may only look (`may_create` false): a
+/// stream not there yet is the scheduler's to create, and events wait for it.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+    may_create: bool,
+) -> Result<(), AgentError> {
     let config = naming::events_stream_config(prefix);
     let name = config.name.clone();
+    if !may_create {
+        if let Err(e) = js.get_stream(&name).await {
+            warn!(stream = %name, error = %e, "events stream not readable yet; events wait for the scheduler to create it");
+        }
+        return Ok(());
+    }
     match js.get_or_create_stream(config).await {
         Ok(_) => Ok(()),
         // Lost a creation race with the scheduler or another agent: it exists now.
@@ -379,7 +391,7 @@ mod tests {
     async fn publisher(nats: &Server, abandon: bool) -> (jetstream::Context, EventPublisher) {
         let client = async_nats::connect(nats.url.as_str()).await.unwrap();
         let js = jetstream::new(client);
-        ensure_stream(&js, PREFIX).await.unwrap();
+        ensure_stream(&js, PREFIX, true).await.unwrap();
         let (_tx, rx) = watch::channel(abandon);
         // The sender half may drop: the receiver keeps the last value.
         (js.clone(), EventPublisher::new(js, PREFIX, "ag1", rx))

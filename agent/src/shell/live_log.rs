@@ -53,6 +53,8 @@ type OpenLogs = Arc<Mutex<HashMap<AttemptKey, Arc<File>>>>;
 pub struct LiveLogs {
     client: Client,
     prefix: Arc<str>,
+    /// This agent's id: its log subjects carry it.
+    agent_id: Arc<str>,
     open: OpenLogs,
 }
 
@@ -74,10 +76,11 @@ fn lock(open: &OpenLogs) -> MutexGuard<'_, HashMap<AttemptKey, Arc<File>>> {
 }
 
 impl LiveLogs {
-    pub fn new(client: Client, prefix: &str) -> Self {
+    pub fn new(client: Client, prefix: &str, agent_id: &str) -> Self {
         Self {
             client,
             prefix: prefix.into(),
+            agent_id: agent_id.into(),
             open: Arc::default(),
         }
     }
@@ -118,7 +121,7 @@ impl LiveLogs {
             open: Arc::clone(&self.open),
             key: key.clone(),
         };
-        let subject = naming::logs_subject(&self.prefix, &key.run_id, &key.task);
+        let subject = naming::logs_subject(&self.prefix, &self.agent_id, &key.run_id, &key.task);
         let mut published = 0;
         loop {
             published = self.publish_new(key, &file, &subject, published).await;

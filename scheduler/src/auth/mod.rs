@@ -222,7 +222,9 @@ impl Tokens {
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), record.encode_to_vec(), None)]);
         if !self.client.kv_client().txn(txn).await?.succeeded() {
-            return Err(SchedulerError::TokenExists(name));
+            return Err(SchedulerError::AlreadyExists(format!(
+                "token `{name}` already exists"
+            )));
         }
         self.table.put(record.clone());
         Ok((token, record))

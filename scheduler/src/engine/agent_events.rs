@@ -14,16 +14,27 @@ use crate::convert;
 use super::state::{EngineState, Send, Turn};
 
 impl EngineState {
-    /// One attempt event. `trace_id`: the agent's attempt span's trace, for
-    /// the log line.
+    /// One attempt event, carried by agent `via`'s subject. `trace_id`:
+    /// the agent's attempt span's trace, for the log line.
+    ///
+    /// Checked, not trusted: an event counts only when it names the agent
+    /// whose subject carried it and that agent holds the attempt (NATS
+    /// permissions keep each agent to its own subject, so neither can be
+    /// forged by another agent).
     pub(super) fn on_agent_event(
         &mut self,
         ev: pb::AttemptEvent,
         trace_id: &str,
+        via: &str,
         now: Millis,
         turn: &mut Turn,
     ) {
         let Some(aref) = ev.attempt else { return };
+        if ev.agent_id != via {
+            warn!(run = %aref.run_id, task = %aref.task, attempt = aref.attempt, agent = %ev.agent_id, subject_agent = via, "event dropped: it names another agent than the subject it came on");
+            self.metrics.reject("agent_mismatch");
+            return;
+        }
         let Some((run_id, task)) = self
             .runs
             .get_key_value(aref.run_id.as_str())
@@ -33,6 +44,19 @@ impl EngineState {
             return;
         };
         let attempt = aref.attempt;
+        // An event for an older attempt is stale and fenced off below
+        // whoever sent it; one for the current attempt must come from its agent.
+        let holder = self
+            .runs
+            .get(&run_id)
+            .and_then(|r| r.dag.task(task).current())
+            .filter(|a| a.number == attempt)
+            .map(|a| a.agent.as_str());
+        if holder.is_some_and(|holder| holder != via) {
+            warn!(run = %aref.run_id, task = %aref.task, attempt, agent = via, assigned_to = holder.unwrap_or_default(), "event dropped: the attempt is not assigned to the agent that sent it");
+            self.metrics.reject("not_assigned");
+            return;
+        }
         // Stamped by the agent's clock, but never later than the scheduler
         // took it in: what happens next (the freed room given to another
         // task) is stamped by the scheduler's clock and must come after.

@@ -19,7 +19,7 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
-use drover_api::pb;
+use drover_api::{naming, pb};
 use drover_scheduler_core::ids::{AgentId, AttemptId};
 use drover_scheduler_core::Millis;
 use drover_telemetry::{propagation, record};
@@ -326,6 +326,13 @@ impl Engine {
                 acks.push(*msg);
             }
             Item::Heartbeat(msg) => match pb::Heartbeat::decode(msg.payload.clone()) {
+                Ok(hb)
+                    if naming::heartbeat_agent(self.bus.prefix(), &msg.subject)
+                        != Some(hb.agent_id.as_str()) =>
+                {
+                    warn!(subject = %msg.subject, agent = %hb.agent_id, "heartbeat dropped: it names another agent than its subject");
+                    self.metrics.reject("heartbeat_mismatch");
+                }
                 Ok(hb) => self.state.apply(Input::Heartbeat(hb), now, turn),
                 Err(e) => warn!(subject = %msg.subject, error = %e, "undecodable heartbeat"),
             },
@@ -348,6 +355,11 @@ impl Engine {
                 return Vec::new();
             }
         };
+        let Some(via) = naming::events_agent(self.bus.prefix(), &msg.subject) else {
+            warn!(subject = %msg.subject, "event dropped: not on an agent's events subject");
+            return Vec::new();
+        };
+        let via: std::sync::Arc<str> = via.into();
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         events
             .into_iter()
@@ -363,7 +375,11 @@ impl Engine {
                     .flatten()
                     .map(|sc| sc.trace_id().to_string())
                     .unwrap_or_default();
-                Input::AgentEvent { event, trace_id }
+                Input::AgentEvent {
+                    event,
+                    trace_id,
+                    via: via.clone(),
+                }
             })
             .collect()
     }

@@ -50,6 +50,9 @@ pub enum Input {
     AgentEvent {
         event: pb::AttemptEvent,
         trace_id: String,
+        /// The agent whose events subject carried it: the only one whose
+        /// word on the attempt counts.
+        via: std::sync::Arc<str>,
     },
     Heartbeat(pb::Heartbeat),
     /// An agent refused an assignment or did not answer.
@@ -360,9 +363,11 @@ impl EngineState {
                 let answer = self.request(request, now, turn);
                 turn.answers.push((id, answer));
             }
-            Input::AgentEvent { event, trace_id } => {
-                self.on_agent_event(event, &trace_id, now, turn)
-            }
+            Input::AgentEvent {
+                event,
+                trace_id,
+                via,
+            } => self.on_agent_event(event, &trace_id, &via, now, turn),
             Input::Heartbeat(hb) => self.on_heartbeat(hb, now, turn),
             Input::AssignFailed {
                 attempt,

@@ -67,10 +67,7 @@ impl LiveLogSource {
 
     /// Live chunks of `task` of the run, or of all its tasks.
     async fn subscribe(&self, run_id: &str, task: Option<&str>) -> Result<Subscriber> {
-        let subject = match task {
-            Some(task) => naming::logs_subject(&self.prefix, run_id, task),
-            None => naming::logs_run_wildcard(&self.prefix, run_id),
-        };
+        let subject = naming::logs_follow_subject(&self.prefix, run_id, task);
         self.client
             .subscribe(subject)
             .await

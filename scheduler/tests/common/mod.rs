@@ -177,27 +177,35 @@ impl Cluster {
 
     /// No agents yet; the scheduler gets these extra flags and environment.
     pub async fn with_scheduler(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::build(args, env, None).await
+        Self::build(args, env, None, None).await
+    }
+
+    /// No agents yet; NATS is `nats` (e.g. with an authorization block and
+    /// TLS, written for subject prefix `nats_prefix`) and the scheduler gets
+    /// these extra flags.
+    pub async fn on_nats(nats: Server, nats_prefix: &str, args: &[&str]) -> Self {
+        Self::build(args, &[], None, Some((nats, nats_prefix.to_owned()))).await
     }
 
     /// No agents yet; artifacts and logs go to the store at `url`, reached
     /// with `settings` (e.g. a Garage bucket's `AWS_*` variables).
     pub async fn with_store(url: &str, settings: Vec<(String, String)>) -> Self {
-        Self::build(&[], &[], Some((url.to_owned(), settings))).await
+        Self::build(&[], &[], Some((url.to_owned(), settings)), None).await
     }
 
     /// No agents yet; on this etcd (e.g. one on TLS) with these scheduler
     /// flags and environment.
     pub async fn with_etcd(etcd: Server, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::build_on(Some(etcd), args, env, None).await
+        Self::build_on(Some(etcd), args, env, None, None).await
     }
 
     async fn build(
         args: &[&str],
         env: &[(&str, &str)],
         store: Option<(String, Vec<(String, String)>)>,
+        nats: Option<(Server, String)>,
     ) -> Self {
-        Self::build_on(None, args, env, store).await
+        Self::build_on(None, args, env, store, nats).await
     }
 
     async fn build_on(
@@ -205,6 +213,7 @@ impl Cluster {
         args: &[&str],
         env: &[(&str, &str)],
         store: Option<(String, Vec<(String, String)>)>,
+        nats: Option<(Server, String)>,
     ) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}x{n}", std::process::id());
@@ -216,7 +225,10 @@ impl Cluster {
             Some(etcd) => etcd,
             None => Server::etcd(None).await.unwrap(),
         };
-        let nats = Server::nats(None).await.unwrap();
+        let (nats, nats_prefix) = match nats {
+            Some((nats, prefix)) => (nats, prefix),
+            None => (Server::nats(None).await.unwrap(), tag.clone()),
+        };
         let listen = free_port().unwrap();
         let (artifacts, store_settings) = match store {
             Some((url, settings)) => (url, settings),
@@ -226,7 +238,7 @@ impl Cluster {
             etcd,
             nats,
             prefix: format!("/{tag}"),
-            nats_prefix: tag,
+            nats_prefix,
             artifacts,
             artifacts_dir,
             scratch,

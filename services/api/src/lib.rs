@@ -12,6 +12,8 @@ pub fn version() -> pb::VersionInfo {
 pub mod duration;
 pub mod events;
 pub mod naming;
+pub mod nats_auth;
+pub mod nats_connect;
 pub mod spec;
 
 /// Generated from `proto/drover/v1/*.proto`.

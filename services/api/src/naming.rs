@@ -62,20 +62,37 @@ pub fn live_log_subject(prefix: &str, agent_id: &str) -> String {
 }
 
 /// Agent → whoever follows, core NATS: `LiveLogChunk`s of a running
-/// attempt of `task`. Run and task names may hold `.` (and matrix
-/// instances `[`, `=`, `,`), so each is made one subject token; two names
-/// may then share a subject, and readers go by the chunk's own attempt.
-pub fn logs_subject(prefix: &str, run_id: &str, task: &str) -> String {
+/// attempt of `task`, published by `agent_id` (its id in the subject, so
+/// NATS permissions can keep an agent to its own log subjects). Run and
+/// task names may hold `.` (and matrix instances `[`, `=`, `,`), so each is
+/// made one subject token; two names may then share a subject, and readers
+/// go by the chunk's own attempt.
+pub fn logs_subject(prefix: &str, agent_id: &str, run_id: &str, task: &str) -> String {
     format!(
-        "{prefix}.logs.{}.{}",
+        "{prefix}.logs.{agent_id}.{}.{}",
         subject_token(run_id),
         subject_token(task)
     )
 }
 
-/// Every task's `LiveLogChunk`s of a run.
-pub fn logs_run_wildcard(prefix: &str, run_id: &str) -> String {
-    format!("{prefix}.logs.{}.*", subject_token(run_id))
+/// What a follower subscribes to: the chunks of `task` of the run, or of
+/// every task of the run, from whichever agent runs them.
+pub fn logs_follow_subject(prefix: &str, run_id: &str, task: Option<&str>) -> String {
+    format!(
+        "{prefix}.logs.*.{}.{}",
+        subject_token(run_id),
+        task.map_or_else(|| "*".to_owned(), subject_token)
+    )
+}
+
+/// Every live log subject one agent may publish on.
+pub fn logs_agent_wildcard(prefix: &str, agent_id: &str) -> String {
+    format!("{prefix}.logs.{agent_id}.>")
+}
+
+/// Every live log subject.
+pub fn logs_wildcard(prefix: &str) -> String {
+    format!("{prefix}.logs.>")
 }
 
 /// `name` as one NATS subject token: `.`, the wildcards and whitespace
@@ -112,6 +129,20 @@ pub fn is_events_batch(prefix: &str, subject: &str) -> bool {
         .strip_prefix(prefix)
         .and_then(|s| s.strip_prefix(".events."))
         .is_some_and(|agent_and_more| agent_and_more.contains('.'))
+}
+
+/// The agent whose subject carried a message of the events stream
+/// (`<prefix>.events.<agent>[.batch]`); None for any other subject.
+pub fn events_agent<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix(".events.")?;
+    let agent = rest.split('.').next()?;
+    (!agent.is_empty()).then_some(agent)
+}
+
+/// The agent whose heartbeat subject (`<prefix>.heartbeat.<agent>`) carried a message.
+pub fn heartbeat_agent<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    let agent = subject.strip_prefix(prefix)?.strip_prefix(".heartbeat.")?;
+    (!agent.is_empty() && !agent.contains('.')).then_some(agent)
 }
 
 /// `Nats-Msg-Id` of a batch of events, from its events' own ids (in order):
@@ -260,18 +291,40 @@ mod tests {
     }
 
     #[test]
-    fn log_subjects_have_one_token_per_run_and_task() {
-        let s = logs_subject("drover.x", "digits.v2-1a2b3c4d", "train[lr=0.03]");
-        assert_eq!(s, "drover.x.logs.digits_v2-1a2b3c4d.train[lr=0_03]");
-        assert_eq!(logs_subject("p", "r", ""), "p.logs.r._");
-        assert_eq!(logs_subject("p", "r", "a *>b"), "p.logs.r.a___b");
-        // The run's wildcard covers every task's subject, and only its own run's.
-        let wildcard = logs_run_wildcard("drover.x", "digits.v2-1a2b3c4d");
-        assert_eq!(wildcard, "drover.x.logs.digits_v2-1a2b3c4d.*");
+    fn log_subjects_have_one_token_per_agent_run_and_task() {
+        let s = logs_subject("drover.x", "a1", "digits.v2-1a2b3c4d", "train[lr=0.03]");
+        assert_eq!(s, "drover.x.logs.a1.digits_v2-1a2b3c4d.train[lr=0_03]");
+        assert_eq!(logs_subject("p", "a", "r", ""), "p.logs.a.r._");
+        assert_eq!(logs_subject("p", "a", "r", "a *>b"), "p.logs.a.r.a___b");
+        // A follower's subject covers every agent's chunks of its run (and
+        // task), and only those.
+        let run = logs_follow_subject("drover.x", "digits.v2-1a2b3c4d", None);
+        assert_eq!(run, "drover.x.logs.*.digits_v2-1a2b3c4d.*");
+        let task = logs_follow_subject("drover.x", "digits.v2-1a2b3c4d", Some("train[lr=0.03]"));
+        assert_eq!(task, "drover.x.logs.*.digits_v2-1a2b3c4d.train[lr=0_03]");
         assert_eq!(
-            s.rsplit_once('.').map(|(head, _)| head),
-            wildcard.strip_suffix(".*")
+            s.replacen(".a1.", ".*.", 1)
+                .rsplit_once('.')
+                .map(|(head, _)| head),
+            run.strip_suffix(".*")
         );
+        assert!(s.starts_with(logs_agent_wildcard("drover.x", "a1").trim_end_matches('>')));
+        assert!(s.starts_with(logs_wildcard("drover.x").trim_end_matches('>')));
+    }
+
+    #[test]
+    fn subjects_name_the_agent_that_sent_them() {
+        let p = "drover.x";
+        assert_eq!(events_agent(p, &events_subject(p, "a1")), Some("a1"));
+        assert_eq!(events_agent(p, &events_batch_subject(p, "a1")), Some("a1"));
+        assert_eq!(events_agent(p, "drover.y.events.a1"), None);
+        assert_eq!(events_agent(p, "drover.x.events."), None);
+        assert_eq!(
+            heartbeat_agent(p, &heartbeat_subject(p, "gpu-2")),
+            Some("gpu-2")
+        );
+        assert_eq!(heartbeat_agent(p, "drover.x.heartbeat.a.b"), None);
+        assert_eq!(heartbeat_agent(p, &events_subject(p, "a1")), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod code;
 mod connect;
 mod dev;
 mod dev_secure;
+mod enroll;
 mod logs;
 mod output;
 mod queue;
@@ -187,6 +188,9 @@ enum Command {
     Token(token::TokenCommand),
     /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
     Dev(dev::DevArgs),
+    /// Print nats-server's `authorization` block for the scheduler and every
+    /// enrolled agent (admin).
+    NatsConfig,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +204,17 @@ enum AgentCommand {
     Drain { id: String },
     /// Let a drained agent take new work again.
     Undrain { id: String },
+    /// Give an agent its own NATS identity (admin): prints its credentials
+    /// file and its nats-server entry, or writes them under --out DIR.
+    Enroll {
+        id: String,
+        /// Write `<ID>.nkey` (mode 0600) and `<ID>.nats-user.conf` here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Replace the identity of an agent enrolled before.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[tokio::main]
@@ -327,7 +342,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         .into_inner();
                     println!("{} {}", a.id, output::agent_state(a.state()));
                 }
+                AgentCommand::Enroll { id, out, replace } => {
+                    enroll::enroll(&mut client, id, replace, out).await?;
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NatsConfig => {
+            enroll::nats_config(&mut connect::agents(&conn).await?).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(cmd) => {

@@ -167,10 +167,31 @@ where
 /// A server child process: killed when dropped, its data directory with it
 /// unless the caller chose the directory.
 pub struct Server {
-    /// Client URL: `http://127.0.0.1:PORT` for etcd, `nats://127.0.0.1:PORT` for NATS.
+    /// Client URL: `http://127.0.0.1:PORT` for etcd, `nats://127.0.0.1:PORT`
+    /// for NATS (`tls://127.0.0.1:PORT` over TLS).
     pub url: String,
     child: Child,
+    /// A nats-server's config file, when it was started from one.
+    nats_config: Option<NatsConfig>,
     _dir: DataDir,
+}
+
+/// How [`Server::nats_with`] configures nats-server beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct NatsSettings<'a> {
+    /// An `authorization { ... }` block (e.g. `drover nats-config`'s output).
+    pub authorization: Option<String>,
+    /// Serve TLS only, with the dev CA's server certificate.
+    pub tls: Option<&'a pki::DevPki>,
+}
+
+/// A nats-server's config file and what it was written from, so a reload
+/// can rewrite only the authorization.
+struct NatsConfig {
+    path: PathBuf,
+    /// Everything but the authorization block.
+    base: String,
+    log: PathBuf,
 }
 
 impl Server {
@@ -241,8 +262,92 @@ impl Server {
         Ok(Self {
             url,
             child,
+            nats_config: None,
             _dir: dir,
         })
+    }
+
+    /// A nats-server with JetStream storage under `data_dir` (a temp dir
+    /// when `None`), started from a config file with `settings`. The
+    /// readiness probe is the server's INFO greeting, which it sends before
+    /// TLS and authentication.
+    pub async fn nats_with(data_dir: Option<&Path>, settings: &NatsSettings<'_>) -> Result<Self> {
+        on_free_ports("nats-server", || Self::nats_with_once(data_dir, settings)).await
+    }
+
+    async fn nats_with_once(data_dir: Option<&Path>, settings: &NatsSettings<'_>) -> Result<Self> {
+        let dir = DataDir::new(data_dir)?;
+        let port = free_port()?;
+        let quote = |p: &Path| format!("{:?}", p.to_string_lossy());
+        let mut base = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {} }}\n",
+            quote(&dir.path().join("jetstream"))
+        );
+        if let Some(pki) = settings.tls {
+            base.push_str(&format!(
+                "tls {{ cert_file: {}, key_file: {}, timeout: 5 }}\n",
+                quote(&pki.server_cert()),
+                quote(&pki.server_key())
+            ));
+        }
+        let config = NatsConfig {
+            path: dir.path().join("nats.conf"),
+            base,
+            log: dir.path().join("nats.log"),
+        };
+        config.write(settings.authorization.as_deref())?;
+        let args = vec!["-c".to_owned(), config.path.to_string_lossy().into_owned()];
+        let mut child = spawn("nats-server", &args, &config.log, "nats-server")?;
+        wait_ready(&mut child, "nats-server", &config.log, || nats_ready(port)).await?;
+        let scheme = if settings.tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        Ok(Self {
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            child,
+            nats_config: Some(config),
+            _dir: dir,
+        })
+    }
+
+    /// Replaces the authorization block of a server started by
+    /// [`Server::nats_with`] and has it reload its config (SIGHUP), as an
+    /// operator does after enrolling an agent; returns once it has.
+    pub async fn reload_nats(&self, authorization: Option<&str>) -> Result<()> {
+        let Some(config) = &self.nats_config else {
+            bail!("this server was not started from a config file (Server::nats_with)");
+        };
+        const RELOADED: &str = "Reloaded server configuration";
+        let before = std::fs::read_to_string(&config.log)?
+            .matches(RELOADED)
+            .count();
+        config.write(authorization)?;
+        let Some(pid) = self.child.id() else {
+            bail!("nats-server has exited");
+        };
+        // SAFETY: plain syscall on a pid we own and have not reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = std::fs::read_to_string(&config.log)?;
+            if log.matches(RELOADED).count() > before {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not reload its config:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The log of a server started by [`Server::nats_with`] so far.
+    pub fn nats_log(&self) -> String {
+        self.nats_config
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(&c.log).ok())
+            .unwrap_or_default()
     }
 
     /// A nats-server with JetStream storage under `data_dir` (a temp dir when `None`).
@@ -271,6 +376,7 @@ impl Server {
         Ok(Self {
             url: format!("nats://127.0.0.1:{port}"),
             child,
+            nats_config: None,
             _dir: dir,
         })
     }
@@ -295,6 +401,13 @@ impl Server {
             }
         }
         self.kill().await
+    }
+}
+
+impl NatsConfig {
+    fn write(&self, authorization: Option<&str>) -> Result<()> {
+        let text = format!("{}{}\n", self.base, authorization.unwrap_or_default());
+        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
     }
 }
 

@@ -70,13 +70,18 @@ fn a_final_event_with_its_start_records_the_start() -> TestResult {
     let Input::AgentEvent {
         mut event,
         trace_id,
+        via,
     } = succeeded("a1", "r1", "t", 1, 1_500)
     else {
         return Err("not an event".into());
     };
     event.started_at_ms = 1_200;
     h.now = 1_600;
-    h.turn(vec![Input::AgentEvent { event, trace_id }]);
+    h.turn(vec![Input::AgentEvent {
+        event,
+        trace_id,
+        via,
+    }]);
     let t = h.task("r1", "t").ok_or("t not stored")?;
     assert_eq!(
         (t.attempts[0].started_at_ms, t.attempts[0].finished_at_ms),
@@ -359,5 +364,48 @@ fn a_failure_retries_after_its_backoff_and_then_fails_the_run() -> TestResult {
     let run = h.run("r1").ok_or("run")?;
     assert_eq!(run.state(), pb::RunState::Failed);
     assert!(run.message.contains("task `t` failed"), "{}", run.message);
+    Ok(())
+}
+
+#[test]
+fn an_event_from_another_agent_than_the_attempts_is_dropped() -> TestResult {
+    let mut h = Harness::new();
+    let submit = h.submit("r1", &[("prep", &[])]);
+    let log = h.turn(vec![
+        heartbeat("a1", 4, &[]),
+        heartbeat("a2", 4, &[]),
+        submit,
+    ]);
+    let holder = log
+        .assigned()
+        .first()
+        .ok_or("nothing assigned")?
+        .2
+        .to_owned();
+    let holder = holder.as_str();
+    let other = if holder == "a1" { "a2" } else { "a1" };
+    h.now = 2_000;
+    // Another agent's word on the attempt, on its own subject: dropped.
+    let log = h.turn(vec![succeeded(other, "r1", "prep", 1, 1_990)]);
+    assert!(log.changes.is_empty(), "{:?}", log.changes);
+    // An event naming the holder but carried by another agent's subject: dropped too.
+    let Input::AgentEvent {
+        event, trace_id, ..
+    } = succeeded(holder, "r1", "prep", 1, 1_990)
+    else {
+        return Err("not an event".into());
+    };
+    let log = h.turn(vec![Input::AgentEvent {
+        event,
+        trace_id,
+        via: other.into(),
+    }]);
+    assert!(log.changes.is_empty(), "{:?}", log.changes);
+    let prep = h.task("r1", "prep").ok_or("prep not stored")?;
+    assert_eq!(prep.state(), pb::TaskState::Assigned);
+    // The holder's own event counts.
+    h.turn(vec![succeeded(holder, "r1", "prep", 1, 1_995)]);
+    let prep = h.task("r1", "prep").ok_or("prep not stored")?;
+    assert_eq!(prep.state(), pb::TaskState::Succeeded);
     Ok(())
 }

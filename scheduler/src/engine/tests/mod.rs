@@ -393,6 +393,7 @@ fn event(
             started_at_ms: 0,
         },
         trace_id: String::new(),
+        via: agent.into(),
     }
 }
 

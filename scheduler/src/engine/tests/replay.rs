@@ -34,7 +34,7 @@ fn recorded_inputs(h: &mut Harness) -> Vec<(Millis, Vec<Input>)> {
         ),
         (1_010, vec![submit, other]),
         (1_020, vec![started("prep", 1)]),
-        (1_100, vec![succeeded("a1", "r1", "prep", 1, 1_090)]),
+        (1_100, vec![succeeded("a2", "r1", "prep", 1, 1_090)]),
         (1_200, vec![heartbeat("a2", 1, &[("r2", "solo", 1)])]),
         (9_000, vec![heartbeat("a1", 2, &[])]),
         (12_000, vec![Input::Tick]),
@@ -42,7 +42,7 @@ fn recorded_inputs(h: &mut Harness) -> Vec<(Millis, Vec<Input>)> {
             12_100,
             vec![
                 succeeded("a1", "r1", "a", 1, 12_050),
-                failed("a1", "r1", "b", 1, 12_060),
+                failed("a2", "r1", "b", 1, 12_060),
             ],
         ),
     ]
