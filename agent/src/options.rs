@@ -11,6 +11,7 @@ use drover_artifacts::{RetryPolicy, StoreOptions};
 use crate::core::capacity::{self, CapacityConfig, CapacityRequest};
 use crate::core::executor::{self, ExecutorKind};
 use crate::core::gpu::{DEFAULT_SIMULATED_GPU_MEMORY, DEFAULT_SIMULATED_GPU_MODEL};
+use crate::core::limits::{LogCap, TaskLimits, DEFAULT_MAX_LOG_BYTES};
 use crate::shell::executor::docker::{self, DockerConfig};
 use crate::shell::host;
 use crate::AgentError;
@@ -135,6 +136,22 @@ pub struct AgentOptions {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7072) [default: off].
     #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Most of a task's output stored as its log (e.g. 64Mi): beyond it the
+    /// first and last halves are kept, with a line saying what was dropped.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DROVER_MAX_LOG_BYTES",
+        default_value = "64Mi",
+        value_parser = parse_memory
+    )]
+    pub max_log_bytes: u64,
+
+    /// Largest declared output an attempt may upload (e.g. 10Gi): a larger
+    /// one fails the attempt [default: no limit].
+    #[arg(long, value_name = "BYTES", env = "DROVER_MAX_OUTPUT_BYTES", value_parser = parse_memory)]
+    pub max_output_bytes: Option<u64>,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -157,6 +174,7 @@ pub struct AgentConfig {
     pub docker: DockerConfig,
     pub capacity: CapacityConfig,
     pub metrics_listen: Option<SocketAddr>,
+    pub limits: TaskLimits,
 }
 
 impl AgentOptions {
@@ -186,6 +204,8 @@ impl AgentOptions {
             simulate_gpu_model: DEFAULT_SIMULATED_GPU_MODEL.to_owned(),
             simulate_gpu_memory_bytes: DEFAULT_SIMULATED_GPU_MEMORY,
             metrics_listen: None,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_output_bytes: None,
         }
     }
 
@@ -262,6 +282,10 @@ impl AgentOptions {
             docker,
             capacity,
             metrics_listen: self.metrics_listen,
+            limits: TaskLimits {
+                log: LogCap::new(self.max_log_bytes),
+                max_output_bytes: self.max_output_bytes,
+            },
         })
     }
 }
