@@ -341,6 +341,21 @@ mod tests {
     }
 
     #[test]
+    fn task_limits_default_to_a_64_mib_log_and_no_output_limit() -> TestResult {
+        let args = ["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"];
+        let cfg = Cli::try_parse_from(args)?.opts.validate()?;
+        assert_eq!(cfg.limits, TaskLimits::default());
+        assert_eq!(cfg.limits.log.max_bytes(), 64 << 20);
+        let limited =
+            args.into_iter()
+                .chain(["--max-log-bytes", "1Mi", "--max-output-bytes", "10Gi"]);
+        let cfg = Cli::try_parse_from(limited)?.opts.validate()?;
+        assert_eq!(cfg.limits.log.max_bytes(), 1 << 20);
+        assert_eq!(cfg.limits.max_output_bytes, Some(10 << 30));
+        Ok(())
+    }
+
+    #[test]
     fn flags_parse_with_defaults() -> TestResult {
         let cli =
             Cli::try_parse_from(["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"])?;
