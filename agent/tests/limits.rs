@@ -70,6 +70,11 @@ async fn a_task_filling_the_work_disk_fails_naming_it_and_the_next_one_succeeds(
         reason.contains("no space left on device") && reason.contains("`outputs/fill`"),
         "{reason}"
     );
+    // Its files were removed before it was reported, its log kept: the
+    // agent's note made it in.
+    let log = h.store.get_bytes("runs/r1/fill.1.log").await?;
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("[drover-agent] attempt failed: "), "{log}");
 
     // The failed attempt's files are gone: the next task has the space.
     let next = attempt_ref("r1", "after", 1);

@@ -32,7 +32,7 @@ use crate::shell::executor::{
     CgroupRoot, DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
 };
 use crate::shell::host::now_ms;
-use crate::shell::limits::{compact_log, disk_full_reason};
+use crate::shell::limits::{compact_log, disk_full_reason, free_attempt_space};
 use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
@@ -376,6 +376,8 @@ async fn conclude(
         Err(mut failure) if !failure.cancelled => {
             if let Some(full) = disk_full_reason(workdir.path()).await {
                 failure.reason = format!("{} ({full})", failure.reason);
+                let kept_dirs = [INPUTS_DIR, OUTPUTS_DIR, WORK_DIR];
+                free_attempt_space(workdir.path(), LOG_FILE, kept_dirs).await;
             }
             Err(failure)
         }

@@ -174,6 +174,45 @@ fn disk_full_blocking(dir: &Path) -> Option<String> {
     ))
 }
 
+/// After an attempt failed on a full disk, before it is reported: removes
+/// what it wrote in `dir` (keeping `keep`, its log, and the directories
+/// `kept_dirs`, emptied), so the next task the scheduler sends has the
+/// space at once.
+pub async fn free_attempt_space(dir: &Path, keep: &'static str, kept_dirs: [&'static str; 3]) {
+    let dir = dir.to_owned();
+    let freed = tokio::task::spawn_blocking(move || {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let path = entry.path();
+            if name == keep {
+                continue;
+            }
+            if kept_dirs.iter().any(|d| name == *d) {
+                for inner in std::fs::read_dir(&path)?.flatten() {
+                    remove_entry(&inner.path())?;
+                }
+            } else {
+                remove_entry(&path)?;
+            }
+        }
+        Ok::<_, io::Error>(())
+    });
+    match freed.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "freeing a failed attempt's files failed"),
+        Err(e) => warn!(error = %e, "freeing a failed attempt's files failed"),
+    }
+}
+
+/// Removes a file, link or directory tree (links not followed).
+fn remove_entry(path: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 fn available_bytes(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

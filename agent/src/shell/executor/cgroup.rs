@@ -11,6 +11,8 @@
 //! steps into the attempt's cgroup for the spawn and back out: the task is
 //! born inside. Under v2 the task is moved in right after the spawn: what
 //! it forks before that (within microseconds of starting) stays outside.
+//! An attempt's cgroup, emptied at its end, is kept for the next attempt:
+//! creating and removing one per task would cost more than moving in.
 //! An agent that cannot create cgroups (not root, read-only `/sys/fs/cgroup`
 //! in a container) falls back to the process group alone. A restarted
 //! agent kills what an earlier life left in its cgroups.
@@ -18,6 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -35,13 +38,34 @@ pub struct CgroupRoot {
     v1_home: Option<PathBuf>,
     /// Names attempt cgroups.
     next: AtomicU64,
+    /// Empty cgroups, ready for the next attempt.
+    free: Free,
 }
 
-/// One attempt's cgroup; removed (after its members are killed) by [`AttemptCgroup::kill_all`].
+type Free = Arc<Mutex<Vec<PathBuf>>>;
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        // Only the empty ones: a busy one is cleared by the next agent start.
+        for dir in lock(&self.free).drain(..) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn lock(free: &Free) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    // A plain list pushed to and popped from: a poisoned one is consistent.
+    free.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One attempt's cgroup; emptied (its members killed) and given back by
+/// [`AttemptCgroup::kill_all`].
 #[derive(Debug)]
 pub struct AttemptCgroup {
     dir: PathBuf,
     v1_home: Option<PathBuf>,
+    /// Where it goes back to once empty; `None`: removed instead.
+    free: Option<Free>,
 }
 
 impl CgroupRoot {
@@ -64,6 +88,7 @@ impl CgroupRoot {
                 dir,
                 v1_home: v1.then_some(base),
                 next: AtomicU64::new(0),
+                free: Free::default(),
             };
             root.clear_leftovers();
             info!(dir = %root.dir.display(), "process attempts run in cgroups of their own");
@@ -73,8 +98,16 @@ impl CgroupRoot {
         None
     }
 
-    /// A new cgroup for an attempt.
+    /// An empty cgroup for an attempt: a free one, or a new one.
     pub fn create(&self) -> io::Result<AttemptCgroup> {
+        let free = Some(Arc::clone(&self.free));
+        if let Some(dir) = lock(&self.free).pop() {
+            return Ok(AttemptCgroup {
+                dir,
+                v1_home: self.v1_home.clone(),
+                free,
+            });
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         // The agent's pid first: agents with one id may share a machine
         // (tests) and each clears only what a dead one left.
@@ -88,6 +121,7 @@ impl CgroupRoot {
         Ok(AttemptCgroup {
             dir,
             v1_home: self.v1_home.clone(),
+            free,
         })
     }
 
@@ -108,6 +142,7 @@ impl CgroupRoot {
                 let left = AttemptCgroup {
                     dir: entry.path(),
                     v1_home: None,
+                    free: None,
                 };
                 let killed = left.kill_members();
                 if killed > 0 {
@@ -179,34 +214,42 @@ impl AttemptCgroup {
     }
 
     /// SIGKILLs every member until none is left (or `GONE_WAIT` passed),
-    /// then removes the cgroup. Returns how many processes were killed.
+    /// then gives the cgroup back for the next attempt. Returns how many
+    /// processes it found (a well-behaved task leaves none: one read).
     pub async fn kill_all(self) -> usize {
         let deadline = tokio::time::Instant::now() + GONE_WAIT;
-        let mut killed = 0;
+        let mut found = 0;
         loop {
             let n = self.kill_members();
-            killed += n;
-            // Removing fails while a member lives.
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return killed;
+            if n == 0 {
+                match &self.free {
+                    Some(free) => lock(free).push(self.dir),
+                    None => {
+                        let _ = std::fs::remove_dir(&self.dir);
+                    }
+                }
+                return found;
             }
+            found = found.max(n);
             if tokio::time::Instant::now() >= deadline {
+                // Not reused; cleared by the next agent start.
                 warn!(cgroup = %self.dir.display(), "processes left in the attempt's cgroup after SIGKILL");
-                return killed;
+                return found;
             }
             tokio::time::sleep(GONE_POLL).await;
         }
     }
 
     /// Without waiting (an attempt dropped mid-run): SIGKILLs the members
-    /// and tries to remove the cgroup; one left behind is cleared by the
-    /// next agent start.
+    /// and tries to remove the cgroup (not reused: they may not be gone);
+    /// one left behind is cleared by the next agent start.
     pub fn kill_now(self) {
         self.kill_members();
         let _ = std::fs::remove_dir(&self.dir);
     }
 
-    /// SIGKILLs the members listed now; returns how many.
+    /// SIGKILLs the members listed now (the agent itself never); returns
+    /// how many were listed.
     fn kill_members(&self) -> usize {
         let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) else {
             return 0;
@@ -219,9 +262,9 @@ impl AttemptCgroup {
         for pid in pids.filter(|&pid| pid != agent) {
             // SAFETY: kill takes plain integers and touches no memory of ours.
             // A member cannot be a recycled pid: it is still listed, so alive.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                n += 1;
-            }
+            // One exiting right now fails with ESRCH: it is gone at the next look.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            n += 1;
         }
         n
     }
