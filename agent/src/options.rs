@@ -152,6 +152,17 @@ pub struct AgentOptions {
     /// one fails the attempt [default: no limit].
     #[arg(long, value_name = "BYTES", env = "DROVER_MAX_OUTPUT_BYTES", value_parser = parse_memory)]
     pub max_output_bytes: Option<u64>,
+
+    /// Run each process task in a cgroup of its own (where the agent may
+    /// create one), so daemons that leave its process group die with the
+    /// attempt; `false` saves the agent two cgroup writes and a read per task.
+    #[arg(
+        long,
+        env = "DROVER_TASK_CGROUPS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub task_cgroups: bool,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -175,6 +186,8 @@ pub struct AgentConfig {
     pub capacity: CapacityConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub limits: TaskLimits,
+    /// Process attempts get cgroups (`--task-cgroups`).
+    pub task_cgroups: bool,
 }
 
 impl AgentOptions {
@@ -206,6 +219,7 @@ impl AgentOptions {
             metrics_listen: None,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             max_output_bytes: None,
+            task_cgroups: true,
         }
     }
 
@@ -286,6 +300,7 @@ impl AgentOptions {
                 log: LogCap::new(self.max_log_bytes),
                 max_output_bytes: self.max_output_bytes,
             },
+            task_cgroups: self.task_cgroups,
         })
     }
 }
@@ -352,6 +367,9 @@ mod tests {
         let cfg = Cli::try_parse_from(limited)?.opts.validate()?;
         assert_eq!(cfg.limits.log.max_bytes(), 1 << 20);
         assert_eq!(cfg.limits.max_output_bytes, Some(10 << 30));
+        assert!(cfg.task_cgroups, "on unless turned off");
+        let off = args.into_iter().chain(["--task-cgroups", "false"]);
+        assert!(!Cli::try_parse_from(off)?.opts.validate()?.task_cgroups);
         Ok(())
     }
 

@@ -212,9 +212,10 @@ while [ ! -s {pid} ]; do sleep 0.01; done
 }
 
 /// Runs a task that starts a daemon then does `then`, cancelling it when
-/// `cancel`; the daemon must be gone once the attempt is reported.
-async fn the_daemon_dies_with_the_attempt(then: &str, cancel: bool) -> Result<()> {
-    let h = Harness::start().await?;
+/// `cancel`; with `cgroups` the daemon must be gone once the attempt is
+/// reported, without them it is out of the agent's reach (and killed here).
+async fn the_daemon_dies_with_the_attempt(then: &str, cancel: bool, cgroups: bool) -> Result<()> {
+    let h = Harness::start_with(|o| o.task_cgroups = cgroups).await?;
     let mut events = h.events().await?;
     let pid_file = h.scratch.join("daemon.pid");
     let a = attempt_ref("r1", "daemonize", 1);
@@ -233,21 +234,33 @@ async fn the_daemon_dies_with_the_attempt(then: &str, cancel: bool) -> Result<()
     };
     ensure!(ended_as_asked, "{fin:?}");
     // Killed before the attempt was reported (a zombie counts as gone).
-    assert!(
-        wait_gone(pid, Duration::from_millis(200)).await,
-        "daemon {pid} outlived its attempt"
-    );
+    let gone = wait_gone(pid, Duration::from_millis(200)).await;
+    if !cgroups {
+        // SAFETY: kill takes plain integers; `pid` is the test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(
+            !gone,
+            "without cgroups, what left the process group is out of reach"
+        );
+        return Ok(());
+    }
+    assert!(gone, "daemon {pid} outlived its attempt");
     Ok(())
 }
 
 #[tokio::test]
 async fn a_daemon_that_left_the_process_group_dies_when_the_attempt_ends() -> Result<()> {
-    the_daemon_dies_with_the_attempt("exit 0", false).await
+    the_daemon_dies_with_the_attempt("exit 0", false, true).await
+}
+
+#[tokio::test]
+async fn without_task_cgroups_only_the_process_group_is_killed() -> Result<()> {
+    the_daemon_dies_with_the_attempt("exit 0", false, false).await
 }
 
 #[tokio::test]
 async fn a_daemon_of_a_cancelled_task_dies_with_it() -> Result<()> {
-    the_daemon_dies_with_the_attempt("sleep 300", true).await
+    the_daemon_dies_with_the_attempt("sleep 300", true, true).await
 }
 
 #[tokio::test]

@@ -111,7 +111,7 @@ impl Service {
             None
         };
         let cgroups = match guardian {
-            Some(_) => {
+            Some(_) if cfg.task_cgroups => {
                 let id = cfg.id.clone();
                 tokio::task::spawn_blocking(move || CgroupRoot::open(&id))
                     .await
@@ -119,7 +119,7 @@ impl Service {
                     .flatten()
                     .map(Arc::new)
             }
-            None => None,
+            _ => None,
         };
         let store = drover_artifacts::open_with(&cfg.artifacts, &cfg.store).await?;
         let code = CodeCache::open(&cfg.work_dir, store.clone()).map_err(|source| {
