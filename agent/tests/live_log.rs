@@ -33,19 +33,32 @@ async fn read(
     Ok(LiveLogReply::decode(reply.payload)?)
 }
 
+/// Subscribes to the live log of task `task` of run `r1`, then runs
+/// `script` as its first attempt.
+async fn follow_and_run(
+    h: &Harness,
+    task: &str,
+    script: &str,
+) -> Result<(AttemptRef, async_nats::Subscriber)> {
+    let attempt = attempt_ref("r1", task, 1);
+    let live = h
+        .client
+        .subscribe(naming::logs_subject(PREFIX, "r1", task))
+        .await?;
+    let reply = h.assign(&assignment(&attempt, &sh(script))).await?;
+    if !reply.accepted {
+        bail!("refused: {}", reply.reason);
+    }
+    Ok((attempt, live))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_attempts_log_is_published_as_it_grows_and_read_back_on_request() -> Result<()> {
     let h = Harness::start().await?;
     let mut events = h.events().await?;
-    let attempt = attempt_ref("r1", "talk.v2", 1);
     // A dot in the task name: still one subject token.
-    let mut live = h
-        .client
-        .subscribe(naming::logs_subject(PREFIX, "r1", "talk.v2"))
-        .await?;
     let script = "echo one; sleep 0.6; echo two; sleep 0.6; printf three";
-    let reply = h.assign(&assignment(&attempt, &sh(script))).await?;
-    assert!(reply.accepted, "{}", reply.reason);
+    let (attempt, mut live) = follow_and_run(&h, "talk.v2", script).await?;
 
     // The first chunk comes while the task sleeps after `one`.
     let first = tokio::time::timeout(Duration::from_secs(5), live.next()).await?;
@@ -90,15 +103,9 @@ async fn a_capped_log_is_live_up_to_half_the_cap_which_the_stored_log_keeps_in_p
 {
     let h = Harness::start_with(|o| o.max_log_bytes = 16 << 10).await?;
     let mut events = h.events().await?;
-    let attempt = attempt_ref("r1", "chatty", 1);
-    let mut live = h
-        .client
-        .subscribe(naming::logs_subject(PREFIX, "r1", "chatty"))
-        .await?;
     // 40 KiB of numbered lines, then a pause to look at the live side.
     let script = "seq -w 1 5000 | sed 's/^/line /'; sleep 3; echo END";
-    let reply = h.assign(&assignment(&attempt, &sh(script))).await?;
-    assert!(reply.accepted, "{}", reply.reason);
+    let (attempt, mut live) = follow_and_run(&h, "chatty", script).await?;
 
     let half = 8 << 10;
     let mut published = Vec::new();
