@@ -1,35 +1,39 @@
 //! Property tests of the DAG state machine: random DAGs driven by random
 //! event sequences — duplicated, replayed out of order, for stale or
-//! future attempts — must keep its promises: a task succeeds at most
-//! once, nothing is made ready, evaluated or assigned before all its
-//! upstream tasks succeeded, and a finished run never changes.
+//! future attempts, cache hits — must keep its promises: a task succeeds
+//! at most once, nothing is made ready, evaluated or assigned before all
+//! its upstream tasks succeeded (and, for a `finally` task, every other
+//! task ended), and a finished run never changes.
 
 use proptest::prelude::*;
 
 use super::*;
 
 /// A random DAG: each task depends on some earlier ones; some retry, some
-/// have a `when:` condition.
+/// have a `when:` condition; the last few may be `finally` tasks, which
+/// depend only on each other.
 fn dag_defs() -> impl Strategy<Value = Vec<TaskDef>> {
-    (1usize..8).prop_flat_map(|n| {
-        let task = |i: usize| {
+    (1usize..8, 0usize..3).prop_flat_map(|(n, finally)| {
+        let task = move |i: usize| {
+            let is_finally = i >= n;
+            let first = if is_finally { n } else { 0 };
             (
                 prop::collection::vec(any::<bool>(), i),
                 0u32..3,
-                prop::bool::weighted(0.2),
+                prop::bool::weighted(if is_finally { 0.0 } else { 0.2 }),
             )
                 .prop_map(move |(picks, retry_limit, conditional)| TaskDef {
                     name: format!("t{i}"),
-                    deps: (0..i).filter(|&d| picks[d]).collect(),
+                    deps: (first..i).filter(|&d| picks[d]).collect(),
                     retry_limit,
                     backoff_ms: 500,
-                    finally: false,
+                    finally: is_finally,
                     conditional,
                     for_each: false,
                     item_condition: false,
                 })
         };
-        (0..n).map(task).collect::<Vec<_>>()
+        (0..n + finally).map(task).collect::<Vec<_>>()
     })
 }
 
@@ -71,8 +75,8 @@ fn input(dag: &RunDag, step: &Step, history: usize) -> Input {
     // Half the steps go to a task where they can change something.
     let task = match step.pick % 2 {
         0 => (0..n)
-            .find(|&i| match step.kind % 12 {
-                0 => dag.task(i).status == TaskStatus::Ready,
+            .find(|&i| match step.kind % 13 {
+                0 | 12 => dag.task(i).status == TaskStatus::Ready,
                 9..=11 => dag.defs()[i].conditional && dag.task(i).status == TaskStatus::Pending,
                 _ => live(dag.task(i)),
             })
@@ -90,14 +94,25 @@ fn input(dag: &RunDag, step: &Step, history: usize) -> Input {
         59 => Event::Cancel,
         56..=58 => return Input::Tick,
         50..=55 if history > 0 => return Input::Replay(usize::from(step.pick) % history),
-        k => match k % 12 {
+        k => match k % 13 {
             0 => Event::Assign {
                 task,
                 agent: "a1".into(),
                 gpus: vec![],
                 cache_key: None,
             },
-            1 | 2 | 8 => interrupted(k % 12, task, attempt),
+            1 | 2 | 8 => interrupted(k % 13, task, attempt),
+            12 => Event::Cached {
+                task,
+                key: "k".into(),
+                from: AttemptSource {
+                    run: "earlier".into(),
+                    task: dag.defs()[task].name.clone(),
+                    attempt: 1,
+                },
+                outputs: vec![],
+                image_digest: String::new(),
+            },
             3 | 4 => Event::Started { task, attempt },
             5 | 6 => succeed(task, attempt),
             7 => Event::Failed {
@@ -152,12 +167,19 @@ fn interrupted(kind: u8, task: usize, attempt: u32) -> Event {
     }
 }
 
-/// Every upstream task of `task` has succeeded.
+/// Every upstream task of `task` has succeeded, and for a `finally` task
+/// every other task has ended.
 fn upstream_done(dag: &RunDag, task: usize) -> bool {
+    let others_ended = || {
+        (0..dag.tasks().len())
+            .filter(|&i| !dag.defs()[i].finally)
+            .all(|i| dag.task(i).status.is_terminal())
+    };
     dag.defs()[task]
         .deps
         .iter()
         .all(|&d| dag.task(d).status == TaskStatus::Succeeded)
+        && (!dag.defs()[task].finally || others_ended())
 }
 
 fn check_effects(dag: &RunDag, fx: &[Effect]) -> Result<(), TestCaseError> {
