@@ -119,7 +119,15 @@ impl RunningProcess {
                 }
             },
         };
-        let (child, pid) = spawned.map_err(err)?;
+        let (child, pid) = match spawned {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    cgroup.kill_now();
+                }
+                return Err(err(e));
+            }
+        };
         let pgid =
             libc::pid_t::try_from(pid).map_err(|_| err(io::Error::other("pid out of range")))?;
         let process = RunningProcess {
@@ -190,7 +198,7 @@ impl RunningProcess {
     }
 
     /// After the leader exited: kills what is left in the attempt's cgroup
-    /// (daemons that left the process group) and removes the cgroup.
+    /// (daemons that left the process group) and gives the cgroup back.
     pub async fn kill_cgroup(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
             let killed = cgroup.kill_all().await;
