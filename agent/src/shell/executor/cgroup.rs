@@ -94,7 +94,14 @@ impl CgroupRoot {
             info!(dir = %root.dir.display(), "process attempts run in cgroups of their own");
             return Some(root);
         }
-        warn!("cannot create cgroups: a process task's daemons that leave its process group outlive the attempt");
+        let why = "cannot create cgroups: a process task's daemons that leave its process group outlive the attempt";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            warn!("{why}");
+        } else {
+            // Expected without root (`drover dev`, a user's agent).
+            info!("{why}");
+        }
         None
     }
 
