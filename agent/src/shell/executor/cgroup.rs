@@ -50,6 +50,8 @@ impl Drop for CgroupRoot {
         for dir in lock(&self.free).drain(..) {
             let _ = std::fs::remove_dir(dir);
         }
+        // Fails, harmlessly, while another agent with this id uses it.
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
