@@ -11,6 +11,7 @@ use drover_artifacts::{RetryPolicy, StoreOptions};
 use crate::core::capacity::{self, CapacityConfig, CapacityRequest};
 use crate::core::executor::{self, ExecutorKind};
 use crate::core::gpu::{DEFAULT_SIMULATED_GPU_MEMORY, DEFAULT_SIMULATED_GPU_MODEL};
+use crate::core::limits::{LogCap, TaskLimits, DEFAULT_MAX_LOG_BYTES};
 use crate::shell::executor::docker::{self, DockerConfig};
 use crate::shell::host;
 use crate::AgentError;
@@ -146,6 +147,33 @@ pub struct AgentOptions {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:7072) [default: off].
     #[arg(long, value_name = "ADDR", env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Most of a task's output stored as its log (e.g. 64Mi): beyond it the
+    /// first and last halves are kept, with a line saying what was dropped.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DROVER_MAX_LOG_BYTES",
+        default_value = "64Mi",
+        value_parser = parse_memory
+    )]
+    pub max_log_bytes: u64,
+
+    /// Largest declared output an attempt may upload (e.g. 10Gi): a larger
+    /// one fails the attempt [default: no limit].
+    #[arg(long, value_name = "BYTES", env = "DROVER_MAX_OUTPUT_BYTES", value_parser = parse_memory)]
+    pub max_output_bytes: Option<u64>,
+
+    /// Run each process task in a cgroup of its own (where the agent may
+    /// create one), so daemons that leave its process group die with the
+    /// attempt; `false` saves the agent two cgroup writes and a read per task.
+    #[arg(
+        long,
+        env = "DROVER_TASK_CGROUPS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub task_cgroups: bool,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -169,6 +197,9 @@ pub struct AgentConfig {
     pub docker: DockerConfig,
     pub capacity: CapacityConfig,
     pub metrics_listen: Option<SocketAddr>,
+    pub limits: TaskLimits,
+    /// Process attempts get cgroups (`--task-cgroups`).
+    pub task_cgroups: bool,
 }
 
 impl AgentOptions {
@@ -200,6 +231,9 @@ impl AgentOptions {
             simulate_gpu_model: DEFAULT_SIMULATED_GPU_MODEL.to_owned(),
             simulate_gpu_memory_bytes: DEFAULT_SIMULATED_GPU_MEMORY,
             metrics_listen: None,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_output_bytes: None,
+            task_cgroups: true,
         }
     }
 
@@ -280,6 +314,11 @@ impl AgentOptions {
             docker,
             capacity,
             metrics_listen: self.metrics_listen,
+            limits: TaskLimits {
+                log: LogCap::new(self.max_log_bytes),
+                max_output_bytes: self.max_output_bytes,
+            },
+            task_cgroups: self.task_cgroups,
         })
     }
 }
@@ -332,6 +371,24 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         opts: AgentOptions,
+    }
+
+    #[test]
+    fn task_limits_default_to_a_64_mib_log_and_no_output_limit() -> TestResult {
+        let args = ["drover-agent", "--artifacts", "file:///tmp/a", "--id", "a1"];
+        let cfg = Cli::try_parse_from(args)?.opts.validate()?;
+        assert_eq!(cfg.limits, TaskLimits::default());
+        assert_eq!(cfg.limits.log.max_bytes(), 64 << 20);
+        let limited =
+            args.into_iter()
+                .chain(["--max-log-bytes", "1Mi", "--max-output-bytes", "10Gi"]);
+        let cfg = Cli::try_parse_from(limited)?.opts.validate()?;
+        assert_eq!(cfg.limits.log.max_bytes(), 1 << 20);
+        assert_eq!(cfg.limits.max_output_bytes, Some(10 << 30));
+        assert!(cfg.task_cgroups, "on unless turned off");
+        let off = args.into_iter().chain(["--task-cgroups", "false"]);
+        assert!(!Cli::try_parse_from(off)?.opts.validate()?.task_cgroups);
+        Ok(())
     }
 
     #[test]

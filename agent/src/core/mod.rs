@@ -8,6 +8,7 @@ pub mod capacity;
 pub mod container;
 pub mod executor;
 pub mod gpu;
+pub mod limits;
 pub mod outcome;
 pub mod table;
 

@@ -23,7 +23,7 @@ use crate::options::{AgentConfig, AgentOptions};
 use crate::shell::attempt::{self, AttemptContext};
 use crate::shell::code::{CodeCache, CODE_DIR};
 use crate::shell::events::{self, EventPublisher};
-use crate::shell::executor::{DockerExecutor, Guardian};
+use crate::shell::executor::{CgroupRoot, DockerExecutor, Guardian};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
 use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::AgentMetrics;
@@ -146,6 +146,17 @@ impl Service {
         } else {
             None
         };
+        let cgroups = match guardian {
+            Some(_) if cfg.task_cgroups => {
+                let id = cfg.id.clone();
+                tokio::task::spawn_blocking(move || CgroupRoot::open(&id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
         let store = drover_artifacts::open_with(&cfg.artifacts, &cfg.store).await?;
         let code = CodeCache::open(&cfg.work_dir, store.clone()).map_err(|source| {
             AgentError::WorkDir {
@@ -229,6 +240,8 @@ impl Service {
             docker,
             guardian,
             slots,
+            cgroups,
+            limits: cfg.limits,
             code,
             metrics,
         });

@@ -20,6 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::core::container::{self, container_spec, HostDirs, ImageAction};
 use crate::core::executor::task_env;
+use crate::core::limits::{output_too_large, TaskLimits};
 use crate::core::{
     decide_assign, AssignDecision, AttemptKey, AttemptPlan, ExecutorKind, Failure, InputFetch,
     InputSource, OutputUpload, StopCause, StoredObject, Termination,
@@ -28,9 +29,10 @@ use crate::shell::code::CodeCache;
 use crate::shell::events::{EventPublisher, StartNotice, STARTED_AFTER};
 use crate::shell::executor::docker::FoundContainer;
 use crate::shell::executor::{
-    DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
+    CgroupRoot, DockerExecutor, ExecError, Guardian, ProcessSpec, Running, RunningProcess,
 };
 use crate::shell::host::now_ms;
+use crate::shell::limits::{compact_log, disk_full_reason, free_attempt_space};
 use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::{AgentMetrics, TaskOutcome};
 use crate::shell::registry::{Registry, StopRequest, StopSignal};
@@ -69,6 +71,10 @@ pub struct AttemptContext {
     pub guardian: Option<Arc<Guardian>>,
     /// Process attempts' working directories; set with `guardian`.
     pub slots: Option<Arc<Slots>>,
+    /// Where process attempts get cgroups, if the agent can make them.
+    pub cgroups: Option<Arc<CgroupRoot>>,
+    /// `--max-log-bytes` and `--max-output-bytes`.
+    pub limits: TaskLimits,
     /// Code snapshots unpacked on this agent.
     pub code: CodeCache,
     pub metrics: AgentMetrics,
@@ -201,7 +207,9 @@ async fn run_attempt(
                     &log_path,
                     &mut stop,
                 );
-                ctx.live.during(&key, &log_path, to_end).await
+                ctx.live
+                    .during(&key, &log_path, ctx.limits.log, to_end)
+                    .await
             }
             Err(failure) => Outcome::Finished(Err(failure)),
         }
@@ -259,7 +267,9 @@ async fn adopt_attempt(
                 let execute = info_span!("execute", adopted = true);
                 let running = (running, execute);
                 let to_end = run_to_end(&ctx, &plan, running, timeout, &dir, &log_path, &mut stop);
-                ctx.live.during(&key, &log_path, to_end).await
+                ctx.live
+                    .during(&key, &log_path, ctx.limits.log, to_end)
+                    .await
             }
             Err(e) => {
                 ctx.metrics.executor_error(ExecutorKind::Docker);
@@ -360,8 +370,24 @@ async fn conclude(
             return;
         }
     };
+    let result = match result {
+        // A task that filled the work disk usually fails on its own
+        // writes, with its own words for it: the reason says so for it.
+        Err(mut failure) if !failure.cancelled => {
+            if let Some(full) = disk_full_reason(workdir.path()).await {
+                failure.reason = format!("{} ({full})", failure.reason);
+                let kept_dirs = [INPUTS_DIR, OUTPUTS_DIR, WORK_DIR];
+                free_attempt_space(workdir.path(), LOG_FILE, kept_dirs).await;
+            }
+            Err(failure)
+        }
+        other => other,
+    };
     if let Err(failure) = &result {
         note_in_log(log_path, &format!("attempt failed: {}", failure.reason)).await;
+    }
+    if let Err(e) = compact_log(log_path, ctx.limits.log).await {
+        warn!(run = %run, task = %task, attempt, error = %e, "capping the log failed");
     }
 
     // A successful attempt that wrote nothing stores no log object: for a
@@ -577,6 +603,7 @@ async fn start(
                 env,
                 log,
                 read_only: code.as_deref(),
+                cgroups: ctx.cgroups.as_deref(),
             };
             let process = RunningProcess::spawn(spec, guardian).map_err(|e| {
                 ctx.metrics.executor_error(ExecutorKind::Process);
@@ -742,6 +769,11 @@ async fn upload_outputs(
                 )))
             }
         };
+        if let Some(reason) =
+            output_too_large(&output.name, &shown, size, ctx.limits.max_output_bytes)
+        {
+            return Err(Failure::after_success(reason));
+        }
         let result = if output.result {
             Some(read_result(output, &path, size, &shown).await?)
         } else {

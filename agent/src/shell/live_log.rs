@@ -13,6 +13,11 @@
 //! running yet; its first chunk starts at offset 0, so a reader misses
 //! nothing.
 //! Nothing is retained: a chunk nobody subscribed to is dropped by NATS.
+//!
+//! Under `--max-log-bytes`, only the log's first half-cap (which the
+//! stored log keeps at the same offsets) is published and served live; a
+//! follower reads the rest from the stored log once the attempt ended.
+//! The cap itself is kept meanwhile (`shell::limits::watch_log`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,7 +35,9 @@ use prost::Message as _;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
+use crate::core::limits::LogCap;
 use crate::core::AttemptKey;
+use crate::shell::limits::watch_log;
 
 /// How often a running attempt's log is looked at: output reaches a
 /// follower at most this late, and a chatty task costs one publish per
@@ -46,7 +53,15 @@ const MAX_CHUNKS_PER_TICK: usize = 16;
 pub const MAX_REPLY_BYTES: u32 = 512 * 1024;
 
 /// The logs of this agent's running attempts, open for reading.
-type OpenLogs = Arc<Mutex<HashMap<AttemptKey, Arc<File>>>>;
+type OpenLogs = Arc<Mutex<HashMap<AttemptKey, LiveFile>>>;
+
+/// A running attempt's log, and how far of it is served live.
+#[derive(Clone)]
+struct LiveFile {
+    file: Arc<File>,
+    /// Bytes from the start that the stored log keeps where they are.
+    served: u64,
+}
 
 /// Publishes running attempts' logs and answers requests for them.
 #[derive(Clone)]
@@ -70,7 +85,7 @@ impl Drop for Registered {
     }
 }
 
-fn lock(open: &OpenLogs) -> MutexGuard<'_, HashMap<AttemptKey, Arc<File>>> {
+fn lock(open: &OpenLogs) -> MutexGuard<'_, HashMap<AttemptKey, LiveFile>> {
     // Only plain map operations run under the lock: a poisoned one is consistent.
     open.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -86,22 +101,35 @@ impl LiveLogs {
     }
 
     /// Runs `work` (the attempt's task, from started to gone) while
-    /// publishing what `log_path` gains, and answering requests for it.
-    pub async fn during<F: Future>(&self, key: &AttemptKey, log_path: &Path, work: F) -> F::Output {
+    /// publishing what `log_path` gains, answering requests for it, and
+    /// keeping it to `cap` on disk.
+    pub async fn during<F: Future>(
+        &self,
+        key: &AttemptKey,
+        log_path: &Path,
+        cap: LogCap,
+        work: F,
+    ) -> F::Output {
         tokio::pin!(work);
-        // Both polled: a publish waiting on NATS never holds up the
+        let beside = async {
+            tokio::join!(
+                self.tail(key, log_path, cap.head_bytes()),
+                watch_log(log_path, cap)
+            )
+        };
+        // All polled: a publish waiting on NATS never holds up the
         // attempt's supervision (its timeout, a cancel, its end).
         tokio::select! {
             biased;
             out = &mut work => out,
-            () = self.tail(key, log_path) => work.await,
+            _ = beside => work.await,
         }
     }
 
     /// From the first tick on, for as long as it is polled: keeps the log
     /// readable by requests and publishes what it gains every tick.
     /// Returns only when the log cannot be opened.
-    async fn tail(&self, key: &AttemptKey, log_path: &Path) {
+    async fn tail(&self, key: &AttemptKey, log_path: &Path, served: u64) {
         let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // A task that ends sooner costs no more than this timer.
@@ -116,7 +144,11 @@ impl LiveLogs {
                 return;
             }
         };
-        lock(&self.open).insert(key.clone(), Arc::clone(&file));
+        let live = LiveFile {
+            file: Arc::clone(&file),
+            served,
+        };
+        lock(&self.open).insert(key.clone(), live);
         let _registered = Registered {
             open: Arc::clone(&self.open),
             key: key.clone(),
@@ -124,16 +156,25 @@ impl LiveLogs {
         let subject = naming::logs_subject(&self.prefix, &self.agent_id, &key.run_id, &key.task);
         let mut published = 0;
         loop {
-            published = self.publish_new(key, &file, &subject, published).await;
+            published = self
+                .publish_new(key, &file, served, &subject, published)
+                .await;
             tick.tick().await;
         }
     }
 
-    /// Publishes the log from `offset` to its current end (at most
-    /// `MAX_CHUNKS_PER_TICK` chunks); returns the offset reached.
-    async fn publish_new(&self, key: &AttemptKey, file: &File, subject: &str, offset: u64) -> u64 {
+    /// Publishes the log from `offset` to its current end, or `served`
+    /// (at most `MAX_CHUNKS_PER_TICK` chunks); returns the offset reached.
+    async fn publish_new(
+        &self,
+        key: &AttemptKey,
+        file: &File,
+        served: u64,
+        subject: &str,
+        offset: u64,
+    ) -> u64 {
         // One fstat per tick; reads only when the task wrote something.
-        let Ok(len) = file.metadata().map(|m| m.len()) else {
+        let Ok(len) = file.metadata().map(|m| m.len().min(served)) else {
             return offset;
         };
         let mut offset = offset;
@@ -178,10 +219,12 @@ impl LiveLogs {
                 offset,
                 max_bytes,
             }) => {
-                let file = lock(&self.open).get(&AttemptKey::from(&attempt)).cloned();
-                match file {
-                    Some(file) => {
-                        let want = max_bytes.clamp(1, MAX_REPLY_BYTES) as usize;
+                let live = lock(&self.open).get(&AttemptKey::from(&attempt)).cloned();
+                match live {
+                    Some(LiveFile { file, served }) => {
+                        let left = served.saturating_sub(offset);
+                        let want =
+                            u64::from(max_bytes.clamp(1, MAX_REPLY_BYTES)).min(left) as usize;
                         let read =
                             tokio::task::spawn_blocking(move || read_at(&file, offset, want)).await;
                         match read {

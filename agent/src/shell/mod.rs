@@ -9,6 +9,7 @@ pub mod executor;
 pub mod gpu;
 pub mod heartbeat;
 pub mod host;
+pub mod limits;
 pub mod live_log;
 pub mod metrics;
 pub mod registry;

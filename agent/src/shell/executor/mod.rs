@@ -2,12 +2,14 @@
 //! machine — a process group ([`process`]) or a container ([`docker`]) —
 //! behind one small interface, [`Running`], that the attempt supervises.
 
+pub mod cgroup;
 pub mod docker;
 pub mod guardian;
 pub mod process;
 
 use std::time::Duration;
 
+pub use cgroup::CgroupRoot;
 pub use docker::{DockerError, DockerExecutor, RunningContainer};
 pub use guardian::Guardian;
 pub use process::{ProcessSpec, RunningProcess, SpawnError};
@@ -93,11 +95,12 @@ impl Running {
     /// Returns lines for the attempt's log.
     pub async fn finish(self) -> Vec<String> {
         match self {
-            Running::Process(p) => {
-                // Whatever the leader left behind in its group goes too,
-                // before the attempt is reported finished.
+            Running::Process(mut p) => {
+                // Whatever the leader left behind in its group or cgroup
+                // goes too, before the attempt is reported finished.
                 p.kill_group();
                 p.wait_group_gone().await;
+                p.kill_cgroup().await;
                 Vec::new()
             }
             Running::Container(c) => c.finish().await,

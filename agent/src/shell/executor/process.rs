@@ -1,6 +1,8 @@
 //! The `process` executor: the task's argv as a child process (no shell) in
 //! its own process group, so stopping it reaches everything it started,
-//! watched by the agent's [`Guardian`] so an agent crash does too.
+//! watched by the agent's [`Guardian`] so an agent crash does too; and,
+//! where the agent can make one, in a cgroup of its own, so what left the
+//! group (`setsid`, daemons) is killed when the attempt ends too.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -10,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use super::cgroup::{AttemptCgroup, CgroupRoot};
 use super::guardian::Guardian;
 use crate::core::Termination;
 
@@ -34,6 +37,8 @@ pub struct ProcessSpec<'a> {
     /// A directory (the code snapshot) to make read-only for the task, even
     /// for root, where the agent can: see [`read_only_mount`].
     pub read_only: Option<&'a Path>,
+    /// Where to make the attempt's cgroup, if the agent can.
+    pub cgroups: Option<&'a CgroupRoot>,
 }
 
 /// The task's command could not be started.
@@ -52,6 +57,8 @@ pub struct RunningProcess {
     pgid: libc::pid_t,
     program: String,
     guardian: Arc<Guardian>,
+    /// Holds every process the task starts; `None` without cgroups.
+    cgroup: Option<AttemptCgroup>,
 }
 
 impl RunningProcess {
@@ -87,12 +94,40 @@ impl RunningProcess {
         if let Some(dir) = spec.read_only {
             read_only_mount(&mut cmd, dir, spec.cwd).map_err(err)?;
         }
-        let child = cmd.spawn().map_err(err)?;
-        // `id()` is `Some` until the child has been reaped, and nothing has
-        // waited on it yet.
-        let pid = child
-            .id()
-            .ok_or_else(|| err(io::Error::other("process exited before it was seen")))?;
+        let mut spawn = || {
+            let child = cmd.spawn()?;
+            // `id()` is `Some` until the child has been reaped, and nothing
+            // has waited on it yet.
+            let pid = child
+                .id()
+                .ok_or_else(|| io::Error::other("process exited before it was seen"))?;
+            Ok((child, pid))
+        };
+        // Without its cgroup the task still runs, as without cgroups at all.
+        let (spawned, cgroup) = match spec.cgroups.map(CgroupRoot::create) {
+            None => (spawn(), None),
+            Some(Err(e)) => {
+                warn!(error = %e, "cannot make a cgroup for the task");
+                (spawn(), None)
+            }
+            Some(Ok(cgroup)) => match cgroup.spawn_inside(spawn) {
+                (spawned, Ok(())) => (spawned, Some(cgroup)),
+                (spawned, Err(e)) => {
+                    warn!(error = %e, "cannot put the task in its cgroup");
+                    cgroup.kill_now();
+                    (spawned, None)
+                }
+            },
+        };
+        let (child, pid) = match spawned {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    cgroup.kill_now();
+                }
+                return Err(err(e));
+            }
+        };
         let pgid =
             libc::pid_t::try_from(pid).map_err(|_| err(io::Error::other("pid out of range")))?;
         let process = RunningProcess {
@@ -100,6 +135,7 @@ impl RunningProcess {
             pgid,
             program: program.clone(),
             guardian: Arc::clone(guardian),
+            cgroup,
         };
         // On failure the group is killed as `process` drops.
         guardian.watch(pgid).map_err(err)?;
@@ -161,6 +197,20 @@ impl RunningProcess {
         }
     }
 
+    /// After the leader exited: kills what is left in the attempt's cgroup
+    /// (daemons that left the process group) and gives the cgroup back.
+    pub async fn kill_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let killed = cgroup.kill_all().await;
+            if killed > 0 {
+                debug!(
+                    pgid = self.pgid,
+                    killed, "killed processes left in the attempt's cgroup"
+                );
+            }
+        }
+    }
+
     /// Whether any process (a zombie not yet reaped included) is in the group.
     fn group_alive(&self) -> bool {
         // SAFETY: killpg takes plain integers and touches no memory of ours;
@@ -188,6 +238,9 @@ impl Drop for RunningProcess {
         // reaped (`id()` is `None`) the exit path has already cleaned up.
         if self.child.id().is_some() {
             self.kill_group();
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.kill_now();
         }
         // Every path has killed the group by now (`finish` after the leader
         // exited, or just above).

@@ -960,3 +960,4 @@ mod cached;
 mod condition;
 mod finally;
 mod for_each;
+mod properties;

@@ -11,6 +11,7 @@ mod cache;
 mod finally;
 mod for_each;
 mod matrix;
+mod properties;
 mod rejections;
 mod when;
 
