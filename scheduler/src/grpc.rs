@@ -385,6 +385,11 @@ impl Scheduler for Api {
             }
             loop {
                 match changes.recv().await {
+                    Ok(changed) if changed.is_empty() => {
+                        let gone = "not the leader any more; watch again at the leader";
+                        let _ = tx.send(Err(Status::unavailable(gone))).await;
+                        return;
+                    }
                     Ok(changed) if changed != id => continue,
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => {

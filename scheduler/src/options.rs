@@ -97,8 +97,8 @@ pub struct SchedulerOptions {
     #[arg(long, env = "DROVER_SCHEDULER_ID")]
     pub id: Option<String>,
     /// The address clients are sent to when this scheduler leads (a
-    /// standby answers with it) [default: http://LISTEN, the hostname when
-    /// --listen is 0.0.0.0 or ::].
+    /// standby answers with it) [default: http(s)://LISTEN, the hostname
+    /// when --listen is 0.0.0.0 or ::].
     #[arg(long, env = "DROVER_ADVERTISE")]
     pub advertise: Option<String>,
     /// The leader's lease in etcd: a leader that dies is replaced within
@@ -319,6 +319,40 @@ impl EtcdSecurityOptions {
 }
 
 impl SchedulerOptions {
+    /// The defaults of every other flag, for a scheduler embedded in
+    /// another program (`drover dev`, tests) on these servers.
+    pub fn embedded(
+        listen: SocketAddr,
+        etcd: &str,
+        nats: &str,
+        prefix: &str,
+        artifacts: String,
+    ) -> Self {
+        Self {
+            listen,
+            etcd: vec![etcd.to_owned()],
+            nats: nats.to_owned(),
+            prefix: prefix.to_owned(),
+            artifacts,
+            nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
+            agent_timeout: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(10),
+            preemption_grace: Duration::from_secs(10),
+            placement: Strategy::default(),
+            max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
+            max_code_bytes: DEFAULT_MAX_CODE_BYTES,
+            pass_depth: DEFAULT_PASS_DEPTH,
+            cache_ttl: DEFAULT_CACHE_TTL,
+            id: None,
+            advertise: None,
+            leader_lease: Duration::from_secs(3),
+            metrics_listen: None,
+            api_security: ApiSecurityOptions::default(),
+            nats_security: NatsSecurityOptions::default(),
+            etcd_security: EtcdSecurityOptions::default(),
+        }
+    }
+
     /// `--id`, or this machine's hostname and the process id.
     pub fn scheduler_id(&self) -> String {
         self.id.clone().unwrap_or_else(|| {
@@ -334,13 +368,17 @@ impl SchedulerOptions {
         if let Some(a) = &self.advertise {
             return a.clone();
         }
+        let scheme = match self.api_security.tls_cert {
+            Some(_) => "https",
+            None => "http",
+        };
         if listen.ip().is_unspecified() {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "localhost".into());
-            format!("http://{host}:{}", listen.port())
+            format!("{scheme}://{host}:{}", listen.port())
         } else {
-            format!("http://{listen}")
+            format!("{scheme}://{listen}")
         }
     }
 

@@ -174,6 +174,9 @@ impl Engine {
         while let Ok(cmd) = self.commands.try_recv() {
             let _ = cmd.reply.send(gone());
         }
+        // An empty run id: every run's state is gone from here, so watchers
+        // end and go to the new leader.
+        let _ = self.changed.send(String::new());
     }
 
     /// Leads until `shutdown` resolves; Err(NotLeader) as soon as

@@ -4,13 +4,16 @@
 //! `--token-file`) and the current span's `traceparent` to each call.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
 
 use drover_api::pb::agents_client::AgentsClient;
+use drover_api::pb::cluster_client::ClusterClient;
 use drover_api::pb::queues_client::QueuesClient;
 use drover_api::pb::scheduler_client::SchedulerClient;
 use drover_api::pb::tokens_client::TokensClient;
@@ -18,7 +21,8 @@ use drover_api::pb::tokens_client::TokensClient;
 /// The global flags that say where the scheduler is and how to reach it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Scheduler gRPC address (`https://…` for TLS).
+    /// Scheduler gRPC address (`https://…` for TLS); several, comma-separated,
+    /// for standby schedulers: commands go to whichever leads.
     #[arg(
         long,
         env = "DROVER_SERVER",
@@ -90,12 +94,12 @@ fn bearer(args: &ConnectArgs) -> Result<Option<MetadataValue<Ascii>>> {
         .map_err(|_| anyhow!("{from}: not a token (unexpected characters)"))
 }
 
-fn tls(args: &ConnectArgs) -> Result<Option<ClientTlsConfig>> {
-    let https = args.server.starts_with("https://");
+fn tls(args: &ConnectArgs, server: &str) -> Result<Option<ClientTlsConfig>> {
+    let https = server.starts_with("https://");
     if !https {
         for (flag, given) in [("--ca", args.ca.is_some()), ("--cert", args.cert.is_some())] {
             if given {
-                bail!("{flag} needs an https:// --server (got `{}`)", args.server);
+                bail!("{flag} needs an https:// --server (got `{server}`)");
             }
         }
         return Ok(None);
@@ -119,11 +123,22 @@ fn tls(args: &ConnectArgs) -> Result<Option<ClientTlsConfig>> {
     Ok(Some(config))
 }
 
-async fn channel(args: &ConnectArgs) -> Result<Channel> {
-    let server = &args.server;
+/// How long a command waits for a leader while schedulers answer but none
+/// leads (a failover: a leader's lease is 3 s by default).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+fn servers(args: &ConnectArgs) -> Vec<&str> {
+    args.server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+async fn connect_to(args: &ConnectArgs, server: &str) -> Result<Channel> {
     let mut endpoint =
-        Channel::from_shared(server.clone()).map_err(|e| anyhow!("--server `{server}`: {e}"))?;
-    if let Some(tls) = tls(args)? {
+        Channel::from_shared(server.to_owned()).map_err(|e| anyhow!("--server `{server}`: {e}"))?;
+    if let Some(tls) = tls(args, server)? {
         endpoint = endpoint
             .tls_config(tls)
             .with_context(|| format!("TLS settings for {server}"))?;
@@ -133,12 +148,109 @@ async fn channel(args: &ConnectArgs) -> Result<Channel> {
     })
 }
 
+/// A channel to the first of `--server`'s schedulers that answers, leader
+/// or not (`drover status`).
+pub async fn any(args: &ConnectArgs) -> Result<Channel> {
+    let mut last = None;
+    for server in servers(args) {
+        match connect_to(args, server).await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("--server: no address given")))
+}
+
+/// What one scheduler says about leadership.
+enum Lead {
+    /// It leads: use it.
+    Here(Channel),
+    /// A standby; the leader is there (None: none is elected yet).
+    There(Option<String>),
+    /// The scheduler refused to say (no or a bad token): waiting won't help.
+    Refused(tonic::Status),
+}
+
+async fn lead(channel: Channel, auth: &Auth) -> Lead {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "drover.v1.Scheduler".into(),
+    };
+    match health.check(request).await {
+        Ok(r) if r.get_ref().status() == ServingStatus::NotServing => {}
+        // Serving, or a scheduler that does not say: calls will tell.
+        _ => return Lead::Here(channel),
+    }
+    let mut cluster = ClusterClient::with_interceptor(channel, auth.clone());
+    let status = cluster
+        .get_cluster_status(drover_api::pb::GetClusterStatusRequest {})
+        .await;
+    let status = match status {
+        Err(e) if matches!(e.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+            return Lead::Refused(e);
+        }
+        other => other,
+    };
+    let leader = status.ok().and_then(|s| {
+        let s = s.into_inner();
+        s.schedulers
+            .into_iter()
+            .find(|m| m.id == s.leader_id)
+            .map(|m| m.address)
+    });
+    Lead::There(leader)
+}
+
+/// A channel to the leader among `--server`'s schedulers (or the one it
+/// names), waiting while a failover is under way. A lone unreachable
+/// server fails at once.
+async fn channel(args: &ConnectArgs, auth: &Auth) -> Result<Channel> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        let mut last = None;
+        let mut answered = false;
+        for server in servers(args) {
+            let channel = match connect_to(args, server).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            answered = true;
+            match lead(channel, auth).await {
+                Lead::Here(channel) => return Ok(channel),
+                Lead::There(Some(leader)) if leader != server => {
+                    if let Ok(channel) = connect_to(args, &leader).await {
+                        if let Lead::Here(channel) = lead(channel, auth).await {
+                            return Ok(channel);
+                        }
+                    }
+                }
+                Lead::There(_) => {}
+                Lead::Refused(status) => return Err(status.into()),
+            }
+        }
+        if !answered {
+            return Err(last.unwrap_or_else(|| anyhow!("--server: no address given")));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no scheduler at {} leads after {LEADER_WAIT:?} (a failover under way, or etcd unreachable?)",
+                args.server
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The channel with its token and trace interceptor, for any client.
 pub async fn service(args: &ConnectArgs) -> Result<(Channel, Auth)> {
     let auth = Auth {
         bearer: bearer(args)?,
     };
-    Ok((channel(args).await?, auth))
+    Ok((channel(args, &auth).await?, auth))
 }
 
 pub async fn scheduler(args: &ConnectArgs) -> Result<Client> {
@@ -155,6 +267,14 @@ pub async fn agents(args: &ConnectArgs) -> Result<AgentsClient<Svc>> {
 pub async fn queues(args: &ConnectArgs) -> Result<QueuesClient<Svc>> {
     let (channel, auth) = service(args).await?;
     Ok(QueuesClient::with_interceptor(channel, auth))
+}
+
+/// A Cluster client on any answering scheduler (`drover status`).
+pub async fn cluster(args: &ConnectArgs) -> Result<ClusterClient<Svc>> {
+    let auth = Auth {
+        bearer: bearer(args)?,
+    };
+    Ok(ClusterClient::with_interceptor(any(args).await?, auth))
 }
 
 pub async fn tokens(args: &ConnectArgs) -> Result<TokensClient<Svc>> {

@@ -42,9 +42,17 @@ pub struct DevArgs {
     #[arg(long, env = "DROVER_MAX_CODE_BYTES", default_value_t = drover_scheduler::options::DEFAULT_MAX_CODE_BYTES, value_parser = drover_api::spec::parse_memory)]
     max_code_bytes: u64,
     /// Everything on, as on a real network: TLS with a CA made under the
-    /// data dir, etcd authentication (see README, "Running on a real network").
+    /// data dir for etcd, NATS and the API; etcd authentication; one NATS
+    /// identity per component with subject permissions; API tokens (an
+    /// admin token written under the data dir). See README, "Running on a
+    /// real network".
     #[arg(long, env = "DROVER_DEV_SECURE")]
     secure: bool,
+    /// How many schedulers: one leads, the others stand by and take over
+    /// when it stops (try `drover status`, then Ctrl-Z one... see README,
+    /// "Standby schedulers").
+    #[arg(long, env = "DROVER_DEV_SCHEDULERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    schedulers: u8,
 }
 
 /// `--metrics` addresses: the targets of ops/prometheus/prometheus.yml.
@@ -56,29 +64,42 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)?;
     let prefix = "/drover";
-    let secure = if args.secure {
-        Some(crate::dev_secure::Secure::prepare(&dir)?)
-    } else {
-        None
+    let nats_prefix = drover_api::naming::DEFAULT_NATS_PREFIX;
+    // The agent's id is needed before NATS starts: its identity is enrolled.
+    let artifacts = format!("file://{}", dir.join("artifacts").display());
+    let mut agent_opts = drover_agent::AgentOptions::new(String::new(), artifacts.clone());
+    agent_opts.id = args.agent_id.clone();
+    let agent_id = agent_opts.validate()?.id;
+    let secure = match args.secure {
+        true => Some(crate::dev_secure::Secure::prepare(&dir)?),
+        false => None,
     };
     let (etcd, etcd_security) = match &secure {
         Some(secure) => {
             let (etcd, user) = secure.etcd(&dir.join("etcd"), prefix).await?;
-            (etcd, secure.etcd_options(&user))
+            let options = secure.etcd_options(&user);
+            (etcd, options)
         }
         None => (
             Server::etcd(Some(&dir.join("etcd"))).await?,
             Default::default(),
         ),
     };
-    let nats = Server::nats(Some(&dir.join("nats"))).await?;
-    let artifacts = format!("file://{}", dir.join("artifacts").display());
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let server = format!("http://{addr}");
+    let (nats, scheduler_nats, agent_nats) = match &secure {
+        Some(secure) => {
+            let etcd = (&etcd, &etcd_security);
+            secure
+                .nats(&dir.join("nats"), etcd, prefix, nats_prefix, &agent_id)
+                .await?
+        }
+        None => (
+            Server::nats(Some(&dir.join("nats"))).await?,
+            Default::default(),
+            Default::default(),
+        ),
+    };
+    let api_security = secure.as_ref().map(|s| s.api_options()).unwrap_or_default();
+    let scheme = if secure.is_some() { "https" } else { "http" };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -91,47 +112,60 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     let scheduler_metrics = metrics_addr(SCHEDULER_METRICS)?;
     let agent_metrics = metrics_addr(AGENT_METRICS)?;
-    let scheduler_opts = drover_scheduler::SchedulerOptions {
-        listen: addr,
-        etcd: vec![etcd.url.clone()],
-        nats: nats.url.clone(),
-        prefix: prefix.into(),
-        artifacts: artifacts.clone(),
-        nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
-        agent_timeout: Duration::from_secs(10),
-        cancel_grace: Duration::from_secs(10),
-        preemption_grace: Duration::from_secs(10),
-        placement: Default::default(),
-        max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
-        max_code_bytes: args.max_code_bytes,
-        pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
-        cache_ttl: drover_scheduler::options::DEFAULT_CACHE_TTL,
-        id: None,
-        advertise: None,
-        leader_lease: Duration::from_secs(3),
-        metrics_listen: scheduler_metrics,
-        api_security: Default::default(),
-        nats_security: Default::default(),
-        etcd_security,
-    };
-    let mut scheduler = tokio::spawn(drover_scheduler::serve(
-        scheduler_opts,
-        listener,
-        stopped(stop_rx.clone()),
-    ));
+    let mut servers = Vec::new();
+    let mut schedulers = Vec::new();
+    for n in 1..=args.schedulers {
+        // The first on --listen; the standbys on free ports beside it.
+        let listen = match n {
+            1 => args.listen,
+            _ => SocketAddr::new(args.listen.ip(), 0),
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        servers.push(format!("{scheme}://{addr}"));
+        let mut opts = drover_scheduler::SchedulerOptions::embedded(
+            addr,
+            &etcd.url,
+            &nats.url,
+            prefix,
+            artifacts.clone(),
+        );
+        opts.nats_prefix = nats_prefix.into();
+        opts.max_code_bytes = args.max_code_bytes;
+        opts.id = Some(format!("dev-{n}"));
+        opts.metrics_listen = scheduler_metrics.filter(|_| n == 1);
+        opts.api_security = api_security.clone();
+        opts.nats_security = scheduler_nats.clone();
+        opts.etcd_security = etcd_security.clone();
+        schedulers.push(tokio::spawn(drover_scheduler::serve(
+            opts,
+            listener,
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let server = servers.join(",");
 
-    let mut agent_opts = drover_agent::AgentOptions::new(nats.url.clone(), artifacts.clone());
+    agent_opts.nats = nats.url.clone();
+    agent_opts.artifacts = artifacts.clone();
+    agent_opts.id = Some(agent_id);
     agent_opts.work_dir = dir.join("work");
     // Process by default: a laptop may have no Docker engine set up for us.
     agent_opts.executors = args.executors;
     agent_opts.docker_network = "none".into();
     agent_opts.simulate_gpus = args.simulate_gpus;
-    agent_opts.id = args.agent_id;
     agent_opts.metrics_listen = agent_metrics;
+    agent_opts.nats_creds = agent_nats.nats_creds;
+    agent_opts.nats_ca = agent_nats.nats_ca;
     let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
 
     let env_file = dir.join("dev.env");
-    std::fs::write(&env_file, format!("DROVER_SERVER={server}\n"))?;
+    let mut env = format!("DROVER_SERVER={server}\n");
+    if let Some(secure) = &secure {
+        env.push_str(&secure.client_env());
+    }
+    std::fs::write(&env_file, &env)?;
     println!("Drover dev cluster is up (state in {}).", dir.display());
     println!("  etcd       {}", etcd.url);
     println!("  nats       {}", nats.url);
@@ -140,23 +174,34 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if let (Some(s), Some(a)) = (scheduler_metrics, agent_metrics) {
         println!("  metrics    http://{s}/metrics (scheduler), http://{a}/metrics (agent)");
     }
-    println!("Use it from another shell:\n  export DROVER_SERVER={server}");
+    if let Some(secure) = &secure {
+        println!(
+            "  secured    TLS (CA {}), API tokens (admin token in {}), etcd auth, NATS permissions",
+            secure.pki.ca().display(),
+            secure.admin_token().display()
+        );
+    }
+    println!("Use it from another shell:");
+    for line in env.lines() {
+        println!("  export {line}");
+    }
     println!(
         "(also written to {}). Ctrl-C stops everything.",
         env_file.display()
     );
 
+    let any_scheduler = futures::future::select_all(schedulers.iter_mut());
     let outcome: Result<()> = tokio::select! {
         _ = drover_telemetry::shutdown_signal() => Ok(()),
-        r = &mut scheduler => Err(anyhow::anyhow!("scheduler stopped: {}", joined(r))),
+        (r, _, _) = any_scheduler => Err(anyhow::anyhow!("scheduler stopped: {}", joined(r))),
         r = &mut agent => Err(anyhow::anyhow!("agent stopped: {}", joined(r))),
     };
     eprintln!("stopping the dev cluster...");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(15);
     let _ = tokio::time::timeout(grace, async {
-        if !scheduler.is_finished() {
-            let _ = (&mut scheduler).await;
+        for scheduler in schedulers.iter_mut().filter(|s| !s.is_finished()) {
+            let _ = scheduler.await;
         }
         if !agent.is_finished() {
             let _ = (&mut agent).await;

@@ -11,6 +11,7 @@ mod enroll;
 mod logs;
 mod output;
 mod queue;
+mod status;
 mod token;
 mod waterfall;
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget};
@@ -186,6 +187,12 @@ enum Command {
     /// API tokens: create (shown once), list, revoke (admin token needed).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The schedulers sharing one etcd prefix: which leads, and since when
+    /// (any of them answers, standbys too).
+    Status {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
     /// Start a local cluster: etcd, nats-server, the scheduler and one agent.
     Dev(dev::DevArgs),
     /// Print nats-server's `authorization` block for the scheduler and every
@@ -348,6 +355,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { output } => {
+            status::run(&mut connect::cluster(&conn).await?, output).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::NatsConfig => {
             enroll::nats_config(&mut connect::agents(&conn).await?).await?;
             Ok(ExitCode::SUCCESS)
@@ -424,7 +435,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .run_id;
             println!("{id}");
             if watch {
-                return follow(&mut client, id, Format::Table).await;
+                return follow(&conn, &mut client, id, Format::Table).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -534,7 +545,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Watch { run, output } => {
             let mut client = connect::scheduler(&conn).await?;
-            follow(&mut client, run, output).await
+            follow(&conn, &mut client, run, output).await
         }
         Command::Cancel { run } => {
             let mut client = connect::scheduler(&conn).await?;
@@ -552,7 +563,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?
                 .into_inner();
             if watch {
-                return follow(&mut client, r.id, Format::default()).await;
+                return follow(&conn, &mut client, r.id, Format::default()).await;
             }
             println!("{} {}", r.id, output::run_state(r.state()));
             Ok(ExitCode::SUCCESS)
@@ -593,11 +604,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Prints task changes until the run ends; the exit code says whether it succeeded.
-async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<ExitCode> {
-    let mut stream = client
-        .watch_run(pb::WatchRunRequest { run_id })
-        .await?
-        .into_inner();
+async fn watch(client: &mut Client, run_id: &str) -> Result<tonic::Streaming<pb::Run>> {
+    let request = pb::WatchRunRequest {
+        run_id: run_id.to_owned(),
+    };
+    Ok(client.watch_run(request).await?.into_inner())
+}
+
+/// How long `watch` keeps trying to reach a leader again after its stream
+/// broke (a failover) before it gives up.
+const REWATCH_FOR: Duration = Duration::from_secs(60);
+
+/// Prints task changes until the run ends; the exit code says whether it
+/// succeeded. A stream that breaks while the run goes on (its scheduler
+/// died or stepped down) is opened again at the leader.
+async fn follow(
+    conn: &connect::ConnectArgs,
+    client: &mut Client,
+    run_id: String,
+    format: Format,
+) -> Result<ExitCode> {
+    let mut stream = watch(client, &run_id).await?;
+    let mut broken_since: Option<std::time::Instant> = None;
     let mut last: Option<pb::Run> = None;
     // On a terminal: a live summary line, with lines only for what went
     // wrong; on a pipe, a line per change as before.
@@ -612,11 +640,8 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
     // The summary's elapsed time moves on between snapshots too.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let run = tokio::select! {
-            next = stream.next() => match next {
-                Some(run) => run?,
-                None => break,
-            },
+        let next = tokio::select! {
+            next = stream.next() => next,
             _ = refresh.tick(), if bar.is_some() => {
                 if let (Some(bar), Some(run)) = (&bar, &last) {
                     bar.set_message(progress::summary_line(run, now_ms()));
@@ -624,6 +649,34 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
                 continue;
             }
         };
+        let ongoing = last.as_ref().is_some_and(|r| !run_ended(r));
+        let run = match next {
+            Some(Ok(run)) => run,
+            None if !ongoing => break,
+            Some(Err(status)) if !ongoing || !broken_watch(&status) => return Err(status.into()),
+            // Broken, or closed while the run goes on: follow the leader.
+            broken => {
+                let since = *broken_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > REWATCH_FOR {
+                    let why = match broken {
+                        Some(Err(status)) => status.message().to_owned(),
+                        _ => "the stream ended".to_owned(),
+                    };
+                    bail!(
+                        "lost the watch of {run_id} and found no leader for {REWATCH_FOR:?}: {why}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(c) = connect::scheduler(conn).await {
+                    *client = c;
+                    if let Ok(s) = watch(client, &run_id).await {
+                        stream = s;
+                    }
+                }
+                continue;
+            }
+        };
+        broken_since = None;
         match (format, &bar) {
             (Format::Json, _) => println!("{}", output::run_json(&run)),
             (Format::Table, None) => {
@@ -660,6 +713,22 @@ async fn follow(client: &mut Client, run_id: String, format: Format) -> Result<E
         println!("{line}");
     }
     Ok(succeeded(&run))
+}
+
+fn run_ended(run: &pb::Run) -> bool {
+    !matches!(
+        run.state(),
+        pb::RunState::Running | pb::RunState::Cancelling
+    )
+}
+
+/// A watch error that a failover explains: the scheduler went away or
+/// stepped down (UNAVAILABLE), or the connection broke under the stream.
+fn broken_watch(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 #[cfg(test)]

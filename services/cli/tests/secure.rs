@@ -55,33 +55,17 @@ impl Secure {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let opts = drover_scheduler::SchedulerOptions {
-            listen: addr,
-            etcd: vec![etcd.url.clone()],
-            nats: nats.url.clone(),
-            prefix,
-            artifacts: format!("file://{}", dir.path().join("artifacts").display()),
-            nats_prefix: format!("cli{}", std::process::id()),
-            agent_timeout: Duration::from_secs(10),
-            cancel_grace: Duration::from_secs(2),
-            preemption_grace: Duration::from_secs(2),
-            placement: Default::default(),
-            max_spec_bytes: drover_scheduler::options::DEFAULT_MAX_SPEC_BYTES,
-            max_code_bytes: drover_scheduler::options::DEFAULT_MAX_CODE_BYTES,
-            pass_depth: drover_scheduler::options::DEFAULT_PASS_DEPTH,
-            cache_ttl: drover_scheduler::options::DEFAULT_CACHE_TTL,
-            id: None,
-            advertise: None,
-            leader_lease: Duration::from_secs(3),
-            metrics_listen: None,
-            api_security: ApiSecurityOptions {
-                tls_cert: Some(pki.server_cert()),
-                tls_key: Some(pki.server_key()),
-                auth: Some(AuthMode::Tokens),
-                ..Default::default()
-            },
-            nats_security: Default::default(),
-            etcd_security: Default::default(),
+        let artifacts = format!("file://{}", dir.path().join("artifacts").display());
+        let mut opts = drover_scheduler::SchedulerOptions::embedded(
+            addr, &etcd.url, &nats.url, &prefix, artifacts,
+        );
+        opts.nats_prefix = format!("cli{}", std::process::id());
+        opts.cancel_grace = Duration::from_secs(2);
+        opts.api_security = ApiSecurityOptions {
+            tls_cert: Some(pki.server_cert()),
+            tls_key: Some(pki.server_key()),
+            auth: Some(AuthMode::Tokens),
+            ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(async move {
