@@ -13,7 +13,13 @@ use drover_api::pb::scheduler_client::SchedulerClient;
 use drover_devcluster::{free_port, Server};
 use prost::Message as _;
 use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+use crate::secure::{self, Bearer, Security};
+
+/// A Scheduler client of the bench (with the token when secured).
+pub type Client = SchedulerClient<InterceptedService<Channel, Bearer>>;
 
 /// Where the binaries under test are.
 #[derive(Debug, Clone)]
@@ -51,6 +57,10 @@ pub struct Cluster {
     bins: Bins,
     /// Extra environment of the scheduler and real agents.
     env: Vec<(String, String)>,
+    /// The scheduler's flags but `--listen` and `--id`, and its environment.
+    scheduler_flags: (Vec<String>, Vec<(String, String)>),
+    /// Set on a cluster started secured ([`Cluster::start_with`]).
+    security: Option<Security>,
     /// Taken on drop and kept until [`remove_scenario_dirs`].
     tmp: Option<tempfile::TempDir>,
     /// `tmp`'s path.
@@ -116,18 +126,52 @@ impl Cluster {
     /// etcd, NATS and the scheduler, answering gRPC; no agents yet. `env`
     /// is added to the scheduler's and every real agent's environment.
     pub async fn start(bins: &Bins, env: &[(String, String)]) -> Result<Self> {
+        Self::start_with(bins, env, false).await
+    }
+
+    /// [`Cluster::start`], with everything secured when `secure` (see [`crate::secure`]).
+    pub async fn start_with(
+        bins: &Bins,
+        env_in: &[(String, String)],
+        secure: bool,
+    ) -> Result<Self> {
         let tmp = tempfile::Builder::new().prefix("drover-bench").tempdir()?;
-        let etcd = Server::etcd(Some(&tmp.path().join("etcd"))).await?;
-        let nats = Server::nats(Some(&tmp.path().join("nats"))).await?;
+        let security = match secure {
+            true => Some(Security::new(&tmp.path().join("secure"))?),
+            false => None,
+        };
+        let (etcd, nats) = match &security {
+            Some(s) => (
+                s.etcd(&tmp.path().join("etcd"), "/bench").await?,
+                s.nats(&tmp.path().join("nats"), "bench").await?,
+            ),
+            None => (
+                Server::etcd(Some(&tmp.path().join("etcd"))).await?,
+                Server::nats(Some(&tmp.path().join("nats"))).await?,
+            ),
+        };
         let listen = free_port()?;
-        let server = format!("http://127.0.0.1:{listen}");
+        let scheme = if secure { "https" } else { "http" };
+        let server = format!("{scheme}://127.0.0.1:{listen}");
+        let (secure_args, mut env) = match &security {
+            Some(s) => s.scheduler_args(),
+            None => (Vec::new(), Vec::new()),
+        };
+        env.extend(env_in.iter().cloned());
+        let mut flags = secure_args;
+        flags.extend(
+            ["--etcd", &etcd.url, "--nats", &nats.url]
+                .into_iter()
+                .chain(["--prefix", "/bench", "--nats-prefix", "bench"])
+                .map(str::to_owned),
+        );
+        flags.push("--artifacts".into());
+        flags.push(format!("file://{}", tmp.path().join("artifacts").display()));
         let mut cmd = Command::new(&bins.scheduler);
-        with_env(&mut cmd, env)
+        with_env(&mut cmd, &env)
+            .args(&flags)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .args(["--etcd", &etcd.url, "--nats", &nats.url])
-            .args(["--prefix", "/bench", "--nats-prefix", "bench"])
-            .arg("--artifacts")
-            .arg(format!("file://{}", tmp.path().join("artifacts").display()));
+            .args(["--id", "scheduler-1"]);
         let scheduler = spawn_logged(&mut cmd, &bins.scheduler, &tmp.path().join("scheduler.log"))?;
         let mut c = Self {
             etcd,
@@ -138,12 +182,14 @@ impl Cluster {
             scheduler,
             agents: Vec::new(),
             bins: bins.clone(),
-            env: env.to_vec(),
+            env: env_in.to_vec(),
+            scheduler_flags: (flags, env),
+            security,
             dir: tmp.path().to_owned(),
             tmp: Some(tmp),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while SchedulerClient::connect(c.server.clone()).await.is_err() {
+        while c.leads().await.is_err() {
             if let Some(status) = c.scheduler.try_wait()? {
                 bail!("scheduler exited with {status}:\n{}", c.scheduler_log());
             }
@@ -153,6 +199,24 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(c)
+    }
+
+    /// Starts another scheduler process on this cluster (a standby while
+    /// one leads) as `id`; the process and its address.
+    pub fn spawn_scheduler(&self, id: &str) -> Result<(Child, String)> {
+        let listen = free_port()?;
+        let (flags, env) = &self.scheduler_flags;
+        let mut cmd = Command::new(&self.bins.scheduler);
+        with_env(&mut cmd, env)
+            .args(flags)
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--id", id]);
+        let child = spawn_logged(
+            &mut cmd,
+            &self.bins.scheduler,
+            &self.dir.join(format!("{id}.log")),
+        )?;
+        Ok((child, format!("http://127.0.0.1:{listen}")))
     }
 
     pub fn scheduler_pid(&self) -> Result<u32> {
@@ -169,11 +233,16 @@ impl Cluster {
     }
 
     /// Starts a real agent: process executor, `cpus` CPUs offered.
-    pub fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
+    pub async fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
         let dir = self.dir.join("agents").join(id);
         std::fs::create_dir_all(&dir)?;
+        let secure_args = match &mut self.security {
+            Some(s) => s.add_agent(&self.nats, &self.nats_prefix, id).await?,
+            None => Vec::new(),
+        };
         let mut cmd = Command::new(&self.bins.agent);
         with_env(&mut cmd, &self.env)
+            .args(&secure_args)
             .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
             .arg("--artifacts")
             .arg(format!("file://{}", self.dir.join("artifacts").display()))
@@ -186,24 +255,67 @@ impl Cluster {
         Ok(())
     }
 
+    /// The last lines of every real agent's log.
+    fn agent_logs(&self) -> String {
+        let Ok(dirs) = std::fs::read_dir(self.dir.join("agents")) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for dir in dirs.flatten() {
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            out.push_str(&format!("{}:\n{tail}\n", dir.path().display()));
+        }
+        out
+    }
+
     /// The file:// artifact store's root.
     pub fn artifacts_dir(&self) -> PathBuf {
         self.dir.join("artifacts")
     }
 
-    pub async fn client(&self) -> Result<SchedulerClient<Channel>> {
-        Ok(SchedulerClient::connect(self.server.clone())
-            .await?
+    /// The channel to the API and what each call carries (a token when secured).
+    async fn api(&self) -> Result<(Channel, Bearer)> {
+        let channel = secure::channel(&self.server, self.security.as_ref()).await?;
+        let bearer = match &self.security {
+            Some(s) => s.bearer()?,
+            None => Bearer::default(),
+        };
+        Ok((channel, bearer))
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        let (channel, bearer) = self.api().await?;
+        Ok(SchedulerClient::with_interceptor(channel, bearer)
             // A large spec is the scheduler's to refuse, not the client's.
             .max_encoding_message_size(usize::MAX)
             .max_decoding_message_size(usize::MAX))
     }
 
+    /// Ok once the scheduler answers as the leader.
+    async fn leads(&self) -> Result<()> {
+        self.client()
+            .await?
+            .get_version(pb::GetVersionRequest {})
+            .await?;
+        Ok(())
+    }
+
+    /// A NATS connection allowed to read every subject.
+    pub async fn nats_observer(&self) -> Result<async_nats::Client> {
+        let options = match &self.security {
+            Some(s) => s.observer(&self.nats_prefix)?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        Ok(options.connect(self.nats.url.as_str()).await?)
+    }
+
     /// Waits until `n` agents are Ready in the scheduler's view.
     pub async fn wait_agents(&self, n: usize, timeout: Duration) -> Result<()> {
-        let channel = Channel::from_shared(self.server.clone())?.connect().await?;
-        let mut agents =
-            pb::agents_client::AgentsClient::new(channel).max_decoding_message_size(usize::MAX);
+        let (channel, bearer) = self.api().await?;
+        let mut agents = pb::agents_client::AgentsClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(usize::MAX);
         let deadline = Instant::now() + timeout;
         loop {
             let list = agents
@@ -219,7 +331,8 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{ready} of {n} agents ready after {timeout:?}");
+                let logs = self.agent_logs();
+                bail!("{ready} of {n} agents ready after {timeout:?}; agents' logs end:\n{logs}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -239,7 +352,11 @@ impl Cluster {
     }
 
     pub async fn etcd(&self) -> Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([&self.etcd.url], None).await?)
+        let options = match &self.security {
+            Some(s) => Some(s.etcd_options()?),
+            None => None,
+        };
+        Ok(etcd_client::Client::connect([&self.etcd.url], options).await?)
     }
 
     /// Polls etcd until the run is no longer active; its final state.

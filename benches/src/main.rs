@@ -31,6 +31,12 @@ enum Scenario {
     Fleet,
     /// Throughput with OTLP trace export off and on.
     Tracing,
+    /// Real throughput and hop latency with TLS, tokens, NATS permissions
+    /// and etcd auth on and off.
+    Security,
+    /// The leader killed (-9) mid-run, several times: until the next task
+    /// is assigned by the new leader.
+    Failover,
 }
 
 /// drover-bench: end-to-end latency and throughput of Drover, next to the
@@ -187,6 +193,7 @@ async fn main() -> Result<()> {
         sim_agents: cli.sim_agents,
         sim_cpus: cli.sim_cpus,
         env: Vec::new(),
+        secure: false,
     };
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimised code; use `cargo run --release`");
@@ -281,6 +288,21 @@ async fn main() -> Result<()> {
         show(outcomes.last().unwrap_or(&machine()));
     }
 
+    if wants(Scenario::Security) {
+        let real = pick(cli.real_tasks, 10_000, 1_000, q);
+        let hop = pick(cli.hop_tasks, 200, 50, q);
+        eprintln!(
+            "security overhead: real {real} tasks and hop {hop} tasks, secured and not, 2 rounds"
+        );
+        outcomes.push(scenarios::security_overhead(&settings, real, hop, 2).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Failover) {
+        let kills = if q { 2 } else { 5 };
+        eprintln!("failover: the leader of 3 schedulers killed {kills} times mid-run");
+        outcomes.push(drover_bench::failover::failover(&settings, kills).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
     if wants(Scenario::Tracing) {
         let sim = pick(cli.tracing_sim_tasks, 10_000, 2_000, q);
         let real = pick(cli.tracing_real_tasks, 2_000, 500, q);

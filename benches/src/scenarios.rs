@@ -37,6 +37,9 @@ pub struct Settings {
     pub sim_cpus: u32,
     /// Extra environment of the scheduler and real agents (trace export).
     pub env: Vec<(String, String)>,
+    /// Hop and real throughput on a secured cluster (TLS, tokens, NATS
+    /// permissions, etcd auth: [`crate::secure`]).
+    pub secure: bool,
 }
 
 impl Settings {
@@ -61,7 +64,11 @@ impl Settings {
 
 /// Runs `body`; an error becomes the outcome's failure, and each of the
 /// scenario's `targets` it did not get to is reported missed.
-async fn guarded<F>(mut o: Outcome, targets: &[(&str, &'static str, f64)], body: F) -> Outcome
+pub(crate) async fn guarded<F>(
+    mut o: Outcome,
+    targets: &[(&str, &'static str, f64)],
+    body: F,
+) -> Outcome
 where
     F: AsyncFnOnce(&mut Outcome) -> Result<()>,
 {
@@ -236,8 +243,8 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
         o,
         &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins, &s.env).await?;
-            c.add_agent("real-1", s.real_cpus)?;
+            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure).await?;
+            c.add_agent("real-1", s.real_cpus).await?;
             c.wait_agents(1, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
             let meter = CpuMeter::start(pid)?;
@@ -319,7 +326,7 @@ struct SuccessCounter {
 
 impl SuccessCounter {
     async fn start(c: &Cluster) -> Result<Self> {
-        let client = async_nats::connect(c.nats.url.as_str()).await?;
+        let client = c.nats_observer().await?;
         let mut sub = client
             .subscribe(naming::events_wildcard(&c.nats_prefix))
             .await?;
@@ -423,9 +430,9 @@ async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) 
         o,
         &[("real ÷ spawn rate", ">=", 0.7)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins, &s.env).await?;
+            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure).await?;
             for i in 0..s.real_agents {
-                c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
+                c.add_agent(&format!("real-{}", i + 1), s.real_cpus).await?;
             }
             c.wait_agents(s.real_agents, Duration::from_secs(30))
                 .await?;
@@ -950,6 +957,123 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
             }
             o.targets
                 .push(Target::at_least("throughput on ÷ off", ratio, 0.9));
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Real throughput and hop latency with everything secured (TLS on the
+/// API, etcd and NATS; tokens; NATS permissions; etcd auth) and without,
+/// alternating `rounds` times in the tracing overhead's order; the best of
+/// each side.
+pub async fn security_overhead(
+    s: &Settings,
+    tasks: usize,
+    hop_tasks: usize,
+    rounds: usize,
+) -> Outcome {
+    let mut o = Outcome::new("security-overhead", false);
+    o.param("tasks", tasks)
+        .param("hop_tasks", hop_tasks)
+        .param("rounds", rounds);
+    guarded(
+        o,
+        &[
+            ("throughput on ÷ off", ">=", 0.95),
+            ("hop p50 off ÷ on", ">=", 0.95),
+        ],
+        async |o: &mut Outcome| {
+            let (mut tps, mut hop_p50) = ([0.0f64; 2], [f64::MAX; 2]);
+            let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            // Where the CPU goes, per kind of process.
+            let mut by_process: std::collections::BTreeMap<(bool, String), Vec<f64>> =
+                std::collections::BTreeMap::new();
+            for round in 0..rounds {
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for on in order {
+                    let side = usize::from(on);
+                    let run = Settings {
+                        secure: on,
+                        ..s.clone()
+                    };
+                    let r = real_throughput(&run, tasks, None).await;
+                    if let Some(e) = r.error {
+                        bail!("real, secured {on}: {e}");
+                    }
+                    let t = r
+                        .metrics
+                        .get("tasks_per_s")
+                        .and_then(serde_json::Value::as_f64);
+                    tps[side] = tps[side].max(t.unwrap_or(0.0));
+                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, None) {
+                        cpu[side].push(ms);
+                    }
+                    let names = r.metrics.get("cpu_cores").and_then(|c| c.as_object());
+                    for name in names.into_iter().flat_map(|c| c.keys()) {
+                        if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, Some(name)) {
+                            by_process.entry((on, name.clone())).or_default().push(ms);
+                        }
+                    }
+                    let h = hop(&run, hop_tasks, None).await;
+                    if let Some(e) = h.error {
+                        bail!("hop, secured {on}: {e}");
+                    }
+                    let p50 = h
+                        .metrics
+                        .get("hop")
+                        .and_then(|v| v.get("p50_ms"))
+                        .and_then(serde_json::Value::as_f64);
+                    hop_p50[side] = hop_p50[side].min(p50.unwrap_or(f64::MAX));
+                }
+            }
+            let tput = tps[1] / tps[0];
+            let latency = hop_p50[0] / hop_p50[1];
+            o.metric("tasks_per_s_off", r3(tps[0]))
+                .metric("tasks_per_s_on", r3(tps[1]))
+                .metric("hop_p50_ms_off", r3(hop_p50[0]))
+                .metric("hop_p50_ms_on", r3(hop_p50[1]))
+                .metric("ratio_throughput_on_off", r3(tput))
+                .metric("ratio_hop_off_on", r3(latency));
+            o.summary = format!(
+                "real {} → {} tasks/s secured (on ÷ off = {}); hop p50 {} → {} ms (off ÷ on = {})",
+                fmt_num(tps[0]),
+                fmt_num(tps[1]),
+                fmt_num(tput),
+                fmt_num(hop_p50[0]),
+                fmt_num(hop_p50[1]),
+                fmt_num(latency)
+            );
+            for on in [false, true] {
+                let mut m = serde_json::Map::new();
+                for ((_, name), v) in by_process.iter_mut().filter(|((side, _), _)| *side == on) {
+                    m.insert(name.clone(), serde_json::json!(median(v).map(r3)));
+                }
+                let key = if on {
+                    "cpu_ms_per_task_by_process_on"
+                } else {
+                    "cpu_ms_per_task_by_process_off"
+                };
+                o.metric(key, m);
+            }
+            let [off, on] = &mut cpu;
+            if let (Some(off), Some(on)) = (median(off), median(on)) {
+                o.metric("cpu_ms_per_task_off", r3(off))
+                    .metric("cpu_ms_per_task_on", r3(on));
+                o.summary += &format!(
+                    "; CPU per task (median) off {} ms, on {} ms",
+                    fmt_num(off),
+                    fmt_num(on)
+                );
+            }
+            o.targets
+                .push(Target::at_least("throughput on ÷ off", tput, 0.95));
+            o.targets
+                .push(Target::at_least("hop p50 off ÷ on", latency, 0.95));
             Ok(())
         },
     )

@@ -48,6 +48,18 @@ pub fn independent(n: usize) -> String {
     y
 }
 
+/// `n` independent tasks each sleeping `seconds` (work that keeps flowing).
+pub fn sleepers(n: usize, seconds: &str) -> String {
+    let mut y = String::from("name: bench-sleepers\ntasks:\n");
+    for i in 0..n {
+        let _ = writeln!(
+            y,
+            "  - {{name: t{i:06}, command: [sleep, \"{seconds}\"], resources: {{cpu: 250m}}}}"
+        );
+    }
+    y
+}
+
 /// Layers of fan-out and fan-in, `about` tasks in all: blocks of one source
 /// task (after the previous block's join), `width` tasks fanned out from it,
 /// and one join task depending on all of them. Returns the YAML and the
