@@ -168,3 +168,99 @@ async fn submit_to_leader(members: &[Member], id: &str, spec: String) -> Result<
         .await?;
     Ok(r.into_inner().run_id)
 }
+
+/// What fencing costs etcd: transactions shaped like the scheduler's
+/// commits, with and without the leader's fence (one more compare on the
+/// election key, and its read on failure), alternating on one etcd. Small
+/// ones (3 keys, a hop's commit) by latency; full ones by keys per second.
+pub async fn fence_cost(rounds: usize) -> Outcome {
+    let mut o = Outcome::new("fence-cost", false);
+    o.param("rounds", rounds);
+    guarded(o, &[("fenced ÷ unfenced keys/s", ">=", 0.95)], async |o: &mut Outcome| {
+        let etcd_server = drover_devcluster::Server::etcd(None).await?;
+        let mut etcd = etcd_client::Client::connect([etcd_server.url.as_str()], None).await?;
+        let lease = etcd.lease_grant(30, None).await?.id();
+        let won = etcd.campaign("/fence/leader", "bench", lease).await?;
+        let leader = won.leader().context("no leader key")?;
+        let fence = (leader.key().to_vec(), leader.rev());
+        let mut next = 0usize;
+        let (mut small, mut rate) = ([Vec::new(), Vec::new()], [0.0f64; 2]);
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for fenced in order {
+                let side = usize::from(fenced);
+                let fence = fenced.then_some(&fence);
+                for _ in 0..200 {
+                    let t = Instant::now();
+                    commit(&mut etcd, &mut next, 3, fence).await?;
+                    small[side].push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                let keys_per_txn = if fenced { 127 } else { 128 };
+                let t = Instant::now();
+                let mut keys = 0;
+                while keys < 20_000 {
+                    commit(&mut etcd, &mut next, keys_per_txn, fence).await?;
+                    keys += keys_per_txn;
+                }
+                rate[side] = rate[side].max(keys as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let [off, on] = small.map(Summary::of_ms);
+        let ratio = rate[1] / rate[0];
+        o.metric("small_txn_unfenced", off)
+            .metric("small_txn_fenced", on)
+            .metric("keys_per_s_unfenced", r3(rate[0]))
+            .metric("keys_per_s_fenced", r3(rate[1]))
+            .metric("ratio_keys_per_s", r3(ratio));
+        o.summary = format!(
+            "3-key commit p50 {} → {} ms fenced; full commits {} → {} keys/s (fenced ÷ unfenced = {})",
+            fmt_num(off.p50_ms),
+            fmt_num(on.p50_ms),
+            fmt_num(rate[0]),
+            fmt_num(rate[1]),
+            fmt_num(ratio)
+        );
+        o.targets.push(Target::at_least("fenced ÷ unfenced keys/s", ratio, 0.95));
+        Ok(())
+    })
+    .await
+}
+
+/// One commit of `n` new keys, each compared absent, fenced when asked.
+async fn commit(
+    etcd: &mut etcd_client::Client,
+    next: &mut usize,
+    n: usize,
+    fence: Option<&(Vec<u8>, i64)>,
+) -> Result<()> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let keys: Vec<String> = (*next..*next + n)
+        .map(|i| format!("/fence/k/{i}"))
+        .collect();
+    *next += n;
+    let mut compares: Vec<Compare> = keys
+        .iter()
+        .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+        .collect();
+    let puts: Vec<TxnOp> = keys
+        .iter()
+        .map(|k| TxnOp::put(k.clone(), vec![b'x'; 200], None))
+        .collect();
+    let mut txn = Txn::new();
+    if let Some((key, rev)) = fence {
+        compares.push(Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            *rev,
+        ));
+        txn = txn
+            .when(compares)
+            .and_then(puts)
+            .or_else([TxnOp::get(key.clone(), None)]);
+    } else {
+        txn = txn.when(compares).and_then(puts);
+    }
+    let resp = etcd.txn(txn).await?;
+    anyhow::ensure!(resp.succeeded(), "a bench commit's compare failed");
+    Ok(())
+}

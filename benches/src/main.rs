@@ -37,6 +37,8 @@ enum Scenario {
     /// The leader killed (-9) mid-run, several times: until the next task
     /// is assigned by the new leader.
     Failover,
+    /// etcd commits with and without the leader's fence compare.
+    Fence,
 }
 
 /// drover-bench: end-to-end latency and throughput of Drover, next to the
@@ -301,6 +303,11 @@ async fn main() -> Result<()> {
         let kills = if q { 2 } else { 5 };
         eprintln!("failover: the leader of 3 schedulers killed {kills} times mid-run");
         outcomes.push(drover_bench::failover::failover(&settings, kills).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Fence) {
+        eprintln!("fence cost: etcd commits with and without the leader's fence, 4 rounds");
+        outcomes.push(drover_bench::failover::fence_cost(4).await);
         show(outcomes.last().unwrap_or(&machine()));
     }
     if wants(Scenario::Tracing) {
