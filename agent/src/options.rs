@@ -165,12 +165,14 @@ pub struct AgentOptions {
     pub max_output_bytes: Option<u64>,
 
     /// Run each process task in a cgroup of its own (where the agent may
-    /// create one), so daemons that leave its process group die with the
-    /// attempt; `false` saves the agent two cgroup writes and a read per task.
+    /// create one), so daemons that leave its process group (`setsid`) die
+    /// with the attempt. Off by default: moving each task into its cgroup
+    /// costs a short task about a fifth of the agent's throughput (see
+    /// README, "Runaway tasks").
     #[arg(
         long,
         env = "DROVER_TASK_CGROUPS",
-        default_value_t = true,
+        default_value_t = false,
         action = clap::ArgAction::Set
     )]
     pub task_cgroups: bool,
@@ -233,7 +235,7 @@ impl AgentOptions {
             metrics_listen: None,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             max_output_bytes: None,
-            task_cgroups: true,
+            task_cgroups: false,
         }
     }
 
@@ -385,9 +387,9 @@ mod tests {
         let cfg = Cli::try_parse_from(limited)?.opts.validate()?;
         assert_eq!(cfg.limits.log.max_bytes(), 1 << 20);
         assert_eq!(cfg.limits.max_output_bytes, Some(10 << 30));
-        assert!(cfg.task_cgroups, "on unless turned off");
-        let off = args.into_iter().chain(["--task-cgroups", "false"]);
-        assert!(!Cli::try_parse_from(off)?.opts.validate()?.task_cgroups);
+        assert!(!cfg.task_cgroups, "off unless turned on");
+        let on = args.into_iter().chain(["--task-cgroups", "true"]);
+        assert!(Cli::try_parse_from(on)?.opts.validate()?.task_cgroups);
         Ok(())
     }
 

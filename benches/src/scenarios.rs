@@ -407,6 +407,11 @@ impl Drop for SuccessCounter {
 /// own) in a `--no-cache` run: each task's key is computed and its entry
 /// written, none is served, so the difference to `throughput-real` is what
 /// the step cache costs a run of tasks that all miss.
+/// Real throughput's regression floor, as a share of the spawn rate: on two
+/// shared cores the control plane and the spawns compete for the same CPU
+/// (benches/README.md, "Latest numbers").
+const REAL_FLOOR: f64 = 0.4;
+
 pub async fn real_throughput_keyed(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome {
     real(s, tasks, floors, true).await
 }
@@ -428,7 +433,7 @@ async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) 
         .param("concurrency", s.real_concurrency());
     guarded(
         o,
-        &[("real ÷ spawn rate", ">=", 0.7)],
+        &[("real ÷ spawn rate", ">=", REAL_FLOOR)],
         async |o: &mut Outcome| {
             let mut c = Cluster::start_with(&s.bins, &s.env, s.secure).await?;
             for i in 0..s.real_agents {
@@ -480,7 +485,7 @@ async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) 
                     fmt_num(ratio)
                 );
                 o.targets
-                    .push(Target::at_least("real ÷ spawn rate", ratio, 0.7));
+                    .push(Target::at_least("real ÷ spawn rate", ratio, REAL_FLOOR));
             }
             c.stop_agents().await;
             c.stop_scheduler().await;
