@@ -21,6 +21,8 @@ pub type StopSignal = watch::Receiver<Option<StopRequest>>;
 #[derive(Debug)]
 struct Running {
     stop: watch::Sender<Option<StopRequest>>,
+    /// `on_agent_lost: wait`: self-fencing leaves it running.
+    keep_when_lost: bool,
 }
 
 /// Cheap-to-clone handle on this agent's attempts.
@@ -45,7 +47,15 @@ impl Registry {
     /// attempt is already known.
     pub fn start(&self, key: AttemptKey) -> Option<StopSignal> {
         let (tx, rx) = watch::channel(None);
-        self.table().start(key, Running { stop: tx }).then_some(rx)
+        self.table()
+            .start(
+                key,
+                Running {
+                    stop: tx,
+                    keep_when_lost: false,
+                },
+            )
+            .then_some(rx)
     }
 
     /// Asks a running attempt to stop; false when it is not running here.
@@ -66,10 +76,32 @@ impl Registry {
         true
     }
 
+    /// The attempt's task says `on_agent_lost: wait`: self-fencing leaves it running.
+    pub fn keep_when_lost(&self, key: &AttemptKey) {
+        if let Some(running) = self.table().running_mut(key) {
+            running.keep_when_lost = true;
+        }
+    }
+
     /// Asks every running attempt to stop; returns how many there were.
     pub fn request_stop_all(&self, request: &StopRequest) -> usize {
+        self.request_stop_where(request, |_| true)
+    }
+
+    /// Self-fencing: asks every running attempt to stop but those kept
+    /// when the agent is lost; returns how many were asked.
+    pub fn request_fence(&self, request: &StopRequest) -> usize {
+        self.request_stop_where(request, |r| !r.keep_when_lost)
+    }
+
+    fn request_stop_where(&self, request: &StopRequest, pick: impl Fn(&Running) -> bool) -> usize {
         let table = self.table();
+        let mut asked = 0;
         for (_, running) in table.running_handles() {
+            if !pick(running) {
+                continue;
+            }
+            asked += 1;
             running.stop.send_if_modified(|current| {
                 if current.is_none() {
                     *current = Some(request.clone());
@@ -79,7 +111,7 @@ impl Registry {
                 }
             });
         }
-        table.running_count()
+        asked
     }
 
     /// The attempt has reported its final event.
@@ -124,6 +156,22 @@ mod tests {
         };
         assert_eq!(reg.request_stop_all(&shutdown), 1);
         assert_eq!(rx.borrow().as_ref(), Some(&cancel));
+
+        let kept = AttemptKey {
+            task: "kept".into(),
+            ..key()
+        };
+        let kept_rx = reg.start(kept.clone()).ok_or("not started")?;
+        reg.keep_when_lost(&kept);
+        let fence = StopRequest {
+            cause: StopCause::Fenced {
+                silent: Duration::from_secs(3),
+            },
+            grace: Duration::ZERO,
+        };
+        assert_eq!(reg.request_fence(&fence), 1, "only the first attempt");
+        assert!(kept_rx.borrow().is_none(), "on_agent_lost: wait keeps running");
+        reg.finish(&kept);
 
         reg.finish(&key());
         assert!(!reg.request_stop(&key(), cancel), "finished: not found");

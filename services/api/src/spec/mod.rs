@@ -22,7 +22,15 @@
 //!     image: python:3.12-slim
 //!     pull_policy: IfNotPresent  # or Always, Never; needs an image
 //!     node_selector: {zone: eu}  # only agents with all these labels
+//!     on_agent_lost: wait        # or requeue (default): see below
+//!     lost_after: 30m            # with wait: how long (default 10m)
 //! ```
+//!
+//! `on_agent_lost` says what happens when the task's agent loses contact:
+//! `requeue` (default) — the agent stops the attempt before the scheduler's
+//! agent timeout and it runs again elsewhere; `wait` — the attempt keeps
+//! running there and the scheduler waits up to `lost_after` for the agent
+//! to come back before running it elsewhere.
 //!
 //! A task with `matrix:` (named lists of values) runs once per combination,
 //! each instance named `<task>[<k>=<v>,…]` and seeing its values as
