@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info};
 
@@ -32,6 +33,9 @@ use super::cache::StepCache;
 use super::handle::{Request, Response};
 use super::records::Versioned;
 use super::{spans, EngineOptions};
+
+/// `on_agent_lost: wait` without `lost_after`.
+const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(600);
 
 /// Names a request within the loop, so its answer finds its caller.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -273,6 +277,19 @@ impl ActiveRun {
                 (None, _) => {}
             }
         }
+    }
+
+    /// With `on_agent_lost: wait`, how long task `task` (or the task it is
+    /// an instance of) stays Running on a lost agent.
+    pub fn lost_after(&self, task: usize) -> Option<Duration> {
+        let spec = match self.spec.tasks.get(task) {
+            Some(t) => t,
+            None => self.spec.tasks.get(self.dag.instance_of(task)?.0)?,
+        };
+        (spec.on_agent_lost() == pb::OnAgentLost::Wait).then(|| match spec.lost_after_ms {
+            0 => DEFAULT_LOST_AFTER,
+            ms => Duration::from_millis(ms),
+        })
     }
 
     /// Task `task`'s spec: as submitted, or for a `for_each` instance its
