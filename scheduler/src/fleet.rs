@@ -740,7 +740,10 @@ mod tests {
         alloc(&mut f, 0, 1, false);
         alloc(&mut f, 1, 1, false);
         let wait = Duration::from_secs(60);
-        let mut kept = f.allocation("r1", TaskIndex(1)).ok_or("no allocation")?.clone();
+        let mut kept = f
+            .allocation("r1", TaskIndex(1))
+            .ok_or("no allocation")?
+            .clone();
         kept.lost_after = Some(wait);
         f.allocate(&RunId::new("r1"), TaskIndex(1), kept.clone());
         let timeout = Duration::from_secs(10);

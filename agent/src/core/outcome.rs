@@ -167,7 +167,12 @@ mod tests {
         })
         .failure()
         .ok_or("no failure")?;
-        assert!(f.reason.starts_with("the agent lost contact with NATS for 8s"), "{}", f.reason);
+        assert!(
+            f.reason
+                .starts_with("the agent lost contact with NATS for 8s"),
+            "{}",
+            f.reason
+        );
         assert!(f.agent_lost && !f.cancelled);
         assert!(f.into_event(String::new()).agent_lost);
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use drover_api::pb::{
-    AssignBatch, OnAgentLost, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply,
+    AssignBatch, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply, OnAgentLost,
 };
 use drover_api::{naming, nats_auth, nats_connect};
 use futures::StreamExt;
@@ -277,15 +277,17 @@ impl Service {
             kill_grace: self.cfg.kill_grace,
         };
         // Subscribed before the first heartbeat, so its ack is not missed.
-        let fencing = fence::subscribe(&self.client, &fence_cfg).await.map(|subs| {
-            tokio::spawn(fence::run(
-                self.client.clone(),
-                fence_cfg,
-                subs,
-                self.registry.clone(),
-                heartbeat_stop_rx.clone(),
-            ))
-        });
+        let fencing = fence::subscribe(&self.client, &fence_cfg)
+            .await
+            .map(|subs| {
+                tokio::spawn(fence::run(
+                    self.client.clone(),
+                    fence_cfg,
+                    subs,
+                    self.registry.clone(),
+                    heartbeat_stop_rx.clone(),
+                ))
+            });
         let heartbeat = tokio::spawn(heartbeat::run(
             self.client.clone(),
             HeartbeatConfig::new(

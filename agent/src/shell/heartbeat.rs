@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
-use drover_api::{naming, nats_auth};
 use drover_api::pb::{AttemptRef, Heartbeat};
+use drover_api::{naming, nats_auth};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;

@@ -170,7 +170,10 @@ mod tests {
             grace: Duration::ZERO,
         };
         assert_eq!(reg.request_fence(&fence), 1, "only the first attempt");
-        assert!(kept_rx.borrow().is_none(), "on_agent_lost: wait keeps running");
+        assert!(
+            kept_rx.borrow().is_none(),
+            "on_agent_lost: wait keeps running"
+        );
         reg.finish(&kept);
 
         reg.finish(&key());

@@ -298,7 +298,10 @@ fn on_agent_lost_and_lost_after() -> TestResult {
     let t = task(", on_agent_lost: requeue")?;
     assert_eq!(t.on_agent_lost(), pb::OnAgentLost::Requeue);
     let t = task(", on_agent_lost: wait")?;
-    assert_eq!((t.on_agent_lost(), t.lost_after_ms), (pb::OnAgentLost::Wait, 0));
+    assert_eq!(
+        (t.on_agent_lost(), t.lost_after_ms),
+        (pb::OnAgentLost::Wait, 0)
+    );
     let t = task(", on_agent_lost: wait, lost_after: 30m")?;
     assert_eq!(t.lost_after_ms, 30 * 60 * 1000);
     Ok(())
