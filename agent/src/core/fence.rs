@@ -12,6 +12,9 @@
 //! the timeout, and the last eighth covers the SIGKILL, the agent's check
 //! interval and scheduling delays.
 //!
+//! An `on_agent_lost: wait` attempt gets its `lost_after` on top of the
+//! limit, as the scheduler waits that long past its timeout.
+//!
 //! Pure: the shell feeds contacts and the time in, and stops what comes back.
 
 use std::time::{Duration, Instant};
@@ -28,10 +31,8 @@ pub struct Fence {
     /// The scheduler's agent timeout; None until a heartbeat ack said it
     /// (an agent that does not know it never fences).
     timeout: Option<Duration>,
-    /// When the latest heartbeat (or ping) that made a round trip was sent.
+    /// When the latest echo that made a round trip was sent.
     last_contact: Instant,
-    /// Fenced since the last contact: stop once, not at every check.
-    fenced: bool,
 }
 
 /// What to do now.
@@ -39,9 +40,15 @@ pub struct Fence {
 pub enum FenceDecision {
     /// Contact is recent enough (or the timeout unknown).
     Keep,
-    /// Stop the attempts (those that may be fenced) with this kill grace;
-    /// `silent`: how long there has been no contact.
-    Stop { grace: Duration, silent: Duration },
+    /// Stop the attempts silent past `limit` (plus their own
+    /// `on_agent_lost: wait` allowance) with this kill grace; `silent`: how
+    /// long there has been no contact. Repeated at every check while it
+    /// lasts, so waiting attempts are stopped when their time comes.
+    Stop {
+        grace: Duration,
+        silent: Duration,
+        limit: Duration,
+    },
 }
 
 impl Fence {
@@ -50,7 +57,6 @@ impl Fence {
         Fence {
             timeout: None,
             last_contact: now,
-            fenced: false,
         }
     }
 
@@ -84,7 +90,6 @@ impl Fence {
         let decision = self.check(sent, kill_grace);
         if sent > self.last_contact {
             self.last_contact = sent;
-            self.fenced = false;
         }
         decision
     }
@@ -95,13 +100,13 @@ impl Fence {
             return FenceDecision::Keep;
         };
         let silent = now.saturating_duration_since(self.last_contact);
-        if self.fenced || silent <= limit {
+        if silent <= limit {
             return FenceDecision::Keep;
         }
-        self.fenced = true;
         FenceDecision::Stop {
             grace: self.grace(kill_grace),
             silent,
+            limit,
         }
     }
 }
@@ -126,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn silence_past_three_quarters_of_the_timeout_fences_once() {
+    fn silence_past_three_quarters_of_the_timeout_fences_while_it_lasts() {
         let t0 = Instant::now();
         let mut f = Fence::new(t0);
         f.set_timeout(secs(4.0));
@@ -136,16 +141,25 @@ mod tests {
             f.check(t0 + secs(3.5), GRACE),
             FenceDecision::Stop {
                 grace: secs(0.5),
-                silent: secs(3.5)
+                silent: secs(3.5),
+                limit: secs(3.0)
             },
             "grace: an eighth of the timeout, below --kill-grace"
         );
-        assert_eq!(f.check(t0 + secs(3.6), GRACE), FenceDecision::Keep);
-        // Contact again: a later silence fences again.
-        assert_eq!(f.contact(t0 + secs(4.0), GRACE), FenceDecision::Keep);
+        assert!(matches!(
+            f.check(t0 + secs(3.6), GRACE),
+            FenceDecision::Stop { .. }
+        ));
+        // Contact again (after a gap past the limit: still a stop), then
+        // only a later silence fences again.
+        assert!(matches!(
+            f.contact(t0 + secs(4.0), GRACE),
+            FenceDecision::Stop { .. }
+        ));
+        assert_eq!(f.contact(t0 + secs(5.0), GRACE), FenceDecision::Keep);
         assert_eq!(f.check(t0 + secs(6.0), GRACE), FenceDecision::Keep);
         assert!(matches!(
-            f.check(t0 + secs(7.5), GRACE),
+            f.check(t0 + secs(8.5), GRACE),
             FenceDecision::Stop { .. }
         ));
     }
@@ -161,7 +175,8 @@ mod tests {
             f.contact(t0 + secs(21.0), GRACE),
             FenceDecision::Stop {
                 grace: secs(1.25),
-                silent: secs(20.0)
+                silent: secs(20.0),
+                limit: secs(7.5)
             }
         );
         assert_eq!(f.check(t0 + secs(22.0), GRACE), FenceDecision::Keep);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use drover_api::pb::{
-    AssignBatch, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply, OnAgentLost,
+    AssignBatch, AssignBatchReply, AssignReply, Assignment, CancelAttempt, CancelReply,
 };
 use drover_api::{naming, nats_auth, nats_connect};
 use futures::StreamExt;
@@ -452,12 +452,9 @@ impl Service {
             AssignDecision::Start(plan) => {
                 if let Some(stop) = self.registry.start(plan.key.clone()) {
                     let key = &plan.key;
-                    let wait = assignment
-                        .task
-                        .as_ref()
-                        .is_some_and(|t| t.on_agent_lost() == OnAgentLost::Wait);
-                    if wait {
-                        self.registry.keep_when_lost(key);
+                    let wait = assignment.task.as_ref().and_then(|t| t.wait_when_lost());
+                    if let Some(lost_after) = wait {
+                        self.registry.wait_when_lost(key, lost_after);
                     }
                     info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
                     let ctx = Arc::clone(&self.ctx);

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::core::{Fence, FenceDecision, StopCause};
-use crate::shell::registry::{Registry, StopRequest};
+use crate::core::{Fence, FenceDecision};
+use crate::shell::registry::Registry;
 
 /// How often the agent compares its silence with the limit.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -101,12 +101,16 @@ pub async fn run(
             }
             _ = check.tick() => fence.check(Instant::now().into_std(), cfg.kill_grace),
         };
-        if let FenceDecision::Stop { grace, silent } = decision {
-            let request = StopRequest {
-                cause: StopCause::Fenced { silent },
-                grace,
-            };
-            let stopped = registry.request_fence(&request);
+        if let FenceDecision::Stop {
+            grace,
+            silent,
+            limit,
+        } = decision
+        {
+            let stopped = registry.request_fence(silent, limit, grace);
+            if stopped == 0 {
+                continue;
+            }
             warn!(
                 agent = %cfg.agent_id, silent = ?silent, timeout = ?fence.timeout(), stopped,
                 "no contact with NATS for nearly the scheduler's agent timeout: stopping this agent's attempts (they run elsewhere)"

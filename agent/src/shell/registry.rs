@@ -21,8 +21,9 @@ pub type StopSignal = watch::Receiver<Option<StopRequest>>;
 #[derive(Debug)]
 struct Running {
     stop: watch::Sender<Option<StopRequest>>,
-    /// `on_agent_lost: wait`: self-fencing leaves it running.
-    keep_when_lost: bool,
+    /// `on_agent_lost: wait`: how much longer than the others it runs on
+    /// while the agent is cut off.
+    wait_when_lost: Duration,
 }
 
 /// Cheap-to-clone handle on this agent's attempts.
@@ -52,7 +53,7 @@ impl Registry {
                 key,
                 Running {
                     stop: tx,
-                    keep_when_lost: false,
+                    wait_when_lost: Duration::ZERO,
                 },
             )
             .then_some(rx)
@@ -76,22 +77,29 @@ impl Registry {
         true
     }
 
-    /// The attempt's task says `on_agent_lost: wait`: self-fencing leaves it running.
-    pub fn keep_when_lost(&self, key: &AttemptKey) {
+    /// The attempt's task says `on_agent_lost: wait`: self-fencing leaves
+    /// it running `lost_after` longer.
+    pub fn wait_when_lost(&self, key: &AttemptKey, lost_after: Duration) {
         if let Some(running) = self.table().running_mut(key) {
-            running.keep_when_lost = true;
+            running.wait_when_lost = lost_after;
         }
     }
 
     /// Asks every running attempt to stop; returns how many there were.
     pub fn request_stop_all(&self, request: &StopRequest) -> usize {
-        self.request_stop_where(request, |_| true)
+        self.request_stop_where(request, |_| true);
+        self.table().running_count()
     }
 
-    /// Self-fencing: asks every running attempt to stop but those kept
-    /// when the agent is lost; returns how many were asked.
-    pub fn request_fence(&self, request: &StopRequest) -> usize {
-        self.request_stop_where(request, |r| !r.keep_when_lost)
+    /// Self-fencing after `silent` without contact: asks every running
+    /// attempt whose limit (`limit`, plus its `on_agent_lost: wait`
+    /// allowance) has passed to stop; returns how many were newly asked.
+    pub fn request_fence(&self, silent: Duration, limit: Duration, grace: Duration) -> usize {
+        let request = StopRequest {
+            cause: StopCause::Fenced { silent },
+            grace,
+        };
+        self.request_stop_where(&request, |r| silent > limit + r.wait_when_lost)
     }
 
     fn request_stop_where(&self, request: &StopRequest, pick: impl Fn(&Running) -> bool) -> usize {
@@ -101,8 +109,7 @@ impl Registry {
             if !pick(running) {
                 continue;
             }
-            asked += 1;
-            running.stop.send_if_modified(|current| {
+            let newly = running.stop.send_if_modified(|current| {
                 if current.is_none() {
                     *current = Some(request.clone());
                     true
@@ -110,6 +117,7 @@ impl Registry {
                     false
                 }
             });
+            asked += usize::from(newly);
         }
         asked
     }
@@ -162,18 +170,25 @@ mod tests {
             ..key()
         };
         let kept_rx = reg.start(kept.clone()).ok_or("not started")?;
-        reg.keep_when_lost(&kept);
-        let fence = StopRequest {
-            cause: StopCause::Fenced {
-                silent: Duration::from_secs(3),
-            },
-            grace: Duration::ZERO,
-        };
-        assert_eq!(reg.request_fence(&fence), 1, "only the first attempt");
-        assert!(
-            kept_rx.borrow().is_none(),
-            "on_agent_lost: wait keeps running"
+        reg.wait_when_lost(&kept, Duration::from_secs(60));
+        let secs = Duration::from_secs;
+        let grace = Duration::from_millis(100);
+        assert_eq!(
+            reg.request_fence(secs(8), secs(7), grace),
+            0,
+            "already asked to stop"
         );
+        assert!(kept_rx.borrow().is_none(), "on_agent_lost: wait runs on");
+        assert_eq!(
+            reg.request_fence(secs(67), secs(7), grace),
+            0,
+            "not past its wait"
+        );
+        assert_eq!(reg.request_fence(secs(68), secs(7), grace), 1);
+        let fenced = kept_rx.borrow().clone().ok_or("not asked")?;
+        assert_eq!(fenced.cause, StopCause::Fenced { silent: secs(68) });
+        assert_eq!(fenced.grace, grace);
+        assert_eq!(reg.request_fence(secs(69), secs(7), grace), 0, "asked once");
         reg.finish(&kept);
 
         reg.finish(&key());

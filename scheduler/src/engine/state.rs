@@ -34,9 +34,6 @@ use super::handle::{Request, Response};
 use super::records::Versioned;
 use super::{spans, EngineOptions};
 
-/// `on_agent_lost: wait` without `lost_after`.
-const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(600);
-
 /// Names a request within the loop, so its answer finds its caller.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReplyId(pub u64);
@@ -286,10 +283,7 @@ impl ActiveRun {
             Some(t) => t,
             None => self.spec.tasks.get(self.dag.instance_of(task)?.0)?,
         };
-        (spec.on_agent_lost() == pb::OnAgentLost::Wait).then(|| match spec.lost_after_ms {
-            0 => DEFAULT_LOST_AFTER,
-            ms => Duration::from_millis(ms),
-        })
+        spec.wait_when_lost()
     }
 
     /// Task `task`'s spec: as submitted, or for a `for_each` instance its

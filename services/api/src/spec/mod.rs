@@ -99,6 +99,21 @@ pub use validate::{is_queue_name, parse_priority};
 /// The highest run (and queue) priority; the lowest is 0.
 pub const MAX_PRIORITY: i64 = 1_000_000;
 
+/// `lost_after:` when not written.
+pub const DEFAULT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl crate::pb::TaskSpec {
+    /// With `on_agent_lost: wait`, how long its attempt may stay on a lost
+    /// agent (scheduler) and run on while cut off (agent) beyond the agent
+    /// timeout; None: requeued at once.
+    pub fn wait_when_lost(&self) -> Option<std::time::Duration> {
+        (self.on_agent_lost() == crate::pb::OnAgentLost::Wait).then(|| match self.lost_after_ms {
+            0 => DEFAULT_LOST_AFTER,
+            ms => std::time::Duration::from_millis(ms),
+        })
+    }
+}
+
 /// What queue names may look like (as Kubernetes names: they end up in etcd
 /// keys and metrics labels).
 pub const QUEUE_NAME_RULE: &str = "use lowercase letters, digits and `-`";
