@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use bytes::Bytes;
-use drover_api::{naming, pb};
+use drover_api::{naming, nats_auth, pb};
 use futures::TryStreamExt;
 use prost::Message;
 
@@ -206,6 +206,21 @@ impl Bus {
             .await
             .map_err(nats_err);
         self.count("ask_heartbeats", r)
+    }
+
+    /// Answers an agent's heartbeat with the agent timeout (core NATS, no
+    /// answer awaited; a lost ack is made up by the next heartbeat's).
+    pub async fn ack_heartbeat(&self, agent: &str, agent_timeout: Duration) {
+        let ack = pb::HeartbeatAck {
+            agent_timeout_ms: agent_timeout.as_millis() as u64,
+        };
+        let subject = nats_auth::heartbeat_ack_subject(&self.prefix, agent);
+        let r = self
+            .client
+            .publish(subject, Bytes::from(ack.encode_to_vec()))
+            .await
+            .map_err(nats_err);
+        let _ = self.count("heartbeat_acks", r);
     }
 
     /// A request to an agent; no answer in time counts as an error of `op`.

@@ -28,6 +28,9 @@ pub struct Allocation {
     pub gpus: Vec<(u32, String)>,
     /// Admitted beyond its queue's quota: the first to be reclaimed.
     pub borrowed: bool,
+    /// `on_agent_lost: wait`: how long it stays Running on a lost agent
+    /// before it is requeued (None: requeued at once).
+    pub lost_after: Option<Duration>,
 }
 
 pub struct AgentEntry {
@@ -377,27 +380,45 @@ impl Fleet {
     }
 
     /// Agents silent for longer than `timeout` become lost; returns the
-    /// attempts they held.
+    /// attempts to requeue: those they held, but an `on_agent_lost: wait`
+    /// attempt only once its agent has been lost for its `lost_after`.
     pub fn expire(&mut self, timeout: Duration, now_ms: Millis) -> Vec<(AttemptId, String)> {
         let timeout_ms = timeout.as_millis() as u64;
         let mut lost = Vec::new();
         for (id, a) in &mut self.agents {
-            if a.lost || now_ms.saturating_sub(a.last_seen_ms) < timeout_ms {
+            let newly = !a.lost && now_ms.saturating_sub(a.last_seen_ms) >= timeout_ms;
+            if newly {
+                warn!(agent = %id, timeout = ?timeout, "agent lost: no heartbeat");
+                a.lost = true;
+                a.record.modify().lost_at_ms = now_ms;
+            } else if !a.lost {
                 continue;
             }
-            warn!(agent = %id, timeout = ?timeout, "agent lost: no heartbeat");
-            a.lost = true;
-            a.record.modify().lost_at_ms = now_ms;
+            let lost_for = Duration::from_millis(now_ms.saturating_sub(a.record.get().lost_at_ms));
             for (run, task, alloc) in each(&self.allocations) {
-                if alloc.agent.same(id) {
-                    let why = format!("agent `{id}` lost: no heartbeat for {}s", timeout.as_secs());
-                    let attempt = AttemptId {
-                        run: run.clone(),
-                        task,
-                        attempt: alloc.attempt,
-                    };
-                    lost.push((attempt, why));
+                if !alloc.agent.same(id) {
+                    continue;
                 }
+                let why = match alloc.lost_after {
+                    None if newly => {
+                        format!("agent `{id}` lost: no heartbeat for {}s", timeout.as_secs())
+                    }
+                    Some(wait) if lost_for >= wait => format!(
+                        "agent `{id}` lost for {} (the task's lost_after)",
+                        drover_api::duration::format(wait)
+                    ),
+                    Some(wait) if newly => {
+                        info!(agent = %id, run = %run, task = task.0, wait = ?wait, "attempt kept running on the lost agent (on_agent_lost: wait)");
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let attempt = AttemptId {
+                    run: run.clone(),
+                    task,
+                    attempt: alloc.attempt,
+                };
+                lost.push((attempt, why));
             }
         }
         lost
@@ -564,6 +585,7 @@ mod tests {
                     vec![]
                 },
                 borrowed: false,
+                lost_after: None,
             },
         );
     }
@@ -611,6 +633,7 @@ mod tests {
             req: Request::new("", 500, 0),
             gpus: vec![],
             borrowed: false,
+            lost_after: None,
         };
         let (r1, r2) = (RunId::new("r1"), RunId::new("r2"));
         f.allocate(&r2, TaskIndex(0), mk(&f, "a", 1));
@@ -707,6 +730,40 @@ mod tests {
         let a = f.get("a").ok_or("no agent a")?;
         assert_eq!(a.state(), pb::AgentState::Ready);
         assert_eq!(a.record().get().lost_at_ms, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn waiting_attempts_stay_on_a_lost_agent_for_their_lost_after() -> TestResult {
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 1_000, task_of);
+        alloc(&mut f, 0, 1, false);
+        alloc(&mut f, 1, 1, false);
+        let wait = Duration::from_secs(60);
+        let mut kept = f
+            .allocation("r1", TaskIndex(1))
+            .ok_or("no allocation")?
+            .clone();
+        kept.lost_after = Some(wait);
+        f.allocate(&RunId::new("r1"), TaskIndex(1), kept.clone());
+        let timeout = Duration::from_secs(10);
+        let lost = f.expire(timeout, 11_000);
+        assert_eq!(lost.len(), 1, "only the requeue attempt: {lost:?}");
+        assert_eq!(lost[0].0, attempt("r1", 0, 1));
+        f.release("r1", TaskIndex(0));
+        assert!(f.expire(timeout, 70_999).is_empty(), "lost 59.999 s");
+        let lost = f.expire(timeout, 71_000);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0, attempt("r1", 1, 1));
+        assert_eq!(lost[0].1, "agent `a` lost for 1m (the task's lost_after)");
+
+        // Back within lost_after: nothing is requeued.
+        let mut f = Fleet::default();
+        f.heartbeat(hb("a", "i1", &[]), 1_000, task_of);
+        f.allocate(&RunId::new("r1"), TaskIndex(1), kept);
+        assert!(f.expire(timeout, 11_000).is_empty());
+        f.heartbeat(hb("a", "i1", &[("r1", "t1", 1)]), 20_000, task_of);
+        assert!(f.expire(timeout, 80_000).is_empty());
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod assign;
 pub mod capacity;
 pub mod container;
 pub mod executor;
+pub mod fence;
 pub mod gpu;
 pub mod limits;
 pub mod outcome;
@@ -17,5 +18,6 @@ pub use assign::{
     StoredObject,
 };
 pub use executor::ExecutorKind;
+pub use fence::{Fence, FenceDecision};
 pub use outcome::{Failure, StopCause, Termination};
 pub use table::{AttemptKey, AttemptTable};

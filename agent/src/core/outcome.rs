@@ -15,6 +15,9 @@ pub enum StopCause {
     Cancelled,
     /// The agent itself is shutting down.
     Shutdown { agent_id: String },
+    /// The agent lost contact with NATS for nearly the scheduler's agent
+    /// timeout (self-fencing): the attempt is lost, to run elsewhere.
+    Fenced { silent: Duration },
 }
 
 /// How the task's process ended.
@@ -34,6 +37,8 @@ pub struct Failure {
     pub exit_code: Option<i32>,
     pub reason: String,
     pub cancelled: bool,
+    /// Stopped by self-fencing: the scheduler counts it lost, not failed.
+    pub agent_lost: bool,
 }
 
 impl Failure {
@@ -43,6 +48,7 @@ impl Failure {
             exit_code: None,
             reason: reason.into(),
             cancelled: false,
+            agent_lost: false,
         }
     }
 
@@ -52,11 +58,13 @@ impl Failure {
             exit_code: Some(0),
             reason: reason.into(),
             cancelled: false,
+            agent_lost: false,
         }
     }
 
     /// The agent stopped the attempt before or while it ran.
     pub fn stopped(cause: &StopCause) -> Self {
+        let agent_lost = matches!(cause, StopCause::Fenced { .. });
         let (reason, cancelled) = match cause {
             StopCause::Timeout(d) => (format!("timed out after {}", format_duration(*d)), false),
             StopCause::Cancelled => ("cancelled".to_owned(), true),
@@ -64,11 +72,19 @@ impl Failure {
                 format!("agent `{agent_id}` shut down while the attempt was running"),
                 false,
             ),
+            StopCause::Fenced { silent } => (
+                format!(
+                    "the agent lost contact with NATS for {} and stopped it before the scheduler's agent timeout",
+                    format_duration(*silent)
+                ),
+                false,
+            ),
         };
         Failure {
             exit_code: None,
             reason,
             cancelled,
+            agent_lost,
         }
     }
 
@@ -78,6 +94,7 @@ impl Failure {
             reason: self.reason,
             log_key,
             cancelled: self.cancelled,
+            agent_lost: self.agent_lost,
         }
     }
 }
@@ -91,6 +108,7 @@ impl Termination {
                 exit_code: Some(*code),
                 reason: format!("exited with code {code}"),
                 cancelled: false,
+                agent_lost: false,
             }),
             Termination::Signalled(sig) => Some(Failure::agent(format!("killed by signal {sig}"))),
             Termination::Stopped(cause) => Some(Failure::stopped(cause)),
@@ -142,7 +160,21 @@ mod tests {
             f.reason,
             "agent `a1` shut down while the attempt was running"
         );
-        assert!(!f.cancelled);
+        assert!(!f.cancelled && !f.agent_lost);
+
+        let f = Termination::Stopped(StopCause::Fenced {
+            silent: Duration::from_secs(8),
+        })
+        .failure()
+        .ok_or("no failure")?;
+        assert!(
+            f.reason
+                .starts_with("the agent lost contact with NATS for 8s"),
+            "{}",
+            f.reason
+        );
+        assert!(f.agent_lost && !f.cancelled);
+        assert!(f.into_event(String::new()).agent_lost);
         Ok(())
     }
 

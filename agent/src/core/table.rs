@@ -89,6 +89,10 @@ impl<H> AttemptTable<H> {
         self.running.get(key)
     }
 
+    pub fn running_mut(&mut self, key: &AttemptKey) -> Option<&mut H> {
+        self.running.get_mut(key)
+    }
+
     /// Moves an attempt from running to finished, returning its handle.
     pub fn finish(&mut self, key: &AttemptKey) -> Option<H> {
         let handle = self.running.remove(key)?;

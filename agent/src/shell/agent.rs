@@ -24,6 +24,7 @@ use crate::shell::attempt::{self, AttemptContext};
 use crate::shell::code::{CodeCache, CODE_DIR};
 use crate::shell::events::{self, EventPublisher};
 use crate::shell::executor::{CgroupRoot, DockerExecutor, Guardian};
+use crate::shell::fence::{self, FenceConfig};
 use crate::shell::heartbeat::{self, HeartbeatConfig};
 use crate::shell::live_log::LiveLogs;
 use crate::shell::metrics::AgentMetrics;
@@ -268,6 +269,25 @@ impl Service {
         self.adopt_containers(&mut attempts).await?;
 
         let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
+        let fence_cfg = FenceConfig {
+            agent_id: self.cfg.id.clone(),
+            ack_subject: nats_auth::heartbeat_ack_subject(&self.cfg.nats_prefix, &self.cfg.id),
+            contact_subject: nats_auth::contact_subject(&self.cfg.nats_prefix, &self.cfg.id),
+            heartbeat_interval: self.cfg.heartbeat_interval,
+            kill_grace: self.cfg.kill_grace,
+        };
+        // Subscribed before the first heartbeat, so its ack is not missed.
+        let fencing = fence::subscribe(&self.client, &fence_cfg)
+            .await
+            .map(|subs| {
+                tokio::spawn(fence::run(
+                    self.client.clone(),
+                    fence_cfg,
+                    subs,
+                    self.registry.clone(),
+                    heartbeat_stop_rx.clone(),
+                ))
+            });
         let heartbeat = tokio::spawn(heartbeat::run(
             self.client.clone(),
             HeartbeatConfig::new(
@@ -341,6 +361,11 @@ impl Service {
         let _ = heartbeat_stop.send(true);
         if let Err(e) = heartbeat.await {
             error!(error = %e, "heartbeat task ended abnormally");
+        }
+        if let Some(fencing) = fencing {
+            if let Err(e) = fencing.await {
+                error!(error = %e, "self-fencing task ended abnormally");
+            }
         }
         if let Err(e) = self.client.flush().await {
             warn!(error = %e, "flushing the NATS connection failed");
@@ -427,6 +452,10 @@ impl Service {
             AssignDecision::Start(plan) => {
                 if let Some(stop) = self.registry.start(plan.key.clone()) {
                     let key = &plan.key;
+                    let wait = assignment.task.as_ref().and_then(|t| t.wait_when_lost());
+                    if let Some(lost_after) = wait {
+                        self.registry.wait_when_lost(key, lost_after);
+                    }
                     info!(run = %key.run_id, task = %key.task, attempt = key.attempt, "assigned");
                     let ctx = Arc::clone(&self.ctx);
                     attempts.spawn(attempt::run(ctx, *plan, assignment, stop, parent));

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
-use drover_api::naming;
 use drover_api::pb::{AttemptRef, Heartbeat};
+use drover_api::{naming, nats_auth};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;
@@ -36,6 +36,8 @@ const SAMPLE_WAIT: Duration = Duration::from_millis(500);
 pub struct HeartbeatConfig {
     pub agent_id: String,
     pub subject: String,
+    /// The reply subject: the scheduler answers with its agent timeout.
+    pub ack_subject: String,
     pub executors: Vec<ExecutorKind>,
     pub interval: Duration,
     pub capacity: CapacityConfig,
@@ -61,6 +63,7 @@ impl HeartbeatConfig {
         HeartbeatConfig {
             agent_id: agent_id.to_owned(),
             subject: naming::heartbeat_subject(prefix, agent_id),
+            ack_subject: nats_auth::heartbeat_ack_subject(prefix, agent_id),
             executors: executors.to_vec(),
             interval,
             capacity: capacity.clone(),
@@ -242,7 +245,8 @@ pub async fn run(
         metrics.set_sample(sample);
         let running = registry.running().iter().map(|k| k.to_ref()).collect();
         let body = Bytes::from(compose(&config, sample, running, host::now_ms()).encode_to_vec());
-        if let Err(e) = client.publish(config.subject.clone(), body).await {
+        let (subject, ack) = (config.subject.clone(), config.ack_subject.clone());
+        if let Err(e) = client.publish_with_reply(subject, ack, body).await {
             warn!(agent = %config.agent_id, error = %e, "sending heartbeat failed");
         }
     }

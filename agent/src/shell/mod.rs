@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod code;
 pub mod events;
 pub mod executor;
+pub mod fence;
 pub mod gpu;
 pub mod heartbeat;
 pub mod host;

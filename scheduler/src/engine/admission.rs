@@ -420,6 +420,7 @@ impl EngineState {
                             req,
                             gpus: admit.placement.gpus,
                             borrowed: admit.borrowed,
+                            lost_after: run.lost_after(task.0),
                         },
                     );
                     self.effects(run_id, fx, now, turn);

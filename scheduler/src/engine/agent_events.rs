@@ -76,6 +76,13 @@ impl EngineState {
                 log_key: s.log_key,
                 log_empty: s.log_empty,
             },
+            // Stopped by its agent's self-fencing: lost, run again elsewhere
+            // (a late report of an attempt already given away is stale).
+            Some(pb::attempt_event::Kind::Failed(f)) if f.agent_lost => Event::Lost {
+                task,
+                attempt,
+                reason: f.reason,
+            },
             Some(pb::attempt_event::Kind::Failed(f)) => Event::Failed {
                 task,
                 attempt,

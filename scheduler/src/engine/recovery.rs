@@ -89,6 +89,7 @@ impl EngineState {
                     gpus: a.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect(),
                     // Not stored: after a restart running work counts as within quota.
                     borrowed: false,
+                    lost_after: run.lost_after(i),
                 };
                 self.fleet.allocate(&id, TaskIndex(i), allocation);
                 if let Some(key) = &a.cache_key {

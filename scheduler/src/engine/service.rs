@@ -19,7 +19,7 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
-use drover_api::{naming, pb};
+use drover_api::{naming, nats_auth, pb};
 use drover_scheduler_core::ids::{AgentId, AttemptId};
 use drover_scheduler_core::Millis;
 use drover_telemetry::{propagation, record};
@@ -111,6 +111,8 @@ pub struct Engine {
     leadership: Leadership,
     /// Leadership was lost during the term: it ends at once.
     deposed: bool,
+    /// Agents whose heartbeat this turn took in and asked for an ack.
+    heartbeat_acks: Vec<String>,
 }
 
 impl Engine {
@@ -151,6 +153,7 @@ impl Engine {
             opts,
             leadership,
             deposed: false,
+            heartbeat_acks: Vec::new(),
         };
         (engine, handle)
     }
@@ -276,6 +279,7 @@ impl Engine {
             self.answer_now(&mut turn);
             self.state.end_inputs(now, &mut turn);
             self.finish_turn(turn, acks).await;
+            self.ack_heartbeats().await;
             self.publish_metrics(now);
             if self.deposed {
                 return Err(SchedulerError::NotLeader);
@@ -291,6 +295,16 @@ impl Engine {
             runs: self.store.load_active_runs().await?,
             cache: self.store.list_cache().await?,
         })
+    }
+
+    /// Tells the agents heard from this turn the agent timeout, after
+    /// their heartbeats were taken in (self-fencing; see the agent).
+    async fn ack_heartbeats(&mut self) {
+        for agent in std::mem::take(&mut self.heartbeat_acks) {
+            self.bus
+                .ack_heartbeat(&agent, self.opts.agent_timeout)
+                .await;
+        }
     }
 
     /// Answers that need nothing committed (reads, refusals) go out before
@@ -336,7 +350,15 @@ impl Engine {
                     warn!(subject = %msg.subject, agent = %hb.agent_id, "heartbeat dropped: it names another agent than its subject");
                     self.metrics.reject("heartbeat_mismatch");
                 }
-                Ok(hb) => self.state.apply(Input::Heartbeat(hb), now, turn),
+                Ok(hb) => {
+                    // Only on the agent's own ack subject: a reply subject
+                    // is the sender's to choose.
+                    let ack = nats_auth::heartbeat_ack_subject(self.bus.prefix(), &hb.agent_id);
+                    if msg.reply.as_deref() == Some(ack.as_str()) {
+                        self.heartbeat_acks.push(hb.agent_id.clone());
+                    }
+                    self.state.apply(Input::Heartbeat(hb), now, turn);
+                }
                 Err(e) => warn!(subject = %msg.subject, error = %e, "undecodable heartbeat"),
             },
             Item::Outcome(input) => self.state.apply(input, now, turn),

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info};
 
@@ -273,6 +274,16 @@ impl ActiveRun {
                 (None, _) => {}
             }
         }
+    }
+
+    /// With `on_agent_lost: wait`, how long task `task` (or the task it is
+    /// an instance of) stays Running on a lost agent.
+    pub fn lost_after(&self, task: usize) -> Option<Duration> {
+        let spec = match self.spec.tasks.get(task) {
+            Some(t) => t,
+            None => self.spec.tasks.get(self.dag.instance_of(task)?.0)?,
+        };
+        spec.wait_when_lost()
     }
 
     /// Task `task`'s spec: as submitted, or for a `for_each` instance its

@@ -14,7 +14,8 @@
 //!   it answers requests through `allow_responses` (a reply subject it was
 //!   handed, once), never by publishing to inboxes at large;
 //! * the scheduler sends requests to every agent's request subjects, asks for
-//!   heartbeats, manages the events stream and its own durable consumer
+//!   heartbeats and answers them (`_INBOX.<p>.agent.*.heartbeat-ack`, its
+//!   agent timeout, for self-fencing), manages the events stream and its own durable consumer
 //!   (create, info, update, pull, ack — nothing else on the JetStream API),
 //!   may echo to its own inbox, and subscribes to heartbeats, live logs and its own inboxes.
 //!
@@ -41,6 +42,18 @@ pub const SCHEDULER_OLD_CONSUMER: &str = "scheduler";
 /// Inbox prefix of agent `agent_id`: its request replies and JetStream acks arrive below it.
 pub fn agent_inbox_prefix(prefix: &str, agent_id: &str) -> String {
     format!("_INBOX.{prefix}.agent.{agent_id}")
+}
+
+/// Scheduler → agent: the reply subject of agent `agent_id`'s heartbeats,
+/// on which the scheduler answers with a `HeartbeatAck` (its agent timeout).
+pub fn heartbeat_ack_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{}.heartbeat-ack", agent_inbox_prefix(prefix, agent_id))
+}
+
+/// Agent `agent_id` → itself: the echo that proves the server answers
+/// (self-fencing counts its silence from the last echo that came back).
+pub fn contact_subject(prefix: &str, agent_id: &str) -> String {
+    format!("{}.contact", agent_inbox_prefix(prefix, agent_id))
 }
 
 /// Inbox prefix of the scheduler.
@@ -102,6 +115,7 @@ pub fn scheduler_permissions(prefix: &str) -> Permissions {
             naming::cancel_subject(prefix, "*"),
             naming::live_log_subject(prefix, "*"),
             naming::heartbeat_now_subject(prefix),
+            heartbeat_ack_subject(prefix, "*"),
             js(&format!("STREAM.INFO.{stream}")),
             js(&format!("STREAM.CREATE.{stream}")),
             js(&format!("STREAM.UPDATE.{stream}")),
@@ -224,6 +238,7 @@ mod tests {
             naming::events_batch_subject("drover", "a1"),
             naming::logs_subject("drover", "a1", "run.1", "train"),
             "$JS.API.STREAM.INFO.DROVER_EVENTS".to_owned(),
+            contact_subject("drover", "a1"),
         ] {
             assert!(allowed(&a1.publish, &own), "{own}");
         }
@@ -237,6 +252,8 @@ mod tests {
             "$JS.API.STREAM.CREATE.DROVER_EVENTS".to_owned(),
             "$JS.API.STREAM.DELETE.DROVER_EVENTS".to_owned(),
             "_INBOX.drover.scheduler.x".to_owned(),
+            heartbeat_ack_subject("drover", "a2"),
+            contact_subject("drover", "a2"),
         ] {
             assert!(!allowed(&a1.publish, &other), "{other}");
         }
@@ -247,6 +264,8 @@ mod tests {
             naming::live_log_subject("drover", "a1"),
             naming::heartbeat_now_subject("drover"),
             format!("{}.abc.1", agent_inbox_prefix("drover", "a1")),
+            heartbeat_ack_subject("drover", "a1"),
+            contact_subject("drover", "a1"),
         ] {
             assert!(allowed(&a1.subscribe, &own), "{own}");
         }
@@ -257,6 +276,7 @@ mod tests {
             naming::heartbeat_subject("drover", "a2"),
             naming::events_subject("drover", "a2"),
             format!("{}.abc", agent_inbox_prefix("drover", "a2")),
+            heartbeat_ack_subject("drover", "a2"),
             format!("{}.abc", scheduler_inbox_prefix("drover")),
             "_INBOX.>".to_owned(),
             naming::logs_follow_subject("drover", "r", None),
@@ -274,6 +294,7 @@ mod tests {
             &naming::assign_batch_subject("drover", "a9")
         ));
         assert!(allowed(&s.publish, &naming::cancel_subject("drover", "a9")));
+        assert!(allowed(&s.publish, &heartbeat_ack_subject("drover", "a9")));
         assert!(allowed(
             &s.publish,
             "$JS.ACK.DROVER_EVENTS.scheduler-turns.1.2.3.4.5.6"
@@ -289,6 +310,8 @@ mod tests {
             "$JS.API.STREAM.DELETE.DROVER_EVENTS".to_owned(),
             "$JS.API.STREAM.PURGE.DROVER_EVENTS".to_owned(),
             "$JS.API.CONSUMER.DELETE.DROVER_EVENTS.scheduler-turns".to_owned(),
+            contact_subject("drover", "a1"),
+            format!("{}.x", agent_inbox_prefix("drover", "a1")),
         ] {
             assert!(!allowed(&s.publish, &not), "{not}");
         }

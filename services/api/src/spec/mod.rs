@@ -22,7 +22,15 @@
 //!     image: python:3.12-slim
 //!     pull_policy: IfNotPresent  # or Always, Never; needs an image
 //!     node_selector: {zone: eu}  # only agents with all these labels
+//!     on_agent_lost: wait        # or requeue (default): see below
+//!     lost_after: 30m            # with wait: how long (default 10m)
 //! ```
+//!
+//! `on_agent_lost` says what happens when the task's agent loses contact:
+//! `requeue` (default) — the agent stops the attempt before the scheduler's
+//! agent timeout and it runs again elsewhere; `wait` — the attempt keeps
+//! running there and the scheduler waits up to `lost_after` for the agent
+//! to come back before running it elsewhere.
 //!
 //! A task with `matrix:` (named lists of values) runs once per combination,
 //! each instance named `<task>[<k>=<v>,…]` and seeing its values as
@@ -90,6 +98,21 @@ pub use validate::{is_queue_name, parse_priority};
 
 /// The highest run (and queue) priority; the lowest is 0.
 pub const MAX_PRIORITY: i64 = 1_000_000;
+
+/// `lost_after:` when not written.
+pub const DEFAULT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl crate::pb::TaskSpec {
+    /// With `on_agent_lost: wait`, how long its attempt may stay on a lost
+    /// agent (scheduler) and run on while cut off (agent) beyond the agent
+    /// timeout; None: requeued at once.
+    pub fn wait_when_lost(&self) -> Option<std::time::Duration> {
+        (self.on_agent_lost() == crate::pb::OnAgentLost::Wait).then(|| match self.lost_after_ms {
+            0 => DEFAULT_LOST_AFTER,
+            ms => std::time::Duration::from_millis(ms),
+        })
+    }
+}
 
 /// What queue names may look like (as Kubernetes names: they end up in etcd
 /// keys and metrics labels).

@@ -83,6 +83,11 @@ pub(crate) struct RawTask {
     /// Run once per element of the JSON array an upstream output holds.
     pub for_each: Option<RawForEach>,
     pub cache: Option<RawCache>,
+    /// requeue (default: the agent stops it and it runs elsewhere) or wait
+    /// (it keeps running; the scheduler waits `lost_after` for the agent).
+    pub on_agent_lost: Option<String>,
+    /// With `on_agent_lost: wait`, how long (e.g. 30m; default 10m).
+    pub lost_after: Option<String>,
 }
 
 /// `cache:` as written: `true`/`false`, or settings (which turn it on).

@@ -413,6 +413,7 @@ fn resolve_task(
 
     let workdir = code::resolve_workdir(raw.workdir.as_deref())?;
     let cache = raw.cache.as_ref().map(resolve_cache).transpose()?;
+    let (on_agent_lost, lost_after_ms) = resolve_on_agent_lost(raw)?;
     Ok(pb::TaskSpec {
         name: name.to_owned(),
         depends_on,
@@ -429,8 +430,36 @@ fn resolve_task(
         when,
         workdir,
         cache,
+        on_agent_lost: on_agent_lost.into(),
+        lost_after_ms,
         ..Default::default()
     })
+}
+
+/// `on_agent_lost:` and `lost_after:` (which only `wait` takes).
+fn resolve_on_agent_lost(raw: &RawTask) -> Result<(pb::OnAgentLost, u64), TaskError> {
+    let policy = match raw.on_agent_lost.as_deref() {
+        None => pb::OnAgentLost::Unspecified,
+        Some("requeue") => pb::OnAgentLost::Requeue,
+        Some("wait") => pb::OnAgentLost::Wait,
+        Some(other) => {
+            return Err(invalid(
+                "on_agent_lost",
+                format!("unknown value `{other}` (use requeue or wait)"),
+            ))
+        }
+    };
+    let lost_after_ms = match &raw.lost_after {
+        None => 0,
+        Some(_) if policy != pb::OnAgentLost::Wait => {
+            return Err(TaskError::Needs {
+                field: "lost_after",
+                needs: "on_agent_lost: wait",
+            })
+        }
+        Some(text) => positive("lost_after", text, parse_duration(text))?,
+    };
+    Ok((policy, lost_after_ms))
 }
 
 fn resolve_cache(raw: &RawCache) -> Result<pb::CachePolicy, TaskError> {

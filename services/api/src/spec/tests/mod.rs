@@ -143,6 +143,9 @@ fn example_resolves_to_the_expected_proto() {
                 workdir: String::new(),
                 // No `cache:`: the default (off here: no outputs).
                 cache: None,
+                // No `on_agent_lost:`: requeue.
+                on_agent_lost: pb::OnAgentLost::Unspecified.into(),
+                lost_after_ms: 0,
             },
         ],
         // No `queue:` or `priority:`: the default queue, priority 0.
@@ -278,6 +281,29 @@ fn pull_policies() -> TestResult {
         );
         assert_eq!(parse(&yaml)?.tasks[0].pull_policy(), policy);
     }
+    Ok(())
+}
+
+#[test]
+fn on_agent_lost_and_lost_after() -> TestResult {
+    let task = |fields: &str| -> Result<pb::TaskSpec, SpecError> {
+        let yaml = format!("name: p\ntasks:\n  - {{name: t, command: [x]{fields}}}\n");
+        Ok(parse(&yaml)?.tasks.remove(0))
+    };
+    let t = task("")?;
+    assert_eq!(
+        (t.on_agent_lost(), t.lost_after_ms),
+        (pb::OnAgentLost::Unspecified, 0)
+    );
+    let t = task(", on_agent_lost: requeue")?;
+    assert_eq!(t.on_agent_lost(), pb::OnAgentLost::Requeue);
+    let t = task(", on_agent_lost: wait")?;
+    assert_eq!(
+        (t.on_agent_lost(), t.lost_after_ms),
+        (pb::OnAgentLost::Wait, 0)
+    );
+    let t = task(", on_agent_lost: wait, lost_after: 30m")?;
+    assert_eq!(t.lost_after_ms, 30 * 60 * 1000);
     Ok(())
 }
 

@@ -635,6 +635,27 @@ fn rejects_bad_retries_and_timeouts() {
 }
 
 #[test]
+fn rejects_bad_on_agent_lost() {
+    let task = |fields: &str| task_rejection(&format!("{{name: train, command: [x], {fields}}}"));
+    assert_eq!(
+        task("on_agent_lost: stay"),
+        "task `train`: on_agent_lost: unknown value `stay` (use requeue or wait)"
+    );
+    assert_eq!(
+        task("lost_after: 5m"),
+        "task `train`: lost_after: needs on_agent_lost: wait"
+    );
+    assert_eq!(
+        task("on_agent_lost: requeue, lost_after: 5m"),
+        "task `train`: lost_after: needs on_agent_lost: wait"
+    );
+    assert_eq!(
+        task("on_agent_lost: wait, lost_after: 0s"),
+        "task `train`: lost_after: must be greater than 0, got `0s`"
+    );
+}
+
+#[test]
 fn reports_the_first_problem_in_spec_order() {
     // Both tasks are broken; the earlier one is reported.
     let yaml = "name: p\ntasks:\n  - {name: a, command: []}\n  - {name: b, depends_on: [zzz], command: [x]}\n";
