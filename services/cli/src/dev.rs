@@ -98,6 +98,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         prefix: prefix.into(),
         artifacts: artifacts.clone(),
         nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
+        events_replicas: 1,
         agent_timeout: Duration::from_secs(10),
         cancel_grace: Duration::from_secs(10),
         preemption_grace: Duration::from_secs(10),

@@ -62,6 +62,7 @@ impl Secure {
             prefix,
             artifacts: format!("file://{}", dir.path().join("artifacts").display()),
             nats_prefix: format!("cli{}", std::process::id()),
+            events_replicas: 1,
             agent_timeout: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(2),
             preemption_grace: Duration::from_secs(2),

@@ -3,6 +3,7 @@
 //! local cluster on these, and the integration tests use the same code
 //! (and [`garage`], a real S3 server, for the tests of S3 stores).
 
+pub mod clusters;
 pub mod docker;
 pub mod etcd_auth;
 pub mod garage;
@@ -72,10 +73,10 @@ fn try_lock(file: &std::fs::File) -> bool {
 const START_TRIES: usize = 5;
 
 /// Runs `start` until it does not fail for a port taken under it.
-async fn on_free_ports<F, Fut>(what: &str, mut start: F) -> Result<Server>
+async fn on_free_ports<T, F, Fut>(what: &str, mut start: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Server>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
     let mut tries = 0;
     loop {
@@ -212,29 +213,9 @@ impl Server {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut args: Vec<String> = [
-            "--name",
-            "drover",
-            "--data-dir",
-            &dir.path().join("data").to_string_lossy(),
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("drover={peer_url}"),
-            "--logger",
-            "zap",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let data = dir.path().join("data");
+        let initial = format!("drover={peer_url}");
+        let mut args = etcd_args("drover", &data, &url, &peer_url, &initial);
         // Over TLS the client port needs a certificate, so readiness is
         // probed on a plain-HTTP metrics port (it serves /health too).
         let health_port = match tls {
@@ -409,6 +390,35 @@ impl NatsConfig {
         let text = format!("{}{}\n", self.base, authorization.unwrap_or_default());
         std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
     }
+}
+
+/// An etcd member's flags: its name, data directory, client and peer URLs,
+/// and the `--initial-cluster` list it starts in.
+fn etcd_args(name: &str, data: &Path, url: &str, peer_url: &str, initial: &str) -> Vec<String> {
+    let data = data.to_string_lossy();
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial,
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 async fn etcd_healthy(port: u16) -> bool {
