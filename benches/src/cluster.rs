@@ -114,11 +114,16 @@ fn with_env<'c>(cmd: &'c mut Command, env: &[(String, String)]) -> &'c mut Comma
 
 impl Cluster {
     /// etcd, NATS and the scheduler, answering gRPC; no agents yet. `env`
-    /// is added to the scheduler's and every real agent's environment.
-    pub async fn start(bins: &Bins, env: &[(String, String)]) -> Result<Self> {
+    /// is added to the scheduler's and every real agent's environment;
+    /// `sync_always`: nats-server fsyncs each JetStream write before acking.
+    pub async fn start(bins: &Bins, env: &[(String, String)], sync_always: bool) -> Result<Self> {
         let tmp = tempfile::Builder::new().prefix("drover-bench").tempdir()?;
         let etcd = Server::etcd(Some(&tmp.path().join("etcd"))).await?;
-        let nats = Server::nats(Some(&tmp.path().join("nats"))).await?;
+        let nats = drover_devcluster::NatsSettings {
+            sync_always,
+            ..Default::default()
+        };
+        let nats = Server::nats_with(Some(&tmp.path().join("nats")), &nats).await?;
         let listen = free_port()?;
         let server = format!("http://127.0.0.1:{listen}");
         let mut cmd = Command::new(&bins.scheduler);

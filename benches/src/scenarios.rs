@@ -37,6 +37,8 @@ pub struct Settings {
     pub sim_cpus: u32,
     /// Extra environment of the scheduler and real agents (trace export).
     pub env: Vec<(String, String)>,
+    /// nats-server fsyncs each JetStream write before acking it.
+    pub nats_sync_always: bool,
 }
 
 impl Settings {
@@ -236,7 +238,7 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
         o,
         &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins, &s.env).await?;
+            let mut c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             c.add_agent("real-1", s.real_cpus)?;
             c.wait_agents(1, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -423,7 +425,7 @@ async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) 
         o,
         &[("real ÷ spawn rate", ">=", 0.7)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start(&s.bins, &s.env).await?;
+            let mut c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             for i in 0..s.real_agents {
                 c.add_agent(&format!("real-{}", i + 1), s.real_cpus)?;
             }
@@ -504,7 +506,7 @@ impl SimRun {
         yaml: String,
         tasks: usize,
     ) -> Result<Self> {
-        let c = Cluster::start(&s.bins, &s.env).await?;
+        let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
         let mut opts = s.sim(&c, s.sim_agents, Duration::from_secs(2));
         opts.outputs = outputs.map(|content| SimOutputs {
             dir: c.artifacts_dir(),
@@ -702,7 +704,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             ("scheduler peak RSS MiB", "<=", 1024.0),
         ],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins, &s.env).await?;
+            let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
             c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -754,7 +756,7 @@ pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
         o,
         &[("scheduler cores", "<=", 0.5)],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins, &s.env).await?;
+            let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
             let t = Instant::now();
             c.wait_agents(agents, Duration::from_secs(120)).await?;

@@ -71,7 +71,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
             Default::default(),
         ),
     };
-    let nats = Server::nats(Some(&dir.join("nats"))).await?;
+    // An acknowledged event is on disk, not only in the page cache, where
+    // the server can do so (nats-server 2.9 cannot).
+    let sync_always = drover_devcluster::nats_supports_sync_always();
+    let nats = drover_devcluster::NatsSettings {
+        sync_always,
+        ..Default::default()
+    };
+    let nats = Server::nats_with(Some(&dir.join("nats")), &nats).await?;
     let artifacts = format!("file://{}", dir.join("artifacts").display());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -136,6 +143,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("Drover dev cluster is up (state in {}).", dir.display());
     println!("  etcd       {}", etcd.url);
     println!("  nats       {}", nats.url);
+    if !sync_always {
+        println!(
+            "             (this nats-server cannot fsync each event: it predates `sync_interval: always`;\n              \
+             an OS crash may lose the last events it acknowledged — see README, Durability)"
+        );
+    }
     println!("  artifacts  {artifacts}");
     println!("  scheduler  {server}");
     if let (Some(s), Some(a)) = (scheduler_metrics, agent_metrics) {
