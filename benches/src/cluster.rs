@@ -112,6 +112,17 @@ fn with_env<'c>(cmd: &'c mut Command, env: &[(String, String)]) -> &'c mut Comma
     cmd.envs(env.iter().map(|(k, v)| (k, v)))
 }
 
+/// Whether the scheduler at `server` answers and leads.
+async fn leads(server: &str) -> bool {
+    let Ok(mut client) = SchedulerClient::connect(server.to_owned()).await else {
+        return false;
+    };
+    client
+        .list_runs(pb::ListRunsRequest::default())
+        .await
+        .is_ok()
+}
+
 impl Cluster {
     /// etcd, NATS and the scheduler, answering gRPC; no agents yet. `env`
     /// is added to the scheduler's and every real agent's environment;
@@ -148,12 +159,14 @@ impl Cluster {
             tmp: Some(tmp),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while SchedulerClient::connect(c.server.clone()).await.is_err() {
+        // Answering is not enough: until it has won the election it refuses
+        // every call (UNAVAILABLE, "no leader is elected yet").
+        while !leads(&c.server).await {
             if let Some(status) = c.scheduler.try_wait()? {
                 bail!("scheduler exited with {status}:\n{}", c.scheduler_log());
             }
             if Instant::now() > deadline {
-                bail!("scheduler not answering after 30 s:\n{}", c.scheduler_log());
+                bail!("scheduler not leading after 30 s:\n{}", c.scheduler_log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
