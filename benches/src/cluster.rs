@@ -125,8 +125,9 @@ fn with_env<'c>(cmd: &'c mut Command, env: &[(String, String)]) -> &'c mut Comma
 impl Cluster {
     /// etcd, NATS and the scheduler, answering gRPC; no agents yet. `env`
     /// is added to the scheduler's and every real agent's environment.
-    pub async fn start(bins: &Bins, env: &[(String, String)]) -> Result<Self> {
-        Self::start_with(bins, env, false).await
+    /// `sync_always`: nats-server fsyncs each JetStream write before acking.
+    pub async fn start(bins: &Bins, env: &[(String, String)], sync_always: bool) -> Result<Self> {
+        Self::start_with(bins, env, false, sync_always).await
     }
 
     /// [`Cluster::start`], with everything secured when `secure` (see [`crate::secure`]).
@@ -134,6 +135,7 @@ impl Cluster {
         bins: &Bins,
         env_in: &[(String, String)],
         secure: bool,
+        sync_always: bool,
     ) -> Result<Self> {
         let tmp = tempfile::Builder::new().prefix("drover-bench").tempdir()?;
         let security = match secure {
@@ -143,12 +145,16 @@ impl Cluster {
         let (etcd, nats) = match &security {
             Some(s) => (
                 s.etcd(&tmp.path().join("etcd"), "/bench").await?,
-                s.nats(&tmp.path().join("nats"), "bench").await?,
+                s.nats(&tmp.path().join("nats"), "bench", sync_always)
+                    .await?,
             ),
-            None => (
-                Server::etcd(Some(&tmp.path().join("etcd"))).await?,
-                Server::nats(Some(&tmp.path().join("nats"))).await?,
-            ),
+            None => (Server::etcd(Some(&tmp.path().join("etcd"))).await?, {
+                let nats = drover_devcluster::NatsSettings {
+                    sync_always,
+                    ..Default::default()
+                };
+                Server::nats_with(Some(&tmp.path().join("nats")), &nats).await?
+            }),
         };
         let listen = free_port()?;
         let scheme = if secure { "https" } else { "http" };
@@ -194,7 +200,7 @@ impl Cluster {
                 bail!("scheduler exited with {status}:\n{}", c.scheduler_log());
             }
             if Instant::now() > deadline {
-                bail!("scheduler not answering after 30 s:\n{}", c.scheduler_log());
+                bail!("scheduler not leading after 30 s:\n{}", c.scheduler_log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -58,7 +58,7 @@ pub async fn failover(s: &Settings, kills: usize) -> Outcome {
         .param("leader_lease_s", LEASE.as_secs());
     let target = (LEASE + Duration::from_secs(2)).as_secs_f64() * 1000.0;
     guarded(o, &[("kill → next assignment max ms", "<=", target)], async |o: &mut Outcome| {
-        let mut c = Cluster::start(&s.bins, &s.env).await?;
+        let mut c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
         c.add_agent("real-1", s.real_cpus).await?;
         c.wait_agents(1, Duration::from_secs(30)).await?;
         let mut members = vec![Member {

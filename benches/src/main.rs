@@ -102,6 +102,18 @@ struct Cli {
     /// CPUs each of those offers.
     #[arg(long, default_value_t = 64)]
     sim_cpus: u32,
+    /// How nats-server syncs JetStream to disk for the hop and real
+    /// scenarios, comma-separated to run them once for each: `interval`
+    /// (its default) or `always` (fsync before each ack; needs a
+    /// nats-server that knows `sync_interval: always`, newer than 2.9).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "interval")]
+    nats_sync: Vec<NatsSync>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NatsSync {
+    Interval,
+    Always,
 }
 
 fn pick<T>(set: Option<T>, full: T, quick: T, q: bool) -> T {
@@ -196,6 +208,7 @@ async fn main() -> Result<()> {
         sim_cpus: cli.sim_cpus,
         env: Vec::new(),
         secure: false,
+        nats_sync_always: false,
     };
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimised code; use `cargo run --release`");
@@ -221,17 +234,33 @@ async fn main() -> Result<()> {
     outcomes.push(floors_row);
     let floors = f.ok();
 
-    if wants(Scenario::Hop) {
-        let n = pick(cli.hop_tasks, 200, 50, q);
-        eprintln!("hop latency: chain of {n}");
-        outcomes.push(scenarios::hop(&settings, n, floors.as_ref()).await);
-        show(outcomes.last().unwrap_or(&machine()));
-    }
-    if wants(Scenario::Real) {
-        let n = pick(cli.real_tasks, 10_000, 1_000, q);
-        eprintln!("throughput on real agents: {n} tasks");
-        outcomes.push(scenarios::real_throughput(&settings, n, floors.as_ref()).await);
-        show(outcomes.last().unwrap_or(&machine()));
+    for sync in &cli.nats_sync {
+        let always = *sync == NatsSync::Always;
+        let settings = Settings {
+            nats_sync_always: always,
+            ..settings.clone()
+        };
+        // Rows with fsync on are told apart by name and parameter.
+        let named = |mut o: drover_bench::report::Outcome| {
+            if always {
+                o.scenario.push_str(" sync-always");
+            }
+            o.param("nats_sync", if always { "always" } else { "interval" });
+            o
+        };
+        if wants(Scenario::Hop) {
+            let n = pick(cli.hop_tasks, 200, 50, q);
+            eprintln!("hop latency: chain of {n} (nats sync {sync:?})");
+            outcomes.push(named(scenarios::hop(&settings, n, floors.as_ref()).await));
+            show(outcomes.last().unwrap_or(&machine()));
+        }
+        if wants(Scenario::Real) {
+            let n = pick(cli.real_tasks, 10_000, 1_000, q);
+            eprintln!("throughput on real agents: {n} tasks (nats sync {sync:?})");
+            let o = scenarios::real_throughput(&settings, n, floors.as_ref()).await;
+            outcomes.push(named(o));
+            show(outcomes.last().unwrap_or(&machine()));
+        }
     }
     if wants(Scenario::RealKeyed) {
         let n = pick(cli.real_tasks, 10_000, 1_000, q);

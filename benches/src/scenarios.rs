@@ -40,6 +40,8 @@ pub struct Settings {
     /// Hop and real throughput on a secured cluster (TLS, tokens, NATS
     /// permissions, etcd auth: [`crate::secure`]).
     pub secure: bool,
+    /// nats-server fsyncs each JetStream write before acking it.
+    pub nats_sync_always: bool,
 }
 
 impl Settings {
@@ -243,7 +245,7 @@ pub async fn hop(s: &Settings, tasks: usize, floors: Option<&Floors>) -> Outcome
         o,
         &[("hop p50 ms", "<=", 5.0), ("hop p99 ms", "<=", 20.0)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure).await?;
+            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure, s.nats_sync_always).await?;
             c.add_agent("real-1", s.real_cpus).await?;
             c.wait_agents(1, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -435,7 +437,7 @@ async fn real(s: &Settings, tasks: usize, floors: Option<&Floors>, keyed: bool) 
         o,
         &[("real ÷ spawn rate", ">=", REAL_FLOOR)],
         async |o: &mut Outcome| {
-            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure).await?;
+            let mut c = Cluster::start_with(&s.bins, &s.env, s.secure, s.nats_sync_always).await?;
             for i in 0..s.real_agents {
                 c.add_agent(&format!("real-{}", i + 1), s.real_cpus).await?;
             }
@@ -516,7 +518,7 @@ impl SimRun {
         yaml: String,
         tasks: usize,
     ) -> Result<Self> {
-        let c = Cluster::start(&s.bins, &s.env).await?;
+        let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
         let mut opts = s.sim(&c, s.sim_agents, Duration::from_secs(2));
         opts.outputs = outputs.map(|content| SimOutputs {
             dir: c.artifacts_dir(),
@@ -714,7 +716,7 @@ pub async fn scale(s: &Settings, about: usize, width: usize) -> Outcome {
             ("scheduler peak RSS MiB", "<=", 1024.0),
         ],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins, &s.env).await?;
+            let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             let sim = Simulator::start(s.sim(&c, s.sim_agents, Duration::from_secs(2))).await?;
             c.wait_agents(s.sim_agents, Duration::from_secs(30)).await?;
             let pid = c.scheduler_pid()?;
@@ -766,7 +768,7 @@ pub async fn fleet(s: &Settings, agents: usize, window: Duration) -> Outcome {
         o,
         &[("scheduler cores", "<=", 0.5)],
         async |o: &mut Outcome| {
-            let c = Cluster::start(&s.bins, &s.env).await?;
+            let c = Cluster::start(&s.bins, &s.env, s.nats_sync_always).await?;
             let sim = Simulator::start(s.sim(&c, agents, Duration::from_secs(2))).await?;
             let t = Instant::now();
             c.wait_agents(agents, Duration::from_secs(120)).await?;

@@ -95,10 +95,16 @@ impl Security {
     }
 
     /// nats-server on TLS with [`Security::authorization`].
-    pub async fn nats(&self, data_dir: &Path, nats_prefix: &str) -> Result<Server> {
+    pub async fn nats(
+        &self,
+        data_dir: &Path,
+        nats_prefix: &str,
+        sync_always: bool,
+    ) -> Result<Server> {
         let settings = NatsSettings {
             authorization: Some(self.authorization(nats_prefix)),
             tls: Some(&self.pki),
+            sync_always,
         };
         Server::nats_with(Some(data_dir), &settings).await
     }

@@ -93,6 +93,19 @@ async fn simulated_agents_run_pipelines_on_a_real_scheduler() {
     .await
     .unwrap();
     let server = format!("http://{addr}");
+    // Serving is not leading: calls are refused until the election is won.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leads = match pb::scheduler_client::SchedulerClient::connect(server.clone()).await {
+            Ok(mut c) => c.get_version(pb::GetVersionRequest {}).await.is_ok(),
+            Err(_) => false,
+        };
+        if leads {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scheduler never led");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Wide (more tasks than the two agents' 8 slots) and deep.
     let flat = run_to_end(&server, specs::independent(30)).await;

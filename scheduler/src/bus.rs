@@ -36,6 +36,8 @@ fn nats_err(e: impl std::fmt::Display) -> SchedulerError {
 pub struct Bus {
     client: async_nats::Client,
     prefix: String,
+    /// Copies of the events stream (`--events-replicas`).
+    replicas: usize,
     errors: OpErrors,
     /// Requests to agents go out only while this process may act as leader.
     leadership: Option<Leadership>,
@@ -49,10 +51,11 @@ impl Bus {
         &self.prefix
     }
 
-    /// Connects as `identity` (none: anonymously), with the scheduler's own
-    /// inbox prefix (its NATS permissions allow it no other).
+    /// Connects to one of `servers` (comma-separated URLs) as `identity`
+    /// (none: anonymously), with the scheduler's own inbox prefix (its NATS
+    /// permissions allow it no other).
     pub async fn connect(
-        url: &str,
+        servers: &str,
         prefix: &str,
         identity: &drover_api::nats_connect::NatsIdentity,
     ) -> Result<Self> {
@@ -62,18 +65,22 @@ impl Bus {
             &drover_api::nats_auth::scheduler_inbox_prefix(prefix),
         )
         .map_err(|e| SchedulerError::Config(e.to_string()))?;
-        let client = options.connect(url).await.map_err(|e| {
-            let e = e.to_string();
-            match drover_api::nats_connect::is_auth_refusal(&e) {
-                true => nats_err(format!(
+        let client = options
+            .connect(drover_api::nats_connect::servers(servers))
+            .await
+            .map_err(|e| {
+                let e = e.to_string();
+                match drover_api::nats_connect::is_auth_refusal(&e) {
+                    true => nats_err(format!(
                     "{e} (is --nats-creds the scheduler's, and its entry in nats-server's config?)"
                 )),
-                false => nats_err(e),
-            }
-        })?;
+                    false => nats_err(e),
+                }
+            })?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),
+            replicas: 1,
             errors: OpErrors::default(),
             leadership: None,
         })
@@ -82,6 +89,12 @@ impl Bus {
     /// The connection, for what the engine does not own (live logs).
     pub fn client(&self) -> async_nats::Client {
         self.client.clone()
+    }
+
+    /// Keeps `replicas` copies of the events stream.
+    pub fn with_events_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Sends nothing to agents unless `leadership` allows it.
@@ -129,13 +142,18 @@ impl Bus {
 
     async fn open_events(&self) -> Result<EventStream> {
         let js = jetstream::new(self.client.clone());
-        let config = naming::events_stream_config(&self.prefix);
+        let config = jetstream::stream::Config {
+            num_replicas: self.replicas,
+            ..naming::events_stream_config(&self.prefix)
+        };
         let stream = js
             .get_or_create_stream(config.clone())
             .await
             .map_err(nats_err)?;
-        // A stream an earlier version made kept every event forever.
-        if stream.cached_info().config.max_age != config.max_age {
+        // A stream an earlier version made kept every event forever; one an
+        // agent made, or an earlier --events-replicas, has other replicas.
+        let have = &stream.cached_info().config;
+        if have.max_age != config.max_age || have.num_replicas != config.num_replicas {
             js.update_stream(config).await.map_err(nats_err)?;
         }
         let names: Vec<String> = stream

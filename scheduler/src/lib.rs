@@ -103,6 +103,7 @@ pub async fn serve(
         &opts.nats_security.identity(),
     )
     .await?
+    .with_events_replicas(opts.events_replicas)
     .with_errors(metrics.nats_errors.clone())
     .with_leadership(leadership.clone());
     let live_logs = logs::LiveLogSource::new(bus.client(), &opts.nats_prefix);

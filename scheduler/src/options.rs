@@ -11,6 +11,14 @@ pub fn duration_arg(s: &str) -> Result<Duration, String> {
     drover_api::duration::parse(s)
 }
 
+/// `--events-replicas`: JetStream keeps 1 to 5 copies of a stream.
+pub fn replicas_arg(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of replicas from 1 to 5")),
+    }
+}
+
 /// `--cache-ttl`'s default (as its flag writes it: 30d).
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -40,7 +48,8 @@ pub struct SchedulerOptions {
     /// gRPC listen address.
     #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// etcd endpoints, comma-separated.
+    /// etcd endpoints, comma-separated: the members of one etcd cluster
+    /// (the client moves to another when one dies).
     #[arg(
         long,
         env = "DROVER_ETCD",
@@ -48,7 +57,7 @@ pub struct SchedulerOptions {
         value_delimiter = ','
     )]
     pub etcd: Vec<String>,
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated: servers of one NATS cluster.
     #[arg(long, env = "DROVER_NATS", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
     /// etcd key prefix for all of this scheduler's state.
@@ -60,6 +69,11 @@ pub struct SchedulerOptions {
     /// Prefix of every NATS subject and of the events stream name.
     #[arg(long, env = "DROVER_NATS_PREFIX", default_value = drover_api::naming::DEFAULT_NATS_PREFIX)]
     pub nats_prefix: String,
+    /// Copies of the events stream the NATS cluster keeps (1 to 5): 3 on a
+    /// cluster of 3 or more, so an acknowledged event survives losing a
+    /// server. Changing it updates the existing stream.
+    #[arg(long, env = "DROVER_EVENTS_REPLICAS", default_value_t = 1, value_parser = replicas_arg)]
+    pub events_replicas: usize,
     /// An agent silent for this long gets no new work.
     #[arg(long, env = "DROVER_AGENT_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub agent_timeout: Duration,
@@ -335,6 +349,7 @@ impl SchedulerOptions {
             prefix: prefix.to_owned(),
             artifacts,
             nats_prefix: drover_api::naming::DEFAULT_NATS_PREFIX.into(),
+            events_replicas: 1,
             agent_timeout: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(10),
             preemption_grace: Duration::from_secs(10),
@@ -434,6 +449,14 @@ mod tests {
     fn tls(o: &mut ApiSecurityOptions) {
         o.tls_cert = Some("server.pem".into());
         o.tls_key = Some("server-key.pem".into());
+    }
+
+    #[test]
+    fn events_replicas_are_one_to_five() {
+        assert_eq!(replicas_arg("3"), Ok(3));
+        for bad in ["0", "6", "three"] {
+            assert!(replicas_arg(bad).unwrap_err().contains(bad), "{bad}");
+        }
     }
 
     #[test]

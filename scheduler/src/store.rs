@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
@@ -138,6 +139,9 @@ pub struct Store {
 /// Specs kept by [`Store::load_spec`]; the cache starts over past this.
 const CACHED_SPECS: usize = 64;
 
+/// How long connecting to one etcd member may take before another is tried.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Store {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
         Self::connect_with(endpoints, prefix, None).await
@@ -149,7 +153,17 @@ impl Store {
         prefix: &str,
         options: Option<etcd_client::ConnectOptions>,
     ) -> Result<Self> {
-        let client = Client::connect(endpoints, options).await?;
+        let options = options
+            .unwrap_or_default()
+            .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
+            // A member that vanished without closing its connections (a dead
+            // machine) is found by HTTP/2 pings: etcd refuses pings more
+            // often than every 5 s (`--grpc-keepalive-min-time`).
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            // A watch on a member cut off from the leader is cancelled
+            // (and re-made on another) instead of silently going quiet.
+            .with_require_leader(true);
+        let client = Client::connect(endpoints, Some(options)).await?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{leads, Cluster};
-use drover_api::pb::{self, RunState, TaskState};
+use common::{check_exactly_once, leads, ledger_spec, Cluster};
+use drover_api::pb::{self, RunState};
 use drover_devcluster::free_port;
 use futures::StreamExt;
 use prost::Message;
@@ -117,44 +116,6 @@ async fn wait_done(all: &[Sched], dead: &[&str], run: &str) -> pb::Run {
         assert!(Instant::now() < deadline, "run {run} not done");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// `n` tasks (a matrix), each appending `task attempt` to `ledger`
-/// after `sleep` seconds: what every agent really ran.
-fn ledger_spec(n: usize, sleep: &str, ledger: &std::path::Path) -> String {
-    let values: Vec<String> = (0..n).map(|i| format!("\"{i}\"")).collect();
-    format!(
-        "name: ledger\ntasks:\n  - name: t\n    matrix: {{i: [{}]}}\n    resources: {{cpu: 50m}}\n    command: [\"sh\", \"-c\", \"sleep {sleep}; echo \\\"$DROVER_TASK $DROVER_ATTEMPT\\\" >> {}\"]\n",
-        values.join(", "),
-        ledger.display()
-    )
-}
-
-/// Every task succeeded exactly once, and no (task, attempt) ran twice.
-fn check_exactly_once(run: &pb::Run, ledger: &std::path::Path, n: usize) {
-    assert_eq!(run.state(), RunState::Succeeded, "{:?}", run.message);
-    assert_eq!(run.tasks.len(), n);
-    for t in &run.tasks {
-        assert_eq!(t.state(), TaskState::Succeeded, "{}", t.name);
-        let ok = t
-            .attempts
-            .iter()
-            .filter(|a| a.state() == pb::AttemptState::Succeeded)
-            .count();
-        assert_eq!(ok, 1, "{}: {:?}", t.name, t.attempts);
-    }
-    let text = std::fs::read_to_string(ledger).unwrap();
-    let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
-    for line in text.lines() {
-        *ran.entry(line).or_default() += 1;
-    }
-    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "attempts run twice: {twice:?}");
-    let tasks: std::collections::BTreeSet<&str> = ran
-        .keys()
-        .filter_map(|l| l.rsplit_once(' ').map(|(t, _)| t))
-        .collect();
-    assert_eq!(tasks.len(), n, "tasks that ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

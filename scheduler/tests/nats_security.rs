@@ -197,6 +197,7 @@ async fn a_pipeline_runs_with_an_enrolled_agent_on_authorized_nats_over_tls() ->
         &NatsSettings {
             authorization: Some(nats_auth::authorization_block(&prefix, sched_key, [])),
             tls: Some(&pki),
+            ..NatsSettings::default()
         },
     )
     .await?;

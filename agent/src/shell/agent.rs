@@ -192,7 +192,7 @@ impl Service {
             &nats_auth::agent_inbox_prefix(&cfg.nats_prefix, &cfg.id),
         )?;
         let client = options
-            .connect(cfg.nats.as_str())
+            .connect(nats_connect::servers(&cfg.nats))
             .await
             .map_err(|e| AgentError::Connect {
                 url: cfg.nats.clone(),

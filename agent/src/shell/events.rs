@@ -24,7 +24,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Gets, or creates, the events stream. The scheduler creates the same
-/// configuration, so whichever side comes first wins and both agree. An
+/// configuration, so whichever side comes first wins and both agree (the
+/// scheduler then sets its `--events-replicas` on the stream). An
 /// agent with its own NATS identity may only look (`may_create` false): a
 /// stream not there yet is the scheduler's to create, and events wait for it.
 pub async fn ensure_stream(

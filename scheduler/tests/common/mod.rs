@@ -49,9 +49,43 @@ tasks:
     outputs: [{name: joined, path: d.txt}]
 "#;
 
+/// etcd or NATS under a test cluster: a server the harness started (its
+/// methods through `Deref`), or members of a cluster the test holds and
+/// kills (then only their URLs are here).
+pub struct Backend {
+    /// What the scheduler and agents are given (comma-separated for members).
+    pub url: String,
+    server: Option<Server>,
+}
+
+impl Backend {
+    fn one(server: Server) -> Self {
+        Self {
+            url: server.url.clone(),
+            server: Some(server),
+        }
+    }
+
+    fn members(urls: &str) -> Self {
+        Self {
+            url: urls.to_owned(),
+            server: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Backend {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.server
+            .as_ref()
+            .expect("a single server (this cluster runs on members the test holds)")
+    }
+}
+
 pub struct Cluster {
-    pub etcd: Server,
-    pub nats: Server,
+    pub etcd: Backend,
+    pub nats: Backend,
     pub prefix: String,
     pub nats_prefix: String,
     pub artifacts_dir: PathBuf,
@@ -196,7 +230,18 @@ impl Cluster {
     /// No agents yet; on this etcd (e.g. one on TLS) with these scheduler
     /// flags and environment.
     pub async fn with_etcd(etcd: Server, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::build_on(Some(etcd), args, env, None, None).await
+        Self::build_on(Some(Backend::one(etcd)), args, env, None, None).await
+    }
+
+    /// No agents yet; on the members of an etcd cluster and of a NATS
+    /// cluster the test holds (comma-separated URLs), with these scheduler flags.
+    pub async fn on_members(etcd: &str, nats: &str, args: &[&str]) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nats = (
+            Backend::members(nats),
+            format!("m{}x{n}", std::process::id()),
+        );
+        Self::build_on(Some(Backend::members(etcd)), args, &[], None, Some(nats)).await
     }
 
     async fn build(
@@ -205,15 +250,16 @@ impl Cluster {
         store: Option<(String, Vec<(String, String)>)>,
         nats: Option<(Server, String)>,
     ) -> Self {
+        let nats = nats.map(|(server, prefix)| (Backend::one(server), prefix));
         Self::build_on(None, args, env, store, nats).await
     }
 
     async fn build_on(
-        etcd: Option<Server>,
+        etcd: Option<Backend>,
         args: &[&str],
         env: &[(&str, &str)],
         store: Option<(String, Vec<(String, String)>)>,
-        nats: Option<(Server, String)>,
+        nats: Option<(Backend, String)>,
     ) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}x{n}", std::process::id());
@@ -223,11 +269,11 @@ impl Cluster {
         std::fs::create_dir_all(&scratch).unwrap();
         let etcd = match etcd {
             Some(etcd) => etcd,
-            None => Server::etcd(None).await.unwrap(),
+            None => Backend::one(Server::etcd(None).await.unwrap()),
         };
         let (nats, nats_prefix) = match nats {
             Some((nats, prefix)) => (nats, prefix),
-            None => (Server::nats(None).await.unwrap(), tag.clone()),
+            None => (Backend::one(Server::nats(None).await.unwrap()), tag.clone()),
         };
         let listen = free_port().unwrap();
         let (artifacts, store_settings) = match store {
@@ -626,9 +672,10 @@ impl Cluster {
     }
 
     pub async fn etcd_keys(&self) -> Vec<String> {
-        let mut client = etcd_client::Client::connect([&self.etcd.url], None)
-            .await
-            .unwrap();
+        let mut client =
+            etcd_client::Client::connect(self.etcd.url.split(',').collect::<Vec<_>>(), None)
+                .await
+                .unwrap();
         let resp = client
             .get(
                 self.prefix.as_bytes(),
@@ -734,4 +781,42 @@ pub fn read_pid(path: &Path) -> u32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// `n` tasks (a matrix), each appending `task attempt` to `ledger`
+/// after `sleep` seconds: what every agent really ran.
+pub fn ledger_spec(n: usize, sleep: &str, ledger: &std::path::Path) -> String {
+    let values: Vec<String> = (0..n).map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "name: ledger\ntasks:\n  - name: t\n    matrix: {{i: [{}]}}\n    resources: {{cpu: 50m}}\n    command: [\"sh\", \"-c\", \"sleep {sleep}; echo \\\"$DROVER_TASK $DROVER_ATTEMPT\\\" >> {}\"]\n",
+        values.join(", "),
+        ledger.display()
+    )
+}
+
+/// Every task succeeded exactly once, and no (task, attempt) ran twice.
+pub fn check_exactly_once(run: &pb::Run, ledger: &std::path::Path, n: usize) {
+    assert_eq!(run.state(), pb::RunState::Succeeded, "{:?}", run.message);
+    assert_eq!(run.tasks.len(), n);
+    for t in &run.tasks {
+        assert_eq!(t.state(), pb::TaskState::Succeeded, "{}", t.name);
+        let ok = t
+            .attempts
+            .iter()
+            .filter(|a| a.state() == pb::AttemptState::Succeeded)
+            .count();
+        assert_eq!(ok, 1, "{}: {:?}", t.name, t.attempts);
+    }
+    let text = std::fs::read_to_string(ledger).unwrap();
+    let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in text.lines() {
+        *ran.entry(line).or_default() += 1;
+    }
+    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "attempts run twice: {twice:?}");
+    let tasks: std::collections::BTreeSet<&str> = ran
+        .keys()
+        .filter_map(|l| l.rsplit_once(' ').map(|(t, _)| t))
+        .collect();
+    assert_eq!(tasks.len(), n, "tasks that ran");
 }

@@ -154,6 +154,17 @@ pub fn options(
     Ok((options, errors))
 }
 
+/// The servers of a `--nats` value: comma-separated URLs (members of one
+/// cluster). The client connects to one of them and moves to another when
+/// it goes away; those the cluster tells it about are added.
+pub fn servers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether a connect error is the server refusing the identity.
 pub fn is_auth_refusal(error: &str) -> bool {
     let e = error.to_ascii_lowercase();
@@ -184,6 +195,16 @@ mod tests {
             .contains("not an NKey user seed"));
         let broken = format!("{}X", &seed[..seed.len() - 1]);
         assert!(parse_seed(&broken).unwrap_err().contains("invalid"));
+    }
+
+    #[test]
+    fn a_nats_value_lists_servers() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,,tls://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "tls://c:4222"]
+        );
+        assert!(servers(" , ").is_empty());
     }
 
     #[test]

@@ -85,15 +85,31 @@ pub async fn run(args: DevArgs) -> Result<()> {
             Default::default(),
         ),
     };
+    // An acknowledged event is on disk, not only in the page cache, where
+    // the server can do so (nats-server 2.9 cannot).
+    let sync_always = drover_devcluster::nats_supports_sync_always();
     let (nats, scheduler_nats, agent_nats) = match &secure {
         Some(secure) => {
             let etcd = (&etcd, &etcd_security);
             secure
-                .nats(&dir.join("nats"), etcd, prefix, nats_prefix, &agent_id)
+                .nats(
+                    &dir.join("nats"),
+                    etcd,
+                    (prefix, nats_prefix),
+                    &agent_id,
+                    sync_always,
+                )
                 .await?
         }
         None => (
-            Server::nats(Some(&dir.join("nats"))).await?,
+            Server::nats_with(
+                Some(&dir.join("nats")),
+                &drover_devcluster::NatsSettings {
+                    sync_always,
+                    ..Default::default()
+                },
+            )
+            .await?,
             Default::default(),
             Default::default(),
         ),
@@ -169,6 +185,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("Drover dev cluster is up (state in {}).", dir.display());
     println!("  etcd       {}", etcd.url);
     println!("  nats       {}", nats.url);
+    if !sync_always {
+        println!(
+            "             (this nats-server cannot fsync each event: it predates `sync_interval: always`;\n              \
+             an OS crash may lose the last events it acknowledged — see README, Durability)"
+        );
+    }
+    if !sync_always {
+        println!(
+            "             (this nats-server cannot fsync each event: it predates `sync_interval: always`;\n              \
+             an OS crash may lose the last events it acknowledged — see README, Durability)"
+        );
+    }
     println!("  artifacts  {artifacts}");
     println!("  scheduler  {server}");
     if let (Some(s), Some(a)) = (scheduler_metrics, agent_metrics) {

@@ -107,9 +107,9 @@ impl Secure {
         &self,
         data_dir: &Path,
         etcd: (&Server, &EtcdSecurityOptions),
-        prefix: &str,
-        nats_prefix: &str,
+        (prefix, nats_prefix): (&str, &str),
         agent: &str,
+        sync_always: bool,
     ) -> Result<(Server, NatsSecurityOptions, NatsSecurityOptions)> {
         let (scheduler_seed, scheduler_key) =
             self.identity("nats-scheduler.nk", "the drover scheduler")?;
@@ -140,6 +140,7 @@ impl Secure {
         let settings = NatsSettings {
             authorization: Some(block),
             tls: Some(&self.pki),
+            sync_always,
         };
         let nats = Server::nats_with(Some(data_dir), &settings).await?;
         let ca = Some(self.pki.ca());

@@ -287,6 +287,25 @@ fn cancel_and_version_from_the_cli() {
 }
 
 #[test]
+fn dev_fsyncs_events_where_nats_server_can_and_says_so_where_it_cannot() {
+    let dev = Dev::start();
+    let config = std::fs::read_to_string(dev.dir.path().join("state/nats/nats.conf")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_of(dev.dir.path()).contains("scheduler  ") {
+        assert!(Instant::now() < deadline, "{}", log_of(dev.dir.path()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = log_of(dev.dir.path()).contains("cannot fsync each event");
+    if drover_devcluster::nats_supports_sync_always() {
+        assert!(config.contains("sync_interval: always"), "{config}");
+        assert!(!said);
+    } else {
+        assert!(!config.contains("sync_interval"), "{config}");
+        assert!(said, "{}", log_of(dev.dir.path()));
+    }
+}
+
+#[test]
 fn help_names_every_flag_with_its_env_var() {
     let o = Command::new(DROVER).args(["--help"]).output().unwrap();
     assert!(out(&o).contains("[env: DROVER_SERVER="), "{}", out(&o));

@@ -125,7 +125,7 @@ async fn enroll_and_nats_config_give_a_config_nats_server_accepts() -> TestResul
     // nats-server starts with it, and lets gpu-1 in as itself only.
     let settings = NatsSettings {
         authorization: Some(block),
-        tls: None,
+        ..NatsSettings::default()
     };
     let secured = Server::nats_with(None, &settings).await?;
     let prefix = naming::DEFAULT_NATS_PREFIX;

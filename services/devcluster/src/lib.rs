@@ -3,6 +3,7 @@
 //! local cluster on these, and the integration tests use the same code
 //! (and [`garage`], a real S3 server, for the tests of S3 stores).
 
+pub mod clusters;
 pub mod docker;
 pub mod etcd_auth;
 pub mod garage;
@@ -72,10 +73,10 @@ fn try_lock(file: &std::fs::File) -> bool {
 const START_TRIES: usize = 5;
 
 /// Runs `start` until it does not fail for a port taken under it.
-async fn on_free_ports<F, Fut>(what: &str, mut start: F) -> Result<Server>
+async fn on_free_ports<T, F, Fut>(what: &str, mut start: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Server>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
     let mut tries = 0;
     loop {
@@ -183,7 +184,35 @@ pub struct NatsSettings<'a> {
     pub authorization: Option<String>,
     /// Serve TLS only, with the dev CA's server certificate.
     pub tls: Option<&'a pki::DevPki>,
+    /// fsync JetStream writes before acknowledging them
+    /// (`sync_interval: always`; see [`nats_supports_sync_always`]).
+    pub sync_always: bool,
 }
+
+/// Whether the installed nats-server accepts `sync_interval: always`
+/// (2.9 refuses the field: it syncs on its own interval only).
+pub fn nats_supports_sync_always() -> bool {
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let config = dir.path().join("probe.conf");
+    let text = format!(
+        "jetstream {{ store_dir: {:?}, {SYNC_ALWAYS} }}\n",
+        dir.path().to_string_lossy()
+    );
+    std::fs::write(&config, text).is_ok()
+        && std::process::Command::new("nats-server")
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// The JetStream setting that fsyncs every write before it is acknowledged.
+const SYNC_ALWAYS: &str = "sync_interval: always";
 
 /// A nats-server's config file and what it was written from, so a reload
 /// can rewrite only the authorization.
@@ -212,29 +241,9 @@ impl Server {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut args: Vec<String> = [
-            "--name",
-            "drover",
-            "--data-dir",
-            &dir.path().join("data").to_string_lossy(),
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("drover={peer_url}"),
-            "--logger",
-            "zap",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let data = dir.path().join("data");
+        let initial = format!("drover={peer_url}");
+        let mut args = etcd_args("drover", &data, &url, &peer_url, &initial);
         // Over TLS the client port needs a certificate, so readiness is
         // probed on a plain-HTTP metrics port (it serves /health too).
         let health_port = match tls {
@@ -279,8 +288,13 @@ impl Server {
         let dir = DataDir::new(data_dir)?;
         let port = free_port()?;
         let quote = |p: &Path| format!("{:?}", p.to_string_lossy());
+        let sync = if settings.sync_always {
+            format!(", {SYNC_ALWAYS}")
+        } else {
+            String::new()
+        };
         let mut base = format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {} }}\n",
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {}{sync} }}\n",
             quote(&dir.path().join("jetstream"))
         );
         if let Some(pki) = settings.tls {
@@ -411,6 +425,35 @@ impl NatsConfig {
     }
 }
 
+/// An etcd member's flags: its name, data directory, client and peer URLs,
+/// and the `--initial-cluster` list it starts in.
+fn etcd_args(name: &str, data: &Path, url: &str, peer_url: &str, initial: &str) -> Vec<String> {
+    let data = data.to_string_lossy();
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial,
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 async fn etcd_healthy(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
@@ -479,6 +522,29 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(TcpStream::connect(("127.0.0.1", etcd_port)).await.is_err());
         assert!(TcpStream::connect(("127.0.0.1", nats_port)).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sync_always_is_written_when_asked_and_refused_where_unsupported() -> TestResult {
+        let settings = NatsSettings {
+            sync_always: true,
+            ..Default::default()
+        };
+        match (
+            nats_supports_sync_always(),
+            Server::nats_with(None, &settings).await,
+        ) {
+            (true, Ok(nats)) => {
+                let config = nats.nats_config.as_ref().ok_or("no config")?;
+                assert!(std::fs::read_to_string(&config.path)?.contains(SYNC_ALWAYS));
+            }
+            (false, Err(e)) => assert!(format!("{e:#}").contains("sync_interval"), "{e:#}"),
+            (supported, started) => panic!(
+                "supported: {supported}, but starting gave {:?}",
+                started.map(|s| s.url)
+            ),
+        }
         Ok(())
     }
 
