@@ -176,6 +176,24 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent_opts.nats_ca = agent_nats.nats_ca;
     let mut agent = tokio::spawn(drover_agent::Agent::run(agent_opts, stopped(stop_rx)));
 
+    // The token the printed variables point at is written by the leader
+    // as it starts: wait for it, so the variables work at once.
+    if let Some(secure) = &secure {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !secure.admin_token().exists() {
+            if let Some(done) = schedulers.iter_mut().find(|s| s.is_finished()) {
+                let r = done.await;
+                anyhow::bail!("scheduler stopped: {}", joined(r));
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "no admin token at {} after 30 s",
+                    secure.admin_token().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let env_file = dir.join("dev.env");
     let mut env = format!("DROVER_SERVER={server}\n");
     if let Some(secure) = &secure {

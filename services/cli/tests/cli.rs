@@ -11,6 +11,9 @@ struct Dev {
     child: std::process::Child,
     dir: tempfile::TempDir,
     server: String,
+    /// What `dev.env` says a shell needs (`DROVER_SERVER`, and with
+    /// `--secure` `DROVER_CA` and `DROVER_TOKEN_FILE`).
+    env: Vec<(String, String)>,
 }
 
 impl Dev {
@@ -42,19 +45,29 @@ impl Dev {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let env = std::fs::read_to_string(&env_file).unwrap();
+        let text = std::fs::read_to_string(&env_file).unwrap();
+        let env: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         let server = env
-            .trim()
-            .strip_prefix("DROVER_SERVER=")
-            .unwrap()
-            .to_string();
-        Dev { child, dir, server }
+            .iter()
+            .find(|(k, _)| k == "DROVER_SERVER")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        Dev {
+            child,
+            dir,
+            server,
+            env,
+        }
     }
 
     fn drover(&self, args: &[&str]) -> Output {
         Command::new(DROVER)
             .args(args)
-            .env("DROVER_SERVER", &self.server)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .output()
             .unwrap()
@@ -303,6 +316,36 @@ fn dev_fsyncs_events_where_nats_server_can_and_says_so_where_it_cannot() {
         assert!(!config.contains("sync_interval"), "{config}");
         assert!(said, "{}", log_of(dev.dir.path()));
     }
+}
+
+#[test]
+fn dev_secure_runs_a_pipeline_with_everything_secured() {
+    let dev = Dev::start_with(&[("DROVER_DEV_SECURE", "true")]);
+    assert!(dev.server.starts_with("https://"), "{}", dev.server);
+    let log = log_of(dev.dir.path());
+    assert!(log.contains("etcd       https://"), "{log}");
+    assert!(log.contains("nats       tls://"), "{log}");
+    let spec = dev.write(
+        "secure.yaml",
+        "name: secure\ntasks:\n  - name: a\n    command: [\"sh\", \"-c\", \"echo a > $DROVER_OUTPUTS/a.txt\"]\n    outputs: [{name: a, path: a.txt}]\n  - name: b\n    depends_on: [a]\n    inputs: [{name: a, from: a/a}]\n    command: [\"sh\", \"-c\", \"cat $DROVER_INPUTS/a\"]\n",
+    );
+    let o = dev.drover(&["submit", &spec, "--watch"]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("Succeeded"), "{}", out(&o));
+    // The same call without the token is refused.
+    let o = Command::new(DROVER)
+        .args(["list"])
+        .envs(
+            dev.env
+                .iter()
+                .filter(|(k, _)| k != "DROVER_TOKEN_FILE")
+                .map(|(k, v)| (k, v)),
+        )
+        .env_remove("DROVER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(err(&o).contains("unauthenticated"), "{}", err(&o));
 }
 
 #[test]
