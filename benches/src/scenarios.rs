@@ -880,12 +880,9 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
             ];
             let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
-            // CPU of every measured process per task: steadier than
-            // throughput from run to run, and says whether "on" costs work.
-            let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
-            // And per process, to say where the difference is.
-            let mut by_process: std::collections::BTreeMap<(bool, String), Vec<f64>> =
-                std::collections::BTreeMap::new();
+            // CPU of every measured process per task, in total (steadier than
+            // throughput) and by process (where the difference is).
+            let mut cpu = SideCpu::default();
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
                     [false, true]
@@ -911,18 +908,7 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                         .unwrap_or(0.0);
                     let best = if export { &mut best_on } else { &mut best_off };
                     *best = best.max(tps);
-                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, None) {
-                        if export { &mut cpu_on } else { &mut cpu_off }.push(ms);
-                    }
-                    let names = r.metrics.get("cpu_cores").and_then(|c| c.as_object());
-                    for name in names.into_iter().flat_map(|c| c.keys()) {
-                        if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, Some(name)) {
-                            by_process
-                                .entry((export, name.clone()))
-                                .or_default()
-                                .push(ms);
-                        }
-                    }
+                    cpu.record(export, &r.metrics, tasks);
                 }
             }
             let spans = sink.spans();
@@ -941,27 +927,7 @@ pub async fn tracing_overhead(s: &Settings, path: Path, tasks: usize, rounds: us
                 spans,
                 fmt_num(ratio)
             );
-            let mut per = |export: bool| {
-                let mut m = serde_json::Map::new();
-                for ((e, name), v) in by_process.iter_mut() {
-                    if *e == export {
-                        m.insert(name.clone(), serde_json::json!(median(v).map(r3)));
-                    }
-                }
-                m
-            };
-            let (per_off, per_on) = (per(false), per(true));
-            o.metric("cpu_ms_per_task_by_process_off", per_off)
-                .metric("cpu_ms_per_task_by_process_on", per_on);
-            if let (Some(off), Some(on)) = (median(&mut cpu_off), median(&mut cpu_on)) {
-                o.metric("cpu_ms_per_task_off", r3(off))
-                    .metric("cpu_ms_per_task_on", r3(on));
-                o.summary += &format!(
-                    "; CPU per task (median) off {} ms, on {} ms",
-                    fmt_num(off),
-                    fmt_num(on)
-                );
-            }
+            cpu.report(o);
             o.targets
                 .push(Target::at_least("throughput on ÷ off", ratio, 0.9));
             Ok(())
@@ -992,10 +958,7 @@ pub async fn security_overhead(
         ],
         async |o: &mut Outcome| {
             let (mut tps, mut hop_p50) = ([0.0f64; 2], [f64::MAX; 2]);
-            let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-            // Where the CPU goes, per kind of process.
-            let mut by_process: std::collections::BTreeMap<(bool, String), Vec<f64>> =
-                std::collections::BTreeMap::new();
+            let mut cpu = SideCpu::default();
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
                     [false, true]
@@ -1017,15 +980,7 @@ pub async fn security_overhead(
                         .get("tasks_per_s")
                         .and_then(serde_json::Value::as_f64);
                     tps[side] = tps[side].max(t.unwrap_or(0.0));
-                    if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, None) {
-                        cpu[side].push(ms);
-                    }
-                    let names = r.metrics.get("cpu_cores").and_then(|c| c.as_object());
-                    for name in names.into_iter().flat_map(|c| c.keys()) {
-                        if let Some(ms) = cpu_ms_per_task(&r.metrics, tasks, Some(name)) {
-                            by_process.entry((on, name.clone())).or_default().push(ms);
-                        }
-                    }
+                    cpu.record(on, &r.metrics, tasks);
                     let h = hop(&run, hop_tasks, None).await;
                     if let Some(e) = h.error {
                         bail!("hop, secured {on}: {e}");
@@ -1055,28 +1010,7 @@ pub async fn security_overhead(
                 fmt_num(hop_p50[1]),
                 fmt_num(latency)
             );
-            for on in [false, true] {
-                let mut m = serde_json::Map::new();
-                for ((_, name), v) in by_process.iter_mut().filter(|((side, _), _)| *side == on) {
-                    m.insert(name.clone(), serde_json::json!(median(v).map(r3)));
-                }
-                let key = if on {
-                    "cpu_ms_per_task_by_process_on"
-                } else {
-                    "cpu_ms_per_task_by_process_off"
-                };
-                o.metric(key, m);
-            }
-            let [off, on] = &mut cpu;
-            if let (Some(off), Some(on)) = (median(off), median(on)) {
-                o.metric("cpu_ms_per_task_off", r3(off))
-                    .metric("cpu_ms_per_task_on", r3(on));
-                o.summary += &format!(
-                    "; CPU per task (median) off {} ms, on {} ms",
-                    fmt_num(off),
-                    fmt_num(on)
-                );
-            }
+            cpu.report(o);
             o.targets
                 .push(Target::at_least("throughput on ÷ off", tput, 0.95));
             o.targets
@@ -1096,6 +1030,63 @@ fn report_cpu_per_task(o: &mut Outcome, tasks: usize) {
     if let Some(ms) = cpu_ms_per_task(&o.metrics, tasks, None) {
         o.metric("cpu_ms_per_task", r3(ms));
         o.summary += &format!("; CPU per task {} ms", fmt_num(ms));
+    }
+}
+
+/// CPU per task of runs on two sides (off and on), in total and by
+/// process; reported as medians.
+#[derive(Default)]
+struct SideCpu {
+    total: [Vec<f64>; 2],
+    by_process: std::collections::BTreeMap<(bool, String), Vec<f64>>,
+}
+
+impl SideCpu {
+    fn record(
+        &mut self,
+        on: bool,
+        metrics: &serde_json::Map<String, serde_json::Value>,
+        tasks: usize,
+    ) {
+        if let Some(ms) = cpu_ms_per_task(metrics, tasks, None) {
+            self.total[usize::from(on)].push(ms);
+        }
+        let names = metrics.get("cpu_cores").and_then(|c| c.as_object());
+        for name in names.into_iter().flat_map(|c| c.keys()) {
+            if let Some(ms) = cpu_ms_per_task(metrics, tasks, Some(name)) {
+                self.by_process
+                    .entry((on, name.clone()))
+                    .or_default()
+                    .push(ms);
+            }
+        }
+    }
+
+    fn report(&mut self, o: &mut Outcome) {
+        for (on, key) in [
+            (false, "cpu_ms_per_task_by_process_off"),
+            (true, "cpu_ms_per_task_by_process_on"),
+        ] {
+            let mut m = serde_json::Map::new();
+            for ((_, name), v) in self
+                .by_process
+                .iter_mut()
+                .filter(|((side, _), _)| *side == on)
+            {
+                m.insert(name.clone(), serde_json::json!(median(v).map(r3)));
+            }
+            o.metric(key, m);
+        }
+        let [off, on] = &mut self.total;
+        if let (Some(off), Some(on)) = (median(off), median(on)) {
+            o.metric("cpu_ms_per_task_off", r3(off))
+                .metric("cpu_ms_per_task_on", r3(on));
+            o.summary += &format!(
+                "; CPU per task (median) off {} ms, on {} ms",
+                fmt_num(off),
+                fmt_num(on)
+            );
+        }
     }
 }
 
