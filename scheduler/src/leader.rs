@@ -190,6 +190,7 @@ pub async fn run(
     let ttl_secs = opts.lease.as_secs().max(1) as i64;
     let mut client = store.client();
     take_over_from_self(&mut client, store.prefix(), &opts.id).await;
+    let mut retry = RETRY_FIRST;
     while !stopped(&stop) {
         let lease = match client.lease_grant(ttl_secs, None).await {
             Ok(l) => l.id(),
@@ -291,11 +292,35 @@ pub async fn run(
             Ok(()) if stopped(&stop) => return Ok(()),
             Ok(()) | Err(SchedulerError::NotLeader) => {
                 warn!(id = %opts.id, "leadership lost; standing by");
+                retry = RETRY_FIRST;
             }
-            Err(e) => return Err(e),
+            Err(e) if fatal(&e) => return Err(e),
+            // etcd or NATS failing mid-term (a member dies, a stream moves)
+            // heals by waiting: stand by and campaign again, backing off
+            // while it keeps failing, rather than leave no scheduler.
+            Err(e) => {
+                warn!(id = %opts.id, error = %e, retry_in = ?retry, "term ended by an error; standing by");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = raised(&mut stop) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
         }
     }
     Ok(())
+}
+
+/// Backoff between terms that end by an error.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// Errors that waiting does not heal: the operator must act.
+fn fatal(e: &SchedulerError) -> bool {
+    matches!(
+        e,
+        SchedulerError::Corrupt { .. } | SchedulerError::Config(_)
+    )
 }
 
 fn stopped(stop: &watch::Receiver<bool>) -> bool {

@@ -41,7 +41,9 @@ fn lines(ledger: &Path) -> usize {
 async fn wait_done(c: &Cluster, run: &str) -> pb::Run {
     let deadline = Instant::now() + LONG;
     loop {
-        if let Ok(mut client) = tokio::time::timeout(Duration::from_secs(5), c.client()).await {
+        if let Ok(Ok(mut client)) =
+            tokio::time::timeout(Duration::from_secs(5), c.try_client()).await
+        {
             let got = client
                 .get_run(pb::GetRunRequest { run_id: run.into() })
                 .await;

@@ -513,7 +513,12 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> SchedulerClient<Channel> {
-        SchedulerClient::connect(self.server.clone()).await.unwrap()
+        self.try_client().await.unwrap()
+    }
+
+    /// A client, or the error while the scheduler does not listen.
+    pub async fn try_client(&self) -> Result<SchedulerClient<Channel>, tonic::transport::Error> {
+        SchedulerClient::connect(self.server.clone()).await
     }
 
     pub async fn submit(&self, yaml: &str) -> Result<String, tonic::Status> {
