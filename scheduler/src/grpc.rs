@@ -19,7 +19,7 @@ use drover_api::pb::scheduler_server::Scheduler;
 
 use crate::auth::Who;
 use crate::convert;
-use crate::engine::{now_ms, EngineHandle};
+use crate::engine::EngineHandle;
 use crate::error::{Result, SchedulerError};
 use crate::store::Store;
 
@@ -58,11 +58,6 @@ fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
 }
 
 /// `<pipeline>-<8 hex>`: readable in listings, unique enough for a fleet.
-fn new_run_id(pipeline: &str) -> String {
-    let u = uuid::Uuid::new_v4().simple().to_string();
-    format!("{pipeline}-{}", &u[..8])
-}
-
 /// A log the artifact store could not give.
 pub(crate) fn log_error(e: drover_artifacts::ArtifactError) -> SchedulerError {
     match e {
@@ -259,66 +254,29 @@ impl Scheduler for Api {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
-        // The run's trace: the caller's when it sent a traceparent (its span
-        // becomes the root's parent), else a new one.
         let caller = drover_telemetry::propagation::span_of(
             &drover_telemetry::propagation::extract_grpc(req.metadata()),
         );
-        let (trace_id, trace_parent_span_id) = match &caller {
-            Some(sc) => (sc.trace_id().to_string(), sc.span_id().to_string()),
-            None => (drover_telemetry::record::new_trace_id(), String::new()),
-        };
-        let root_span_id = drover_telemetry::record::new_span_id();
         let who = Who::of(&req);
         let req = req.into_inner();
-        let mut spec = drover_api::spec::parse_spec(&req.spec_yaml, &req.params)
-            .map_err(SchedulerError::from)?;
-        spec.code_sha256 =
-            crate::code::for_submit(&self.artifacts, &spec.code, &req.code_sha256).await?;
-        let queue = [req.queue.as_str(), spec.queue.as_str()]
-            .into_iter()
-            .find(|q| !q.is_empty())
-            .unwrap_or(crate::queues::DEFAULT_QUEUE)
-            .to_string();
-        if !drover_api::spec::is_queue_name(&queue) {
-            return Err(SchedulerError::InvalidArgument {
-                field: "queue",
-                message: format!(
-                    "invalid queue name `{queue}` (use lowercase letters, digits and `-`)"
-                ),
-            }
-            .into());
-        }
+        let crate::runs::NewRun { mut record, spec } = crate::runs::prepare(
+            &self.artifacts,
+            self.max_spec_bytes,
+            crate::runs::RunRequest {
+                spec_yaml: &req.spec_yaml,
+                params: &req.params,
+                queue: &req.queue,
+                priority: req.priority,
+                code_sha256: &req.code_sha256,
+                no_cache: req.no_cache,
+                trace_parent: caller
+                    .map(|sc| (sc.trace_id().to_string(), sc.span_id().to_string())),
+            },
+        )
+        .await?;
         self.refusals
-            .check_queue(&who, SUBMIT_RUN, "submit to", &queue)?;
-        let priority = crate::queues::check_priority(req.priority.unwrap_or(spec.priority))?;
-        let run_id = new_run_id(&spec.name);
-        let size = prost::Message::encoded_len(&spec);
-        if size > self.max_spec_bytes {
-            return Err(SchedulerError::InvalidArgument {
-                field: "spec_yaml",
-                message: format!(
-                    "the resolved spec is {size} bytes; at most {} are accepted (--max-spec-bytes)",
-                    self.max_spec_bytes
-                ),
-            }
-            .into());
-        }
-        let mut record = pb::RunRecord {
-            id: run_id.clone(),
-            queue,
-            priority,
-            params: spec.params.clone(),
-            name: spec.name.clone(),
-            tasks_total: spec.tasks.len() as u32,
-            state: pb::RunState::Running as i32,
-            created_at_ms: now_ms(),
-            trace_id,
-            root_span_id,
-            trace_parent_span_id,
-            no_cache: req.no_cache,
-            ..Default::default()
-        };
+            .check_queue(&who, SUBMIT_RUN, "submit to", &record.queue)?;
+        let run_id = record.id.clone();
         let span = tracing::info_span!("submit run", run = %run_id);
         if let Some(root) =
             drover_telemetry::propagation::remote(&record.trace_id, &record.root_span_id)

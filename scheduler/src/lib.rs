@@ -39,7 +39,9 @@ pub mod logs;
 pub mod metrics;
 pub mod options;
 pub mod queues;
+pub mod runs;
 pub mod store;
+pub mod triggers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,7 +75,9 @@ pub async fn serve(
     };
     let tls = auth::tls::server_config(&opts.api_security)?;
     let auth_mode = opts.api_security.auth_mode(opts.listen);
-    let (metrics, registry) = metrics::SchedulerMetrics::new();
+    let (metrics, mut registry) = metrics::SchedulerMetrics::new();
+    let trigger_metrics = triggers::TriggerMetrics::default();
+    trigger_metrics.register(&mut registry);
     let refusals = metrics.api_refused.clone();
     let etcd_options = opts
         .etcd_security
@@ -125,6 +129,15 @@ pub async fn serve(
         metrics,
         leadership.clone(),
     );
+    let max_spec_bytes = usize::try_from(opts.max_spec_bytes).unwrap_or(usize::MAX);
+    let triggers = triggers::Triggers {
+        store: store.clone(),
+        engine: handle.clone(),
+        artifacts: artifacts.clone(),
+        max_spec_bytes,
+        metrics: trigger_metrics,
+        changed: Arc::default(),
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -149,6 +162,11 @@ pub async fn serve(
     let mut engine_task = {
         let (store, leadership, stop) = (store.clone(), leadership.clone(), stop_rx.clone());
         let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+        tokio::spawn(triggers::watch::follow(
+            triggers.clone(),
+            leading_tx.subscribe(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(async move {
             while leading.changed().await.is_ok() {
                 let now = *leading.borrow_and_update();
@@ -184,7 +202,6 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| SchedulerError::Transport(e.to_string()))?;
-    let max_spec_bytes = usize::try_from(opts.max_spec_bytes).unwrap_or(usize::MAX);
     let api = grpc::Api {
         engine: handle,
         store,
@@ -195,6 +212,10 @@ pub async fn serve(
         refusals: refusals.clone(),
         nats_admin,
     };
+    let hooks = triggers::webhook::Hooks {
+        triggers: triggers.clone(),
+        leadership: leadership.clone(),
+    };
     // A standby refuses every Drover call, naming the leader.
     let refuse = move |req: tonic::Request<()>| match leadership.refusal() {
         Some(status) => Err(status),
@@ -204,6 +225,10 @@ pub async fn serve(
     let cluster_api = pb::cluster_server::ClusterServer::new(cluster::ClusterApi {
         store: api.store.clone(),
         id: scheduler_id,
+    });
+    let triggers_api = pb::triggers_server::TriggersServer::new(triggers::api::TriggersApi {
+        triggers,
+        refusals: refusals.clone(),
     });
     let agents_api = intercepted(pb::agents_server::AgentsServer::new(api.clone()));
     let queues_api = pb::queues_server::QueuesServer::new(api.clone());
@@ -218,7 +243,8 @@ pub async fn serve(
         tokens = tokens.table().len(),
         "scheduler serving"
     );
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/1 too: webhooks (Alertmanager) post plain HTTP/1.1 requests.
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -244,8 +270,10 @@ pub async fn serve(
         .add_service(InterceptedService::new(queues_api, refuse.clone()))
         .add_service(InterceptedService::new(
             pb::tokens_server::TokensServer::new(auth::service::TokensApi { tokens }),
-            refuse,
+            refuse.clone(),
         ))
+        .add_service(InterceptedService::new(triggers_api, refuse))
+        .add_service(hooks)
         .add_service(cluster_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx));
     tokio::select! {

@@ -13,6 +13,9 @@
 //! - `<prefix>/tokens/<name>` → `TokenRecord` (API tokens, see `crate::auth`)
 //! - `<prefix>/nats/agents/<agent-id>` → `EnrolledAgent` (the public key of
 //!   the agent's NATS identity; written by `EnrollAgent` only)
+//! - `<prefix>/triggers/<name>`, `<prefix>/trigger-objects/<name>/<key>`,
+//!   `<prefix>/trigger-alerts/<name>/<group>`: triggers (see
+//!   `crate::triggers::records`)
 //!
 //! Specs are kept apart so that a run of 100,000 tasks is neither one etcd
 //! value (etcd refuses requests over 1.5 MiB) nor rewritten with every
@@ -426,7 +429,7 @@ impl Store {
     }
 
     /// Every record under `<prefix>/<kind>/`, with its revision.
-    async fn list<M: Message + Default>(
+    pub(crate) async fn list<M: Message + Default>(
         &self,
         kind: &str,
         op: &'static str,
@@ -489,7 +492,7 @@ impl Store {
         Ok(agents.into_iter().map(|(a, _)| a).collect())
     }
 
-    fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {
+    pub(crate) fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {
         M::decode(value).map_err(|e| SchedulerError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
             reason: e.to_string(),

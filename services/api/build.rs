@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../../proto/drover/v1/store.proto",
                 "../../proto/drover/v1/auth.proto",
                 "../../proto/drover/v1/enroll.proto",
+                "../../proto/drover/v1/triggers.proto",
             ],
             &["../../proto"],
         )?;

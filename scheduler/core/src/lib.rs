@@ -11,6 +11,8 @@
 //! - [`queue_rules`]: which changes to the set of queues are allowed.
 //! - [`admission`]: priority queues, quotas, fair sharing, borrowing, backfill
 //!   and preemption: which ready tasks start now.
+//! - [`triggers`]: cron schedules and catch-up, data batches, alert groups:
+//!   which firings start runs.
 
 pub mod admission;
 pub mod cache;
@@ -19,6 +21,7 @@ pub mod ids;
 pub mod placement;
 pub mod queue_rules;
 pub mod retry;
+pub mod triggers;
 
 /// Milliseconds since the Unix epoch; the shell passes the clock in.
 pub type Millis = u64;

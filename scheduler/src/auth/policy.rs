@@ -91,7 +91,7 @@ const OPEN_SERVICES: [&str; 3] = [
 
 /// Every known method and the least role it needs. A method missing here
 /// needs admin, so a new RPC is closed until someone decides otherwise.
-pub const METHODS: [(&str, Role); 30] = [
+pub const METHODS: [(&str, Role); 38] = [
     ("/drover.v1.Scheduler/SubmitRun", Role::Submitter),
     ("/drover.v1.Scheduler/CancelRun", Role::Submitter),
     ("/drover.v1.Scheduler/RetryRun", Role::Submitter),
@@ -122,7 +122,20 @@ pub const METHODS: [(&str, Role); 30] = [
     ("/drover.v1.Tokens/ListTokens", Role::Admin),
     ("/drover.v1.Tokens/RevokeToken", Role::Admin),
     ("/drover.v1.Cluster/GetClusterStatus", Role::Viewer),
+    // Triggers start runs: the queue a trigger's runs go to is checked
+    // against a submitter's queues on create, update and fire.
+    ("/drover.v1.Triggers/CreateTrigger", Role::Submitter),
+    ("/drover.v1.Triggers/UpdateTrigger", Role::Submitter),
+    ("/drover.v1.Triggers/FireTrigger", Role::Submitter),
+    ("/drover.v1.Triggers/PauseTrigger", Role::Operator),
+    ("/drover.v1.Triggers/ResumeTrigger", Role::Operator),
+    ("/drover.v1.Triggers/DeleteTrigger", Role::Operator),
+    ("/drover.v1.Triggers/ListTriggers", Role::Viewer),
+    ("/drover.v1.Triggers/GetTrigger", Role::Viewer),
 ];
+
+/// Webhooks (`/hooks/alertmanager/<trigger>`) start runs like a submit.
+const HOOKS: &str = "/hooks/";
 
 /// What a call to a method needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +150,9 @@ pub fn needed(path: &str) -> Needed {
     if OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {
         return Needed::Open;
     }
+    if path.starts_with(HOOKS) {
+        return Needed::Role(Role::Submitter);
+    }
     Needed::Role(
         METHODS
             .iter()
@@ -148,6 +164,9 @@ pub fn needed(path: &str) -> Needed {
 /// `path` as a metric label: a known method, else `other` (refused calls
 /// come from anyone; their paths must not grow the label set).
 pub fn method_label(path: &str) -> &'static str {
+    if path.starts_with(HOOKS) {
+        return "hooks";
+    }
     METHODS
         .iter()
         .find(|(m, _)| *m == path)

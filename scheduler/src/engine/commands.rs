@@ -1,6 +1,8 @@
 //! Requests from the API: submit, cancel, drain, queues, priorities — and
 //! the views they answer with.
 
+use std::sync::Arc;
+
 use drover_api::pb;
 use drover_scheduler_core::dag::{Event, RetryRefusal, TaskStatus};
 use drover_scheduler_core::ids::{RunId, TaskIndex};
@@ -25,6 +27,16 @@ impl EngineState {
                     return Answer::now(Err(SchedulerError::QueueNotFound(record.queue.clone())));
                 }
                 self.add_run(*record, spec, now, turn);
+                after(AfterCommit::Done)
+            }
+            Request::Adopt { stored } => {
+                let id = RunId::new(&stored.record.id);
+                // A reload after a failed commit may have read it already.
+                if !self.runs.contains_key(&id) {
+                    info!(run = %id, pipeline = %stored.spec.name, "run started by a trigger");
+                    let (id, fx) = self.insert_stored_run(Arc::unwrap_or_clone(stored), now);
+                    self.effects(&id, fx, now, turn);
+                }
                 after(AfterCommit::Done)
             }
             Request::Cancel { run } => {

@@ -21,6 +21,11 @@ pub enum Request {
         record: Box<pb::RunRecord>,
         spec: Arc<pb::PipelineSpec>,
     },
+    /// A run created in etcd outside the engine (a trigger's firing):
+    /// it becomes active as a restart would load it.
+    Adopt {
+        stored: Arc<StoredRun>,
+    },
     /// Cancel a run; answers false when the run is not active here.
     Cancel {
         run: RunId,
@@ -148,6 +153,12 @@ impl EngineHandle {
     pub async fn submit(&self, record: pb::RunRecord, spec: Arc<pb::PipelineSpec>) -> Result<()> {
         let record = Box::new(record);
         self.done(Request::Submit { record, spec }).await
+    }
+
+    /// Makes a run stored by a trigger's firing active.
+    pub async fn adopt(&self, stored: StoredRun) -> Result<()> {
+        let stored = Arc::new(stored);
+        self.done(Request::Adopt { stored }).await
     }
 
     pub async fn cancel(&self, run_id: String) -> Result<bool> {

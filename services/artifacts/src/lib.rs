@@ -111,6 +111,15 @@ pub struct ArtifactInfo {
     pub size: u64,
 }
 
+/// An object as [`Store::list`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Relative to the store's URL.
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
 /// A handle on an object store rooted at the path of the URL it was opened from.
 #[derive(Clone)]
 pub struct Store {
@@ -358,6 +367,30 @@ impl Store {
             })
             .try_filter(|chunk| std::future::ready(!chunk.is_empty()))
             .boxed())
+    }
+
+    /// Every object under the store's URL: keys relative to it, with the
+    /// store's ETag (S3: the content's MD5 for a single-part upload; a
+    /// directory: inode, time and size) and size.
+    pub async fn list(&self) -> Result<Vec<ListedObject>, ArtifactError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let depth = self.prefix.parts().count();
+        self.inner
+            .list(prefix)
+            .map_err(|e| ArtifactError::store(self.prefix.as_ref(), e))
+            .map_ok(|meta| ListedObject {
+                key: meta
+                    .location
+                    .parts()
+                    .skip(depth)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                etag: meta.e_tag.unwrap_or_default(),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
     }
 
     /// Reads the whole object at `key` (small objects only).

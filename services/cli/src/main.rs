@@ -13,6 +13,7 @@ mod output;
 mod queue;
 mod status;
 mod token;
+mod trigger;
 mod waterfall;
 
 use std::collections::BTreeMap;
@@ -184,6 +185,10 @@ enum Command {
     /// The step cache: list entries, forget them.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Pipelines that start on a cron schedule, on new objects under a
+    /// prefix, on an Alertmanager alert, or when fired (CI).
+    #[command(subcommand)]
+    Trigger(trigger::TriggerCommand),
     /// API tokens: create (shown once), list, revoke (admin token needed).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -284,7 +289,7 @@ fn causes(e: &anyhow::Error) -> String {
     said.join(": ")
 }
 
-fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|p| {
             p.split_once('=')
@@ -373,6 +378,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cache::run(connect::scheduler(&conn).await?, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Trigger(cmd) => trigger::run(&conn, cmd).await,
         Command::Run(cmd) => {
             queue::run_run(connect::scheduler(&conn).await?, cmd).await?;
             Ok(ExitCode::SUCCESS)
@@ -618,7 +624,7 @@ const REWATCH_FOR: Duration = Duration::from_secs(60);
 /// Prints task changes until the run ends; the exit code says whether it
 /// succeeded. A stream that breaks while the run goes on (its scheduler
 /// died or stepped down) is opened again at the leader.
-async fn follow(
+pub(crate) async fn follow(
     conn: &connect::ConnectArgs,
     client: &mut Client,
     run_id: String,
