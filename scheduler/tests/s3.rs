@@ -221,3 +221,59 @@ async fn an_upload_to_a_store_back_within_the_retry_window_succeeds() {
     assert_eq!(task(&run, "produce").attempts.len(), 1);
     assert_eq!(c.logs(&id, "consume", 1).await.unwrap(), "payload\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_trigger_on_an_s3_prefix_fires_once_per_batch_of_new_objects() {
+    use drover_api::pb;
+    use drover_api::pb::trigger_settings::Source;
+    let garage = Garage::start("drover").await.unwrap();
+    let mut c = cluster(&garage, "runs").await;
+    c.add_agent("agent-1").await;
+    let data = bucket(&garage, "data/incoming").await;
+    data.put_bytes("old.csv", "there before".into())
+        .await
+        .unwrap();
+    let spec = "name: ingest\nparams: {objects: \"[]\"}\ntasks:\n  - name: t\n    command: [\"echo\", \"{{params.objects}}\"]\n";
+    let created = c
+        .triggers()
+        .await
+        .create_trigger(pb::TriggerSettings {
+            name: "ingest".into(),
+            spec_yaml: spec.into(),
+            source: Some(Source::Objects(pb::ObjectsSource {
+                url: garage.url("data/incoming/"),
+                batch_window_ms: 1_000,
+                poll_interval_ms: 200,
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.trigger.unwrap().objects_seen, 1);
+
+    for key in ["a.csv", "b.csv", "2026/c.csv"] {
+        data.put_bytes(key, key.as_bytes().to_vec().into())
+            .await
+            .unwrap();
+    }
+    let runs = c.wait_runs_named("ingest", 1, LONG).await;
+    let objects: Vec<serde_json::Value> = serde_json::from_str(&runs[0].params["objects"]).unwrap();
+    let keys: Vec<&str> = objects.iter().map(|o| o["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["2026/c.csv", "a.csv", "b.csv"]);
+    // S3's ETag of a single-part upload: the content's MD5, quoted.
+    let etag = objects[1]["etag"].as_str().unwrap();
+    assert!(etag.trim_matches('"').len() == 32, "{etag}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.runs_named("ingest").await.len(), 1, "fired again");
+
+    data.put_bytes("d.csv", "fourth".into()).await.unwrap();
+    let runs = c.wait_runs_named("ingest", 2, LONG).await;
+    let newest = runs.iter().max_by_key(|r| r.created_at_ms).unwrap();
+    assert!(newest.params["objects"].contains("d.csv"));
+    assert!(!newest.params["objects"].contains("a.csv"));
+    for r in &runs {
+        assert_eq!(c.wait_done(&r.id, LONG).await.state(), RunState::Succeeded);
+    }
+}

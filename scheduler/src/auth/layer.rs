@@ -179,7 +179,19 @@ where
                 req.extensions_mut().insert(caller);
             }
             Ok(None) => {}
-            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                let webhook = policy::is_webhook(req.uri().path());
+                let code = status.code();
+                let mut refused = status.into_http();
+                // A webhook's sender reads the HTTP status, not grpc-status.
+                if webhook {
+                    *refused.status_mut() = match code {
+                        tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+                        _ => http::StatusCode::UNAUTHORIZED,
+                    };
+                }
+                return Box::pin(std::future::ready(Ok(refused)));
+            }
         }
         // The clone is ready only after its own poll_ready: call the one
         // that was polled, keep the clone for next time.

@@ -127,9 +127,9 @@ pub const METHODS: [(&str, Role); 38] = [
     ("/drover.v1.Triggers/CreateTrigger", Role::Submitter),
     ("/drover.v1.Triggers/UpdateTrigger", Role::Submitter),
     ("/drover.v1.Triggers/FireTrigger", Role::Submitter),
-    ("/drover.v1.Triggers/PauseTrigger", Role::Operator),
-    ("/drover.v1.Triggers/ResumeTrigger", Role::Operator),
-    ("/drover.v1.Triggers/DeleteTrigger", Role::Operator),
+    ("/drover.v1.Triggers/PauseTrigger", Role::Submitter),
+    ("/drover.v1.Triggers/ResumeTrigger", Role::Submitter),
+    ("/drover.v1.Triggers/DeleteTrigger", Role::Submitter),
     ("/drover.v1.Triggers/ListTriggers", Role::Viewer),
     ("/drover.v1.Triggers/GetTrigger", Role::Viewer),
 ];
@@ -150,7 +150,7 @@ pub fn needed(path: &str) -> Needed {
     if OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {
         return Needed::Open;
     }
-    if path.starts_with(HOOKS) {
+    if is_webhook(path) {
         return Needed::Role(Role::Submitter);
     }
     Needed::Role(
@@ -161,10 +161,15 @@ pub fn needed(path: &str) -> Needed {
     )
 }
 
+/// Whether `path` is a webhook's (plain HTTP, not gRPC).
+pub fn is_webhook(path: &str) -> bool {
+    path.starts_with(HOOKS)
+}
+
 /// `path` as a metric label: a known method, else `other` (refused calls
 /// come from anyone; their paths must not grow the label set).
 pub fn method_label(path: &str) -> &'static str {
-    if path.starts_with(HOOKS) {
+    if is_webhook(path) {
         return "hooks";
     }
     METHODS

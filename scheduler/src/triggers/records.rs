@@ -127,8 +127,12 @@ pub async fn run_state(store: &Store, run: &str) -> Result<Option<pb::RunState>>
         .transpose()
 }
 
-/// Whether queue `name` exists.
+/// Whether queue `name` exists (the default queue always does: each term
+/// creates it when etcd does not hold it yet).
 pub async fn queue_exists(store: &Store, name: &str) -> Result<bool> {
+    if name == crate::queues::DEFAULT_QUEUE {
+        return Ok(true);
+    }
     let key = store.queue_key(name);
     let resp = store
         .client()

@@ -521,6 +521,47 @@ impl Cluster {
         SchedulerClient::connect(self.server.clone()).await
     }
 
+    pub async fn triggers(&self) -> pb::triggers_client::TriggersClient<Channel> {
+        pb::triggers_client::TriggersClient::connect(self.server.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Every run of pipeline `name`, in full.
+    pub async fn runs_named(&self, name: &str) -> Vec<pb::Run> {
+        let summaries = self
+            .client()
+            .await
+            .list_runs(pb::ListRunsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let mut runs = Vec::new();
+        for s in summaries.into_iter().filter(|s| s.name == name) {
+            runs.push(self.get(&s.id).await);
+        }
+        runs
+    }
+
+    /// Waits until pipeline `name` has at least `n` runs; returns them.
+    pub async fn wait_runs_named(&self, name: &str, n: usize, timeout: Duration) -> Vec<pb::Run> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let runs = self.runs_named(name).await;
+            if runs.len() >= n {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} runs, not {n}\n{}",
+                runs.len(),
+                self.scheduler_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn submit(&self, yaml: &str) -> Result<String, tonic::Status> {
         self.submit_with(yaml, &[]).await
     }
@@ -725,11 +766,25 @@ impl Drop for Cluster {
 /// GETs an `http://host:port/path` URL (plain HTTP/1.1, `Connection: close`)
 /// and returns the status code, the Content-Type and the body.
 pub async fn http_get(url: &str) -> std::io::Result<(u16, String, String)> {
+    http_request("GET", url, &[], "").await
+}
+
+/// One HTTP/1.1 request; the status, content type and body of its answer.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await?;

@@ -860,3 +860,74 @@ tasks:
     let o = dev.drover(&["lineage", id, "--sha256", &dataset]);
     assert_eq!(o.status.code(), Some(2), "clap refuses RUN with --sha256");
 }
+
+#[test]
+fn trigger_fire_watch_exits_with_the_runs_outcome_for_ci() {
+    let dev = Dev::start();
+    let spec = dev.write(
+        "ci.yaml",
+        "name: ci\nparams: {code: \"0\"}\ntasks:\n  - name: check\n    command: [\"sh\", \"-c\", \"exit {{params.code}}\"]\n",
+    );
+    let o = dev.drover(&[
+        "trigger",
+        "create",
+        "nightly",
+        "--pipeline",
+        &spec,
+        "--cron",
+        "0 3 * * *",
+        "--timezone",
+        "Europe/Paris",
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains("cron \"0 3 * * *\" Europe/Paris"),
+        "{}",
+        out(&o)
+    );
+
+    let o = dev.drover(&["trigger", "fire", "nightly", "--watch"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    let o = dev.drover(&["trigger", "fire", "nightly", "-p", "code=3", "--watch"]);
+    assert_eq!(o.status.code(), Some(1), "a failed run fails the CI job");
+    assert!(out(&o).contains("exited with code 3"), "{}", out(&o));
+
+    let o = dev.drover(&["trigger", "show", "nightly"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let shown = out(&o);
+    assert_eq!(shown.matches("manual").count(), 2, "{shown}");
+    assert!(shown.contains("started"), "{shown}");
+    let o = dev.drover(&["trigger", "list"]);
+    assert!(out(&o).contains("nightly"), "{}", out(&o));
+
+    let o = dev.drover(&[
+        "trigger",
+        "create",
+        "bad",
+        "--pipeline",
+        &spec,
+        "--cron",
+        "0 25 * * *",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("cron") && err(&o).contains("0 25 * * *"),
+        "{}",
+        err(&o)
+    );
+    let o = dev.drover(&["trigger", "fire", "nightly", "-p", "branch=main"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("branch"), "{}", err(&o));
+
+    assert!(dev
+        .drover(&["trigger", "delete", "nightly"])
+        .status
+        .success());
+    let o = dev.drover(&["trigger", "show", "nightly"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("trigger `nightly` not found"),
+        "{}",
+        err(&o)
+    );
+}
