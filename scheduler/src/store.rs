@@ -378,8 +378,13 @@ impl Store {
     }
 
     /// Deletes spec chunks whose run record does not exist: left by a submit
-    /// cut short. Call before serving, when no submit is in flight.
+    /// cut short. Fenced, only chunks written before this leader's election
+    /// key (its campaign): a submit of this term may be between its spec and
+    /// its run record (the API serves as soon as the term starts), while one
+    /// of an earlier term can no longer complete (its leader's writes are
+    /// fenced). Orphans written while this leader stood by wait for the next term.
     pub async fn delete_orphan_specs(&self) -> Result<usize> {
+        let term_began = self.fence()?.map_or(i64::MAX, |f| f.revision);
         let runs: std::collections::HashSet<String> = self
             .list_runs()
             .await?
@@ -399,6 +404,7 @@ impl Store {
         let orphans: std::collections::BTreeSet<String> = resp
             .kvs()
             .iter()
+            .filter(|kv| kv.create_revision() < term_began)
             .filter_map(|kv| {
                 let rest = kv.key().get(prefix.len()..)?;
                 let run = String::from_utf8_lossy(rest).split('/').next()?.to_string();

@@ -281,3 +281,142 @@ async fn sigterm_hands_leadership_over_within_a_second() {
     let took = started.elapsed();
     assert!(took <= Duration::from_secs(1), "handover took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_second_trigger_fires_each_second_once_across_a_paused_leader_and_a_killed_one() {
+    use pb::trigger_settings::Source;
+    let mut c = Cluster::without_agents().await;
+    c.add_agent("agent-1").await;
+    let mut all = schedulers(&mut c, 1).await;
+    let ledger = c.scratch.join("ticks");
+    let spec = format!(
+        "name: tick\nparams: {{scheduled_time: \"\"}}\ntasks:\n  - name: t\n    command: [\"sh\", \"-c\", \"echo {{{{params.scheduled_time}}}} >> {}\"]\n",
+        ledger.display()
+    );
+    let triggers = |server: String| async move {
+        pb::triggers_client::TriggersClient::connect(server)
+            .await
+            .unwrap()
+    };
+    triggers(all[0].server.clone())
+        .await
+        .create_trigger(pb::TriggerSettings {
+            name: "tick".into(),
+            spec_yaml: spec,
+            source: Some(Source::Cron(pb::CronSource {
+                expression: "* * * * * *".into(),
+                timezone: String::new(),
+                catch_up: pb::CatchUp::All as i32,
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Paused past its lease: the standby fires meanwhile; the old leader,
+    // woken, must not fire the seconds it believes it still owes.
+    all[0].signal(libc::SIGSTOP);
+    assert_eq!(leader(&all, &["scheduler-1"]).await.id, "scheduler-2");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    all[0].signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    all[1].child.kill().await.unwrap();
+    let back = leader(&all, &["scheduler-2"]).await;
+    assert_eq!(back.id, "scheduler-1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    triggers(back.server.clone())
+        .await
+        .pause_trigger(pb::TriggerRef {
+            name: "tick".into(),
+        })
+        .await
+        .unwrap();
+
+    let mut seconds = std::collections::BTreeMap::<String, usize>::new();
+    for run in c.runs_named("tick").await {
+        let run = wait_done(&all, &["scheduler-2"], &run.id).await;
+        assert_eq!(run.state(), RunState::Succeeded, "{run:?}");
+        *seconds
+            .entry(run.params["scheduled_time"].clone())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seconds.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "seconds fired twice: {twice:?}");
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+    let fired: Vec<i64> = seconds.keys().map(|s| at(s)).collect();
+    let (first, last) = (fired[0], fired[fired.len() - 1]);
+    assert_eq!(
+        fired.len() as i64,
+        last - first + 1,
+        "seconds lost: {fired:?}"
+    );
+    assert!(fired.len() >= 10, "{fired:?}");
+    let ran = std::fs::read_to_string(&ledger).unwrap();
+    assert_eq!(ran.lines().count(), fired.len(), "a run ran twice:\n{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_term_sweeps_orphan_specs_but_not_those_of_submits_racing_its_start() {
+    let mut c = Cluster::without_agents().await;
+    c.add_agent("agent-1").await;
+    let mut etcd = etcd_client::Client::connect([c.etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    // A submit cut short between its spec and its run record.
+    let ghost = format!("{}/specs/ghost-1/000000", c.prefix);
+    etcd.put(ghost.as_str(), "x", None).await.unwrap();
+    c.kill_scheduler().await;
+    // Submits racing the term's start: each retries until the new
+    // scheduler takes it, then sends a few more at once.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let server = c.server.clone();
+            tokio::spawn(async move {
+                let spec = "name: racer\ntasks:\n  - name: a\n    command: [\"true\"]\n";
+                let mut ids = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while ids.len() < 5 {
+                    assert!(Instant::now() < deadline, "no scheduler took a submit");
+                    let Ok(mut client) =
+                        pb::scheduler_client::SchedulerClient::connect(server.clone()).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    let req = pb::SubmitRunRequest {
+                        spec_yaml: spec.into(),
+                        ..Default::default()
+                    };
+                    match client.submit_run(req).await {
+                        Ok(r) => ids.push(r.into_inner().run_id),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    c.start_scheduler().await;
+    let mut runs = Vec::new();
+    for r in racers {
+        runs.extend(r.await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !etcd
+        .get(ghost.as_str(), None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the orphan spec was not swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new process reads every spec from etcd, not from its memory.
+    c.kill_scheduler().await;
+    c.start_scheduler().await;
+    for run in runs {
+        let done = c.wait_done(&run, LONG).await;
+        assert_eq!(done.state(), RunState::Succeeded, "{done:?}");
+    }
+}
