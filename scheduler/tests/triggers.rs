@@ -359,21 +359,28 @@ fn notification(group: &str, status: &str) -> String {
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alertmanager_notifications_start_one_run_per_group_firing() {
+/// A cluster with the alert trigger `retrain`, whose runs record their
+/// `alert_labels`.
+async fn retrain_on_alerts() -> Cluster {
     let c = Cluster::start().await;
-    let ledger = c.scratch.join("retrain");
     let yaml = ledger_pipeline(
         "retrain",
         "alert_labels: \"{}\"",
         "{{params.alert_labels}}",
         "0",
-        &ledger,
+        &c.scratch.join("retrain"),
     );
-    let mut t = triggers(&c).await;
-    t.create_trigger(settings("retrain", yaml, Source::Alert(pb::AlertSource {})))
+    c.triggers()
+        .await
+        .create_trigger(settings("retrain", yaml, Source::Alert(pb::AlertSource {})))
         .await
         .unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_notifications_start_one_run_per_group_firing() {
+    let c = retrain_on_alerts().await;
     let hook = "/hooks/alertmanager/retrain";
 
     let (status, body) = post(&c, hook, &notification("Drift", "firing")).await;
@@ -655,4 +662,56 @@ async fn with_tokens_on_the_webhook_takes_a_submitter_token_and_refuses_others_o
     let (status, text) = post_as(Some(submitter)).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.starts_with("run "), "{text}");
+}
+
+/// An alert as Prometheus posts it to Alertmanager; resolved when `ends_at` is given.
+fn prometheus_alert(model: &str, ends_at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let mut alert = serde_json::json!({
+        "labels": {"alertname": "FeatureDrift", "model": model, "severity": "warning"},
+        "annotations": {"summary": "PSI over 0.25"},
+        "generatorURL": "http://prometheus:9090/graph",
+    });
+    if let Some(t) = ends_at {
+        alert["endsAt"] = serde_json::Value::String(t.to_rfc3339());
+    }
+    serde_json::Value::Array(vec![alert]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_starts_one_run_per_firing_and_again_after_a_resolution() {
+    use drover_devcluster::alertmanager::Alertmanager;
+    let c = retrain_on_alerts().await;
+    let am = Alertmanager::start(&format!("{}/hooks/alertmanager/retrain", c.server))
+        .await
+        .unwrap();
+    am.post_alerts(&prometheus_alert("churn", None))
+        .await
+        .unwrap();
+    let runs = c.wait_runs_named("retrain", 1, LONG).await;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&runs[0].params["alert_labels"]).unwrap();
+    assert_eq!(labels["model"], "churn", "{labels:?}");
+    assert_eq!(labels["alertname"], "FeatureDrift");
+
+    // Prometheus sends a firing alert again every evaluation: no new run.
+    for _ in 0..3 {
+        am.post_alerts(&prometheus_alert("churn", None))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(c.runs_named("retrain").await.len(), 1, "{}", am.log());
+    // Resolved (sent after group_interval, 1s), then firing again: a second run.
+    let now = chrono::Utc::now();
+    am.post_alerts(&prometheus_alert("churn", Some(now)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.runs_named("retrain").await.len(), 1, "{}", am.log());
+    am.post_alerts(&prometheus_alert("churn", None))
+        .await
+        .unwrap();
+    c.wait_runs_named("retrain", 2, LONG).await;
+    let runs = settled(&c, "retrain").await;
+    assert!(runs.iter().all(|r| r.state() == pb::RunState::Succeeded));
 }

@@ -3,6 +3,7 @@
 //! local cluster on these, and the integration tests use the same code
 //! (and [`garage`], a real S3 server, for the tests of S3 stores).
 
+pub mod alertmanager;
 pub mod clusters;
 pub mod docker;
 pub mod etcd_auth;
