@@ -278,3 +278,50 @@ async fn an_agent_woken_after_the_timeout_stops_its_copy_at_once() {
     );
     assert!(log.contains("no contact with NATS"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_agent_lost_wait_a_frozen_agents_task_waits_for_it_and_finishes_there() {
+    let mut c = Cluster::with_scheduler_args(&["--agent-timeout", "3s"]).await;
+    let agent = spawn_agent_process(&c, "frozen");
+    let spec = side_effect_spec(
+        "wait-frozen",
+        &c.scratch,
+        8,
+        "    on_agent_lost: wait\n    lost_after: 1m\n",
+    );
+    let id = c.submit(&spec).await.unwrap();
+    c.wait_for(&id, "running on frozen", |r| {
+        task(r, "work").state() == TaskState::Running
+    })
+    .await;
+    settle().await;
+    c.add_agent("spare").await;
+    // The agent process stops; its task, a process of its own, runs on.
+    signal(&agent, libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = c.agents().await;
+        if agents
+            .iter()
+            .any(|a| a.id == "frozen" && a.state() == AgentState::Lost)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "frozen never lost: {agents:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = c.get(&id).await;
+    let t = task(&run, "work");
+    assert_eq!(t.state(), TaskState::Running, "{t:#?}");
+    assert_eq!(t.attempts.len(), 1, "run elsewhere: {t:#?}");
+    signal(&agent, libc::SIGCONT);
+
+    let run = c.wait_done(&id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let t = task(&run, "work");
+    assert_eq!(t.attempts.len(), 1, "{t:#?}");
+    assert_eq!(t.attempts[0].agent_id, "frozen");
+    assert_eq!(t.attempts[0].state(), AttemptState::Succeeded);
+    assert_eq!(marker(&c), "start frozen\ndone frozen\n");
+}
