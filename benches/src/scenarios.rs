@@ -954,10 +954,11 @@ pub async fn security_overhead(
         o,
         &[
             ("throughput on ÷ off", ">=", 0.95),
-            ("hop p50 off ÷ on", ">=", 0.95),
+            ("hop cycle off ÷ on", ">=", 0.95),
         ],
         async |o: &mut Outcome| {
             let (mut tps, mut hop_p50) = ([0.0f64; 2], [f64::MAX; 2]);
+            let mut cycle = [f64::MAX; 2];
             let mut cpu = SideCpu::default();
             for round in 0..rounds {
                 let order = if round % 2 == 0 {
@@ -991,30 +992,41 @@ pub async fn security_overhead(
                         .and_then(|v| v.get("p50_ms"))
                         .and_then(serde_json::Value::as_f64);
                     hop_p50[side] = hop_p50[side].min(p50.unwrap_or(f64::MAX));
+                    let c = h
+                        .metrics
+                        .get("cycle_ms_per_task")
+                        .and_then(serde_json::Value::as_f64);
+                    cycle[side] = cycle[side].min(c.unwrap_or(f64::MAX));
                 }
             }
             let tput = tps[1] / tps[0];
-            let latency = hop_p50[0] / hop_p50[1];
+            // Per-hop p50 is whole milliseconds (the agents' timestamps);
+            // the chain's finish-to-finish time per task resolves 5%.
+            let latency = cycle[0] / cycle[1];
             o.metric("tasks_per_s_off", r3(tps[0]))
                 .metric("tasks_per_s_on", r3(tps[1]))
                 .metric("hop_p50_ms_off", r3(hop_p50[0]))
                 .metric("hop_p50_ms_on", r3(hop_p50[1]))
                 .metric("ratio_throughput_on_off", r3(tput))
+                .metric("hop_cycle_ms_off", r3(cycle[0]))
+                .metric("hop_cycle_ms_on", r3(cycle[1]))
                 .metric("ratio_hop_off_on", r3(latency));
             o.summary = format!(
-                "real {} → {} tasks/s secured (on ÷ off = {}); hop p50 {} → {} ms (off ÷ on = {})",
+                "real {} → {} tasks/s secured (on ÷ off = {}); hop cycle {} → {} ms/task (off ÷ on = {}), hop p50 {} → {} ms",
                 fmt_num(tps[0]),
                 fmt_num(tps[1]),
                 fmt_num(tput),
+                fmt_num(cycle[0]),
+                fmt_num(cycle[1]),
+                fmt_num(latency),
                 fmt_num(hop_p50[0]),
-                fmt_num(hop_p50[1]),
-                fmt_num(latency)
+                fmt_num(hop_p50[1])
             );
             cpu.report(o);
             o.targets
                 .push(Target::at_least("throughput on ÷ off", tput, 0.95));
             o.targets
-                .push(Target::at_least("hop p50 off ÷ on", latency, 0.95));
+                .push(Target::at_least("hop cycle off ÷ on", latency, 0.95));
             Ok(())
         },
     )
