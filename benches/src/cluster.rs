@@ -53,7 +53,11 @@ pub struct Cluster {
     pub nats_prefix: String,
     pub server: String,
     scheduler: Child,
+    /// Real agents, with the id each was started as.
     agents: Vec<Child>,
+    agent_ids: Vec<(String, u32)>,
+    /// Scheduler restarts so far (each incarnation logs to its own file).
+    restarts: usize,
     bins: Bins,
     /// Extra environment of the scheduler and real agents.
     env: Vec<(String, String)>,
@@ -187,6 +191,8 @@ impl Cluster {
             server,
             scheduler,
             agents: Vec::new(),
+            agent_ids: Vec::new(),
+            restarts: 0,
             bins: bins.clone(),
             env: env_in.to_vec(),
             scheduler_flags: (flags, env),
@@ -240,15 +246,64 @@ impl Cluster {
 
     /// Starts a real agent: process executor, `cpus` CPUs offered.
     pub async fn add_agent(&mut self, id: &str, cpus: u32) -> Result<()> {
-        let dir = self.dir.join("agents").join(id);
-        std::fs::create_dir_all(&dir)?;
         let secure_args = match &mut self.security {
             Some(s) => s.add_agent(&self.nats, &self.nats_prefix, id).await?,
             None => Vec::new(),
         };
+        let child = self.spawn_agent(id, cpus, &secure_args, "agent.log")?;
+        self.agents.push(child);
+        self.agent_ids.push((id.to_owned(), cpus));
+        Ok(())
+    }
+
+    /// Kills the scheduler (SIGKILL) and, after `down`, starts it again on
+    /// the same address, as after a crash (not waiting for it to lead).
+    pub async fn restart_scheduler(&mut self, down: Duration) -> Result<()> {
+        self.scheduler.kill().await?;
+        tokio::time::sleep(down).await;
+        self.restarts += 1;
+        let listen = self
+            .server
+            .rsplit(':')
+            .next()
+            .context("no port in the scheduler's address")?
+            .to_owned();
+        let (flags, env) = &self.scheduler_flags;
+        let mut cmd = Command::new(&self.bins.scheduler);
+        with_env(&mut cmd, env)
+            .args(flags)
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--id", "scheduler-1"]);
+        let log = self.dir.join(format!("scheduler.{}.log", self.restarts));
+        self.scheduler = spawn_logged(&mut cmd, &self.bins.scheduler, &log)?;
+        Ok(())
+    }
+
+    /// Kills real agent `index` (SIGKILL) and, after `down`, starts it again
+    /// with the same id and work directory (unsecured clusters only).
+    pub async fn restart_agent(&mut self, index: usize, down: Duration) -> Result<()> {
+        let (id, cpus) = self
+            .agent_ids
+            .get(index)
+            .cloned()
+            .context("no such agent")?;
+        if self.security.is_some() {
+            bail!("restarting a secured agent is not supported");
+        }
+        self.agents[index].kill().await?;
+        tokio::time::sleep(down).await;
+        self.restarts += 1;
+        let log = format!("agent.{}.log", self.restarts);
+        self.agents[index] = self.spawn_agent(&id, cpus, &[], &log)?;
+        Ok(())
+    }
+
+    fn spawn_agent(&self, id: &str, cpus: u32, secure_args: &[String], log: &str) -> Result<Child> {
+        let dir = self.dir.join("agents").join(id);
+        std::fs::create_dir_all(&dir)?;
         let mut cmd = Command::new(&self.bins.agent);
         with_env(&mut cmd, &self.env)
-            .args(&secure_args)
+            .args(secure_args)
             .args(["--nats", &self.nats.url, "--nats-prefix", &self.nats_prefix])
             .arg("--artifacts")
             .arg(format!("file://{}", self.dir.join("artifacts").display()))
@@ -256,9 +311,12 @@ impl Cluster {
             .args(["--cpus", &cpus.to_string()])
             .arg("--work-dir")
             .arg(dir.join("work"));
-        let child = spawn_logged(&mut cmd, &self.bins.agent, &dir.join("agent.log"))?;
-        self.agents.push(child);
-        Ok(())
+        spawn_logged(&mut cmd, &self.bins.agent, &dir.join(log))
+    }
+
+    /// Real agents started so far.
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
     }
 
     /// The last lines of every real agent's log.

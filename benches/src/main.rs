@@ -39,6 +39,9 @@ enum Scenario {
     Failover,
     /// etcd commits with and without the leader's fence compare.
     Fence,
+    /// A run while the scheduler, nats-server, etcd and agents are killed
+    /// and restarted at seeded random moments: tasks lost, tasks done twice.
+    Chaos,
 }
 
 /// drover-bench: end-to-end latency and throughput of Drover, next to the
@@ -63,6 +66,12 @@ struct Cli {
     /// Longest a scenario may take to finish its tasks, in seconds.
     #[arg(long)]
     timeout: Option<u64>,
+    /// Tasks of the chaos run (default 2000; quick 300).
+    #[arg(long)]
+    chaos_tasks: Option<usize>,
+    /// Seed of the chaos run's faults (the same seed, the same faults at the same moments).
+    #[arg(long, default_value_t = 1)]
+    chaos_seed: u64,
     /// Tasks in the hop-latency chain (default 200; quick 50).
     #[arg(long)]
     hop_tasks: Option<usize>,
@@ -332,6 +341,15 @@ async fn main() -> Result<()> {
         let kills = if q { 2 } else { 5 };
         eprintln!("failover: the leader of 3 schedulers killed {kills} times mid-run");
         outcomes.push(drover_bench::failover::failover(&settings, kills).await);
+        show(outcomes.last().unwrap_or(&machine()));
+    }
+    if wants(Scenario::Chaos) {
+        let n = pick(cli.chaos_tasks, 2_000, 300, q);
+        eprintln!(
+            "chaos: {n} tasks without faults, then with seeded kills (seed {})",
+            cli.chaos_seed
+        );
+        outcomes.push(drover_bench::chaos::chaos(&settings, n, cli.chaos_seed).await);
         show(outcomes.last().unwrap_or(&machine()));
     }
     if wants(Scenario::Fence) {

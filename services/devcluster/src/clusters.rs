@@ -98,6 +98,7 @@ impl EtcdCluster {
                 url,
                 child,
                 nats_config: None,
+                relaunch: None,
                 _dir: dir,
             }));
         }
@@ -198,6 +199,7 @@ impl NatsCluster {
                 url: format!("nats://127.0.0.1:{port}"),
                 child,
                 nats_config: None,
+                relaunch: None,
                 _dir: dir,
             }));
         }

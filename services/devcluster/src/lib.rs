@@ -175,7 +175,25 @@ pub struct Server {
     child: Child,
     /// A nats-server's config file, when it was started from one.
     nats_config: Option<NatsConfig>,
+    /// How to start it again on the same ports and data ([`Server::restart`]).
+    relaunch: Option<Relaunch>,
     _dir: DataDir,
+}
+
+/// The command a [`Server`] was started with, and how to tell it is ready.
+struct Relaunch {
+    program: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+    ready: Ready,
+}
+
+#[derive(Clone, Copy)]
+enum Ready {
+    /// etcd's /health on this port.
+    Etcd(u16),
+    /// nats-server's INFO greeting on this port.
+    Nats(u16),
 }
 
 /// How [`Server::nats_with`] configures nats-server beyond the defaults.
@@ -273,6 +291,12 @@ impl Server {
             url,
             child,
             nats_config: None,
+            relaunch: Some(Relaunch {
+                program: "etcd",
+                args,
+                log,
+                ready: Ready::Etcd(health_port),
+            }),
             _dir: dir,
         })
     }
@@ -322,6 +346,12 @@ impl Server {
         Ok(Self {
             url: format!("{scheme}://127.0.0.1:{port}"),
             child,
+            relaunch: Some(Relaunch {
+                program: "nats-server",
+                args,
+                log: config.log.clone(),
+                ready: Ready::Nats(port),
+            }),
             nats_config: Some(config),
             _dir: dir,
         })
@@ -392,6 +422,12 @@ impl Server {
             url: format!("nats://127.0.0.1:{port}"),
             child,
             nats_config: None,
+            relaunch: Some(Relaunch {
+                program: "nats-server",
+                args,
+                log,
+                ready: Ready::Nats(port),
+            }),
             _dir: dir,
         })
     }
@@ -401,6 +437,32 @@ impl Server {
     pub async fn kill(&mut self) -> Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same ports and
+    /// data, as after a crash; returns once it answers. Its log is started
+    /// over.
+    pub async fn restart(&mut self) -> Result<()> {
+        let Some(r) = &self.relaunch else {
+            bail!("this server cannot be restarted (a cluster member)");
+        };
+        self.child.kill().await?;
+        let mut child = spawn(r.program, &r.args, &r.log, r.program)?;
+        match r.ready {
+            Ready::Etcd(port) => {
+                wait_ready(&mut child, r.program, &r.log, || etcd_healthy(port)).await?
+            }
+            Ready::Nats(port) => {
+                wait_ready(&mut child, r.program, &r.log, || nats_ready(port)).await?
+            }
+        }
+        self.child = child;
+        Ok(())
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Stops the server gracefully (SIGTERM, then SIGKILL after 5 s) and reaps it.
