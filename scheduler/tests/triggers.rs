@@ -701,12 +701,30 @@ async fn a_real_alertmanager_starts_one_run_per_firing_and_again_after_a_resolut
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     assert_eq!(c.runs_named("retrain").await.len(), 1, "{}", am.log());
-    // Resolved (sent after group_interval, 1s), then firing again: a second run.
+    // Resolved (sent after group_interval, 1s): recorded, no run. Then
+    // firing again: a second run.
     let now = chrono::Utc::now();
     am.post_alerts(&prometheus_alert("churn", Some(now)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut etcd = etcd_client::Client::connect([c.etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    let groups = format!("{}/trigger-alerts/retrain/", c.prefix);
+    let deadline = Instant::now() + LONG;
+    loop {
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let got = etcd.get(groups.as_str(), Some(options)).await.unwrap();
+        if got.kvs().iter().any(|kv| kv.value() == b"resolved") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resolution arrived:\n{}",
+            am.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(c.runs_named("retrain").await.len(), 1, "{}", am.log());
     am.post_alerts(&prometheus_alert("churn", None))
         .await
