@@ -265,6 +265,12 @@ async fn a_data_trigger_on_an_s3_prefix_fires_once_per_batch_of_new_objects() {
     // S3's ETag of a single-part upload: the content's MD5, quoted.
     let etag = objects[1]["etag"].as_str().unwrap();
     assert!(etag.trim_matches('"').len() == 32, "{etag}");
+    assert_eq!(
+        objects[1]["sha256"],
+        format!("{:x}", Sha256::digest(b"a.csv")),
+        "{}",
+        objects[1]
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.runs_named("ingest").await.len(), 1, "fired again");
 

@@ -292,6 +292,18 @@ async fn a_data_trigger_fires_once_per_batch_and_not_again_after_a_restart() {
         objects_of(&runs[0]),
         ["a.parquet", "b.parquet", "day1/c.parquet"]
     );
+    // Each with the sha256 of its content (the content is its name).
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&runs[0].params["objects"]).unwrap();
+    for o in &listed {
+        use sha2::{Digest, Sha256};
+        let key = o["key"].as_str().unwrap();
+        assert_eq!(
+            o["sha256"],
+            format!("{:x}", Sha256::digest(key.as_bytes())),
+            "{o}"
+        );
+        assert_eq!(o["size"], key.len(), "{o}");
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(runs_of(&c, "ingest").await.len(), 1, "fired again");
 

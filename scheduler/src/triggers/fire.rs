@@ -65,7 +65,14 @@ impl Cause {
             Cause::Objects { objects } => {
                 let list: Vec<serde_json::Value> = objects
                     .iter()
-                    .map(|(o, _)| serde_json::json!({"key": o.key, "etag": o.etag, "size": o.size}))
+                    .map(|(o, _)| {
+                        let mut v =
+                            serde_json::json!({"key": o.key, "etag": o.etag, "size": o.size});
+                        if let Some(sha256) = &o.sha256 {
+                            v["sha256"] = serde_json::Value::String(sha256.clone());
+                        }
+                        v
+                    })
                     .collect();
                 BTreeMap::from([(
                     "objects".to_string(),

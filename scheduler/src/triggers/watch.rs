@@ -167,7 +167,8 @@ impl Term {
             Batch::Idle => Ok(Some(now + poll)),
             Batch::Wait { until } => Ok(Some(until.min(now + poll))),
             Batch::Fire { objects } => {
-                let objects = objects
+                let objects = with_digests(source, objects)
+                    .await?
                     .into_iter()
                     .map(|o| {
                         let rev = seen.get(&o.key).map_or(0, |s| s.rev);
@@ -205,8 +206,28 @@ pub async fn list_objects(source: &pb::ObjectsSource) -> Result<Vec<Object>> {
             key: o.key,
             etag: o.etag,
             size: o.size,
+            sha256: None,
         })
         .collect())
+}
+
+/// Objects over this are passed without a sha256: the scheduler reads each
+/// new object once to hash it, and a batch of huge files would hold up its
+/// firing (and the bandwidth) for minutes.
+pub const MAX_HASHED_BYTES: u64 = 1 << 30;
+
+/// `objects` with the sha256 of each one up to [`MAX_HASHED_BYTES`].
+async fn with_digests(source: &pb::ObjectsSource, mut objects: Vec<Object>) -> Result<Vec<Object>> {
+    let store = drover_artifacts::open(&source.url)
+        .await
+        .map_err(|e| SchedulerError::Artifacts(e.to_string()))?;
+    for o in objects.iter_mut().filter(|o| o.size <= MAX_HASHED_BYTES) {
+        let digest = store.sha256_of(&o.key).await.map_err(|e| {
+            SchedulerError::Artifacts(format!("reading {}{}: {e}", source.url, o.key))
+        })?;
+        o.sha256 = Some(digest);
+    }
+    Ok(objects)
 }
 
 /// `--glob` (None: every key).

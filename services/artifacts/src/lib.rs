@@ -393,6 +393,16 @@ impl Store {
             .await
     }
 
+    /// The sha256 (lowercase hex) of the object at `key`, read as a stream.
+    pub async fn sha256_of(&self, key: &str) -> Result<String, ArtifactError> {
+        let mut stream = self.get_bytes_stream(key).await?;
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+
     /// Reads the whole object at `key` (small objects only).
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, ArtifactError> {
         let location = self.location(key)?;

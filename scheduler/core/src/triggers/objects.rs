@@ -18,6 +18,8 @@ pub struct Object {
     /// The store's ETag (S3: the MD5 of a single-part upload).
     pub etag: String,
     pub size: u64,
+    /// The content's sha256 (lowercase hex), once the shell read it.
+    pub sha256: Option<String>,
 }
 
 /// What the trigger does after a listing.
@@ -73,6 +75,7 @@ mod tests {
             key: key.into(),
             etag: etag.into(),
             size: 1,
+            sha256: None,
         }
     }
 
