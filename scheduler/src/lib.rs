@@ -31,6 +31,7 @@ pub mod convert;
 pub mod engine;
 pub mod enroll;
 pub mod error;
+pub mod etcd_members;
 pub mod fleet;
 pub mod grpc;
 pub mod leader;

@@ -167,6 +167,12 @@ impl Store {
             // (and re-made on another) instead of silently going quiet.
             .with_require_leader(true);
         let client = Client::connect(endpoints, Some(options)).await?;
+        if endpoints.len() > 1 {
+            tokio::spawn(crate::etcd_members::watch(
+                client.clone(),
+                endpoints.to_vec(),
+            ));
+        }
         Ok(Self {
             client,
             prefix: prefix.to_string(),
