@@ -55,7 +55,8 @@ async fn wait_done(c: &Cluster, run: &str) -> pb::Run {
         }
         assert!(
             Instant::now() < deadline,
-            "run {run} not done after {LONG:?}\nscheduler log:\n{}",
+            "run {run} not done after {LONG:?}; scheduler {}\nscheduler log:\n{}",
+            c.scheduler_state(),
             c.scheduler_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -430,6 +430,21 @@ impl Cluster {
         Duration::from_millis(ticks * 10)
     }
 
+    /// The scheduler process's state as `/proc` says (`R`, `S`, `Z` for
+    /// exited, ...), or why it cannot be told: for failure messages.
+    pub fn scheduler_state(&self) -> String {
+        let Some(pid) = self.scheduler.as_ref().and_then(|c| c.id()) else {
+            return "not running (reaped)".into();
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rfind(')')
+                .and_then(|i| stat.get(i + 2..i + 3))
+                .map_or_else(|| stat.clone(), |s| format!("pid {pid} state {s}")),
+            Err(e) => format!("pid {pid}: {e}"),
+        }
+    }
+
     /// The scheduler process, for a test that manages it from now on.
     pub fn take_scheduler(&mut self) -> Option<Child> {
         self.scheduler.take()
