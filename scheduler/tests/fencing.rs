@@ -93,6 +93,39 @@ fn marker(c: &Cluster) -> String {
     std::fs::read_to_string(c.scratch.join("marker")).unwrap_or_default()
 }
 
+/// Waits until `agent` is lost, then a little longer: its task must still
+/// run there, with no attempt elsewhere (`on_agent_lost: wait`).
+async fn lost_and_kept(c: &Cluster, id: &str, agent: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = c.agents().await;
+        if agents
+            .iter()
+            .any(|a| a.id == agent && a.state() == AgentState::Lost)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{agent} never lost: {agents:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = c.get(id).await;
+    let t = task(&run, "work");
+    assert_eq!(t.state(), TaskState::Running, "{t:#?}");
+    assert_eq!(t.attempts.len(), 1, "run elsewhere: {t:#?}");
+}
+
+/// The run succeeded with its one attempt on `agent`, which ran it to its end once.
+async fn finished_there(c: &Cluster, id: &str, agent: &str) {
+    let run = c.wait_done(id, LONG).await;
+    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
+    let t = task(&run, "work");
+    assert_eq!(t.attempts.len(), 1, "{t:#?}");
+    assert_eq!(t.attempts[0].agent_id, agent);
+    assert_eq!(t.attempts[0].state(), AttemptState::Succeeded);
+    assert_eq!(marker(c), format!("start {agent}\ndone {agent}\n"));
+}
+
 /// Runs until the agent's first heartbeat ack has surely arrived (it
 /// learns the timeout from it).
 async fn settle() {
@@ -175,32 +208,10 @@ async fn with_on_agent_lost_wait_the_task_waits_for_its_agent_and_finishes_there
     relay.freeze(true);
 
     // Past the agent timeout: the agent is lost, its attempt kept.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let agents = c.agents().await;
-        if agents
-            .iter()
-            .any(|a| a.id == "cut" && a.state() == AgentState::Lost)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cut never lost: {agents:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let run = c.get(&id).await;
-    let t = task(&run, "work");
-    assert_eq!(t.state(), TaskState::Running, "{t:#?}");
-    assert_eq!(t.attempts.len(), 1, "run elsewhere: {t:#?}");
+    lost_and_kept(&c, &id, "cut").await;
     relay.freeze(false);
 
-    let run = c.wait_done(&id, LONG).await;
-    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
-    let t = task(&run, "work");
-    assert_eq!(t.attempts.len(), 1, "{t:#?}");
-    assert_eq!(t.attempts[0].agent_id, "cut");
-    assert_eq!(t.attempts[0].state(), AttemptState::Succeeded);
-    assert_eq!(marker(&c), "start cut\ndone cut\n");
+    finished_there(&c, &id, "cut").await;
 }
 
 /// `drover-agent` as its own process (to be stopped with SIGSTOP), built
@@ -298,30 +309,8 @@ async fn with_on_agent_lost_wait_a_frozen_agents_task_waits_for_it_and_finishes_
     c.add_agent("spare").await;
     // The agent process stops; its task, a process of its own, runs on.
     signal(&agent, libc::SIGSTOP);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let agents = c.agents().await;
-        if agents
-            .iter()
-            .any(|a| a.id == "frozen" && a.state() == AgentState::Lost)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "frozen never lost: {agents:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let run = c.get(&id).await;
-    let t = task(&run, "work");
-    assert_eq!(t.state(), TaskState::Running, "{t:#?}");
-    assert_eq!(t.attempts.len(), 1, "run elsewhere: {t:#?}");
+    lost_and_kept(&c, &id, "frozen").await;
     signal(&agent, libc::SIGCONT);
 
-    let run = c.wait_done(&id, LONG).await;
-    assert_eq!(run.state(), RunState::Succeeded, "{run:#?}");
-    let t = task(&run, "work");
-    assert_eq!(t.attempts.len(), 1, "{t:#?}");
-    assert_eq!(t.attempts[0].agent_id, "frozen");
-    assert_eq!(t.attempts[0].state(), AttemptState::Succeeded);
-    assert_eq!(marker(&c), "start frozen\ndone frozen\n");
+    finished_there(&c, &id, "frozen").await;
 }

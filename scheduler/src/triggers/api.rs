@@ -14,7 +14,6 @@ use drover_scheduler_core::triggers::objects::MAX_PER_RUN;
 use crate::auth::{Refusals, Who};
 use crate::engine::now_ms;
 use crate::error::{Result, SchedulerError};
-use crate::runs::{self, RunRequest};
 use crate::store::Write;
 
 use super::fire::Cause;
@@ -66,25 +65,12 @@ impl TriggersApi {
                 ),
             ));
         }
-        let t = &self.triggers;
-        let new = runs::prepare(
-            &t.artifacts,
-            t.max_spec_bytes,
-            RunRequest {
-                spec_yaml: &settings.spec_yaml,
-                params: &settings.params,
-                queue: &settings.queue,
-                priority: settings.priority,
-                code_sha256: &settings.code_sha256,
-                no_cache: false,
-                trace_parent: None,
-            },
-        )
-        .await?;
-        let queue = new.record.queue;
-        if !records::queue_exists(&t.store, &queue).await? {
-            return Err(SchedulerError::QueueNotFound(queue));
-        }
+        let queue = self
+            .triggers
+            .new_run(settings, &settings.params)
+            .await?
+            .record
+            .queue;
         self.refusals
             .check_queue(who, path, "start runs in", &queue)
             .map_err(|s| SchedulerError::FailedPrecondition(s.message().to_string()))?;
@@ -141,9 +127,12 @@ impl TriggersApi {
                         format!("`{}` is not a file:/// or s3:// prefix", o.url),
                     ));
                 }
-                let listed = watch::list_objects(o).await.map_err(|e| {
-                    invalid("on_new_objects", format!("cannot list `{}`: {e}", o.url))
-                })?;
+                let listed = async {
+                    let store = watch::open_prefix(o).await?;
+                    watch::list_objects(&store, o).await
+                }
+                .await
+                .map_err(|e| invalid("on_new_objects", format!("cannot list `{}`: {e}", o.url)))?;
                 Ok(listed.into_iter().map(|o| (o.key, o.etag)).collect())
             }
         }

@@ -238,12 +238,22 @@ impl Triggers {
                 params.insert(k, v);
             }
         }
+        self.new_run(settings, &params).await
+    }
+
+    /// A run of `settings`' pipeline with `params`, checked as a firing
+    /// would make it (spec, code snapshot, priority, its queue exists).
+    pub async fn new_run(
+        &self,
+        settings: &pb::TriggerSettings,
+        params: &BTreeMap<String, String>,
+    ) -> Result<runs::NewRun> {
         let new = runs::prepare(
             &self.artifacts,
             self.max_spec_bytes,
             RunRequest {
                 spec_yaml: &settings.spec_yaml,
-                params: &params,
+                params,
                 queue: &settings.queue,
                 priority: settings.priority,
                 code_sha256: &settings.code_sha256,

@@ -145,7 +145,8 @@ impl Term {
             return Ok(Some(window_closes.map_or(due, |w| w.min(due))));
         }
         self.polled.insert(name.to_string(), now);
-        let listed = list_objects(source).await?;
+        let store = open_prefix(source).await?;
+        let listed = list_objects(&store, source).await?;
         let seen = records::seen(&t.store, name).await?;
         let etags = seen
             .iter()
@@ -167,7 +168,7 @@ impl Term {
             Batch::Idle => Ok(Some(now + poll)),
             Batch::Wait { until } => Ok(Some(until.min(now + poll))),
             Batch::Fire { objects } => {
-                let objects = with_digests(source, objects)
+                let objects = with_digests(&store, source, objects)
                     .await?
                     .into_iter()
                     .map(|o| {
@@ -190,10 +191,10 @@ impl Term {
 
 /// The objects under a data trigger's prefix that its glob matches, keys
 /// relative to the prefix.
-pub async fn list_objects(source: &pb::ObjectsSource) -> Result<Vec<Object>> {
-    let store = drover_artifacts::open(&source.url)
-        .await
-        .map_err(|e| SchedulerError::Artifacts(e.to_string()))?;
+pub async fn list_objects(
+    store: &drover_artifacts::Store,
+    source: &pb::ObjectsSource,
+) -> Result<Vec<Object>> {
     let glob = glob_matcher(&source.glob)?;
     let listed = store
         .list()
@@ -217,10 +218,11 @@ pub async fn list_objects(source: &pb::ObjectsSource) -> Result<Vec<Object>> {
 pub const MAX_HASHED_BYTES: u64 = 1 << 30;
 
 /// `objects` with the sha256 of each one up to [`MAX_HASHED_BYTES`].
-async fn with_digests(source: &pb::ObjectsSource, mut objects: Vec<Object>) -> Result<Vec<Object>> {
-    let store = drover_artifacts::open(&source.url)
-        .await
-        .map_err(|e| SchedulerError::Artifacts(e.to_string()))?;
+async fn with_digests(
+    store: &drover_artifacts::Store,
+    source: &pb::ObjectsSource,
+    mut objects: Vec<Object>,
+) -> Result<Vec<Object>> {
     for o in objects.iter_mut().filter(|o| o.size <= MAX_HASHED_BYTES) {
         let digest = store.sha256_of(&o.key).await.map_err(|e| {
             SchedulerError::Artifacts(format!("reading {}{}: {e}", source.url, o.key))
@@ -228,6 +230,13 @@ async fn with_digests(source: &pb::ObjectsSource, mut objects: Vec<Object>) -> R
         o.sha256 = Some(digest);
     }
     Ok(objects)
+}
+
+/// The store a data trigger's prefix names.
+pub async fn open_prefix(source: &pb::ObjectsSource) -> Result<drover_artifacts::Store> {
+    drover_artifacts::open(&source.url)
+        .await
+        .map_err(|e| SchedulerError::Artifacts(e.to_string()))
 }
 
 /// `--glob` (None: every key).

@@ -174,7 +174,12 @@ mod tests {
     const T0: Millis = 1_767_571_200_000;
 
     fn every_minute() -> Schedule {
-        Schedule::parse("* * * * *", "").unwrap()
+        parse("* * * * *", "")
+    }
+
+    fn parse(expression: &str, timezone: &str) -> Schedule {
+        Schedule::parse(expression, timezone)
+            .unwrap_or_else(|e| panic!("`{expression}` in `{timezone}`: {e}"))
     }
 
     #[test]
@@ -192,11 +197,11 @@ mod tests {
     #[test]
     fn the_next_time_is_in_the_schedules_timezone() {
         // 03:00 in Paris is 02:00 UTC in January (CET, +1).
-        let paris = Schedule::parse("0 3 * * *", "Europe/Paris").unwrap();
+        let paris = parse("0 3 * * *", "Europe/Paris");
         assert_eq!(paris.next_after(T0), Some(T0 + 2 * 60 * MINUTE));
-        let utc = Schedule::parse("0 3 * * *", "").unwrap();
+        let utc = parse("0 3 * * *", "");
         assert_eq!(utc.next_after(T0), Some(T0 + 3 * 60 * MINUTE));
-        let seconds = Schedule::parse("*/5 * * * * *", "").unwrap();
+        let seconds = parse("*/5 * * * * *", "");
         assert_eq!(seconds.next_after(T0), Some(T0 + 5_000));
         assert_eq!(seconds.next_after(T0 + 1), Some(T0 + 5_000));
     }
@@ -242,7 +247,7 @@ mod tests {
 
     #[test]
     fn none_skips_a_time_due_before_the_scheduler_came_back() {
-        let daily = Schedule::parse("0 3 * * *", "").unwrap();
+        let daily = parse("0 3 * * *", "");
         let now = T0 + 5 * 60 * MINUTE;
         let none = daily.plan(T0, now, now, CatchUp::None);
         assert!(none.fire.is_empty());
@@ -265,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_long_downtime_of_a_per_second_schedule_is_counted_without_firing_it_all() {
-        let every_second = Schedule::parse("* * * * * *", "").unwrap();
+        let every_second = parse("* * * * * *", "");
         let now = T0 + 2 * 24 * 60 * MINUTE;
         let plan = every_second.plan(T0, now, now + 1, CatchUp::Last);
         assert_eq!(plan.fire, vec![now]);
