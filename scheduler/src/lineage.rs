@@ -514,7 +514,11 @@ impl Builder<'_> {
         let mut inputs = Vec::with_capacity(spec.inputs.len());
         for input in &spec.inputs {
             let mut parts = Vec::new();
-            for p in run.producers(&input.from_task) {
+            let producers = match input.from_param.as_str() {
+                "" => run.producers(&input.from_task),
+                _ => Vec::new(),
+            };
+            for p in producers {
                 let Some(pa) = run
                     .dag
                     .tasks()
@@ -543,6 +547,7 @@ impl Builder<'_> {
                 from_task: input.from_task.clone(),
                 from_output: input.from_output.clone(),
                 parts,
+                from_param: input.from_param.clone(),
             });
         }
         self.nodes[i as usize].inputs = inputs;

@@ -268,7 +268,11 @@ async fn a_data_trigger_fires_once_per_batch_and_not_again_after_a_restart() {
     std::fs::create_dir_all(incoming.join("day1")).unwrap();
     std::fs::write(incoming.join("old.parquet"), "there before").unwrap();
     let ledger = c.scratch.join("ingest");
-    let yaml = ledger_pipeline("ingest", "objects: \"[]\"", "ran", "0", &ledger);
+    // The list reaches the task as a file, as a long one must.
+    let yaml = format!(
+        "name: ingest\nparams: {{objects: \"[]\"}}\ntasks:\n  - name: t\n    resources: {{cpu: 50m}}\n    inputs: [{{name: objects.json, param: objects}}]\n    command: [\"sh\", \"-c\", \"cat $DROVER_INPUTS/objects.json >> {0}; echo >> {0}\"]\n",
+        ledger.display()
+    );
     let mut t = triggers(&c).await;
     let source = Source::Objects(pb::ObjectsSource {
         url: format!("file://{}", incoming.display()),
@@ -323,6 +327,15 @@ async fn a_data_trigger_fires_once_per_batch_and_not_again_after_a_restart() {
     assert_eq!(batches[0], ["d.parquet"]);
     let runs = settled(&c, "ingest").await;
     assert!(runs.iter().all(|r| r.state() == pb::RunState::Succeeded));
+    let mut given: Vec<&str> = runs.iter().map(|r| r.params["objects"].as_str()).collect();
+    given.sort_unstable();
+    let written = std::fs::read_to_string(&ledger).unwrap();
+    let mut read: Vec<&str> = written.lines().collect();
+    read.sort_unstable();
+    assert_eq!(
+        read, given,
+        "each run's task read its object list from its input file"
+    );
     let shown = t
         .get_trigger(pb::TriggerRef {
             name: "ingest".into(),

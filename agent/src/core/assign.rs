@@ -32,6 +32,8 @@ pub enum InputSource {
         parts: Vec<(String, StoredObject)>,
         listing: Vec<u8>,
     },
+    /// A param's value, written to `inputs/<name>`.
+    Content(Vec<u8>),
 }
 
 /// An object in the store and the sha256 its content must have.
@@ -214,7 +216,15 @@ fn plan(
         if !seen.insert(input.name.clone()) {
             return Err(format!("input `{}` declared twice", input.name));
         }
-        let source = if input.parts.is_empty() {
+        let source = if let Some(content) = &input.content {
+            if !input.key.is_empty() || !input.parts.is_empty() {
+                return Err(format!(
+                    "input `{}` has both a content and an object to fetch",
+                    input.name
+                ));
+            }
+            InputSource::Content(content.clone())
+        } else if input.parts.is_empty() {
             if input.key.is_empty() {
                 return Err(format!("input `{}` has an empty key", input.name));
             }
@@ -395,6 +405,7 @@ mod tests {
                     name: "dataset".into(),
                     from_task: "prep".into(),
                     from_output: "dataset".into(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),
@@ -514,6 +525,22 @@ mod tests {
                 listing: b"[]".to_vec(),
             }
         );
+    }
+
+    #[test]
+    fn a_param_input_is_written_as_given_and_fetches_nothing() {
+        let mut a = assignment();
+        a.inputs.push(InputArtifact {
+            name: "objects.json".into(),
+            content: Some(b"[]".to_vec()),
+            ..Default::default()
+        });
+        let AssignDecision::Start(plan) = decide(&a) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs[1].source, InputSource::Content(b"[]".to_vec()));
+        a.inputs[1].key = "k".into();
+        assert!(refusal(&a).contains("has both a content and an object to fetch"));
     }
 
     #[test]

@@ -514,6 +514,14 @@ async fn start(
         for input in &plan.inputs {
             let downloads = match &input.source {
                 InputSource::Object(object) => vec![(inputs.join(&input.name), object)],
+                InputSource::Content(content) => {
+                    tokio::fs::write(inputs.join(&input.name), content)
+                        .await
+                        .map_err(|e| {
+                            Failure::agent(format!("writing input `{}`: {e}", input.name))
+                        })?;
+                    continue;
+                }
                 InputSource::Gathered { parts, listing } => {
                     let dir = inputs.join(&input.name);
                     let listing_path = inputs.join(format!("{}.json", input.name));

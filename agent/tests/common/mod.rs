@@ -326,6 +326,7 @@ pub fn with_input(mut a: Assignment, name: &str, key: &str) -> Assignment {
             name: name.into(),
             from_task: "prep".into(),
             from_output: name.into(),
+            ..Default::default()
         });
     }
     a

@@ -31,6 +31,8 @@ pub enum InputDigest<'a> {
         parts: Vec<(&'a str, &'a str)>,
         listing: &'a [u8],
     },
+    /// A param's value, written to the input's file.
+    Content { name: &'a str, content: &'a [u8] },
 }
 
 /// A declared output: name, path, and whether its content goes back as a result.
@@ -103,7 +105,9 @@ impl KeyInput<'_> {
         e.bytes("workdir", self.workdir.as_bytes());
         let mut inputs: Vec<&InputDigest> = self.inputs.iter().collect();
         inputs.sort_by_key(|i| match i {
-            InputDigest::One { name, .. } | InputDigest::Parts { name, .. } => *name,
+            InputDigest::One { name, .. }
+            | InputDigest::Parts { name, .. }
+            | InputDigest::Content { name, .. } => *name,
         });
         e.count("inputs", inputs.len());
         for input in inputs {
@@ -126,6 +130,10 @@ impl KeyInput<'_> {
                         e.bytes("input.part.sha256", sha256.as_bytes());
                     }
                     e.bytes("input.listing", listing);
+                }
+                InputDigest::Content { name, content } => {
+                    e.bytes("input.content", name.as_bytes());
+                    e.bytes("input.content.bytes", content);
                 }
             }
         }

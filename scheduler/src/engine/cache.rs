@@ -212,7 +212,12 @@ fn key(run: &ActiveRun, task: usize) -> Option<String> {
     let digests = inputs
         .iter()
         .map(|i| {
-            if i.parts.is_empty() && !i.key.is_empty() {
+            if let Some(content) = &i.content {
+                InputDigest::Content {
+                    name: &i.name,
+                    content,
+                }
+            } else if i.parts.is_empty() && !i.key.is_empty() {
                 InputDigest::One {
                     name: &i.name,
                     sha256: &i.sha256,

@@ -689,6 +689,18 @@ impl ActiveRun {
         spec.inputs
             .iter()
             .filter_map(|input| match self.matrices.get(&input.from_task) {
+                _ if !input.from_param.is_empty() => Some(pb::InputArtifact {
+                    name: input.name.clone(),
+                    // Validation checked the param is declared: it has a value.
+                    content: Some(
+                        self.spec
+                            .params
+                            .get(&input.from_param)
+                            .map(|v| v.as_bytes().to_vec())
+                            .unwrap_or_default(),
+                    ),
+                    ..Default::default()
+                }),
                 Some(instances) => Some(gathered_input(self, input, instances)),
                 None => {
                     let producer = self.dag.index_of(&input.from_task)?;

@@ -229,6 +229,20 @@ fn gathered_parts_count_each_digest_and_the_listing() {
 }
 
 #[test]
+fn a_param_input_counts_its_content_and_name() {
+    let o = Owned::new();
+    let with = |name: &'static str, content: &'static [u8]| KeyInput {
+        inputs: vec![InputDigest::Content { name, content }],
+        ..o.input()
+    };
+    let base = with("objects.json", b"[1]").key().ok();
+    assert!(base.is_some());
+    assert_ne!(base, with("objects.json", b"[2]").key().ok());
+    assert_ne!(base, with("list.json", b"[1]").key().ok());
+    assert_ne!(base, o.input().key().ok());
+}
+
+#[test]
 fn an_input_without_a_digest_has_no_key() {
     let o = Owned::new();
     let input = KeyInput {

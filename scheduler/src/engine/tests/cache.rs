@@ -17,6 +17,7 @@ fn with_outputs(name: &str) -> pb::PipelineSpec {
         name: "in".into(),
         from_task: "a".into(),
         from_output: "out".into(),
+        ..Default::default()
     }];
     s
 }

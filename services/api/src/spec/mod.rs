@@ -218,6 +218,10 @@ pub enum TaskError {
     InvalidFrom { input: String, from: String },
     #[error("input `{input}` comes from the task itself")]
     InputFromSelf { input: String },
+    #[error("input `{input}`: give one of `from` (an upstream output) and `param` (a param's value), not both")]
+    InputFromAndParam { input: String },
+    #[error("input `{input}` comes from unknown param `{param}` (declare it under `params`)")]
+    InputFromUnknownParam { input: String, param: String },
     #[error("input `{input}` comes from unknown task `{from_task}`")]
     InputFromUnknownTask { input: String, from_task: String },
     #[error("input `{input}` comes from `{from_task}`, which has no output `{from_output}`")]

@@ -206,12 +206,14 @@ impl<'de> Deserialize<'de> for RawMatrix {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an input (a mapping with `name` and `from`)"
+    expecting = "an input (a mapping with `name` and `from` or `param`)"
 )]
 pub(crate) struct RawInput {
     pub name: Option<String>,
     /// `<task>/<output>`; from a task with a matrix, every instance's output.
     pub from: Option<String>,
+    /// A param's name: its value is written to the input's file (instead of `from`).
+    pub param: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -333,7 +333,12 @@ fn resolve_task(
         checked.map_err(|message| invalid("when", message))?;
     }
 
-    let inputs = resolve_inputs(raw.inputs.as_deref().unwrap_or_default(), name, graph)?;
+    let inputs = resolve_inputs(
+        raw.inputs.as_deref().unwrap_or_default(),
+        name,
+        graph,
+        scope.params,
+    )?;
     let outputs = resolve_outputs(raw.outputs.as_deref().unwrap_or_default())?;
 
     let mut env = BTreeMap::new();
@@ -492,6 +497,7 @@ fn resolve_inputs(
     raw: &[RawInput],
     task: &str,
     graph: &Graph<'_>,
+    params: &BTreeMap<String, String>,
 ) -> Result<Vec<pb::InputSpec>, TaskError> {
     let mut seen = HashSet::new();
     let mut inputs = Vec::with_capacity(raw.len());
@@ -506,39 +512,78 @@ fn resolve_inputs(
         if !seen.insert(name) {
             return Err(TaskError::DuplicateInput(name.to_owned()));
         }
-        let from = required(&input.from, || format!("input `{name}`"), "from")?;
-        let (from_task, from_output) = from
-            .split_once('/')
-            .filter(|(t, o)| !t.is_empty() && !o.is_empty() && !o.contains('/'))
-            .ok_or_else(|| TaskError::InvalidFrom {
-                input: name.to_owned(),
-                from: from.to_owned(),
-            })?;
-        if from_task == task {
-            return Err(TaskError::InputFromSelf {
-                input: name.to_owned(),
-            });
-        }
-        let Some(outputs) = graph.outputs.get(from_task) else {
-            return Err(TaskError::InputFromUnknownTask {
-                input: name.to_owned(),
-                from_task: from_task.to_owned(),
-            });
+        let resolved = match (&input.from, &input.param) {
+            (Some(_), Some(_)) => {
+                return Err(TaskError::InputFromAndParam {
+                    input: name.to_owned(),
+                })
+            }
+            (None, Some(param)) => input_from_param(name, param, params)?,
+            _ => {
+                let from = required(&input.from, || format!("input `{name}`"), "from")?;
+                input_from_output(name, from, task, graph)?
+            }
         };
-        if !outputs.contains(from_output) {
-            return Err(TaskError::InputFromUnknownOutput {
-                input: name.to_owned(),
-                from_task: from_task.to_owned(),
-                from_output: from_output.to_owned(),
-            });
-        }
-        inputs.push(pb::InputSpec {
-            name: name.to_owned(),
+        inputs.push(resolved);
+    }
+    Ok(inputs)
+}
+
+fn input_from_param(
+    name: &str,
+    param: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<pb::InputSpec, TaskError> {
+    if !params.contains_key(param) {
+        return Err(TaskError::InputFromUnknownParam {
+            input: name.to_owned(),
+            param: param.to_owned(),
+        });
+    }
+    Ok(pb::InputSpec {
+        name: name.to_owned(),
+        from_param: param.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn input_from_output(
+    name: &str,
+    from: &str,
+    task: &str,
+    graph: &Graph<'_>,
+) -> Result<pb::InputSpec, TaskError> {
+    let (from_task, from_output) = from
+        .split_once('/')
+        .filter(|(t, o)| !t.is_empty() && !o.is_empty() && !o.contains('/'))
+        .ok_or_else(|| TaskError::InvalidFrom {
+            input: name.to_owned(),
+            from: from.to_owned(),
+        })?;
+    if from_task == task {
+        return Err(TaskError::InputFromSelf {
+            input: name.to_owned(),
+        });
+    }
+    let Some(outputs) = graph.outputs.get(from_task) else {
+        return Err(TaskError::InputFromUnknownTask {
+            input: name.to_owned(),
+            from_task: from_task.to_owned(),
+        });
+    };
+    if !outputs.contains(from_output) {
+        return Err(TaskError::InputFromUnknownOutput {
+            input: name.to_owned(),
             from_task: from_task.to_owned(),
             from_output: from_output.to_owned(),
         });
     }
-    Ok(inputs)
+    Ok(pb::InputSpec {
+        name: name.to_owned(),
+        from_task: from_task.to_owned(),
+        from_output: from_output.to_owned(),
+        ..Default::default()
+    })
 }
 
 fn resolve_outputs(raw: &[RawOutput]) -> Result<Vec<pb::OutputSpec>, TaskError> {
@@ -873,7 +918,7 @@ fn check_upstream(
             continue;
         }
         let upstream = reachable(i, deps);
-        for input in &task.inputs {
+        for input in task.inputs.iter().filter(|i| i.from_param.is_empty()) {
             let producer = graph.index.get(input.from_task.as_str());
             let before = |p: usize| upstream[p] || (i >= main && p < main);
             if !producer.is_some_and(|&p| before(p)) {

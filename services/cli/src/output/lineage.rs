@@ -142,6 +142,11 @@ impl Printer<'_> {
             }
         }
         for input in &n.inputs {
+            if !input.from_param.is_empty() {
+                let text = format!("{} ← params.{}", input.name, input.from_param);
+                self.line(pad, "input", &text);
+                continue;
+            }
             let mut text = format!("{} ← {}/{}", input.name, input.from_task, input.from_output);
             if input.parts.is_empty() {
                 text.push_str("  (absent: its producer did not succeed)");
@@ -245,6 +250,7 @@ fn node_json(n: &pb::LineageNode) -> Value {
             "name": i.name,
             "from_task": i.from_task,
             "from_output": i.from_output,
+            "from_param": i.from_param,
             "parts": i.parts.iter().map(|p| json!({
                 "task": p.task, "attempt": p.attempt, "sha256": p.sha256, "size": p.size, "node": p.node,
             })).collect::<Vec<_>>(),
@@ -290,7 +296,28 @@ mod tests {
                 size: 3,
                 node,
             }],
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_input_from_a_param_names_the_param_and_no_producer() {
+        let param = pb::LineageInput {
+            name: "objects.json".into(),
+            from_param: "objects".into(),
+            ..Default::default()
+        };
+        let l = pb::GetLineageResponse {
+            roots: vec![0],
+            nodes: vec![node("ingest", vec![param])],
+            output: String::new(),
+        };
+        let text = lineage_table(&l);
+        assert!(
+            text.contains("\n  input    objects.json ← params.objects\n"),
+            "{text}"
+        );
+        assert!(!text.contains("absent"), "{text}");
     }
 
     #[test]

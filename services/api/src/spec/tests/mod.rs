@@ -114,6 +114,7 @@ fn example_resolves_to_the_expected_proto() {
                     name: "dataset".into(),
                     from_task: "prepare".into(),
                     from_output: "dataset".into(),
+                    ..Default::default()
                 }],
                 outputs: vec![],
                 env: map(&[("SEED", "1")]),
@@ -155,6 +156,28 @@ fn example_resolves_to_the_expected_proto() {
         code_sha256: String::new(),
     };
     assert_eq!(parse(EXAMPLE), Ok(expected));
+}
+
+#[test]
+fn an_input_from_a_param_needs_no_producer() -> TestResult {
+    let yaml = r#"
+name: p
+params: {objects: "[]"}
+tasks:
+  - name: ingest
+    command: [cat, objects.json]
+    inputs: [{name: objects.json, param: objects}]
+"#;
+    let spec = parse(yaml)?;
+    assert_eq!(
+        spec.tasks[0].inputs,
+        vec![pb::InputSpec {
+            name: "objects.json".into(),
+            from_param: "objects".into(),
+            ..Default::default()
+        }]
+    );
+    Ok(())
 }
 
 #[test]

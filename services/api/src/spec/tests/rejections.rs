@@ -366,6 +366,18 @@ fn rejects_bad_input_references() {
         "task `train`: input `d`: missing `from`"
     );
     assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, param: objects}}]}}"
+        )),
+        "task `train`: input `d` comes from unknown param `objects` (declare it under `params`)"
+    );
+    assert_eq!(
+        task_rejection(&format!(
+            "{{{deps}, inputs: [{{name: d, from: prepare/dataset, param: x}}]}}"
+        )),
+        "task `train`: input `d`: give one of `from` (an upstream output) and `param` (a param's value), not both"
+    );
+    assert_eq!(
         task_rejection(&format!("{{{deps}, inputs: [{{from: prepare/dataset}}]}}")),
         "task `train`: input #1: missing `name`"
     );
