@@ -40,6 +40,7 @@ fn lines(ledger: &Path) -> usize {
 /// lost and regained) while a member dies.
 async fn wait_done(c: &Cluster, run: &str) -> pb::Run {
     let deadline = Instant::now() + LONG;
+    let mut last = None;
     loop {
         if let Ok(Ok(mut client)) =
             tokio::time::timeout(Duration::from_secs(5), c.try_client()).await
@@ -51,16 +52,50 @@ async fn wait_done(c: &Cluster, run: &str) -> pb::Run {
                 if !matches!(r.state(), pb::RunState::Running | pb::RunState::Cancelling) {
                     return r;
                 }
+                last = Some(r);
             }
         }
         assert!(
             Instant::now() < deadline,
-            "run {run} not done after {LONG:?}; scheduler {}\nscheduler log:\n{}",
+            "run {run} not done after {LONG:?}; tasks not succeeded as last answered: {}\nscheduler {}\nscheduler log:\n{}",
+            unfinished(last.as_ref()),
             c.scheduler_state(),
             c.scheduler_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Each task of `run` not Succeeded, with its attempts' states and agents.
+fn unfinished(run: Option<&pb::Run>) -> String {
+    let Some(run) = run else {
+        return "(no answer)".into();
+    };
+    let tasks: Vec<String> = run
+        .tasks
+        .iter()
+        .filter(|t| t.state() != pb::TaskState::Succeeded)
+        .map(|t| {
+            let attempts: Vec<String> = t
+                .attempts
+                .iter()
+                .map(|a| format!("#{} {:?} on {}", a.number, a.state(), a.agent_id))
+                .collect();
+            format!(
+                "{} {:?} [{}] {}",
+                t.name,
+                t.state(),
+                attempts.join(", "),
+                t.message
+            )
+        })
+        .collect();
+    format!(
+        "{} of {}: {}",
+        tasks.len(),
+        run.tasks.len(),
+        tasks.join("; ")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
