@@ -65,8 +65,9 @@ pub async fn measure(
             etcd_txns(&mut etcd, sizes.etcd_txn_keys).await?,
         )
     };
-    let nats_rtt = nats_round_trips(nats_url, sizes.nats_requests).await?;
-    let (js_publish, js_publish_per_s) = js_publishes(nats_url, sizes.js_publishes).await?;
+    let plain = || async { Ok(async_nats::connect(nats_url).await?) };
+    let nats_rtt = nats_round_trips(plain, sizes.nats_requests).await?;
+    let (js_publish, js_publish_per_s) = js_publishes(plain, sizes.js_publishes).await?;
     let spawn = spawn_latency(sizes.spawns.min(500)).await?;
     let spawn_per_s = spawn_rate(sizes.spawns, spawn_concurrency).await?;
     Ok(Floors {
@@ -132,9 +133,44 @@ async fn etcd_txns(etcd: &mut etcd_client::Client, keys: usize) -> Result<(Summa
     ))
 }
 
-async fn nats_round_trips(url: &str, n: usize) -> Result<Summary> {
-    let responder = async_nats::connect(url).await?;
-    let requester = async_nats::connect(url).await?;
+/// The latency of one request to etcd and to NATS, as the scheduler's and
+/// agents' clients see it: what a transport (TLS, authentication) adds to
+/// each is what it adds to a hop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transport {
+    pub etcd_put: Summary,
+    pub etcd_txn: Summary,
+    pub nats_rtt: Summary,
+    pub js_publish: Summary,
+}
+
+impl Transport {
+    /// The sides of [`crate::secure::transport_floors`], as metric suffixes.
+    pub const SIDES: [&str; 4] = ["open", "tls", "auth", "both"];
+}
+
+/// [`Transport`] through `etcd` and the NATS connections `nats` makes,
+/// `n` of each request (transactions of 128 keys: `n` / 8 of them).
+pub async fn transport<C, F>(etcd: &mut etcd_client::Client, nats: C, n: usize) -> Result<Transport>
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<async_nats::Client>>,
+{
+    Ok(Transport {
+        etcd_put: etcd_puts(etcd, n).await?,
+        etcd_txn: etcd_txns(etcd, TXN_OPS * (n / 8).max(1)).await?.0,
+        nats_rtt: nats_round_trips(&nats, n).await?,
+        js_publish: js_publishes(&nats, n).await?.0,
+    })
+}
+
+async fn nats_round_trips<C, F>(connect: C, n: usize) -> Result<Summary>
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<async_nats::Client>>,
+{
+    let responder = connect().await?;
+    let requester = connect().await?;
     let mut sub = responder.subscribe("floor.rtt").await?;
     let answer = responder.clone();
     let serve = tokio::spawn(async move {
@@ -160,8 +196,12 @@ async fn nats_round_trips(url: &str, n: usize) -> Result<Summary> {
 }
 
 /// A file-backed stream like the events stream, with `Nats-Msg-Id` on each message.
-async fn js_publishes(url: &str, n: usize) -> Result<(Summary, f64)> {
-    let client = async_nats::connect(url).await?;
+async fn js_publishes<C, F>(connect: C, n: usize) -> Result<(Summary, f64)>
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<async_nats::Client>>,
+{
+    let client = connect().await?;
     let js = jetstream::new(client);
     js.get_or_create_stream(jetstream::stream::Config {
         name: "FLOOR".into(),

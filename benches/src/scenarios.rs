@@ -957,6 +957,9 @@ pub async fn security_overhead(
             ("hop cycle off ÷ on", ">=", 0.95),
         ],
         async |o: &mut Outcome| {
+            // Where a secured hop's time goes: each request it makes, alone.
+            let dir = tempfile::tempdir()?;
+            let transport = crate::secure::transport_floors(dir.path(), 1_000).await?;
             let (mut tps, mut hop_p50) = ([0.0f64; 2], [f64::MAX; 2]);
             let mut cycle = [f64::MAX; 2];
             let mut cpu = SideCpu::default();
@@ -1022,6 +1025,7 @@ pub async fn security_overhead(
                 fmt_num(hop_p50[0]),
                 fmt_num(hop_p50[1])
             );
+            report_transport(o, &transport);
             cpu.report(o);
             o.targets
                 .push(Target::at_least("throughput on ÷ off", tput, 0.95));
@@ -1031,6 +1035,31 @@ pub async fn security_overhead(
         },
     )
     .await
+}
+
+/// Each request's median on every side, in the metrics; in the summary,
+/// open → TLS → authentication → both.
+fn report_transport(o: &mut Outcome, sides: &crate::secure::TransportSides) {
+    use crate::floors::Transport;
+    type P50 = fn(&Transport) -> f64;
+    let requests: [(&str, &str, P50); 4] = [
+        ("etcd_put", "etcd put", |t| t.etcd_put.p50_ms),
+        ("etcd_txn", "etcd txn of 128 keys", |t| t.etcd_txn.p50_ms),
+        ("nats_rtt", "NATS request", |t| t.nats_rtt.p50_ms),
+        ("js_publish", "JetStream publish", |t| t.js_publish.p50_ms),
+    ];
+    let mut shown = Vec::new();
+    for (key, name, p50) in requests {
+        let values: Vec<String> = sides.iter().map(|t| format!("{:.3}", p50(t))).collect();
+        for (side, t) in Transport::SIDES.iter().zip(sides) {
+            o.metric(&format!("{key}_p50_ms_{side}"), r3(p50(t)));
+        }
+        shown.push(format!("{name} {}", values.join(" / ")));
+    }
+    o.summary += &format!(
+        "; per request, p50 ms open / TLS / auth / both: {}",
+        shown.join(", ")
+    );
 }
 
 /// Milliseconds of CPU per task of one kind of process (`None`: all

@@ -17,6 +17,8 @@ use drover_devcluster::etcd_auth::{self, EtcdUser};
 use drover_devcluster::pki::DevPki;
 use drover_devcluster::{NatsSettings, Server};
 
+use crate::floors::{self, Transport};
+
 const ETCD_PASSWORD: &str = "bench-password";
 
 pub struct Security {
@@ -210,4 +212,63 @@ pub async fn channel(server: &str, security: Option<&Security>) -> Result<Channe
         endpoint = endpoint.tls_config(s.api_tls()?)?;
     }
     Ok(endpoint.connect().await?)
+}
+
+/// What each request costs open, with TLS alone, with authentication
+/// alone and with both ([`Transport::SIDES`], in that order).
+pub type TransportSides = [Transport; 4];
+
+/// Request latencies of etcd and NATS as the scheduler's and agents'
+/// clients see them, `n` of each, on fresh servers under `dir`: open; on
+/// TLS (etcd requiring client certificates, NATS over TLS); with
+/// authentication (an etcd user limited to a prefix; NATS unchanged, its
+/// NKeys cost only at connect); and both, as a secured cluster runs.
+pub async fn transport_floors(dir: &Path, n: usize) -> Result<TransportSides> {
+    let pki = DevPki::ensure(&dir.join("pki"))?;
+    let mut sides = Vec::with_capacity(4);
+    for (i, (tls, auth)) in [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let tls = tls.then_some(&pki);
+        let side = dir.join(format!("side-{i}"));
+        let etcd = match tls {
+            Some(pki) => Server::etcd_tls(Some(&side.join("etcd")), pki).await?,
+            None => Server::etcd(Some(&side.join("etcd"))).await?,
+        };
+        let user = auth.then(|| EtcdUser {
+            name: "drover".into(),
+            password: ETCD_PASSWORD.into(),
+            prefix: "/floor".into(),
+        });
+        if let Some(user) = &user {
+            etcd_auth::enable(&etcd.url, tls, "root-password", user).await?;
+        }
+        let credentials = user
+            .as_ref()
+            .map(|u| (u.name.as_str(), u.password.as_str()));
+        let options = etcd_auth::connect_options(tls, credentials)?;
+        let mut client = etcd_client::Client::connect([&etcd.url], Some(options)).await?;
+        let settings = NatsSettings {
+            authorization: None,
+            tls,
+            sync_always: false,
+        };
+        let nats = Server::nats_with(Some(&side.join("nats")), &settings).await?;
+        let (url, ca) = (nats.url.clone(), tls.map(DevPki::ca));
+        let connect = move || {
+            let (url, ca) = (url.clone(), ca.clone());
+            async move {
+                let mut options = async_nats::ConnectOptions::new();
+                if let Some(ca) = ca {
+                    options = options.add_root_certificates(ca);
+                }
+                Ok(options.connect(url).await?)
+            }
+        };
+        sides.push(floors::transport(&mut client, connect, n).await?);
+    }
+    sides
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("four sides were measured"))
 }

@@ -45,6 +45,24 @@ pub struct Bus {
 
 pub type EventStream = pull::Stream;
 
+/// The events stream as opened: its messages, and the sequence every
+/// earlier event of which was dealt with (acked by an earlier term, or
+/// gone from the stream).
+pub struct Events {
+    pub messages: EventStream,
+    pub after: u64,
+}
+
+/// What fetching a gap's sequences from the stream found, in order; it
+/// stops at the first error (the stream leaderless, say), to be tried again.
+#[derive(Default)]
+pub struct Fetched {
+    pub messages: Vec<jetstream::message::StreamMessage>,
+    /// Not in the stream (expired, or never stored).
+    pub gone: Vec<u64>,
+    pub error: Option<String>,
+}
+
 impl Bus {
     /// The subject prefix every Drover subject starts with.
     pub fn prefix(&self) -> &str {
@@ -135,12 +153,40 @@ impl Bus {
 
     /// Agents' attempt events, from a durable consumer: what was not acked
     /// before a restart is delivered again.
-    pub async fn events(&self) -> Result<EventStream> {
+    pub async fn events(&self) -> Result<Events> {
         let r = self.open_events().await;
         self.count("events", r)
     }
 
-    async fn open_events(&self) -> Result<EventStream> {
+    /// Events `seqs` read from the stream itself (a gap the consumer left:
+    /// see [`crate::engine::ack_frontier`]).
+    pub async fn fetch_events(&self, seqs: std::ops::RangeInclusive<u64>) -> Fetched {
+        let mut fetched = Fetched::default();
+        let js = jetstream::new(self.client.clone());
+        let stream = match js.get_stream(naming::events_stream(&self.prefix)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                fetched.error = Some(e.to_string());
+                return fetched;
+            }
+        };
+        for seq in seqs {
+            match stream.get_raw_message(seq).await {
+                Ok(message) => fetched.messages.push(message),
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    fetched.gone.push(seq);
+                }
+                Err(e) => {
+                    self.failed("fetch_events");
+                    fetched.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        fetched
+    }
+
+    async fn open_events(&self) -> Result<Events> {
         let js = jetstream::new(self.client.clone());
         let config = jetstream::stream::Config {
             num_replicas: self.replicas,
@@ -162,6 +208,8 @@ impl Bus {
             .await
             .map_err(nats_err)?;
         let has = |n: &str| names.iter().any(|x| x == n);
+        // Sequences before the stream's first are gone (expired).
+        let first = stream.cached_info().state.first_sequence;
         let deliver_policy = if has(CONSUMER) {
             // A new term takes the consumer over: what an earlier leader
             // pulled and never acked comes again now, not after ACK_WAIT.
@@ -183,6 +231,10 @@ impl Bus {
         } else {
             DeliverPolicy::All
         };
+        let start = match deliver_policy {
+            DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+            _ => 1,
+        };
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,
@@ -203,7 +255,11 @@ impl Bus {
                 .await
                 .map_err(nats_err)?;
         }
-        consumer.messages().await.map_err(nats_err)
+        let messages = consumer.messages().await.map_err(nats_err)?;
+        Ok(Events {
+            messages,
+            after: start.max(first).saturating_sub(1),
+        })
     }
 
     pub async fn heartbeats(&self) -> Result<async_nats::Subscriber> {

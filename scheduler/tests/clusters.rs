@@ -1,12 +1,15 @@
 //! The scheduler on clustered etcd and NATS: a member dies mid-run (the etcd
 //! leader; the NATS server leading the R3 events stream, by SIGKILL) and the
-//! run still completes with every task run once, no attempt twice.
+//! run still completes with every task run once, no attempt twice. Also
+//! what such a death does to the scheduler's own connection: events
+//! delivered to it and lost on the wire are read back, never acked past.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::{check_exactly_once, ledger_spec, Cluster};
 use drover_api::{naming, pb};
 use drover_devcluster::clusters::{EtcdCluster, NatsCluster};
@@ -23,13 +26,28 @@ const LONG: Duration = Duration::from_secs(150);
 async fn start_run(c: &mut Cluster, ledger: &Path) -> String {
     c.add_agent("agent-1").await;
     c.add_agent("agent-2").await;
-    let run = c.submit(&ledger_spec(TASKS, "0.1", ledger)).await.unwrap();
+    let run = submit(c, &ledger_spec(TASKS, "0.1", ledger)).await;
     let deadline = Instant::now() + LONG;
     while lines(ledger) < KILL_AFTER {
         assert!(Instant::now() < deadline, "tasks did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     run
+}
+
+/// Submits `yaml`, again while the scheduler answers that it is (re)gaining
+/// leadership (a loaded host can cost it its first lease).
+async fn submit(c: &Cluster, yaml: &str) -> String {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match c.submit(yaml).await {
+            Ok(run) => return run,
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("submit: {e}"),
+        }
+    }
 }
 
 fn lines(ledger: &Path) -> usize {
@@ -153,4 +171,75 @@ async fn the_events_stream_leader_is_killed_mid_run_and_nothing_is_lost_or_run_t
 
     let done = wait_done(&c, &run).await;
     check_exactly_once(&done, &ledger, TASKS);
+}
+
+/// Tasks that write `start <task>` to the ledger, sleep, then `end <task>`:
+/// `quick` ones of `quick_s` seconds and one `slow` of `slow_s`.
+fn start_end_spec(ledger: &Path, quick: usize, quick_s: &str, slow_s: &str) -> String {
+    let values: Vec<String> = (0..quick).map(|i| format!("\"{i}\"")).collect();
+    let cmd = |secs: &str| {
+        format!(
+            "[\"sh\", \"-c\", \"echo start $DROVER_TASK >> {l}; sleep {secs}; echo end $DROVER_TASK >> {l}\"]",
+            l = ledger.display()
+        )
+    };
+    format!(
+        "name: wire\ntasks:\n  - name: quick\n    matrix: {{i: [{}]}}\n    resources: {{cpu: 50m}}\n    command: {}\n  - name: slow\n    resources: {{cpu: 50m}}\n    command: {}\n",
+        values.join(", "),
+        cmd(quick_s),
+        cmd(slow_s)
+    )
+}
+
+fn count(ledger: &Path, word: &str) -> usize {
+    std::fs::read_to_string(ledger).map_or(0, |t| t.lines().filter(|l| l.starts_with(word)).count())
+}
+
+/// The scheduler's connection to NATS dies with the quick tasks' success
+/// events on the wire to it (delivered by the consumer, never received);
+/// it reconnects, and the slow task's success comes after them. Acking
+/// that one acks every earlier event: the lost ones must be read back from
+/// the stream first — or the run waits forever for successes it never
+/// heard of. They come back at once, not after the consumer's 30 s ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_lost_on_the_wire_to_the_scheduler_are_read_back_not_acked_past() {
+    const QUICK: usize = 6;
+    let mut c = Cluster::start().await;
+    let relay = Relay::start(&c.nats.url).await;
+    c.kill_scheduler().await;
+    c.route_scheduler_nats(&relay.url);
+    c.start_scheduler().await;
+    let ledger = c.scratch.join("ledger");
+    let run = submit(&c, &start_end_spec(&ledger, QUICK, "1", "5")).await;
+    let deadline = Instant::now() + LONG;
+    while count(&ledger, "start") < QUICK + 1 {
+        assert!(Instant::now() < deadline, "tasks did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every task runs: the scheduler hears nothing until the quick ones ended.
+    relay.freeze(true);
+    while count(&ledger, "end") < QUICK {
+        assert!(Instant::now() < deadline, "quick tasks did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Their events reach the stream, and the consumer sends them on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&ledger, "end"), QUICK, "the slow task ended too soon");
+    relay.cut();
+    let cut_at = Instant::now();
+
+    let done = wait_done(&c, &run).await;
+    assert_eq!(done.state(), pb::RunState::Succeeded, "{:?}", done.message);
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(20),
+        "the lost events came back only after {:?} (redelivered, not read back)",
+        cut_at.elapsed()
+    );
+    assert!(
+        c.scheduler_log().contains("events missed in delivery"),
+        "no gap was seen: the events were not lost on the wire, so this tested nothing"
+    );
+    for task in &done.tasks {
+        assert_eq!(task.attempts.len(), 1, "{task:?}");
+    }
 }

@@ -1,77 +1,19 @@
 //! Self-fencing agents: an agent cut off from NATS past the scheduler's
 //! agent timeout stops its own attempts before they run elsewhere, so a
 //! task's side effect happens once — through real etcd, NATS, the scheduler
-//! binary, and agents reaching NATS through a relay the test can freeze.
+//! binary, and agents reaching NATS through a relay the test can freeze
+//! ([`common::relay`]).
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::{task, Cluster};
 use drover_api::pb::{AgentState, AttemptState, RunState, TaskState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const LONG: Duration = Duration::from_secs(90);
-
-/// A TCP relay to nats-server that forwards until frozen: frozen, it keeps
-/// every socket open and passes nothing on, like a network that drops
-/// packets (no reset reaches either side).
-struct Relay {
-    url: String,
-    frozen: watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(nats_url: &str) -> Self {
-        let upstream = nats_url
-            .trim_start_matches("nats://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("nats://{}", listener.local_addr().unwrap());
-        let (frozen, frozen_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, frozen_rx.clone()));
-                tokio::spawn(pipe(sr, cw, frozen_rx.clone()));
-            }
-        });
-        Relay { url, frozen }
-    }
-
-    fn freeze(&self, frozen: bool) {
-        self.frozen.send_replace(frozen);
-    }
-}
-
-/// Copies `from` to `to`, holding each chunk while frozen.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if frozen.wait_for(|f| !*f).await.is_err() {
-            return;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 /// A task that records its start and its end in `marker`, and whether a
 /// copy on another agent still ran when it started (`overlap`). It ignores

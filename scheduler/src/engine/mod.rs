@@ -22,12 +22,14 @@ use std::time::Duration;
 
 use drover_scheduler_core::placement::Strategy;
 
+pub(crate) mod ack_frontier;
 mod admission;
 mod agent_events;
 mod cache;
 mod commands;
 mod commit;
 mod conditions;
+mod event_message;
 mod for_each;
 pub mod handle;
 pub mod records;

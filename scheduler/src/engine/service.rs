@@ -4,8 +4,9 @@
 //! turn's changes to etcd in as few transactions as possible (group
 //! commit), and only then carries the turn out: assignments and cancels
 //! go to agents, the agent events are acked — once per turn: the consumer
-//! acks everything up to the turn's last event (`AckPolicy::All`) — and
-//! callers get their answers. If a commit fails, nothing is sent or acked:
+//! acks everything up to the turn's last event (`AckPolicy::All`), never
+//! past one not yet applied ([`super::ack_frontier`]) — and callers get
+//! their answers. If a commit fails, nothing is sent or acked:
 //! the loop reloads the state from etcd and applies the turn's events again
 //! (a later ack would cover them, so they are not left to redelivery).
 
@@ -24,13 +25,15 @@ use drover_scheduler_core::ids::{AgentId, AttemptId};
 use drover_scheduler_core::Millis;
 use drover_telemetry::{propagation, record};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Events, Fetched};
 use crate::error::{Result, SchedulerError};
 use crate::leader::Leadership;
 use crate::metrics::SchedulerMetrics;
 use crate::store::Store;
 
+use super::ack_frontier::AckFrontier;
 use super::admission::WaitBoard;
+use super::event_message::EventMessage;
 use super::handle::{Command, EngineHandle, Response};
 use super::recovery::Stored;
 use super::state::{Answer, EngineState, Input, ReplyId, Send, Turn};
@@ -75,7 +78,9 @@ impl Clock {
 /// Something that woke the loop.
 enum Item {
     Command(Command),
-    Event(Box<jetstream::Message>),
+    Event(Box<EventMessage>),
+    /// Events read from the stream to fill a gap in what was delivered.
+    Fetched(Fetched),
     Heartbeat(async_nats::Message),
     /// What came of a request to an agent (`AssignFailed`, `CancelGone`).
     Outcome(Input),
@@ -113,6 +118,14 @@ pub struct Engine {
     deposed: bool,
     /// Agents whose heartbeat this turn took in and asked for an ack.
     heartbeat_acks: Vec<String>,
+    /// Which event may be acked; set when the events stream is opened.
+    frontier: AckFrontier<Box<jetstream::Message>>,
+    fetched_tx: mpsc::UnboundedSender<Fetched>,
+    fetched: mpsc::UnboundedReceiver<Fetched>,
+    /// A gap is being fetched: no second fetch until it answers.
+    fetching: bool,
+    /// After a failed fetch, the next waits until then.
+    fetch_after: Option<std::time::Instant>,
 }
 
 impl Engine {
@@ -127,6 +140,7 @@ impl Engine {
         let (tx, commands) = mpsc::channel(1024);
         let (changed, _) = broadcast::channel(4096);
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let (fetched_tx, fetched) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(Arc::new(WaitBoard::default())));
         let handle = EngineHandle {
             tx,
@@ -154,6 +168,11 @@ impl Engine {
             leadership,
             deposed: false,
             heartbeat_acks: Vec::new(),
+            frontier: AckFrontier::after(0),
+            fetched_tx,
+            fetched,
+            fetching: false,
+            fetch_after: None,
         };
         (engine, handle)
     }
@@ -191,6 +210,8 @@ impl Engine {
     ) -> Result<()> {
         // Answers to the last term's requests go to a channel nobody reads.
         (self.outcomes_tx, self.outcomes) = mpsc::unbounded_channel();
+        (self.fetched_tx, self.fetched) = mpsc::unbounded_channel();
+        self.fetching = false;
         // Only the leader submits, and a new term starts with none in
         // flight: a spec without its run is left by a submit that died.
         let orphans = self.store.delete_orphan_specs().await?;
@@ -200,7 +221,7 @@ impl Engine {
                 "deleted specs of submits that never completed"
             );
         }
-        let mut events = self.bus.events().await?;
+        let mut events = self.open_events().await?;
         let mut heartbeats = self.bus.heartbeats().await?;
         let mut turn = Turn::default();
         let now = self.clock.now();
@@ -224,8 +245,9 @@ impl Engine {
                 _ = std::future::ready(()), if self.reload_pending => Item::Tick,
                 Some(cmd) = self.commands.recv() => Item::Command(cmd),
                 Some(o) = self.outcomes.recv() => Item::Outcome(o),
+                Some(f) = self.fetched.recv() => Item::Fetched(f),
                 ev = events.next() => match ev {
-                    Some(Ok(msg)) => Item::Event(Box::new(msg)),
+                    Some(Ok(msg)) => Item::Event(Box::new(EventMessage::Delivered(Box::new(msg)))),
                     Some(Err(e)) => {
                         warn!(error = %e, "events consumer");
                         self.bus.failed("events");
@@ -233,7 +255,7 @@ impl Engine {
                     }
                     None => {
                         warn!("events consumer ended; reopening");
-                        events = self.bus.events().await?;
+                        events = self.open_events().await?;
                         continue;
                     }
                 },
@@ -248,7 +270,7 @@ impl Engine {
                 } else if let Ok(o) = self.outcomes.try_recv() {
                     items.push(Item::Outcome(o));
                 } else if let Some(Some(Ok(m))) = events.next().now_or_never() {
-                    items.push(Item::Event(Box::new(m)));
+                    items.push(Item::Event(Box::new(EventMessage::Delivered(Box::new(m)))));
                 } else if let Some(Some(h)) = heartbeats.next().now_or_never() {
                     items.push(Item::Heartbeat(h));
                 } else {
@@ -288,6 +310,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Opens the events consumer; acks start after what it was opened after.
+    async fn open_events(&mut self) -> Result<crate::bus::EventStream> {
+        let Events { messages, after } = self.bus.events().await?;
+        self.frontier = AckFrontier::after(after);
+        self.fetching = false;
+        Ok(messages)
+    }
+
     async fn load(&self) -> Result<Stored> {
         Ok(Stored {
             queues: self.store.list_queues().await?,
@@ -322,13 +352,7 @@ impl Engine {
     }
 
     /// Feeds one item to the state; events' messages are kept to be acked.
-    fn apply(
-        &mut self,
-        item: Item,
-        now: Millis,
-        turn: &mut Turn,
-        acks: &mut Vec<jetstream::Message>,
-    ) {
+    fn apply(&mut self, item: Item, now: Millis, turn: &mut Turn, acks: &mut Vec<EventMessage>) {
         match item {
             Item::Command(Command { request, reply }) => {
                 let id = ReplyId(self.next_reply);
@@ -341,6 +365,23 @@ impl Engine {
                     self.state.apply(input, now, turn);
                 }
                 acks.push(*msg);
+            }
+            Item::Fetched(fetched) => {
+                self.fetching = false;
+                if let Some(error) = fetched.error {
+                    warn!(error = %error, "fetching missed events from the stream failed; retrying");
+                    self.fetch_after = Some(std::time::Instant::now() + Duration::from_millis(500));
+                }
+                for seq in fetched.gone {
+                    self.frontier.gone(seq);
+                }
+                for message in fetched.messages {
+                    let msg = EventMessage::Fetched(message);
+                    for input in self.decode_events(&msg) {
+                        self.state.apply(input, now, turn);
+                    }
+                    acks.push(msg);
+                }
             }
             Item::Heartbeat(msg) => match pb::Heartbeat::decode(msg.payload.clone()) {
                 Ok(hb)
@@ -368,20 +409,17 @@ impl Engine {
 
     /// One message of the events stream: an agent's single event (its
     /// span in the headers) or its batch of events (spans in the body).
-    fn decode_events(&self, msg: &jetstream::Message) -> Vec<Input> {
-        let events = match drover_api::events::decode(
-            self.bus.prefix(),
-            &msg.subject,
-            msg.payload.clone(),
-        ) {
+    fn decode_events(&self, msg: &EventMessage) -> Vec<Input> {
+        let subject = msg.subject();
+        let events = match drover_api::events::decode(self.bus.prefix(), subject, msg.payload()) {
             Ok(events) => events,
             Err(e) => {
-                warn!(subject = %msg.subject, error = %e, "undecodable event dropped");
+                warn!(subject = %subject, error = %e, "undecodable event dropped");
                 return Vec::new();
             }
         };
-        let Some(via) = naming::events_agent(self.bus.prefix(), &msg.subject) else {
-            warn!(subject = %msg.subject, "event dropped: not on an agent's events subject");
+        let Some(via) = naming::events_agent(self.bus.prefix(), subject) else {
+            warn!(subject = %subject, "event dropped: not on an agent's events subject");
             return Vec::new();
         };
         let via: std::sync::Arc<str> = via.into();
@@ -392,9 +430,7 @@ impl Engine {
                 // Only parsed when it is logged.
                 let trace_id = debug
                     .then(|| match traceparent.as_str() {
-                        "" => {
-                            propagation::span_of(&propagation::extract_nats(msg.headers.as_ref()))
-                        }
+                        "" => propagation::span_of(&propagation::extract_nats(msg.headers())),
                         tp => propagation::parse_traceparent(tp),
                     })
                     .flatten()
@@ -421,7 +457,7 @@ impl Engine {
 
     /// Commit, then carry out; on failure the next turn reloads from etcd
     /// and applies this turn's events again.
-    async fn finish_turn(&mut self, mut turn: Turn, acks: Vec<jetstream::Message>) {
+    async fn finish_turn(&mut self, mut turn: Turn, acks: Vec<EventMessage>) {
         let changes = self.state.changes(&turn);
         let committed = if changes.is_empty() {
             Ok(Default::default())
@@ -472,7 +508,7 @@ impl Engine {
         }
     }
 
-    fn carry_out(&mut self, turn: &mut Turn, acks: Vec<jetstream::Message>) {
+    fn carry_out(&mut self, turn: &mut Turn, acks: Vec<EventMessage>) {
         // One request per agent for all the turn's assignments to it.
         let mut batches: HashMap<AgentId, (pb::AssignBatch, Vec<AttemptId>)> = HashMap::new();
         for send in std::mem::take(&mut turn.sends) {
@@ -538,11 +574,17 @@ impl Engine {
         for span in std::mem::take(&mut turn.spans) {
             record::emit(span);
         }
-        // One ack for the turn: the consumer acks every event up to it.
-        let last = acks
-            .into_iter()
-            .max_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
-        if let Some(m) = last {
+        // One ack for the turn: the consumer acks every event up to it,
+        // so it goes no further than the first event not yet applied.
+        for msg in acks {
+            let Some(seq) = msg.sequence() else { continue };
+            match msg {
+                EventMessage::Delivered(m) => self.frontier.applied(seq, Some(m)),
+                EventMessage::Fetched(_) => self.frontier.applied(seq, None),
+            }
+        }
+        self.fetch_gap();
+        if let Some(m) = self.frontier.take_ack() {
             let bus = self.bus.clone();
             let leadership = self.leadership.clone();
             tokio::spawn(async move {
@@ -569,6 +611,37 @@ impl Engine {
                 *w = board;
             }
         }
+    }
+}
+
+impl Engine {
+    /// Events above a gap wait to be acked: what is missing is read from
+    /// the stream itself rather than waited for (the consumer delivers it
+    /// again only after its ack wait).
+    fn fetch_gap(&mut self) {
+        let Some(missing) = self.frontier.missing() else {
+            return;
+        };
+        if self.fetching
+            || self
+                .fetch_after
+                .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return;
+        }
+        warn!(
+            from = missing.start(),
+            to = missing.end(),
+            waiting = self.frontier.held(),
+            "events missed in delivery (lost on the wire); reading them from the stream"
+        );
+        self.fetching = true;
+        self.fetch_after = None;
+        let bus = self.bus.clone();
+        let tx = self.fetched_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(bus.fetch_events(missing).await);
+        });
     }
 }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -100,6 +102,8 @@ pub struct Cluster {
     agents: HashMap<String, AgentProc>,
     /// Extra scheduler flags (e.g. a short --agent-timeout).
     scheduler_args: Vec<String>,
+    /// Where the scheduler reaches NATS, when not `nats` itself (a relay).
+    scheduler_nats: Option<String>,
     /// Extra environment of the scheduler process (e.g. OTEL_* variables).
     scheduler_env: Vec<(String, String)>,
     /// Object-store settings (`AWS_*`): the scheduler's environment and
@@ -302,6 +306,7 @@ impl Cluster {
             scheduler: None,
             agents: HashMap::new(),
             scheduler_args: args.iter().map(|a| a.to_string()).collect(),
+            scheduler_nats: None,
             scheduler_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -328,7 +333,10 @@ impl Cluster {
         Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--etcd", &self.etcd.url])
-            .args(["--nats", &self.nats.url])
+            .args([
+                "--nats",
+                self.scheduler_nats.as_ref().unwrap_or(&self.nats.url),
+            ])
             .args(["--prefix", &self.prefix])
             .args(["--nats-prefix", &self.nats_prefix])
             .args(["--artifacts", &self.artifacts])
@@ -350,6 +358,11 @@ impl Cluster {
     /// The directory logs and scratch files of this cluster go to.
     pub fn dir(&self) -> &Path {
         self._tmp.path()
+    }
+
+    /// The scheduler's next start reaches NATS at `url` (a relay to it).
+    pub fn route_scheduler_nats(&mut self, url: &str) {
+        self.scheduler_nats = Some(url.to_owned());
     }
 
     /// More flags and environment for the scheduler's next start.
