@@ -99,14 +99,24 @@ async fn etcd_puts(etcd: &mut etcd_client::Client, n: usize) -> Result<Summary> 
 /// Transactions shaped like the scheduler's commits: every key compared
 /// (`create_revision == 0`) and put, 128 per transaction, one at a time.
 async fn etcd_txns(etcd: &mut etcd_client::Client, keys: usize) -> Result<(Summary, f64)> {
+    etcd_txns_of(etcd, keys, TXN_OPS, "txn").await
+}
+
+/// [`etcd_txns`] with `per_txn` keys in each, under `/floor/<name>/`.
+async fn etcd_txns_of(
+    etcd: &mut etcd_client::Client,
+    keys: usize,
+    per_txn: usize,
+    name: &str,
+) -> Result<(Summary, f64)> {
     let value = vec![b'x'; VALUE_BYTES];
     let mut took = Vec::new();
     let start = Instant::now();
     let mut written = 0;
     while written < keys {
-        let n = TXN_OPS.min(keys - written);
+        let n = per_txn.min(keys - written);
         let names: Vec<String> = (written..written + n)
-            .map(|i| format!("/floor/txn/{i}"))
+            .map(|i| format!("/floor/{name}/{i}"))
             .collect();
         let txn = Txn::new()
             .when(
@@ -139,6 +149,9 @@ async fn etcd_txns(etcd: &mut etcd_client::Client, keys: usize) -> Result<(Summa
 #[derive(Debug, Clone, Serialize)]
 pub struct Transport {
     pub etcd_put: Summary,
+    /// Of 4 keys, about a dependent hop's commit (a task's success, the
+    /// next one's assignment).
+    pub etcd_hop_txn: Summary,
     pub etcd_txn: Summary,
     pub nats_rtt: Summary,
     pub js_publish: Summary,
@@ -158,6 +171,7 @@ where
 {
     Ok(Transport {
         etcd_put: etcd_puts(etcd, n).await?,
+        etcd_hop_txn: etcd_txns_of(etcd, 4 * n, 4, "hop").await?.0,
         etcd_txn: etcd_txns(etcd, TXN_OPS * (n / 8).max(1)).await?.0,
         nats_rtt: nats_round_trips(&nats, n).await?,
         js_publish: js_publishes(&nats, n).await?.0,
