@@ -1044,7 +1044,9 @@ fn report_transport(o: &mut Outcome, sides: &crate::secure::TransportSides) {
     type P50 = fn(&Transport) -> f64;
     let requests: [(&str, &str, P50); 5] = [
         ("etcd_put", "etcd put", |t| t.etcd_put.p50_ms),
-        ("etcd_hop_txn", "etcd txn of 4 keys", |t| t.etcd_hop_txn.p50_ms),
+        ("etcd_hop_txn", "etcd txn of 4 keys", |t| {
+            t.etcd_hop_txn.p50_ms
+        }),
         ("etcd_txn", "etcd txn of 128 keys", |t| t.etcd_txn.p50_ms),
         ("nats_rtt", "NATS request", |t| t.nats_rtt.p50_ms),
         ("js_publish", "JetStream publish", |t| t.js_publish.p50_ms),
