@@ -36,10 +36,14 @@ impl<M> AckFrontier<M> {
     }
 
     /// Event `seq` was applied (and committed); `message`, when it was
-    /// delivered, can ack it. A redelivery of one already past is dropped:
-    /// a later ack covers it.
+    /// delivered, can ack it. A redelivery of one already past acks itself
+    /// when nothing later is to be acked (an idle consumer would otherwise
+    /// send it again after every ack wait).
     pub(crate) fn applied(&mut self, seq: u64, message: Option<M>) {
         if seq <= self.through {
+            if self.ackable.is_none() {
+                self.ackable = message;
+            }
             return;
         }
         match self.held.get_mut(&seq) {
@@ -123,17 +127,20 @@ mod tests {
     }
 
     #[test]
-    fn redeliveries_and_fetched_duplicates_change_nothing() {
+    fn a_redelivery_acks_itself_only_when_idle_and_a_delivered_copy_beats_a_fetched_one() {
         let mut f = AckFrontier::after(0);
         f.applied(1, Some("m1"));
         assert_eq!(f.take_ack(), Some("m1"));
         f.applied(1, Some("m1 again"));
-        assert_eq!(f.take_ack(), None);
+        assert_eq!(f.take_ack(), Some("m1 again"));
+        f.applied(2, Some("m2"));
+        f.applied(1, Some("m1 a third time"));
+        assert_eq!(f.take_ack(), Some("m2"), "the later ack covers it");
+        f.applied(4, None);
+        f.applied(4, Some("m4"));
         f.applied(3, None);
-        f.applied(3, Some("m3"));
-        f.applied(2, None);
-        // The delivered copy of 3 is kept to ack with.
-        assert_eq!(f.take_ack(), Some("m3"));
+        // The delivered copy of 4 is kept to ack with.
+        assert_eq!(f.take_ack(), Some("m4"));
     }
 
     #[test]
