@@ -173,21 +173,22 @@ async fn the_events_stream_leader_is_killed_mid_run_and_nothing_is_lost_or_run_t
     check_exactly_once(&done, &ledger, TASKS);
 }
 
-/// Tasks that write `start <task>` to the ledger, sleep, then `end <task>`:
-/// `quick` ones of `quick_s` seconds and one `slow` of `slow_s`.
-fn start_end_spec(ledger: &Path, quick: usize, quick_s: &str, slow_s: &str) -> String {
+/// Tasks that write `start <task>` to the ledger, wait until the file
+/// `go-<name>` exists in `dir`, then write `end <task>`: `quick` instances
+/// of `quick`, and one `slow`.
+fn gated_spec(dir: &Path, quick: usize) -> String {
     let values: Vec<String> = (0..quick).map(|i| format!("\"{i}\"")).collect();
-    let cmd = |secs: &str| {
+    let cmd = |gate: &str| {
         format!(
-            "[\"sh\", \"-c\", \"echo start $DROVER_TASK >> {l}; sleep {secs}; echo end $DROVER_TASK >> {l}\"]",
-            l = ledger.display()
+            "[\"sh\", \"-c\", \"echo start $DROVER_TASK >> {d}/ledger; while [ ! -e {d}/go-{gate} ]; do sleep 0.05; done; echo end $DROVER_TASK >> {d}/ledger\"]",
+            d = dir.display()
         )
     };
     format!(
         "name: wire\ntasks:\n  - name: quick\n    matrix: {{i: [{}]}}\n    resources: {{cpu: 50m}}\n    command: {}\n  - name: slow\n    resources: {{cpu: 50m}}\n    command: {}\n",
         values.join(", "),
-        cmd(quick_s),
-        cmd(slow_s)
+        cmd("quick"),
+        cmd("slow")
     )
 }
 
@@ -209,24 +210,27 @@ async fn events_lost_on_the_wire_to_the_scheduler_are_read_back_not_acked_past()
     c.kill_scheduler().await;
     c.route_scheduler_nats(&relay.url);
     c.start_scheduler().await;
-    let ledger = c.scratch.join("ledger");
-    let run = submit(&c, &start_end_spec(&ledger, QUICK, "1", "5")).await;
-    let deadline = Instant::now() + LONG;
-    while count(&ledger, "start") < QUICK + 1 {
-        assert!(Instant::now() < deadline, "tasks did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Every task runs: the scheduler hears nothing until the quick ones ended.
+    let dir = c.scratch.clone();
+    let ledger = dir.join("ledger");
+    let run = submit(&c, &gated_spec(&dir, QUICK)).await;
+    // Every assignment answered and every start heard, through the relay.
+    c.wait_for(&run, "every task running", |r| {
+        r.tasks.iter().all(|t| t.state() == pb::TaskState::Running)
+    })
+    .await;
+    // From now on the scheduler hears nothing: the quick tasks end.
     relay.freeze(true);
+    std::fs::write(dir.join("go-quick"), "").unwrap();
+    let deadline = Instant::now() + LONG;
     while count(&ledger, "end") < QUICK {
         assert!(Instant::now() < deadline, "quick tasks did not end");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Their events reach the stream, and the consumer sends them on.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(&ledger, "end"), QUICK, "the slow task ended too soon");
     relay.cut();
     let cut_at = Instant::now();
+    std::fs::write(dir.join("go-slow"), "").unwrap();
 
     let done = wait_done(&c, &run).await;
     assert_eq!(done.state(), pb::RunState::Succeeded, "{:?}", done.message);
