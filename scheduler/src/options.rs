@@ -443,7 +443,11 @@ mod tests {
     const ANY: &str = "0.0.0.0:7070";
 
     fn check(o: &ApiSecurityOptions, listen: &str) -> Result<(), String> {
-        o.validate(listen.parse().unwrap())
+        o.validate(
+            listen
+                .parse()
+                .map_err(|e| format!("test address {listen}: {e}"))?,
+        )
     }
 
     fn tls(o: &mut ApiSecurityOptions) {
@@ -460,13 +464,15 @@ mod tests {
     }
 
     #[test]
-    fn auth_defaults_to_none_on_loopback_and_tokens_elsewhere() {
+    fn auth_defaults_to_none_on_loopback_and_tokens_elsewhere(
+    ) -> Result<(), std::net::AddrParseError> {
         let o = ApiSecurityOptions::default();
-        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::None);
-        assert_eq!(o.auth_mode("[::1]:7070".parse().unwrap()), AuthMode::None);
-        assert_eq!(o.auth_mode(ANY.parse().unwrap()), AuthMode::Tokens);
+        assert_eq!(o.auth_mode(LOOPBACK.parse()?), AuthMode::None);
+        assert_eq!(o.auth_mode("[::1]:7070".parse()?), AuthMode::None);
+        assert_eq!(o.auth_mode(ANY.parse()?), AuthMode::Tokens);
         let o = api(|o| o.auth = Some(AuthMode::Tokens));
-        assert_eq!(o.auth_mode(LOOPBACK.parse().unwrap()), AuthMode::Tokens);
+        assert_eq!(o.auth_mode(LOOPBACK.parse()?), AuthMode::Tokens);
+        Ok(())
     }
 
     #[test]

@@ -387,15 +387,20 @@ mod tests {
     use drover_devcluster::Server;
     use futures::StreamExt;
 
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
     const PREFIX: &str = "evtest";
 
-    async fn publisher(nats: &Server, abandon: bool) -> (jetstream::Context, EventPublisher) {
-        let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    async fn publisher(
+        nats: &Server,
+        abandon: bool,
+    ) -> TestResult<(jetstream::Context, EventPublisher)> {
+        let client = async_nats::connect(nats.url.as_str()).await?;
         let js = jetstream::new(client);
-        ensure_stream(&js, PREFIX, true).await.unwrap();
+        ensure_stream(&js, PREFIX, true).await?;
         let (_tx, rx) = watch::channel(abandon);
         // The sender half may drop: the receiver keeps the last value.
-        (js.clone(), EventPublisher::new(js, PREFIX, "ag1", rx))
+        Ok((js.clone(), EventPublisher::new(js, PREFIX, "ag1", rx)))
     }
 
     fn key(i: usize) -> AttemptKey {
@@ -407,9 +412,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn events_ready_together_share_messages_and_each_is_stored_once() {
-        let nats = Server::nats(None).await.unwrap();
-        let (js, events) = publisher(&nats, false).await;
+    async fn events_ready_together_share_messages_and_each_is_stored_once() -> TestResult {
+        let nats = Server::nats(None).await?;
+        let (js, events) = publisher(&nats, false).await?;
         let n = 200;
         let succeeded = || Kind::Succeeded(Default::default());
         let publishes = (0..n).map(|i| {
@@ -417,36 +422,38 @@ mod tests {
             async move { events.publish(&key, succeeded(), 7).await }
         });
         for result in futures::future::join_all(publishes).await {
-            result.unwrap();
+            result?;
         }
 
-        let mut stream = js.get_stream(naming::events_stream(PREFIX)).await.unwrap();
-        let messages = stream.info().await.unwrap().state.messages as usize;
+        let mut stream = js.get_stream(naming::events_stream(PREFIX)).await?;
+        let messages = stream.info().await?.state.messages as usize;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config::default())
-            .await
-            .unwrap();
-        let mut read = consumer.messages().await.unwrap();
+            .await?;
+        let mut read = consumer.messages().await?;
         let mut tasks = Vec::new();
         for _ in 0..messages {
-            let msg = read.next().await.unwrap().unwrap();
+            let msg = read.next().await.ok_or("the stream ended")??;
             let id = msg
                 .headers
                 .as_ref()
-                .unwrap()
-                .get("Nats-Msg-Id")
-                .unwrap()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .ok_or("no Nats-Msg-Id")?
                 .to_string();
-            let got =
-                drover_api::events::decode(PREFIX, &msg.subject, msg.payload.clone()).unwrap();
+            let got = drover_api::events::decode(PREFIX, &msg.subject, msg.payload.clone())?;
             assert!(got.len() <= MAX_EVENTS);
-            let ids: Vec<String> = got
+            let ids = got
                 .iter()
                 .map(|(ev, _)| {
-                    let a = ev.attempt.as_ref().unwrap();
-                    naming::event_msg_id(&a.run_id, &a.task, a.attempt, "succeeded")
+                    let a = ev.attempt.as_ref().ok_or("an event without its attempt")?;
+                    Ok(naming::event_msg_id(
+                        &a.run_id,
+                        &a.task,
+                        a.attempt,
+                        "succeeded",
+                    ))
                 })
-                .collect();
+                .collect::<TestResult<Vec<String>>>()?;
             if got.len() == 1 {
                 assert_eq!(msg.subject.as_str(), naming::events_subject(PREFIX, "ag1"));
                 assert_eq!(id, ids[0]);
@@ -462,7 +469,7 @@ mod tests {
             }
             for (ev, _) in got {
                 assert_eq!((ev.agent_id.as_str(), ev.started_at_ms), ("ag1", 7));
-                tasks.push(ev.attempt.unwrap().task);
+                tasks.push(ev.attempt.ok_or("an event without its attempt")?.task);
             }
         }
         // Every event once, in the order they were published.
@@ -470,16 +477,20 @@ mod tests {
         assert_eq!(tasks, want);
         // 200 events became ready at once: they cannot all have gone alone.
         assert!(messages < n / 2, "{messages} messages for {n} events");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn an_abandoned_publish_says_which_event() {
-        let nats = Server::nats(None).await.unwrap();
-        let (_js, events) = publisher(&nats, true).await;
-        let err = events
+    async fn an_abandoned_publish_says_which_event() -> TestResult {
+        let nats = Server::nats(None).await?;
+        let (_js, events) = publisher(&nats, true).await?;
+        let Err(err) = events
             .publish(&key(3), Kind::Started(AttemptStarted {}), 0)
             .await
-            .unwrap_err();
+        else {
+            return Err("an abandoned publish succeeded".into());
+        };
         assert_eq!(err.msg_id, "r1/t3/1/started");
+        Ok(())
     }
 }

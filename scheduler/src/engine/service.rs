@@ -376,11 +376,8 @@ impl Engine {
                     self.frontier.gone(seq);
                 }
                 for message in fetched.messages {
-                    let msg = EventMessage::Fetched(message);
-                    for input in self.decode_events(&msg) {
-                        self.state.apply(input, now, turn);
-                    }
-                    acks.push(msg);
+                    let event = Item::Event(Box::new(EventMessage::Fetched(message)));
+                    self.apply(event, now, turn, acks);
                 }
             }
             Item::Heartbeat(msg) => match pb::Heartbeat::decode(msg.payload.clone()) {

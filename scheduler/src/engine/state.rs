@@ -689,18 +689,7 @@ impl ActiveRun {
         spec.inputs
             .iter()
             .filter_map(|input| match self.matrices.get(&input.from_task) {
-                _ if !input.from_param.is_empty() => Some(pb::InputArtifact {
-                    name: input.name.clone(),
-                    // Validation checked the param is declared: it has a value.
-                    content: Some(
-                        self.spec
-                            .params
-                            .get(&input.from_param)
-                            .map(|v| v.as_bytes().to_vec())
-                            .unwrap_or_default(),
-                    ),
-                    ..Default::default()
-                }),
+                _ if !input.from_param.is_empty() => Some(self.param_input(input)),
                 Some(instances) => Some(gathered_input(self, input, instances)),
                 None => {
                     let producer = self.dag.index_of(&input.from_task)?;
@@ -718,6 +707,19 @@ impl ActiveRun {
                 }
             })
             .collect()
+    }
+}
+
+impl ActiveRun {
+    /// An input from a param: its value, written to the input's file.
+    fn param_input(&self, input: &pb::InputSpec) -> pb::InputArtifact {
+        // Validation checked the param is declared: it has a value.
+        let value = self.spec.params.get(&input.from_param);
+        pb::InputArtifact {
+            name: input.name.clone(),
+            content: Some(value.map(|v| v.as_bytes().to_vec()).unwrap_or_default()),
+            ..Default::default()
+        }
     }
 }
 

@@ -44,9 +44,9 @@ mod tests {
     }
 
     #[test]
-    fn single_events_and_batches_decode_by_subject() {
+    fn single_events_and_batches_decode_by_subject() -> Result<(), prost::DecodeError> {
         let one = Bytes::from(event("a").encode_to_vec());
-        let got = decode("p", &naming::events_subject("p", "ag"), one).unwrap();
+        let got = decode("p", &naming::events_subject("p", "ag"), one)?;
         assert_eq!(got, vec![(event("a"), String::new())]);
 
         let batch = AttemptEventBatch {
@@ -54,7 +54,7 @@ mod tests {
             traceparents: vec!["00-t-s-01".into()],
         };
         let subject = naming::events_batch_subject("p", "ag");
-        let got = decode("p", &subject, Bytes::from(batch.encode_to_vec())).unwrap();
+        let got = decode("p", &subject, Bytes::from(batch.encode_to_vec()))?;
         assert_eq!(
             got,
             vec![
@@ -65,5 +65,6 @@ mod tests {
         // A batch read as a single event (or the reverse) is not silently
         // taken for something else.
         assert!(decode("p", &subject, Bytes::from_static(b"\xff\xff")).is_err());
+        Ok(())
     }
 }

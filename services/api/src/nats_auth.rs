@@ -338,10 +338,13 @@ mod tests {
     fn the_block_lists_the_scheduler_then_each_agent() {
         let block = authorization_block("t.1", "USCHED", [("a1", "UA1"), ("a2", "UA2")]);
         assert!(block.starts_with("# Drover"), "{block}");
-        let sched = block.find("nkey: \"USCHED\"").unwrap();
-        let a1 = block.find("nkey: \"UA1\"").unwrap();
-        let a2 = block.find("nkey: \"UA2\"").unwrap();
-        assert!(sched < a1 && a1 < a2, "{block}");
+        let at = |key: &str| {
+            block
+                .find(&format!("nkey: \"{key}\""))
+                .unwrap_or(usize::MAX)
+        };
+        let (sched, a1, a2) = (at("USCHED"), at("UA1"), at("UA2"));
+        assert!(sched < a1 && a1 < a2 && a2 < usize::MAX, "{block}");
         assert!(block.contains("\"t.1.heartbeat.a2\""), "{block}");
         assert!(
             block.contains("\"$JS.API.STREAM.INFO.T_1_EVENTS\""),

@@ -181,12 +181,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_files_round_trip_and_bad_ones_are_named() {
-        let (seed, public) = new_identity().unwrap();
+    fn seed_files_round_trip_and_bad_ones_are_named() -> Result<(), String> {
+        let (seed, public) = new_identity()?;
         assert!(seed.starts_with("SU") && public.starts_with('U'));
         let text = seed_file("agent a1", &seed);
-        assert_eq!(parse_seed(&text).unwrap(), seed);
-        assert_eq!(public_key(&seed).unwrap(), public);
+        assert_eq!(parse_seed(&text)?, seed);
+        assert_eq!(public_key(&seed)?, public);
         assert!(parse_seed("# nothing\n\n")
             .unwrap_err()
             .contains("no NKey seed"));
@@ -195,6 +195,7 @@ mod tests {
             .contains("not an NKey user seed"));
         let broken = format!("{}X", &seed[..seed.len() - 1]);
         assert!(parse_seed(&broken).unwrap_err().contains("invalid"));
+        Ok(())
     }
 
     #[test]

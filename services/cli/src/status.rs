@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_leader_is_marked_with_how_long_it_has_led() {
+    fn the_leader_is_marked_with_how_long_it_has_led() -> serde_json::Result<()> {
         let member = |id: &str, since: u64| pb::SchedulerRecord {
             id: id.into(),
             address: format!("http://{id}:7070"),
@@ -102,12 +102,13 @@ mod tests {
             lines[2].starts_with("b") && lines[2].contains("standby"),
             "{table}"
         );
-        let v: serde_json::Value = serde_json::from_str(&render(&status, Format::Json, 0)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&render(&status, Format::Json, 0))?;
         assert_eq!(v["leader"], "a");
         assert_eq!(v["schedulers"][1]["leader"], false);
         assert_eq!(
             v["schedulers"][1]["leader_since_ms"],
             serde_json::Value::Null
         );
+        Ok(())
     }
 }

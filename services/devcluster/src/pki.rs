@@ -158,19 +158,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_are_created_once_and_keys_are_private() {
+    fn files_are_created_once_and_keys_are_private() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let pki = DevPki::ensure(&dir.path().join("pki")).unwrap();
-        let ca = std::fs::read_to_string(pki.ca()).unwrap();
+        let dir = tempfile::tempdir()?;
+        let pki = DevPki::ensure(&dir.path().join("pki"))?;
+        let ca = std::fs::read_to_string(pki.ca())?;
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
-        let mode = std::fs::metadata(pki.server_key())
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(pki.server_key())?.permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // A second call keeps the CA: certificates handed out stay valid.
-        let again = DevPki::ensure(&dir.path().join("pki")).unwrap();
-        assert_eq!(std::fs::read_to_string(again.ca()).unwrap(), ca);
+        let again = DevPki::ensure(&dir.path().join("pki"))?;
+        assert_eq!(std::fs::read_to_string(again.ca())?, ca);
+        Ok(())
     }
 }
